@@ -1,0 +1,20 @@
+//! The budgetd ledger: domain types (tenants, money, meters, price book, budgets, periods,
+//! entries, the audit chain) and the Postgres store that keeps them. The ledger is the single
+//! source of truth: entries are immutable, a retried write is a no-op, a differing one is a
+//! recorded conflict, and corrections are reversal entries.
+
+pub mod audit;
+pub mod budget;
+pub mod currency;
+pub mod entry;
+pub mod error;
+pub mod money;
+mod names;
+pub mod price_book;
+pub mod store;
+pub mod tenant;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{Error, Invalid};
+pub use store::{Store, StoreConfig};

@@ -1,0 +1,66 @@
+//! Cost reads from the daily rollups.
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use sqlx::Row;
+
+use super::Store;
+use crate::currency::Currency;
+use crate::error::Error;
+use crate::tenant::TenantId;
+
+/// One tenant's cost of one meter on one UTC day, at full precision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyCost {
+    pub tenant: TenantId,
+    pub day: NaiveDate,
+    pub meter: String,
+    pub quantity: Decimal,
+    pub unit: String,
+    pub amount: Decimal,
+    pub currency: Currency,
+}
+
+impl Store {
+    /// Daily costs for days in [from, to), for one tenant or all, ordered by tenant, day and
+    /// meter.
+    pub async fn daily_costs(
+        &self,
+        tenant: Option<&TenantId>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<DailyCost>, Error> {
+        self.run("daily_costs", || async {
+            let mut tx = self.begin().await?;
+            let rows = sqlx::query(
+                "select tenant_id, day, meter, quantity, unit, amount, currency \
+                 from ledger_rollup_daily \
+                 where day >= $1 and day < $2 and ($3::text is null or tenant_id = $3) \
+                 order by tenant_id, day, meter, unit, currency",
+            )
+            .bind(from)
+            .bind(to)
+            .bind(tenant.map(TenantId::as_str))
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.iter()
+                .map(|row| {
+                    let corrupt =
+                        |e: crate::error::Invalid| Error::Database(sqlx::Error::Decode(e.to_string().into()));
+                    let currency: String = row.try_get("currency")?;
+                    Ok(DailyCost {
+                        tenant: TenantId::parse(row.try_get("tenant_id")?).map_err(corrupt)?,
+                        day: row.try_get("day")?,
+                        meter: row.try_get("meter")?,
+                        quantity: row.try_get("quantity")?,
+                        unit: row.try_get("unit")?,
+                        amount: row.try_get("amount")?,
+                        currency: Currency::parse("currency", &currency).map_err(corrupt)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}

@@ -1,0 +1,28 @@
+//! Writing events to the outbox, in the transaction of the change they announce.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::audit::now_micros;
+use crate::error::Error;
+
+pub(crate) async fn enqueue(
+    conn: &mut PgConnection,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    event_type: &str,
+    payload: Value,
+) -> Result<(), Error> {
+    sqlx::query(
+        "insert into outbox (aggregate_type, aggregate_id, event_type, payload, created_at) \
+         values ($1, $2, $3, $4, $5)",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(event_type)
+    .bind(payload)
+    .bind(now_micros())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
