@@ -134,11 +134,36 @@ mod tests {
     #[test]
     fn period_bounds_are_calendar_aligned() {
         let cases = [
-            (BudgetPeriod::Monthly, at(2026, 2, 14), date(2026, 2, 1), date(2026, 3, 1)),
-            (BudgetPeriod::Monthly, at(2026, 12, 31), date(2026, 12, 1), date(2027, 1, 1)),
-            (BudgetPeriod::Quarterly, at(2026, 5, 1), date(2026, 4, 1), date(2026, 7, 1)),
-            (BudgetPeriod::Quarterly, at(2026, 12, 1), date(2026, 10, 1), date(2027, 1, 1)),
-            (BudgetPeriod::Yearly, at(2026, 7, 9), date(2026, 1, 1), date(2027, 1, 1)),
+            (
+                BudgetPeriod::Monthly,
+                at(2026, 2, 14),
+                date(2026, 2, 1),
+                date(2026, 3, 1),
+            ),
+            (
+                BudgetPeriod::Monthly,
+                at(2026, 12, 31),
+                date(2026, 12, 1),
+                date(2027, 1, 1),
+            ),
+            (
+                BudgetPeriod::Quarterly,
+                at(2026, 5, 1),
+                date(2026, 4, 1),
+                date(2026, 7, 1),
+            ),
+            (
+                BudgetPeriod::Quarterly,
+                at(2026, 12, 1),
+                date(2026, 10, 1),
+                date(2027, 1, 1),
+            ),
+            (
+                BudgetPeriod::Yearly,
+                at(2026, 7, 9),
+                date(2026, 1, 1),
+                date(2027, 1, 1),
+            ),
         ];
         for (period, now, start, end) in cases {
             assert_eq!(period.bounds(now), (start, end), "{period:?} {now}");

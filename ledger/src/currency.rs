@@ -16,14 +16,12 @@ impl Currency {
     /// Parses an upper-case ISO 4217 code; `field` names the input in the error.
     pub fn parse(field: &str, code: &str) -> Result<Self, Invalid> {
         let bytes = code.as_bytes();
-        let known = <[u8; 3]>::try_from(bytes)
-            .ok()
-            .and_then(|code| {
-                ISO_4217
-                    .iter()
-                    .find(|(c, _)| c.as_bytes() == code)
-                    .map(|&(_, minor_units)| Currency { code, minor_units })
-            });
+        let known = <[u8; 3]>::try_from(bytes).ok().and_then(|code| {
+            ISO_4217
+                .iter()
+                .find(|(c, _)| c.as_bytes() == code)
+                .map(|&(_, minor_units)| Currency { code, minor_units })
+        });
         known.ok_or_else(|| {
             Invalid::new(field, format!("{code:?} is not an ISO 4217 currency code"))
         })

@@ -186,7 +186,10 @@ mod tests {
     fn prices_per_price_unit_to_twelve_places() {
         let p = pricing("0.031", 3600);
         // 300 core-seconds at 0.031 per core-hour
-        assert_eq!(price(Decimal::from(300), &p).unwrap().to_string(), "0.002583333333");
+        assert_eq!(
+            price(Decimal::from(300), &p).unwrap().to_string(),
+            "0.002583333333"
+        );
         assert_eq!(price(Decimal::from(3600), &p).unwrap().to_string(), "0.031");
         assert_eq!(price(Decimal::ZERO, &p).unwrap(), Decimal::ZERO);
     }
@@ -200,7 +203,12 @@ mod tests {
             window: Window::new(t, t + chrono::Duration::seconds(300)).unwrap(),
         };
         let unit = UnitName::parse("u", "core_seconds").unwrap();
-        let err = NewEntry::new(key.clone(), Decimal::from(-1), unit.clone(), pricing("1", 1));
+        let err = NewEntry::new(
+            key.clone(),
+            Decimal::from(-1),
+            unit.clone(),
+            pricing("1", 1),
+        );
         assert_eq!(err.unwrap_err().field, "quantity");
         assert!(NewEntry::new(key, Decimal::MAX, unit, pricing("2", 1)).is_err());
     }

@@ -22,7 +22,10 @@ impl Money {
 }
 
 pub fn round_to_minor_units(amount: Decimal, currency: Currency) -> Decimal {
-    amount.round_dp_with_strategy(currency.minor_units(), RoundingStrategy::MidpointNearestEven)
+    amount.round_dp_with_strategy(
+        currency.minor_units(),
+        RoundingStrategy::MidpointNearestEven,
+    )
 }
 
 /// Parses a plain decimal string: optional '-', digits, optional '.' and digits. Exponents,
@@ -82,10 +85,19 @@ mod tests {
 
     #[test]
     fn decimals_are_parsed_strictly() {
-        assert_eq!(parse_decimal("a", "1000.00").unwrap().to_string(), "1000.00");
+        assert_eq!(
+            parse_decimal("a", "1000.00").unwrap().to_string(),
+            "1000.00"
+        );
         assert_eq!(parse_decimal("a", "0").unwrap(), Decimal::ZERO);
-        for bad in ["", "1e3", "+1", " 1", "1.", ".5", "NaN", "1,5", "abc", "--1", "1.2.3"] {
-            assert_eq!(parse_decimal("amount", bad).unwrap_err().field, "amount", "{bad}");
+        for bad in [
+            "", "1e3", "+1", " 1", "1.", ".5", "NaN", "1,5", "abc", "--1", "1.2.3",
+        ] {
+            assert_eq!(
+                parse_decimal("amount", bad).unwrap_err().field,
+                "amount",
+                "{bad}"
+            );
         }
         assert!(parse_decimal("a", "99999999999999999999999999999999").is_err());
     }

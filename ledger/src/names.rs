@@ -52,7 +52,10 @@ pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<String, Inval
         return Err(Invalid::new(field, "must not be empty"));
     }
     if trimmed.chars().count() > max {
-        return Err(Invalid::new(field, format!("must be at most {max} characters")));
+        return Err(Invalid::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if trimmed.chars().any(char::is_control) {
         return Err(Invalid::new(field, "must not contain control characters"));
@@ -69,7 +72,17 @@ mod tests {
         for good in ["a", "acme", "team-1", "0", &"a".repeat(63)] {
             assert!(dns1123_label("id", good).is_ok(), "{good}");
         }
-        for bad in ["", "-a", "a-", "Acme", "a_b", "a.b", "ä", &"a".repeat(64), "a\"}"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Acme",
+            "a_b",
+            "a.b",
+            "ä",
+            &"a".repeat(64),
+            "a\"}",
+        ] {
             assert_eq!(dns1123_label("id", bad).unwrap_err().field, "id", "{bad}");
         }
     }

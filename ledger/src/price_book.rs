@@ -51,8 +51,14 @@ impl NewPriceBookVersion {
         if rates.is_empty() {
             return Err(Invalid::new("rates", "give at least one meter's rate"));
         }
-        if let Some((meter, _)) = rates.iter().find(|(_, r)| r.is_sign_negative() && !r.is_zero()) {
-            return Err(Invalid::new(format!("rates.{meter}"), "must not be negative"));
+        if let Some((meter, _)) = rates
+            .iter()
+            .find(|(_, r)| r.is_sign_negative() && !r.is_zero())
+        {
+            return Err(Invalid::new(
+                format!("rates.{meter}"),
+                "must not be negative",
+            ));
         }
         if valid_from.timestamp_subsec_nanos() != 0 {
             return Err(Invalid::new("valid_from", "must be a whole second"));

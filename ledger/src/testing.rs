@@ -56,7 +56,6 @@ pub fn store_config(url: &str) -> StoreConfig {
         acquire_timeout: Duration::from_secs(30),
         statement_timeout: Duration::from_secs(120),
         max_retries: 2,
-        behind_transaction_pooler: false,
     }
 }
 
@@ -74,17 +73,20 @@ pub async fn fresh_database() -> TestDb {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let admin = admin_url();
     let template = template_name();
-    let mut conn = PgConnection::connect(&admin).await.expect("connect to the test cluster");
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test cluster");
     // One process migrates the template; the others wait for it.
     sqlx::query("select pg_advisory_lock(7262001)")
         .execute(&mut conn)
         .await
         .expect("template lock");
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&template)
-        .fetch_one(&mut conn)
-        .await
-        .expect("look up template");
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut conn)
+            .await
+            .expect("look up template");
     if !exists {
         let building = format!("{template}_building");
         sqlx::query(&format!("drop database if exists {building}"))
@@ -124,7 +126,9 @@ pub async fn fresh_database() -> TestDb {
         .expect("clone template");
     conn.close().await.ok();
     let url = with_database(&admin, &name);
-    let store = Store::connect(&store_config(&url)).await.expect("connect store");
+    let store = Store::connect(&store_config(&url))
+        .await
+        .expect("connect store");
     TestDb { name, url, store }
 }
 

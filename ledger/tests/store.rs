@@ -48,10 +48,14 @@ async fn tenant(store: &Store, id: &str) -> TenantId {
 }
 
 async fn price_book(store: &Store, valid_from: DateTime<Utc>) -> PriceBookVersion {
-    let rates: BTreeMap<_, _> = [("cpu", "0.031"), ("memory", "0.004"), ("network_egress", "0.05")]
-        .into_iter()
-        .map(|(m, r)| (MeterName::parse("meter", m).unwrap(), dec(r)))
-        .collect();
+    let rates: BTreeMap<_, _> = [
+        ("cpu", "0.031"),
+        ("memory", "0.004"),
+        ("network_egress", "0.05"),
+    ]
+    .into_iter()
+    .map(|(m, r)| (MeterName::parse("meter", m).unwrap(), dec(r)))
+    .collect();
     let new = NewPriceBookVersion::new(valid_from, eur(), rates).unwrap();
     store.add_price_book_version(&ctx(), &new).await.unwrap()
 }
@@ -61,10 +65,20 @@ fn window(start_secs: i64) -> Window {
     Window::new(start, start + Duration::seconds(300)).unwrap()
 }
 
-fn entry(version: &PriceBookVersion, tenant: &TenantId, meter: &str, w: Window, qty: &str) -> NewEntry {
+fn entry(
+    version: &PriceBookVersion,
+    tenant: &TenantId,
+    meter: &str,
+    w: Window,
+    qty: &str,
+) -> NewEntry {
     let meter = MeterName::parse("meter", meter).unwrap();
     let pricing = version
-        .pricing(&meter, UnitName::parse("u", "core_hour").unwrap(), Decimal::from(3600))
+        .pricing(
+            &meter,
+            UnitName::parse("u", "core_hour").unwrap(),
+            Decimal::from(3600),
+        )
         .unwrap();
     NewEntry::new(
         EntryKey {
@@ -144,15 +158,25 @@ async fn rewriting_a_window_is_a_no_op() {
         .map(|i| entry(&v, &acme, "cpu", window(1_800_000_000 + 300 * i), "300"))
         .collect();
     let first = db.store.write_entries(&batch, "test").await.unwrap();
-    assert_eq!((first.inserted, first.unchanged, first.conflicts.len()), (10, 0, 0));
+    assert_eq!(
+        (first.inserted, first.unchanged, first.conflicts.len()),
+        (10, 0, 0)
+    );
     let before = balances(&db, "acme").await;
     let again = db.store.write_entries(&batch, "test").await.unwrap();
-    assert_eq!((again.inserted, again.unchanged, again.conflicts.len()), (0, 10, 0));
+    assert_eq!(
+        (again.inserted, again.unchanged, again.conflicts.len()),
+        (0, 10, 0)
+    );
     assert_eq!(balances(&db, "acme").await, before);
     // 10 windows × 300 core-seconds at 0.031 per core-hour
     let costs = db
         .store
-        .daily_costs(Some(&acme), chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(), chrono::NaiveDate::from_ymd_opt(2027, 2, 1).unwrap())
+        .daily_costs(
+            Some(&acme),
+            chrono::NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(),
+            chrono::NaiveDate::from_ymd_opt(2027, 2, 1).unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(costs.len(), 1);
@@ -167,7 +191,10 @@ async fn a_differing_rewrite_is_a_recorded_conflict_and_the_original_stays() {
     let acme = tenant(&db.store, "acme").await;
     let v = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
     let w = window(1_800_000_000);
-    db.store.write_entries(&[entry(&v, &acme, "cpu", w, "300")], "test").await.unwrap();
+    db.store
+        .write_entries(&[entry(&v, &acme, "cpu", w, "300")], "test")
+        .await
+        .unwrap();
     let before = balances(&db, "acme").await;
     let report = db
         .store
@@ -177,15 +204,22 @@ async fn a_differing_rewrite_is_a_recorded_conflict_and_the_original_stays() {
     assert_eq!(report.inserted, 0);
     assert_eq!(report.conflicts.len(), 1);
     let c = &report.conflicts[0];
-    assert_eq!((c.live_quantity, c.attempted_quantity), (dec("300"), dec("450")));
+    assert_eq!(
+        (c.live_quantity, c.attempted_quantity),
+        (dec("300"), dec("450"))
+    );
     assert_eq!(balances(&db, "acme").await, before);
-    let recorded: i64 = sqlx::query_scalar("select count(*) from ledger_conflicts where attempted_quantity = 450")
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap();
+    let recorded: i64 =
+        sqlx::query_scalar("select count(*) from ledger_conflicts where attempted_quantity = 450")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
     assert_eq!(recorded, 1);
     // Reporting the same conflict again does not record it twice.
-    db.store.write_entries(&[entry(&v, &acme, "cpu", w, "450")], "test").await.unwrap();
+    db.store
+        .write_entries(&[entry(&v, &acme, "cpu", w, "450")], "test")
+        .await
+        .unwrap();
     let recorded: i64 = sqlx::query_scalar("select count(*) from ledger_conflicts")
         .fetch_one(db.store.pool())
         .await
@@ -198,9 +232,19 @@ async fn corrections_reverse_and_replace_so_each_key_sums_to_one_live_amount() {
     let db = fresh_database().await;
     let acme = tenant(&db.store, "acme").await;
     let v = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
-    let (w1, w2, w3) = (window(1_800_000_000), window(1_800_000_300), window(1_800_000_600));
+    let (w1, w2, w3) = (
+        window(1_800_000_000),
+        window(1_800_000_300),
+        window(1_800_000_600),
+    );
     db.store
-        .write_entries(&[entry(&v, &acme, "cpu", w1, "300"), entry(&v, &acme, "cpu", w2, "600")], "test")
+        .write_entries(
+            &[
+                entry(&v, &acme, "cpu", w1, "300"),
+                entry(&v, &acme, "cpu", w2, "600"),
+            ],
+            "test",
+        )
         .await
         .unwrap();
     let report = db
@@ -216,7 +260,10 @@ async fn corrections_reverse_and_replace_so_each_key_sums_to_one_live_amount() {
         )
         .await
         .unwrap();
-    assert_eq!((report.corrected, report.unchanged, report.inserted), (1, 1, 1));
+    assert_eq!(
+        (report.corrected, report.unchanged, report.inserted),
+        (1, 1, 1)
+    );
     // Correcting again changes nothing.
     let again = db
         .store
@@ -265,7 +312,9 @@ async fn expect_sql_error(db: &TestDb, sql: &str, code: &str) {
         Err(e) => Err(e),
     };
     let err = result.expect_err(sql);
-    let db_err = err.as_database_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+    let db_err = err
+        .as_database_error()
+        .unwrap_or_else(|| panic!("{sql}: {err}"));
     assert_eq!(db_err.code().as_deref(), Some(code), "{sql}: {db_err}");
 }
 
@@ -275,7 +324,10 @@ async fn the_database_enforces_the_ledger_invariants() {
     let acme = tenant(&db.store, "acme").await;
     let v = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
     let w = window(1_800_000_000);
-    db.store.write_entries(&[entry(&v, &acme, "cpu", w, "300")], "test").await.unwrap();
+    db.store
+        .write_entries(&[entry(&v, &acme, "cpu", w, "300")], "test")
+        .await
+        .unwrap();
     let ws = "'2027-01-15 08:00:00+00'"; // 1_800_000_000
     let we = "'2027-01-15 08:05:00+00'";
     let cols = "tenant_id, meter, window_start, window_end, revision, kind, quantity, unit, \
@@ -297,8 +349,18 @@ async fn the_database_enforces_the_ledger_invariants() {
     // a rate that is not the price book's
     expect_sql_error(&db, &format!("insert into ledger_entries ({cols}) values ('acme', 'cpu', '2027-02-01', '2027-02-01 00:05', 1, 'usage', 3600, 'core_seconds', {id}, 0.05, 'core_hour', 3600, 0.05, 'EUR', 'sql')"), "23503").await;
     // a price-book version that priced entries is immutable
-    expect_sql_error(&db, &format!("update price_book_rates set rate = 1 where version_id = {id}"), "23000").await;
-    expect_sql_error(&db, &format!("delete from price_book_rates where version_id = {id}"), "23000").await;
+    expect_sql_error(
+        &db,
+        &format!("update price_book_rates set rate = 1 where version_id = {id}"),
+        "23000",
+    )
+    .await;
+    expect_sql_error(
+        &db,
+        &format!("delete from price_book_rates where version_id = {id}"),
+        "23000",
+    )
+    .await;
     // thresholds out of order
     expect_sql_error(&db, "insert into budgets (tenant_id, amount, currency, period, thresholds, effective_from, created_at, created_by) values ('acme', 10, 'EUR', 'monthly', '{80,50}', now(), now(), 'sql')", "23514").await;
     // the audit log is append-only
@@ -324,13 +386,22 @@ async fn price_book_version_at_picks_the_latest_valid_version() {
     let at = |t| db.store.price_book_version_at(t);
     assert_eq!(at(t0 - Duration::seconds(1)).await.unwrap(), None);
     assert_eq!(at(t0).await.unwrap().unwrap().id, v0.id);
-    assert_eq!(at(t1 - Duration::seconds(1)).await.unwrap().unwrap().id, v0.id);
+    assert_eq!(
+        at(t1 - Duration::seconds(1)).await.unwrap().unwrap().id,
+        v0.id
+    );
     assert_eq!(at(t1).await.unwrap().unwrap().id, v1.id);
-    assert_eq!(v1.rates[&MeterName::parse("m", "cpu").unwrap()], dec("0.031"));
+    assert_eq!(
+        v1.rates[&MeterName::parse("m", "cpu").unwrap()],
+        dec("0.031")
+    );
     let again = NewPriceBookVersion::new(t1, eur(), v1.rates.clone()).unwrap();
     assert!(matches!(
         db.store.add_price_book_version(&ctx(), &again).await,
-        Err(Error::Conflict { code: "already_exists", .. })
+        Err(Error::Conflict {
+            code: "already_exists",
+            ..
+        })
     ));
     assert_eq!(db.store.list_price_book_versions().await.unwrap().len(), 2);
 }
@@ -340,23 +411,45 @@ async fn tenant_lifecycle_writes_audit_and_outbox_in_the_same_transaction() {
     let db = fresh_database().await;
     let acme = tenant(&db.store, "acme").await;
     let s = &db.store;
-    s.transition_tenant(&ctx(), &acme, TenantState::Suspended, "over budget").await.unwrap();
-    s.transition_tenant(&ctx(), &acme, TenantState::Active, "budget raised").await.unwrap();
+    s.transition_tenant(&ctx(), &acme, TenantState::Suspended, "over budget")
+        .await
+        .unwrap();
+    s.transition_tenant(&ctx(), &acme, TenantState::Active, "budget raised")
+        .await
+        .unwrap();
     // the same state again is a no-op
-    s.transition_tenant(&ctx(), &acme, TenantState::Active, "again").await.unwrap();
-    s.transition_tenant(&ctx(), &acme, TenantState::Offboarding, "contract ended").await.unwrap();
+    s.transition_tenant(&ctx(), &acme, TenantState::Active, "again")
+        .await
+        .unwrap();
+    s.transition_tenant(&ctx(), &acme, TenantState::Offboarding, "contract ended")
+        .await
+        .unwrap();
     let err = s
         .transition_tenant(&ctx(), &acme, TenantState::Active, "undo")
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Conflict { code: "invalid_transition", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                code: "invalid_transition",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let events: Vec<String> = sqlx::query_scalar("select event_type from outbox order by id")
         .fetch_all(s.pool())
         .await
         .unwrap();
     assert_eq!(
         events,
-        ["tenant.created", "tenant.suspended", "tenant.resumed", "tenant.offboarding"]
+        [
+            "tenant.created",
+            "tenant.suspended",
+            "tenant.resumed",
+            "tenant.offboarding"
+        ]
     );
     let actions: Vec<String> = sqlx::query_scalar("select action from audit_log order by seq")
         .fetch_all(s.pool())
@@ -364,9 +457,17 @@ async fn tenant_lifecycle_writes_audit_and_outbox_in_the_same_transaction() {
         .unwrap();
     assert_eq!(
         actions,
-        ["tenant.create", "tenant.suspended", "tenant.active", "tenant.offboarding"]
+        [
+            "tenant.create",
+            "tenant.suspended",
+            "tenant.active",
+            "tenant.offboarding"
+        ]
     );
-    assert_eq!(s.verify_audit_chain().await.unwrap(), ChainStatus::Intact { records: 4 });
+    assert_eq!(
+        s.verify_audit_chain().await.unwrap(),
+        ChainStatus::Intact { records: 4 }
+    );
 }
 
 #[tokio::test]
@@ -375,10 +476,16 @@ async fn tampering_with_the_audit_log_breaks_the_chain_at_that_record() {
     for id in ["a", "b", "c"] {
         tenant(&db.store, id).await;
     }
-    assert_eq!(db.store.verify_audit_chain().await.unwrap(), ChainStatus::Intact { records: 3 });
+    assert_eq!(
+        db.store.verify_audit_chain().await.unwrap(),
+        ChainStatus::Intact { records: 3 }
+    );
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     // Bypassing the append-only trigger takes a superuser; the chain still shows it.
-    sqlx::query("set session_replication_role = replica").execute(&mut conn).await.unwrap();
+    sqlx::query("set session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx::query("update audit_log set actor = 'mallory' where seq = 2")
         .execute(&mut conn)
         .await
@@ -401,7 +508,10 @@ async fn finance_role_reads_the_views_and_nothing_else() {
         .await
         .unwrap();
     let budget = NewBudget {
-        amount: Money { amount: dec("100.00"), currency: eur() },
+        amount: Money {
+            amount: dec("100.00"),
+            currency: eur(),
+        },
         period: BudgetPeriod::Monthly,
         thresholds: Thresholds::parse(vec![50, 80, 100]).unwrap(),
         effective_from: now - Duration::days(40),
@@ -414,7 +524,10 @@ async fn finance_role_reads_the_views_and_nothing_else() {
         .await
         .unwrap();
     let finance_url = db.url.replacen("postgres@", &format!("{role}@"), 1);
-    assert_ne!(finance_url, db.url, "test cluster URL must name the postgres user");
+    assert_ne!(
+        finance_url, db.url,
+        "test cluster URL must name the postgres user"
+    );
     let mut fin = PgConnection::connect(&finance_url).await.unwrap();
 
     let daily: Vec<(String, Decimal, String)> =
@@ -435,7 +548,10 @@ async fn finance_role_reads_the_views_and_nothing_else() {
     .fetch_one(&mut fin)
     .await
     .unwrap();
-    assert_eq!(status, ("acme".into(), dec("100.00"), dec("0.031"), "EUR".into()));
+    assert_eq!(
+        status,
+        ("acme".into(), dec("100.00"), dec("0.031"), "EUR".into())
+    );
 
     for sql in [
         "select count(*) from ledger_entries",
@@ -572,7 +688,9 @@ async fn shared_db() -> TestDb {
         let _ = URL.set((db.name.clone(), db.url.clone()));
     }
     let (name, url) = URL.get().unwrap().clone();
-    let store = Store::connect(&ledger::testing::store_config(&url)).await.unwrap();
+    let store = Store::connect(&ledger::testing::store_config(&url))
+        .await
+        .unwrap();
     TestDb { name, url, store }
 }
 
@@ -588,7 +706,11 @@ async fn shared_version(store: &Store) -> PriceBookVersion {
             let new = NewPriceBookVersion::new(t0, eur(), rates).unwrap();
             match store.add_price_book_version(&ctx(), &new).await {
                 Ok(v) => v,
-                Err(_) => store.price_book_version_at(Utc::now()).await.unwrap().unwrap(),
+                Err(_) => store
+                    .price_book_version_at(Utc::now())
+                    .await
+                    .unwrap()
+                    .unwrap(),
             }
         }
     }

@@ -5,7 +5,10 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
 use super::Store;
-use crate::audit::{now_micros, AuditContext, AuditRecord, BrokenLink, ChainVerifier, GENESIS_HASH};
+use super::{query, query_as};
+use crate::audit::{
+    now_micros, AuditContext, AuditRecord, BrokenLink, ChainVerifier, GENESIS_HASH,
+};
 use crate::error::Error;
 
 /// Serialises appends, so each record links to the one before it.
@@ -26,12 +29,12 @@ pub(crate) async fn append(
     ctx: &AuditContext,
     event: AuditEvent<'_>,
 ) -> Result<(), Error> {
-    sqlx::query("select pg_advisory_xact_lock($1)")
+    query("select pg_advisory_xact_lock($1)")
         .bind(AUDIT_CHAIN_LOCK)
         .execute(&mut *conn)
         .await?;
     let last: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("select seq, hash from audit_log order by seq desc limit 1")
+        query_as("select seq, hash from audit_log order by seq desc limit 1")
             .fetch_optional(&mut *conn)
             .await?;
     let (prev_seq, prev_hash) = last.unwrap_or((0, GENESIS_HASH.to_vec()));
@@ -50,7 +53,7 @@ pub(crate) async fn append(
         hash: Vec::new(),
     };
     record.hash = record.compute_hash(&record.prev_hash).to_vec();
-    sqlx::query(
+    query(
         "insert into audit_log (seq, at, actor, role, action, target_type, target_id, before, \
          after, request_id, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
@@ -86,11 +89,11 @@ impl Store {
             let mut tx = self.pool.begin().await?;
             // A consistent snapshot of the whole log, without a statement timeout: the walk is
             // as long as the log.
-            sqlx::query("set transaction isolation level repeatable read, read only")
+            query("set transaction isolation level repeatable read, read only")
                 .execute(&mut *tx)
                 .await?;
             let mut verifier = ChainVerifier::default();
-            let mut rows = sqlx::query(
+            let mut rows = query(
                 "select seq, at, actor, role, action, target_type, target_id, before, after, \
                  request_id, prev_hash, hash from audit_log order by seq",
             )

@@ -8,6 +8,7 @@ use sqlx::{PgConnection, Row};
 
 use super::audit::{self, AuditEvent};
 use super::{outbox, unique_violation, Store};
+use super::{query, query_scalar};
 use crate::audit::{now_micros, AuditContext};
 use crate::budget::{Budget, BudgetPeriod, NewBudget, Thresholds};
 use crate::currency::Currency;
@@ -47,7 +48,7 @@ async fn budget_at(
     tenant: &TenantId,
     at: DateTime<Utc>,
 ) -> Result<Option<Budget>, Error> {
-    let row = sqlx::query(&format!(
+    let row = query(&format!(
         "select {BUDGET_COLUMNS} from budgets where tenant_id = $1 and effective_from <= $2 \
          order by effective_from desc limit 1"
     ))
@@ -69,7 +70,7 @@ impl Store {
         self.run("set_budget", || async {
             let mut tx = self.begin().await?;
             let state: Option<String> =
-                sqlx::query_scalar("select state from tenants where id = $1 for share")
+                query_scalar("select state from tenants where id = $1 for share")
                     .bind(tenant.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -86,7 +87,7 @@ impl Store {
             let before = budget_at(&mut tx, tenant, new.effective_from).await?;
             let thresholds: Vec<i32> =
                 new.thresholds.as_slice().iter().map(|&t| t as i32).collect();
-            let row = sqlx::query(&format!(
+            let row = query(&format!(
                 "insert into budgets (tenant_id, amount, currency, period, thresholds, \
                  effective_from, created_at, created_by) values ($1, $2, $3, $4, $5, $6, $7, $8) \
                  returning {BUDGET_COLUMNS}"

@@ -4,6 +4,7 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use sqlx::Row;
 
+use super::query;
 use super::Store;
 use crate::currency::Currency;
 use crate::error::Error;
@@ -32,7 +33,7 @@ impl Store {
     ) -> Result<Vec<DailyCost>, Error> {
         self.run("daily_costs", || async {
             let mut tx = self.begin().await?;
-            let rows = sqlx::query(
+            let rows = query(
                 "select tenant_id, day, meter, quantity, unit, amount, currency \
                  from ledger_rollup_daily \
                  where day >= $1 and day < $2 and ($3::text is null or tenant_id = $3) \
@@ -46,8 +47,9 @@ impl Store {
             tx.commit().await?;
             rows.iter()
                 .map(|row| {
-                    let corrupt =
-                        |e: crate::error::Invalid| Error::Database(sqlx::Error::Decode(e.to_string().into()));
+                    let corrupt = |e: crate::error::Invalid| {
+                        Error::Database(sqlx::Error::Decode(e.to_string().into()))
+                    };
                     let currency: String = row.try_get("currency")?;
                     Ok(DailyCost {
                         tenant: TenantId::parse(row.try_get("tenant_id")?).map_err(corrupt)?,

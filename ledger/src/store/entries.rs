@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, Row};
 
+use super::query;
 use super::Store;
 use crate::entry::{CorrectionReport, EntryConflict, EntryKey, NewEntry, WriteReport};
 use crate::error::Error;
@@ -71,7 +72,8 @@ monthly as (
         set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries
 )";
 
-const ENTRY_COLUMNS: &str = "tenant_id, meter, window_start, window_end, revision, kind, quantity, \
+const ENTRY_COLUMNS: &str =
+    "tenant_id, meter, window_start, window_end, revision, kind, quantity, \
      unit, price_version, rate, price_unit, units_per_price_unit, amount, currency, source, reason";
 
 fn write_sql() -> String {
@@ -143,7 +145,12 @@ fn bind_batch<'q>(
     query
         .bind(col(&|e| e.key.tenant.as_str().to_owned()))
         .bind(col(&|e| e.key.meter.as_str().to_owned()))
-        .bind(batch.iter().map(|e| e.key.window.start()).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|e| e.key.window.start())
+                .collect::<Vec<_>>(),
+        )
         .bind(batch.iter().map(|e| e.key.window.end()).collect::<Vec<_>>())
         .bind(dec(&|e| e.quantity))
         .bind(col(&|e| e.unit.as_str().to_owned()))
@@ -160,7 +167,10 @@ fn bind_batch<'q>(
 fn rounds_without_duplicate_keys(entries: &[NewEntry]) -> Vec<Vec<&NewEntry>> {
     let mut rounds: Vec<(HashSet<&EntryKey>, Vec<&NewEntry>)> = Vec::new();
     for entry in entries {
-        match rounds.iter_mut().find(|(keys, _)| !keys.contains(&entry.key)) {
+        match rounds
+            .iter_mut()
+            .find(|(keys, _)| !keys.contains(&entry.key))
+        {
             Some((keys, batch)) => {
                 keys.insert(&entry.key);
                 batch.push(entry);
@@ -186,7 +196,7 @@ async fn write_batch(
         }
         let mut raced = Vec::new();
         for chunk in pending.chunks(CHUNK) {
-            let rows = bind_batch(sqlx::query(&sql), chunk)
+            let rows = bind_batch(query(&sql), chunk)
                 .bind(source)
                 .fetch_all(&mut *conn)
                 .await?;
@@ -220,7 +230,10 @@ async fn write_batch(
     } else {
         Err(Error::conflict(
             "write_contention",
-            format!("{} entries kept racing with concurrent writers", pending.len()),
+            format!(
+                "{} entries kept racing with concurrent writers",
+                pending.len()
+            ),
         ))
     }
 }
@@ -229,7 +242,11 @@ impl Store {
     /// Writes usage entries idempotently, in one transaction. Writing a key again with the
     /// same quantity, unit and price version changes nothing; with a different one it is
     /// reported and recorded in `ledger_conflicts`, and the live entry stays.
-    pub async fn write_entries(&self, entries: &[NewEntry], source: &str) -> Result<WriteReport, Error> {
+    pub async fn write_entries(
+        &self,
+        entries: &[NewEntry],
+        source: &str,
+    ) -> Result<WriteReport, Error> {
         let rounds = rounds_without_duplicate_keys(entries);
         let report = self
             .run("write_entries", || async {
@@ -267,7 +284,7 @@ impl Store {
                 let mut report = CorrectionReport::default();
                 for batch in &rounds {
                     for chunk in batch.chunks(CHUNK) {
-                        let row = bind_batch(sqlx::query(&sql), chunk)
+                        let row = bind_batch(query(&sql), chunk)
                             .bind(source)
                             .bind(reason)
                             .fetch_one(&mut *tx)

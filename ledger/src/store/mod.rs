@@ -14,8 +14,9 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use sqlx::{FromRow, PgPool, Postgres, Transaction};
 
 pub use audit::ChainStatus;
 pub use costs::DailyCost;
@@ -34,9 +35,6 @@ pub struct StoreConfig {
     pub statement_timeout: Duration,
     /// Retries of a transient failure (connection loss, serialization failure, deadlock).
     pub max_retries: u32,
-    /// Set when `url` points at a transaction-mode pooler: named prepared statements would
-    /// outlive the server connection they were prepared on, so none are cached.
-    pub behind_transaction_pooler: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -48,10 +46,10 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Self, Error> {
-        let mut options = PgConnectOptions::from_str(&config.url)?.application_name("budgetd");
-        if config.behind_transaction_pooler {
-            options = options.statement_cache_capacity(0);
-        }
+        // No statement is ever named (see `query`), so there is nothing to cache.
+        let options = PgConnectOptions::from_str(&config.url)?
+            .application_name("budgetd")
+            .statement_cache_capacity(0);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
@@ -93,7 +91,7 @@ impl Store {
         let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         self.run("readiness", || async {
             let mut tx = self.begin().await?;
-            let applied: Option<i64> = sqlx::query_scalar(
+            let applied: Option<i64> = query_scalar(
                 "select max(version) from _sqlx_migrations where success \
                  and exists (select 1 from pg_tables where tablename = '_sqlx_migrations')",
             )
@@ -113,7 +111,7 @@ impl Store {
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
         let mut tx = self.pool.begin().await?;
         // An integer formatted by us: nothing user-supplied reaches this statement.
-        sqlx::query(&format!(
+        query(&format!(
             "set local statement_timeout = {}",
             self.statement_timeout.as_millis()
         ))
@@ -158,6 +156,31 @@ impl Store {
             .record(started.elapsed().as_secs_f64());
         result
     }
+}
+
+// Every statement is sent unnamed. A named prepared statement lives on the server connection
+// it was prepared on; behind a transaction-mode pooler (Neon's pooled endpoint, PgBouncer) the
+// next transaction may get another server connection, where the name is unknown or, worse,
+// taken ("prepared statement sqlx_s_1 already exists"). Unnamed statements live only until
+// the next one, and every store operation runs in a transaction, which pins one server
+// connection for its duration. Use these instead of `sqlx::query*` in the store.
+
+pub(crate) fn query(sql: &str) -> Query<'_, Postgres, PgArguments> {
+    sqlx::query(sql).persistent(false)
+}
+
+pub(crate) fn query_as<'q, O>(sql: &'q str) -> QueryAs<'q, Postgres, O, PgArguments>
+where
+    O: for<'r> FromRow<'r, PgRow>,
+{
+    sqlx::query_as(sql).persistent(false)
+}
+
+pub(crate) fn query_scalar<'q, O>(sql: &'q str) -> QueryScalar<'q, Postgres, O, PgArguments>
+where
+    (O,): for<'r> FromRow<'r, PgRow>,
+{
+    sqlx::query_scalar(sql).persistent(false)
 }
 
 /// 50 ms, 100 ms, 200 ms, ... capped at 2 s, with up to 50% jitter.

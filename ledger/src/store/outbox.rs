@@ -3,6 +3,7 @@
 use serde_json::Value;
 use sqlx::PgConnection;
 
+use super::query;
 use crate::audit::now_micros;
 use crate::error::Error;
 
@@ -13,7 +14,7 @@ pub(crate) async fn enqueue(
     event_type: &str,
     payload: Value,
 ) -> Result<(), Error> {
-    sqlx::query(
+    query(
         "insert into outbox (aggregate_type, aggregate_id, event_type, payload, created_at) \
          values ($1, $2, $3, $4, $5)",
     )

@@ -7,6 +7,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgConnection, Row};
 
 use super::audit::{self, AuditEvent};
+use super::{query, query_scalar};
 use super::{unique_violation, Store};
 use crate::audit::{now_micros, AuditContext};
 use crate::currency::Currency;
@@ -29,7 +30,7 @@ async fn load_versions(
         Versions::Id(id) => (Some(id), None),
         Versions::ValidAt(at) => (None, Some(at)),
     };
-    let rows = sqlx::query(
+    let rows = query(
         "select v.id, v.valid_from, v.currency, v.created_at, v.created_by, \
                 coalesce(jsonb_object_agg(r.meter, r.rate::text) filter (where r.meter is not null), \
                          '{}') as rates \
@@ -52,15 +53,19 @@ async fn load_versions(
                 .0
                 .into_iter()
                 .map(|(meter, rate)| {
-                    let meter = MeterName::parse("meter", &meter).map_err(|e| corrupt(e.to_string()))?;
-                    let rate: Decimal = rate.parse().map_err(|_| corrupt(format!("rate {rate:?}")))?;
+                    let meter =
+                        MeterName::parse("meter", &meter).map_err(|e| corrupt(e.to_string()))?;
+                    let rate: Decimal = rate
+                        .parse()
+                        .map_err(|_| corrupt(format!("rate {rate:?}")))?;
                     Ok((meter, rate))
                 })
                 .collect::<Result<_, Error>>()?;
             Ok(PriceBookVersion {
                 id: row.try_get("id")?,
                 valid_from: row.try_get("valid_from")?,
-                currency: Currency::parse("currency", &currency).map_err(|e| corrupt(e.to_string()))?,
+                currency: Currency::parse("currency", &currency)
+                    .map_err(|e| corrupt(e.to_string()))?,
                 rates,
                 created_at: row.try_get("created_at")?,
                 created_by: row.try_get("created_by")?,
@@ -74,7 +79,7 @@ async fn insert_version(
     ctx: &AuditContext,
     new: &NewPriceBookVersion,
 ) -> Result<PriceBookVersion, Error> {
-    let id: i64 = sqlx::query_scalar(
+    let id: i64 = query_scalar(
         "insert into price_book_versions (valid_from, currency, created_at, created_by) \
          values ($1, $2, $3, $4) returning id",
     )
@@ -94,7 +99,7 @@ async fn insert_version(
     })?;
     let (meters, rates): (Vec<&str>, Vec<Decimal>) =
         new.rates.iter().map(|(m, r)| (m.as_str(), *r)).unzip();
-    sqlx::query(
+    query(
         "insert into price_book_rates (version_id, meter, rate, currency) \
          select $1, meter, rate, $4 from unnest($2::text[], $3::numeric[]) as r(meter, rate)",
     )
@@ -148,10 +153,10 @@ impl Store {
         self.run("seed_price_book", || async {
             let mut tx = self.begin().await?;
             // Two daemons starting together must not both seed.
-            sqlx::query("lock table price_book_versions in share row exclusive mode")
+            query("lock table price_book_versions in share row exclusive mode")
                 .execute(&mut *tx)
                 .await?;
-            let exists: bool = sqlx::query_scalar("select exists (select 1 from price_book_versions)")
+            let exists: bool = query_scalar("select exists (select 1 from price_book_versions)")
                 .fetch_one(&mut *tx)
                 .await?;
             if exists {

@@ -8,6 +8,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::audit::{self, AuditEvent};
+use super::query;
 use super::{outbox, unique_violation, Store};
 use crate::audit::{now_micros, AuditContext};
 use crate::error::Error;
@@ -41,7 +42,7 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
 }
 
 async fn lock_tenant(conn: &mut PgConnection, id: &TenantId) -> Result<Tenant, Error> {
-    let row = sqlx::query(&format!(
+    let row = query(&format!(
         "select {TENANT_COLUMNS} from tenants where id = $1 for update"
     ))
     .bind(id.as_str())
@@ -71,11 +72,15 @@ fn state_event(from: TenantState, to: TenantState) -> &'static str {
 impl Store {
     /// Creates an active tenant. (Requests with approval arrive with the lifecycle core; until
     /// then an operator's create is the approval.)
-    pub async fn create_tenant(&self, ctx: &AuditContext, new: &NewTenant) -> Result<Tenant, Error> {
+    pub async fn create_tenant(
+        &self,
+        ctx: &AuditContext,
+        new: &NewTenant,
+    ) -> Result<Tenant, Error> {
         self.run("create_tenant", || async {
             let mut tx = self.begin().await?;
             let now = now_micros();
-            let row = sqlx::query(&format!(
+            let row = query(&format!(
                 "insert into tenants ({TENANT_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $7, $7) \
                  returning {TENANT_COLUMNS}"
             ))
@@ -117,10 +122,12 @@ impl Store {
     pub async fn get_tenant(&self, id: &TenantId) -> Result<Tenant, Error> {
         self.run("get_tenant", || async {
             let mut tx = self.begin().await?;
-            let row = sqlx::query(&format!("select {TENANT_COLUMNS} from tenants where id = $1"))
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let row = query(&format!(
+                "select {TENANT_COLUMNS} from tenants where id = $1"
+            ))
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
             tx.commit().await?;
             match row {
                 Some(row) => tenant_from_row(&row),
@@ -137,7 +144,7 @@ impl Store {
     pub async fn list_tenants(&self, state: Option<TenantState>) -> Result<Vec<Tenant>, Error> {
         self.run("list_tenants", || async {
             let mut tx = self.begin().await?;
-            let rows = sqlx::query(&format!(
+            let rows = query(&format!(
                 "select {TENANT_COLUMNS} from tenants where ($1::text is null or state = $1) order by id"
             ))
             .bind(state.map(TenantState::as_str))
@@ -162,7 +169,11 @@ impl Store {
             if !before.state.is_mutable() {
                 return Err(Error::conflict(
                     "tenant_not_mutable",
-                    format!("tenant {:?} is {} and can no longer change", id.as_str(), before.state),
+                    format!(
+                        "tenant {:?} is {} and can no longer change",
+                        id.as_str(),
+                        before.state
+                    ),
                 ));
             }
             let mut after = before.clone();
@@ -170,7 +181,7 @@ impl Store {
             if after == before {
                 return Ok(before);
             }
-            let row = sqlx::query(&format!(
+            let row = query(&format!(
                 "update tenants set display_name = $2, owner = $3, labels = $4, updated_at = $5 \
                  where id = $1 returning {TENANT_COLUMNS}"
             ))
@@ -194,8 +205,14 @@ impl Store {
                 },
             )
             .await?;
-            outbox::enqueue(&mut tx, "tenant", id.as_str(), "tenant.updated", after.to_json())
-                .await?;
+            outbox::enqueue(
+                &mut tx,
+                "tenant",
+                id.as_str(),
+                "tenant.updated",
+                after.to_json(),
+            )
+            .await?;
             tx.commit().await?;
             Ok(after)
         })
@@ -229,7 +246,7 @@ impl Store {
                 ));
             }
             let now = now_micros();
-            let row = sqlx::query(&format!(
+            let row = query(&format!(
                 "update tenants set state = $2, updated_at = $3, state_changed_at = $3 \
                  where id = $1 returning {TENANT_COLUMNS}"
             ))
@@ -256,8 +273,14 @@ impl Store {
                 "previous_state": before.state.as_str(),
                 "reason": reason,
             });
-            outbox::enqueue(&mut tx, "tenant", id.as_str(), state_event(before.state, to), event)
-                .await?;
+            outbox::enqueue(
+                &mut tx,
+                "tenant",
+                id.as_str(),
+                state_event(before.state, to),
+                event,
+            )
+            .await?;
             tx.commit().await?;
             Ok(after)
         })

@@ -1,0 +1,123 @@
+//! API errors: a status, a stable code, a message and the field at fault, as
+//! `{"error":{"code":"...","message":"...","field":"..."}}`. Database and internal error text is
+//! logged with the request id, never sent to the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_field",
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "your role may not do this",
+        )
+    }
+
+    pub fn tenant_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("tenant {id:?} not found"),
+        )
+    }
+}
+
+impl From<ledger::Invalid> for ApiError {
+    fn from(e: ledger::Invalid) -> Self {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+impl From<ledger::Error> for ApiError {
+    fn from(e: ledger::Error) -> Self {
+        use ledger::Error::*;
+        match e {
+            Invalid(invalid) => invalid.into(),
+            NotFound { what, id } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} {id:?} not found"),
+            ),
+            Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            Timeout { .. } => {
+                tracing::error!(error = %e, "database timeout");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the ledger did not answer in time; retry later",
+                )
+            }
+            Database(_) | Migrate(_) => {
+                tracing::error!(error = %e, "database error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; the request id is in the x-request-id header",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

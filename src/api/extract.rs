@@ -1,0 +1,207 @@
+//! Request extractors that answer in the API's error format: the authenticated caller, a
+//! tenant id from the path, a size-limited JSON body parsed with field-level errors, and the
+//! query string.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use ledger::audit::AuditContext;
+use ledger::tenant::TenantId;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::{AppState, RequestId};
+use crate::auth::{Permission, Principal};
+
+/// Request bodies are limited to 1 MiB.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The authenticated caller, with the request id for audit records.
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: String,
+}
+
+impl Caller {
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.principal.may(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+
+    /// For routes about one tenant: a tenant the caller may not see does not exist for it
+    /// (404), checked before the role (403), so that ids do not leak.
+    pub fn require_for(&self, tenant: &TenantId, permission: Permission) -> Result<(), ApiError> {
+        if !self.principal.sees(tenant) {
+            return Err(ApiError::tenant_not_found(tenant.as_str()));
+        }
+        self.require(permission)
+    }
+
+    pub fn audit(&self) -> AuditContext {
+        AuditContext {
+            actor: self.principal.actor(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| state.auth.authenticate(v))
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)?;
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        Ok(Caller {
+            principal,
+            request_id,
+        })
+    }
+}
+
+/// The `{id}` path segment as a tenant id.
+pub struct TenantPath(pub TenantId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid("id", "the path does not hold a tenant id"))?;
+        Ok(TenantPath(TenantId::parse(&id)?))
+    }
+}
+
+/// A JSON body of at most `MAX_BODY_BYTES`, parsed only when the handler asks for it, so that
+/// authentication and authorisation answer before any body validation.
+pub struct JsonBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        if !content_type.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json",
+            ));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+                )
+            })?;
+        Ok(JsonBody(bytes))
+    }
+}
+
+impl JsonBody {
+    /// Parses the body; unknown fields and wrong types are errors naming the field.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let mut de = serde_json::Deserializer::from_slice(&self.0);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;
+        de.end().map_err(|e| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_json",
+            message: strip_position(&e.to_string()),
+            field: None,
+        })?;
+        Ok(value)
+    }
+}
+
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = e.inner();
+    let path = e.path().to_string();
+    let message = inner.to_string();
+    // serde names the unknown field in its message: "unknown field `x`, expected ..."
+    if let Some(unknown) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        // The path already ends at the unknown field.
+        let field = if path == "." {
+            unknown.to_owned()
+        } else {
+            path
+        };
+        return ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "unknown_field",
+            message: format!("unknown field {unknown:?}"),
+            field: Some(field),
+        };
+    }
+    let field = (path != ".").then_some(path);
+    let code = if inner.is_syntax() || inner.is_eof() {
+        "invalid_json"
+    } else {
+        "invalid_field"
+    };
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message: strip_position(&message),
+        field,
+    }
+}
+
+/// serde_json appends " at line 1 column 42"; the field name says more to an API client.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Query parameters; any parameter not in `allowed` is an error naming it.
+pub fn query_params(
+    raw: Option<&str>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut params = BTreeMap::new();
+    for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "unknown_field",
+                message: format!("unknown query parameter {key:?}"),
+                field: Some(key.into_owned()),
+            });
+        }
+        if params
+            .insert(key.clone().into_owned(), value.into_owned())
+            .is_some()
+        {
+            return Err(ApiError::invalid(key.into_owned(), "given more than once"));
+        }
+    }
+    Ok(params)
+}

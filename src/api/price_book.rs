@@ -1,0 +1,90 @@
+//! Price-book routes: list versions, add one (roles `finance` and `admin`).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use ledger::currency::Currency;
+use ledger::money::parse_rate;
+use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::{Caller, JsonBody};
+use super::AppState;
+use crate::auth::Permission;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewVersion {
+    valid_from: DateTime<Utc>,
+    currency: String,
+    rates: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+pub struct VersionDto {
+    version: i64,
+    valid_from: DateTime<Utc>,
+    currency: String,
+    rates: BTreeMap<String, String>,
+    created_at: DateTime<Utc>,
+    created_by: String,
+}
+
+impl From<PriceBookVersion> for VersionDto {
+    fn from(v: PriceBookVersion) -> Self {
+        VersionDto {
+            version: v.id,
+            valid_from: v.valid_from,
+            currency: v.currency.to_string(),
+            rates: v
+                .rates
+                .iter()
+                .map(|(m, r)| (m.to_string(), r.to_string()))
+                .collect(),
+            created_at: v.created_at,
+            created_by: v.created_by,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct VersionList {
+    versions: Vec<VersionDto>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<VersionList>, ApiError> {
+    caller.require(Permission::ReadPriceBook)?;
+    let versions = state.store.list_price_book_versions().await?;
+    Ok(Json(VersionList {
+        versions: versions.into_iter().map(VersionDto::from).collect(),
+    }))
+}
+
+pub async fn add(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Permission::ManagePriceBook)?;
+    let req: NewVersion = body.parse()?;
+    let currency = Currency::parse("currency", &req.currency)?;
+    let mut rates = BTreeMap::new();
+    for (meter, rate) in &req.rates {
+        let field = format!("rates.{meter}");
+        rates.insert(MeterName::parse(&field, meter)?, parse_rate(&field, rate)?);
+    }
+    let new = NewPriceBookVersion::new(req.valid_from, currency, rates)?;
+    let version = state
+        .store
+        .add_price_book_version(&caller.audit(), &new)
+        .await?;
+    Ok((StatusCode::CREATED, Json(VersionDto::from(version))))
+}

@@ -1,0 +1,343 @@
+//! Tenant routes: create, list, read, update, offboard; budgets; costs.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, NaiveDate, Utc};
+use ledger::budget::{Budget, BudgetPeriod, NewBudget, Thresholds};
+use ledger::currency::Currency;
+use ledger::money::parse_amount;
+use ledger::tenant::{
+    DataResidency, DisplayName, Labels, NewTenant, Owner, Tenant, TenantId, TenantPatch,
+    TenantState,
+};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::{query_params, Caller, JsonBody, TenantPath};
+use super::AppState;
+use crate::auth::Permission;
+use crate::report::CostReport;
+
+#[derive(Serialize)]
+pub struct TenantDto {
+    id: String,
+    display_name: String,
+    owner: String,
+    data_residency: String,
+    labels: BTreeMap<String, String>,
+    state: &'static str,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    state_changed_at: DateTime<Utc>,
+}
+
+impl From<Tenant> for TenantDto {
+    fn from(t: Tenant) -> Self {
+        TenantDto {
+            id: t.id.to_string(),
+            display_name: t.display_name.as_str().to_owned(),
+            owner: t.owner.as_str().to_owned(),
+            data_residency: t.data_residency.as_str().to_owned(),
+            labels: t
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            state: t.state.as_str(),
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            state_changed_at: t.state_changed_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    id: String,
+    display_name: String,
+    owner: String,
+    data_residency: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchTenant {
+    display_name: Option<String>,
+    owner: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    // Named so that the error can say why rather than "unknown field".
+    data_residency: Option<serde_json::Value>,
+    id: Option<serde_json::Value>,
+    state: Option<serde_json::Value>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Permission::ManageTenants)?;
+    let req: CreateTenant = body.parse()?;
+    let new = NewTenant {
+        id: TenantId::parse(&req.id)?,
+        display_name: DisplayName::parse(&req.display_name)?,
+        owner: Owner::parse(&req.owner)?,
+        data_residency: DataResidency::parse(&req.data_residency)?,
+        labels: Labels::parse(req.labels)?,
+    };
+    let tenant = state.store.create_tenant(&caller.audit(), &new).await?;
+    let location = format!("/api/v1/tenants/{}", tenant.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(TenantDto::from(tenant)),
+    ))
+}
+
+#[derive(Serialize)]
+pub struct TenantList {
+    tenants: Vec<TenantDto>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<TenantList>, ApiError> {
+    caller.require(Permission::ReadTenants)?;
+    let params = query_params(query.as_deref(), &["state"])?;
+    let filter = params
+        .get("state")
+        .map(|s| TenantState::parse(s))
+        .transpose()?;
+    let tenants = state.store.list_tenants(filter).await?;
+    let tenants = tenants
+        .into_iter()
+        .filter(|t| caller.principal.sees(&t.id))
+        .map(TenantDto::from)
+        .collect();
+    Ok(Json(TenantList { tenants }))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Result<Json<TenantDto>, ApiError> {
+    caller.require_for(&id, Permission::ReadTenants)?;
+    Ok(Json(state.store.get_tenant(&id).await?.into()))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    body: JsonBody,
+) -> Result<Json<TenantDto>, ApiError> {
+    caller.require_for(&id, Permission::ManageTenants)?;
+    let req: PatchTenant = body.parse()?;
+    if req.data_residency.is_some() {
+        return Err(ApiError::invalid(
+            "data_residency",
+            "data residency is fixed when a tenant is created",
+        ));
+    }
+    if req.id.is_some() {
+        return Err(ApiError::invalid("id", "a tenant id cannot change"));
+    }
+    if req.state.is_some() {
+        return Err(ApiError::invalid(
+            "state",
+            "the lifecycle state changes through its own operations (DELETE offboards)",
+        ));
+    }
+    let patch = TenantPatch {
+        display_name: req
+            .display_name
+            .as_deref()
+            .map(DisplayName::parse)
+            .transpose()?,
+        owner: req.owner.as_deref().map(Owner::parse).transpose()?,
+        labels: req.labels.map(Labels::parse).transpose()?,
+    };
+    if patch.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_patch",
+            "give at least one of display_name, owner, labels",
+        ));
+    }
+    let tenant = state
+        .store
+        .update_tenant(&caller.audit(), &id, &patch)
+        .await?;
+    Ok(Json(tenant.into()))
+}
+
+/// Starts offboarding. The full procedure (cluster clean-up, final report) follows the
+/// `offboarding` state; asking again while it runs is a no-op.
+pub async fn offboard(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_for(&id, Permission::ManageTenants)?;
+    let tenant = state
+        .store
+        .transition_tenant(
+            &caller.audit(),
+            &id,
+            TenantState::Offboarding,
+            "offboarding requested through the API",
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(TenantDto::from(tenant))))
+}
+
+// Budgets
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBudget {
+    amount: String,
+    currency: String,
+    period: Option<String>,
+    thresholds: Option<Vec<u32>>,
+    effective_from: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+pub struct BudgetDto {
+    tenant_id: String,
+    amount: String,
+    currency: String,
+    period: &'static str,
+    thresholds: Vec<u32>,
+    effective_from: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    created_by: String,
+    current_period: PeriodDto,
+}
+
+#[derive(Serialize)]
+struct PeriodDto {
+    start: NaiveDate,
+    /// Exclusive.
+    end: NaiveDate,
+}
+
+impl BudgetDto {
+    fn new(b: Budget, now: DateTime<Utc>) -> Self {
+        let (start, end) = b.period.bounds(now);
+        BudgetDto {
+            tenant_id: b.tenant.to_string(),
+            amount: b.amount.amount.to_string(),
+            currency: b.amount.currency.to_string(),
+            period: b.period.as_str(),
+            thresholds: b.thresholds.as_slice().to_vec(),
+            effective_from: b.effective_from,
+            created_at: b.created_at,
+            created_by: b.created_by,
+            current_period: PeriodDto { start, end },
+        }
+    }
+}
+
+pub const DEFAULT_THRESHOLDS: [u32; 3] = [50, 80, 100];
+
+pub async fn put_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    body: JsonBody,
+) -> Result<Json<BudgetDto>, ApiError> {
+    caller.require_for(&id, Permission::SetBudget)?;
+    let req: PutBudget = body.parse()?;
+    let currency = Currency::parse("currency", &req.currency)?;
+    let now = Utc::now();
+    let effective_from = req.effective_from.unwrap_or(now);
+    let new = NewBudget {
+        amount: parse_amount("amount", &req.amount, currency)?,
+        period: req
+            .period
+            .as_deref()
+            .map(BudgetPeriod::parse)
+            .transpose()?
+            .unwrap_or(BudgetPeriod::Monthly),
+        thresholds: Thresholds::parse(req.thresholds.unwrap_or(DEFAULT_THRESHOLDS.to_vec()))?,
+        effective_from,
+    };
+    let budget = state.store.set_budget(&caller.audit(), &id, &new).await?;
+    Ok(Json(BudgetDto::new(budget, now)))
+}
+
+pub async fn get_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Result<Json<BudgetDto>, ApiError> {
+    caller.require_for(&id, Permission::ReadBudget)?;
+    let now = Utc::now();
+    // A missing tenant answers 404 as a tenant, not as a budget.
+    state.store.get_tenant(&id).await?;
+    match state.store.budget_at(&id, now).await? {
+        Some(budget) => Ok(Json(BudgetDto::new(budget, now))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_budget",
+            format!("tenant {:?} has no budget in force", id.as_str()),
+        )),
+    }
+}
+
+// Costs
+
+/// The longest range one costs request may cover.
+const MAX_COST_DAYS: i64 = 366;
+
+pub async fn costs(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    RawQuery(query): RawQuery,
+) -> Result<Json<CostReport>, ApiError> {
+    caller.require_for(&id, Permission::ReadCosts)?;
+    let params = query_params(query.as_deref(), &["from", "to"])?;
+    let (from, to) = date_range(params.get("from"), params.get("to"))?;
+    state.store.get_tenant(&id).await?;
+    let next_day = to
+        .succ_opt()
+        .ok_or_else(|| ApiError::invalid("to", "out of range"))?;
+    let costs = state.store.daily_costs(Some(&id), from, next_day).await?;
+    Ok(Json(CostReport::new(from, to, &costs)))
+}
+
+/// Parses an inclusive range of UTC days.
+pub fn date_range(
+    from: Option<&String>,
+    to: Option<&String>,
+) -> Result<(NaiveDate, NaiveDate), ApiError> {
+    let day = |field: &str, value: Option<&String>| -> Result<NaiveDate, ApiError> {
+        let value = value.ok_or_else(|| ApiError::invalid(field, "is required (YYYY-MM-DD)"))?;
+        NaiveDate::parse_from_str(value, "%Y-%m-%d")
+            .map_err(|_| ApiError::invalid(field, format!("{value:?} is not a date (YYYY-MM-DD)")))
+    };
+    let (from, to) = (day("from", from)?, day("to", to)?);
+    if to < from {
+        return Err(ApiError::invalid("to", "must not be before from"));
+    }
+    if (to - from).num_days() >= MAX_COST_DAYS {
+        return Err(ApiError::invalid(
+            "to",
+            format!("a request covers at most {MAX_COST_DAYS} days"),
+        ));
+    }
+    Ok((from, to))
+}

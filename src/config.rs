@@ -1,0 +1,599 @@
+//! Configuration: a TOML file, overridden by environment variables, validated at start-up
+//! into typed values. Every problem names its key. Timeouts have no defaults: the file says
+//! each one (see `examples/budgetd.toml`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ledger::currency::Currency;
+use ledger::price_book::{MeterName, NewPriceBookVersion};
+use ledger::tenant::TenantId;
+use ledger::StoreConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::auth::{Role, TokenHash};
+
+/// A configuration problem: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// The file's shape. Unknown keys are errors, so a typo never silently falls back to a default.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    prometheus: RawPrometheus,
+    #[serde(default)]
+    alertmanager: RawAlertmanager,
+    #[serde(default)]
+    price_book: RawPriceBook,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+    migrate_url: Option<String>,
+    max_connections: Option<u32>,
+    acquire_timeout_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
+    migrate_timeout_ms: Option<u64>,
+    max_retries: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+    request_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    role: String,
+    sha256: String,
+    tenant: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrometheus {
+    url: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertmanager {
+    urls: Option<Vec<String>>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPriceBook {
+    seed: Option<RawPriceBookSeed>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPriceBookSeed {
+    valid_from: String,
+    currency: String,
+    rates: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    filter: Option<String>,
+}
+
+// The validated configuration.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub api: ApiConfig,
+    pub prometheus: PrometheusConfig,
+    pub alertmanager: AlertmanagerConfig,
+    pub price_book_seed: Option<NewPriceBookVersion>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: SecretString,
+    /// Direct (non-pooled) URL for migrations; the pooled URL when not set.
+    pub migrate_url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub migrate_timeout: Duration,
+    pub max_retries: u32,
+}
+
+impl DatabaseConfig {
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            url: self.url.expose_secret().to_owned(),
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+            statement_timeout: self.statement_timeout,
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: Role,
+    pub hash: TokenHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrometheusConfig {
+    pub url: Url,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertmanagerConfig {
+    pub urls: Vec<Url>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+/// The environment variables that override the file, and the keys they set.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("BUDGETD_DATABASE_URL", "database.url"),
+    ("BUDGETD_MIGRATE_DATABASE_URL", "database.migrate_url"),
+    ("BUDGETD_API_LISTEN", "api.listen"),
+    ("BUDGETD_PROMETHEUS_URL", "prometheus.url"),
+    ("BUDGETD_ALERTMANAGER_URL", "alertmanager.urls"),
+    ("BUDGETD_LOG_FORMAT", "log.format"),
+    ("BUDGETD_LOG", "log.filter"),
+];
+
+impl Config {
+    /// Reads `path` (if given), applies overrides from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<RawConfig>(&text).map_err(|e| toml_error(&text, e))?
+            }
+            None => RawConfig::default(),
+        };
+        for &(var, key) in ENV_OVERRIDES {
+            if let Some(value) = env(var) {
+                raw.set(key, value);
+            }
+        }
+        let mut config = raw.validate()?;
+        if let Some(token) = env("BUDGETD_BOOTSTRAP_ADMIN_TOKEN") {
+            if token.len() < 16 {
+                return Err(ConfigError::new(
+                    "BUDGETD_BOOTSTRAP_ADMIN_TOKEN",
+                    "must be at least 16 characters",
+                ));
+            }
+            config.api.tokens.push(TokenConfig {
+                name: "bootstrap-admin".to_owned(),
+                role: Role::Admin,
+                hash: TokenHash::of(&token),
+            });
+        }
+        Ok(config)
+    }
+}
+
+fn toml_error(text: &str, e: toml::de::Error) -> ConfigError {
+    let key = match e.span() {
+        Some(span) => {
+            let line = text[..span.start].lines().count().max(1);
+            format!("line {line}")
+        }
+        None => "file".to_owned(),
+    };
+    ConfigError::new(key, e.message().to_owned())
+}
+
+fn required<T>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
+    value.ok_or_else(|| ConfigError::new(key, "is required"))
+}
+
+fn millis(value: Option<u64>, key: &str) -> Result<Duration, ConfigError> {
+    match required(value, key)? {
+        0 => Err(ConfigError::new(key, "must be greater than 0")),
+        ms if ms > 3_600_000 => Err(ConfigError::new(key, "must be at most one hour")),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+fn http_url(value: &str, key: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| ConfigError::new(key, format!("{value:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(key, "must be an http:// or https:// URL"));
+    }
+    Ok(url)
+}
+
+fn postgres_url(value: &str, key: &str) -> Result<SecretString, ConfigError> {
+    // Never echo the URL: it may hold a password.
+    let url = Url::parse(value).map_err(|e| ConfigError::new(key, format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(ConfigError::new(key, "must be a postgres:// URL"));
+    }
+    Ok(SecretString::from(value.to_owned()))
+}
+
+impl RawConfig {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "database.url" => self.database.url = Some(value),
+            "database.migrate_url" => self.database.migrate_url = Some(value),
+            "api.listen" => self.api.listen = Some(value),
+            "prometheus.url" => self.prometheus.url = Some(value),
+            "alertmanager.urls" => {
+                self.alertmanager.urls =
+                    Some(value.split(',').map(|s| s.trim().to_owned()).collect())
+            }
+            "log.format" => self.log.format = Some(value),
+            "log.filter" => self.log.filter = Some(value),
+            other => unreachable!("no override for {other}"),
+        }
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        let db = self.database;
+        let url = postgres_url(&required(db.url, "database.url")?, "database.url")?;
+        let migrate_url = match db.migrate_url {
+            Some(u) => postgres_url(&u, "database.migrate_url")?,
+            None => url.clone(),
+        };
+        let max_connections = required(db.max_connections, "database.max_connections")?;
+        if !(1..=1000).contains(&max_connections) {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be in 1..=1000",
+            ));
+        }
+        let max_retries = required(db.max_retries, "database.max_retries")?;
+        if max_retries > 10 {
+            return Err(ConfigError::new(
+                "database.max_retries",
+                "must be at most 10",
+            ));
+        }
+        let database = DatabaseConfig {
+            url,
+            migrate_url,
+            max_connections,
+            acquire_timeout: millis(db.acquire_timeout_ms, "database.acquire_timeout_ms")?,
+            statement_timeout: millis(db.statement_timeout_ms, "database.statement_timeout_ms")?,
+            migrate_timeout: millis(db.migrate_timeout_ms, "database.migrate_timeout_ms")?,
+            max_retries,
+        };
+
+        let listen = required(self.api.listen, "api.listen")?;
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError::new(
+                "api.listen",
+                format!("{listen:?} is not an address such as 127.0.0.1:8080"),
+            )
+        })?;
+        let mut tokens = Vec::new();
+        for (i, t) in self.api.tokens.into_iter().enumerate() {
+            let key = |field: &str| format!("api.tokens[{i}].{field}");
+            if t.name.trim().is_empty() || t.name.len() > 64 {
+                return Err(ConfigError::new(key("name"), "must be 1 to 64 characters"));
+            }
+            let hash = TokenHash::from_hex(&t.sha256).ok_or_else(|| {
+                ConfigError::new(key("sha256"), "must be 64 hex digits (sha256 of the token)")
+            })?;
+            let tenant = t
+                .tenant
+                .map(|id| {
+                    TenantId::parse(&id).map_err(|e| ConfigError::new(key("tenant"), e.message))
+                })
+                .transpose()?;
+            let role =
+                Role::parse(&t.role, tenant).map_err(|m| ConfigError::new(key("role"), m))?;
+            if tokens.iter().any(|o: &TokenConfig| o.hash == hash) {
+                return Err(ConfigError::new(
+                    key("sha256"),
+                    "the same token is configured twice",
+                ));
+            }
+            tokens.push(TokenConfig {
+                name: t.name,
+                role,
+                hash,
+            });
+        }
+        let api = ApiConfig {
+            listen,
+            request_timeout: millis(self.api.request_timeout_ms, "api.request_timeout_ms")?,
+            shutdown_timeout: millis(self.api.shutdown_timeout_ms, "api.shutdown_timeout_ms")?,
+            tokens,
+        };
+
+        let prometheus = PrometheusConfig {
+            url: http_url(
+                &required(self.prometheus.url, "prometheus.url")?,
+                "prometheus.url",
+            )?,
+            timeout: millis(self.prometheus.timeout_ms, "prometheus.timeout_ms")?,
+        };
+        let am_urls = required(self.alertmanager.urls, "alertmanager.urls")?;
+        if am_urls.is_empty() {
+            return Err(ConfigError::new(
+                "alertmanager.urls",
+                "give at least one URL",
+            ));
+        }
+        let alertmanager = AlertmanagerConfig {
+            urls: am_urls
+                .iter()
+                .map(|u| http_url(u, "alertmanager.urls"))
+                .collect::<Result<_, _>>()?,
+            timeout: millis(self.alertmanager.timeout_ms, "alertmanager.timeout_ms")?,
+        };
+
+        let price_book_seed = self.price_book.seed.map(validate_seed).transpose()?;
+
+        let log = LogConfig {
+            format: match self.log.format.as_deref().unwrap_or("text") {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::new(
+                        "log.format",
+                        format!("{other:?} is not one of \"text\", \"json\""),
+                    ))
+                }
+            },
+            filter: self.log.filter.unwrap_or_else(|| "info".to_owned()),
+        };
+
+        Ok(Config {
+            database,
+            api,
+            prometheus,
+            alertmanager,
+            price_book_seed,
+            log,
+        })
+    }
+}
+
+fn validate_seed(seed: RawPriceBookSeed) -> Result<NewPriceBookVersion, ConfigError> {
+    let key = |field: &str| format!("price_book.seed.{field}");
+    let valid_from = DateTime::parse_from_rfc3339(&seed.valid_from)
+        .map_err(|e| ConfigError::new(key("valid_from"), format!("not an RFC 3339 time: {e}")))?
+        .with_timezone(&Utc);
+    let currency = Currency::parse("currency", &seed.currency)
+        .map_err(|e| ConfigError::new(key("currency"), e.message))?;
+    let mut rates = BTreeMap::new();
+    for (meter, rate) in &seed.rates {
+        let meter_name = MeterName::parse("meter", meter)
+            .map_err(|e| ConfigError::new(key(&format!("rates.{meter}")), e.message))?;
+        let rate = ledger::money::parse_rate("rate", rate)
+            .map_err(|e| ConfigError::new(key(&format!("rates.{meter}")), e.message))?;
+        rates.insert(meter_name, rate);
+    }
+    NewPriceBookVersion::new(valid_from, currency, rates)
+        .map_err(|e| ConfigError::new(key(&e.field), e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../examples/budgetd.toml");
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("budgetd-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("budgetd.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let result = Config::load(Some(&path), |k| env.get(k).cloned());
+        std::fs::remove_dir_all(&dir).ok();
+        result
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let config = load(EXAMPLE, &[]).unwrap();
+        let seed = config.price_book_seed.unwrap();
+        assert_eq!(seed.currency.code(), "EUR");
+        assert!(seed.rates.len() >= 5);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(
+            EXAMPLE,
+            &[
+                (
+                    "BUDGETD_DATABASE_URL",
+                    "postgres://x@db.example:5432/ledger",
+                ),
+                ("BUDGETD_API_LISTEN", "127.0.0.1:9999"),
+                ("BUDGETD_PROMETHEUS_URL", "http://prom.example:9090"),
+                (
+                    "BUDGETD_ALERTMANAGER_URL",
+                    "http://am-0:9093, http://am-1:9093",
+                ),
+                ("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", "0123456789abcdef0123"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.database.url.expose_secret(),
+            "postgres://x@db.example:5432/ledger"
+        );
+        assert_eq!(config.api.listen.port(), 9999);
+        assert_eq!(config.prometheus.url.host_str(), Some("prom.example"));
+        assert_eq!(config.alertmanager.urls.len(), 2);
+        let bootstrap = config.api.tokens.last().unwrap();
+        assert_eq!(
+            (bootstrap.name.as_str(), &bootstrap.role),
+            ("bootstrap-admin", &Role::Admin)
+        );
+        assert_eq!(bootstrap.hash, TokenHash::of("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn problems_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("max_retries = 3\n", "", "database.max_retries"),
+            (
+                "statement_timeout_ms = 30000",
+                "statement_timeout_ms = 0",
+                "database.statement_timeout_ms",
+            ),
+            (
+                "statement_timeout_ms = 30000",
+                "",
+                "database.statement_timeout_ms",
+            ),
+            (
+                "listen = \"127.0.0.1:8080\"",
+                "listen = \"localhost\"",
+                "api.listen",
+            ),
+            (
+                "timeout_ms = 10000",
+                "timeout_ms = 10000\nsurprise = 1",
+                "line",
+            ),
+            (
+                "currency = \"EUR\"",
+                "currency = \"EURO\"",
+                "price_book.seed.currency",
+            ),
+            (
+                "cpu = \"0.031\"",
+                "cpu = \"-0.031\"",
+                "price_book.seed.rates.cpu",
+            ),
+            (
+                "url = \"http://127.0.0.1:9090\"",
+                "url = \"ftp://x\"",
+                "prometheus.url",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(EXAMPLE.contains(from), "example lacks {from}");
+            let text = EXAMPLE.replacen(from, to, 1);
+            let err = load(&text, &[]).expect_err(to);
+            assert!(err.key.starts_with(key), "{to}: {err}");
+        }
+        let err = load(EXAMPLE, &[("BUDGETD_DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert_eq!(err.key, "database.url");
+        assert!(
+            !err.message.contains("mysql://x"),
+            "the URL may hold a secret"
+        );
+        let err = load(EXAMPLE, &[("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", "short")]).unwrap_err();
+        assert_eq!(err.key, "BUDGETD_BOOTSTRAP_ADMIN_TOKEN");
+    }
+
+    #[test]
+    fn tokens_are_validated() {
+        let token = |role: &str, tenant: &str| {
+            format!("{EXAMPLE}\n[[api.tokens]]\nname = \"t\"\nrole = \"{role}\"\nsha256 = \"{}\"\n{tenant}\n", "ab".repeat(32))
+        };
+        assert!(load(&token("viewer", ""), &[]).is_ok());
+        assert!(load(&token("tenant", "tenant = \"acme\""), &[]).is_ok());
+        assert_eq!(
+            load(&token("tenant", ""), &[]).unwrap_err().key,
+            "api.tokens[0].role"
+        );
+        assert_eq!(
+            load(&token("viewer", "tenant = \"acme\""), &[])
+                .unwrap_err()
+                .key,
+            "api.tokens[0].role"
+        );
+        assert_eq!(
+            load(&token("root", ""), &[]).unwrap_err().key,
+            "api.tokens[0].role"
+        );
+        assert_eq!(
+            load(&token("tenant", "tenant = \"Bad\""), &[])
+                .unwrap_err()
+                .key,
+            "api.tokens[0].tenant"
+        );
+        let bad_hash = format!(
+            "{EXAMPLE}\n[[api.tokens]]\nname = \"t\"\nrole = \"viewer\"\nsha256 = \"xyz\"\n"
+        );
+        assert_eq!(
+            load(&bad_hash, &[]).unwrap_err().key,
+            "api.tokens[0].sha256"
+        );
+    }
+}

@@ -1,0 +1,484 @@
+//! Bad input gets a 4xx naming the field and changes nothing; good input round-trips.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// Sends `body` and expects `status` with `error.field == field`, and an unchanged ledger.
+async fn rejects(app: &TestApp, method: Method, path: &str, body: Value, status: u16, field: &str) {
+    let before = app.snapshot().await;
+    let reply = app
+        .call(
+            method.clone(),
+            path,
+            Some(&token("admin")),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        reply.status.as_u16(),
+        status,
+        "{method} {path} {body}: {:?}",
+        reply.body
+    );
+    assert_eq!(
+        reply.body["error"]["field"],
+        json!(field),
+        "{method} {path} {body}: {:?}",
+        reply.body
+    );
+    assert!(reply.body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "{method} {path} {body} changed the ledger"
+    );
+}
+
+fn with(mut base: Value, key: &str, value: Value) -> Value {
+    base[key] = value;
+    base
+}
+
+fn without(mut base: Value, key: &str) -> Value {
+    base.as_object_mut().unwrap().remove(key);
+    base
+}
+
+#[tokio::test]
+async fn tenant_input_is_validated() {
+    let app = app().await;
+    seed_tenants(&app, &["acme"]).await;
+    let ok = tenant_body("globex");
+    let cases = [
+        (with(ok.clone(), "id", json!("Globex")), "id"),
+        (with(ok.clone(), "id", json!("-globex")), "id"),
+        (with(ok.clone(), "id", json!("a_b")), "id"),
+        (with(ok.clone(), "id", json!("")), "id"),
+        (with(ok.clone(), "id", json!("x".repeat(64))), "id"),
+        (with(ok.clone(), "id", json!("a\"}\n\\")), "id"),
+        (with(ok.clone(), "id", json!(42)), "id"),
+        (without(ok.clone(), "owner"), ""),
+        (
+            with(ok.clone(), "display_name", json!("   ")),
+            "display_name",
+        ),
+        (with(ok.clone(), "owner", json!("x".repeat(300))), "owner"),
+        (
+            with(ok.clone(), "data_residency", json!("EU West")),
+            "data_residency",
+        ),
+        (
+            with(ok.clone(), "labels", json!({"bad key": "x"})),
+            "labels.bad key",
+        ),
+        (
+            with(ok.clone(), "labels", json!({"team": "-x"})),
+            "labels.team",
+        ),
+        (
+            with(ok.clone(), "labels", json!({"team": 1})),
+            "labels.team",
+        ),
+        (with(ok.clone(), "colour", json!("blue")), "colour"),
+    ];
+    for (body, field) in cases {
+        if field.is_empty() {
+            // a missing field: serde names it in the message, not as a path
+            let before = app.snapshot().await;
+            let reply = app
+                .call(
+                    Method::POST,
+                    "/api/v1/tenants",
+                    Some(&token("admin")),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+            assert!(
+                reply.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("owner"),
+                "{:?}",
+                reply.body
+            );
+            assert_eq!(app.snapshot().await, before);
+        } else {
+            rejects(&app, Method::POST, "/api/v1/tenants", body, 400, field).await;
+        }
+    }
+    // An existing id is a conflict, not a second tenant.
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(&token("admin")),
+            Some(tenant_body("acme")),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert_eq!(reply.body["error"]["code"], "already_exists");
+
+    // PATCH
+    let path = "/api/v1/tenants/acme";
+    rejects(
+        &app,
+        Method::PATCH,
+        path,
+        json!({"data_residency": "us"}),
+        400,
+        "data_residency",
+    )
+    .await;
+    rejects(
+        &app,
+        Method::PATCH,
+        path,
+        json!({"state": "suspended"}),
+        400,
+        "state",
+    )
+    .await;
+    rejects(
+        &app,
+        Method::PATCH,
+        path,
+        json!({"owner": ""}),
+        400,
+        "owner",
+    )
+    .await;
+    rejects(
+        &app,
+        Method::PATCH,
+        path,
+        json!({"nickname": "a"}),
+        400,
+        "nickname",
+    )
+    .await;
+    rejects(
+        &app,
+        Method::PATCH,
+        "/api/v1/tenants/Not_Valid",
+        json!({"owner": "x"}),
+        400,
+        "id",
+    )
+    .await;
+    let reply = app
+        .call(
+            Method::PATCH,
+            path,
+            Some(&token("admin")),
+            Some(json!({"labels": {"team": "core"}, "owner": "core@example.com"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["labels"], json!({"team": "core"}));
+    assert_eq!(reply.body["owner"], "core@example.com");
+    assert_eq!(reply.body["data_residency"], "eu");
+
+    // Offboarding is idempotent; an offboarding tenant no longer changes.
+    for _ in 0..2 {
+        let reply = app
+            .call(Method::DELETE, path, Some(&token("admin")), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        assert_eq!(reply.body["state"], "offboarding");
+    }
+    let reply = app
+        .call(
+            Method::PATCH,
+            path,
+            Some(&token("admin")),
+            Some(json!({"owner": "y@example.com"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    let events: Vec<String> =
+        sqlx::query_scalar("select event_type from outbox where aggregate_id = 'acme' order by id")
+            .fetch_all(app.db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        events,
+        ["tenant.created", "tenant.updated", "tenant.offboarding"]
+    );
+}
+
+#[tokio::test]
+async fn budget_input_is_validated() {
+    let app = app().await;
+    seed_tenants(&app, &["acme"]).await;
+    let path = "/api/v1/tenants/acme/budget";
+    let ok = json!({"amount": "1000.00", "currency": "EUR", "period": "monthly", "thresholds": [50, 80, 100]});
+    let cases = [
+        (with(ok.clone(), "amount", json!("-1.00")), "amount"),
+        (with(ok.clone(), "amount", json!("abc")), "amount"),
+        (with(ok.clone(), "amount", json!("1e3")), "amount"),
+        (with(ok.clone(), "amount", json!(1000)), "amount"),
+        (with(ok.clone(), "amount", json!("10.001")), "amount"),
+        (with(ok.clone(), "currency", json!("XYZ")), "currency"),
+        (with(ok.clone(), "currency", json!("eur")), "currency"),
+        (
+            with(ok.clone(), "thresholds", json!([80, 50, 100])),
+            "thresholds",
+        ),
+        (
+            with(ok.clone(), "thresholds", json!([50, 50])),
+            "thresholds",
+        ),
+        (with(ok.clone(), "thresholds", json!([0, 50])), "thresholds"),
+        (
+            with(ok.clone(), "thresholds", json!([-10, 50])),
+            "thresholds[0]",
+        ),
+        (with(ok.clone(), "period", json!("weekly")), "period"),
+        (
+            with(ok.clone(), "effective_from", json!("yesterday")),
+            "effective_from",
+        ),
+        (with(ok.clone(), "limit", json!("1")), "limit"),
+    ];
+    for (body, field) in cases {
+        rejects(&app, Method::PUT, path, body, 400, field).await;
+    }
+    let reply = app
+        .call(Method::GET, path, Some(&token("admin")), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.body["error"]["code"], "no_budget");
+
+    let reply = app
+        .call(
+            Method::PUT,
+            path,
+            Some(&token("finance")),
+            Some(json!({"amount": "1000.00", "currency": "EUR"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = app
+        .call(Method::GET, path, Some(&token("tenant")), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["amount"], "1000.00");
+    assert_eq!(reply.body["period"], "monthly");
+    assert_eq!(reply.body["thresholds"], json!([50, 80, 100]));
+    assert_eq!(reply.body["created_by"], "finance-user");
+    let start = reply.body["current_period"]["start"].as_str().unwrap();
+    assert!(start.ends_with("-01"), "{start}");
+
+    // an unknown tenant is 404 as a tenant
+    let reply = app
+        .call(
+            Method::PUT,
+            "/api/v1/tenants/nobody/budget",
+            Some(&token("admin")),
+            Some(ok.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn price_book_and_costs_input_is_validated() {
+    let app = app().await;
+    seed_tenants(&app, &["acme"]).await;
+    let path = "/api/v1/price-book/versions";
+    let ok = json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031", "memory": "0.004"}});
+    let cases = [
+        (
+            with(ok.clone(), "rates", json!({"cpu": "-0.031"})),
+            "rates.cpu",
+        ),
+        (
+            with(ok.clone(), "rates", json!({"cpu": "cheap"})),
+            "rates.cpu",
+        ),
+        (
+            with(ok.clone(), "rates", json!({"cpu": 0.031})),
+            "rates.cpu",
+        ),
+        (
+            with(ok.clone(), "rates", json!({"CPU!": "1"})),
+            "rates.CPU!",
+        ),
+        (with(ok.clone(), "rates", json!({})), "rates"),
+        (with(ok.clone(), "currency", json!("EURO")), "currency"),
+        (
+            with(ok.clone(), "valid_from", json!("2026-01-01")),
+            "valid_from",
+        ),
+        (
+            with(ok.clone(), "valid_from", json!("2026-01-01T00:00:00.5Z")),
+            "valid_from",
+        ),
+        (with(ok.clone(), "version", json!(3)), "version"),
+    ];
+    for (body, field) in cases {
+        rejects(&app, Method::POST, path, body, 400, field).await;
+    }
+    let reply = app
+        .call(
+            Method::POST,
+            path,
+            Some(&token("finance")),
+            Some(ok.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.body["rates"]["cpu"], "0.031");
+    let reply = app
+        .call(
+            Method::POST,
+            path,
+            Some(&token("finance")),
+            Some(ok.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+
+    // costs query parameters
+    for (query, field) in [
+        ("?from=2026-01-01", "to"),
+        ("?from=2026-13-01&to=2026-12-31", "from"),
+        ("?from=2026-02-01&to=2026-01-01", "to"),
+        ("?from=2020-01-01&to=2026-01-01", "to"),
+        ("?from=2026-01-01&to=2026-01-02&tenant=x", "tenant"),
+    ] {
+        let reply = app
+            .call(
+                Method::GET,
+                &format!("/api/v1/tenants/acme/costs{query}"),
+                Some(&token("viewer")),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(
+            reply.body["error"]["field"], field,
+            "{query}: {:?}",
+            reply.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_bodies_are_refused() {
+    let app = app().await;
+    let before = app.snapshot().await;
+    let mut big = tenant_body("big");
+    big["display_name"] = json!("x".repeat(1 << 20));
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(&token("admin")),
+            Some(big),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.body["error"]["code"], "payload_too_large");
+    let reply = app
+        .raw(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(&token("admin")),
+            Some(b"{\"id\": ".to_vec()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["error"]["code"], "invalid_json");
+    let reply = app
+        .raw(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(&token("admin")),
+            Some(b"{} {}".to_vec()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let reply = app
+        .call(
+            Method::GET,
+            "/api/v1/nothing-here",
+            Some(&token("admin")),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.body["error"]["code"], "not_found");
+    let reply = app
+        .call(Method::PUT, "/api/v1/tenants", Some(&token("admin")), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(app.snapshot().await, before);
+    assert!(reply.request_id.is_some());
+}
+
+#[tokio::test]
+async fn costs_come_from_the_ledger_rounded_per_the_documented_rule() {
+    use chrono::{TimeZone, Utc};
+    use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
+    use ledger::price_book::MeterName;
+
+    let app = app().await;
+    seed_tenants(&app, &["acme"]).await;
+    let reply = app
+        .call(Method::POST, "/api/v1/price-book/versions", Some(&token("admin")),
+              Some(json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031"}})))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let version = app
+        .db
+        .store
+        .price_book_version_at(Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let cpu = MeterName::parse("m", "cpu").unwrap();
+    let entries: Vec<NewEntry> = (0..3)
+        .map(|i| {
+            let start = Utc.with_ymd_and_hms(2026, 3, 1 + i, 10, 0, 0).unwrap();
+            NewEntry::new(
+                EntryKey {
+                    tenant: "acme".parse().unwrap(),
+                    meter: cpu.clone(),
+                    window: Window::new(start, start + chrono::Duration::seconds(300)).unwrap(),
+                },
+                rust_decimal::Decimal::from(1000 + i),
+                UnitName::parse("u", "core_seconds").unwrap(),
+                version
+                    .pricing(
+                        &cpu,
+                        UnitName::parse("u", "core_hour").unwrap(),
+                        rust_decimal::Decimal::from(3600),
+                    )
+                    .unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    app.db.store.write_entries(&entries, "test").await.unwrap();
+    let reply = app
+        .call(
+            Method::GET,
+            "/api/v1/tenants/acme/costs?from=2026-03-01&to=2026-03-02",
+            Some(&token("tenant")),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    // 1000 and 1001 core-seconds at 0.031/core-hour: 0.008611.. and 0.008619.. -> 0.01 each; total 0.01723 -> 0.02
+    let rows = reply.body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["amount"], "0.01");
+    assert_eq!(rows[0]["quantity"], "1000");
+    assert_eq!(reply.body["totals"][0]["amount"], "0.02");
+}

@@ -1,0 +1,330 @@
+//! Every route × every role, plus no token and a wrong token.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// Who calls: a role's token, none, or an unknown one.
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    Role(&'static str),
+    NoToken,
+    WrongToken,
+}
+
+const CALLERS: [Who; 7] = [
+    Who::Role("admin"),
+    Who::Role("operator"),
+    Who::Role("finance"),
+    Who::Role("viewer"),
+    Who::Role("tenant"),
+    Who::NoToken,
+    Who::WrongToken,
+];
+
+fn label(who: Who) -> &'static str {
+    match who {
+        Who::Role(r) => r,
+        Who::NoToken => "none",
+        Who::WrongToken => "wrong",
+    }
+}
+
+struct Case {
+    method: Method,
+    /// `{t}` is the target tenant, `{who}` the caller's label (for unique ids).
+    path: &'static str,
+    body: Option<fn(&str) -> Value>,
+    /// Target tenant for tenant-scoped routes: the tenant token's own, another, or one per
+    /// caller (for DELETE, which changes the target's state).
+    target: Target,
+    /// Expected statuses for admin, operator, finance, viewer, tenant, none, wrong.
+    expect: [u16; 7],
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Unscoped,
+    Own,
+    Other,
+    PerCaller,
+    /// Another tenant than the tenant token's; one per caller for the other roles.
+    OtherPerCaller,
+}
+
+fn cases() -> Vec<Case> {
+    use Target::*;
+    let budget = |_: &str| json!({"amount": "1000.00", "currency": "EUR", "period": "monthly", "thresholds": [50, 80, 100]});
+    let patch = |who: &str| json!({"display_name": format!("renamed by {who}")});
+    let version = |who: &str| {
+        let day = 1 + [
+            "admin", "operator", "finance", "viewer", "tenant", "none", "wrong",
+        ]
+        .iter()
+        .position(|w| *w == who)
+        .unwrap();
+        json!({"valid_from": format!("2027-01-{day:02}T00:00:00Z"), "currency": "EUR", "rates": {"cpu": "0.03"}})
+    };
+    let create = |who: &str| tenant_body(&format!("new-{who}"));
+    vec![
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants",
+            body: None,
+            target: Unscoped,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants",
+            body: Some(create),
+            target: Unscoped,
+            expect: [201, 201, 403, 403, 403, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}",
+            body: None,
+            target: Own,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}",
+            body: None,
+            target: Other,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::PATCH,
+            path: "/api/v1/tenants/{t}",
+            body: Some(patch),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        Case {
+            method: Method::PATCH,
+            path: "/api/v1/tenants/{t}",
+            body: Some(patch),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        Case {
+            method: Method::DELETE,
+            path: "/api/v1/tenants/{t}",
+            body: None,
+            target: PerCaller,
+            expect: [202, 202, 403, 403, 403, 401, 401],
+        },
+        Case {
+            method: Method::DELETE,
+            path: "/api/v1/tenants/{t}",
+            body: None,
+            target: OtherPerCaller,
+            expect: [202, 202, 403, 403, 404, 401, 401],
+        },
+        Case {
+            method: Method::PUT,
+            path: "/api/v1/tenants/{t}/budget",
+            body: Some(budget),
+            target: Own,
+            expect: [200, 200, 200, 403, 403, 401, 401],
+        },
+        Case {
+            method: Method::PUT,
+            path: "/api/v1/tenants/{t}/budget",
+            body: Some(budget),
+            target: Other,
+            expect: [200, 200, 200, 403, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/budget",
+            body: None,
+            target: Own,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/budget",
+            body: None,
+            target: Other,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/costs?from=2026-01-01&to=2026-01-31",
+            body: None,
+            target: Own,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/costs?from=2026-01-01&to=2026-01-31",
+            body: None,
+            target: Other,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/price-book",
+            body: None,
+            target: Unscoped,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::POST,
+            path: "/api/v1/price-book/versions",
+            body: Some(version),
+            target: Unscoped,
+            expect: [201, 403, 201, 403, 403, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/healthz",
+            body: None,
+            target: Unscoped,
+            expect: [200; 7],
+        },
+        Case {
+            method: Method::GET,
+            path: "/readyz",
+            body: None,
+            target: Unscoped,
+            expect: [200; 7],
+        },
+        Case {
+            method: Method::GET,
+            path: "/metrics",
+            body: None,
+            target: Unscoped,
+            expect: [200; 7],
+        },
+    ]
+}
+
+#[tokio::test]
+async fn every_route_and_role_gets_the_expected_status() {
+    let app = app().await;
+    // DELETE targets: one tenant per caller, so that each caller's attempt is independent.
+    let per_caller: Vec<String> = CALLERS
+        .iter()
+        .map(|&w| format!("del-{}", label(w)))
+        .collect();
+    let other_per_caller: Vec<String> = CALLERS
+        .iter()
+        .map(|&w| format!("del2-{}", label(w)))
+        .collect();
+    let mut ids = vec![OWN_TENANT, "globex"];
+    ids.extend(
+        per_caller
+            .iter()
+            .chain(&other_per_caller)
+            .map(String::as_str),
+    );
+    seed_tenants(&app, &ids).await;
+    // Budgets exist, so that GET budget answers 200 where allowed.
+    for t in [OWN_TENANT, "globex"] {
+        let reply = app
+            .call(
+                Method::PUT,
+                &format!("/api/v1/tenants/{t}/budget"),
+                Some(&token("admin")),
+                Some(json!({"amount": "10.00", "currency": "EUR"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+
+    let mut failures = Vec::new();
+    let mut mutations = 0;
+    for case in cases() {
+        for (i, &who) in CALLERS.iter().enumerate() {
+            let target = match case.target {
+                Target::Unscoped => String::new(),
+                Target::Own => OWN_TENANT.to_owned(),
+                Target::Other => "globex".to_owned(),
+                Target::PerCaller => {
+                    // the tenant token's own tenant, so its DELETE is refused by role
+                    if label(who) == "tenant" {
+                        OWN_TENANT.to_owned()
+                    } else {
+                        per_caller[i].clone()
+                    }
+                }
+                Target::OtherPerCaller => {
+                    if label(who) == "tenant" {
+                        "globex".to_owned()
+                    } else {
+                        other_per_caller[i].clone()
+                    }
+                }
+            };
+            let path = case.path.replace("{t}", &target);
+            let token = match who {
+                Who::Role(role) => Some(token(role)),
+                Who::NoToken => None,
+                Who::WrongToken => Some("not-a-configured-token".to_owned()),
+            };
+            let before = app.snapshot().await;
+            let body = case.body.map(|f| f(label(who)));
+            let reply = app
+                .call(case.method.clone(), &path, token.as_deref(), body)
+                .await;
+            let expected = case.expect[i];
+            if reply.status.as_u16() != expected {
+                failures.push(format!(
+                    "{} {path} as {}: got {} {:?}, expected {expected}",
+                    case.method,
+                    label(who),
+                    reply.status,
+                    reply.body
+                ));
+            }
+            if reply.status.is_client_error() {
+                assert_eq!(
+                    app.snapshot().await,
+                    before,
+                    "{} {path} as {} changed something",
+                    case.method,
+                    label(who)
+                );
+                assert!(
+                    reply.body["error"]["code"].is_string(),
+                    "error body: {:?}",
+                    reply.body
+                );
+            } else if case.method != Method::GET {
+                mutations += 1;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "RBAC matrix mismatches:\n{}",
+        failures.join("\n")
+    );
+
+    // A tenant token lists only its own tenant.
+    let reply = app
+        .call(Method::GET, "/api/v1/tenants", Some(&token("tenant")), None)
+        .await;
+    let listed: Vec<&str> = reply.body["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [OWN_TENANT]);
+    // Every successful mutation wrote exactly one audit record (plus the setup's).
+    let audited: i64 = sqlx::query_scalar("select count(*) from audit_log")
+        .fetch_one(app.db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(audited as usize, ids.len() + 2 + mutations);
+    assert!(matches!(
+        app.db.store.verify_audit_chain().await.unwrap(),
+        ledger::store::ChainStatus::Intact { .. }
+    ));
+}

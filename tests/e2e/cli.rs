@@ -1,0 +1,341 @@
+//! The `budgetd` binary: configuration errors, migrate + run, audit verify, cost reports.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use ledger::audit::{Actor, AuditContext};
+use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
+use ledger::price_book::{MeterName, NewPriceBookVersion};
+use ledger::tenant::{DataResidency, DisplayName, Labels, NewTenant, Owner, TenantId};
+use ledger::testing::{admin_url, with_database, TestDb};
+use rust_decimal::Decimal;
+use sqlx::{Connection, PgConnection};
+
+fn example_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml")
+}
+
+fn budgetd(db_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_budgetd"));
+    cmd.env("BUDGETD_CONFIG", example_config())
+        .env("BUDGETD_DATABASE_URL", db_url)
+        .env("BUDGETD_MIGRATE_DATABASE_URL", db_url)
+        .env("BUDGETD_API_LISTEN", "127.0.0.1:0")
+        .env_remove("BUDGETD_BOOTSTRAP_ADMIN_TOKEN")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run budgetd");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn ctx() -> AuditContext {
+    AuditContext {
+        actor: Actor::system("test"),
+        request_id: "cli-test".into(),
+    }
+}
+
+async fn add_tenant(db: &TestDb, id: &str) {
+    let new = NewTenant {
+        id: TenantId::parse(id).unwrap(),
+        display_name: DisplayName::parse(id).unwrap(),
+        owner: Owner::parse("ops@example.com").unwrap(),
+        data_residency: DataResidency::parse("eu").unwrap(),
+        labels: Labels::default(),
+    };
+    db.store.create_tenant(&ctx(), &new).await.unwrap();
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_exits_2() {
+    let dir = std::env::temp_dir().join(format!("budgetd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    let text = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("statement_timeout_ms = 30000", "statement_timeout_ms = 0");
+    std::fs::write(&bad, text).unwrap();
+
+    let (code, _, stderr) = run(budgetd("postgres://x@127.0.0.1:1/x")
+        .arg("--config")
+        .arg(&bad)
+        .arg("migrate"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("database.statement_timeout_ms"), "{stderr}");
+
+    let (code, _, stderr) = run(budgetd("postgres://x@127.0.0.1:1/x")
+        .env("BUDGETD_API_LISTEN", "everywhere")
+        .arg("run"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("api.listen"), "{stderr}");
+
+    let (code, _, stderr) = run(budgetd("mysql://x@127.0.0.1/x").arg("migrate"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("database.url") && !stderr.contains("mysql://"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run(budgetd("postgres://x@127.0.0.1:1/x")
+        .arg("--config")
+        .arg(dir.join("missing.toml"))
+        .arg("migrate"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--config"), "{stderr}");
+
+    let (code, _, stderr) = run(budgetd("postgres://x@127.0.0.1:1/x").args([
+        "report",
+        "costs",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-01-31",
+        "--tenant",
+        "Bad!",
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--tenant"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Minimal HTTP/1.1 client over a plain TCP connection.
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// Reads the daemon's log lines on a thread and hands them over a channel.
+fn log_lines(stderr: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (at most 60 s) for a log line containing `needle`.
+fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => continue,
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_serves_the_api_becomes_ready_after_migrate_and_stops_on_sigterm() {
+    // An empty database: not migrated yet.
+    let name = format!(
+        "budgetd_cli_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_micros()
+    );
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = with_database(&admin_url(), &name);
+    let token = "bootstrap-token-for-the-cli-test";
+
+    let mut daemon = budgetd(&url)
+        .env("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", token)
+        .env("BUDGETD_LOG", "info")
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(daemon.stderr.take().unwrap());
+    let listening = wait_for(&lines, "budgetd API listening");
+    let addr = listening
+        .split("listen=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    assert_eq!(http(&addr, "GET", "/healthz", None).0, 200);
+    let (status, body) = http(&addr, "GET", "/readyz", None);
+    assert_eq!(status, 503, "{body}");
+    wait_for(&lines, "ledger not migrated yet");
+
+    let (code, _, stderr) = run(budgetd(&url).arg("migrate"));
+    assert_eq!(code, 0, "{stderr}");
+    wait_for(&lines, "ledger ready");
+    assert_eq!(http(&addr, "GET", "/readyz", None).0, 200);
+
+    // The example config seeded the price book on this first start.
+    let (status, body) = http(&addr, "GET", "/api/v1/price-book", Some(token));
+    assert_eq!(status, 200, "{body}");
+    let versions: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(versions["versions"][0]["rates"]["cpu"], "0.031");
+    assert_eq!(versions["versions"][0]["created_by"], "budgetd-config");
+    assert_eq!(
+        http(&addr, "GET", "/api/v1/tenants", Some("wrong-token")).0,
+        401
+    );
+    let (_, metrics) = http(&addr, "GET", "/metrics", None);
+    assert!(metrics.contains("budgetd_http_requests_total"), "{metrics}");
+
+    // SIGTERM: a clean exit.
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn audit_verify_finds_a_tampered_record() {
+    let db = ledger::testing::fresh_database().await;
+    for id in ["a", "b", "c"] {
+        add_tenant(&db, id).await;
+    }
+    let (code, stdout, stderr) = run(budgetd(&db.url).args(["audit", "verify"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("3 records verified"), "{stdout}");
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("set session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("update audit_log set after = jsonb_set(after, '{owner}', '\"mallory@example.com\"') where seq = 2")
+        .execute(&mut conn).await.unwrap();
+    let (code, stdout, _) = run(budgetd(&db.url).args(["audit", "verify"]));
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("broken at record 2"), "{stdout}");
+}
+
+#[tokio::test]
+async fn report_costs_prints_csv_and_json() {
+    let db = ledger::testing::fresh_database().await;
+    add_tenant(&db, "acme").await;
+    add_tenant(&db, "globex").await;
+    let rates = [(MeterName::parse("m", "cpu").unwrap(), Decimal::new(31, 3))].into();
+    let version = db
+        .store
+        .add_price_book_version(
+            &ctx(),
+            &NewPriceBookVersion::new(
+                Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+                "EUR".parse().unwrap(),
+                rates,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let cpu = MeterName::parse("m", "cpu").unwrap();
+    let pricing = version
+        .pricing(
+            &cpu,
+            UnitName::parse("u", "core_hour").unwrap(),
+            Decimal::from(3600),
+        )
+        .unwrap();
+    let entries: Vec<NewEntry> = [
+        ("acme", 2, 7200),
+        ("globex", 2, 36000),
+        ("acme", 3, 3600),
+        ("acme", 5, 3600),
+    ]
+    .into_iter()
+    .map(|(t, day, qty)| {
+        let start = Utc.with_ymd_and_hms(2026, 3, day, 12, 0, 0).unwrap();
+        NewEntry::new(
+            EntryKey {
+                tenant: t.parse().unwrap(),
+                meter: cpu.clone(),
+                window: Window::new(start, start + chrono::Duration::seconds(300)).unwrap(),
+            },
+            Decimal::from(qty),
+            UnitName::parse("u", "core_seconds").unwrap(),
+            pricing.clone(),
+        )
+        .unwrap()
+    })
+    .collect();
+    db.store.write_entries(&entries, "test").await.unwrap();
+
+    let (code, stdout, stderr) = run(budgetd(&db.url).args([
+        "report",
+        "costs",
+        "--from",
+        "2026-03-02",
+        "--to",
+        "2026-03-03",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "tenant_id,day,meter,quantity,unit,amount,currency\n\
+         acme,2026-03-02,cpu,7200,core_seconds,0.06,EUR\n\
+         acme,2026-03-03,cpu,3600,core_seconds,0.03,EUR\n\
+         globex,2026-03-02,cpu,36000,core_seconds,0.31,EUR\n"
+    );
+    let (code, stdout, stderr) = run(budgetd(&db.url).args([
+        "report",
+        "costs",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-31",
+        "--tenant",
+        "acme",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        report["totals"],
+        serde_json::json!([{"tenant_id": "acme", "currency": "EUR", "amount": "0.12"}])
+    );
+}

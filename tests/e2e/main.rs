@@ -1,0 +1,8 @@
+//! End-to-end tests of the budgetd binary and API against a real Postgres and PgBouncer
+//! (started by scripts/test.sh). One test binary; each test gets its own database.
+
+mod api_input;
+mod api_rbac;
+mod cli;
+mod pgbouncer;
+mod support;

@@ -1,0 +1,185 @@
+//! Shared test support: the real router over a fresh database, requests, and snapshots of the
+//! ledger that show whether anything changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use budgetd::api::{router, AppState};
+use budgetd::auth::{Authenticator, Principal, Role, TokenHash};
+use http_body_util::BodyExt;
+use ledger::tenant::TenantId;
+use ledger::testing::TestDb;
+use ledger::{Store, StoreConfig};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// The test tokens: each role's token is its name with a suffix.
+pub const ROLES: &[&str] = &["admin", "operator", "finance", "viewer", "tenant"];
+
+pub fn token(role: &str) -> String {
+    format!("{role}-token-0123456789")
+}
+
+/// The tenant the `tenant` role's token is scoped to.
+pub const OWN_TENANT: &str = "acme";
+
+pub fn authenticator() -> Authenticator {
+    Authenticator::new(ROLES.iter().map(|&role| {
+        let scoped = (role == "tenant").then(|| TenantId::parse(OWN_TENANT).unwrap());
+        (
+            TokenHash::of(&token(role)),
+            Principal {
+                name: format!("{role}-user"),
+                role: Role::parse(role, scoped).unwrap(),
+            },
+        )
+    }))
+}
+
+pub struct TestApp {
+    pub router: Router,
+    pub db: TestDb,
+}
+
+pub async fn app() -> TestApp {
+    let db = ledger::testing::fresh_database().await;
+    let router = router_for(db.store.clone());
+    TestApp { router, db }
+}
+
+pub fn router_for(store: Store) -> Router {
+    router(AppState {
+        store,
+        auth: Arc::new(authenticator()),
+        metrics: budgetd::telemetry::metrics_handle(),
+        request_timeout: Duration::from_secs(60),
+    })
+}
+
+pub fn pooled_store_config(url: &str) -> StoreConfig {
+    StoreConfig {
+        max_connections: 16,
+        ..ledger::testing::store_config(url)
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub request_id: Option<String>,
+}
+
+impl TestApp {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.raw(method, path, token, body).await
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        call(&self.router, method, path, token, body).await
+    }
+
+    /// Row counts and checksums of every table a request could change.
+    pub async fn snapshot(&self) -> Vec<(String, String)> {
+        snapshot(&self.db.store).await
+    }
+}
+
+pub async fn call(
+    router: &Router,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = match body {
+        Some(bytes) => req
+            .header("content-type", "application/json")
+            .body(Body::from(bytes))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let response = router.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Reply {
+        status,
+        body,
+        request_id,
+    }
+}
+
+pub async fn snapshot(store: &Store) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for table in [
+        "tenants",
+        "budgets",
+        "price_book_versions",
+        "price_book_rates",
+        "ledger_entries",
+        "audit_log",
+        "outbox",
+    ] {
+        let sql = format!("select count(*)::text || ':' || coalesce(md5(string_agg(t::text, ',' order by t::text)), '') from {table} t");
+        let digest: String = sqlx::query_scalar(&sql)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        out.push((table.to_owned(), digest));
+    }
+    out
+}
+
+pub fn tenant_body(id: &str) -> Value {
+    serde_json::json!({
+        "id": id,
+        "display_name": format!("Tenant {id}"),
+        "owner": "ops@example.com",
+        "data_residency": "eu",
+        "labels": {"team": "payments"}
+    })
+}
+
+/// Creates tenants with the admin token.
+pub async fn seed_tenants(app: &TestApp, ids: &[&str]) {
+    for id in ids {
+        let reply = app
+            .call(
+                Method::POST,
+                "/api/v1/tenants",
+                Some(&token("admin")),
+                Some(tenant_body(id)),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{id}: {:?}", reply.body);
+    }
+}
