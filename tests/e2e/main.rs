@@ -4,5 +4,6 @@
 mod api_input;
 mod api_rbac;
 mod cli;
+mod dashboards;
 mod pgbouncer;
 mod support;
