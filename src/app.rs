@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, Principal};
-use crate::config::Config;
+use crate::config::{CollectorSettings, Config};
 use crate::telemetry;
+use collector::source::Prometheus;
+use collector::Collector;
 
 pub struct Application {
     listener: TcpListener,
@@ -67,11 +69,29 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let startup = tokio::spawn(prepare_ledger(
-            self.state.store.clone(),
-            self.config.clone(),
-            stop.clone(),
-        ));
+        let collector = match &self.config.collector {
+            Some(settings) => Some((
+                Arc::new(build_collector(
+                    &self.config,
+                    settings,
+                    self.state.store.clone(),
+                )?),
+                settings.clone(),
+            )),
+            None => None,
+        };
+        let store = self.state.store.clone();
+        let config = self.config.clone();
+        let background = stop.clone();
+        let workers = tokio::spawn(async move {
+            if !prepare_ledger(&store, &config, &background).await {
+                return;
+            }
+            if let Some((collector, settings)) = collector {
+                collector::schedule::run(collector, settings.schedule, settings.retry, background)
+                    .await;
+            }
+        });
         let router = api::router(self.state);
         let drain = stop.clone();
         let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
@@ -92,14 +112,39 @@ impl Application {
             },
         };
         stop.cancel();
-        startup.abort();
+        if tokio::time::timeout(shutdown_timeout, workers)
+            .await
+            .is_err()
+        {
+            tracing::warn!("background work did not stop in time");
+        }
         result
     }
 }
 
+/// The collector, reading the configured Prometheus.
+pub fn build_collector(
+    config: &Config,
+    settings: &CollectorSettings,
+    store: Store,
+) -> anyhow::Result<Collector> {
+    let source = Prometheus::new(
+        config.prometheus.url.clone(),
+        config.prometheus.timeout,
+        settings.retry,
+    )
+    .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
+    Ok(Collector::new(
+        Arc::new(source),
+        store,
+        settings.collector.clone(),
+    ))
+}
+
 /// Waits until the ledger is migrated, then seeds the price book on a first start. Runs
-/// beside the API so that `/healthz` answers while the database is still coming up.
-async fn prepare_ledger(store: Store, config: Config, stop: CancellationToken) {
+/// beside the API so that `/healthz` answers while the database is still coming up. False if
+/// stopped first.
+async fn prepare_ledger(store: &Store, config: &Config, stop: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(200);
     loop {
         match store.is_ready().await {
@@ -108,7 +153,7 @@ async fn prepare_ledger(store: Store, config: Config, stop: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "ledger not reachable yet"),
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(10));
@@ -130,4 +175,5 @@ async fn prepare_ledger(store: Store, config: Config, stop: CancellationToken) {
         }
     }
     tracing::info!("ledger ready");
+    true
 }

@@ -11,10 +11,12 @@ use ledger::tenant::TenantId;
 use ledger::Store;
 use secrecy::ExposeSecret;
 
-use crate::app::Application;
+use crate::app::{build_collector, Application};
 use crate::config::{Config, ConfigError};
 use crate::report::CostReport;
 use crate::telemetry;
+use chrono::{DateTime, Utc};
+use ledger::usage::CommitMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +40,22 @@ enum Command {
     Migrate,
     /// Run the daemon: the API, and the ledger preparation on first start.
     Run,
+    /// Collect (backfill) every window in [--from, --to) that is not in the ledger yet.
+    Collect {
+        /// Start, RFC 3339 or YYYY-MM-DD (UTC midnight); rounded down to a window boundary.
+        #[arg(long, value_parser = parse_instant)]
+        from: DateTime<Utc>,
+        /// End (exclusive), RFC 3339 or YYYY-MM-DD; rounded up to a window boundary.
+        #[arg(long, value_parser = parse_instant)]
+        to: DateTime<Utc>,
+        /// Collect every window again and record differences as corrections (reversal plus
+        /// new entry); nothing is overwritten.
+        #[arg(long)]
+        recollect: bool,
+        /// Why, for the correction entries (with --recollect).
+        #[arg(long, default_value = "recollected")]
+        reason: String,
+    },
     /// Reports from the ledger.
     Report {
         #[command(subcommand)]
@@ -144,7 +162,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             finance_tenants,
             finance_days,
         } = bench;
-        let _ = (database_url, tenants, finance_tenants, finance_days);
+        let options = crate::bench::LedgerBenchOptions {
+            tenants: *tenants,
+            finance_tenants: *finance_tenants,
+            finance_days: *finance_days,
+            ..Default::default()
+        };
+        crate::bench::run_ledger_bench(database_url, &options).await?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -220,7 +244,113 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Collect {
+            from,
+            to,
+            recollect,
+            reason,
+        } => {
+            let settings = config.collector.clone().ok_or_else(|| ConfigError {
+                key: "collector".into(),
+                message: "collect needs a [collector] section with [[meters]]".into(),
+            })?;
+            if to <= from {
+                return Err(ConfigError {
+                    key: "--to".into(),
+                    message: "must be after --from".into(),
+                }
+                .into());
+            }
+            let store = Store::connect(&config.database.store_config()).await?;
+            let collector = build_collector(&config, &settings, store)?;
+            let mode = if recollect {
+                CommitMode::Recollect { reason }
+            } else {
+                CommitMode::Collect
+            };
+            let total = collector.plan_backfill(from, to, &mode).await?.len();
+            let progress = Progress::new(total as u64);
+            let (_, report) = collector
+                .backfill(from, to, &mode, &|n| progress.advance(n as u64))
+                .await?;
+            progress.finish();
+            println!(
+                "collected {} windows: {} entries written, {} unchanged, {} corrected, {} conflicts, {} incomplete windows",
+                report.windows,
+                report.inserted,
+                report.unchanged,
+                report.corrected,
+                report.conflicts,
+                report.incomplete_windows
+            );
+            Ok(if report.conflicts > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Bench { .. } => unreachable!("handled above"),
+    }
+}
+
+fn parse_instant(value: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        .map_err(|_| format!("{value:?} is neither RFC 3339 nor YYYY-MM-DD"))
+}
+
+/// A progress bar with an ETA on a terminal; plain log lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    done: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} windows, ETA {eta}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            done: Default::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        let done = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        match &self.bar {
+            Some(bar) => bar.inc(n),
+            None => {
+                let elapsed = self.started.elapsed().as_secs_f64();
+                let eta = elapsed / done.max(1) as f64 * (self.total.saturating_sub(done)) as f64;
+                tracing::info!(
+                    done,
+                    total = self.total,
+                    eta_seconds = eta.round(),
+                    "collecting"
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 

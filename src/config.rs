@@ -16,6 +16,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use collector::meter::Meter;
+use collector::promql::{LabelName, QueryTemplate};
+use collector::schedule::Schedule;
+use collector::source::RetryPolicy;
+use collector::window::WindowLength;
+use collector::CollectorConfig;
+use ledger::entry::UnitName;
+
 use crate::auth::{Role, TokenHash};
 
 /// A configuration problem: the key and what is wrong with it.
@@ -52,6 +60,46 @@ struct RawConfig {
     price_book: RawPriceBook,
     #[serde(default)]
     log: RawLog,
+    collector: Option<RawCollector>,
+    #[serde(default)]
+    meters: Vec<RawMeter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollector {
+    enabled: Option<bool>,
+    window_seconds: Option<i64>,
+    settle_seconds: Option<i64>,
+    scrape_interval_seconds: Option<i64>,
+    tenant_label: Option<String>,
+    #[serde(default)]
+    scrape_jobs: Vec<String>,
+    start: Option<String>,
+    horizon_seconds: Option<i64>,
+    windows_per_batch: Option<usize>,
+    schedule: Option<String>,
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+    retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeter {
+    name: String,
+    unit: String,
+    price_unit: String,
+    units_per_price_unit: String,
+    query: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +178,16 @@ pub struct Config {
     pub alertmanager: AlertmanagerConfig,
     pub price_book_seed: Option<NewPriceBookVersion>,
     pub log: LogConfig,
+    /// The collector, when `[collector]` is configured and enabled.
+    pub collector: Option<CollectorSettings>,
+}
+
+/// The collector's validated settings: what the collector crate needs, plus the loop's.
+#[derive(Debug, Clone)]
+pub struct CollectorSettings {
+    pub collector: CollectorConfig,
+    pub schedule: Schedule,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +262,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("BUDGETD_ALERTMANAGER_URL", "alertmanager.urls"),
     ("BUDGETD_LOG_FORMAT", "log.format"),
     ("BUDGETD_LOG", "log.filter"),
+    ("BUDGETD_COLLECTOR_START", "collector.start"),
 ];
 
 impl Config {
@@ -297,6 +356,11 @@ impl RawConfig {
             }
             "log.format" => self.log.format = Some(value),
             "log.filter" => self.log.filter = Some(value),
+            "collector.start" => {
+                if let Some(c) = self.collector.as_mut() {
+                    c.start = Some(value)
+                }
+            }
             other => unreachable!("no override for {other}"),
         }
     }
@@ -398,6 +462,10 @@ impl RawConfig {
         };
 
         let price_book_seed = self.price_book.seed.map(validate_seed).transpose()?;
+        let collector = match self.collector {
+            Some(c) if c.enabled.unwrap_or(true) => Some(validate_collector(c, self.meters)?),
+            _ => None,
+        };
 
         let log = LogConfig {
             format: match self.log.format.as_deref().unwrap_or("text") {
@@ -420,8 +488,156 @@ impl RawConfig {
             alertmanager,
             price_book_seed,
             log,
+            collector,
         })
     }
+}
+
+fn positive(value: Option<i64>, key: &str) -> Result<i64, ConfigError> {
+    match required(value, key)? {
+        v if v > 0 => Ok(v),
+        _ => Err(ConfigError::new(key, "must be greater than 0")),
+    }
+}
+
+fn validate_collector(
+    c: RawCollector,
+    raw_meters: Vec<RawMeter>,
+) -> Result<CollectorSettings, ConfigError> {
+    let from_collector = |e: collector::Error| match e {
+        collector::Error::Config { field, message } => ConfigError::new(field, message),
+        other => ConfigError::new("collector", other.to_string()),
+    };
+    let window = WindowLength::new(required(c.window_seconds, "collector.window_seconds")?)
+        .map_err(from_collector)?;
+    let settle = chrono::Duration::seconds(positive(c.settle_seconds, "collector.settle_seconds")?);
+    let interval_seconds = positive(
+        c.scrape_interval_seconds,
+        "collector.scrape_interval_seconds",
+    )?;
+    if window.seconds() % interval_seconds != 0 {
+        return Err(ConfigError::new(
+            "collector.scrape_interval_seconds",
+            "must divide collector.window_seconds",
+        ));
+    }
+    let tenant_label = LabelName::parse(
+        "collector.tenant_label",
+        &required(c.tenant_label, "collector.tenant_label")?,
+    )
+    .map_err(from_collector)?;
+    if c.scrape_jobs.is_empty() {
+        return Err(ConfigError::new(
+            "collector.scrape_jobs",
+            "name the scrape jobs whose `up` series show complete data (e.g. kubelet, kube-state-metrics)",
+        ));
+    }
+    let mut selector = BTreeMap::new();
+    for (name, value) in c.match_labels {
+        let key = format!("collector.match_labels.{name}");
+        selector.insert(
+            LabelName::parse(&key, &name).map_err(from_collector)?,
+            value,
+        );
+    }
+    let start = c
+        .start
+        .as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    ConfigError::new("collector.start", format!("not an RFC 3339 time: {e}"))
+                })
+        })
+        .transpose()?;
+    let horizon =
+        chrono::Duration::seconds(positive(c.horizon_seconds, "collector.horizon_seconds")?);
+    let windows_per_batch = required(c.windows_per_batch, "collector.windows_per_batch")?;
+    if !(1..=10_000).contains(&windows_per_batch) {
+        return Err(ConfigError::new(
+            "collector.windows_per_batch",
+            "must be in 1..=10000",
+        ));
+    }
+    let schedule = match c.schedule.as_deref() {
+        Some(expr) => Schedule::cron("collector.schedule", expr).map_err(from_collector)?,
+        None => Schedule::EveryWindow {
+            len: window,
+            settle,
+        },
+    };
+    let retry = c
+        .retry
+        .ok_or_else(|| ConfigError::new("collector.retry", "is required"))?;
+    let retry = RetryPolicy {
+        max_attempts: match required(retry.max_attempts, "collector.retry.max_attempts")? {
+            0 => {
+                return Err(ConfigError::new(
+                    "collector.retry.max_attempts",
+                    "must be at least 1",
+                ))
+            }
+            n => n,
+        },
+        initial_backoff: millis(
+            retry.initial_backoff_ms,
+            "collector.retry.initial_backoff_ms",
+        )?,
+        max_backoff: millis(retry.max_backoff_ms, "collector.retry.max_backoff_ms")?,
+    };
+    if raw_meters.is_empty() {
+        return Err(ConfigError::new(
+            "meters",
+            "the collector needs at least one [[meters]] entry",
+        ));
+    }
+    let mut meters: Vec<Meter> = Vec::new();
+    for (i, m) in raw_meters.into_iter().enumerate() {
+        let key = |field: &str| format!("meters[{i}].{field}");
+        let name = MeterName::parse(&key("name"), &m.name)
+            .map_err(|e| ConfigError::new(key("name"), e.message))?;
+        if meters.iter().any(|o| o.name == name) {
+            return Err(ConfigError::new(
+                key("name"),
+                format!("meter {name} is defined twice"),
+            ));
+        }
+        let units =
+            ledger::money::parse_rate(&key("units_per_price_unit"), &m.units_per_price_unit)
+                .map_err(|e| ConfigError::new(key("units_per_price_unit"), e.message))?;
+        if units.is_zero() {
+            return Err(ConfigError::new(
+                key("units_per_price_unit"),
+                "must be greater than 0",
+            ));
+        }
+        meters.push(Meter {
+            name,
+            unit: UnitName::parse(&key("unit"), &m.unit)
+                .map_err(|e| ConfigError::new(key("unit"), e.message))?,
+            price_unit: UnitName::parse(&key("price_unit"), &m.price_unit)
+                .map_err(|e| ConfigError::new(key("price_unit"), e.message))?,
+            units_per_price_unit: units,
+            query: QueryTemplate::parse(&key("query"), &m.query).map_err(from_collector)?,
+        });
+    }
+    Ok(CollectorSettings {
+        collector: CollectorConfig {
+            window,
+            settle,
+            interval_seconds,
+            tenant_label,
+            selector,
+            meters,
+            scrape_jobs: c.scrape_jobs,
+            start,
+            horizon,
+            windows_per_batch,
+        },
+        schedule,
+        retry,
+    })
 }
 
 fn validate_seed(seed: RawPriceBookSeed) -> Result<NewPriceBookVersion, ConfigError> {

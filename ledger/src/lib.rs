@@ -15,6 +15,7 @@ pub mod store;
 pub mod tenant;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod usage;
 
 pub use error::{Error, Invalid};
 pub use store::{Store, StoreConfig};

@@ -5,8 +5,11 @@
 use sqlx::{Connection, PgConnection};
 
 fn expand(sql: &str) -> String {
-    sql.replace("$__timeFilter(day)", "day between '2026-01-01' and '2026-12-31'")
-        .replace("$tenant", "acme")
+    sql.replace(
+        "$__timeFilter(day)",
+        "day between '2026-01-01' and '2026-12-31'",
+    )
+    .replace("$tenant", "acme")
 }
 
 #[tokio::test]
@@ -42,7 +45,11 @@ async fn every_dashboard_query_runs_as_the_finance_role() {
             }
         }
         for sql in sqls {
-            assert!(sql.contains("finance."), "{}: {sql} reads outside the finance schema", path.display());
+            assert!(
+                sql.contains("finance."),
+                "{}: {sql} reads outside the finance schema",
+                path.display()
+            );
             sqlx::raw_sql(&expand(&sql))
                 .execute(&mut conn)
                 .await

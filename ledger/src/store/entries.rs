@@ -238,6 +238,55 @@ async fn write_batch(
     }
 }
 
+/// Writes entries in the caller's transaction (see `Store::write_entries`).
+pub(crate) async fn write_entries_in(
+    conn: &mut PgConnection,
+    entries: &[NewEntry],
+    source: &str,
+) -> Result<WriteReport, Error> {
+    let mut report = WriteReport::default();
+    for batch in rounds_without_duplicate_keys(entries) {
+        write_batch(conn, &batch, source, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Corrects entries in the caller's transaction (see `Store::correct_entries`).
+pub(crate) async fn correct_entries_in(
+    conn: &mut PgConnection,
+    entries: &[NewEntry],
+    reason: &str,
+    source: &str,
+) -> Result<CorrectionReport, Error> {
+    let sql = correct_sql();
+    let mut report = CorrectionReport::default();
+    for batch in rounds_without_duplicate_keys(entries) {
+        for chunk in batch.chunks(CHUNK) {
+            let row = bind_batch(query(&sql), chunk)
+                .bind(source)
+                .bind(reason)
+                .fetch_one(&mut *conn)
+                .await?;
+            report.corrected += row.try_get::<i64, _>("corrected")? as usize;
+            report.inserted += row.try_get::<i64, _>("inserted")? as usize;
+            report.unchanged += row.try_get::<i64, _>("unchanged")? as usize;
+        }
+    }
+    Ok(report)
+}
+
+pub(crate) fn count_written(source: &str, report: &WriteReport) {
+    metrics::counter!("budgetd_ledger_entries_written_total", "source" => source.to_owned())
+        .increment(report.inserted as u64);
+    metrics::counter!("budgetd_ledger_conflicts_total", "source" => source.to_owned())
+        .increment(report.conflicts.len() as u64);
+}
+
+pub(crate) fn count_corrected(source: &str, report: &CorrectionReport) {
+    metrics::counter!("budgetd_ledger_corrections_total", "source" => source.to_owned())
+        .increment(report.corrected as u64);
+}
+
 impl Store {
     /// Writes usage entries idempotently, in one transaction. Writing a key again with the
     /// same quantity, unit and price version changes nothing; with a different one it is
@@ -247,22 +296,15 @@ impl Store {
         entries: &[NewEntry],
         source: &str,
     ) -> Result<WriteReport, Error> {
-        let rounds = rounds_without_duplicate_keys(entries);
         let report = self
             .run("write_entries", || async {
                 let mut tx = self.begin().await?;
-                let mut report = WriteReport::default();
-                for batch in &rounds {
-                    write_batch(&mut tx, batch, source, &mut report).await?;
-                }
+                let report = write_entries_in(&mut tx, entries, source).await?;
                 tx.commit().await?;
                 Ok(report)
             })
             .await?;
-        metrics::counter!("budgetd_ledger_entries_written_total", "source" => source.to_owned())
-            .increment(report.inserted as u64);
-        metrics::counter!("budgetd_ledger_conflicts_total", "source" => source.to_owned())
-            .increment(report.conflicts.len() as u64);
+        count_written(source, &report);
         Ok(report)
     }
 
@@ -276,30 +318,15 @@ impl Store {
         reason: &str,
         source: &str,
     ) -> Result<CorrectionReport, Error> {
-        let rounds = rounds_without_duplicate_keys(entries);
-        let sql = correct_sql();
         let report = self
             .run("correct_entries", || async {
                 let mut tx = self.begin().await?;
-                let mut report = CorrectionReport::default();
-                for batch in &rounds {
-                    for chunk in batch.chunks(CHUNK) {
-                        let row = bind_batch(query(&sql), chunk)
-                            .bind(source)
-                            .bind(reason)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        report.corrected += row.try_get::<i64, _>("corrected")? as usize;
-                        report.inserted += row.try_get::<i64, _>("inserted")? as usize;
-                        report.unchanged += row.try_get::<i64, _>("unchanged")? as usize;
-                    }
-                }
+                let report = correct_entries_in(&mut tx, entries, reason, source).await?;
                 tx.commit().await?;
                 Ok(report)
             })
             .await?;
-        metrics::counter!("budgetd_ledger_corrections_total", "source" => source.to_owned())
-            .increment(report.corrected as u64);
+        count_corrected(source, &report);
         Ok(report)
     }
 }

@@ -4,6 +4,7 @@
 
 mod audit;
 mod budgets;
+mod collector;
 mod costs;
 mod entries;
 mod outbox;

@@ -1,0 +1,476 @@
+//! From query answers to one collected window: attribution to tenants, unallocated usage,
+//! pricing and completeness. Pure: no I/O, so every rule here is tested with plain tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+use ledger::entry::{EntryKey, NewEntry, Window};
+use ledger::price_book::PriceBookVersion;
+use ledger::tenant::TenantId;
+use ledger::usage::{CollectedWindow, UnallocatedReason, UnallocatedUsage};
+use rust_decimal::Decimal;
+
+use crate::meter::Meter;
+use crate::source::Sample;
+use crate::Error;
+
+/// Quantities are kept to this many decimal places. Prometheus computes in binary floating
+/// point; rounding makes a recollection of unchanged data produce the identical quantity.
+pub const QUANTITY_SCALE: u32 = 6;
+
+/// Labels of the completeness probe's three facets (see `meter::probe_query`).
+pub const PROBE_LABEL: &str = "budgetd_probe";
+
+/// What the collector knows beyond the answers.
+pub struct Context<'a> {
+    pub tenant_label: &'a str,
+    /// Tenants usage can be billed to.
+    pub known_tenants: &'a BTreeSet<TenantId>,
+    /// Tenants expected to have namespaces (active or suspended): missing ones are incomplete.
+    pub expected_tenants: &'a BTreeSet<TenantId>,
+    /// Samples a scrape target yields in one window at the configured interval.
+    pub expected_samples: i64,
+}
+
+/// Parses a Prometheus sample value into a non-negative quantity.
+pub fn parse_quantity(value: &str) -> Result<Decimal, String> {
+    let parsed = if value.contains(['e', 'E']) {
+        Decimal::from_scientific(value)
+    } else {
+        Decimal::from_str(value)
+    };
+    match parsed {
+        Ok(q) if q.is_sign_negative() && !q.is_zero() => Err(format!("negative value {value}")),
+        Ok(q) => Ok(q.round_dp(QUANTITY_SCALE).normalize()),
+        Err(_) => Err(format!("value {value:?} is not a finite number")),
+    }
+}
+
+/// Assembles one window. `answers[i]` are the samples of `meters[i]` at this window.
+pub fn assemble(
+    window: Window,
+    meters: &[Meter],
+    answers: &[&[Sample]],
+    probe: &[Sample],
+    warnings: &[String],
+    version: &PriceBookVersion,
+    ctx: &Context<'_>,
+) -> Result<CollectedWindow, Error> {
+    let mut problems: Vec<String> = warnings
+        .iter()
+        .map(|w| format!("prometheus warning: {w}"))
+        .collect();
+    let mut billed: BTreeMap<(TenantId, usize), Decimal> = BTreeMap::new();
+    let mut unallocated: BTreeMap<(String, UnallocatedReason, usize), Decimal> = BTreeMap::new();
+
+    for (m, samples) in answers.iter().enumerate() {
+        for sample in samples.iter() {
+            let quantity = match parse_quantity(&sample.value) {
+                Ok(q) => q,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", meters[m].name));
+                    continue;
+                }
+            };
+            let namespace = sample
+                .labels
+                .get("namespace")
+                .map(String::as_str)
+                .unwrap_or("");
+            let label = sample
+                .labels
+                .get(ctx.tenant_label)
+                .map(String::as_str)
+                .unwrap_or("");
+            let tenant = TenantId::parse(label)
+                .ok()
+                .filter(|t| ctx.known_tenants.contains(t));
+            match tenant {
+                Some(tenant) => *billed.entry((tenant, m)).or_default() += quantity,
+                None if label.is_empty() => {
+                    *unallocated
+                        .entry((namespace.to_owned(), UnallocatedReason::NoTenantLabel, m))
+                        .or_default() += quantity
+                }
+                None => {
+                    *unallocated
+                        .entry((label.to_owned(), UnallocatedReason::UnknownTenant, m))
+                        .or_default() += quantity
+                }
+            }
+        }
+    }
+
+    let mut entries = Vec::with_capacity(billed.len());
+    for ((tenant, m), quantity) in billed {
+        if quantity.is_zero() {
+            continue;
+        }
+        let meter = &meters[m];
+        let pricing = version
+            .pricing(
+                &meter.name,
+                meter.price_unit.clone(),
+                meter.units_per_price_unit,
+            )
+            .ok_or_else(|| Error::Unpriced {
+                meter: meter.name.to_string(),
+                version: version.id,
+            })?;
+        let key = EntryKey {
+            tenant,
+            meter: meter.name.clone(),
+            window,
+        };
+        entries.push(
+            NewEntry::new(key, quantity, meter.unit.clone(), pricing)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", meter.name)))?,
+        );
+    }
+    let unallocated = unallocated
+        .into_iter()
+        .filter(|(_, q)| !q.is_zero())
+        .map(|((name, reason, m), quantity)| UnallocatedUsage {
+            namespace_or_label: name,
+            reason,
+            meter: meters[m].name.clone(),
+            quantity,
+            unit: meters[m].unit.clone(),
+        })
+        .collect();
+
+    let (complete, incomplete_tenants) = completeness(probe, ctx, &mut problems);
+    Ok(CollectedWindow {
+        window,
+        entries,
+        unallocated,
+        complete: complete && warnings.is_empty(),
+        incomplete_tenants,
+        problems,
+    })
+}
+
+/// Reads the probe: every scrape target up for the whole window with no gap beyond the jitter
+/// tolerance, and every expected tenant's namespace label series present.
+fn completeness(
+    probe: &[Sample],
+    ctx: &Context<'_>,
+    problems: &mut Vec<String>,
+) -> (bool, Vec<TenantId>) {
+    let mut complete = true;
+    let mut targets = 0;
+    let mut present = BTreeSet::new();
+    for sample in probe {
+        let target = || {
+            format!(
+                "{}/{}",
+                sample.labels.get("job").map(String::as_str).unwrap_or("?"),
+                sample
+                    .labels
+                    .get("instance")
+                    .map(String::as_str)
+                    .unwrap_or("?")
+            )
+        };
+        match sample.labels.get(PROBE_LABEL).map(String::as_str) {
+            Some("samples") => {
+                targets += 1;
+                let count = parse_quantity(&sample.value).unwrap_or_default();
+                // Jitter moves one sample across a window edge; more missing is a gap.
+                if count < Decimal::from(ctx.expected_samples - 1) {
+                    complete = false;
+                    problems.push(format!(
+                        "scrape gap: {} has {count} of {} samples",
+                        target(),
+                        ctx.expected_samples
+                    ));
+                }
+            }
+            Some("min_up") => {
+                if parse_quantity(&sample.value).unwrap_or_default() < Decimal::ONE {
+                    complete = false;
+                    problems.push(format!("scrape target down: {}", target()));
+                }
+            }
+            Some("tenant") => {
+                if let Some(t) = sample
+                    .labels
+                    .get(ctx.tenant_label)
+                    .and_then(|l| TenantId::parse(l).ok())
+                {
+                    present.insert(t);
+                }
+            }
+            _ => {}
+        }
+    }
+    if targets == 0 {
+        complete = false;
+        problems.push("no scrape targets seen (up series missing)".to_owned());
+    }
+    let incomplete: Vec<TenantId> = ctx.expected_tenants.difference(&present).cloned().collect();
+    if !incomplete.is_empty() {
+        problems.push(format!(
+            "no namespace labelled for {} tenant(s), e.g. {}",
+            incomplete.len(),
+            incomplete[0]
+        ));
+    }
+    (complete, incomplete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use ledger::currency::Currency;
+    use ledger::entry::UnitName;
+    use ledger::price_book::MeterName;
+
+    fn sample(labels: &[(&str, &str)], value: &str) -> Sample {
+        Sample {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value: value.to_owned(),
+        }
+    }
+
+    fn meter(name: &str) -> Meter {
+        Meter {
+            name: MeterName::parse("m", name).unwrap(),
+            unit: UnitName::parse("u", "core_seconds").unwrap(),
+            price_unit: UnitName::parse("u", "core_hour").unwrap(),
+            units_per_price_unit: Decimal::from(3600),
+            query: crate::promql::QueryTemplate::parse("q", "x").unwrap(),
+        }
+    }
+
+    fn version() -> PriceBookVersion {
+        PriceBookVersion {
+            id: 7,
+            valid_from: Utc.timestamp_opt(0, 0).unwrap(),
+            currency: Currency::parse("c", "EUR").unwrap(),
+            rates: [(MeterName::parse("m", "cpu").unwrap(), Decimal::new(36, 2))].into(),
+            created_at: Utc.timestamp_opt(0, 0).unwrap(),
+            created_by: "t".into(),
+        }
+    }
+
+    fn ids(list: &[&str]) -> BTreeSet<TenantId> {
+        list.iter().map(|t| TenantId::parse(t).unwrap()).collect()
+    }
+
+    fn healthy_probe() -> Vec<Sample> {
+        vec![
+            sample(
+                &[
+                    (PROBE_LABEL, "samples"),
+                    ("job", "kubelet"),
+                    ("instance", "n1"),
+                ],
+                "20",
+            ),
+            sample(
+                &[
+                    (PROBE_LABEL, "min_up"),
+                    ("job", "kubelet"),
+                    ("instance", "n1"),
+                ],
+                "1",
+            ),
+            sample(&[(PROBE_LABEL, "tenant"), ("label_tenant", "acme")], "1"),
+            sample(&[(PROBE_LABEL, "tenant"), ("label_tenant", "globex")], "1"),
+        ]
+    }
+
+    #[test]
+    fn usage_is_summed_per_tenant_and_the_rest_is_unallocated() {
+        let window = Window::new(
+            Utc.timestamp_opt(600, 0).unwrap(),
+            Utc.timestamp_opt(900, 0).unwrap(),
+        )
+        .unwrap();
+        let known = ids(&["acme", "globex"]);
+        let ctx = Context {
+            tenant_label: "label_tenant",
+            known_tenants: &known,
+            expected_tenants: &known,
+            expected_samples: 20,
+        };
+        let cpu = [
+            sample(
+                &[("namespace", "acme-web"), ("label_tenant", "acme")],
+                "100",
+            ),
+            sample(
+                &[("namespace", "acme-db"), ("label_tenant", "acme")],
+                "200.0000004",
+            ),
+            sample(
+                &[("namespace", "globex"), ("label_tenant", "globex")],
+                "1.5e+02",
+            ),
+            sample(&[("namespace", "kube-system")], "40"),
+            sample(
+                &[("namespace", "ghost-ns"), ("label_tenant", "ghost")],
+                "10",
+            ),
+            sample(
+                &[("namespace", "odd"), ("label_tenant", "Not A Tenant\"}")],
+                "5",
+            ),
+            sample(&[("namespace", "idle"), ("label_tenant", "globex")], "0"),
+        ];
+        let w = assemble(
+            window,
+            &[meter("cpu")],
+            &[&cpu],
+            &healthy_probe(),
+            &[],
+            &version(),
+            &ctx,
+        )
+        .unwrap();
+        let got: Vec<(String, String)> = w
+            .entries
+            .iter()
+            .map(|e| (e.key.tenant.to_string(), e.quantity.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("acme".into(), "300".into()),
+                ("globex".into(), "150".into())
+            ]
+        );
+        // 300 core-seconds at 0.36 per core-hour
+        assert_eq!(w.entries[0].amount().to_string(), "0.03");
+        let un: Vec<(String, UnallocatedReason, String)> = w
+            .unallocated
+            .iter()
+            .map(|u| {
+                (
+                    u.namespace_or_label.clone(),
+                    u.reason,
+                    u.quantity.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            un,
+            [
+                (
+                    "Not A Tenant\"}".into(),
+                    UnallocatedReason::UnknownTenant,
+                    "5".into()
+                ),
+                (
+                    "ghost".into(),
+                    UnallocatedReason::UnknownTenant,
+                    "10".into()
+                ),
+                (
+                    "kube-system".into(),
+                    UnallocatedReason::NoTenantLabel,
+                    "40".into()
+                ),
+            ]
+        );
+        assert!(w.complete, "{:?}", w.problems);
+        assert!(w.incomplete_tenants.is_empty());
+    }
+
+    #[test]
+    fn gaps_down_targets_warnings_and_missing_tenants_are_incomplete() {
+        let window = Window::new(
+            Utc.timestamp_opt(600, 0).unwrap(),
+            Utc.timestamp_opt(900, 0).unwrap(),
+        )
+        .unwrap();
+        let known = ids(&["acme", "globex", "initech"]);
+        let ctx = Context {
+            tenant_label: "label_tenant",
+            known_tenants: &known,
+            expected_tenants: &known,
+            expected_samples: 20,
+        };
+        let run = |probe: Vec<Sample>, warnings: &[String]| {
+            assemble(
+                window,
+                &[meter("cpu")],
+                &[&[]],
+                &probe,
+                warnings,
+                &version(),
+                &ctx,
+            )
+            .unwrap()
+        };
+        let w = run(healthy_probe(), &[]);
+        assert!(w.complete);
+        assert_eq!(
+            w.incomplete_tenants,
+            vec![TenantId::parse("initech").unwrap()]
+        );
+
+        let mut gap = healthy_probe();
+        gap[0].value = "17".into();
+        assert!(!run(gap, &[]).complete);
+        let mut jitter = healthy_probe();
+        jitter[0].value = "19".into();
+        assert!(
+            run(jitter, &[]).complete,
+            "one sample across the edge is jitter"
+        );
+        let mut down = healthy_probe();
+        down[1].value = "0".into();
+        assert!(!run(down, &[]).complete);
+        assert!(!run(vec![], &[]).complete);
+        let w = run(healthy_probe(), &["partial response".to_owned()]);
+        assert!(!w.complete);
+        assert!(w.problems.iter().any(|p| p.contains("partial response")));
+    }
+
+    #[test]
+    fn a_meter_without_a_rate_leaves_the_window_pending() {
+        let window = Window::new(
+            Utc.timestamp_opt(600, 0).unwrap(),
+            Utc.timestamp_opt(900, 0).unwrap(),
+        )
+        .unwrap();
+        let known = ids(&["acme"]);
+        let ctx = Context {
+            tenant_label: "label_tenant",
+            known_tenants: &known,
+            expected_tenants: &known,
+            expected_samples: 20,
+        };
+        let gpu = [sample(&[("namespace", "a"), ("label_tenant", "acme")], "3")];
+        let err = assemble(
+            window,
+            &[meter("gpu")],
+            &[&gpu],
+            &healthy_probe(),
+            &[],
+            &version(),
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Unpriced { .. }), "{err}");
+    }
+
+    #[test]
+    fn values_are_parsed_as_finite_non_negative_decimals() {
+        assert_eq!(parse_quantity("12.5").unwrap().to_string(), "12.5");
+        assert_eq!(parse_quantity("1.2345e+06").unwrap().to_string(), "1234500");
+        assert_eq!(
+            parse_quantity("299.99999999997").unwrap().to_string(),
+            "300"
+        );
+        for bad in ["NaN", "+Inf", "-Inf", "-3", "abc"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The collector: which windows to collect, querying them (one query per meter per batch of
+//! windows, plus the completeness probe), and committing them to the ledger in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use ledger::entry::Window;
+use ledger::price_book::PriceBookVersion;
+use ledger::tenant::TenantId;
+use ledger::usage::{CollectedWindow, CommitMode, CommitReport};
+use ledger::Store;
+
+use crate::assemble::{assemble, Context};
+use crate::meter::{probe_query, Meter};
+use crate::promql::{matchers, LabelName, TemplateContext};
+use crate::source::{Sample, UsageSource};
+use crate::window::WindowLength;
+use crate::Error;
+
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    pub window: WindowLength,
+    /// How long after a window's end before it is collected (late scrapes).
+    pub settle: Duration,
+    /// The Prometheus scrape interval, for integrals of gauges (`{{interval}}`).
+    pub interval_seconds: i64,
+    pub tenant_label: LabelName,
+    /// Extra label matchers for every selector (e.g. one cluster of a shared Prometheus).
+    pub selector: BTreeMap<LabelName, String>,
+    pub meters: Vec<Meter>,
+    /// Scrape jobs whose `up` series the completeness probe checks.
+    pub scrape_jobs: Vec<String>,
+    /// Where the daemon starts when the ledger has no watermark; without it, at the newest due
+    /// window of its first run.
+    pub start: Option<DateTime<Utc>>,
+    /// How far back Prometheus still has data: older windows cannot be collected.
+    pub horizon: Duration,
+    /// Windows per query (and per commit) when catching up or backfilling.
+    pub windows_per_batch: usize,
+}
+
+/// What one daemon step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub report: CommitReport,
+    /// The watermark after the step.
+    pub watermark: Option<DateTime<Utc>>,
+    /// Windows skipped because they are older than the horizon.
+    pub lost: usize,
+}
+
+pub struct Collector {
+    source: Arc<dyn UsageSource>,
+    store: Store,
+    config: CollectorConfig,
+}
+
+/// Evaluation time of a window: 1 ms before its end, with a range of the window less 1 ms, so
+/// the closed range [start, end - 1 ms] never shares a sample with a neighbouring window.
+fn eval_time(window: &Window) -> DateTime<Utc> {
+    window.end() - Duration::milliseconds(1)
+}
+
+impl Collector {
+    pub fn new(source: Arc<dyn UsageSource>, store: Store, config: CollectorConfig) -> Self {
+        Collector {
+            source,
+            store,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &CollectorConfig {
+        &self.config
+    }
+
+    fn template_context(&self) -> TemplateContext {
+        TemplateContext {
+            window: format!("{}ms", self.config.window.seconds() * 1000 - 1),
+            window_seconds: self.config.window.seconds(),
+            full_window_samples: self.config.window.seconds() / self.config.interval_seconds - 1,
+            interval_seconds: self.config.interval_seconds,
+            tenant_label: self.config.tenant_label.clone(),
+            selector: matchers(&self.config.selector),
+        }
+    }
+
+    /// The queries one batch sends: one per meter, then the probe.
+    pub fn queries(&self) -> Vec<(String, String)> {
+        let ctx = self.template_context();
+        let mut queries: Vec<(String, String)> = self
+            .config
+            .meters
+            .iter()
+            .map(|m| (m.name.to_string(), m.query.render(&ctx)))
+            .collect();
+        queries.push((
+            "probe".to_owned(),
+            probe_query(&ctx, &self.config.scrape_jobs),
+        ));
+        queries
+    }
+
+    /// Queries and assembles a run of consecutive windows.
+    async fn collect_batch(
+        &self,
+        windows: &[Window],
+        versions: &[PriceBookVersion],
+        tenants: &TenantSets,
+    ) -> Result<Vec<CollectedWindow>, Error> {
+        let (first, last) = (
+            eval_time(&windows[0]),
+            eval_time(&windows[windows.len() - 1]),
+        );
+        let step = std::time::Duration::from_secs(self.config.window.seconds() as u64);
+        let mut answers = Vec::new();
+        let mut warnings = Vec::new();
+        for (name, query) in self.queries() {
+            let started = Instant::now();
+            let answer = self.source.query(&query, first, last, step).await;
+            metrics::histogram!("budgetd_collector_query_duration_seconds", "meter" => name.clone())
+                .record(started.elapsed().as_secs_f64());
+            let answer = answer.map_err(|e| Error::Source {
+                meter: name.clone(),
+                error: e,
+            })?;
+            warnings.extend(answer.warnings.iter().map(|w| format!("{name}: {w}")));
+            answers.push(answer.at);
+        }
+        let probe = answers.pop().expect("the probe is always queried");
+        let ctx = Context {
+            tenant_label: self.config.tenant_label.as_str(),
+            known_tenants: &tenants.known,
+            expected_tenants: &tenants.expected,
+            expected_samples: self.config.window.seconds() / self.config.interval_seconds,
+        };
+        let empty: Vec<Sample> = Vec::new();
+        windows
+            .iter()
+            .map(|w| {
+                let at = eval_time(w).timestamp_millis();
+                let per_meter: Vec<&[Sample]> = answers
+                    .iter()
+                    .map(|a| a.get(&at).map(Vec::as_slice).unwrap_or(&empty))
+                    .collect();
+                let probe = probe.get(&at).map(Vec::as_slice).unwrap_or(&empty);
+                let version = version_at(versions, w.start()).ok_or(Error::NoPriceBook {
+                    at: w.start(),
+                })?;
+                let collected = assemble(*w, &self.config.meters, &per_meter, probe, &warnings, version, &ctx)?;
+                if !collected.complete || !collected.incomplete_tenants.is_empty() {
+                    metrics::counter!("budgetd_collector_incomplete_windows_total").increment(1);
+                    tracing::warn!(window_start = %w.start(), problems = ?collected.problems, "incomplete window");
+                }
+                Ok(collected)
+            })
+            .collect()
+    }
+
+    /// Collects and commits `windows` (consecutive runs are batched). Returns the summed report.
+    async fn collect_windows(
+        &self,
+        windows: &[Window],
+        mode: &CommitMode,
+        advance_watermark: bool,
+        source: &str,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<CommitReport, Error> {
+        let versions = self.store.list_price_book_versions().await?;
+        let tenants = TenantSets::load(&self.store).await?;
+        let mut total = CommitReport::default();
+        for batch in consecutive_batches(windows, self.config.window, self.config.windows_per_batch)
+        {
+            let collected = self.collect_batch(batch, &versions, &tenants).await?;
+            let report = self
+                .store
+                .commit_windows(&collected, mode, advance_watermark, source)
+                .await?;
+            metrics::counter!("budgetd_collector_windows_total").increment(report.windows as u64);
+            total.windows += report.windows;
+            total.inserted += report.inserted;
+            total.unchanged += report.unchanged;
+            total.corrected += report.corrected;
+            total.conflicts += report.conflicts;
+            total.incomplete_windows += report.incomplete_windows;
+            progress(report.windows);
+        }
+        Ok(total)
+    }
+
+    /// One step of the daemon at `now`: collects every due window after the watermark, in
+    /// order, skipping windows a backfill already collected. Windows older than the horizon
+    /// are skipped with a warning: Prometheus no longer has their data.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Outcome, Error> {
+        let len = self.config.window;
+        let watermark = self.store.collector_watermark().await?;
+        let due = len.due_until(now, self.config.settle);
+        let mut from = watermark
+            .or(self.config.start.map(|s| len.ceil(s)))
+            .unwrap_or(due - Duration::seconds(len.seconds()));
+        let oldest = len.ceil(now - self.config.horizon);
+        let mut lost = 0;
+        if from < oldest {
+            lost = len.windows(from, oldest).count();
+            tracing::warn!(%from, to = %oldest, windows = lost, "windows beyond the Prometheus horizon cannot be collected");
+            metrics::counter!("budgetd_collector_windows_lost_total").increment(lost as u64);
+            from = oldest;
+        }
+        let done = self.store.collected_window_starts(from, due).await?;
+        let pending: Vec<Window> = len
+            .windows(from, due)
+            .filter(|w| !done.contains(&w.start()))
+            .collect();
+        let report = if pending.is_empty() {
+            CommitReport::default()
+        } else {
+            self.collect_windows(&pending, &CommitMode::Collect, true, "collector", &|_| {})
+                .await?
+        };
+        let watermark = match (pending.last(), watermark) {
+            (Some(last), _) => Some(last.end()),
+            (None, w) => w,
+        };
+        if let Some(w) = watermark {
+            metrics::gauge!("budgetd_collector_lag_seconds").set((now - w).num_seconds() as f64);
+        }
+        Ok(Outcome {
+            report,
+            watermark,
+            lost,
+        })
+    }
+
+    /// Backfills [from, to): windows not collected yet, or with `Recollect` every window,
+    /// correcting what differs. `progress` is told how many windows each commit finished.
+    pub async fn backfill(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        mode: &CommitMode,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<(usize, CommitReport), Error> {
+        let windows = self.plan_backfill(from, to, mode).await?;
+        let report = self
+            .collect_windows(&windows, mode, false, "backfill", progress)
+            .await?;
+        Ok((windows.len(), report))
+    }
+
+    /// The windows a backfill of [from, to) would collect.
+    pub async fn plan_backfill(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        mode: &CommitMode,
+    ) -> Result<Vec<Window>, Error> {
+        let len = self.config.window;
+        let done = match mode {
+            CommitMode::Collect => {
+                self.store
+                    .collected_window_starts(len.floor(from), len.ceil(to))
+                    .await?
+            }
+            CommitMode::Recollect { .. } => BTreeSet::new(),
+        };
+        Ok(len
+            .windows(from, to)
+            .filter(|w| !done.contains(&w.start()))
+            .collect())
+    }
+}
+
+/// The tenants usage can be billed to, and those expected to have namespaces.
+struct TenantSets {
+    known: BTreeSet<TenantId>,
+    expected: BTreeSet<TenantId>,
+}
+
+impl TenantSets {
+    async fn load(store: &Store) -> Result<Self, Error> {
+        let tenants = store.list_tenants(None).await?;
+        Ok(TenantSets {
+            known: tenants.iter().map(|t| t.id.clone()).collect(),
+            expected: tenants
+                .iter()
+                .filter(|t| {
+                    matches!(
+                        t.state,
+                        ledger::tenant::TenantState::Active
+                            | ledger::tenant::TenantState::Suspended
+                    )
+                })
+                .map(|t| t.id.clone())
+                .collect(),
+        })
+    }
+}
+
+/// The price-book version in force at `at`.
+pub fn version_at(versions: &[PriceBookVersion], at: DateTime<Utc>) -> Option<&PriceBookVersion> {
+    versions
+        .iter()
+        .filter(|v| v.valid_from <= at)
+        .max_by_key(|v| v.valid_from)
+}
+
+/// Splits sorted windows into runs of consecutive windows of at most `max` each.
+pub fn consecutive_batches(windows: &[Window], len: WindowLength, max: usize) -> Vec<&[Window]> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    for i in 1..=windows.len() {
+        let breaks = i == windows.len()
+            || i - start >= max
+            || windows[i].start() != windows[i - 1].start() + Duration::seconds(len.seconds());
+        if breaks {
+            batches.push(&windows[start..i]);
+            start = i;
+        }
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn batches_are_consecutive_and_bounded() {
+        let len = WindowLength::new(300).unwrap();
+        let t = |i: i64| len.window_at(Utc.timestamp_opt(1_800_000_000 + 300 * i, 0).unwrap());
+        let windows: Vec<Window> = [0, 1, 2, 3, 5, 6, 9].into_iter().map(t).collect();
+        let batches = consecutive_batches(&windows, len, 3);
+        let sizes: Vec<usize> = batches.iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [3, 1, 2, 1]);
+        assert!(consecutive_batches(&[], len, 3).is_empty());
+    }
+}

@@ -1,0 +1,57 @@
+//! The budgetd collector: turns per-tenant Prometheus metrics into priced, idempotent ledger
+//! entries, one fixed window at a time, exactly once however often it crashes or restarts.
+//!
+//! - `promql`: escaping, label names, meter query templates;
+//! - `window`: epoch-aligned window arithmetic;
+//! - `meter`: meters and the completeness probe;
+//! - `source`: the `UsageSource` trait and the Prometheus HTTP client;
+//! - `assemble`: pure attribution, pricing and completeness of one window;
+//! - `collect`: the `Collector` (daemon step and backfill);
+//! - `schedule`: the daemon's loop.
+
+pub mod assemble;
+pub mod collect;
+pub mod meter;
+pub mod promql;
+pub mod schedule;
+pub mod source;
+pub mod synthetic;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod window;
+
+pub use collect::{Collector, CollectorConfig, Outcome};
+
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    Config { field: String, message: String },
+    #[error("query for {meter}: {error}")]
+    Source {
+        meter: String,
+        error: source::SourceError,
+    },
+    #[error("ledger: {0}")]
+    Ledger(#[from] ledger::Error),
+    #[error("price-book version {version} has no rate for meter {meter}")]
+    Unpriced { meter: String, version: i64 },
+    #[error("no price-book version is valid at {at}")]
+    NoPriceBook { at: DateTime<Utc> },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::Source { error, .. } => error.class(),
+            Error::Ledger(e) => e.metric_label(),
+            Error::Unpriced { .. } => "unpriced",
+            Error::NoPriceBook { .. } => "no_price_book",
+            Error::Invalid(_) => "invalid",
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! PromQL text: escaping of label values, validated label names, and meter query templates.
+//!
+//! Nothing from outside reaches a query except through `escape_label_value` (inside a
+//! double-quoted matcher) or as a validated `LabelName`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::Error;
+
+/// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelName(String);
+
+impl LabelName {
+    pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
+        let mut chars = value.chars();
+        let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !value.starts_with("__");
+        if valid {
+            Ok(LabelName(value.to_owned()))
+        } else {
+            Err(Error::Config {
+                field: field.to_owned(),
+                message: format!("{value:?} is not a Prometheus label name"),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LabelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Escapes a label value for a double-quoted PromQL string: backslash, double quote and line
+/// breaks are escaped, so the value can never end the string or the matcher.
+pub fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `name="value"` matchers, comma-separated, escaped; empty for no labels.
+pub fn matchers(labels: &BTreeMap<LabelName, String>) -> String {
+    labels
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{}\"", escape_label_value(value)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What a template's placeholders expand to for one query.
+#[derive(Debug, Clone)]
+pub struct TemplateContext {
+    /// The range of one window, as a PromQL duration (`{{window}}`).
+    pub window: String,
+    /// The window's length in seconds (`{{window_seconds}}`), for `offset` and integrals.
+    pub window_seconds: i64,
+    /// Samples a series that lived through the whole window has at least
+    /// (`{{full_window_samples}}`): one scrape less than the window holds, for jitter.
+    pub full_window_samples: i64,
+    /// The scrape interval in seconds (`{{interval}}`), for integrals of gauges.
+    pub interval_seconds: i64,
+    /// The tenant label on `kube_namespace_labels` (`{{tenant_label}}`).
+    pub tenant_label: LabelName,
+    /// Extra matchers for every selector (`{{selector}}`), already escaped; may be empty.
+    pub selector: String,
+}
+
+impl TemplateContext {
+    /// `{{tenant_join}}`: attributes per-namespace usage to the namespace's tenant label, one
+    /// label value per namespace (the newest within the window).
+    fn tenant_join(&self) -> String {
+        let label = &self.tenant_label;
+        let selector = if self.selector.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", self.selector)
+        };
+        format!(
+            "* on (namespace) group_left({label}) topk by (namespace) (1, group by (namespace, {label}) (last_over_time(kube_namespace_labels{selector}[{window}])))",
+            window = self.window
+        )
+    }
+}
+
+/// A meter's query with placeholders: `{{window}}`, `{{window_seconds}}`,
+/// `{{full_window_samples}}`, `{{interval}}`, `{{tenant_label}}`, `{{selector}}` and
+/// `{{tenant_join}}`. The query must return one series per namespace, with
+/// labels `namespace` and the tenant label, valued in the meter's unit for the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryTemplate(String);
+
+const PLACEHOLDERS: [&str; 7] = [
+    "window",
+    "window_seconds",
+    "full_window_samples",
+    "interval",
+    "tenant_label",
+    "selector",
+    "tenant_join",
+];
+
+impl QueryTemplate {
+    pub fn parse(field: &str, text: &str) -> Result<Self, Error> {
+        let mut rest = text;
+        while let Some(open) = rest.find("{{") {
+            let after = &rest[open + 2..];
+            let close = after.find("}}").ok_or_else(|| Error::Config {
+                field: field.to_owned(),
+                message: "unclosed {{ placeholder".to_owned(),
+            })?;
+            let name = after[..close].trim();
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(Error::Config {
+                    field: field.to_owned(),
+                    message: format!(
+                        "unknown placeholder {{{{{name}}}}}; known: {}",
+                        PLACEHOLDERS.join(", ")
+                    ),
+                });
+            }
+            rest = &after[close + 2..];
+        }
+        if text.trim().is_empty() {
+            return Err(Error::Config {
+                field: field.to_owned(),
+                message: "the query is empty".to_owned(),
+            });
+        }
+        Ok(QueryTemplate(text.to_owned()))
+    }
+
+    pub fn render(&self, ctx: &TemplateContext) -> String {
+        let selector_with_comma = if ctx.selector.is_empty() {
+            String::new()
+        } else {
+            format!(",{}", ctx.selector)
+        };
+        self.0
+            .replace("{{tenant_join}}", &ctx.tenant_join())
+            .replace("{{window}}", &ctx.window)
+            .replace("{{window_seconds}}", &ctx.window_seconds.to_string())
+            .replace(
+                "{{full_window_samples}}",
+                &ctx.full_window_samples.to_string(),
+            )
+            .replace("{{interval}}", &ctx.interval_seconds.to_string())
+            .replace("{{tenant_label}}", ctx.tenant_label.as_str())
+            .replace("{{selector}}", &selector_with_comma)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_values_inside_the_string() {
+        assert_eq!(escape_label_value(r#"a"b"#), r#"a\"b"#);
+        assert_eq!(escape_label_value(r"a\b"), r"a\\b");
+        assert_eq!(escape_label_value("a\nb"), r"a\nb");
+        assert_eq!(escape_label_value("a}b"), "a}b");
+        assert_eq!(escape_label_value(r#"\"}"#), r#"\\\"}"#);
+    }
+
+    #[test]
+    fn label_names_are_validated() {
+        assert!(LabelName::parse("f", "label_tenant").is_ok());
+        assert!(LabelName::parse("f", "_x1").is_ok());
+        for bad in ["", "1a", "a-b", "a\"b", "__name__", "a}"] {
+            assert!(LabelName::parse("f", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn templates_reject_unknown_placeholders() {
+        assert!(QueryTemplate::parse("q", "sum(x[{{window}}])").is_ok());
+        assert!(QueryTemplate::parse("q", "sum(x[{{windw}}])").is_err());
+        assert!(QueryTemplate::parse("q", "sum(x[{{window])").is_err());
+        assert!(QueryTemplate::parse("q", "  ").is_err());
+    }
+
+    #[test]
+    fn templates_render_with_escaped_selectors() {
+        let mut labels = BTreeMap::new();
+        labels.insert(
+            LabelName::parse("f", "cluster").unwrap(),
+            "a\"b\\c\nd}".to_owned(),
+        );
+        let ctx = TemplateContext {
+            window: "299999ms".into(),
+            window_seconds: 300,
+            full_window_samples: 19,
+            interval_seconds: 15,
+            tenant_label: LabelName::parse("f", "label_tenant").unwrap(),
+            selector: matchers(&labels),
+        };
+        let q = QueryTemplate::parse("q", "sum by (namespace, {{tenant_label}}) (x{a=\"1\"{{selector}}}[{{window}}] * {{interval}} {{tenant_join}})").unwrap();
+        let rendered = q.render(&ctx);
+        assert!(
+            rendered.contains(r#"x{a="1",cluster="a\"b\\c\nd}"}[299999ms] * 15"#),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(r#"kube_namespace_labels{cluster="a\"b\\c\nd}"}[299999ms]"#),
+            "{rendered}"
+        );
+        assert!(rendered.contains("group_left(label_tenant)"));
+    }
+}

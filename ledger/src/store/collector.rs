@@ -1,0 +1,218 @@
+//! The collector's commits: entries, unallocated usage, the window record and the watermark,
+//! all in one transaction.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::entries::{correct_entries_in, count_corrected, count_written, write_entries_in};
+use super::{query, query_scalar, Store};
+use crate::audit::now_micros;
+use crate::error::Error;
+use crate::usage::{CollectedWindow, CommitMode, CommitReport};
+
+async fn record_window(
+    conn: &mut PgConnection,
+    w: &CollectedWindow,
+    mode: &CommitMode,
+) -> Result<(), Error> {
+    let (names, reasons, meters, quantities, units): (Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>) = w
+        .unallocated
+        .iter()
+        .map(|u| {
+            (
+                u.namespace_or_label.as_str(),
+                u.reason.as_str(),
+                u.meter.as_str(),
+                u.quantity,
+                u.unit.as_str(),
+            )
+        })
+        .fold(
+            Default::default(),
+            |mut acc: (Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>), r| {
+                acc.0.push(r.0);
+                acc.1.push(r.1);
+                acc.2.push(r.2);
+                acc.3.push(r.3);
+                acc.4.push(r.4);
+                acc
+            },
+        );
+    let on_conflict = match mode {
+        CommitMode::Collect => "do nothing",
+        CommitMode::Recollect { .. } => {
+            "do update set quantity = excluded.quantity, unit = excluded.unit, reason = excluded.reason"
+        }
+    };
+    query(&format!(
+        "insert into unallocated_usage (window_start, window_end, namespace_or_label, reason, meter, quantity, unit) \
+         select $1, $2, n, r, m, q, u from unnest($3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[]) as x(n, r, m, q, u) \
+         on conflict (window_start, window_end, namespace_or_label, meter) {on_conflict}"
+    ))
+    .bind(w.window.start())
+    .bind(w.window.end())
+    .bind(&names)
+    .bind(&reasons)
+    .bind(&meters)
+    .bind(&quantities)
+    .bind(&units)
+    .execute(&mut *conn)
+    .await?;
+
+    let incomplete: Vec<&str> = w.incomplete_tenants.iter().map(|t| t.as_str()).collect();
+    query(
+        "insert into collected_windows (window_start, window_end, complete, incomplete_tenants, problems, entries, collected_at) \
+         values ($1, $2, $3, $4, $5, $6, $7) \
+         on conflict (window_start, window_end) do update set complete = excluded.complete, \
+             incomplete_tenants = excluded.incomplete_tenants, problems = excluded.problems, \
+             entries = excluded.entries, collected_at = excluded.collected_at",
+    )
+    .bind(w.window.start())
+    .bind(w.window.end())
+    .bind(w.complete)
+    .bind(&incomplete)
+    .bind(&w.problems)
+    .bind(w.entries.len() as i32)
+    .bind(now_micros())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Commits collected windows in one transaction: their entries (written, or corrected when
+    /// recollecting), unallocated usage, the window records, and, with `advance_watermark`,
+    /// the watermark to the last window's end. A crash before the commit leaves no trace; after
+    /// it, the windows are done.
+    pub async fn commit_windows(
+        &self,
+        windows: &[CollectedWindow],
+        mode: &CommitMode,
+        advance_watermark: bool,
+        source: &str,
+    ) -> Result<CommitReport, Error> {
+        let report = self
+            .run("commit_windows", || async {
+                let mut tx = self.begin().await?;
+                let mut report = CommitReport::default();
+                for w in windows {
+                    match mode {
+                        CommitMode::Collect => {
+                            let written = write_entries_in(&mut tx, &w.entries, source).await?;
+                            report.inserted += written.inserted;
+                            report.unchanged += written.unchanged;
+                            report.conflicts += written.conflicts.len();
+                            for c in &written.conflicts {
+                                tracing::warn!(
+                                    tenant = %c.key.tenant, meter = %c.key.meter,
+                                    window_start = %c.key.window.start(),
+                                    live = %c.live_quantity, attempted = %c.attempted_quantity,
+                                    "ledger conflict: a differing entry for a collected key"
+                                );
+                            }
+                        }
+                        CommitMode::Recollect { reason } => {
+                            let corrected =
+                                correct_entries_in(&mut tx, &w.entries, reason, source).await?;
+                            report.inserted += corrected.inserted;
+                            report.unchanged += corrected.unchanged;
+                            report.corrected += corrected.corrected;
+                        }
+                    }
+                    record_window(&mut tx, w, mode).await?;
+                    report.windows += 1;
+                    report.incomplete_windows +=
+                        usize::from(!w.complete || !w.incomplete_tenants.is_empty());
+                }
+                if let (true, Some(last)) = (advance_watermark, windows.iter().map(|w| w.window.end()).max()) {
+                    query(
+                        "insert into collector_watermark (singleton, window_end, updated_at) values (true, $1, $2) \
+                         on conflict (singleton) do update \
+                         set window_end = greatest(collector_watermark.window_end, excluded.window_end), \
+                             updated_at = excluded.updated_at",
+                    )
+                    .bind(last)
+                    .bind(now_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(report)
+            })
+            .await?;
+        count_written(
+            source,
+            &crate::entry::WriteReport {
+                inserted: report.inserted,
+                unchanged: report.unchanged,
+                conflicts: Vec::new(),
+            },
+        );
+        metrics::counter!("budgetd_ledger_conflicts_total", "source" => source.to_owned())
+            .increment(report.conflicts as u64);
+        count_corrected(
+            source,
+            &crate::entry::CorrectionReport {
+                corrected: report.corrected,
+                inserted: 0,
+                unchanged: 0,
+            },
+        );
+        Ok(report)
+    }
+
+    /// The end of the last window the daemon committed, if any.
+    pub async fn collector_watermark(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        self.run("collector_watermark", || async {
+            let mut tx = self.begin().await?;
+            let end = query_scalar("select window_end from collector_watermark")
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(end)
+        })
+        .await
+    }
+
+    /// Starts of the windows already collected in [from, to).
+    pub async fn collected_window_starts(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<BTreeSet<DateTime<Utc>>, Error> {
+        self.run("collected_window_starts", || async {
+            let mut tx = self.begin().await?;
+            let starts: Vec<DateTime<Utc>> = query_scalar(
+                "select window_start from collected_windows where window_start >= $1 and window_start < $2",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(starts.into_iter().collect())
+        })
+        .await
+    }
+
+    /// Ids of the tenants the ledger knows, in any state: usage labelled with any other id is
+    /// unallocated.
+    pub async fn known_tenant_ids(&self) -> Result<BTreeSet<crate::tenant::TenantId>, Error> {
+        self.run("known_tenant_ids", || async {
+            let mut tx = self.begin().await?;
+            let ids: Vec<String> = query_scalar("select id from tenants")
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            ids.iter()
+                .map(|id| {
+                    crate::tenant::TenantId::parse(id)
+                        .map_err(|e| Error::Database(sqlx::Error::Decode(e.to_string().into())))
+                })
+                .collect()
+        })
+        .await
+    }
+}

@@ -1,0 +1,913 @@
+//! `budgetd bench ledger`: measures the ledger write path and the finance query against a
+//! scratch database of its own on a Postgres server.
+//!
+//! Write path: one window for `tenants` × `meters` entries goes through the real write path
+//! (`Store::write_entries`, rollups included) and is compared with COPY of the same rows into
+//! plain tables that look like `ledger_entries` (one with its indexes and check constraints,
+//! one with neither). The baselines are measured in the same run, on the same server, so the
+//! ratio is what matters on a shared, noisy machine. Re-writing the same window (all no-ops)
+//! is timed as well.
+//!
+//! Finance query: `finance_tenants` × `meters` × `finance_days` days of hourly entries are
+//! loaded through the real write path, one hour per `write_entries` call, then the monthly and
+//! daily finance views are queried and timed client-side, full fetch included.
+//!
+//! The report goes to stdout, progress to stderr. Targets are informative: the bench returns
+//! `Ok` whether they are met or not.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use rust_decimal::Decimal;
+use sqlx::{Connection, Executor, PgConnection};
+
+use ledger::audit::{Actor, AuditContext};
+use ledger::currency::Currency;
+use ledger::entry::{EntryKey, NewEntry, Pricing, UnitName, Window};
+use ledger::price_book::{MeterName, NewPriceBookVersion};
+use ledger::tenant::TenantId;
+use ledger::{Store, StoreConfig};
+
+/// Sizes of the bench. `Default` is the acceptance configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerBenchOptions {
+    /// Tenants of the write-path window.
+    pub tenants: usize,
+    /// Meters per tenant (at most 8).
+    pub meters: usize,
+    /// Tenants loaded with hourly entries for the finance query.
+    pub finance_tenants: usize,
+    /// Days of hourly entries loaded for the finance query, from 2026-06-01.
+    pub finance_days: u32,
+    /// Timed runs of the finance query, after one warm-up.
+    pub finance_repeats: usize,
+}
+
+impl Default for LedgerBenchOptions {
+    fn default() -> Self {
+        LedgerBenchOptions {
+            tenants: 10_000,
+            meters: 8,
+            finance_tenants: 1_000,
+            finance_days: 30,
+            finance_repeats: 21,
+        }
+    }
+}
+
+/// Write-path rounds; each writes a new window, so medians are over this many samples.
+const WRITE_ROUNDS: usize = 5;
+const WRITE_TARGET_RATIO: f64 = 2.0;
+const REWRITE_TARGET_RATIO: f64 = 1.0;
+const FINANCE_TARGET_MS: f64 = 50.0;
+/// Timed runs of the (context-only, much larger) daily finance query.
+const DAILY_REPEATS_MAX: usize = 7;
+const SOURCE: &str = "bench";
+
+const ENTRY_COLUMNS: &str =
+    "tenant_id, meter, window_start, window_end, revision, kind, quantity, \
+     unit, price_version, rate, price_unit, units_per_price_unit, amount, currency, source";
+
+/// `admin_url`: a superuser URL of a Postgres server (database part is replaced). Creates its
+/// own scratch database, migrates it (`ledger::Store::migrate`), runs, prints a report to
+/// stdout, drops the database.
+pub async fn run_ledger_bench(admin_url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
+    validate(opts)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_nanos();
+    let name = format!("budgetd_bench_{nanos}");
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .context("connecting to the Postgres server (admin URL)")?;
+    admin
+        .execute(format!("create database {name}").as_str())
+        .await
+        .with_context(|| format!("creating scratch database {name}"))?;
+    admin.close().await.ok();
+    eprintln!("bench: scratch database {name}");
+
+    // Run in a task so that a panic, an error or Ctrl-C all end with the database dropped.
+    let url = with_database(admin_url, &name);
+    let task = tokio::spawn({
+        let opts = opts.clone();
+        async move { bench(&url, &opts).await }
+    });
+    let abort = task.abort_handle();
+    let outcome = tokio::select! {
+        joined = task => match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
+            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            abort.abort();
+            Err(anyhow::anyhow!("interrupted"))
+        }
+    };
+
+    let dropped = drop_database(admin_url, &name).await;
+    match (outcome, dropped) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Ok(()), Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(drop_error)) => {
+            eprintln!("bench: {drop_error:#}");
+            Err(e)
+        }
+    }
+}
+
+fn validate(opts: &LedgerBenchOptions) -> anyhow::Result<()> {
+    if opts.meters == 0 || opts.meters > METERS.len() {
+        bail!("meters must be between 1 and {}", METERS.len());
+    }
+    if opts.tenants == 0 || opts.finance_tenants == 0 || opts.finance_days == 0 {
+        bail!("tenants, finance_tenants and finance_days must be positive");
+    }
+    if opts.finance_repeats == 0 {
+        bail!("finance_repeats must be positive");
+    }
+    Ok(())
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .with_context(|| format!("connecting to drop scratch database {name}"))?;
+    admin
+        .execute(format!("drop database if exists {name} with (force)").as_str())
+        .await
+        .with_context(|| format!("dropping scratch database {name}"))?;
+    admin.close().await.ok();
+    eprintln!("bench: dropped scratch database {name}");
+    Ok(())
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+// Meters ---------------------------------------------------------------------------------------
+
+const SECONDS_PER_HOUR: i64 = 3_600;
+const GIB: i64 = 1 << 30;
+
+/// How a meter's quantity is generated.
+#[derive(Debug, Clone, Copy)]
+enum Usage {
+    /// Cores × seconds, to 3 decimals.
+    CpuCoreSeconds,
+    /// Resident bytes × seconds.
+    MemoryByteSeconds,
+    /// Provisioned volume bytes × seconds.
+    StorageByteSeconds,
+    /// Bytes sent.
+    EgressBytes,
+    /// GPUs × seconds, to 3 decimals; most tenants have none.
+    GpuSeconds,
+    /// Load balancers × seconds.
+    LbSeconds,
+    /// Public IP addresses × seconds.
+    IpSeconds,
+    /// Stored object bytes × seconds.
+    ObjectByteSeconds,
+}
+
+struct MeterSpec {
+    meter: &'static str,
+    unit: &'static str,
+    price_unit: &'static str,
+    units_per_price_unit: i64,
+    /// EUR per price unit.
+    rate: &'static str,
+    usage: Usage,
+}
+
+#[rustfmt::skip]
+const METERS: [MeterSpec; 8] = [
+    MeterSpec { meter: "cpu", unit: "core_seconds", price_unit: "core_hour", units_per_price_unit: SECONDS_PER_HOUR, rate: "0.0316", usage: Usage::CpuCoreSeconds },
+    MeterSpec { meter: "memory", unit: "byte_seconds", price_unit: "gib_hour", units_per_price_unit: SECONDS_PER_HOUR * GIB, rate: "0.00423", usage: Usage::MemoryByteSeconds },
+    MeterSpec { meter: "storage", unit: "byte_seconds", price_unit: "gib_hour", units_per_price_unit: SECONDS_PER_HOUR * GIB, rate: "0.000137", usage: Usage::StorageByteSeconds },
+    MeterSpec { meter: "network_egress", unit: "bytes", price_unit: "gib", units_per_price_unit: GIB, rate: "0.085", usage: Usage::EgressBytes },
+    MeterSpec { meter: "gpu", unit: "gpu_seconds", price_unit: "gpu_hour", units_per_price_unit: SECONDS_PER_HOUR, rate: "2.48", usage: Usage::GpuSeconds },
+    MeterSpec { meter: "lb_hours", unit: "lb_seconds", price_unit: "lb_hour", units_per_price_unit: SECONDS_PER_HOUR, rate: "0.0252", usage: Usage::LbSeconds },
+    MeterSpec { meter: "ip_addresses", unit: "ip_seconds", price_unit: "ip_hour", units_per_price_unit: SECONDS_PER_HOUR, rate: "0.005", usage: Usage::IpSeconds },
+    MeterSpec { meter: "object_storage", unit: "byte_seconds", price_unit: "gib_hour", units_per_price_unit: SECONDS_PER_HOUR * GIB, rate: "0.0000315", usage: Usage::ObjectByteSeconds },
+];
+
+/// A meter with its parsed names and its pricing by the bench's price-book version.
+struct Meter {
+    index: u64,
+    name: MeterName,
+    unit: UnitName,
+    pricing: Pricing,
+    usage: Usage,
+}
+
+/// A bench tenant with its fixed "size" (a log-uniform factor in [0.01, 10]) and traits.
+struct Tenant {
+    index: u64,
+    id: TenantId,
+    size: f64,
+    gpus: f64,
+    load_balancers: i64,
+    ip_addresses: i64,
+}
+
+fn tenant_ids(count: usize) -> Vec<String> {
+    let width = count.to_string().len().max(5);
+    (1..=count).map(|i| format!("t{i:0width$}")).collect()
+}
+
+fn tenants(ids: &[String]) -> anyhow::Result<Vec<Tenant>> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let index = i as u64 + 1;
+            let h = mix(index);
+            let gpus = if h % 5 == 0 {
+                1.0 + (h >> 8) as f64 % 8.0
+            } else {
+                0.0
+            };
+            Ok(Tenant {
+                index,
+                id: TenantId::parse(id)?,
+                size: 10f64.powf(3.0 * unit_interval(mix(h)) - 2.0),
+                gpus,
+                load_balancers: 1 + ((h >> 16) % 4) as i64,
+                ip_addresses: 1 + ((h >> 24) % 16) as i64,
+            })
+        })
+        .collect()
+}
+
+/// splitmix64: a deterministic, well-mixed hash of one integer.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A uniform value in [0, 1) from a hash.
+fn unit_interval(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn whole(value: f64) -> Decimal {
+    Decimal::from(value.round() as i64)
+}
+
+fn thousandths(value: f64) -> Decimal {
+    Decimal::new((value * 1000.0).round() as i64, 3)
+}
+
+/// A realistic quantity of `meter` used by `tenant` in a window of `seconds` starting at
+/// `start` (the same inputs always give the same quantity).
+fn quantity(tenant: &Tenant, meter: &Meter, start: i64, seconds: i64) -> Decimal {
+    let h = mix(tenant.index ^ mix(meter.index ^ mix(start as u64)));
+    // Usage varies by ±30% from window to window.
+    let jitter = 0.7 + 0.6 * unit_interval(h);
+    let secs = seconds as f64;
+    let gib = GIB as f64;
+    let size = tenant.size;
+    match meter.usage {
+        Usage::CpuCoreSeconds => thousandths((0.25 + 16.0 * size * jitter) * secs),
+        Usage::MemoryByteSeconds => whole((0.5 + 48.0 * size * jitter) * gib * secs),
+        Usage::StorageByteSeconds => whole((10.0 + 400.0 * size) * gib * secs),
+        Usage::EgressBytes => whole(2.0 * size * jitter * gib * secs / 3_600.0),
+        Usage::GpuSeconds => thousandths(tenant.gpus * jitter.min(1.0) * secs),
+        Usage::LbSeconds => Decimal::from(tenant.load_balancers * seconds),
+        Usage::IpSeconds => Decimal::from(tenant.ip_addresses * seconds),
+        Usage::ObjectByteSeconds => whole((1.0 + 2_000.0 * size) * gib * secs),
+    }
+}
+
+fn build_entries(
+    tenants: &[Tenant],
+    meters: &[Meter],
+    window: Window,
+) -> anyhow::Result<Vec<NewEntry>> {
+    let start = window.start().timestamp();
+    let seconds = window.end().timestamp() - start;
+    let mut entries = Vec::with_capacity(tenants.len() * meters.len());
+    for tenant in tenants {
+        for meter in meters {
+            let key = EntryKey {
+                tenant: tenant.id.clone(),
+                meter: meter.name.clone(),
+                window,
+            };
+            let q = quantity(tenant, meter, start, seconds);
+            entries.push(NewEntry::new(
+                key,
+                q,
+                meter.unit.clone(),
+                meter.pricing.clone(),
+            )?);
+        }
+    }
+    Ok(entries)
+}
+
+fn hour_window(start: DateTime<Utc>) -> anyhow::Result<Window> {
+    Ok(Window::new(start, start + chrono::Duration::hours(1))?)
+}
+
+fn utc(y: i32, m: u32, d: u32) -> anyhow::Result<DateTime<Utc>> {
+    Utc.with_ymd_and_hms(y, m, d, 0, 0, 0)
+        .single()
+        .context("invalid date")
+}
+
+// The bench --------------------------------------------------------------------------------------
+
+async fn bench(url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    Store::migrate(url, Duration::from_secs(120))
+        .await
+        .context("migrating the scratch database")?;
+    let store = Store::connect(&StoreConfig {
+        url: url.to_owned(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(60),
+        // One write_entries call of the write-path round is a single transaction.
+        statement_timeout: Duration::from_secs(900),
+        max_retries: 0,
+    })
+    .await?;
+    let mut conn = PgConnection::connect(url)
+        .await
+        .context("connecting to the scratch database")?;
+    let result = async {
+        println!("budgetd bench ledger");
+        print_server(&mut conn).await?;
+
+        let all_ids = tenant_ids(opts.tenants.max(opts.finance_tenants));
+        let t = Instant::now();
+        insert_tenants(&mut conn, &all_ids).await?;
+        let meters = add_price_book(&store, opts.meters).await?;
+        eprintln!(
+            "bench: {} tenants and a price book in {:.1} s",
+            all_ids.len(),
+            t.elapsed().as_secs_f64()
+        );
+
+        let write_tenants = tenants(&all_ids[..opts.tenants])?;
+        write_path(&store, &mut conn, &write_tenants, &meters).await?;
+
+        let finance_tenants = tenants(&all_ids[..opts.finance_tenants])?;
+        finance(&store, &mut conn, &finance_tenants, &meters, opts).await?;
+        println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
+        anyhow::Ok(())
+    }
+    .await;
+    conn.close().await.ok();
+    store.pool().close().await;
+    result
+}
+
+async fn print_server(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let row: (String, String, String, String, String) = sqlx::query_as(
+        "select current_setting('server_version'), current_setting('shared_buffers'), \
+                current_setting('fsync'), current_setting('synchronous_commit'), \
+                current_setting('max_wal_size')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    println!(
+        "server: PostgreSQL {}, shared_buffers {}, fsync {}, synchronous_commit {}, max_wal_size {}",
+        row.0, row.1, row.2, row.3, row.4
+    );
+    Ok(())
+}
+
+/// Inserts tenants `t00001`.. in one statement (the same ids as `tenant_ids`).
+async fn insert_tenants(conn: &mut PgConnection, ids: &[String]) -> anyhow::Result<()> {
+    let width = ids.first().map_or(5, |id| id.len() - 1) as i32;
+    sqlx::query(
+        "insert into tenants (id, display_name, owner, data_residency, labels, state, \
+                              created_at, updated_at, state_changed_at) \
+         select 't' || lpad(g::text, $2, '0'), 'Bench tenant ' || g, 'bench@example.com', 'eu', \
+                '{}', 'active', now(), now(), now() \
+         from generate_series(1, $1) as g",
+    )
+    .bind(ids.len() as i64)
+    .bind(width)
+    .execute(&mut *conn)
+    .await
+    .context("inserting tenants")?;
+    let last: Option<String> = sqlx::query_scalar("select max(id) from tenants")
+        .fetch_one(&mut *conn)
+        .await?;
+    if last.as_deref() != ids.last().map(String::as_str) {
+        bail!("tenant ids in the database do not match the bench's ({last:?})");
+    }
+    Ok(())
+}
+
+async fn add_price_book(store: &Store, meters: usize) -> anyhow::Result<Vec<Meter>> {
+    let specs = &METERS[..meters];
+    let mut rates = BTreeMap::new();
+    for spec in specs {
+        rates.insert(
+            MeterName::parse("meter", spec.meter)?,
+            Decimal::from_str(spec.rate)?,
+        );
+    }
+    let ctx = AuditContext {
+        actor: Actor::system("bench"),
+        request_id: "bench".to_owned(),
+    };
+    let new =
+        NewPriceBookVersion::new(utc(2026, 1, 1)?, Currency::parse("currency", "EUR")?, rates)?;
+    let version = store.add_price_book_version(&ctx, &new).await?;
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let name = MeterName::parse("meter", spec.meter)?;
+            let pricing = version
+                .pricing(
+                    &name,
+                    UnitName::parse("price_unit", spec.price_unit)?,
+                    Decimal::from(spec.units_per_price_unit),
+                )
+                .context("the price book lacks a bench meter")?;
+            Ok(Meter {
+                index: i as u64,
+                name,
+                unit: UnitName::parse("unit", spec.unit)?,
+                pricing,
+                usage: spec.usage,
+            })
+        })
+        .collect()
+}
+
+/// Runs SQL over the simple protocol (VACUUM and CHECKPOINT cannot run in a transaction).
+async fn raw(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
+    // A plain string has no arguments, so it goes over the simple protocol. (`sqlx::raw_sql`
+    // would too, but its future trips the compiler's `Send` inference in a spawned task.)
+    conn.execute(sql)
+        .await
+        .with_context(|| format!("running {sql:?}"))?;
+    Ok(())
+}
+
+// Write path ---------------------------------------------------------------------------------------
+
+const COPY_INDEXED: &str = "bench_copy_indexed";
+const COPY_PLAIN: &str = "bench_copy_plain";
+
+async fn write_path(
+    store: &Store,
+    conn: &mut PgConnection,
+    tenants: &[Tenant],
+    meters: &[Meter],
+) -> anyhow::Result<()> {
+    let n = tenants.len() * meters.len();
+    raw(
+        conn,
+        &format!(
+            "create table {COPY_INDEXED} (like ledger_entries including all); \
+             create table {COPY_PLAIN} (like ledger_entries including defaults including generated \
+                                        including identity)"
+        ),
+    )
+    .await?;
+    set_autovacuum(conn, false).await?;
+    println!(
+        "write path: {n} entries ({} tenants x {} meters), one window, rollups included",
+        tenants.len(),
+        meters.len()
+    );
+    println!(
+        "  {WRITE_ROUNDS} rounds, each a new 1-hour window of the same day (the first creates the \
+         daily rollup rows, the others update them): write_entries, COPY (indexes), \
+         COPY (no indexes), rewrite; median times, median of the per-round ratios"
+    );
+    println!(
+        "  COPY (indexes): like ledger_entries including all (its indexes and checks; no FKs, no \
+         triggers); COPY (no indexes): no indexes, no checks"
+    );
+    println!(
+        "  autovacuum off on these tables, VACUUM ANALYZE before each round, CHECKPOINT before \
+         each timed step; COPY times exclude formatting the CSV"
+    );
+
+    let mut first = Vec::new();
+    let mut copy_indexed = Vec::new();
+    let mut copy_plain = Vec::new();
+    let mut rewrite = Vec::new();
+    let base = utc(2026, 5, 1)?;
+    for round in 0..WRITE_ROUNDS {
+        let window = hour_window(base + chrono::Duration::hours(round as i64))?;
+        let entries = build_entries(tenants, meters, window)?;
+        let csv = copy_csv(&entries);
+        raw(conn, "vacuum analyze").await?;
+
+        raw(conn, "checkpoint").await?;
+        let t = Instant::now();
+        let report = store.write_entries(&entries, SOURCE).await?;
+        first.push(t.elapsed());
+        if report.inserted != n || report.unchanged != 0 || !report.conflicts.is_empty() {
+            bail!("the first write of round {round} was not all inserts: {report:?}");
+        }
+
+        for (table, times) in [
+            (COPY_INDEXED, &mut copy_indexed),
+            (COPY_PLAIN, &mut copy_plain),
+        ] {
+            raw(conn, "checkpoint").await?;
+            let t = Instant::now();
+            let copied = copy_in(conn, table, &csv).await?;
+            times.push(t.elapsed());
+            if copied != n as u64 {
+                bail!("COPY into {table} stored {copied} rows, expected {n}");
+            }
+        }
+
+        raw(conn, "checkpoint").await?;
+        let t = Instant::now();
+        let report = store.write_entries(&entries, SOURCE).await?;
+        rewrite.push(t.elapsed());
+        if report.unchanged != n || report.inserted != 0 || !report.conflicts.is_empty() {
+            bail!("the rewrite of round {round} was not all no-ops: {report:?}");
+        }
+        eprintln!(
+            "bench: write-path round {}/{WRITE_ROUNDS}: write {:.3} s, COPY indexes {:.3} s, \
+             COPY no indexes {:.3} s, rewrite {:.3} s",
+            round + 1,
+            secs(first[round]),
+            secs(copy_indexed[round]),
+            secs(copy_plain[round]),
+            secs(rewrite[round]),
+        );
+    }
+
+    // Ratios are taken per round, between steps run seconds apart, then the median: the
+    // machine's load drifts less within a round than across rounds.
+    let per_round = |a: &[Duration], b: &[Duration]| -> Vec<f64> {
+        a.iter().zip(b).map(|(a, b)| secs(*a) / secs(*b)).collect()
+    };
+    let write_vs_indexed = per_round(&first, &copy_indexed);
+    let write_vs_plain = per_round(&first, &copy_plain);
+    let rewrite_vs_first = per_round(&rewrite, &first);
+    let rate = |d: f64| n as f64 / d;
+    for (label, times) in [
+        ("write_entries (first write)", &first),
+        ("COPY into like-table (indexes, checks)", &copy_indexed),
+        ("COPY into like-table (no indexes)", &copy_plain),
+    ] {
+        let t = median_secs(times);
+        println!("  {label:<40}{t:>8.3} s {:>9.0} entries/s", rate(t));
+    }
+    let ratio = median(&write_vs_indexed);
+    println!(
+        "  {:<40}{:>8.2}   target <= {WRITE_TARGET_RATIO:.1}  {}   (headline: the same indexes and \
+         checks as ledger_entries; rounds {})",
+        "ratio write/COPY(indexes)",
+        ratio,
+        verdict(ratio <= WRITE_TARGET_RATIO),
+        spread(&write_vs_indexed),
+    );
+    println!(
+        "  {:<40}{:>8.2}   (context only; rounds {})",
+        "ratio write/COPY(no indexes)",
+        median(&write_vs_plain),
+        spread(&write_vs_plain),
+    );
+    let rewrite_ratio = median(&rewrite_vs_first);
+    println!(
+        "  {:<40}{:>8.3} s   ratio rewrite/first {:.2}  target <= {REWRITE_TARGET_RATIO:.1}  {}   \
+         (rounds {})",
+        "rewrite (all no-ops)",
+        median_secs(&rewrite),
+        rewrite_ratio,
+        verdict(rewrite_ratio <= REWRITE_TARGET_RATIO),
+        spread(&rewrite_vs_first),
+    );
+    raw(
+        conn,
+        &format!("drop table {COPY_INDEXED}; drop table {COPY_PLAIN}"),
+    )
+    .await?;
+    set_autovacuum(conn, true).await?;
+    Ok(())
+}
+
+/// Tables the write path writes (and the COPY tables, while they exist).
+const WRITTEN_TABLES: [&str; 5] = [
+    "ledger_entries",
+    "ledger_rollup_daily",
+    "ledger_rollup_monthly",
+    COPY_INDEXED,
+    COPY_PLAIN,
+];
+
+/// Autovacuum starting in the middle of a timed step, on a machine with few cores, is the
+/// largest source of noise between rounds; the write-path rounds vacuum explicitly instead.
+async fn set_autovacuum(conn: &mut PgConnection, on: bool) -> anyhow::Result<()> {
+    for table in WRITTEN_TABLES {
+        let exists: bool = sqlx::query_scalar("select to_regclass($1) is not null")
+            .bind(table)
+            .fetch_one(&mut *conn)
+            .await?;
+        if exists {
+            let sql = if on {
+                format!("alter table {table} reset (autovacuum_enabled)")
+            } else {
+                format!("alter table {table} set (autovacuum_enabled = off)")
+            };
+            raw(conn, &sql).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The rows `write_entries` would insert for first writes, as COPY CSV.
+fn copy_csv(entries: &[NewEntry]) -> Vec<u8> {
+    let mut out = String::with_capacity(entries.len() * 192);
+    let mut last_window: Option<(Window, String, String)> = None;
+    for e in entries {
+        let w = e.key.window;
+        if last_window.as_ref().is_none_or(|(lw, _, _)| *lw != w) {
+            let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S+00").to_string();
+            last_window = Some((w, fmt(w.start()), fmt(w.end())));
+        }
+        let (_, start, end) = last_window.as_ref().expect("set above");
+        // Ids, meter and unit names and currency codes are validated: no CSV quoting needed.
+        let _ = writeln!(
+            out,
+            "{},{},{},{},1,usage,{},{},{},{},{},{},{},{},{SOURCE}",
+            e.key.tenant,
+            e.key.meter,
+            start,
+            end,
+            e.quantity,
+            e.unit,
+            e.pricing.version,
+            e.pricing.rate,
+            e.pricing.price_unit,
+            e.pricing.units_per_price_unit,
+            e.amount(),
+            e.pricing.currency,
+        );
+    }
+    out.into_bytes()
+}
+
+async fn copy_in(conn: &mut PgConnection, table: &str, csv: &[u8]) -> anyhow::Result<u64> {
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "copy {table} ({ENTRY_COLUMNS}) from stdin (format csv)"
+        ))
+        .await?;
+    if let Err(e) = copy.send(csv).await {
+        copy.abort("send failed").await.ok();
+        return Err(e.into());
+    }
+    Ok(copy.finish().await?)
+}
+
+// Finance query ------------------------------------------------------------------------------------
+
+async fn finance(
+    store: &Store,
+    conn: &mut PgConnection,
+    tenants: &[Tenant],
+    meters: &[Meter],
+    opts: &LedgerBenchOptions,
+) -> anyhow::Result<()> {
+    let month = NaiveDate::from_ymd_opt(2026, 6, 1).context("invalid date")?;
+    let next_month = NaiveDate::from_ymd_opt(2026, 7, 1).context("invalid date")?;
+    let start = utc(2026, 6, 1)?;
+    let hours = opts.finance_days as i64 * 24;
+    let per_hour = tenants.len() * meters.len();
+    let total = per_hour * hours as usize;
+
+    let t = Instant::now();
+    let mut writing = Duration::ZERO;
+    let mut loaded = 0usize;
+    let progress_every = (opts.finance_days / 10).max(1) as i64 * 24;
+    // (entries, seconds) at the last progress line, and the rate of each interval since.
+    let mut last = (0usize, 0.0f64);
+    let mut interval_rates = Vec::new();
+    for hour in 0..hours {
+        let window = hour_window(start + chrono::Duration::hours(hour))?;
+        let entries = build_entries(tenants, meters, window)?;
+        let w = Instant::now();
+        let report = store.write_entries(&entries, SOURCE).await?;
+        writing += w.elapsed();
+        if report.inserted != entries.len() {
+            bail!(
+                "loading hour {hour} inserted {} of {} entries",
+                report.inserted,
+                entries.len()
+            );
+        }
+        loaded += entries.len();
+        if (hour + 1) % progress_every == 0 || hour + 1 == hours {
+            let elapsed = t.elapsed().as_secs_f64();
+            let rate = (loaded - last.0) as f64 / (elapsed - last.1);
+            interval_rates.push(rate);
+            last = (loaded, elapsed);
+            eprintln!(
+                "bench: finance load: day {}/{}, {loaded} entries, {:.0} entries/s overall, \
+                 {rate:.0} entries/s lately, {elapsed:.0} s elapsed",
+                (hour + 1 + 23) / 24,
+                opts.finance_days,
+                loaded as f64 / elapsed,
+            );
+        }
+    }
+    let load = t.elapsed().as_secs_f64();
+    println!(
+        "finance query: {} tenants x {} meters x {} days hourly ({total} entries) loaded in {:.1} s \
+         ({:.0} entries/s; write_entries alone {:.1} s, {:.0} entries/s; {} calls of {per_hour} entries)",
+        tenants.len(),
+        meters.len(),
+        opts.finance_days,
+        load,
+        total as f64 / load,
+        secs(writing),
+        total as f64 / secs(writing),
+        hours,
+    );
+    if let (Some(first), Some(last)) = (interval_rates.first(), interval_rates.last()) {
+        println!(
+            "  load rate {first:.0} entries/s over the first {days} day(s), {last:.0} entries/s \
+             over the last (ledger_entries grows to {total} rows)",
+            days = progress_every / 24,
+        );
+    }
+    raw(
+        conn,
+        "vacuum analyze ledger_rollup_monthly, ledger_rollup_daily",
+    )
+    .await?;
+    println!(
+        "  (VACUUM ANALYZE of the rollup tables after the load; queries sent unnamed, so parsed \
+         and planned every run, and timed client-side with the full fetch)"
+    );
+
+    // Monthly: the headline.
+    let monthly_sql = format!("SELECT * FROM finance.tenant_costs_monthly WHERE month = '{month}'");
+    type MonthlyRow = (String, NaiveDate, Decimal, String);
+    // One warm-up run, whose result is checked: storage, load balancers and IP addresses are
+    // never zero, so every tenant has a row.
+    let rows: Vec<MonthlyRow> = sqlx::query_as(&monthly_sql)
+        .persistent(false)
+        .fetch_all(&mut *conn)
+        .await?;
+    let expected = tenants.len();
+    if rows.len() != expected {
+        bail!(
+            "the monthly view returned {} rows, expected {expected}",
+            rows.len()
+        );
+    }
+    let mut times = Vec::with_capacity(opts.finance_repeats);
+    for _ in 0..opts.finance_repeats {
+        let t = Instant::now();
+        let rows: Vec<MonthlyRow> = sqlx::query_as(&monthly_sql)
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?;
+        times.push(t.elapsed());
+        std::hint::black_box(rows);
+    }
+    let monthly_ms = median_secs(&times) * 1000.0;
+    println!(
+        "  {:<58} median {:>7.1} ms over {} runs  target <= {FINANCE_TARGET_MS:.0} ms  {}   ({} rows)",
+        "SELECT * FROM finance.tenant_costs_monthly (1 month):",
+        monthly_ms,
+        opts.finance_repeats,
+        verdict(monthly_ms <= FINANCE_TARGET_MS),
+        rows.len(),
+    );
+
+    // Daily: context.
+    let daily_sql = format!(
+        "select * from finance.tenant_costs_daily where day >= '{month}' and day < '{next_month}'"
+    );
+    type DailyRow = (String, NaiveDate, String, Decimal, String, Decimal, String);
+    let rows: Vec<DailyRow> = sqlx::query_as(&daily_sql)
+        .persistent(false)
+        .fetch_all(&mut *conn)
+        .await?; // warm-up
+    let repeats = opts.finance_repeats.min(DAILY_REPEATS_MAX);
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let rows: Vec<DailyRow> = sqlx::query_as(&daily_sql)
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?;
+        times.push(t.elapsed());
+        std::hint::black_box(rows);
+    }
+    println!(
+        "  {:<58} median {:>7.1} ms over {repeats} runs  (context)   ({} rows)",
+        "select * from finance.tenant_costs_daily (1 month of days):",
+        median_secs(&times) * 1000.0,
+        rows.len(),
+    );
+    Ok(())
+}
+
+// Helpers ------------------------------------------------------------------------------------------
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn median_secs(samples: &[Duration]) -> f64 {
+    median(&samples.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>())
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// "min-max" of per-round ratios.
+fn spread(ratios: &[f64]) -> String {
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}-{max:.2}")
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(
+            with_database("postgres://u@127.0.0.1:5432/postgres", "x"),
+            "postgres://u@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:1/db?sslmode=disable", "x"),
+            "postgres://u@h:1/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+    }
+
+    #[test]
+    fn tenant_ids_are_padded_labels() {
+        assert_eq!(tenant_ids(3), ["t00001", "t00002", "t00003"]);
+        assert_eq!(tenant_ids(123_456)[0], "t000001");
+        assert!(tenant_ids(10).iter().all(|id| TenantId::parse(id).is_ok()));
+    }
+
+    #[test]
+    fn median_of_odd_and_even_samples() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(median_secs(&ms(&[30, 10, 20])), 0.02);
+        assert_eq!(median_secs(&ms(&[10, 20, 30, 40])), 0.025);
+        assert_eq!(median(&[]), 0.0);
+    }
+}

@@ -1,0 +1,538 @@
+//! The collector against a real Prometheus holding exact historical data (synthetic cluster
+//! with known usage, loaded with promtool), and a real Postgres.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use budgetd::config::{CollectorSettings, Config};
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use collector::source::{Answer, Prometheus, SourceError, UsageSource};
+use collector::synthetic::{Cluster, ClusterSpec, Meter, GHOST_TENANT, UNLABELLED_NAMESPACE};
+use collector::testing::{create_blocks, PrometheusProcess, ScratchDir};
+use collector::Collector;
+use ledger::audit::{Actor, AuditContext};
+use ledger::tenant::{DataResidency, DisplayName, Labels, NewTenant, Owner, TenantId};
+use ledger::testing::{fresh_database, TestDb};
+use ledger::usage::CommitMode;
+use rust_decimal::Decimal;
+
+fn example_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml")
+}
+
+/// The example configuration pointed at `prometheus` and `db`.
+fn config(prometheus: &str, db: &str) -> Config {
+    let env: BTreeMap<&str, String> = [
+        ("BUDGETD_PROMETHEUS_URL", prometheus.to_owned()),
+        ("BUDGETD_DATABASE_URL", db.to_owned()),
+    ]
+    .into();
+    Config::load(Some(&example_config()), |k| env.get(k).cloned()).unwrap()
+}
+
+fn settings(config: &Config) -> CollectorSettings {
+    let mut s = config
+        .collector
+        .clone()
+        .expect("the example config has a collector");
+    // Fail fast in tests: one retry, short backoff.
+    s.retry.max_attempts = 2;
+    s.retry.initial_backoff = std::time::Duration::from_millis(20);
+    s.retry.max_backoff = std::time::Duration::from_millis(50);
+    s
+}
+
+struct Fixture {
+    dir: ScratchDir,
+    prometheus: PrometheusProcess,
+    cluster: Cluster,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+fn fixture(tenants: usize, start: DateTime<Utc>, end: DateTime<Utc>, traps: bool) -> Fixture {
+    let dir = ScratchDir::new("budgetd-prom");
+    let cluster = Cluster::generate(&ClusterSpec::new(tenants, 42, start, end).with_traps(traps));
+    let data = create_blocks(dir.path(), |out| {
+        cluster.write_openmetrics(&mut &mut *out).unwrap()
+    });
+    let prometheus = PrometheusProcess::start(dir.path(), &data);
+    Fixture {
+        dir,
+        prometheus,
+        cluster,
+        start,
+        end,
+    }
+}
+
+async fn ledger_for(cluster: &Cluster) -> TestDb {
+    let db = fresh_database().await;
+    let ctx = AuditContext {
+        actor: Actor::system("test"),
+        request_id: "collector-test".into(),
+    };
+    for id in cluster.tenant_ids() {
+        let new = NewTenant {
+            id: TenantId::parse(id).unwrap(),
+            display_name: DisplayName::parse(id).unwrap(),
+            owner: Owner::parse("ops@example.com").unwrap(),
+            data_residency: DataResidency::parse("eu").unwrap(),
+            labels: Labels::default(),
+        };
+        db.store.create_tenant(&ctx, &new).await.unwrap();
+    }
+    let seed = config("http://127.0.0.1:1", &db.url)
+        .price_book_seed
+        .unwrap();
+    db.store.seed_price_book(&ctx, &seed).await.unwrap();
+    db
+}
+
+fn collector(f: &Fixture, db: &TestDb) -> Collector {
+    let config = config(&f.prometheus.url, &db.url);
+    budgetd::app::build_collector(&config, &settings(&config), db.store.clone()).unwrap()
+}
+
+/// Everything the collector wrote, in a stable order.
+async fn ledger_rows(db: &TestDb) -> Vec<String> {
+    let mut rows: Vec<String> = sqlx::query_scalar(
+        "select concat_ws('|', tenant_id, meter, window_start, revision, kind, quantity, amount, price_version) \
+         from ledger_entries order by tenant_id, meter, window_start, revision, kind",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let unallocated: Vec<String> = sqlx::query_scalar(
+        "select concat_ws('|', window_start, namespace_or_label, reason, meter, quantity) from unallocated_usage order by 1",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let windows: Vec<String> = sqlx::query_scalar(
+        "select concat_ws('|', window_start, complete, incomplete_tenants::text, entries) from collected_windows order by 1",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    rows.extend(unallocated);
+    rows.extend(windows);
+    rows
+}
+
+fn within(actual: Decimal, truth: Decimal, tolerance: Decimal) -> bool {
+    if truth.is_zero() {
+        return actual.is_zero();
+    }
+    ((actual - truth) / truth).abs() <= tolerance
+}
+
+#[tokio::test]
+async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
+    let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+    // One full day: every trap of the model falls inside it.
+    let f = fixture(6, start, start + Duration::days(1), true);
+    let db = ledger_for(&f.cluster).await;
+    let c = collector(&f, &db);
+    let (planned, report) = c
+        .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(planned, 288);
+    assert_eq!(report.windows, 288);
+    assert_eq!(report.conflicts, 0);
+
+    let truth = f.cluster.truth(300);
+    let costs = db
+        .store
+        .daily_costs(None, start.date_naive(), (f.end).date_naive())
+        .await
+        .unwrap();
+    let ledger: BTreeMap<(String, String, NaiveDate), Decimal> = costs
+        .iter()
+        .map(|c| ((c.tenant.to_string(), c.meter.clone(), c.day), c.quantity))
+        .collect();
+    let tolerance = Decimal::new(5, 3);
+    let mut report = Vec::new();
+    let mut worst = Decimal::ZERO;
+    for tenant in f.cluster.tenant_ids() {
+        for meter in Meter::ALL {
+            for day in truth.days() {
+                let expected = truth.quantity(tenant, meter, day);
+                let actual = ledger
+                    .get(&(tenant.to_owned(), meter.as_str().to_owned(), day))
+                    .copied()
+                    .unwrap_or_default();
+                if !expected.is_zero() {
+                    worst = worst.max(((actual - expected) / expected).abs());
+                }
+                if !within(actual, expected, tolerance) {
+                    report.push(format!(
+                        "{tenant} {meter} {day}: ledger {actual}, truth {expected}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(report.is_empty(), "beyond 0.5%:\n{}", report.join("\n"));
+    eprintln!("worst relative error per tenant, meter and day: {worst}");
+
+    // Unallocated usage: the unlabelled namespace and the unknown tenant label.
+    for (key, reason) in [
+        (UNLABELLED_NAMESPACE, "no_tenant_label"),
+        (GHOST_TENANT, "unknown_tenant"),
+    ] {
+        let reasons: Vec<String> = sqlx::query_scalar(
+            "select distinct reason from unallocated_usage where namespace_or_label = $1",
+        )
+        .bind(key)
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(reasons, [reason], "{key}");
+        for meter in [Meter::Cpu, Meter::Memory] {
+            for day in truth.days() {
+                let expected = truth.unallocated(key, meter, day);
+                let actual: Decimal = sqlx::query_scalar::<_, Option<Decimal>>(
+                    "select sum(quantity) from finance.unallocated_daily where namespace_or_label = $1 and meter = $2 and day = $3",
+                )
+                .bind(key)
+                .bind(meter.as_str())
+                .bind(day)
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap()
+                .unwrap_or_default();
+                assert!(
+                    within(actual, expected, tolerance),
+                    "{key} {meter} {day}: {actual} vs {expected}"
+                );
+            }
+        }
+    }
+}
+
+/// Counts the queries sent to the real source.
+struct Counting {
+    inner: Prometheus,
+    queries: AtomicUsize,
+}
+
+#[async_trait]
+impl UsageSource for Counting {
+    async fn query(
+        &self,
+        query: &str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        step: std::time::Duration,
+    ) -> Result<Answer, SourceError> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.inner.query(query, first, last, step).await
+    }
+}
+
+#[tokio::test]
+async fn queries_per_window_do_not_grow_with_the_tenant_count() {
+    let start = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();
+    let mut seen = Vec::new();
+    for tenants in [2, 20] {
+        let f = fixture(tenants, start, start + Duration::hours(1), false);
+        let db = ledger_for(&f.cluster).await;
+        let config = config(&f.prometheus.url, &db.url);
+        let s = settings(&config);
+        let counting = Arc::new(Counting {
+            inner: Prometheus::new(
+                config.prometheus.url.clone(),
+                config.prometheus.timeout,
+                s.retry,
+            )
+            .unwrap(),
+            queries: AtomicUsize::new(0),
+        });
+        let c = Collector::new(counting.clone(), db.store.clone(), s.collector.clone());
+        let window = start + Duration::minutes(30);
+        let (_, report) = c
+            .backfill(
+                window,
+                window + Duration::minutes(5),
+                &CommitMode::Collect,
+                &|_| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.windows, 1);
+        seen.push((
+            tenants,
+            counting.queries.load(Ordering::Relaxed),
+            report.inserted,
+        ));
+    }
+    let meters = 5;
+    assert_eq!(seen[0].1, meters + 1, "{seen:?}");
+    assert_eq!(
+        seen[0].1, seen[1].1,
+        "query count grew with tenants: {seen:?}"
+    );
+    assert!(
+        seen[1].2 > 5 * seen[0].2,
+        "the larger cluster wrote more entries: {seen:?}"
+    );
+}
+
+/// `budgetd collect` with small commits, for the crash test.
+fn collect_command(
+    config_file: &std::path::Path,
+    prometheus: &str,
+    db: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_budgetd"));
+    cmd.env("BUDGETD_CONFIG", config_file)
+        .env("BUDGETD_DATABASE_URL", db)
+        .env("BUDGETD_PROMETHEUS_URL", prometheus)
+        .env("BUDGETD_LOG", "info")
+        .args([
+            "collect",
+            "--from",
+            &from.to_rfc3339(),
+            "--to",
+            &to.to_rfc3339(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[tokio::test]
+async fn a_backfill_killed_at_any_point_and_restarted_equals_a_crash_free_run() {
+    let start = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    let end = start + Duration::hours(6);
+    let f = fixture(3, start, end, true);
+    let small_commits = f.dir.path().join("budgetd.toml");
+    let text = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("windows_per_batch = 288", "windows_per_batch = 4");
+    assert!(text.contains("windows_per_batch = 4"));
+    std::fs::write(&small_commits, text).unwrap();
+
+    let clean = ledger_for(&f.cluster).await;
+    let out = collect_command(&small_commits, &f.prometheus.url, &clean.url, start, end)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = ledger_rows(&clean).await;
+
+    let crashy = ledger_for(&f.cluster).await;
+    for kill_after in [1, 5, 2, 7] {
+        let mut child = collect_command(&small_commits, &f.prometheus.url, &crashy.url, start, end)
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut commits = 0;
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("collecting") {
+                commits += 1;
+                if commits == kill_after {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let partial: i64 = sqlx::query_scalar("select count(*) from collected_windows")
+        .fetch_one(crashy.store.pool())
+        .await
+        .unwrap();
+    assert!(
+        partial > 0 && partial < 72,
+        "the kills interrupted the backfill ({partial} of 72 windows)"
+    );
+    let out = collect_command(&small_commits, &f.prometheus.url, &crashy.url, start, end)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(ledger_rows(&crashy).await, reference);
+    let conflicts: i64 = sqlx::query_scalar("select count(*) from ledger_conflicts")
+        .fetch_one(crashy.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(conflicts, 0);
+    let windows: i64 = sqlx::query_scalar("select count(*) from collected_windows")
+        .fetch_one(crashy.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(windows, 72);
+}
+
+#[tokio::test]
+async fn after_a_prometheus_outage_the_daemon_catches_up_to_an_uninterrupted_run() {
+    let start = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+    let mut f = fixture(3, start, start + Duration::hours(3), true);
+    let step = Duration::minutes(20);
+    let tick = |k: i32| start + step * k + Duration::minutes(2) + Duration::seconds(5);
+    let daemon = |db: &TestDb| {
+        let config = config(&f.prometheus.url, &db.url);
+        let mut s = settings(&config);
+        s.collector.start = Some(start);
+        budgetd::app::build_collector(&config, &s, db.store.clone()).unwrap()
+    };
+
+    let steady = ledger_for(&f.cluster).await;
+    let c = daemon(&steady);
+    for k in 1..=8 {
+        c.run_once(tick(k)).await.unwrap();
+    }
+
+    let outage = ledger_for(&f.cluster).await;
+    let c = daemon(&outage);
+    c.run_once(tick(1)).await.unwrap();
+    let before = outage.store.collector_watermark().await.unwrap();
+    assert_eq!(before, Some(start + Duration::minutes(20)));
+    f.prometheus.stop();
+    for k in 2..=4 {
+        let err = c.run_once(tick(k)).await.unwrap_err();
+        assert!(matches!(err, collector::Error::Source { .. }), "{err}");
+        assert_eq!(
+            outage.store.collector_watermark().await.unwrap(),
+            before,
+            "the watermark waits"
+        );
+    }
+    f.prometheus.restart();
+    let caught_up = c.run_once(tick(5)).await.unwrap();
+    assert_eq!(
+        caught_up.report.windows, 16,
+        "windows of four steps in one go"
+    );
+    for k in 6..=8 {
+        c.run_once(tick(k)).await.unwrap();
+    }
+    assert_eq!(ledger_rows(&outage).await, ledger_rows(&steady).await);
+    assert_eq!(
+        outage.store.collector_watermark().await.unwrap(),
+        Some(start + step * 8)
+    );
+}
+
+#[tokio::test]
+async fn label_values_reach_promql_escaped() {
+    // Hand-written data: label values with a double quote, a backslash, a newline and `}`.
+    let weird_cluster = "x\"y\\z\nw}";
+    let weird_tenant = "a\"b\\c\nd}";
+    let om = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let start = Utc.with_ymd_and_hms(2026, 7, 1, 0, 0, 0).unwrap();
+    let dir = ScratchDir::new("budgetd-escape");
+    let data = create_blocks(dir.path(), |out| {
+        let series: Vec<(&str, String, f64)> = vec![
+            ("kube_namespace_labels", format!("namespace=\"weird\",label_tenant=\"{}\",cluster=\"{}\"", om(weird_tenant), om(weird_cluster)), 1.0),
+            ("kube_namespace_labels", format!("namespace=\"plain\",label_tenant=\"acme\",cluster=\"{}\"", om(weird_cluster)), 1.0),
+            ("kube_namespace_labels", "namespace=\"elsewhere\",label_tenant=\"acme\",cluster=\"other\"".to_owned(), 1.0),
+            ("kube_pod_container_resource_requests", format!("namespace=\"weird\",pod=\"p\",container=\"c\",resource=\"cpu\",unit=\"core\",cluster=\"{}\"", om(weird_cluster)), 2.0),
+            ("kube_pod_container_resource_requests", format!("namespace=\"plain\",pod=\"p\",container=\"c\",resource=\"cpu\",unit=\"core\",cluster=\"{}\"", om(weird_cluster)), 1.0),
+            ("kube_pod_container_resource_requests", "namespace=\"elsewhere\",pod=\"p\",container=\"c\",resource=\"cpu\",unit=\"core\",cluster=\"other\"".to_owned(), 5.0),
+            ("up", format!("job=\"kubelet\",instance=\"n1\",cluster=\"{}\"", om(weird_cluster)), 1.0),
+            ("up", format!("job=\"kube-state-metrics\",instance=\"ksm\",cluster=\"{}\"", om(weird_cluster)), 1.0),
+        ];
+        let mut family = "";
+        for (name, labels, value) in &series {
+            if *name != family {
+                writeln!(out, "# TYPE {name} gauge").unwrap();
+                family = name;
+            }
+            for k in 0..240 {
+                let ts = start.timestamp() + 15 * k;
+                writeln!(out, "{name}{{{labels}}} {value} {ts}").unwrap();
+            }
+        }
+        writeln!(out, "# EOF").unwrap();
+    });
+    let prometheus = PrometheusProcess::start(dir.path(), &data);
+
+    let db = fresh_database().await;
+    let ctx = AuditContext {
+        actor: Actor::system("test"),
+        request_id: "escape-test".into(),
+    };
+    let acme = NewTenant {
+        id: TenantId::parse("acme").unwrap(),
+        display_name: DisplayName::parse("Acme").unwrap(),
+        owner: Owner::parse("ops@example.com").unwrap(),
+        data_residency: DataResidency::parse("eu").unwrap(),
+        labels: Labels::default(),
+    };
+    db.store.create_tenant(&ctx, &acme).await.unwrap();
+    let config = config(&prometheus.url, &db.url);
+    db.store
+        .seed_price_book(&ctx, config.price_book_seed.as_ref().unwrap())
+        .await
+        .unwrap();
+    let mut s = settings(&config);
+    s.collector.selector = [(
+        collector::promql::LabelName::parse("t", "cluster").unwrap(),
+        weird_cluster.to_owned(),
+    )]
+    .into();
+    let c = budgetd::app::build_collector(&config, &s, db.store.clone()).unwrap();
+    let window = start + Duration::minutes(30);
+    let (_, report) = c
+        .backfill(
+            window,
+            window + Duration::minutes(5),
+            &CommitMode::Collect,
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.windows, 1);
+
+    // Only the series of the escaped cluster: acme's "plain" namespace (1 core), not "elsewhere".
+    let cpu: Decimal = sqlx::query_scalar(
+        "select quantity from ledger_entries where tenant_id = 'acme' and meter = 'cpu'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(cpu, Decimal::from(300));
+    // The odd tenant label value is unallocated, stored exactly as Prometheus had it.
+    let unallocated: (String, String, Decimal) = sqlx::query_as(
+        "select namespace_or_label, reason, quantity from unallocated_usage where meter = 'cpu'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        unallocated,
+        (
+            weird_tenant.to_owned(),
+            "unknown_tenant".to_owned(),
+            Decimal::from(600)
+        )
+    );
+    let complete: bool = sqlx::query_scalar("select complete from collected_windows")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert!(complete);
+}
