@@ -38,6 +38,30 @@ DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT_STACK/$DB_NAME"
 cargo build --release --bin budgetd
 BUDGETD="${CARGO_TARGET_DIR:-target}/release/budgetd"
 
+# The demo workload: a synthetic cluster with three tenants, scraped by the local Prometheus
+# under the job names a kube-prometheus-stack uses.
+EXPORTER_PORT=$(free_port)
+"$BUDGETD" demo-exporter --listen "127.0.0.1:$EXPORTER_PORT" --tenants 3 >"$STACK_DIR/demo-exporter.log" 2>&1 &
+_stack_record "$STACK_DIR" demo-exporter "$!" budgetd
+cat >"$PROMETHEUS_CONFIG_STACK" <<PROM
+global:
+  scrape_interval: 15s
+  evaluation_interval: 15s
+scrape_configs:
+  - job_name: kubelet
+    metrics_path: /metrics/cadvisor
+    static_configs: [{targets: ["127.0.0.1:$EXPORTER_PORT"]}]
+  - job_name: kube-state-metrics
+    metrics_path: /metrics/kube-state-metrics
+    static_configs: [{targets: ["127.0.0.1:$EXPORTER_PORT"]}]
+PROM
+curl -fsS -X POST "$BUDGETD_TEST_PROMETHEUS_URL/-/reload"
+
+# One-minute windows, so costs show up within a couple of minutes.
+CONFIG="$STACK_DIR/budgetd.toml"
+sed -e 's/^window_seconds = 300/window_seconds = 60/' \
+    -e 's/^settle_seconds = 120/settle_seconds = 30/' examples/budgetd.toml >"$CONFIG"
+
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 API_PORT=$(free_port)
 API="http://127.0.0.1:$API_PORT"
@@ -51,7 +75,24 @@ budgetd_env=(
   "BUDGETD_BOOTSTRAP_ADMIN_TOKEN=$TOKEN"
 )
 
-env "${budgetd_env[@]}" "$BUDGETD" --config examples/budgetd.toml migrate
+env "${budgetd_env[@]}" "$BUDGETD" --config "$CONFIG" migrate
+
+env "${budgetd_env[@]}" "$BUDGETD" --config "$CONFIG" run &
+BUDGETD_PID=$!
+_stack_record "$STACK_DIR" budgetd "$BUDGETD_PID" budgetd
+
+# The demo tenants, created through the API like an operator would.
+for _ in $(seq 1 100); do
+  curl -fsS "$API/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+for i in 0 1 2; do
+  curl -fsS -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -d "{\"id\":\"tenant-00$i\",\"display_name\":\"Demo tenant $i\",\"owner\":\"team-$i@example.com\",\"data_residency\":\"eu\",\"labels\":{\"demo\":\"true\"}}" \
+    "$API/api/v1/tenants" >/dev/null
+  curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -d '{"amount":"50.00","currency":"EUR"}' "$API/api/v1/tenants/tenant-00$i/budget" >/dev/null
+done
 
 cat <<BANNER
 
@@ -73,6 +114,14 @@ budgetd dev stack
   Ledger database:
     $PG_BIN/psql -h 127.0.0.1 -p $PGPORT_STACK -U postgres -d $DB_NAME
 
+  The demo tenants tenant-000..002 accrue costs from a synthetic cluster; the first
+  one-minute windows are collected about 90 s after start. What finance would run:
+    select tenant_id, day, meter, quantity, unit, round(amount, 4) as amount, currency
+      from finance.tenant_costs_daily order by tenant_id, meter;
+    select * from finance.budget_status;
+    select * from finance.unallocated_daily;
+    curl -H "Authorization: Bearer $TOKEN" "$API/api/v1/tenants/tenant-000/costs?from=$(date -u +%F)&to=$(date -u +%F)"
+
 Press Ctrl-C to stop budgetd and the stack.
 
 BANNER
@@ -82,9 +131,6 @@ BANNER
 # exit, and the EXIT trap (stop_stack) stops budgetd (TERM, then KILL after
 # 10 s) and then the stack. budgetd is recorded in .stack/stack.pids so a later
 # run can stop it if this script is killed with SIGKILL.
-env "${budgetd_env[@]}" "$BUDGETD" --config examples/budgetd.toml run &
-BUDGETD_PID=$!
-_stack_record "$STACK_DIR" budgetd "$BUDGETD_PID" budgetd
 rc=0
 wait "$BUDGETD_PID" || rc=$?
 exit "$rc"

@@ -66,6 +66,14 @@ enum Command {
         #[command(subcommand)]
         audit: AuditCommand,
     },
+    /// Serve a synthetic cluster's cAdvisor and kube-state-metrics metrics for a local
+    /// Prometheus (README command 1's demo workload).
+    DemoExporter {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        tenants: usize,
+    },
     /// Benchmarks that print ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -169,6 +177,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         crate::bench::run_ledger_bench(database_url, &options).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    if let Command::DemoExporter { listen, tenants } = &cli.command {
+        crate::demo::serve(*listen, *tenants).await?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -289,7 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Bench { .. } => unreachable!("handled above"),
+        Command::Bench { .. } | Command::DemoExporter { .. } => unreachable!("handled above"),
     }
 }
 

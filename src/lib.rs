@@ -7,5 +7,6 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod report;
 pub mod telemetry;

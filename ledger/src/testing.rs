@@ -7,7 +7,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 
+use crate::audit::{Actor, AuditContext};
 use crate::store::{Store, StoreConfig, MIGRATOR};
+use crate::tenant::{DataResidency, DisplayName, Labels, NewTenant, Owner, TenantId};
 
 /// A fresh, migrated database of its own.
 pub struct TestDb {
@@ -57,6 +59,22 @@ pub fn store_config(url: &str) -> StoreConfig {
         statement_timeout: Duration::from_secs(120),
         max_retries: 2,
     }
+}
+
+/// Creates an active tenant `id` (display name = id, owner ops@example.com, residency eu).
+pub async fn create_tenant(store: &Store, id: &str) -> TenantId {
+    let new = NewTenant {
+        id: TenantId::parse(id).expect("a valid test tenant id"),
+        display_name: DisplayName::parse(id).expect("valid"),
+        owner: Owner::parse("ops@example.com").expect("valid"),
+        data_residency: DataResidency::parse("eu").expect("valid"),
+        labels: Labels::default(),
+    };
+    let ctx = AuditContext {
+        actor: Actor::system("test"),
+        request_id: format!("test-create-{id}"),
+    };
+    store.create_tenant(&ctx, &new).await.expect("create test tenant").id
 }
 
 fn template_name() -> String {

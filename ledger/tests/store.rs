@@ -11,7 +11,7 @@ use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::money::Money;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::ChainStatus;
-use ledger::tenant::{DataResidency, DisplayName, Labels, NewTenant, Owner, TenantId, TenantState};
+use ledger::tenant::{TenantId, TenantState};
 use ledger::testing::{fresh_database, TestDb};
 use ledger::{Error, Store};
 use proptest::prelude::*;
@@ -37,14 +37,7 @@ fn eur() -> Currency {
 }
 
 async fn tenant(store: &Store, id: &str) -> TenantId {
-    let new = NewTenant {
-        id: TenantId::parse(id).unwrap(),
-        display_name: DisplayName::parse(&format!("Tenant {id}")).unwrap(),
-        owner: Owner::parse("ops@example.com").unwrap(),
-        data_residency: DataResidency::parse("eu").unwrap(),
-        labels: Labels::default(),
-    };
-    store.create_tenant(&ctx(), &new).await.unwrap().id
+    ledger::testing::create_tenant(store, id).await
 }
 
 async fn price_book(store: &Store, valid_from: DateTime<Utc>) -> PriceBookVersion {

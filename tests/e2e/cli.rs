@@ -11,7 +11,6 @@ use chrono::{TimeZone, Utc};
 use ledger::audit::{Actor, AuditContext};
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
-use ledger::tenant::{DataResidency, DisplayName, Labels, NewTenant, Owner, TenantId};
 use ledger::testing::{admin_url, with_database, TestDb};
 use rust_decimal::Decimal;
 use sqlx::{Connection, PgConnection};
@@ -52,14 +51,7 @@ fn ctx() -> AuditContext {
 }
 
 async fn add_tenant(db: &TestDb, id: &str) {
-    let new = NewTenant {
-        id: TenantId::parse(id).unwrap(),
-        display_name: DisplayName::parse(id).unwrap(),
-        owner: Owner::parse("ops@example.com").unwrap(),
-        data_residency: DataResidency::parse("eu").unwrap(),
-        labels: Labels::default(),
-    };
-    db.store.create_tenant(&ctx(), &new).await.unwrap();
+    ledger::testing::create_tenant(&db.store, id).await;
 }
 
 #[test]

@@ -16,7 +16,6 @@ use collector::synthetic::{Cluster, ClusterSpec, Meter, GHOST_TENANT, UNLABELLED
 use collector::testing::{create_blocks, PrometheusProcess, ScratchDir};
 use collector::Collector;
 use ledger::audit::{Actor, AuditContext};
-use ledger::tenant::{DataResidency, DisplayName, Labels, NewTenant, Owner, TenantId};
 use ledger::testing::{fresh_database, TestDb};
 use ledger::usage::CommitMode;
 use rust_decimal::Decimal;
@@ -78,14 +77,7 @@ async fn ledger_for(cluster: &Cluster) -> TestDb {
         request_id: "collector-test".into(),
     };
     for id in cluster.tenant_ids() {
-        let new = NewTenant {
-            id: TenantId::parse(id).unwrap(),
-            display_name: DisplayName::parse(id).unwrap(),
-            owner: Owner::parse("ops@example.com").unwrap(),
-            data_residency: DataResidency::parse("eu").unwrap(),
-            labels: Labels::default(),
-        };
-        db.store.create_tenant(&ctx, &new).await.unwrap();
+        ledger::testing::create_tenant(&db.store, id).await;
     }
     let seed = config("http://127.0.0.1:1", &db.url)
         .price_book_seed
@@ -138,6 +130,8 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
     // One full day: every trap of the model falls inside it.
     let f = fixture(6, start, start + Duration::days(1), true);
     let db = ledger_for(&f.cluster).await;
+    // A tenant the ledger expects but no namespace is labelled for: its inputs are missing.
+    ledger::testing::create_tenant(&db.store, "no-namespace").await;
     let c = collector(&f, &db);
     let (planned, report) = c
         .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
@@ -146,6 +140,13 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
     assert_eq!(planned, 288);
     assert_eq!(report.windows, 288);
     assert_eq!(report.conflicts, 0);
+    let flagged: i64 = sqlx::query_scalar(
+        "select count(*) from collected_windows where incomplete_tenants = '{no-namespace}'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(flagged, 288, "every window names the tenant whose inputs are missing");
 
     let truth = f.cluster.truth(300);
     let costs = db
@@ -475,14 +476,7 @@ async fn label_values_reach_promql_escaped() {
         actor: Actor::system("test"),
         request_id: "escape-test".into(),
     };
-    let acme = NewTenant {
-        id: TenantId::parse("acme").unwrap(),
-        display_name: DisplayName::parse("Acme").unwrap(),
-        owner: Owner::parse("ops@example.com").unwrap(),
-        data_residency: DataResidency::parse("eu").unwrap(),
-        labels: Labels::default(),
-    };
-    db.store.create_tenant(&ctx, &acme).await.unwrap();
+    ledger::testing::create_tenant(&db.store, "acme").await;
     let config = config(&prometheus.url, &db.url);
     db.store
         .seed_price_book(&ctx, config.price_book_seed.as_ref().unwrap())
@@ -535,4 +529,69 @@ async fn label_values_reach_promql_escaped() {
         .await
         .unwrap();
     assert!(complete);
+}
+
+#[tokio::test]
+async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections() {
+    let start = Utc.with_ymd_and_hms(2026, 8, 1, 0, 0, 0).unwrap();
+    let f = fixture(2, start, start + Duration::hours(1), false);
+    let db = ledger_for(&f.cluster).await;
+    let c = collector(&f, &db);
+    c.backfill(start, f.end, &CommitMode::Collect, &|_| {}).await.unwrap();
+    let before: Decimal = sqlx::query_scalar("select sum(amount) from ledger_entries where meter = 'cpu'")
+        .fetch_one(db.store.pool()).await.unwrap();
+
+    // Finance doubles the cpu rate from half past on, after the fact.
+    let mut version = config("http://127.0.0.1:1", &db.url).price_book_seed.unwrap();
+    version.valid_from = start + Duration::minutes(30);
+    let cpu = ledger::price_book::MeterName::parse("m", "cpu").unwrap();
+    let doubled = version.rates[&cpu] * Decimal::from(2);
+    version.rates.insert(cpu, doubled);
+    let ctx = AuditContext { actor: Actor::system("test"), request_id: "rerate".into() };
+    let v2 = db.store.add_price_book_version(&ctx, &version).await.unwrap();
+
+    let half_past = start + Duration::minutes(30);
+    let from_half_past: i64 = sqlx::query_scalar("select count(*) from ledger_live_entries where window_start >= $1")
+        .bind(half_past)
+        .fetch_one(db.store.pool()).await.unwrap();
+    assert!(from_half_past >= 12, "at least cpu of both tenants in six windows");
+
+    // A plain backfill skips collected windows; --recollect re-rates them.
+    let (planned, _) = c.backfill(start, f.end, &CommitMode::Collect, &|_| {}).await.unwrap();
+    assert_eq!(planned, 0);
+    let (_, report) = c
+        .backfill(start, f.end, &CommitMode::Recollect { reason: "cpu rate change".into() }, &|_| {})
+        .await
+        .unwrap();
+    // Every entry from half past is now priced by the new version (all meters: the version
+    // changed), each through a reversal and a replacement; earlier ones stay.
+    assert_eq!(report.corrected as i64, from_half_past);
+    let repriced: i64 = sqlx::query_scalar(
+        "select count(*) from ledger_live_entries where price_version = $1 and window_start >= $2",
+    )
+    .bind(v2.id)
+    .bind(half_past)
+    .fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(repriced, from_half_past);
+    let reversals: i64 = sqlx::query_scalar("select count(*) from ledger_entries where kind = 'reversal' and reason = 'cpu rate change'")
+        .fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(reversals, from_half_past);
+    let early_repriced: i64 = sqlx::query_scalar("select count(*) from ledger_entries where window_start < $1 and revision > 1")
+        .bind(half_past)
+        .fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(early_repriced, 0);
+    let after: Decimal = sqlx::query_scalar("select sum(amount) from ledger_entries where meter = 'cpu'")
+        .fetch_one(db.store.pool()).await.unwrap();
+    let second_half: Decimal = sqlx::query_scalar(
+        "select sum(amount) from ledger_live_entries where meter = 'cpu' and window_start >= $1",
+    )
+    .bind(half_past)
+    .fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(after - before, second_half / Decimal::from(2), "the second half now costs twice as much");
+    // Recollecting again changes nothing.
+    let (_, again) = c
+        .backfill(start, f.end, &CommitMode::Recollect { reason: "cpu rate change".into() }, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!((again.corrected, again.inserted), (0, 0));
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::entries::{correct_entries_in, count_corrected, count_written, write_entries_in};
+use super::entries::{correct_entries_in, write_entries_in};
 use super::{query, query_scalar, Store};
 use crate::audit::now_micros;
 use crate::error::Error;
@@ -142,24 +142,12 @@ impl Store {
                 Ok(report)
             })
             .await?;
-        count_written(
-            source,
-            &crate::entry::WriteReport {
-                inserted: report.inserted,
-                unchanged: report.unchanged,
-                conflicts: Vec::new(),
-            },
-        );
+        metrics::counter!("budgetd_ledger_entries_written_total", "source" => source.to_owned())
+            .increment(report.inserted as u64);
         metrics::counter!("budgetd_ledger_conflicts_total", "source" => source.to_owned())
             .increment(report.conflicts as u64);
-        count_corrected(
-            source,
-            &crate::entry::CorrectionReport {
-                corrected: report.corrected,
-                inserted: 0,
-                unchanged: 0,
-            },
-        );
+        metrics::counter!("budgetd_ledger_corrections_total", "source" => source.to_owned())
+            .increment(report.corrected as u64);
         Ok(report)
     }
 

@@ -1,0 +1,100 @@
+//! The demo workload exporter behind README command 1: a synthetic cluster (the collector's
+//! model) exposed as kube-prometheus-stack exposes a real one, cAdvisor metrics on
+//! `/metrics/cadvisor` and kube-state-metrics on `/metrics/kube-state-metrics`, so that a
+//! local Prometheus scrapes it under the job names the default meters expect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use chrono::{Duration, Utc};
+use collector::synthetic::{Cluster, ClusterSpec};
+use tokio::net::TcpListener;
+
+/// Which families an endpoint serves.
+#[derive(Clone, Copy)]
+enum Exporter {
+    Cadvisor,
+    KubeStateMetrics,
+}
+
+impl Exporter {
+    fn serves(self, family: &str) -> bool {
+        match self {
+            Exporter::Cadvisor => family.starts_with("container_"),
+            Exporter::KubeStateMetrics => family.starts_with("kube_"),
+        }
+    }
+}
+
+/// Keeps the `# HELP`/`# TYPE` blocks of the families `exporter` serves. Prometheus adds
+/// `up` itself, so the model's own `up` series are never exported.
+fn exposition_for(text: &str, exporter: Exporter) -> String {
+    let mut out = String::with_capacity(text.len() / 2);
+    let mut keep = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            keep = exporter.serves(rest.split(' ').next().unwrap_or(""));
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn metrics(State((cluster, exporter)): State<(Arc<Cluster>, Exporter)>) -> String {
+    exposition_for(&cluster.render_exposition(Utc::now()), exporter)
+}
+
+/// Serves the demo cluster of `tenants` tenants (ids `tenant-000`, ...) until the process ends.
+/// The model covers 30 days from now.
+pub async fn serve(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let spec = ClusterSpec::new(tenants, 7, now - Duration::minutes(10), now + Duration::days(30))
+        .with_traps(true)
+        .with_jitter_s(0);
+    let cluster = Arc::new(Cluster::generate(&spec));
+    let router = Router::new()
+        .route(
+            "/metrics/cadvisor",
+            get(metrics).with_state((cluster.clone(), Exporter::Cadvisor)),
+        )
+        .route(
+            "/metrics/kube-state-metrics",
+            get(metrics).with_state((cluster.clone(), Exporter::KubeStateMetrics)),
+        );
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!(
+        "demo exporter on http://{}: tenants {:?}",
+        listener.local_addr()?,
+        cluster.tenant_ids()
+    );
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_endpoint_serves_its_families_and_never_up() {
+        let now = Utc::now();
+        let cluster = Cluster::generate(&ClusterSpec::new(2, 1, now - Duration::hours(1), now + Duration::hours(1)));
+        let all = cluster.render_exposition(now);
+        let cadvisor = exposition_for(&all, Exporter::Cadvisor);
+        let ksm = exposition_for(&all, Exporter::KubeStateMetrics);
+        assert!(cadvisor.contains("container_cpu_usage_seconds_total{"));
+        assert!(!cadvisor.contains("kube_"));
+        assert!(ksm.contains("kube_namespace_labels{"));
+        assert!(ksm.contains("kube_pod_container_resource_requests{"));
+        assert!(!ksm.contains("container_cpu"));
+        for text in [&cadvisor, &ksm] {
+            assert!(!text.lines().any(|l| l.starts_with("up{") || l.starts_with("up ")));
+        }
+    }
+}
