@@ -195,7 +195,7 @@ create table ledger_rollup_daily (
     amount    numeric not null,
     entries   bigint not null,
     primary key (tenant_id, day, meter, unit, currency)
-);
+) with (fillfactor = 50); -- room for in-page (HOT) updates: every write updates its rollup row
 
 -- Budgets -------------------------------------------------------------------------------------
 

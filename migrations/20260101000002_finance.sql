@@ -10,7 +10,7 @@ create table ledger_rollup_monthly (
     amount    numeric not null,
     entries   bigint not null,
     primary key (month, tenant_id, currency)
-);
+) with (fillfactor = 50);
 
 create schema finance;
 

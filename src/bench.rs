@@ -29,6 +29,7 @@ use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
 use ledger::entry::{EntryKey, NewEntry, Pricing, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
+use ledger::store::with_database;
 use ledger::tenant::TenantId;
 use ledger::{Store, StoreConfig};
 
@@ -147,23 +148,6 @@ async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     admin.close().await.ok();
     eprintln!("bench: dropped scratch database {name}");
     Ok(())
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
 }
 
 // Meters ---------------------------------------------------------------------------------------
@@ -878,19 +862,6 @@ fn verdict(pass: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replaces_the_database_of_a_url() {
-        assert_eq!(
-            with_database("postgres://u@127.0.0.1:5432/postgres", "x"),
-            "postgres://u@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:1/db?sslmode=disable", "x"),
-            "postgres://u@h:1/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
-    }
 
     #[test]
     fn tenant_ids_are_padded_labels() {

@@ -54,9 +54,14 @@ async fn metrics(State((cluster, exporter)): State<(Arc<Cluster>, Exporter)>) ->
 /// The model covers 30 days from now.
 pub async fn serve(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
     let now = Utc::now();
-    let spec = ClusterSpec::new(tenants, 7, now - Duration::minutes(10), now + Duration::days(30))
-        .with_traps(true)
-        .with_jitter_s(0);
+    let spec = ClusterSpec::new(
+        tenants,
+        7,
+        now - Duration::minutes(10),
+        now + Duration::days(30),
+    )
+    .with_traps(true)
+    .with_jitter_s(0);
     let cluster = Arc::new(Cluster::generate(&spec));
     let router = Router::new()
         .route(
@@ -84,7 +89,12 @@ mod tests {
     #[test]
     fn each_endpoint_serves_its_families_and_never_up() {
         let now = Utc::now();
-        let cluster = Cluster::generate(&ClusterSpec::new(2, 1, now - Duration::hours(1), now + Duration::hours(1)));
+        let cluster = Cluster::generate(&ClusterSpec::new(
+            2,
+            1,
+            now - Duration::hours(1),
+            now + Duration::hours(1),
+        ));
         let all = cluster.render_exposition(now);
         let cadvisor = exposition_for(&all, Exporter::Cadvisor);
         let ksm = exposition_for(&all, Exporter::KubeStateMetrics);
@@ -94,7 +104,9 @@ mod tests {
         assert!(ksm.contains("kube_pod_container_resource_requests{"));
         assert!(!ksm.contains("container_cpu"));
         for text in [&cadvisor, &ksm] {
-            assert!(!text.lines().any(|l| l.starts_with("up{") || l.starts_with("up ")));
+            assert!(!text
+                .lines()
+                .any(|l| l.starts_with("up{") || l.starts_with("up ")));
         }
     }
 }

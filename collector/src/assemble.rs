@@ -186,11 +186,9 @@ fn completeness(
                     ));
                 }
             }
-            Some("min_up") => {
-                if parse_quantity(&sample.value).unwrap_or_default() < Decimal::ONE {
-                    complete = false;
-                    problems.push(format!("scrape target down: {}", target()));
-                }
+            Some("min_up") if parse_quantity(&sample.value).unwrap_or_default() < Decimal::ONE => {
+                complete = false;
+                problems.push(format!("scrape target down: {}", target()));
             }
             Some("tenant") => {
                 if let Some(t) = sample

@@ -48,7 +48,12 @@ pub fn create_blocks(dir: &Path, write: impl FnOnce(&mut dyn Write)) -> PathBuf 
     let output = Command::new(binary("PROMTOOL_BIN", "promtool"))
         // promtool reads the whole file once per block; one large block is many times faster
         // than the default two-hour blocks.
-        .args(["tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=1000h"])
+        .args([
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "--max-block-duration=1000h",
+        ])
         .arg(&file)
         .arg(&data)
         .output()

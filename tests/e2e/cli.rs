@@ -331,3 +331,36 @@ async fn report_costs_prints_csv_and_json() {
         serde_json::json!([{"tenant_id": "acme", "currency": "EUR", "amount": "0.12"}])
     );
 }
+
+#[test]
+fn bench_ledger_prints_its_figures_against_in_run_baselines() {
+    let output = Command::new(env!("CARGO_BIN_EXE_budgetd"))
+        .args([
+            "bench",
+            "ledger",
+            "--database-url",
+            &admin_url(),
+            "--tenants",
+            "40",
+            "--finance-tenants",
+            "3",
+            "--finance-days",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for figure in [
+        "ratio write/COPY(indexes)",
+        "rewrite (all no-ops)",
+        "finance.tenant_costs_monthly",
+    ] {
+        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
+    }
+}

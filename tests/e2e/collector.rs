@@ -146,7 +146,10 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
     .fetch_one(db.store.pool())
     .await
     .unwrap();
-    assert_eq!(flagged, 288, "every window names the tenant whose inputs are missing");
+    assert_eq!(
+        flagged, 288,
+        "every window names the tenant whose inputs are missing"
+    );
 
     let truth = f.cluster.truth(300);
     let costs = db
@@ -537,30 +540,60 @@ async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections()
     let f = fixture(2, start, start + Duration::hours(1), false);
     let db = ledger_for(&f.cluster).await;
     let c = collector(&f, &db);
-    c.backfill(start, f.end, &CommitMode::Collect, &|_| {}).await.unwrap();
-    let before: Decimal = sqlx::query_scalar("select sum(amount) from ledger_entries where meter = 'cpu'")
-        .fetch_one(db.store.pool()).await.unwrap();
+    c.backfill(start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    let before: Decimal =
+        sqlx::query_scalar("select sum(amount) from ledger_entries where meter = 'cpu'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
 
     // Finance doubles the cpu rate from half past on, after the fact.
-    let mut version = config("http://127.0.0.1:1", &db.url).price_book_seed.unwrap();
+    let mut version = config("http://127.0.0.1:1", &db.url)
+        .price_book_seed
+        .unwrap();
     version.valid_from = start + Duration::minutes(30);
     let cpu = ledger::price_book::MeterName::parse("m", "cpu").unwrap();
     let doubled = version.rates[&cpu] * Decimal::from(2);
     version.rates.insert(cpu, doubled);
-    let ctx = AuditContext { actor: Actor::system("test"), request_id: "rerate".into() };
-    let v2 = db.store.add_price_book_version(&ctx, &version).await.unwrap();
+    let ctx = AuditContext {
+        actor: Actor::system("test"),
+        request_id: "rerate".into(),
+    };
+    let v2 = db
+        .store
+        .add_price_book_version(&ctx, &version)
+        .await
+        .unwrap();
 
     let half_past = start + Duration::minutes(30);
-    let from_half_past: i64 = sqlx::query_scalar("select count(*) from ledger_live_entries where window_start >= $1")
-        .bind(half_past)
-        .fetch_one(db.store.pool()).await.unwrap();
-    assert!(from_half_past >= 12, "at least cpu of both tenants in six windows");
+    let from_half_past: i64 =
+        sqlx::query_scalar("select count(*) from ledger_live_entries where window_start >= $1")
+            .bind(half_past)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert!(
+        from_half_past >= 12,
+        "at least cpu of both tenants in six windows"
+    );
 
     // A plain backfill skips collected windows; --recollect re-rates them.
-    let (planned, _) = c.backfill(start, f.end, &CommitMode::Collect, &|_| {}).await.unwrap();
+    let (planned, _) = c
+        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
     assert_eq!(planned, 0);
     let (_, report) = c
-        .backfill(start, f.end, &CommitMode::Recollect { reason: "cpu rate change".into() }, &|_| {})
+        .backfill(
+            start,
+            f.end,
+            &CommitMode::Recollect {
+                reason: "cpu rate change".into(),
+            },
+            &|_| {},
+        )
         .await
         .unwrap();
     // Every entry from half past is now priced by the new version (all meters: the version
@@ -571,26 +604,48 @@ async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections()
     )
     .bind(v2.id)
     .bind(half_past)
-    .fetch_one(db.store.pool()).await.unwrap();
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
     assert_eq!(repriced, from_half_past);
     let reversals: i64 = sqlx::query_scalar("select count(*) from ledger_entries where kind = 'reversal' and reason = 'cpu rate change'")
         .fetch_one(db.store.pool()).await.unwrap();
     assert_eq!(reversals, from_half_past);
-    let early_repriced: i64 = sqlx::query_scalar("select count(*) from ledger_entries where window_start < $1 and revision > 1")
-        .bind(half_past)
-        .fetch_one(db.store.pool()).await.unwrap();
+    let early_repriced: i64 = sqlx::query_scalar(
+        "select count(*) from ledger_entries where window_start < $1 and revision > 1",
+    )
+    .bind(half_past)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
     assert_eq!(early_repriced, 0);
-    let after: Decimal = sqlx::query_scalar("select sum(amount) from ledger_entries where meter = 'cpu'")
-        .fetch_one(db.store.pool()).await.unwrap();
+    let after: Decimal =
+        sqlx::query_scalar("select sum(amount) from ledger_entries where meter = 'cpu'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
     let second_half: Decimal = sqlx::query_scalar(
         "select sum(amount) from ledger_live_entries where meter = 'cpu' and window_start >= $1",
     )
     .bind(half_past)
-    .fetch_one(db.store.pool()).await.unwrap();
-    assert_eq!(after - before, second_half / Decimal::from(2), "the second half now costs twice as much");
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        after - before,
+        second_half / Decimal::from(2),
+        "the second half now costs twice as much"
+    );
     // Recollecting again changes nothing.
     let (_, again) = c
-        .backfill(start, f.end, &CommitMode::Recollect { reason: "cpu rate change".into() }, &|_| {})
+        .backfill(
+            start,
+            f.end,
+            &CommitMode::Recollect {
+                reason: "cpu rate change".into(),
+            },
+            &|_| {},
+        )
         .await
         .unwrap();
     assert_eq!((again.corrected, again.inserted), (0, 0));

@@ -1,0 +1,1156 @@
+//! `budgetd bench collector`: measures the collector against a real Prometheus holding exact
+//! historical data (the synthetic cluster model, loaded with promtool) and a scratch ledger of
+//! its own on a Postgres server.
+//!
+//! One window at scale: `tenants_one_window` tenants × the default meters of
+//! `examples/budgetd.toml`, one 300 s window. `Collector::backfill` of that window (the
+//! queries, JSON decoding, assembly and the ledger commit) is compared with the identical
+//! queries sent by a plain HTTP client that only reads the bodies, on the same Prometheus in
+//! the same run. Rounds alternate their order; each round collects a new window (Collect mode,
+//! first writes, as the daemon does every window), so medians are over fresh ledger writes.
+//!
+//! Long backfill: `backfill_tenants` tenants, `backfill_days` days of 300 s windows in one
+//! `Collector::backfill`, batched by the config's `windows_per_batch`. Thirty days of 15 s
+//! scrapes is far too much data for promtool here, so the data is scraped every 300 s (the
+//! collector's `scrape_interval_seconds` set to match); the query count and the ledger work
+//! are the same as with 15 s scrapes, only Prometheus reads fewer samples per window.
+//!
+//! The collector is built exactly as the daemon builds it (`Config::load` of the example
+//! config, `app::build_collector`), with the scrape interval overridden to the fixture's.
+//! The report goes to stdout, progress to stderr. Targets are informative: the bench returns
+//! `Ok` whether they are met or not.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use sqlx::{Connection, Executor, PgConnection};
+
+use collector::source::{Prometheus, UsageSource};
+use collector::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
+use collector::testing::{create_blocks, PrometheusProcess, ScratchDir};
+use collector::Collector;
+use ledger::audit::{Actor, AuditContext};
+use ledger::usage::{CommitMode, CommitReport};
+use ledger::Store;
+
+use crate::config::{CollectorSettings, Config};
+
+/// Sizes of the bench. `Default` is the acceptance configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorBenchOptions {
+    /// Tenants of the one-window measurement.
+    pub tenants_one_window: usize,
+    /// Tenants of the long backfill.
+    pub backfill_tenants: usize,
+    /// Days of 300 s windows of the long backfill.
+    pub backfill_days: i64,
+}
+
+impl Default for CollectorBenchOptions {
+    fn default() -> Self {
+        CollectorBenchOptions {
+            tenants_one_window: 10_000,
+            backfill_tenants: 100,
+            backfill_days: 30,
+        }
+    }
+}
+
+/// The example configuration: its meters are the ones measured.
+const EXAMPLE_CONFIG: &str = include_str!("../examples/budgetd.toml");
+
+/// Rounds of the one-window measurement; each collects a new window.
+const ROUNDS: usize = 5;
+const ONE_WINDOW_TARGET_RATIO: f64 = 1.3;
+/// Scrape interval of the one-window data (s): 15 s would make 4× the samples to load.
+const ONE_WINDOW_SCRAPE_S: i64 = 60;
+/// Scrape interval of the long-backfill data (s).
+const BACKFILL_SCRAPE_S: i64 = 300;
+const SEED: u64 = 42;
+/// How long to wait for Prometheus to finish compacting the backfilled blocks.
+const COMPACTION_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// `admin_url`: a superuser URL of a Postgres server (database part is replaced). Creates its
+/// own scratch databases (one per measurement), runs, prints a report to stdout, drops them.
+/// Prometheus and promtool are found through `PROMETHEUS_BIN` and `PROMTOOL_BIN`, else `PATH`.
+pub async fn run_collector_bench(
+    admin_url: &str,
+    opts: &CollectorBenchOptions,
+) -> anyhow::Result<()> {
+    validate(opts)?;
+    // Connect once up front, so a wrong URL fails before minutes of data generation.
+    PgConnection::connect(admin_url)
+        .await
+        .context("connecting to the Postgres server (admin URL)")?
+        .close()
+        .await
+        .ok();
+
+    let created: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Run in a task so that a panic, an error or Ctrl-C all end with the databases dropped
+    // (and Prometheus stopped, scratch directories removed: they are dropped with the task).
+    let task = tokio::spawn({
+        let opts = opts.clone();
+        let admin_url = admin_url.to_owned();
+        let created = created.clone();
+        async move { bench(&admin_url, &opts, &created).await }
+    });
+    let abort = task.abort_handle();
+    let outcome = tokio::select! {
+        joined = task => match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
+            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            abort.abort();
+            Err(anyhow::anyhow!("interrupted"))
+        }
+    };
+
+    let names: Vec<String> = created.lock().map(|n| n.clone()).unwrap_or_default();
+    let mut drop_error = None;
+    for name in names {
+        if let Err(e) = drop_database(admin_url, &name).await {
+            eprintln!("bench: {e:#}");
+            drop_error.get_or_insert(e);
+        }
+    }
+    match (outcome, drop_error) {
+        (Ok(()), None) => Ok(()),
+        (Ok(()), Some(e)) => Err(e),
+        (Err(e), _) => Err(e),
+    }
+}
+
+fn validate(opts: &CollectorBenchOptions) -> anyhow::Result<()> {
+    if opts.tenants_one_window == 0 || opts.backfill_tenants == 0 {
+        bail!("tenants_one_window and backfill_tenants must be positive");
+    }
+    if !(1..=366).contains(&opts.backfill_days) {
+        bail!("backfill_days must be between 1 and 366");
+    }
+    Ok(())
+}
+
+async fn bench(
+    admin_url: &str,
+    opts: &CollectorBenchOptions,
+    created: &Mutex<Vec<String>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!("budgetd bench collector");
+    println!(
+        "meters: the default meters of examples/budgetd.toml, plus the completeness probe; \
+         synthetic cluster model without traps, seed {SEED}"
+    );
+    one_window(admin_url, opts, created).await?;
+    long_backfill(admin_url, opts, created).await?;
+    println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+// Scratch databases ---------------------------------------------------------------------------
+
+/// A new empty database on the server of `admin_url`; its name is recorded in `created` so the
+/// caller drops it whatever happens.
+async fn create_database(
+    admin_url: &str,
+    created: &Mutex<Vec<String>>,
+    what: &str,
+) -> anyhow::Result<String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_nanos();
+    let name = format!("budgetd_cbench_{what}_{nanos}");
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .context("connecting to the Postgres server (admin URL)")?;
+    admin
+        .execute(format!("create database {name}").as_str())
+        .await
+        .with_context(|| format!("creating scratch database {name}"))?;
+    admin.close().await.ok();
+    created
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+        .push(name.clone());
+    eprintln!("bench: scratch database {name}");
+    Ok(with_database(admin_url, &name))
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .with_context(|| format!("connecting to drop scratch database {name}"))?;
+    admin
+        .execute(format!("drop database if exists {name} with (force)").as_str())
+        .await
+        .with_context(|| format!("dropping scratch database {name}"))?;
+    admin.close().await.ok();
+    eprintln!("bench: dropped scratch database {name}");
+    Ok(())
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// Migrates the scratch ledger, creates the model's tenants (active) in one statement and
+/// seeds the price book from the example config.
+async fn prepare_ledger(config: &Config, url: &str, tenant_ids: &[String]) -> anyhow::Result<Store> {
+    Store::migrate(url, config.database.migrate_timeout)
+        .await
+        .context("migrating the scratch database")?;
+    let store = Store::connect(&config.database.store_config()).await?;
+    sqlx::query(
+        "insert into tenants (id, display_name, owner, data_residency, labels, state, \
+                              created_at, updated_at, state_changed_at) \
+         select id, 'Bench tenant ' || id, 'bench@example.com', 'eu', '{}', 'active', \
+                now(), now(), now() \
+         from unnest($1::text[]) as id",
+    )
+    .bind(tenant_ids)
+    .execute(store.pool())
+    .await
+    .context("inserting tenants")?;
+    let count: i64 = sqlx::query_scalar("select count(*) from tenants")
+        .fetch_one(store.pool())
+        .await?;
+    if count != tenant_ids.len() as i64 {
+        bail!("{count} tenants in the ledger, expected {}", tenant_ids.len());
+    }
+    let seed = config
+        .price_book_seed
+        .as_ref()
+        .context("the example config has no price-book seed")?;
+    let ctx = AuditContext {
+        actor: Actor::system("bench"),
+        request_id: "collector-bench".to_owned(),
+    };
+    store
+        .seed_price_book(&ctx, seed)
+        .await?
+        .context("the scratch price book was not empty")?;
+    Ok(store)
+}
+
+// Configuration and fixtures -------------------------------------------------------------------
+
+/// The example config pointed at `prometheus` and `database_url`, and its collector settings
+/// with the fixture's scrape interval.
+fn load_config(
+    dir: &Path,
+    prometheus: &str,
+    database_url: &str,
+    scrape_interval_s: i64,
+) -> anyhow::Result<(Config, CollectorSettings)> {
+    let path = dir.join("budgetd.toml");
+    std::fs::write(&path, EXAMPLE_CONFIG).context("writing the example config")?;
+    let env: BTreeMap<&str, String> = [
+        ("BUDGETD_PROMETHEUS_URL", prometheus.to_owned()),
+        ("BUDGETD_DATABASE_URL", database_url.to_owned()),
+        ("BUDGETD_MIGRATE_DATABASE_URL", database_url.to_owned()),
+    ]
+    .into();
+    let config = Config::load(Some(&path), |k| env.get(k).cloned())?;
+    let mut settings = config
+        .collector
+        .clone()
+        .context("the example config has no collector")?;
+    settings.collector.interval_seconds = scrape_interval_s;
+    Ok((config, settings))
+}
+
+/// What loading a fixture cost.
+struct Loaded {
+    cluster: Cluster,
+    data: PathBuf,
+    generate: Duration,
+    /// Writing OpenMetrics and running promtool (they are interleaved for chunked loads).
+    promtool: Duration,
+    samples: u64,
+}
+
+/// Runs blocking work (data generation, promtool, starting Prometheus) off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        if e.is_panic() {
+            anyhow::anyhow!("{}", panic_message(e.into_panic()))
+        } else {
+            anyhow::anyhow!("blocking task failed: {e}")
+        }
+    })
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// Generates the model and loads it with promtool into `dir/data`, one OpenMetrics file per
+/// `chunk` (aligned to the epoch), so that no file is larger than one chunk of data.
+fn load_fixture(spec: ClusterSpec, dir: PathBuf, chunk: chrono::Duration) -> Loaded {
+    let t = Instant::now();
+    let cluster = Cluster::generate(&spec);
+    let generate = t.elapsed();
+    eprintln!(
+        "bench: generated {} tenants, {} series, {} scrapes in {:.1} s",
+        spec.tenants,
+        cluster.series_count(),
+        cluster.scrape_count(),
+        generate.as_secs_f64()
+    );
+    let t = Instant::now();
+    let mut data = dir.join("data");
+    let mut from = spec.start;
+    // Chunk boundaries are multiples of `chunk` since the epoch (days), like promtool's 2 h
+    // blocks, so no two files write into the same block range.
+    let step = chunk.num_seconds();
+    let boundary = |t: DateTime<Utc>| {
+        let s = t.timestamp();
+        DateTime::from_timestamp(s - s.rem_euclid(step) + step, 0).unwrap_or(spec.end)
+    };
+    let chunks = {
+        let (mut n, mut t) = (0i64, spec.start);
+        while t < spec.end {
+            n += 1;
+            t = boundary(t);
+        }
+        n
+    };
+    let mut done = 0;
+    let mut bytes = 0u64;
+    let mut lines = 0u64;
+    let mut samples = 0u64;
+    while from < spec.end {
+        let to = boundary(from).min(spec.end);
+        data = create_blocks(&dir, |out| {
+            let mut counting = CountingWriter {
+                inner: out,
+                bytes: 0,
+                lines: 0,
+                samples: 0,
+                line_start: true,
+            };
+            cluster
+                .write_openmetrics_range(&mut counting, from, to)
+                .expect("write openmetrics");
+            bytes += counting.bytes;
+            lines += counting.lines;
+            samples += counting.samples;
+        });
+        done += 1;
+        if chunks > 1 && (done % 5 == 0 || done == chunks) {
+            eprintln!(
+                "bench: promtool: {done}/{chunks} chunks loaded, {:.0} s elapsed",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        from = to;
+    }
+    let promtool = t.elapsed();
+    eprintln!(
+        "bench: promtool loaded {:.2} GB of OpenMetrics ({} lines) in {:.1} s",
+        bytes as f64 / 1e9,
+        lines,
+        promtool.as_secs_f64()
+    );
+    Loaded {
+        cluster,
+        data,
+        generate,
+        promtool,
+        samples,
+    }
+}
+
+/// Counts what goes through: bytes, lines, and sample lines (those not starting with `#`).
+struct CountingWriter<'a> {
+    inner: &'a mut dyn std::io::Write,
+    bytes: u64,
+    lines: u64,
+    samples: u64,
+    line_start: bool,
+}
+
+impl std::io::Write for CountingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        for &b in &buf[..n] {
+            if self.line_start && b != b'#' {
+                self.samples += 1;
+            }
+            self.line_start = b == b'\n';
+            self.lines += u64::from(self.line_start);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+async fn start_prometheus(dir: PathBuf, data: PathBuf) -> anyhow::Result<(PrometheusProcess, Duration)> {
+    eprintln!("bench: starting Prometheus");
+    let t = Instant::now();
+    let p = blocking(move || PrometheusProcess::start(&dir, &data)).await?;
+    Ok((p, t.elapsed()))
+}
+
+/// Prometheus compacts the many small blocks promtool wrote a minute after it starts. Waits
+/// until it has (its first compaction cycle ran, and the block count held still for 10 s), so
+/// that compactions do not run during the measurement. Returns the blocks loaded.
+async fn wait_for_compaction(client: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let mut last: Option<(u64, u64)> = None;
+    let mut stable_since = Instant::now();
+    loop {
+        let text = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let metric = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        };
+        let triggered = metric("prometheus_tsdb_compactions_triggered_total");
+        let state = (
+            metric("prometheus_tsdb_blocks_loaded"),
+            metric("prometheus_tsdb_compactions_total"),
+        );
+        if last != Some(state) {
+            last = Some(state);
+            stable_since = Instant::now();
+        }
+        if triggered > 0 && stable_since.elapsed() >= Duration::from_secs(10) {
+            return Ok(state.0);
+        }
+        if started.elapsed() > COMPACTION_WAIT_MAX {
+            eprintln!("bench: Prometheus still compacting after {COMPACTION_WAIT_MAX:?}; going on");
+            return Ok(state.0);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn window_at(start: DateTime<Utc>, seconds: i64) -> anyhow::Result<ledger::entry::Window> {
+    Ok(ledger::entry::Window::new(
+        start,
+        start + chrono::Duration::seconds(seconds),
+    )?)
+}
+
+/// The evaluation time of a window, as `collect` computes it: 1 ms before its end.
+fn eval_time(window: &ledger::entry::Window) -> DateTime<Utc> {
+    window.end() - chrono::Duration::milliseconds(1)
+}
+
+/// Prometheus' `time` parameter, formatted as the collector's client formats it.
+fn prometheus_time(t: DateTime<Utc>) -> String {
+    format!("{:.3}", t.timestamp_millis() as f64 / 1000.0)
+}
+
+// Baselines -----------------------------------------------------------------------------------
+
+/// What a plain HTTP query answered: its time (request to the last body byte), body size
+/// and series.
+struct Fetched {
+    time: Duration,
+    bytes: usize,
+    series: usize,
+}
+
+/// Sends `queries` as instant queries at `at` one after the other, as the collector does, and
+/// reads each body without decoding it. The answers are checked after the timed loop.
+async fn plain_http_round(
+    client: &reqwest::Client,
+    base: &str,
+    queries: &[(String, String)],
+    at: DateTime<Utc>,
+) -> anyhow::Result<(Duration, Vec<Fetched>)> {
+    let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
+    let time = prometheus_time(at);
+    let mut bodies = Vec::with_capacity(queries.len());
+    let started = Instant::now();
+    for (name, query) in queries {
+        let t = Instant::now();
+        let response = client
+            .post(&url)
+            .form(&[("query", query.as_str()), ("time", time.as_str())])
+            .send()
+            .await
+            .with_context(|| format!("plain HTTP query {name}"))?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        bodies.push((t.elapsed(), status, body));
+    }
+    let total = started.elapsed();
+    let mut fetched = Vec::with_capacity(queries.len());
+    for ((name, _), (time, status, body)) in queries.iter().zip(bodies) {
+        if !status.is_success() {
+            bail!(
+                "plain HTTP query {name}: status {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+        }
+        fetched.push(Fetched {
+            time,
+            bytes: body.len(),
+            series: series_in(name, &body)?,
+        });
+    }
+    Ok((total, fetched))
+}
+
+/// Series in a plain HTTP answer (checks it is a successful vector).
+fn series_in(name: &str, body: &[u8]) -> anyhow::Result<usize> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).with_context(|| format!("{name}: not JSON"))?;
+    if v["status"] != "success" {
+        bail!("{name}: {}", v);
+    }
+    Ok(v["data"]["result"].as_array().map_or(0, Vec::len))
+}
+
+/// The same queries through the collector's Prometheus client (HTTP, JSON decoding into
+/// samples), without assembly or ledger: splits the collector's time.
+async fn client_round(
+    source: &Prometheus,
+    queries: &[(String, String)],
+    at: DateTime<Utc>,
+    step: Duration,
+) -> anyhow::Result<(Duration, usize)> {
+    let started = Instant::now();
+    let mut samples = 0;
+    for (name, query) in queries {
+        let answer = source
+            .query(query, at, at, step)
+            .await
+            .with_context(|| format!("collector client query {name}"))?;
+        samples += answer.at.values().map(Vec::len).sum::<usize>();
+    }
+    Ok((started.elapsed(), samples))
+}
+
+// One window at scale -------------------------------------------------------------------------
+
+async fn one_window(
+    admin_url: &str,
+    opts: &CollectorBenchOptions,
+    created: &Mutex<Vec<String>>,
+) -> anyhow::Result<()> {
+    let window_s = 300;
+    // Window 0 has no previous window in the data (counters fall back to increase()): it is
+    // the warm-up, and the previous window of window 1. Windows 1..=ROUNDS are measured.
+    let start = Utc
+        .with_ymd_and_hms(2026, 3, 2, 0, 0, 0)
+        .single()
+        .context("invalid date")?;
+    let end = start + chrono::Duration::seconds(window_s * (ROUNDS as i64 + 1));
+    let spec = ClusterSpec::new(opts.tenants_one_window, SEED, start, end)
+        .with_traps(false)
+        .with_scrape_interval_s(ONE_WINDOW_SCRAPE_S);
+    println!();
+    println!(
+        "one window at scale: {} tenants, {window_s} s windows; Prometheus data scraped every \
+         {ONE_WINDOW_SCRAPE_S} s (collector scrape_interval_seconds = {ONE_WINDOW_SCRAPE_S}), \
+         {} minutes of data: a warm-up window, then {ROUNDS} measured windows",
+        opts.tenants_one_window,
+        (end - start).num_minutes()
+    );
+    eprintln!(
+        "bench: one window: generating {} tenants, {} minutes at {ONE_WINDOW_SCRAPE_S} s",
+        opts.tenants_one_window,
+        (end - start).num_minutes()
+    );
+    let dir = ScratchDir::new("budgetd-cbench-one");
+    let loaded = blocking({
+        let dir = dir.path().to_owned();
+        move || load_fixture(spec, dir, chrono::Duration::days(1))
+    })
+    .await?;
+    let (prometheus, prom_start) =
+        start_prometheus(dir.path().to_owned(), loaded.data.clone()).await?;
+    println!(
+        "  fixture: {} series, {} samples; generated in {:.1} s, promtool {:.1} s, Prometheus \
+         ready in {:.1} s (not part of the figures)",
+        loaded.cluster.series_count(),
+        loaded.samples,
+        loaded.generate.as_secs_f64(),
+        loaded.promtool.as_secs_f64(),
+        prom_start.as_secs_f64()
+    );
+
+    let db_url = create_database(admin_url, created, "one").await?;
+    let (config, settings) = load_config(dir.path(), &prometheus.url, &db_url, ONE_WINDOW_SCRAPE_S)?;
+    let ids: Vec<String> = loaded
+        .cluster
+        .tenant_ids()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let t = Instant::now();
+    let store = prepare_ledger(&config, &db_url, &ids).await?;
+    eprintln!(
+        "bench: ledger with {} tenants and the price book in {:.1} s",
+        ids.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let result = one_window_rounds(&config, &settings, &store, &prometheus, &loaded.cluster, start, window_s).await;
+    store.pool().close().await;
+    drop(prometheus);
+    drop(dir);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_window_rounds(
+    config: &Config,
+    settings: &CollectorSettings,
+    store: &Store,
+    prometheus: &PrometheusProcess,
+    cluster: &Cluster,
+    start: DateTime<Utc>,
+    window_s: i64,
+) -> anyhow::Result<()> {
+    let collector = crate::app::build_collector(config, settings, store.clone())?;
+    let queries = collector.queries();
+    // The collector's client, built as `build_collector` builds it, for the split.
+    let client_source = Prometheus::new(
+        config.prometheus.url.clone(),
+        config.prometheus.timeout,
+        settings.retry,
+    )
+    .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
+    let plain = reqwest::Client::builder()
+        .timeout(config.prometheus.timeout)
+        .build()?;
+    let step = Duration::from_secs(window_s as u64);
+    let nothing = |_: usize| {};
+
+    // Warm-up on window 0: every side once, untimed.
+    let warm = window_at(start, window_s)?;
+    let t = Instant::now();
+    collector
+        .backfill(warm.start(), warm.end(), &CommitMode::Collect, &nothing)
+        .await?;
+    let warm_collect = t.elapsed();
+    let (warm_plain, _) = plain_http_round(&plain, &prometheus.url, &queries, eval_time(&warm)).await?;
+    client_round(&client_source, &queries, eval_time(&warm), step).await?;
+    eprintln!(
+        "bench: warm-up window: collector {:.2} s, plain HTTP {:.2} s",
+        warm_collect.as_secs_f64(),
+        warm_plain.as_secs_f64()
+    );
+
+    let mut collect_times = Vec::new();
+    let mut plain_times = Vec::new();
+    let mut client_times = Vec::new();
+    let mut per_query: Vec<Vec<Duration>> = vec![Vec::new(); queries.len()];
+    let mut bodies: Vec<(usize, usize)> = vec![(0, 0); queries.len()];
+    let mut entries = Vec::new();
+    for round in 0..ROUNDS {
+        let window = window_at(start + chrono::Duration::seconds(window_s * (round as i64 + 1)), window_s)?;
+        let at = eval_time(&window);
+        let mut collected = None;
+        let mut fetched = None;
+        let mut client = None;
+        // Alternate the order: the collector first in odd rounds, last in even ones.
+        for step_no in 0..3 {
+            let which = if round % 2 == 0 { step_no } else { 2 - step_no };
+            match which {
+                0 => fetched = Some(plain_http_round(&plain, &prometheus.url, &queries, at).await?),
+                1 => client = Some(client_round(&client_source, &queries, at, step).await?),
+                _ => {
+                    let t = Instant::now();
+                    let (planned, report) = collector
+                        .backfill(window.start(), window.end(), &CommitMode::Collect, &nothing)
+                        .await?;
+                    let elapsed = t.elapsed();
+                    check_first_write(planned, &report, round)?;
+                    collected = Some((elapsed, report));
+                }
+            }
+        }
+        let (plain_total, fetched) = fetched.context("plain round ran")?;
+        let (client_total, _) = client.context("client round ran")?;
+        let (collect_total, report) = collected.context("collector round ran")?;
+        for (i, f) in fetched.iter().enumerate() {
+            per_query[i].push(f.time);
+            bodies[i] = (f.bytes, f.series);
+        }
+        let (complete, incomplete): (bool, Vec<String>) = sqlx::query_as(
+            "select complete, incomplete_tenants from collected_windows where window_start = $1",
+        )
+        .bind(window.start())
+        .fetch_one(store.pool())
+        .await?;
+        if !complete || !incomplete.is_empty() {
+            eprintln!(
+                "bench: window {} incomplete: complete {complete}, {} incomplete tenants",
+                window.start(),
+                incomplete.len()
+            );
+        }
+        entries.push(report.inserted);
+        collect_times.push(collect_total);
+        plain_times.push(plain_total);
+        client_times.push(client_total);
+        eprintln!(
+            "bench: round {}/{ROUNDS} (window {}): collector {:.2} s, collector's client alone \
+             {:.2} s, plain HTTP {:.2} s, {} entries, complete {complete}",
+            round + 1,
+            window.start().format("%H:%M"),
+            collect_total.as_secs_f64(),
+            client_total.as_secs_f64(),
+            plain_total.as_secs_f64(),
+            report.inserted,
+        );
+    }
+
+    // Recollecting an already collected window (all unchanged): context.
+    let again = window_at(start + chrono::Duration::seconds(window_s), window_s)?;
+    let t = Instant::now();
+    let (_, recollect_report) = collector
+        .backfill(
+            again.start(),
+            again.end(),
+            &CommitMode::Recollect {
+                reason: "bench".to_owned(),
+            },
+            &nothing,
+        )
+        .await?;
+    let recollect = t.elapsed();
+
+    let per_round = |a: &[Duration], b: &[Duration]| -> Vec<f64> {
+        a.iter().zip(b).map(|(a, b)| secs(*a) / secs(*b)).collect()
+    };
+    let ratios = per_round(&collect_times, &plain_times);
+    let client_ratios = per_round(&client_times, &plain_times);
+    let ratio = median(&ratios);
+    let n = entries.first().copied().unwrap_or(0);
+    println!(
+        "  {ROUNDS} rounds, each a new window collected once (Collect mode: first writes, as the \
+         daemon does); order alternates between rounds; medians, ratio = median of per-round ratios"
+    );
+    println!(
+        "  {:<52}{:>8.3} s   ({} entries per window, {:.0} entries/s)",
+        "Collector::backfill of one window (total)",
+        median_secs(&collect_times),
+        n,
+        n as f64 / median_secs(&collect_times)
+    );
+    println!(
+        "  {:<52}{:>8.3} s   ({} queries: one per meter + the probe)",
+        "plain HTTP, same queries, bodies read",
+        median_secs(&plain_times),
+        queries.len()
+    );
+    println!(
+        "  {:<52}{:>8.2}   target <= {ONE_WINDOW_TARGET_RATIO:.1}  {}   (rounds {})",
+        "ratio collector/plain HTTP",
+        ratio,
+        verdict(ratio <= ONE_WINDOW_TARGET_RATIO),
+        spread(&ratios)
+    );
+    let client_median = median_secs(&client_times);
+    println!(
+        "  split: the collector's client alone (HTTP + JSON decoding) {:.3} s (ratio {:.2} to \
+         plain HTTP, rounds {}); assembly, ledger reads and commit ~{:.3} s",
+        client_median,
+        median(&client_ratios),
+        spread(&client_ratios),
+        (median_secs(&collect_times) - client_median).max(0.0)
+    );
+    println!(
+        "  recollect of a collected window (all unchanged, context): {:.3} s ({} unchanged, {} \
+         corrected)",
+        secs(recollect),
+        recollect_report.unchanged,
+        recollect_report.corrected
+    );
+    println!("  per query (plain HTTP, median over the rounds):");
+    for (i, (name, _)) in queries.iter().enumerate() {
+        println!(
+            "    {name:<16}{:>8.3} s  {:>7.1} MB  {:>7} series",
+            median_secs(&per_query[i]),
+            bodies[i].0 as f64 / 1e6,
+            bodies[i].1
+        );
+    }
+    let max_query = per_query
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or_default();
+    if max_query * 2 > config.prometheus.timeout {
+        println!(
+            "  WARNING: the slowest query took {:.1} s, more than half of prometheus.timeout_ms \
+             ({:.0} s)",
+            secs(max_query),
+            secs(config.prometheus.timeout)
+        );
+    }
+    check_against_truth(store, cluster, start + chrono::Duration::seconds(window_s), window_s)
+        .await?;
+    Ok(())
+}
+
+fn check_first_write(planned: usize, report: &CommitReport, round: usize) -> anyhow::Result<()> {
+    if planned != 1 || report.windows != 1 {
+        bail!("round {round}: planned {planned}, committed {} windows, expected 1", report.windows);
+    }
+    if report.inserted == 0 || report.unchanged != 0 || report.conflicts != 0 {
+        bail!("round {round}: the collection was not all first writes: {report:?}");
+    }
+    Ok(())
+}
+
+/// The ledger's totals per meter over the tenants, for the window at `window_start`, against
+/// the model's exact usage. Context: prints the relative error.
+async fn check_against_truth(
+    store: &Store,
+    cluster: &Cluster,
+    window_start: DateTime<Utc>,
+    window_s: i64,
+) -> anyhow::Result<()> {
+    let truth = cluster.window_truth(window_start, window_s);
+    let mut expected: BTreeMap<&'static str, Decimal> = BTreeMap::new();
+    for ((owner, meter), q) in &truth {
+        if matches!(owner, ModelOwner::Tenant(_)) {
+            *expected.entry(meter.as_str()).or_default() += *q;
+        }
+    }
+    let rows: Vec<(String, Decimal)> = sqlx::query_as(
+        "select meter, sum(quantity) from ledger_entries where window_start = $1 and kind = 'usage' \
+         group by meter",
+    )
+    .bind(window_start)
+    .fetch_all(store.pool())
+    .await?;
+    let actual: BTreeMap<String, Decimal> = rows.into_iter().collect();
+    print_truth(&expected, &actual, "first measured window");
+    Ok(())
+}
+
+fn print_truth(expected: &BTreeMap<&'static str, Decimal>, actual: &BTreeMap<String, Decimal>, what: &str) {
+    let mut parts = Vec::new();
+    for meter in ModelMeter::ALL {
+        let e = expected.get(meter.as_str()).copied().unwrap_or_default();
+        let a = actual.get(meter.as_str()).copied().unwrap_or_default();
+        let err = if e.is_zero() {
+            if a.is_zero() { "0".to_owned() } else { "inf".to_owned() }
+        } else {
+            let rel = ((a - e) / e * Decimal::from(100)).to_f64().unwrap_or(f64::NAN);
+            format!("{rel:+.3}%")
+        };
+        parts.push(format!("{} {err}", meter.as_str()));
+    }
+    println!(
+        "  ledger vs the model's exact usage ({what}, sum over tenants): {}",
+        parts.join(", ")
+    );
+}
+
+// Long backfill ---------------------------------------------------------------------------------
+
+async fn long_backfill(
+    admin_url: &str,
+    opts: &CollectorBenchOptions,
+    created: &Mutex<Vec<String>>,
+) -> anyhow::Result<()> {
+    let window_s: i64 = 300;
+    let from = Utc
+        .with_ymd_and_hms(2026, 4, 1, 0, 0, 0)
+        .single()
+        .context("invalid date")?;
+    let to = from + chrono::Duration::days(opts.backfill_days);
+    // One window of data before the first window: its counters' previous values.
+    let spec = ClusterSpec::new(
+        opts.backfill_tenants,
+        SEED,
+        from - chrono::Duration::seconds(window_s),
+        to,
+    )
+    .with_traps(false)
+    .with_scrape_interval_s(BACKFILL_SCRAPE_S);
+    let windows = (to - from).num_seconds() / window_s;
+    println!();
+    println!(
+        "long backfill: {} tenants, {} days of {window_s} s windows ({windows} windows) in one \
+         Collector::backfill; Prometheus data scraped every {BACKFILL_SCRAPE_S} s (sparse: 15 s \
+         would be 20x the samples, too many for promtool here; collector \
+         scrape_interval_seconds = {BACKFILL_SCRAPE_S}), so Prometheus reads fewer samples per \
+         window than in production, while the query count and the ledger work are the same",
+        opts.backfill_tenants, opts.backfill_days
+    );
+    eprintln!(
+        "bench: long backfill: generating {} tenants, {} days at {BACKFILL_SCRAPE_S} s",
+        opts.backfill_tenants, opts.backfill_days
+    );
+    let dir = ScratchDir::new("budgetd-cbench-long");
+    let loaded = blocking({
+        let dir = dir.path().to_owned();
+        move || load_fixture(spec, dir, chrono::Duration::days(1))
+    })
+    .await?;
+    let (prometheus, prom_start) =
+        start_prometheus(dir.path().to_owned(), loaded.data.clone()).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    eprintln!("bench: waiting for Prometheus to compact the backfilled blocks (a minute or more)");
+    let t = Instant::now();
+    let blocks = wait_for_compaction(&http, &prometheus.url).await?;
+    let compaction = t.elapsed();
+    println!(
+        "  fixture: {} series, {} samples; generated in {:.1} s; OpenMetrics + promtool (one \
+         file per day) {:.1} s; Prometheus ready in {:.1} s, its compaction settled in {:.1} s \
+         ({blocks} blocks) (none of this is part of the figures)",
+        loaded.cluster.series_count(),
+        loaded.samples,
+        loaded.generate.as_secs_f64(),
+        loaded.promtool.as_secs_f64(),
+        prom_start.as_secs_f64(),
+        compaction.as_secs_f64()
+    );
+
+    let db_url = create_database(admin_url, created, "long").await?;
+    let (config, settings) = load_config(dir.path(), &prometheus.url, &db_url, BACKFILL_SCRAPE_S)?;
+    let ids: Vec<String> = loaded
+        .cluster
+        .tenant_ids()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let store = prepare_ledger(&config, &db_url, &ids).await?;
+    let result = long_backfill_run(&config, &settings, &store, &loaded.cluster, from, to, window_s).await;
+    store.pool().close().await;
+    drop(prometheus);
+    drop(dir);
+    result
+}
+
+async fn long_backfill_run(
+    config: &Config,
+    settings: &CollectorSettings,
+    store: &Store,
+    cluster: &Cluster,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    window_s: i64,
+) -> anyhow::Result<()> {
+    let collector: Collector = crate::app::build_collector(config, settings, store.clone())?;
+    let per_batch = settings.collector.windows_per_batch;
+    let total_windows = ((to - from).num_seconds() / window_s) as usize;
+    let done = AtomicUsize::new(0);
+    let started = Instant::now();
+    let progress = |n: usize| {
+        let d = done.fetch_add(n, Ordering::Relaxed) + n;
+        let batches = total_windows.div_ceil(per_batch.max(1));
+        let every = (batches / 10).max(1) * per_batch;
+        if d % every < n || d == total_windows {
+            eprintln!(
+                "bench: backfill: {d}/{total_windows} windows, {:.0} windows/s so far",
+                d as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    };
+    let t = Instant::now();
+    let (planned, report) = collector
+        .backfill(from, to, &CommitMode::Collect, &progress)
+        .await?;
+    let elapsed = t.elapsed();
+    if planned != total_windows || report.windows != total_windows || report.conflicts != 0 {
+        bail!("the backfill planned {planned} windows and reported {report:?}; expected {total_windows} windows without conflicts");
+    }
+    let s = secs(elapsed);
+    println!(
+        "  Collector::backfill, {} windows per query and commit ({} batches x {} queries):",
+        per_batch,
+        total_windows.div_ceil(per_batch),
+        collector.queries().len()
+    );
+    println!(
+        "  {:<52}{:>8.1} s   {:>8.1} windows/s   {:>8.0} entries/s   ({} entries, {} incomplete windows)",
+        "total",
+        s,
+        total_windows as f64 / s,
+        report.inserted as f64 / s,
+        report.inserted,
+        report.incomplete_windows
+    );
+
+    // Split: the same batches' queries through the collector's client alone.
+    let source = Prometheus::new(
+        config.prometheus.url.clone(),
+        config.prometheus.timeout,
+        settings.retry,
+    )
+    .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
+    let queries = collector.queries();
+    let step = Duration::from_secs(window_s as u64);
+    let t = Instant::now();
+    let mut slowest = (Duration::ZERO, String::new());
+    let mut batch_start = from;
+    while batch_start < to {
+        let batch_end = (batch_start + chrono::Duration::seconds(window_s * per_batch as i64)).min(to);
+        let first = batch_start + chrono::Duration::seconds(window_s) - chrono::Duration::milliseconds(1);
+        let last = batch_end - chrono::Duration::milliseconds(1);
+        for (name, query) in &queries {
+            let q = Instant::now();
+            source
+                .query(query, first, last, step)
+                .await
+                .with_context(|| format!("collector client query {name}"))?;
+            let took = q.elapsed();
+            if took > slowest.0 {
+                slowest = (took, name.clone());
+            }
+        }
+        batch_start = batch_end;
+    }
+    let queries_alone = secs(t.elapsed());
+    println!(
+        "  split: the same range queries through the collector's client alone (HTTP + JSON \
+         decoding, run after the backfill) {queries_alone:.1} s (slowest {:.2} s, {}); assembly, \
+         ledger reads and commits ~{:.1} s",
+        secs(slowest.0),
+        slowest.1,
+        (s - queries_alone).max(0.0)
+    );
+
+    let truth = cluster.truth(window_s);
+    let mut expected: BTreeMap<&'static str, Decimal> = BTreeMap::new();
+    for row in truth.rows() {
+        let day_start = row
+            .day
+            .and_hms_opt(0, 0, 0)
+            .map(|d| d.and_utc())
+            .context("invalid day")?;
+        if matches!(row.owner, ModelOwner::Tenant(_)) && day_start >= from && day_start < to {
+            *expected.entry(row.meter.as_str()).or_default() += row.quantity;
+        }
+    }
+    let rows: Vec<(String, Decimal)> = sqlx::query_as(
+        "select meter, sum(quantity) from ledger_entries where window_start >= $1 and window_start < $2 \
+         and kind = 'usage' group by meter",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(store.pool())
+    .await?;
+    let actual: BTreeMap<String, Decimal> = rows.into_iter().collect();
+    print_truth(&expected, &actual, "all backfilled days");
+    Ok(())
+}
+
+// Helpers ------------------------------------------------------------------------------------------
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn median_secs(samples: &[Duration]) -> f64 {
+    median(&samples.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>())
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// "min-max" of per-round ratios.
+fn spread(ratios: &[f64]) -> String {
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}-{max:.2}")
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(
+            with_database("postgres://u@127.0.0.1:5432/postgres", "x"),
+            "postgres://u@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:1/db?sslmode=disable", "x"),
+            "postgres://u@h:1/x?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn the_example_config_loads_with_the_overridden_interval() {
+        let dir = ScratchDir::new("budgetd-cbench-test");
+        let (config, settings) =
+            load_config(dir.path(), "http://127.0.0.1:9", "postgres://u@h:1/x", 60).unwrap();
+        assert_eq!(settings.collector.interval_seconds, 60);
+        assert!(config.price_book_seed.is_some());
+        assert_eq!(settings.collector.meters.len(), 5);
+    }
+
+    #[test]
+    fn eval_times_are_formatted_like_the_collectors() {
+        let t = Utc.with_ymd_and_hms(2026, 3, 2, 0, 5, 0).unwrap();
+        let w = window_at(t, 300).unwrap();
+        assert_eq!(
+            prometheus_time(eval_time(&w)),
+            format!("{}.999", t.timestamp() + 299)
+        );
+    }
+}
