@@ -33,7 +33,7 @@ create table unallocated_usage (
     meter              text not null,
     quantity           numeric not null check (quantity >= 0),
     unit               text not null,
-    primary key (window_start, window_end, namespace_or_label, meter)
+    primary key (window_start, window_end, namespace_or_label, reason, meter)
 );
 
 create view finance.unallocated_daily as

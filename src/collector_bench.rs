@@ -20,7 +20,7 @@
 //! The report goes to stdout, progress to stderr. Targets are informative: the bench returns
 //! `Ok` whether they are met or not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,11 +32,14 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use sqlx::{Connection, Executor, PgConnection};
 
-use collector::source::{Prometheus, UsageSource};
+use collector::assemble::{assemble, Context as AssembleContext};
+use collector::collect::version_at;
+use collector::source::{Answer, Prometheus, Sample, UsageSource};
 use collector::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 use collector::testing::{create_blocks, PrometheusProcess, ScratchDir};
 use collector::Collector;
 use ledger::audit::{Actor, AuditContext};
+use ledger::tenant::{TenantId, TenantState};
 use ledger::usage::{CommitMode, CommitReport};
 use ledger::Store;
 
@@ -74,6 +77,8 @@ const ONE_WINDOW_SCRAPE_S: i64 = 60;
 /// Scrape interval of the long-backfill data (s).
 const BACKFILL_SCRAPE_S: i64 = 300;
 const SEED: u64 = 42;
+/// The one-window queries' timeout: see `one_window`.
+const ONE_WINDOW_PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for Prometheus to finish compacting the backfilled blocks.
 const COMPACTION_WAIT_MAX: Duration = Duration::from_secs(300);
 
@@ -552,17 +557,18 @@ async fn client_round(
     queries: &[(String, String)],
     at: DateTime<Utc>,
     step: Duration,
-) -> anyhow::Result<(Duration, usize)> {
+) -> anyhow::Result<(Duration, Vec<Answer>)> {
     let started = Instant::now();
-    let mut samples = 0;
+    let mut answers = Vec::with_capacity(queries.len());
     for (name, query) in queries {
-        let answer = source
-            .query(query, at, at, step)
-            .await
-            .with_context(|| format!("collector client query {name}"))?;
-        samples += answer.at.values().map(Vec::len).sum::<usize>();
+        answers.push(
+            source
+                .query(query, at, at, step)
+                .await
+                .with_context(|| format!("collector client query {name}"))?,
+        );
     }
-    Ok((started.elapsed(), samples))
+    Ok((started.elapsed(), answers))
 }
 
 // One window at scale -------------------------------------------------------------------------
@@ -574,12 +580,13 @@ async fn one_window(
 ) -> anyhow::Result<()> {
     let window_s = 300;
     // Window 0 has no previous window in the data (counters fall back to increase()): it is
-    // the warm-up, and the previous window of window 1. Windows 1..=ROUNDS are measured.
+    // the warm-up, and the previous window of window 1. Windows 1..=ROUNDS are measured, and
+    // the one after them is collected step by step for the split.
     let start = Utc
         .with_ymd_and_hms(2026, 3, 2, 0, 0, 0)
         .single()
         .context("invalid date")?;
-    let end = start + chrono::Duration::seconds(window_s * (ROUNDS as i64 + 1));
+    let end = start + chrono::Duration::seconds(window_s * (ROUNDS as i64 + 2));
     let spec = ClusterSpec::new(opts.tenants_one_window, SEED, start, end)
         .with_traps(false)
         .with_scrape_interval_s(ONE_WINDOW_SCRAPE_S);
@@ -587,12 +594,13 @@ async fn one_window(
     println!(
         "one window at scale: {} tenants, {window_s} s windows; Prometheus data scraped every \
          {ONE_WINDOW_SCRAPE_S} s (collector scrape_interval_seconds = {ONE_WINDOW_SCRAPE_S}), \
-         {} minutes of data: a warm-up window, then {ROUNDS} measured windows",
+         {} minutes of data: a warm-up window, {ROUNDS} measured windows, one for the split",
         opts.tenants_one_window,
         (end - start).num_minutes()
     );
     eprintln!(
-        "bench: one window: generating {} tenants, {} minutes at {ONE_WINDOW_SCRAPE_S} s",
+        "bench: one window: generating {} tenants, {} minutes at {ONE_WINDOW_SCRAPE_S} s, and \
+         loading them with promtool",
         opts.tenants_one_window,
         (end - start).num_minutes()
     );
@@ -605,8 +613,8 @@ async fn one_window(
     let (prometheus, prom_start) =
         start_prometheus(dir.path().to_owned(), loaded.data.clone()).await?;
     println!(
-        "  fixture: {} series, {} samples; generated in {:.1} s, promtool {:.1} s, Prometheus \
-         ready in {:.1} s (not part of the figures)",
+        "  fixture: {} series, {} samples; generated in {:.1} s, OpenMetrics + promtool {:.1} s, \
+         Prometheus ready in {:.1} s (not part of the figures)",
         loaded.cluster.series_count(),
         loaded.samples,
         loaded.generate.as_secs_f64(),
@@ -615,7 +623,17 @@ async fn one_window(
     );
 
     let db_url = create_database(admin_url, created, "one").await?;
-    let (config, settings) = load_config(dir.path(), &prometheus.url, &db_url, ONE_WINDOW_SCRAPE_S)?;
+    let (mut config, settings) =
+        load_config(dir.path(), &prometheus.url, &db_url, ONE_WINDOW_SCRAPE_S)?;
+    let configured_timeout = config.prometheus.timeout;
+    config.prometheus.timeout = configured_timeout.max(ONE_WINDOW_PROMETHEUS_TIMEOUT);
+    println!(
+        "  prometheus.timeout_ms raised from {:.0} s to {:.0} s for this measurement (both \
+         clients): single queries at this scale come close to the default, and a timeout would \
+         make the collector retry",
+        secs(configured_timeout),
+        secs(config.prometheus.timeout)
+    );
     let ids: Vec<String> = loaded
         .cluster
         .tenant_ids()
@@ -629,23 +647,47 @@ async fn one_window(
         ids.len(),
         t.elapsed().as_secs_f64()
     );
-    let result = one_window_rounds(&config, &settings, &store, &prometheus, &loaded.cluster, start, window_s).await;
+    let fixture = OneWindowFixture {
+        config: &config,
+        settings: &settings,
+        store: &store,
+        prometheus: &prometheus,
+        cluster: &loaded.cluster,
+        start,
+        window_s,
+        configured_timeout,
+    };
+    let result = one_window_rounds(&fixture).await;
     store.pool().close().await;
     drop(prometheus);
     drop(dir);
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn one_window_rounds(
-    config: &Config,
-    settings: &CollectorSettings,
-    store: &Store,
-    prometheus: &PrometheusProcess,
-    cluster: &Cluster,
+struct OneWindowFixture<'a> {
+    config: &'a Config,
+    settings: &'a CollectorSettings,
+    store: &'a Store,
+    prometheus: &'a PrometheusProcess,
+    cluster: &'a Cluster,
     start: DateTime<Utc>,
     window_s: i64,
-) -> anyhow::Result<()> {
+    /// prometheus.timeout_ms of the example config.
+    configured_timeout: Duration,
+}
+
+impl OneWindowFixture<'_> {
+    /// Window `i` of the data (0: the warm-up).
+    fn window(&self, i: usize) -> anyhow::Result<ledger::entry::Window> {
+        window_at(
+            self.start + chrono::Duration::seconds(self.window_s * i as i64),
+            self.window_s,
+        )
+    }
+}
+
+async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
+    let (config, settings, store) = (f.config, f.settings, f.store);
     let collector = crate::app::build_collector(config, settings, store.clone())?;
     let queries = collector.queries();
     // The collector's client, built as `build_collector` builds it, for the split.
@@ -658,17 +700,18 @@ async fn one_window_rounds(
     let plain = reqwest::Client::builder()
         .timeout(config.prometheus.timeout)
         .build()?;
-    let step = Duration::from_secs(window_s as u64);
+    let step = Duration::from_secs(f.window_s as u64);
     let nothing = |_: usize| {};
 
     // Warm-up on window 0: every side once, untimed.
-    let warm = window_at(start, window_s)?;
+    let warm = f.window(0)?;
     let t = Instant::now();
     collector
         .backfill(warm.start(), warm.end(), &CommitMode::Collect, &nothing)
         .await?;
     let warm_collect = t.elapsed();
-    let (warm_plain, _) = plain_http_round(&plain, &prometheus.url, &queries, eval_time(&warm)).await?;
+    let (warm_plain, _) =
+        plain_http_round(&plain, &f.prometheus.url, &queries, eval_time(&warm)).await?;
     client_round(&client_source, &queries, eval_time(&warm), step).await?;
     eprintln!(
         "bench: warm-up window: collector {:.2} s, plain HTTP {:.2} s",
@@ -676,23 +719,26 @@ async fn one_window_rounds(
         warm_plain.as_secs_f64()
     );
 
+    let rss_before = current_rss();
+    reset_peak_rss();
     let mut collect_times = Vec::new();
     let mut plain_times = Vec::new();
     let mut client_times = Vec::new();
     let mut per_query: Vec<Vec<Duration>> = vec![Vec::new(); queries.len()];
     let mut bodies: Vec<(usize, usize)> = vec![(0, 0); queries.len()];
     let mut entries = Vec::new();
+    let mut incomplete_windows = 0;
     for round in 0..ROUNDS {
-        let window = window_at(start + chrono::Duration::seconds(window_s * (round as i64 + 1)), window_s)?;
+        let window = f.window(round + 1)?;
         let at = eval_time(&window);
         let mut collected = None;
         let mut fetched = None;
         let mut client = None;
-        // Alternate the order: the collector first in odd rounds, last in even ones.
-        for step_no in 0..3 {
-            let which = if round % 2 == 0 { step_no } else { 2 - step_no };
+        // Alternate the order: the plain client first in even rounds, last in odd ones.
+        for side in 0..3 {
+            let which = if round % 2 == 0 { side } else { 2 - side };
             match which {
-                0 => fetched = Some(plain_http_round(&plain, &prometheus.url, &queries, at).await?),
+                0 => fetched = Some(plain_http_round(&plain, &f.prometheus.url, &queries, at).await?),
                 1 => client = Some(client_round(&client_source, &queries, at, step).await?),
                 _ => {
                     let t = Instant::now();
@@ -708,9 +754,9 @@ async fn one_window_rounds(
         let (plain_total, fetched) = fetched.context("plain round ran")?;
         let (client_total, _) = client.context("client round ran")?;
         let (collect_total, report) = collected.context("collector round ran")?;
-        for (i, f) in fetched.iter().enumerate() {
-            per_query[i].push(f.time);
-            bodies[i] = (f.bytes, f.series);
+        for (i, q) in fetched.iter().enumerate() {
+            per_query[i].push(q.time);
+            bodies[i] = (q.bytes, q.series);
         }
         let (complete, incomplete): (bool, Vec<String>) = sqlx::query_as(
             "select complete, incomplete_tenants from collected_windows where window_start = $1",
@@ -719,6 +765,7 @@ async fn one_window_rounds(
         .fetch_one(store.pool())
         .await?;
         if !complete || !incomplete.is_empty() {
+            incomplete_windows += 1;
             eprintln!(
                 "bench: window {} incomplete: complete {complete}, {} incomplete tenants",
                 window.start(),
@@ -740,39 +787,28 @@ async fn one_window_rounds(
             report.inserted,
         );
     }
-
-    // Recollecting an already collected window (all unchanged): context.
-    let again = window_at(start + chrono::Duration::seconds(window_s), window_s)?;
-    let t = Instant::now();
-    let (_, recollect_report) = collector
-        .backfill(
-            again.start(),
-            again.end(),
-            &CommitMode::Recollect {
-                reason: "bench".to_owned(),
-            },
-            &nothing,
-        )
-        .await?;
-    let recollect = t.elapsed();
+    let bench_peak = peak_rss();
 
     let per_round = |a: &[Duration], b: &[Duration]| -> Vec<f64> {
         a.iter().zip(b).map(|(a, b)| secs(*a) / secs(*b)).collect()
     };
     let ratios = per_round(&collect_times, &plain_times);
-    let client_ratios = per_round(&client_times, &plain_times);
     let ratio = median(&ratios);
     let n = entries.first().copied().unwrap_or(0);
+    let collect_median = median_secs(&collect_times);
     println!(
         "  {ROUNDS} rounds, each a new window collected once (Collect mode: first writes, as the \
-         daemon does); order alternates between rounds; medians, ratio = median of per-round ratios"
+         daemon does) and the same queries sent by the other clients; the order alternates \
+         between rounds; medians; ratio = median of the per-round ratios"
     );
     println!(
-        "  {:<52}{:>8.3} s   ({} entries per window, {:.0} entries/s)",
+        "  {:<52}{:>8.3} s   ({} entries per window, {:.0} entries/s, {} of {ROUNDS} windows \
+         incomplete)",
         "Collector::backfill of one window (total)",
-        median_secs(&collect_times),
+        collect_median,
         n,
-        n as f64 / median_secs(&collect_times)
+        n as f64 / collect_median,
+        incomplete_windows
     );
     println!(
         "  {:<52}{:>8.3} s   ({} queries: one per meter + the probe)",
@@ -787,47 +823,186 @@ async fn one_window_rounds(
         verdict(ratio <= ONE_WINDOW_TARGET_RATIO),
         spread(&ratios)
     );
-    let client_median = median_secs(&client_times);
+    let client_ratios = per_round(&client_times, &plain_times);
     println!(
-        "  split: the collector's client alone (HTTP + JSON decoding) {:.3} s (ratio {:.2} to \
-         plain HTTP, rounds {}); assembly, ledger reads and commit ~{:.3} s",
-        client_median,
+        "  {:<52}{:>8.3} s   (ratio to plain HTTP {:.2}, rounds {})",
+        "the collector's client alone (HTTP + JSON decoding)",
+        median_secs(&client_times),
         median(&client_ratios),
         spread(&client_ratios),
-        (median_secs(&collect_times) - client_median).max(0.0)
-    );
-    println!(
-        "  recollect of a collected window (all unchanged, context): {:.3} s ({} unchanged, {} \
-         corrected)",
-        secs(recollect),
-        recollect_report.unchanged,
-        recollect_report.corrected
     );
     println!("  per query (plain HTTP, median over the rounds):");
     for (i, (name, _)) in queries.iter().enumerate() {
         println!(
-            "    {name:<16}{:>8.3} s  {:>7.1} MB  {:>7} series",
+            "    {name:<16}{:>8.3} s  {:>7.2} MB  {:>7} series",
             median_secs(&per_query[i]),
             bodies[i].0 as f64 / 1e6,
             bodies[i].1
         );
     }
-    let max_query = per_query
-        .iter()
-        .flatten()
-        .max()
-        .copied()
-        .unwrap_or_default();
-    if max_query * 2 > config.prometheus.timeout {
+    let all: Vec<Duration> = per_query.iter().flatten().copied().collect();
+    let max_query = all.iter().max().copied().unwrap_or_default();
+    let over = all.iter().filter(|d| **d > f.configured_timeout).count();
+    println!(
+        "  slowest single query {:.2} s; {over} of {} timed queries took longer than the \
+         example config's prometheus.timeout_ms ({:.0} s){}",
+        secs(max_query),
+        all.len(),
+        secs(f.configured_timeout),
+        if max_query * 2 > f.configured_timeout {
+            "  WARNING: within 2x of the default timeout"
+        } else {
+            ""
+        }
+    );
+    if let (Some(before), Some(peak)) = (rss_before, bench_peak) {
         println!(
-            "  WARNING: the slowest query took {:.1} s, more than half of prometheus.timeout_ms \
-             ({:.0} s)",
-            secs(max_query),
-            secs(config.prometheus.timeout)
+            "  bench process resident memory: {:.0} MB before the rounds (the model and the \
+             clients), peak {:.0} MB during them",
+            before as f64 / 1e6,
+            peak as f64 / 1e6,
         );
     }
-    check_against_truth(store, cluster, start + chrono::Duration::seconds(window_s), window_s)
+
+    split(f, &collector, &client_source, &queries).await?;
+
+    // Recollecting an already collected window (all unchanged): context.
+    let again = f.window(1)?;
+    let t = Instant::now();
+    let (_, recollect_report) = collector
+        .backfill(
+            again.start(),
+            again.end(),
+            &CommitMode::Recollect {
+                reason: "bench".to_owned(),
+            },
+            &nothing,
+        )
         .await?;
+    println!(
+        "  recollect of a collected window (Recollect mode, all unchanged; context): {:.3} s \
+         ({} unchanged, {} corrected)",
+        secs(t.elapsed()),
+        recollect_report.unchanged,
+        recollect_report.corrected
+    );
+
+    catch_up(f, &client_source, &queries).await?;
+    if let Some(rss) = prometheus_rss(&plain, &f.prometheus.url).await {
+        println!("  Prometheus resident memory after the queries: {:.0} MB", rss / 1e6);
+    }
+    check_against_truth(store, f.cluster, f.window(1)?.start(), f.window_s).await?;
+    Ok(())
+}
+
+/// Collects the window after the measured ones step by step, as `Collector::backfill` does,
+/// timing each step: ledger reads, queries (the collector's client), assembly, commit.
+async fn split(
+    f: &OneWindowFixture<'_>,
+    collector: &Collector,
+    source: &Prometheus,
+    queries: &[(String, String)],
+) -> anyhow::Result<()> {
+    let store = f.store;
+    let window = f.window(ROUNDS + 1)?;
+    let cfg = collector.config();
+
+    let t = Instant::now();
+    let _planned = collector
+        .plan_backfill(window.start(), window.end(), &CommitMode::Collect)
+        .await?;
+    let versions = store.list_price_book_versions().await?;
+    let tenants = store.list_tenants(None).await?;
+    let known: BTreeSet<TenantId> = tenants.iter().map(|t| t.id.clone()).collect();
+    let expected: BTreeSet<TenantId> = tenants
+        .iter()
+        .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
+        .map(|t| t.id.clone())
+        .collect();
+    let reads = t.elapsed();
+
+    let at = eval_time(&window);
+    let (query_time, mut answers) =
+        client_round(source, queries, at, Duration::from_secs(f.window_s as u64)).await?;
+
+    let t = Instant::now();
+    let probe = answers.pop().context("the probe is queried last")?;
+    let ms = at.timestamp_millis();
+    let empty: Vec<Sample> = Vec::new();
+    let per_meter: Vec<&[Sample]> = answers
+        .iter()
+        .map(|a| a.at.get(&ms).map(Vec::as_slice).unwrap_or(&empty))
+        .collect();
+    let probe = probe.at.get(&ms).map(Vec::as_slice).unwrap_or(&empty);
+    let version = version_at(&versions, window.start()).context("no price book")?;
+    let ctx = AssembleContext {
+        tenant_label: cfg.tenant_label.as_str(),
+        known_tenants: &known,
+        expected_tenants: &expected,
+        expected_samples: cfg.window.seconds() / cfg.interval_seconds,
+    };
+    let collected = assemble(window, &cfg.meters, &per_meter, probe, &[], version, &ctx)?;
+    let assembly = t.elapsed();
+
+    let t = Instant::now();
+    let report = store
+        .commit_windows(&[collected], &CommitMode::Collect, false, "backfill")
+        .await?;
+    let commit = t.elapsed();
+    check_first_write(1, &report, ROUNDS + 1)?;
+    println!(
+        "  split, one more window collected step by step as Collector::backfill does: ledger \
+         reads (plan, price book, {} tenants) {:.3} s, queries (collector's client) {:.3} s, \
+         assembly {:.3} s, commit of {} entries {:.3} s",
+        tenants.len(),
+        secs(reads),
+        secs(query_time),
+        secs(assembly),
+        report.inserted,
+        secs(commit)
+    );
+    Ok(())
+}
+
+/// Catching up: the same queries as one range query over the measured windows, as a batch of
+/// `windows_per_batch` windows sends them, timed per query; extrapolated to a full batch.
+async fn catch_up(
+    f: &OneWindowFixture<'_>,
+    source: &Prometheus,
+    queries: &[(String, String)],
+) -> anyhow::Result<()> {
+    let first = eval_time(&f.window(1)?);
+    let last = eval_time(&f.window(ROUNDS)?);
+    let step = Duration::from_secs(f.window_s as u64);
+    let per_batch = f.settings.collector.windows_per_batch;
+    let mut parts = Vec::new();
+    let mut total = Duration::ZERO;
+    let mut slowest = Duration::ZERO;
+    for (name, query) in queries {
+        let t = Instant::now();
+        let result = source.query(query, first, last, step).await;
+        let took = t.elapsed();
+        total += took;
+        slowest = slowest.max(took);
+        match result {
+            Ok(_) => parts.push(format!("{name} {:.2} s", secs(took))),
+            Err(e) => parts.push(format!("{name} failed after {:.2} s ({e})", secs(took))),
+        }
+    }
+    let per_window = secs(total) / ROUNDS as f64;
+    println!(
+        "  catch-up batch (context): the queries as range queries over the {ROUNDS} measured \
+         windows took {:.2} s ({:.2} s per window: {}); a batch of windows_per_batch = {per_batch} \
+         windows would take ~{:.0} s of queries, ~{:.0} s for the slowest query (the collector's \
+         timeout is per query: {:.0} s in the example config; Prometheus' default \
+         --query.timeout is 120 s)",
+        secs(total),
+        per_window,
+        parts.join(", "),
+        per_window * per_batch as f64,
+        secs(slowest) / ROUNDS as f64 * per_batch as f64,
+        secs(f.configured_timeout),
+    );
     Ok(())
 }
 
@@ -1081,6 +1256,48 @@ async fn long_backfill_run(
 }
 
 // Helpers ------------------------------------------------------------------------------------------
+
+/// A field of /proc/self/status in bytes (Linux; None elsewhere).
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn current_rss() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+/// The peak resident memory since the last `reset_peak_rss`.
+fn peak_rss() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resets the peak resident memory to the current one (Linux: `5` to clear_refs).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Prometheus' own resident memory, from its /metrics.
+async fn prometheus_rss(client: &reqwest::Client, url: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+}
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()

@@ -466,6 +466,20 @@ impl RawConfig {
             Some(c) if c.enabled.unwrap_or(true) => Some(validate_collector(c, self.meters)?),
             _ => None,
         };
+        // A seed without a rate for a configured meter would leave every window pending.
+        if let (Some(seed), Some(c)) = (&price_book_seed, &collector) {
+            if let Some(m) = c
+                .collector
+                .meters
+                .iter()
+                .find(|m| !seed.rates.contains_key(&m.name))
+            {
+                return Err(ConfigError::new(
+                    format!("price_book.seed.rates.{}", m.name),
+                    "every configured meter needs a rate",
+                ));
+            }
+        }
 
         let log = LogConfig {
             format: match self.log.format.as_deref().unwrap_or("text") {
@@ -586,6 +600,18 @@ fn validate_collector(
         )?,
         max_backoff: millis(retry.max_backoff_ms, "collector.retry.max_backoff_ms")?,
     };
+    if retry.initial_backoff > retry.max_backoff {
+        return Err(ConfigError::new(
+            "collector.retry.initial_backoff_ms",
+            "must not exceed collector.retry.max_backoff_ms",
+        ));
+    }
+    if horizon <= chrono::Duration::seconds(window.seconds()) + settle {
+        return Err(ConfigError::new(
+            "collector.horizon_seconds",
+            "must be longer than a window plus the settle delay",
+        ));
+    }
     if raw_meters.is_empty() {
         return Err(ConfigError::new(
             "meters",

@@ -60,6 +60,7 @@ pub fn assemble(
         .iter()
         .map(|w| format!("prometheus warning: {w}"))
         .collect();
+    let mut unreadable = false;
     let mut billed: BTreeMap<(TenantId, usize), Decimal> = BTreeMap::new();
     let mut unallocated: BTreeMap<(String, UnallocatedReason, usize), Decimal> = BTreeMap::new();
 
@@ -68,6 +69,7 @@ pub fn assemble(
             let quantity = match parse_quantity(&sample.value) {
                 Ok(q) => q,
                 Err(e) => {
+                    unreadable = true;
                     problems.push(format!("{}: {e}", meters[m].name));
                     continue;
                 }
@@ -144,7 +146,7 @@ pub fn assemble(
         window,
         entries,
         unallocated,
-        complete: complete && warnings.is_empty(),
+        complete: complete && warnings.is_empty() && !unreadable,
         incomplete_tenants,
         problems,
     })
@@ -429,6 +431,21 @@ mod tests {
         let w = run(healthy_probe(), &["partial response".to_owned()]);
         assert!(!w.complete);
         assert!(w.problems.iter().any(|p| p.contains("partial response")));
+        let nan = [sample(
+            &[("namespace", "a"), ("label_tenant", "acme")],
+            "NaN",
+        )];
+        let w = assemble(
+            window,
+            &[meter("cpu")],
+            &[&nan],
+            &healthy_probe(),
+            &[],
+            &version(),
+            &ctx,
+        )
+        .unwrap();
+        assert!(!w.complete, "a value that cannot be read is missing usage");
     }
 
     #[test]

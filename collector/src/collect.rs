@@ -173,7 +173,10 @@ impl Collector {
         let mut total = CommitReport::default();
         for batch in consecutive_batches(windows, self.config.window, self.config.windows_per_batch)
         {
-            let collected = self.collect_batch(batch, &versions, &tenants).await?;
+            let mut collected = self.collect_batch(batch, &versions, &tenants).await?;
+            if let CommitMode::Recollect { .. } = mode {
+                self.zero_vanished(&mut collected, &versions).await?;
+            }
             let report = self
                 .store
                 .commit_windows(&collected, mode, advance_watermark, source)
@@ -188,6 +191,65 @@ impl Collector {
             progress(report.windows);
         }
         Ok(total)
+    }
+
+    /// Usage that a recollection no longer finds (a namespace moved to another tenant, a series
+    /// that turned out wrong) must stop counting: its live entry is corrected to zero.
+    async fn zero_vanished(
+        &self,
+        collected: &mut [CollectedWindow],
+        versions: &[PriceBookVersion],
+    ) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (collected.first(), collected.last()) else {
+            return Ok(());
+        };
+        let live = self
+            .store
+            .live_keys(first.window.start(), last.window.end())
+            .await?;
+        for w in collected.iter_mut() {
+            let present: BTreeSet<(TenantId, String)> = w
+                .entries
+                .iter()
+                .map(|e| (e.key.tenant.clone(), e.key.meter.to_string()))
+                .collect();
+            for (tenant, meter, _) in live
+                .iter()
+                .filter(|(_, _, start)| *start == w.window.start())
+            {
+                if present.contains(&(tenant.clone(), meter.clone())) {
+                    continue;
+                }
+                let Some(m) = self.config.meters.iter().find(|m| m.name.as_str() == meter) else {
+                    tracing::warn!(%tenant, meter, "a live entry of a meter that is no longer configured stays");
+                    continue;
+                };
+                let version = version_at(versions, w.window.start()).ok_or(Error::NoPriceBook {
+                    at: w.window.start(),
+                })?;
+                let pricing = version
+                    .pricing(&m.name, m.price_unit.clone(), m.units_per_price_unit)
+                    .ok_or_else(|| Error::Unpriced {
+                        meter: meter.clone(),
+                        version: version.id,
+                    })?;
+                let key = ledger::entry::EntryKey {
+                    tenant: tenant.clone(),
+                    meter: m.name.clone(),
+                    window: w.window,
+                };
+                w.entries.push(
+                    ledger::entry::NewEntry::new(
+                        key,
+                        rust_decimal::Decimal::ZERO,
+                        m.unit.clone(),
+                        pricing,
+                    )
+                    .map_err(|e| Error::Invalid(e.to_string()))?,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// One step of the daemon at `now`: collects every due window after the watermark, in
@@ -249,7 +311,9 @@ impl Collector {
         Ok((windows.len(), report))
     }
 
-    /// The windows a backfill of [from, to) would collect.
+    /// The windows a backfill of [from, to) would collect. Windows that are not due yet (not
+    /// ended `settle` ago) are left for the daemon: collecting them early would record them as
+    /// done with partial data.
     pub async fn plan_backfill(
         &self,
         from: DateTime<Utc>,
@@ -257,6 +321,7 @@ impl Collector {
         mode: &CommitMode,
     ) -> Result<Vec<Window>, Error> {
         let len = self.config.window;
+        let to = to.min(len.due_until(Utc::now(), self.config.settle));
         let done = match mode {
             CommitMode::Collect => {
                 self.store

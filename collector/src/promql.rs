@@ -126,7 +126,7 @@ impl QueryTemplate {
                 field: field.to_owned(),
                 message: "unclosed {{ placeholder".to_owned(),
             })?;
-            let name = after[..close].trim();
+            let name = &after[..close];
             if !PLACEHOLDERS.contains(&name) {
                 return Err(Error::Config {
                     field: field.to_owned(),
@@ -147,23 +147,34 @@ impl QueryTemplate {
         Ok(QueryTemplate(text.to_owned()))
     }
 
+    /// Replaces every placeholder in one pass, so text a placeholder expands to (such as an
+    /// escaped label value containing "{{interval}}") is never expanded again.
     pub fn render(&self, ctx: &TemplateContext) -> String {
-        let selector_with_comma = if ctx.selector.is_empty() {
+        let selector = if ctx.selector.is_empty() {
             String::new()
         } else {
             format!(",{}", ctx.selector)
         };
-        self.0
-            .replace("{{tenant_join}}", &ctx.tenant_join())
-            .replace("{{window}}", &ctx.window)
-            .replace("{{window_seconds}}", &ctx.window_seconds.to_string())
-            .replace(
-                "{{full_window_samples}}",
-                &ctx.full_window_samples.to_string(),
-            )
-            .replace("{{interval}}", &ctx.interval_seconds.to_string())
-            .replace("{{tenant_label}}", ctx.tenant_label.as_str())
-            .replace("{{selector}}", &selector_with_comma)
+        let mut out = String::with_capacity(self.0.len() * 2);
+        let mut rest = self.0.as_str();
+        while let Some(open) = rest.find("{{") {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 2..];
+            let close = after.find("}}").expect("validated in parse");
+            match &after[..close] {
+                "tenant_join" => out.push_str(&ctx.tenant_join()),
+                "window" => out.push_str(&ctx.window),
+                "window_seconds" => out.push_str(&ctx.window_seconds.to_string()),
+                "full_window_samples" => out.push_str(&ctx.full_window_samples.to_string()),
+                "interval" => out.push_str(&ctx.interval_seconds.to_string()),
+                "tenant_label" => out.push_str(ctx.tenant_label.as_str()),
+                "selector" => out.push_str(&selector),
+                other => unreachable!("unknown placeholder {other} passed parse"),
+            }
+            rest = &after[close + 2..];
+        }
+        out.push_str(rest);
+        out
     }
 }
 
@@ -194,6 +205,7 @@ mod tests {
         assert!(QueryTemplate::parse("q", "sum(x[{{window}}])").is_ok());
         assert!(QueryTemplate::parse("q", "sum(x[{{windw}}])").is_err());
         assert!(QueryTemplate::parse("q", "sum(x[{{window])").is_err());
+        assert!(QueryTemplate::parse("q", "sum(x[{{ window }}])").is_err());
         assert!(QueryTemplate::parse("q", "  ").is_err());
     }
 
@@ -203,6 +215,10 @@ mod tests {
         labels.insert(
             LabelName::parse("f", "cluster").unwrap(),
             "a\"b\\c\nd}".to_owned(),
+        );
+        labels.insert(
+            LabelName::parse("f", "zone").unwrap(),
+            "{{interval}}".to_owned(),
         );
         let ctx = TemplateContext {
             window: "299999ms".into(),
@@ -215,11 +231,14 @@ mod tests {
         let q = QueryTemplate::parse("q", "sum by (namespace, {{tenant_label}}) (x{a=\"1\"{{selector}}}[{{window}}] * {{interval}} {{tenant_join}})").unwrap();
         let rendered = q.render(&ctx);
         assert!(
-            rendered.contains(r#"x{a="1",cluster="a\"b\\c\nd}"}[299999ms] * 15"#),
+            rendered
+                .contains(r#"x{a="1",cluster="a\"b\\c\nd}",zone="{{interval}}"}[299999ms] * 15"#),
             "{rendered}"
         );
         assert!(
-            rendered.contains(r#"kube_namespace_labels{cluster="a\"b\\c\nd}"}[299999ms]"#),
+            rendered.contains(
+                r#"kube_namespace_labels{cluster="a\"b\\c\nd}",zone="{{interval}}"}[299999ms]"#
+            ),
             "{rendered}"
         );
         assert!(rendered.contains("group_left(label_tenant)"));

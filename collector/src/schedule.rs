@@ -54,7 +54,12 @@ pub async fn run(
 ) {
     let mut failures = 0;
     loop {
-        let wait = match collector.run_once(Utc::now()).await {
+        // A step may be a long catch-up; stopping mid-way is safe, each commit is atomic.
+        let step = tokio::select! {
+            _ = stop.cancelled() => break,
+            step = collector.run_once(Utc::now()) => step,
+        };
+        let wait = match step {
             Ok(outcome) => {
                 failures = 0;
                 if outcome.report.windows > 0 {

@@ -452,7 +452,7 @@ async fn label_values_reach_promql_escaped() {
         let series: Vec<(&str, String, f64)> = vec![
             ("kube_namespace_labels", format!("namespace=\"weird\",label_tenant=\"{}\",cluster=\"{}\"", om(weird_tenant), om(weird_cluster)), 1.0),
             ("kube_namespace_labels", format!("namespace=\"plain\",label_tenant=\"acme\",cluster=\"{}\"", om(weird_cluster)), 1.0),
-            ("kube_namespace_labels", "namespace=\"elsewhere\",label_tenant=\"acme\",cluster=\"other\"".to_owned(), 1.0),
+            ("kube_namespace_labels", "namespace=\"elsewhere\",label_tenant=\"globex\",cluster=\"other\"".to_owned(), 1.0),
             ("kube_pod_container_resource_requests", format!("namespace=\"weird\",pod=\"p\",container=\"c\",resource=\"cpu\",unit=\"core\",cluster=\"{}\"", om(weird_cluster)), 2.0),
             ("kube_pod_container_resource_requests", format!("namespace=\"plain\",pod=\"p\",container=\"c\",resource=\"cpu\",unit=\"core\",cluster=\"{}\"", om(weird_cluster)), 1.0),
             ("kube_pod_container_resource_requests", "namespace=\"elsewhere\",pod=\"p\",container=\"c\",resource=\"cpu\",unit=\"core\",cluster=\"other\"".to_owned(), 5.0),

@@ -85,43 +85,48 @@ impl Store {
     /// Walks the audit log in order and recomputes every link. Streams, so memory stays flat
     /// however long the log is.
     pub async fn verify_audit_chain(&self) -> Result<ChainStatus, Error> {
-        self.run("audit_verify", || async {
-            let mut tx = self.pool.begin().await?;
-            // A consistent snapshot of the whole log, without a statement timeout: the walk is
-            // as long as the log.
-            query("set transaction isolation level repeatable read, read only")
-                .execute(&mut *tx)
-                .await?;
-            let mut verifier = ChainVerifier::default();
-            let mut rows = query(
-                "select seq, at, actor, role, action, target_type, target_id, before, after, \
+        // The walk is as long as the log: allow it an hour.
+        self.run_within(
+            "audit_verify",
+            3600 / (self.statement_timeout().as_secs() as u32).max(1),
+            || async {
+                let mut tx = self.pool.begin().await?;
+                // A consistent snapshot of the whole log, without a statement timeout: the walk is
+                // as long as the log.
+                query("set transaction isolation level repeatable read, read only")
+                    .execute(&mut *tx)
+                    .await?;
+                let mut verifier = ChainVerifier::default();
+                let mut rows = query(
+                    "select seq, at, actor, role, action, target_type, target_id, before, after, \
                  request_id, prev_hash, hash from audit_log order by seq",
-            )
-            .fetch(&mut *tx);
-            while let Some(row) = rows.next().await {
-                let row = row?;
-                let record = AuditRecord {
-                    seq: row.try_get("seq")?,
-                    at: row.try_get("at")?,
-                    actor: row.try_get("actor")?,
-                    role: row.try_get("role")?,
-                    action: row.try_get("action")?,
-                    target_type: row.try_get("target_type")?,
-                    target_id: row.try_get("target_id")?,
-                    before: row.try_get("before")?,
-                    after: row.try_get("after")?,
-                    request_id: row.try_get("request_id")?,
-                    prev_hash: row.try_get("prev_hash")?,
-                    hash: row.try_get("hash")?,
-                };
-                if let Err(broken) = verifier.check(&record) {
-                    return Ok(ChainStatus::Broken(broken));
+                )
+                .fetch(&mut *tx);
+                while let Some(row) = rows.next().await {
+                    let row = row?;
+                    let record = AuditRecord {
+                        seq: row.try_get("seq")?,
+                        at: row.try_get("at")?,
+                        actor: row.try_get("actor")?,
+                        role: row.try_get("role")?,
+                        action: row.try_get("action")?,
+                        target_type: row.try_get("target_type")?,
+                        target_id: row.try_get("target_id")?,
+                        before: row.try_get("before")?,
+                        after: row.try_get("after")?,
+                        request_id: row.try_get("request_id")?,
+                        prev_hash: row.try_get("prev_hash")?,
+                        hash: row.try_get("hash")?,
+                    };
+                    if let Err(broken) = verifier.check(&record) {
+                        return Ok(ChainStatus::Broken(broken));
+                    }
                 }
-            }
-            Ok(ChainStatus::Intact {
-                records: verifier.verified(),
-            })
-        })
+                Ok(ChainStatus::Intact {
+                    records: verifier.verified(),
+                })
+            },
+        )
         .await
     }
 }

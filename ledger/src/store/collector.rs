@@ -40,17 +40,20 @@ async fn record_window(
                 acc
             },
         );
-    let on_conflict = match mode {
-        CommitMode::Collect => "do nothing",
-        CommitMode::Recollect { .. } => {
-            "do update set quantity = excluded.quantity, unit = excluded.unit, reason = excluded.reason"
-        }
-    };
-    query(&format!(
+    if let CommitMode::Recollect { .. } = mode {
+        // The recollected window replaces what was unallocated before, including usage that
+        // has since been attributed to a tenant.
+        query("delete from unallocated_usage where window_start = $1 and window_end = $2")
+            .bind(w.window.start())
+            .bind(w.window.end())
+            .execute(&mut *conn)
+            .await?;
+    }
+    query(
         "insert into unallocated_usage (window_start, window_end, namespace_or_label, reason, meter, quantity, unit) \
          select $1, $2, n, r, m, q, u from unnest($3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[]) as x(n, r, m, q, u) \
-         on conflict (window_start, window_end, namespace_or_label, meter) {on_conflict}"
-    ))
+         on conflict (window_start, window_end, namespace_or_label, reason, meter) do nothing",
+    )
     .bind(w.window.start())
     .bind(w.window.end())
     .bind(&names)
@@ -93,8 +96,15 @@ impl Store {
         advance_watermark: bool,
         source: &str,
     ) -> Result<CommitReport, Error> {
+        // Per window: the entry statements (one per chunk of rows), unallocated usage and the
+        // window record.
+        let statements = windows
+            .iter()
+            .map(|w| w.entries.len().div_ceil(10_000) as u32 + 3)
+            .sum::<u32>()
+            + 2;
         let report = self
-            .run("commit_windows", || async {
+            .run_within("commit_windows", statements, || async {
                 let mut tx = self.begin().await?;
                 let mut report = CommitReport::default();
                 for w in windows {
@@ -181,6 +191,35 @@ impl Store {
             .await?;
             tx.commit().await?;
             Ok(starts.into_iter().collect())
+        })
+        .await
+    }
+
+    /// The keys (tenant, meter, window start) with a non-zero live entry in windows starting
+    /// in [from, to): what a recollection must reverse when the new data no longer has them.
+    pub async fn live_keys(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(crate::tenant::TenantId, String, DateTime<Utc>)>, Error> {
+        self.run("live_keys", || async {
+            let mut tx = self.begin().await?;
+            let rows: Vec<(String, String, DateTime<Utc>)> = super::query_as(
+                "select tenant_id, meter, window_start from ledger_live_entries \
+                 where window_start >= $1 and window_start < $2 and quantity <> 0",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.into_iter()
+                .map(|(t, m, w)| {
+                    let t = crate::tenant::TenantId::parse(&t)
+                        .map_err(|e| Error::Database(sqlx::Error::Decode(e.to_string().into())))?;
+                    Ok((t, m, w))
+                })
+                .collect()
         })
         .await
     }

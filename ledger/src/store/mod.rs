@@ -66,6 +66,10 @@ impl Store {
         &self.pool
     }
 
+    pub fn statement_timeout(&self) -> Duration {
+        self.statement_timeout
+    }
+
     /// Applies the migrations over a direct (non-pooled) connection: the migrator takes a
     /// session-level advisory lock, which a transaction-mode pooler cannot hold.
     pub async fn migrate(direct_url: &str, timeout: Duration) -> Result<(), Error> {
@@ -129,7 +133,21 @@ impl Store {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let deadline = self.statement_timeout + Duration::from_secs(5);
+        self.run_within(op, 1, attempt).await
+    }
+
+    /// `run` for an operation of up to `statements` statements: its deadline grows with them.
+    pub(crate) async fn run_within<T, F, Fut>(
+        &self,
+        op: &'static str,
+        statements: u32,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let deadline = self.statement_timeout * statements.max(1) + Duration::from_secs(5);
         let started = Instant::now();
         let mut tries = 0;
         let result = loop {
