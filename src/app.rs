@@ -48,6 +48,13 @@ impl Application {
             auth: Arc::new(auth),
             metrics: telemetry::metrics_handle(),
             request_timeout: config.api.request_timeout,
+            priced_meters: Arc::new(
+                config
+                    .collector
+                    .iter()
+                    .flat_map(|c| c.collector.meters.iter().map(|m| m.name.clone()))
+                    .collect(),
+            ),
         };
         Ok(Application {
             listener,

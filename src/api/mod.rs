@@ -31,6 +31,9 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
     pub request_timeout: Duration,
+    /// Meters the collector prices: every new price-book version needs a rate for each, or the
+    /// windows from its `valid_from` on could not be priced.
+    pub priced_meters: Arc<Vec<ledger::price_book::MeterName>>,
 }
 
 /// The request id: the caller's `x-request-id` if it is sane, otherwise a new one. It is

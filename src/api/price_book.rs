@@ -81,6 +81,12 @@ pub async fn add(
         let field = format!("rates.{meter}");
         rates.insert(MeterName::parse(&field, meter)?, parse_rate(&field, rate)?);
     }
+    if let Some(missing) = state.priced_meters.iter().find(|m| !rates.contains_key(*m)) {
+        return Err(ApiError::invalid(
+            format!("rates.{missing}"),
+            format!("the collector prices meter {missing}; every version needs its rate"),
+        ));
+    }
     let new = NewPriceBookVersion::new(req.valid_from, currency, rates)?;
     let version = state
         .store

@@ -482,3 +482,33 @@ async fn costs_come_from_the_ledger_rounded_per_the_documented_rule() {
     assert_eq!(rows[0]["quantity"], "1000");
     assert_eq!(reply.body["totals"][0]["amount"], "0.02");
 }
+
+#[tokio::test]
+async fn a_price_book_version_must_price_every_collected_meter() {
+    let db = ledger::testing::fresh_database().await;
+    let router = router_pricing(db.store.clone(), &["cpu", "memory"]);
+    let before = snapshot(&db.store).await;
+    let body =
+        json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031"}});
+    let reply = call(
+        &router,
+        Method::POST,
+        "/api/v1/price-book/versions",
+        Some(&token("finance")),
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["error"]["field"], "rates.memory");
+    assert_eq!(snapshot(&db.store).await, before);
+    let body = json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031", "memory": "0.004", "extra": "1"}});
+    let reply = call(
+        &router,
+        Method::POST,
+        "/api/v1/price-book/versions",
+        Some(&token("finance")),
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+}

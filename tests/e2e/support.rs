@@ -51,11 +51,22 @@ pub async fn app() -> TestApp {
 }
 
 pub fn router_for(store: Store) -> Router {
+    router_pricing(store, &[])
+}
+
+/// The router of a daemon whose collector prices `meters`.
+pub fn router_pricing(store: Store, meters: &[&str]) -> Router {
     router(AppState {
         store,
         auth: Arc::new(authenticator()),
         metrics: budgetd::telemetry::metrics_handle(),
         request_timeout: Duration::from_secs(60),
+        priced_meters: Arc::new(
+            meters
+                .iter()
+                .map(|m| ledger::price_book::MeterName::parse("meter", m).unwrap())
+                .collect(),
+        ),
     })
 }
 
