@@ -1166,11 +1166,14 @@ async fn long_backfill_run(
             );
         }
     };
+    let rss_before = current_rss();
+    reset_peak_rss();
     let t = Instant::now();
     let (planned, report) = collector
         .backfill(from, to, &CommitMode::Collect, &progress)
         .await?;
     let elapsed = t.elapsed();
+    let rss_peak = peak_rss();
     if planned != total_windows || report.windows != total_windows || report.conflicts != 0 {
         bail!("the backfill planned {planned} windows and reported {report:?}; expected {total_windows} windows without conflicts");
     }
@@ -1190,6 +1193,14 @@ async fn long_backfill_run(
         report.inserted,
         report.incomplete_windows
     );
+
+    if let (Some(before), Some(peak)) = (rss_before, rss_peak) {
+        println!(
+            "  bench process resident memory: {:.0} MB before the backfill, peak {:.0} MB during it",
+            before as f64 / 1e6,
+            peak as f64 / 1e6
+        );
+    }
 
     // Split: the same batches' queries through the collector's client alone.
     let source = Prometheus::new(

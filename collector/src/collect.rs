@@ -171,9 +171,23 @@ impl Collector {
         let versions = self.store.list_price_book_versions().await?;
         let tenants = TenantSets::load(&self.store).await?;
         let mut total = CommitReport::default();
-        for batch in consecutive_batches(windows, self.config.window, self.config.windows_per_batch)
-        {
-            let mut collected = self.collect_batch(batch, &versions, &tenants).await?;
+        // Batches in order; a batch too heavy for Prometheus (timeout, 422) is split in halves,
+        // down to single windows, and the halves are collected in order.
+        let mut pending: Vec<&[Window]> =
+            consecutive_batches(windows, self.config.window, self.config.windows_per_batch);
+        pending.reverse();
+        while let Some(batch) = pending.pop() {
+            let mut collected = match self.collect_batch(batch, &versions, &tenants).await {
+                Err(Error::Source { meter, error }) if batch.len() > 1 && error.is_too_heavy() => {
+                    tracing::warn!(%meter, %error, windows = batch.len(), "query too heavy; splitting the batch");
+                    metrics::counter!("budgetd_collector_batch_splits_total").increment(1);
+                    let (first, second) = batch.split_at(batch.len() / 2);
+                    pending.push(second);
+                    pending.push(first);
+                    continue;
+                }
+                other => other?,
+            };
             if let CommitMode::Recollect { .. } = mode {
                 self.zero_vanished(&mut collected, &versions).await?;
             }

@@ -56,6 +56,11 @@ impl SourceError {
         }
     }
 
+    /// Whether asking for less (fewer windows in one range query) may succeed.
+    pub fn is_too_heavy(&self) -> bool {
+        matches!(self, SourceError::Timeout(_) | SourceError::Execution(_))
+    }
+
     pub fn is_retryable(&self) -> bool {
         !matches!(self, SourceError::BadQuery(_))
     }

@@ -650,3 +650,48 @@ async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections()
         .unwrap();
     assert_eq!((again.corrected, again.inserted), (0, 0));
 }
+
+/// Refuses range queries over more than two windows, as Prometheus does with 422 when a query
+/// would load too many samples.
+struct Heavy {
+    inner: Prometheus,
+    refused: AtomicUsize,
+}
+
+#[async_trait]
+impl UsageSource for Heavy {
+    async fn query(
+        &self,
+        query: &str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        step: std::time::Duration,
+    ) -> Result<Answer, SourceError> {
+        if last - first > Duration::from_std(step).unwrap() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(SourceError::Execution("query processing would load too many samples".into()));
+        }
+        self.inner.query(query, first, last, step).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
+    let start = Utc.with_ymd_and_hms(2026, 9, 1, 0, 0, 0).unwrap();
+    let f = fixture(2, start, start + Duration::hours(1), false);
+    let whole = ledger_for(&f.cluster).await;
+    collector(&f, &whole).backfill(start, f.end, &CommitMode::Collect, &|_| {}).await.unwrap();
+
+    let split = ledger_for(&f.cluster).await;
+    let config = config(&f.prometheus.url, &split.url);
+    let s = settings(&config);
+    let heavy = Arc::new(Heavy {
+        inner: Prometheus::new(config.prometheus.url.clone(), config.prometheus.timeout, s.retry).unwrap(),
+        refused: AtomicUsize::new(0),
+    });
+    let c = Collector::new(heavy.clone(), split.store.clone(), s.collector.clone());
+    let (_, report) = c.backfill(start, f.end, &CommitMode::Collect, &|_| {}).await.unwrap();
+    assert_eq!(report.windows, 12);
+    assert!(heavy.refused.load(Ordering::Relaxed) >= 3, "12 → 6 → 3 → 2/1 windows");
+    assert_eq!(ledger_rows(&split).await, ledger_rows(&whole).await);
+}
