@@ -129,6 +129,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 30)]
         finance_days: u32,
     },
+    /// One window for many tenants against the same queries over plain HTTP, and a long
+    /// backfill, both from a real Prometheus loaded with synthetic data (needs promtool and
+    /// prometheus, as installed by scripts/test.sh, and a superuser URL).
+    Collector {
+        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
+        database_url: String,
+        /// Tenants in the one-window measurement.
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        /// Tenants in the long backfill.
+        #[arg(long, default_value_t = 100)]
+        backfill_tenants: usize,
+        /// Days of 300 s windows in the long backfill.
+        #[arg(long, default_value_t = 30)]
+        backfill_days: i64,
+    },
 }
 
 /// Runs the CLI and maps failures to exit codes: 2 for bad configuration or arguments, 1 for
@@ -164,19 +180,35 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bench { bench } = &cli.command {
-        let BenchCommand::Ledger {
-            database_url,
-            tenants,
-            finance_tenants,
-            finance_days,
-        } = bench;
-        let options = crate::bench::LedgerBenchOptions {
-            tenants: *tenants,
-            finance_tenants: *finance_tenants,
-            finance_days: *finance_days,
-            ..Default::default()
-        };
-        crate::bench::run_ledger_bench(database_url, &options).await?;
+        match bench {
+            BenchCommand::Ledger {
+                database_url,
+                tenants,
+                finance_tenants,
+                finance_days,
+            } => {
+                let options = crate::bench::LedgerBenchOptions {
+                    tenants: *tenants,
+                    finance_tenants: *finance_tenants,
+                    finance_days: *finance_days,
+                    ..Default::default()
+                };
+                crate::bench::run_ledger_bench(database_url, &options).await?;
+            }
+            BenchCommand::Collector {
+                database_url,
+                tenants,
+                backfill_tenants,
+                backfill_days,
+            } => {
+                let options = crate::collector_bench::CollectorBenchOptions {
+                    tenants_one_window: *tenants,
+                    backfill_tenants: *backfill_tenants,
+                    backfill_days: *backfill_days,
+                };
+                crate::collector_bench::run_collector_bench(database_url, &options).await?;
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
 

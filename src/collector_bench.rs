@@ -224,7 +224,11 @@ fn with_database(url: &str, database: &str) -> String {
 
 /// Migrates the scratch ledger, creates the model's tenants (active) in one statement and
 /// seeds the price book from the example config.
-async fn prepare_ledger(config: &Config, url: &str, tenant_ids: &[String]) -> anyhow::Result<Store> {
+async fn prepare_ledger(
+    config: &Config,
+    url: &str,
+    tenant_ids: &[String],
+) -> anyhow::Result<Store> {
     Store::migrate(url, config.database.migrate_timeout)
         .await
         .context("migrating the scratch database")?;
@@ -244,7 +248,10 @@ async fn prepare_ledger(config: &Config, url: &str, tenant_ids: &[String]) -> an
         .fetch_one(store.pool())
         .await?;
     if count != tenant_ids.len() as i64 {
-        bail!("{count} tenants in the ledger, expected {}", tenant_ids.len());
+        bail!(
+            "{count} tenants in the ledger, expected {}",
+            tenant_ids.len()
+        );
     }
     let seed = config
         .price_book_seed
@@ -299,9 +306,7 @@ struct Loaded {
 }
 
 /// Runs blocking work (data generation, promtool, starting Prometheus) off the runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         if e.is_panic() {
             anyhow::anyhow!("{}", panic_message(e.into_panic()))
@@ -423,7 +428,10 @@ impl std::io::Write for CountingWriter<'_> {
     }
 }
 
-async fn start_prometheus(dir: PathBuf, data: PathBuf) -> anyhow::Result<(PrometheusProcess, Duration)> {
+async fn start_prometheus(
+    dir: PathBuf,
+    data: PathBuf,
+) -> anyhow::Result<(PrometheusProcess, Duration)> {
     eprintln!("bench: starting Prometheus");
     let t = Instant::now();
     let p = blocking(move || PrometheusProcess::start(&dir, &data)).await?;
@@ -738,7 +746,9 @@ async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
         for side in 0..3 {
             let which = if round % 2 == 0 { side } else { 2 - side };
             match which {
-                0 => fetched = Some(plain_http_round(&plain, &f.prometheus.url, &queries, at).await?),
+                0 => {
+                    fetched = Some(plain_http_round(&plain, &f.prometheus.url, &queries, at).await?)
+                }
                 1 => client = Some(client_round(&client_source, &queries, at, step).await?),
                 _ => {
                     let t = Instant::now();
@@ -889,7 +899,10 @@ async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
 
     catch_up(f, &client_source, &queries).await?;
     if let Some(rss) = prometheus_rss(&plain, &f.prometheus.url).await {
-        println!("  Prometheus resident memory after the queries: {:.0} MB", rss / 1e6);
+        println!(
+            "  Prometheus resident memory after the queries: {:.0} MB",
+            rss / 1e6
+        );
     }
     check_against_truth(store, f.cluster, f.window(1)?.start(), f.window_s).await?;
     Ok(())
@@ -1008,7 +1021,10 @@ async fn catch_up(
 
 fn check_first_write(planned: usize, report: &CommitReport, round: usize) -> anyhow::Result<()> {
     if planned != 1 || report.windows != 1 {
-        bail!("round {round}: planned {planned}, committed {} windows, expected 1", report.windows);
+        bail!(
+            "round {round}: planned {planned}, committed {} windows, expected 1",
+            report.windows
+        );
     }
     if report.inserted == 0 || report.unchanged != 0 || report.conflicts != 0 {
         bail!("round {round}: the collection was not all first writes: {report:?}");
@@ -1043,15 +1059,25 @@ async fn check_against_truth(
     Ok(())
 }
 
-fn print_truth(expected: &BTreeMap<&'static str, Decimal>, actual: &BTreeMap<String, Decimal>, what: &str) {
+fn print_truth(
+    expected: &BTreeMap<&'static str, Decimal>,
+    actual: &BTreeMap<String, Decimal>,
+    what: &str,
+) {
     let mut parts = Vec::new();
     for meter in ModelMeter::ALL {
         let e = expected.get(meter.as_str()).copied().unwrap_or_default();
         let a = actual.get(meter.as_str()).copied().unwrap_or_default();
         let err = if e.is_zero() {
-            if a.is_zero() { "0".to_owned() } else { "inf".to_owned() }
+            if a.is_zero() {
+                "0".to_owned()
+            } else {
+                "inf".to_owned()
+            }
         } else {
-            let rel = ((a - e) / e * Decimal::from(100)).to_f64().unwrap_or(f64::NAN);
+            let rel = ((a - e) / e * Decimal::from(100))
+                .to_f64()
+                .unwrap_or(f64::NAN);
             format!("{rel:+.3}%")
         };
         parts.push(format!("{} {err}", meter.as_str()));
@@ -1134,7 +1160,16 @@ async fn long_backfill(
         .map(str::to_owned)
         .collect();
     let store = prepare_ledger(&config, &db_url, &ids).await?;
-    let result = long_backfill_run(&config, &settings, &store, &loaded.cluster, from, to, window_s).await;
+    let result = long_backfill_run(
+        &config,
+        &settings,
+        &store,
+        &loaded.cluster,
+        from,
+        to,
+        window_s,
+    )
+    .await;
     store.pool().close().await;
     drop(prometheus);
     drop(dir);
@@ -1215,8 +1250,10 @@ async fn long_backfill_run(
     let mut slowest = (Duration::ZERO, String::new());
     let mut batch_start = from;
     while batch_start < to {
-        let batch_end = (batch_start + chrono::Duration::seconds(window_s * per_batch as i64)).min(to);
-        let first = batch_start + chrono::Duration::seconds(window_s) - chrono::Duration::milliseconds(1);
+        let batch_end =
+            (batch_start + chrono::Duration::seconds(window_s * per_batch as i64)).min(to);
+        let first =
+            batch_start + chrono::Duration::seconds(window_s) - chrono::Duration::milliseconds(1);
         let last = batch_end - chrono::Duration::milliseconds(1);
         for (name, query) in &queries {
             let q = Instant::now();

@@ -364,3 +364,32 @@ fn bench_ledger_prints_its_figures_against_in_run_baselines() {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn bench_collector_prints_its_figures_against_in_run_baselines() {
+    let output = Command::new(env!("CARGO_BIN_EXE_budgetd"))
+        .args([
+            "bench",
+            "collector",
+            "--database-url",
+            &admin_url(),
+            "--tenants",
+            "20",
+            "--backfill-tenants",
+            "2",
+            "--backfill-days",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for figure in ["ratio collector/plain HTTP", "windows/s"] {
+        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
+    }
+}

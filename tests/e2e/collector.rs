@@ -669,7 +669,9 @@ impl UsageSource for Heavy {
     ) -> Result<Answer, SourceError> {
         if last - first > Duration::from_std(step).unwrap() {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(SourceError::Execution("query processing would load too many samples".into()));
+            return Err(SourceError::Execution(
+                "query processing would load too many samples".into(),
+            ));
         }
         self.inner.query(query, first, last, step).await
     }
@@ -680,18 +682,32 @@ async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
     let start = Utc.with_ymd_and_hms(2026, 9, 1, 0, 0, 0).unwrap();
     let f = fixture(2, start, start + Duration::hours(1), false);
     let whole = ledger_for(&f.cluster).await;
-    collector(&f, &whole).backfill(start, f.end, &CommitMode::Collect, &|_| {}).await.unwrap();
+    collector(&f, &whole)
+        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
 
     let split = ledger_for(&f.cluster).await;
     let config = config(&f.prometheus.url, &split.url);
     let s = settings(&config);
     let heavy = Arc::new(Heavy {
-        inner: Prometheus::new(config.prometheus.url.clone(), config.prometheus.timeout, s.retry).unwrap(),
+        inner: Prometheus::new(
+            config.prometheus.url.clone(),
+            config.prometheus.timeout,
+            s.retry,
+        )
+        .unwrap(),
         refused: AtomicUsize::new(0),
     });
     let c = Collector::new(heavy.clone(), split.store.clone(), s.collector.clone());
-    let (_, report) = c.backfill(start, f.end, &CommitMode::Collect, &|_| {}).await.unwrap();
+    let (_, report) = c
+        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
     assert_eq!(report.windows, 12);
-    assert!(heavy.refused.load(Ordering::Relaxed) >= 3, "12 → 6 → 3 → 2/1 windows");
+    assert!(
+        heavy.refused.load(Ordering::Relaxed) >= 3,
+        "12 → 6 → 3 → 2/1 windows"
+    );
     assert_eq!(ledger_rows(&split).await, ledger_rows(&whole).await);
 }
