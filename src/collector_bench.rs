@@ -81,6 +81,8 @@ const SEED: u64 = 42;
 const ONE_WINDOW_PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for Prometheus to finish compacting the backfilled blocks.
 const COMPACTION_WAIT_MAX: Duration = Duration::from_secs(300);
+/// Below this many samples the compaction is too short to disturb the measurement.
+const COMPACTION_WAIT_MIN_SAMPLES: u64 = 2_000_000;
 
 /// `admin_url`: a superuser URL of a Postgres server (database part is replaced). Creates its
 /// own scratch databases (one per measurement), runs, prints a report to stdout, drops them.
@@ -1113,7 +1115,7 @@ async fn long_backfill(
     let windows = (to - from).num_seconds() / window_s;
     println!();
     println!(
-        "long backfill: {} tenants, {} days of {window_s} s windows ({windows} windows) in one \
+        "long backfill: {} tenants, {} day(s) of {window_s} s windows ({windows} windows) in one \
          Collector::backfill; Prometheus data scraped every {BACKFILL_SCRAPE_S} s (sparse: 15 s \
          would be 20x the samples, too many for promtool here; collector \
          scrape_interval_seconds = {BACKFILL_SCRAPE_S}), so Prometheus reads fewer samples per \
@@ -1121,7 +1123,8 @@ async fn long_backfill(
         opts.backfill_tenants, opts.backfill_days
     );
     eprintln!(
-        "bench: long backfill: generating {} tenants, {} days at {BACKFILL_SCRAPE_S} s",
+        "bench: long backfill: generating {} tenants, {} day(s) at {BACKFILL_SCRAPE_S} s, and \
+         loading them with promtool",
         opts.backfill_tenants, opts.backfill_days
     );
     let dir = ScratchDir::new("budgetd-cbench-long");
@@ -1135,20 +1138,26 @@ async fn long_backfill(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    eprintln!("bench: waiting for Prometheus to compact the backfilled blocks (a minute or more)");
-    let t = Instant::now();
-    let blocks = wait_for_compaction(&http, &prometheus.url).await?;
-    let compaction = t.elapsed();
+    let compaction = if loaded.samples >= COMPACTION_WAIT_MIN_SAMPLES {
+        eprintln!("bench: waiting for Prometheus to compact the backfilled blocks (a minute or more)");
+        let t = Instant::now();
+        let blocks = wait_for_compaction(&http, &prometheus.url).await?;
+        format!(
+            "its compaction of promtool's blocks settled in {:.1} s ({blocks} blocks)",
+            secs(t.elapsed())
+        )
+    } else {
+        "too little data to wait for its compaction".to_owned()
+    };
     println!(
         "  fixture: {} series, {} samples; generated in {:.1} s; OpenMetrics + promtool (one \
-         file per day) {:.1} s; Prometheus ready in {:.1} s, its compaction settled in {:.1} s \
-         ({blocks} blocks) (none of this is part of the figures)",
+         file per day) {:.1} s; Prometheus ready in {:.1} s, {compaction} (none of this is part \
+         of the figures)",
         loaded.cluster.series_count(),
         loaded.samples,
         loaded.generate.as_secs_f64(),
         loaded.promtool.as_secs_f64(),
         prom_start.as_secs_f64(),
-        compaction.as_secs_f64()
     );
 
     let db_url = create_database(admin_url, created, "long").await?;
@@ -1237,7 +1246,8 @@ async fn long_backfill_run(
         );
     }
 
-    // Split: the same batches' queries through the collector's client alone.
+    // Split: the same batches through the collector's client alone, then assembled as the
+    // collector assembles them; the rest of the backfill's time is the ledger's.
     let source = Prometheus::new(
         config.prometheus.url.clone(),
         config.prometheus.timeout,
@@ -1245,37 +1255,76 @@ async fn long_backfill_run(
     )
     .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
     let queries = collector.queries();
+    let cfg = collector.config();
+    let versions = store.list_price_book_versions().await?;
+    let tenants = store.list_tenants(None).await?;
+    let known: BTreeSet<TenantId> = tenants.iter().map(|t| t.id.clone()).collect();
+    let expected_tenants: BTreeSet<TenantId> = tenants
+        .iter()
+        .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
+        .map(|t| t.id.clone())
+        .collect();
+    let ctx = AssembleContext {
+        tenant_label: cfg.tenant_label.as_str(),
+        known_tenants: &known,
+        expected_tenants: &expected_tenants,
+        expected_samples: cfg.window.seconds() / cfg.interval_seconds,
+    };
     let step = Duration::from_secs(window_s as u64);
-    let t = Instant::now();
+    let empty: Vec<Sample> = Vec::new();
+    let mut querying = Duration::ZERO;
+    let mut assembling = Duration::ZERO;
     let mut slowest = (Duration::ZERO, String::new());
     let mut batch_start = from;
     while batch_start < to {
         let batch_end =
             (batch_start + chrono::Duration::seconds(window_s * per_batch as i64)).min(to);
-        let first =
-            batch_start + chrono::Duration::seconds(window_s) - chrono::Duration::milliseconds(1);
-        let last = batch_end - chrono::Duration::milliseconds(1);
+        let windows: Vec<ledger::entry::Window> = cfg.window.windows(batch_start, batch_end).collect();
+        let (first, last) = match (windows.first(), windows.last()) {
+            (Some(first), Some(last)) => (eval_time(first), eval_time(last)),
+            _ => break,
+        };
+        let mut answers = Vec::with_capacity(queries.len());
         for (name, query) in &queries {
             let q = Instant::now();
-            source
-                .query(query, first, last, step)
-                .await
-                .with_context(|| format!("collector client query {name}"))?;
+            answers.push(
+                source
+                    .query(query, first, last, step)
+                    .await
+                    .with_context(|| format!("collector client query {name}"))?,
+            );
             let took = q.elapsed();
+            querying += took;
             if took > slowest.0 {
                 slowest = (took, name.clone());
             }
         }
+        let t = Instant::now();
+        let probe = answers.pop().context("the probe is queried last")?;
+        for w in &windows {
+            let ms = eval_time(w).timestamp_millis();
+            let per_meter: Vec<&[Sample]> = answers
+                .iter()
+                .map(|a| a.at.get(&ms).map(Vec::as_slice).unwrap_or(&empty))
+                .collect();
+            let probe = probe.at.get(&ms).map(Vec::as_slice).unwrap_or(&empty);
+            let version = version_at(&versions, w.start()).context("no price book")?;
+            std::hint::black_box(assemble(*w, &cfg.meters, &per_meter, probe, &[], version, &ctx)?);
+        }
+        assembling += t.elapsed();
         batch_start = batch_end;
     }
-    let queries_alone = secs(t.elapsed());
+    let rest = (s - secs(querying) - secs(assembling)).max(0.0);
     println!(
-        "  split: the same range queries through the collector's client alone (HTTP + JSON \
-         decoding, run after the backfill) {queries_alone:.1} s (slowest {:.2} s, {}); assembly, \
-         ledger reads and commits ~{:.1} s",
+        "  split (the same batches again after the backfill): queries through the collector's \
+         client {:.1} s (slowest {:.2} s, {}), assembly {:.1} s; the rest, ~{rest:.1} s \
+         (~{:.1} ms per window), is the ledger: reads and {} commits",
+        secs(querying),
         secs(slowest.0),
         slowest.1,
-        (s - queries_alone).max(0.0)
+        secs(assembling),
+        rest * 1000.0 / total_windows as f64,
+        total_windows.div_ceil(per_batch.max(1)),
     );
 
     let truth = cluster.truth(window_s);

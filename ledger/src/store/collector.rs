@@ -9,6 +9,7 @@ use sqlx::PgConnection;
 use super::entries::{correct_entries_in, write_entries_in};
 use super::{query, query_scalar, Store};
 use crate::audit::now_micros;
+use crate::entry::NewEntry;
 use crate::error::Error;
 use crate::usage::{CollectedWindow, CommitMode, CommitReport};
 
@@ -107,30 +108,33 @@ impl Store {
             .run_within("commit_windows", statements, || async {
                 let mut tx = self.begin().await?;
                 let mut report = CommitReport::default();
-                for w in windows {
-                    match mode {
-                        CommitMode::Collect => {
-                            let written = write_entries_in(&mut tx, &w.entries, source).await?;
-                            report.inserted += written.inserted;
-                            report.unchanged += written.unchanged;
-                            report.conflicts += written.conflicts.len();
-                            for c in &written.conflicts {
-                                tracing::warn!(
-                                    tenant = %c.key.tenant, meter = %c.key.meter,
-                                    window_start = %c.key.window.start(),
-                                    live = %c.live_quantity, attempted = %c.attempted_quantity,
-                                    "ledger conflict: a differing entry for a collected key"
-                                );
-                            }
-                        }
-                        CommitMode::Recollect { reason } => {
-                            let corrected =
-                                correct_entries_in(&mut tx, &w.entries, reason, source).await?;
-                            report.inserted += corrected.inserted;
-                            report.unchanged += corrected.unchanged;
-                            report.corrected += corrected.corrected;
+                // All windows' entries in as few statements as possible: the write path
+                // batches them, and rollup rows shared by the windows are updated once.
+                let entries: Vec<NewEntry> =
+                    windows.iter().flat_map(|w| w.entries.iter().cloned()).collect();
+                match mode {
+                    CommitMode::Collect => {
+                        let written = write_entries_in(&mut tx, &entries, source).await?;
+                        report.inserted += written.inserted;
+                        report.unchanged += written.unchanged;
+                        report.conflicts += written.conflicts.len();
+                        for c in &written.conflicts {
+                            tracing::warn!(
+                                tenant = %c.key.tenant, meter = %c.key.meter,
+                                window_start = %c.key.window.start(),
+                                live = %c.live_quantity, attempted = %c.attempted_quantity,
+                                "ledger conflict: a differing entry for a collected key"
+                            );
                         }
                     }
+                    CommitMode::Recollect { reason } => {
+                        let corrected = correct_entries_in(&mut tx, &entries, reason, source).await?;
+                        report.inserted += corrected.inserted;
+                        report.unchanged += corrected.unchanged;
+                        report.corrected += corrected.corrected;
+                    }
+                }
+                for w in windows {
                     record_window(&mut tx, w, mode).await?;
                     report.windows += 1;
                     report.incomplete_windows +=
