@@ -1139,7 +1139,9 @@ async fn long_backfill(
         .timeout(Duration::from_secs(10))
         .build()?;
     let compaction = if loaded.samples >= COMPACTION_WAIT_MIN_SAMPLES {
-        eprintln!("bench: waiting for Prometheus to compact the backfilled blocks (a minute or more)");
+        eprintln!(
+            "bench: waiting for Prometheus to compact the backfilled blocks (a minute or more)"
+        );
         let t = Instant::now();
         let blocks = wait_for_compaction(&http, &prometheus.url).await?;
         format!(
@@ -1279,7 +1281,8 @@ async fn long_backfill_run(
     while batch_start < to {
         let batch_end =
             (batch_start + chrono::Duration::seconds(window_s * per_batch as i64)).min(to);
-        let windows: Vec<ledger::entry::Window> = cfg.window.windows(batch_start, batch_end).collect();
+        let windows: Vec<ledger::entry::Window> =
+            cfg.window.windows(batch_start, batch_end).collect();
         let (first, last) = match (windows.first(), windows.last()) {
             (Some(first), Some(last)) => (eval_time(first), eval_time(last)),
             _ => break,
@@ -1309,7 +1312,15 @@ async fn long_backfill_run(
                 .collect();
             let probe = probe.at.get(&ms).map(Vec::as_slice).unwrap_or(&empty);
             let version = version_at(&versions, w.start()).context("no price book")?;
-            std::hint::black_box(assemble(*w, &cfg.meters, &per_meter, probe, &[], version, &ctx)?);
+            std::hint::black_box(assemble(
+                *w,
+                &cfg.meters,
+                &per_meter,
+                probe,
+                &[],
+                version,
+                &ctx,
+            )?);
         }
         assembling += t.elapsed();
         batch_start = batch_end;

@@ -14,8 +14,12 @@ use crate::meter::Meter;
 use crate::source::Sample;
 use crate::Error;
 
-/// Quantities are kept to this many decimal places. Prometheus computes in binary floating
-/// point; rounding makes a recollection of unchanged data produce the identical quantity.
+/// Quantities are kept to this many significant digits, and at most `QUANTITY_SCALE` decimal
+/// places. Prometheus sums in binary floating point, in an order that varies from one
+/// evaluation to the next, so the last digits of the same window differ between a collection
+/// and a recollection (seen: 1948926270.472001 and 1948926270.472). Eight significant digits
+/// are far below any price's resolution and far above that noise.
+pub const QUANTITY_SIGNIFICANT_DIGITS: i64 = 8;
 pub const QUANTITY_SCALE: u32 = 6;
 
 /// Labels of the completeness probe's three facets (see `meter::probe_query`).
@@ -41,9 +45,26 @@ pub fn parse_quantity(value: &str) -> Result<Decimal, String> {
     };
     match parsed {
         Ok(q) if q.is_sign_negative() && !q.is_zero() => Err(format!("negative value {value}")),
-        Ok(q) => Ok(q.round_dp(QUANTITY_SCALE).normalize()),
+        Ok(q) => Ok(round_significant(q)),
         Err(_) => Err(format!("value {value:?} is not a finite number")),
     }
+}
+
+fn round_significant(q: Decimal) -> Decimal {
+    let integer_digits = q
+        .abs()
+        .trunc()
+        .normalize()
+        .to_string()
+        .trim_start_matches('0')
+        .len() as i64;
+    let excess = integer_digits - QUANTITY_SIGNIFICANT_DIGITS;
+    if excess > 0 {
+        let factor = Decimal::from(10i64.pow(excess as u32));
+        return ((q / factor).round() * factor).normalize();
+    }
+    let places = (QUANTITY_SIGNIFICANT_DIGITS - integer_digits).min(i64::from(QUANTITY_SCALE));
+    q.round_dp(places as u32).normalize()
 }
 
 /// Assembles one window. `answers[i]` are the samples of `meters[i]` at this window.
