@@ -137,7 +137,7 @@ fn validate(opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     let mut admin = PgConnection::connect(admin_url)
         .await
         .with_context(|| format!("connecting to drop scratch database {name}"))?;
@@ -823,15 +823,15 @@ async fn finance(
 
 // Helpers ------------------------------------------------------------------------------------------
 
-fn secs(d: Duration) -> f64 {
+pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn median_secs(samples: &[Duration]) -> f64 {
+pub(crate) fn median_secs(samples: &[Duration]) -> f64 {
     median(&samples.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>())
 }
 
-fn median(samples: &[f64]) -> f64 {
+pub(crate) fn median(samples: &[f64]) -> f64 {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
@@ -845,13 +845,13 @@ fn median(samples: &[f64]) -> f64 {
 }
 
 /// "min-max" of per-round ratios.
-fn spread(ratios: &[f64]) -> String {
+pub(crate) fn spread(ratios: &[f64]) -> String {
     let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{min:.2}-{max:.2}")
 }
 
-fn verdict(pass: bool) -> &'static str {
+pub(crate) fn verdict(pass: bool) -> &'static str {
     if pass {
         "PASS"
     } else {

@@ -51,7 +51,9 @@ use ledger::tenant::{TenantId, TenantState};
 use ledger::usage::{CommitMode, CommitReport};
 use ledger::Store;
 
+use crate::bench::{drop_database, median, median_secs, secs, spread, verdict};
 use crate::config::{CollectorSettings, Config};
+use ledger::store::with_database;
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,36 +202,6 @@ async fn create_database(
         .push(name.clone());
     eprintln!("bench: scratch database {name}");
     Ok(with_database(admin_url, &name))
-}
-
-async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .with_context(|| format!("connecting to drop scratch database {name}"))?;
-    admin
-        .execute(format!("drop database if exists {name} with (force)").as_str())
-        .await
-        .with_context(|| format!("dropping scratch database {name}"))?;
-    admin.close().await.ok();
-    eprintln!("bench: dropped scratch database {name}");
-    Ok(())
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
 }
 
 /// Migrates the scratch ledger, creates the model's tenants (active) in one statement and
@@ -1416,42 +1388,6 @@ async fn prometheus_rss(client: &reqwest::Client, url: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-fn median_secs(samples: &[Duration]) -> f64 {
-    median(&samples.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>())
-}
-
-fn median(samples: &[f64]) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-/// "min-max" of per-round ratios.
-fn spread(ratios: &[f64]) -> String {
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.2}-{max:.2}")
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass {
-        "PASS"
-    } else {
-        "MISS"
-    }
 }
 
 #[cfg(test)]
