@@ -274,6 +274,22 @@ async fn budget_input_is_validated() {
     let start = reply.body["current_period"]["start"].as_str().unwrap();
     assert!(start.ends_with("-01"), "{start}");
 
+    // a currency the price book does not price in
+    let reply = app
+        .call(Method::POST, "/api/v1/price-book/versions", Some(&token("finance")),
+              Some(json!({"valid_from": "2020-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031"}})))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    rejects(
+        &app,
+        Method::PUT,
+        path,
+        json!({"amount": "1000.00", "currency": "USD"}),
+        400,
+        "currency",
+    )
+    .await;
+
     // an unknown tenant is 404 as a tenant
     let reply = app
         .call(
