@@ -1,0 +1,1 @@
+//! The Kubernetes actuator (implements `cluster::ClusterActuator`) on `kube::Client`.

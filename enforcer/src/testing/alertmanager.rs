@@ -1,0 +1,1 @@
+//! A real Alertmanager process for tests.

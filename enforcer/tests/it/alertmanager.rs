@@ -1,0 +1,1 @@
+//! The Alertmanager client against a real Alertmanager.

@@ -1,0 +1,1 @@
+//! The Kubernetes actuator against the stateful fake API server.

@@ -1,0 +1,4 @@
+//! The enforcer's integration tests: one binary.
+
+mod alertmanager;
+mod kubernetes;
