@@ -166,7 +166,11 @@ impl fmt::Display for Change {
                 kind,
                 name,
                 replicas,
-            } => write!(f, "{namespace}: {} {name} replicas={replicas}", kind.as_str()),
+            } => write!(
+                f,
+                "{namespace}: {} {name} replicas={replicas}",
+                kind.as_str()
+            ),
             Change::SuspendCronJob {
                 namespace,
                 name,
@@ -271,7 +275,11 @@ impl Footprint {
         for (namespace, ns) in &self.namespaces {
             for w in &ns.workloads {
                 if let Some(hpa) = &w.hpa {
-                    out.push(format!("{namespace}/{}/{} (hpa {hpa})", w.kind.as_str(), w.name));
+                    out.push(format!(
+                        "{namespace}/{}/{} (hpa {hpa})",
+                        w.kind.as_str(),
+                        w.name
+                    ));
                 }
             }
         }

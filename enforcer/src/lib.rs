@@ -5,6 +5,8 @@ pub mod alertmanager;
 pub mod alerts;
 pub mod cluster;
 pub mod kubernetes;
+pub mod plan;
+pub mod policy;
 pub mod quantity;
 #[cfg(feature = "testing")]
 pub mod testing;

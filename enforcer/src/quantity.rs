@@ -33,7 +33,10 @@ impl Quantity {
         if number.is_empty() || number.starts_with('-') {
             return Err(BadQuantity);
         }
-        let number: Decimal = number.trim_start_matches('+').parse().map_err(|_| BadQuantity)?;
+        let number: Decimal = number
+            .trim_start_matches('+')
+            .parse()
+            .map_err(|_| BadQuantity)?;
         let valid_suffix = suffix.is_empty()
             || SUFFIXES.contains(&suffix)
             || MORE_SUFFIXES.contains(&suffix)
@@ -107,7 +110,10 @@ mod tests {
             assert_eq!(q.scaled(d(factor)).to_string(), want, "{input} x {factor}");
         }
         assert_eq!(
-            Quantity::parse("7").unwrap().scaled_whole(d("0.5")).to_string(),
+            Quantity::parse("7")
+                .unwrap()
+                .scaled_whole(d("0.5"))
+                .to_string(),
             "3"
         );
     }

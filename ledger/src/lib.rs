@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod budget;
 pub mod currency;
+pub mod enforcement;
 pub mod entry;
 pub mod error;
 pub mod money;

@@ -6,7 +6,9 @@ mod audit;
 mod budgets;
 mod collector;
 mod costs;
+mod enforcement;
 mod entries;
+mod leader;
 mod outbox;
 mod price_book;
 mod tenants;
@@ -21,6 +23,8 @@ use sqlx::{FromRow, PgPool, Postgres, Transaction};
 
 pub use audit::ChainStatus;
 pub use costs::DailyCost;
+pub use enforcement::ActionFilter;
+pub use leader::LeaderLock;
 
 use crate::error::Error;
 

@@ -231,59 +231,72 @@ impl Store {
     ) -> Result<Tenant, Error> {
         self.run("transition_tenant", || async {
             let mut tx = self.begin().await?;
-            let before = lock_tenant(&mut tx, id).await?;
-            if before.state == to {
-                return Ok(before);
-            }
-            if !before.state.can_become(to) {
-                return Err(Error::conflict(
-                    "invalid_transition",
-                    format!(
-                        "tenant {:?} is {} and cannot become {to}",
-                        id.as_str(),
-                        before.state
-                    ),
-                ));
-            }
-            let now = now_micros();
-            let row = query(&format!(
-                "update tenants set state = $2, updated_at = $3, state_changed_at = $3 \
-                 where id = $1 returning {TENANT_COLUMNS}"
-            ))
-            .bind(id.as_str())
-            .bind(to.as_str())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let after = tenant_from_row(&row)?;
-            audit::append(
-                &mut tx,
-                ctx,
-                AuditEvent {
-                    action: &format!("tenant.{to}"),
-                    target_type: "tenant",
-                    target_id: id.as_str(),
-                    before: Some(before.to_json()),
-                    after: Some(json!({ "tenant": after.to_json(), "reason": reason })),
-                },
-            )
-            .await?;
-            let event = json!({
-                "tenant": after.to_json(),
-                "previous_state": before.state.as_str(),
-                "reason": reason,
-            });
-            outbox::enqueue(
-                &mut tx,
-                "tenant",
-                id.as_str(),
-                state_event(before.state, to),
-                event,
-            )
-            .await?;
+            let after = transition_in(&mut tx, ctx, id, to, reason).await?;
             tx.commit().await?;
             Ok(after)
         })
         .await
     }
+}
+
+/// A lifecycle transition in the caller's transaction: the state, its audit record and its
+/// outbox event.
+pub(crate) async fn transition_in(
+    conn: &mut PgConnection,
+    ctx: &AuditContext,
+    id: &TenantId,
+    to: TenantState,
+    reason: &str,
+) -> Result<Tenant, Error> {
+    let before = lock_tenant(&mut *conn, id).await?;
+    if before.state == to {
+        return Ok(before);
+    }
+    if !before.state.can_become(to) {
+        return Err(Error::conflict(
+            "invalid_transition",
+            format!(
+                "tenant {:?} is {} and cannot become {to}",
+                id.as_str(),
+                before.state
+            ),
+        ));
+    }
+    let now = now_micros();
+    let row = query(&format!(
+        "update tenants set state = $2, updated_at = $3, state_changed_at = $3 \
+         where id = $1 returning {TENANT_COLUMNS}"
+    ))
+    .bind(id.as_str())
+    .bind(to.as_str())
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let after = tenant_from_row(&row)?;
+    audit::append(
+        &mut *conn,
+        ctx,
+        AuditEvent {
+            action: &format!("tenant.{to}"),
+            target_type: "tenant",
+            target_id: id.as_str(),
+            before: Some(before.to_json()),
+            after: Some(json!({ "tenant": after.to_json(), "reason": reason })),
+        },
+    )
+    .await?;
+    let event = json!({
+        "tenant": after.to_json(),
+        "previous_state": before.state.as_str(),
+        "reason": reason,
+    });
+    outbox::enqueue(
+        &mut *conn,
+        "tenant",
+        id.as_str(),
+        state_event(before.state, to),
+        event,
+    )
+    .await?;
+    Ok(after)
 }

@@ -1,0 +1,188 @@
+-- Enforcement: budget status with a forecast, the actions the enforcer decided (with their
+-- approvals and the exact prior state of everything they changed), exemptions, and the
+-- leader's fencing token.
+
+-- Budget status ---------------------------------------------------------------------------
+
+-- One row per tenant with a budget in force at `as_of`.
+--
+--   spent     ledger amounts in the budget's currency within the calendar period (UTC);
+--   forecast  spent + run rate × time left in the period. The run rate is the spend of the
+--             trailing window divided by its length; the trailing window runs from
+--             `trailing_days` whole UTC days before the day of `data_until` (or the period start,
+--             if later) to `data_until`, the end of the last collected window;
+--   complete  false if the collector's watermark is more than `max_lag_seconds` behind
+--             `as_of`, or any collected window of the period was incomplete for the tenant;
+--   state     exceeded (spent ≥ budget), at_risk (forecast ≥ budget), warning (spent ≥ the
+--             budget's first threshold), ok.
+--
+-- SECURITY DEFINER so the finance role can read the view without access to the tables.
+create function budgetd_budget_status(as_of timestamptz, trailing_days integer,
+                                      max_lag_seconds integer)
+returns table (tenant_id text, tenant_state text, period text, period_start date,
+               period_end date, budget_amount numeric, currency text, thresholds integer[],
+               spent_amount numeric, trailing_amount numeric, trailing_start timestamptz,
+               data_until timestamptz, forecast_amount numeric, complete boolean, state text)
+language sql stable security definer set search_path = public, pg_temp as $$
+with watermark as (
+    select least(as_of, coalesce((select w.window_end from collector_watermark w),
+                                 '-infinity'::timestamptz)) as data_until,
+           coalesce((select w.window_end from collector_watermark w), '-infinity'::timestamptz)
+               >= as_of - make_interval(secs => max_lag_seconds) as fresh
+),
+current_budget as (
+    select distinct on (b.tenant_id) b.tenant_id, b.amount, b.currency, b.period, b.thresholds
+    from budgets b
+    where b.effective_from <= as_of
+    order by b.tenant_id, b.effective_from desc
+),
+bounded as (
+    select b.*, p.period_start,
+           (p.period_start + case b.period when 'monthly' then interval '1 month'
+                                           when 'quarterly' then interval '3 months'
+                                           else interval '1 year' end)::date as period_end,
+           w.data_until, w.fresh,
+           greatest(p.period_start::timestamp at time zone 'UTC',
+                    date_trunc('day', w.data_until at time zone 'UTC') at time zone 'UTC'
+                        - make_interval(days => trailing_days)) as trailing_start
+    from current_budget b
+    cross join watermark w
+    cross join lateral (
+        select date_trunc(case b.period when 'monthly' then 'month'
+                                        when 'quarterly' then 'quarter'
+                                        else 'year' end,
+                          as_of at time zone 'UTC')::date as period_start
+    ) p
+),
+spent as (
+    select b.tenant_id,
+           coalesce((select sum(m.amount) from ledger_rollup_monthly m
+                     where m.tenant_id = b.tenant_id and m.currency = b.currency
+                       and m.month >= b.period_start and m.month < b.period_end), 0) as spent,
+           coalesce((select sum(d.amount) from ledger_rollup_daily d
+                     where d.tenant_id = b.tenant_id and d.currency = b.currency
+                       and d.day >= (b.trailing_start at time zone 'UTC')::date
+                       and d.day < b.period_end), 0) as trailing
+    from bounded b
+),
+incomplete as (
+    select cw.window_start, cw.complete, cw.incomplete_tenants
+    from collected_windows cw
+    where cw.window_start >= (select min(period_start) from bounded)
+      and (not cw.complete or cardinality(cw.incomplete_tenants) > 0)
+)
+select b.tenant_id, t.state, b.period, b.period_start, b.period_end, b.amount,
+       b.currency::text, b.thresholds, s.spent, s.trailing, b.trailing_start, b.data_until,
+       f.forecast,
+       b.fresh and not exists (
+           select 1 from incomplete i
+           where i.window_start >= b.period_start and i.window_start < b.data_until
+             and (not i.complete or b.tenant_id = any (i.incomplete_tenants))) as complete,
+       case when s.spent >= b.amount and (s.spent > 0 or b.amount = 0) then 'exceeded'
+            when f.forecast >= b.amount and f.forecast > 0 then 'at_risk'
+            when s.spent * 100 >= b.amount * b.thresholds[1] and s.spent > 0 then 'warning'
+            else 'ok' end
+from bounded b
+join spent s using (tenant_id)
+join tenants t on t.id = b.tenant_id
+cross join lateral (
+    select case
+        when b.data_until <= b.trailing_start or b.data_until >= b.period_end::timestamp at time zone 'UTC'
+            then s.spent
+        else s.spent + round(s.trailing
+                 * extract(epoch from (b.period_end::timestamp at time zone 'UTC' - b.data_until))
+                 / extract(epoch from (b.data_until - b.trailing_start)), 6)
+    end as forecast
+) f
+$$;
+
+drop view finance.budget_status;
+-- The contract's original columns first. The view uses the default forecast window (7 days)
+-- and staleness limit (30 minutes); the enforcer calls the function with its configured ones.
+create view finance.budget_status as
+select tenant_id, period_start, period_end, budget_amount, spent_amount, currency,
+       forecast_amount, state, complete as data_complete
+from budgetd_budget_status(now(), 7, 1800);
+
+grant select on finance.budget_status to budgetd_finance;
+
+-- Enforcement actions -----------------------------------------------------------------------
+
+-- One row per rung of a tenant's ladder that the enforcer opened in a budget period. A row
+-- moves through its states (below) and is never deleted; every move is audited.
+--
+--   planned    recorded in dry-run (shadow) mode; never applied
+--   pending    waits for an operator's approval
+--   approved   approved; applied once its grace period has passed
+--   scheduled  needs no approval; applied once its grace period has passed
+--   applied    in effect (an alert firing, a quota tightened, a tenant suspended)
+--   rejected   an operator said no; stays open (and blocks re-opening) while its condition holds
+--   restored   was applied; its effect was undone exactly
+--   cancelled  closed before it was applied
+create table enforcement_actions (
+    id                bigint generated always as identity primary key,
+    tenant_id         text not null references tenants (id),
+    period_start      date not null,
+    step_key          text not null,
+    step              jsonb not null,
+    kind              text not null check (kind in ('notify', 'tighten_quota', 'suspend')),
+    state             text not null check (state in ('planned', 'pending', 'approved', 'scheduled',
+                                                     'applied', 'rejected', 'restored', 'cancelled')),
+    reason            text not null,
+    spent_amount      numeric not null,
+    forecast_amount   numeric not null,
+    budget_amount     numeric not null,
+    currency          char(3) not null,
+    not_before        timestamptz not null,
+    -- cluster changes made when applied, and their exact inverse (the prior values)
+    forward           jsonb,
+    backward          jsonb,
+    outcome           jsonb,
+    attempts          integer not null default 0,
+    last_error        text,
+    decided_by        text,
+    decided_at        timestamptz,
+    decision_reason   text,
+    created_at        timestamptz not null,
+    updated_at        timestamptz not null,
+    applied_at        timestamptz,
+    closed_at         timestamptz,
+    close_reason      text,
+    fencing_token     bigint not null,
+    check ((forward is null) = (backward is null)),
+    check ((state in ('restored', 'cancelled')) = (closed_at is not null))
+);
+
+-- At most one open action per tenant and rung.
+create unique index enforcement_actions_open_rung on enforcement_actions (tenant_id, step_key)
+    where state in ('planned', 'pending', 'approved', 'scheduled', 'applied', 'rejected');
+create index enforcement_actions_tenant on enforcement_actions (tenant_id, id);
+create index enforcement_actions_state on enforcement_actions (state, id);
+
+-- Exemptions: an operator exempts a tenant from enforcement until a time. Append-only; the
+-- latest row of a tenant is in force (an early end is a new row with until = its time).
+create table enforcement_exemptions (
+    id         bigint generated always as identity primary key,
+    tenant_id  text not null references tenants (id),
+    until      timestamptz not null,
+    reason     text not null check (length(reason) between 1 and 1000),
+    created_by text not null,
+    created_at timestamptz not null
+);
+
+create index enforcement_exemptions_tenant on enforcement_exemptions (tenant_id, id desc);
+
+create trigger enforcement_exemptions_append_only
+    before update or delete on enforcement_exemptions
+    for each statement execute function budgetd_forbid_mutation();
+
+-- Leadership ----------------------------------------------------------------------------------
+
+-- The fencing token of the daemon that holds the leader lock. Taking the lock increments it;
+-- every enforcement write checks, in its transaction, that the token is still the writer's.
+create table leader_lease (
+    name        text primary key,
+    token       bigint not null check (token >= 1),
+    holder      text not null,
+    acquired_at timestamptz not null
+);
