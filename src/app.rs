@@ -14,10 +14,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, Principal};
-use crate::config::{CollectorSettings, Config};
-use crate::telemetry;
+use crate::config::{CollectorSettings, Config, EnforcementConfig};
+use crate::{leader, telemetry};
+use chrono::Utc;
 use collector::source::Prometheus;
 use collector::Collector;
+use enforcer::alertmanager::Alertmanager;
+use enforcer::executor::Enforcer;
+use enforcer::kubernetes::KubernetesActuator;
+use ledger::enforcement::Fence;
+use tokio::sync::watch;
 
 pub struct Application {
     listener: TcpListener,
@@ -87,6 +93,13 @@ impl Application {
             )),
             None => None,
         };
+        let enforcer = match &self.config.enforcement {
+            Some(settings) => Some((
+                Arc::new(build_enforcer(&self.config, settings, self.state.store.clone()).await?),
+                settings.interval,
+            )),
+            None => None,
+        };
         let store = self.state.store.clone();
         let config = self.config.clone();
         let background = stop.clone();
@@ -94,9 +107,48 @@ impl Application {
             if !prepare_ledger(&store, &config, &background).await {
                 return;
             }
+            let Some(leader_config) = config.leader.clone() else {
+                return;
+            };
+            let (leader_tx, leader_rx) = watch::channel(None);
+            let holder = format!(
+                "{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().to_string()[..8]
+            );
+            let mut tasks = vec![tokio::spawn(leader::run(
+                config.database.migrate_url.clone(),
+                holder,
+                leader_config,
+                leader_tx,
+                background.clone(),
+            ))];
             if let Some((collector, settings)) = collector {
-                collector::schedule::run(collector, settings.schedule, settings.retry, background)
-                    .await;
+                let mut rx = leader_rx.clone();
+                let stop = background.clone();
+                tasks.push(tokio::spawn(async move {
+                    while leader::until_leading(&mut rx, &stop).await.is_some() {
+                        let term = leader::while_leading(&rx, &stop);
+                        collector::schedule::run(
+                            collector.clone(),
+                            settings.schedule.clone(),
+                            settings.retry,
+                            term,
+                        )
+                        .await;
+                    }
+                }));
+            }
+            if let Some((enforcer, interval)) = enforcer {
+                tasks.push(tokio::spawn(run_enforcer(
+                    enforcer,
+                    interval,
+                    leader_rx.clone(),
+                    background.clone(),
+                )));
+            }
+            for task in tasks {
+                let _ = task.await;
             }
         });
         let router = api::router(self.state);
@@ -146,6 +198,58 @@ pub fn build_collector(
         store,
         settings.collector.clone(),
     ))
+}
+
+/// The enforcer with its actuators: the configured Kubernetes API and Alertmanager replicas.
+pub async fn build_enforcer(
+    config: &Config,
+    settings: &EnforcementConfig,
+    store: Store,
+) -> anyhow::Result<Enforcer> {
+    let cluster = KubernetesActuator::new(settings.kubernetes.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))?;
+    let alerts = Alertmanager::new(config.alertmanager.settings())
+        .map_err(|e| anyhow::anyhow!("Alertmanager client: {e}"))?;
+    Ok(Enforcer::new(
+        store,
+        Arc::new(cluster),
+        Arc::new(alerts),
+        settings.settings.clone(),
+    ))
+}
+
+/// The enforcement loop: one cycle per interval while this daemon leads.
+async fn run_enforcer(
+    enforcer: Arc<Enforcer>,
+    interval: Duration,
+    mut leader: watch::Receiver<Option<Fence>>,
+    stop: CancellationToken,
+) {
+    while let Some(fence) = leader::until_leading(&mut leader, &stop).await {
+        match enforcer.run_once(fence, Utc::now()).await {
+            Ok(report) => {
+                if !report.actions.is_empty() || !report.failed.is_empty() {
+                    tracing::info!(
+                        tenants = report.tenants,
+                        actions = report.actions.len(),
+                        failed = report.failed.len(),
+                        alerts = report.alerts_firing,
+                        "enforcement cycle"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics::counter!("budgetd_enforcement_failures_total", "kind" => e.metric_label())
+                    .increment(1);
+                tracing::warn!(error = %e, "enforcement cycle failed");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 /// Waits until the ledger is migrated, then seeds the price book on a first start. Runs

@@ -78,6 +78,9 @@ pub enum Permission {
     ReadCosts,
     ReadPriceBook,
     ManagePriceBook,
+    ReadEnforcement,
+    /// Approve or reject enforcement actions; exempt tenants.
+    DecideEnforcement,
 }
 
 /// An authenticated caller.
@@ -95,12 +98,18 @@ impl Principal {
             Role::Operator => !matches!(permission, ManagePriceBook),
             Role::Finance => matches!(
                 permission,
-                ReadTenants | ReadBudget | SetBudget | ReadCosts | ReadPriceBook | ManagePriceBook
+                ReadTenants
+                    | ReadBudget
+                    | SetBudget
+                    | ReadCosts
+                    | ReadPriceBook
+                    | ManagePriceBook
+                    | ReadEnforcement
             ),
             Role::Viewer | Role::Tenant(_) => {
                 matches!(
                     permission,
-                    ReadTenants | ReadBudget | ReadCosts | ReadPriceBook
+                    ReadTenants | ReadBudget | ReadCosts | ReadPriceBook | ReadEnforcement
                 )
             }
         }

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
-use ledger::store::ChainStatus;
+use ledger::store::{ChainStatus, LeaderLock};
 use ledger::tenant::TenantId;
 use ledger::Store;
 use secrecy::ExposeSecret;
 
-use crate::app::{build_collector, Application};
+use crate::app::{build_collector, build_enforcer, Application};
 use crate::config::{Config, ConfigError};
 use crate::report::CostReport;
 use crate::telemetry;
@@ -55,6 +55,17 @@ enum Command {
         /// Why, for the correction entries (with --recollect).
         #[arg(long, default_value = "recollected")]
         reason: String,
+    },
+    /// One enforcement cycle. With --dry-run: print the plan (tenant, spent, budget, %,
+    /// forecast, action, reason) and change nothing. Without: take leadership (exit 1 if
+    /// another daemon leads), apply the plan, print what was done.
+    Enforce {
+        /// Run one cycle and exit (the daemon, `budgetd run`, runs the loop).
+        #[arg(long)]
+        once: bool,
+        /// Print the plan; write nothing, touch nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Reports from the ledger.
     Report {
@@ -273,6 +284,64 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Enforce { once, dry_run } => {
+            if !once {
+                return Err(ConfigError {
+                    key: "--once".into(),
+                    message:
+                        "`enforce` runs one cycle: pass --once (the daemon loop is `budgetd run`)"
+                            .into(),
+                }
+                .into());
+            }
+            let settings = config.enforcement.clone().ok_or_else(|| ConfigError {
+                key: "enforcement".into(),
+                message: "enforce needs an enabled [enforcement] section".into(),
+            })?;
+            let store = Store::connect(&config.database.store_config()).await?;
+            let enforcer = build_enforcer(&config, &settings, store).await?;
+            let now = Utc::now();
+            let evaluation = enforcer.evaluate(now).await?;
+            let mut out = std::io::stdout().lock();
+            crate::plan_table::write(&mut out, &evaluation)?;
+            if dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let leader = config.leader.clone().ok_or_else(|| ConfigError {
+                key: "leader".into(),
+                message: "enforce needs a [leader] section".into(),
+            })?;
+            let Some(lock) = LeaderLock::try_acquire(
+                config.database.migrate_url.expose_secret(),
+                &format!("enforce-once-{}", std::process::id()),
+                leader.keepalive_seconds,
+                leader.timeout,
+            )
+            .await?
+            else {
+                anyhow::bail!("another budgetd daemon leads; it enforces (nothing was applied)");
+            };
+            let report = enforcer.run_once(lock.fence(), now).await;
+            lock.release(leader.timeout).await;
+            let report = report?;
+            use std::io::Write;
+            writeln!(
+                out,
+                "applied: {} actions, {} failed, {} alerts firing, {} resolved",
+                report.actions.len() - report.failed.len(),
+                report.failed.len(),
+                report.alerts_firing,
+                report.alerts_resolved
+            )?;
+            for (id, error) in &report.failed {
+                writeln!(out, "  action {id} failed: {error}")?;
+            }
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
         Command::Audit {
             audit: AuditCommand::Verify,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +23,13 @@ use collector::schedule::Schedule;
 use collector::source::RetryPolicy;
 use collector::window::WindowLength;
 use collector::CollectorConfig;
+use enforcer::alertmanager::{Alertmanager, AlertmanagerSettings};
+use enforcer::cluster::Tighten;
+use enforcer::executor::EnforcerSettings;
+use enforcer::kubernetes::KubernetesSettings;
+use enforcer::policy::{parse_profile, Ladder, StepSpec};
 use ledger::entry::UnitName;
+use rust_decimal::Decimal;
 
 use crate::auth::{Role, TokenHash};
 
@@ -56,6 +63,9 @@ struct RawConfig {
     prometheus: RawPrometheus,
     #[serde(default)]
     alertmanager: RawAlertmanager,
+    kubernetes: Option<RawKubernetes>,
+    leader: Option<RawLeader>,
+    enforcement: Option<RawEnforcement>,
     #[serde(default)]
     price_book: RawPriceBook,
     #[serde(default)]
@@ -145,6 +155,48 @@ struct RawPrometheus {
 struct RawAlertmanager {
     urls: Option<Vec<String>>,
     timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    api_url: Option<String>,
+    tenant_label: Option<String>,
+    timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLeader {
+    retry_seconds: Option<u64>,
+    check_seconds: Option<u64>,
+    keepalive_seconds: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnforcement {
+    enabled: Option<bool>,
+    dry_run: Option<bool>,
+    interval_seconds: Option<u64>,
+    trailing_days: Option<u32>,
+    max_lag_seconds: Option<u32>,
+    hysteresis_percent: Option<String>,
+    resolved_resend_seconds: Option<u64>,
+    api_url: Option<String>,
+    tighten_factor: Option<String>,
+    #[serde(default)]
+    quota_profiles: BTreeMap<String, BTreeMap<String, String>>,
+    ladder: Option<Vec<StepSpec>>,
+    #[serde(default)]
+    tenant_ladders: BTreeMap<String, Vec<StepSpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +228,9 @@ pub struct Config {
     pub api: ApiConfig,
     pub prometheus: PrometheusConfig,
     pub alertmanager: AlertmanagerConfig,
+    pub leader: Option<LeaderConfig>,
+    /// The enforcer, when `[enforcement]` is configured and enabled.
+    pub enforcement: Option<EnforcementConfig>,
     pub price_book_seed: Option<NewPriceBookVersion>,
     pub log: LogConfig,
     /// The collector, when `[collector]` is configured and enabled.
@@ -239,6 +294,41 @@ pub struct PrometheusConfig {
 pub struct AlertmanagerConfig {
     pub urls: Vec<Url>,
     pub timeout: Duration,
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl AlertmanagerConfig {
+    pub fn settings(&self) -> AlertmanagerSettings {
+        AlertmanagerSettings {
+            urls: self.urls.clone(),
+            request_timeout: self.timeout,
+            max_attempts: self.max_attempts,
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+        }
+    }
+}
+
+/// Leader election: one daemon collects and enforces.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// How often a follower tries to take the lock.
+    pub retry: Duration,
+    /// How often the leader confirms it still holds the lock.
+    pub check: Duration,
+    /// Server-side TCP keepalive budget: a vanished leader host loses the lock within it.
+    pub keepalive_seconds: u32,
+    pub timeout: Duration,
+}
+
+/// The enforcer's validated settings.
+#[derive(Debug, Clone)]
+pub struct EnforcementConfig {
+    pub settings: EnforcerSettings,
+    pub interval: Duration,
+    pub kubernetes: KubernetesSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,7 +549,18 @@ impl RawConfig {
                 .map(|u| http_url(u, "alertmanager.urls"))
                 .collect::<Result<_, _>>()?,
             timeout: millis(self.alertmanager.timeout_ms, "alertmanager.timeout_ms")?,
+            max_attempts: attempts(self.alertmanager.max_attempts, "alertmanager.max_attempts")?,
+            initial_backoff: millis(
+                self.alertmanager.initial_backoff_ms,
+                "alertmanager.initial_backoff_ms",
+            )?,
+            max_backoff: millis(
+                self.alertmanager.max_backoff_ms,
+                "alertmanager.max_backoff_ms",
+            )?,
         };
+        Alertmanager::new(alertmanager.settings())
+            .map_err(|e| ConfigError::new("alertmanager", e.to_string()))?;
 
         let price_book_seed = self.price_book.seed.map(validate_seed).transpose()?;
         let collector = match self.collector {
@@ -481,6 +582,39 @@ impl RawConfig {
             }
         }
 
+        let enforcement = match self.enforcement {
+            Some(e) if e.enabled.unwrap_or(true) => {
+                let kubernetes = self.kubernetes.ok_or_else(|| {
+                    ConfigError::new("kubernetes", "enforcement needs a [kubernetes] section")
+                })?;
+                Some(validate_enforcement(e, kubernetes)?)
+            }
+            _ => None,
+        };
+        let leader = if collector.is_some() || enforcement.is_some() {
+            let l = self.leader.ok_or_else(|| {
+                ConfigError::new(
+                    "leader",
+                    "collecting or enforcing needs a [leader] section (leader election)",
+                )
+            })?;
+            let keepalive_seconds = required(l.keepalive_seconds, "leader.keepalive_seconds")?;
+            if !(3..=600).contains(&keepalive_seconds) {
+                return Err(ConfigError::new(
+                    "leader.keepalive_seconds",
+                    "must be in 3..=600",
+                ));
+            }
+            Some(LeaderConfig {
+                retry: seconds(l.retry_seconds, "leader.retry_seconds")?,
+                check: seconds(l.check_seconds, "leader.check_seconds")?,
+                keepalive_seconds,
+                timeout: millis(l.timeout_ms, "leader.timeout_ms")?,
+            })
+        } else {
+            None
+        };
+
         let log = LogConfig {
             format: match self.log.format.as_deref().unwrap_or("text") {
                 "text" => LogFormat::Text,
@@ -500,11 +634,118 @@ impl RawConfig {
             api,
             prometheus,
             alertmanager,
+            leader,
+            enforcement,
             price_book_seed,
             log,
             collector,
         })
     }
+}
+
+fn attempts(value: Option<u32>, key: &str) -> Result<u32, ConfigError> {
+    match required(value, key)? {
+        n @ 1..=10 => Ok(n),
+        _ => Err(ConfigError::new(key, "must be in 1..=10")),
+    }
+}
+
+fn seconds(value: Option<u64>, key: &str) -> Result<Duration, ConfigError> {
+    match required(value, key)? {
+        s @ 1..=86_400 => Ok(Duration::from_secs(s)),
+        _ => Err(ConfigError::new(key, "must be in 1..=86400 seconds")),
+    }
+}
+
+fn decimal(value: Option<String>, key: &str) -> Result<Decimal, ConfigError> {
+    let text = required(value, key)?;
+    Decimal::from_str(text.trim())
+        .map_err(|_| ConfigError::new(key, format!("{text:?} is not a decimal number")))
+}
+
+fn validate_enforcement(
+    e: RawEnforcement,
+    k: RawKubernetes,
+) -> Result<EnforcementConfig, ConfigError> {
+    let invalid = |err: ledger::Invalid| ConfigError::new(err.field, err.message);
+    let mut profiles = BTreeMap::new();
+    for (name, hard) in &e.quota_profiles {
+        let key = format!("enforcement.quota_profiles.{name}");
+        profiles.insert(name.clone(), parse_profile(&key, hard).map_err(invalid)?);
+    }
+    let factor = decimal(e.tighten_factor, "enforcement.tighten_factor")?;
+    if factor <= Decimal::ZERO || factor >= Decimal::ONE {
+        return Err(ConfigError::new(
+            "enforcement.tighten_factor",
+            "must be between 0 and 1 (exclusive)",
+        ));
+    }
+    let default_ladder = match &e.ladder {
+        Some(steps) => Ladder::parse("enforcement.ladder", steps, &profiles).map_err(invalid)?,
+        None => Ladder::default_with(Tighten::Factor(factor)),
+    };
+    let mut ladders = BTreeMap::new();
+    for (tenant, steps) in &e.tenant_ladders {
+        let key = format!("enforcement.tenant_ladders.{tenant}");
+        let id = TenantId::parse(tenant).map_err(|err| ConfigError::new(&key, err.message))?;
+        ladders.insert(id, Ladder::parse(&key, steps, &profiles).map_err(invalid)?);
+    }
+    let hysteresis_percent = decimal(e.hysteresis_percent, "enforcement.hysteresis_percent")?;
+    if hysteresis_percent < Decimal::ZERO || hysteresis_percent > Decimal::from(50) {
+        return Err(ConfigError::new(
+            "enforcement.hysteresis_percent",
+            "must be in 0..=50 percentage points",
+        ));
+    }
+    let trailing_days = required(e.trailing_days, "enforcement.trailing_days")?;
+    if !(1..=92).contains(&trailing_days) {
+        return Err(ConfigError::new(
+            "enforcement.trailing_days",
+            "must be in 1..=92",
+        ));
+    }
+    let max_lag_seconds = required(e.max_lag_seconds, "enforcement.max_lag_seconds")?;
+    if !(60..=7 * 86_400).contains(&max_lag_seconds) {
+        return Err(ConfigError::new(
+            "enforcement.max_lag_seconds",
+            "must be in 60..=604800",
+        ));
+    }
+    let interval = seconds(e.interval_seconds, "enforcement.interval_seconds")?;
+    let api_url = e
+        .api_url
+        .map(|u| http_url(&u, "enforcement.api_url").map(|u| u.to_string()))
+        .transpose()?;
+
+    let mut kubernetes = KubernetesSettings::new(
+        millis(k.timeout_ms, "kubernetes.timeout_ms")?,
+        attempts(k.max_attempts, "kubernetes.max_attempts")?,
+        millis(k.initial_backoff_ms, "kubernetes.initial_backoff_ms")?,
+        millis(k.max_backoff_ms, "kubernetes.max_backoff_ms")?,
+    )
+    .with_tenant_label(required(k.tenant_label, "kubernetes.tenant_label")?);
+    if let Some(url) = k.api_url {
+        http_url(&url, "kubernetes.api_url")?;
+        kubernetes = kubernetes.with_api_url(url);
+    }
+    Ok(EnforcementConfig {
+        settings: EnforcerSettings {
+            default_ladder,
+            ladders,
+            hysteresis_percent,
+            dry_run: e.dry_run.unwrap_or(false),
+            trailing_days,
+            max_lag_seconds,
+            resend_interval: interval,
+            resolved_resend: seconds(
+                e.resolved_resend_seconds,
+                "enforcement.resolved_resend_seconds",
+            )?,
+            api_url,
+        },
+        interval,
+        kubernetes,
+    })
 }
 
 fn positive(value: Option<i64>, key: &str) -> Result<i64, ConfigError> {

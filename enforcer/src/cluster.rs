@@ -14,7 +14,7 @@ use ledger::tenant::TenantId;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::quantity::Quantity;
+use crate::quantity::{same_quantity, Quantity};
 
 /// The ResourceQuota budgetd owns in each tenant namespace.
 pub const QUOTA_NAME: &str = "budgetd-quota";
@@ -133,7 +133,7 @@ impl Change {
             return true;
         };
         match self {
-            Change::SetQuota { hard, .. } => ns.quota.as_ref() == Some(hard),
+            Change::SetQuota { hard, .. } => ns.quota.as_ref().is_some_and(|q| same_hard(q, hard)),
             Change::DeleteQuota { .. } => ns.quota.is_none(),
             Change::Scale {
                 kind,
@@ -374,6 +374,14 @@ pub fn diff(from: &Footprint, to: &Footprint) -> Vec<Change> {
         }
     }
     out
+}
+
+/// Whether two quotas' hard limits are the same, comparing quantities by value.
+fn same_hard(a: &QuotaHard, b: &QuotaHard) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && same_quantity(va, vb))
 }
 
 /// What applying a set of changes did.

@@ -79,6 +79,55 @@ impl Quantity {
     }
 }
 
+impl Quantity {
+    /// The value in base units, exactly (`1500m` and `1.5` are equal). `None` if it does not
+    /// fit a `Decimal`.
+    pub fn value(&self) -> Option<Decimal> {
+        let power = |base: i64, exp: u32| -> Option<Decimal> {
+            (0..exp).try_fold(Decimal::ONE, |acc, _| acc.checked_mul(Decimal::from(base)))
+        };
+        let multiplier = match self.suffix.as_str() {
+            "" => Decimal::ONE,
+            "n" => Decimal::new(1, 9),
+            "u" => Decimal::new(1, 6),
+            "m" => Decimal::new(1, 3),
+            "k" => power(10, 3)?,
+            "M" => power(10, 6)?,
+            "G" => power(10, 9)?,
+            "T" => power(10, 12)?,
+            "P" => power(10, 15)?,
+            "E" => power(10, 18)?,
+            "Ki" => power(1024, 1)?,
+            "Mi" => power(1024, 2)?,
+            "Gi" => power(1024, 3)?,
+            "Ti" => power(1024, 4)?,
+            "Pi" => power(1024, 5)?,
+            "Ei" => power(1024, 6)?,
+            exp => {
+                let e: i32 = exp[1..].parse().ok()?;
+                if e >= 0 {
+                    power(10, e as u32)?
+                } else {
+                    Decimal::ONE.checked_div(power(10, (-e) as u32)?)?
+                }
+            }
+        };
+        self.number.checked_mul(multiplier)
+    }
+}
+
+/// Whether two quantity strings mean the same amount. API servers rewrite quantities into
+/// their canonical form (`2.5` comes back as `2500m`), so compare values, not spellings.
+pub fn same_quantity(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (Quantity::parse(a), Quantity::parse(b)) {
+        (Ok(a), Ok(b)) => a.value().is_some() && a.value() == b.value(),
+        _ => false,
+    }
+}
+
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}", self.number, self.suffix)
@@ -116,6 +165,22 @@ mod tests {
                 .to_string(),
             "3"
         );
+    }
+
+    #[test]
+    fn equal_values_in_other_spellings_are_the_same_quantity() {
+        for (a, b) in [
+            ("2.5", "2500m"),
+            ("1Gi", "1024Mi"),
+            ("1k", "1000"),
+            ("1e3", "1k"),
+            ("0", "0m"),
+        ] {
+            assert!(same_quantity(a, b), "{a} = {b}");
+        }
+        for (a, b) in [("1Gi", "1G"), ("500m", "0.4"), ("1", "x")] {
+            assert!(!same_quantity(a, b), "{a} != {b}");
+        }
     }
 
     #[test]

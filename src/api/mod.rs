@@ -1,6 +1,7 @@
 //! The HTTP API: tenants, budgets, costs and the price book under `/api/v1`, plus `/healthz`,
 //! `/readyz` and `/metrics`. Every route answers errors in one JSON shape (see `error`).
 
+mod enforcement;
 mod error;
 mod extract;
 mod price_book;
@@ -55,6 +56,23 @@ pub fn router(state: AppState) -> Router {
             get(tenants::get_budget).put(tenants::put_budget),
         )
         .route("/api/v1/tenants/{id}/costs", get(tenants::costs))
+        .route(
+            "/api/v1/tenants/{id}/exemption",
+            get(enforcement::get_exemption).put(enforcement::put_exemption),
+        )
+        .route("/api/v1/enforcement/actions", get(enforcement::list))
+        .route(
+            "/api/v1/enforcement/actions/{id}",
+            get(enforcement::get_one),
+        )
+        .route(
+            "/api/v1/enforcement/actions/{id}/approve",
+            axum::routing::post(enforcement::approve),
+        )
+        .route(
+            "/api/v1/enforcement/actions/{id}/reject",
+            axum::routing::post(enforcement::reject),
+        )
         .route("/api/v1/price-book", get(price_book::list))
         .route(
             "/api/v1/price-book/versions",

@@ -294,7 +294,7 @@ fn incomplete_data_means_no_action_at_all() {
     let policy = policy();
     let mut world = World::new(&["a"]);
     let over = status("a", "130", "150", "100");
-    let actions = world.plan(&[over.clone()], &policy, now());
+    let actions = world.plan(std::slice::from_ref(&over), &policy, now());
     world.execute(&actions, &policy);
     world.approve_all();
     // Would apply the suspension and, with a raised budget, restore everything: but the data

@@ -474,6 +474,60 @@ impl Store {
         .await
     }
 
+    /// Actions restored at or after `since`, oldest first (their alerts are re-sent as
+    /// resolved for a while, so an Alertmanager that missed the resolve learns it).
+    pub async fn actions_restored_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ActionRecord>, Error> {
+        self.run("actions_restored_since", || async {
+            let mut tx = self.begin().await?;
+            let rows = query(&format!(
+                "select {ACTION_COLUMNS} from enforcement_actions \
+                 where state = 'restored' and closed_at >= $1 order by id"
+            ))
+            .bind(since)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.iter().map(action_from_row).collect()
+        })
+        .await
+    }
+
+    /// Audits a drift repair: changes someone undid and the enforcer re-applied.
+    pub async fn record_repair(
+        &self,
+        fence: Fence,
+        ctx: &AuditContext,
+        id: i64,
+        changes: &Value,
+    ) -> Result<(), Error> {
+        self.run("record_repair", || async {
+            let mut tx = self.begin().await?;
+            check_fence(&mut tx, fence).await?;
+            let action = lock_action(&mut tx, id).await?;
+            audit::append(
+                &mut tx,
+                ctx,
+                AuditEvent {
+                    action: "enforcement.drift_repaired",
+                    target_type: "enforcement_action",
+                    target_id: &id.to_string(),
+                    before: None,
+                    after: Some(json!({
+                        "tenant_id": action.tenant.as_str(),
+                        "changes": changes,
+                    })),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// An operator's decision on a pending action.
     pub async fn decide_action(
         &self,

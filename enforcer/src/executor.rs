@@ -1,0 +1,598 @@
+//! The executor: one enforcement cycle reads the ledger and the cluster, calls `plan`, applies
+//! the actions (recording each in the ledger with the leader's fencing token, prior state
+//! first), and re-sends every active alert. The daemon's loop calls [`Enforcer::run_once`];
+//! `budgetd enforce --once --dry-run` calls [`Enforcer::evaluate`], which writes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ledger::audit::{Actor, AuditContext};
+use ledger::enforcement::{
+    ActionKind, ActionRecord, ActionState, BudgetStatus, Fence, NewAction, Transition,
+};
+use ledger::tenant::{TenantId, TenantState};
+use ledger::Store;
+use serde_json::{json, Value};
+
+use crate::alerts::{Alert, AlertName, AlertSink, Severity};
+use crate::cluster::{diff, Change, ClusterActuator, ClusterError, FootprintError};
+use crate::plan::{plan, Action, ClusterState, OpenAction};
+use crate::policy::{Ladder, Policy, StepAction};
+
+/// How the enforcer reads budgets and talks to Alertmanager.
+#[derive(Debug, Clone)]
+pub struct EnforcerSettings {
+    pub default_ladder: Ladder,
+    pub ladders: BTreeMap<TenantId, Ladder>,
+    pub hysteresis_percent: rust_decimal::Decimal,
+    pub dry_run: bool,
+    /// The forecast's trailing window.
+    pub trailing_days: u32,
+    /// Data older than this is stale: no action on it.
+    pub max_lag_seconds: u32,
+    /// How often active alerts are re-sent (the cycle interval); `endsAt` is 4× this ahead.
+    pub resend_interval: Duration,
+    /// How long resolved alerts keep being re-sent as resolved.
+    pub resolved_resend: Duration,
+    /// The API's public base URL, for links in alert annotations.
+    pub api_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("ledger: {0}")]
+    Ledger(#[from] ledger::Error),
+    /// Another daemon took over: stop enforcing at once.
+    #[error("fenced: {0}")]
+    Fenced(String),
+}
+
+impl EnforceError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            EnforceError::Ledger(e) => e.metric_label(),
+            EnforceError::Fenced(_) => "fenced",
+        }
+    }
+}
+
+fn fenced(e: ledger::Error) -> EnforceError {
+    match e {
+        ledger::Error::Conflict {
+            code: "fenced",
+            message,
+        } => EnforceError::Fenced(message),
+        other => EnforceError::Ledger(other),
+    }
+}
+
+/// What one cycle did.
+#[derive(Debug, Default)]
+pub struct CycleReport {
+    pub tenants: usize,
+    pub actions: Vec<Action>,
+    pub failed: Vec<(i64, String)>,
+    pub alerts_firing: usize,
+    pub alerts_resolved: usize,
+}
+
+/// One decision, for the dry-run table.
+#[derive(Debug)]
+pub struct Evaluation {
+    pub statuses: Vec<BudgetStatus>,
+    pub open: Vec<ActionRecord>,
+    pub actions: Vec<Action>,
+}
+
+pub struct Enforcer {
+    store: Store,
+    cluster: Arc<dyn ClusterActuator>,
+    alerts: Arc<dyn AlertSink>,
+    settings: EnforcerSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Footprint(#[from] FootprintError),
+    #[error("{0}")]
+    Record(String),
+}
+
+fn ctx() -> AuditContext {
+    AuditContext {
+        actor: Actor::system("budgetd-enforcer"),
+        request_id: format!("enforce-{}", Utc::now().timestamp_micros()),
+    }
+}
+
+fn to_open(record: &ActionRecord) -> OpenAction {
+    OpenAction {
+        id: record.id,
+        tenant: record.tenant.clone(),
+        period_start: record.period_start,
+        step_key: record.step_key.clone(),
+        kind: record.kind,
+        state: record.state,
+        not_before: record.not_before,
+        forward: changes_of(record.forward.as_ref()),
+    }
+}
+
+fn changes_of(value: Option<&Value>) -> Vec<Change> {
+    value
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+impl Enforcer {
+    pub fn new(
+        store: Store,
+        cluster: Arc<dyn ClusterActuator>,
+        alerts: Arc<dyn AlertSink>,
+        settings: EnforcerSettings,
+    ) -> Enforcer {
+        Enforcer {
+            store,
+            cluster,
+            alerts,
+            settings,
+        }
+    }
+
+    async fn policy(&self, now: DateTime<Utc>) -> Result<Policy, ledger::Error> {
+        let exemptions = self.store.exemptions_in_force(now).await?;
+        Ok(Policy {
+            default_ladder: self.settings.default_ladder.clone(),
+            ladders: self.settings.ladders.clone(),
+            hysteresis_percent: self.settings.hysteresis_percent,
+            exemptions: exemptions
+                .into_iter()
+                .map(|e| (e.tenant, e.until))
+                .collect(),
+            dry_run: self.settings.dry_run,
+        })
+    }
+
+    /// The plan for `now`, without observing the cluster and without writing anything.
+    pub async fn evaluate(&self, now: DateTime<Utc>) -> Result<Evaluation, ledger::Error> {
+        let statuses = self
+            .store
+            .budget_statuses(
+                now,
+                self.settings.trailing_days,
+                self.settings.max_lag_seconds,
+            )
+            .await?;
+        let open = self.store.open_actions().await?;
+        let policy = self.policy(now).await?;
+        let opens: Vec<OpenAction> = open.iter().map(to_open).collect();
+        let actions = plan(&statuses, &policy, &ClusterState::default(), &opens, now);
+        Ok(Evaluation {
+            statuses,
+            open,
+            actions,
+        })
+    }
+
+    /// One cycle as the leader holding `fence`.
+    pub async fn run_once(
+        &self,
+        fence: Fence,
+        now: DateTime<Utc>,
+    ) -> Result<CycleReport, EnforceError> {
+        let started = Instant::now();
+        let statuses = self
+            .store
+            .budget_statuses(
+                now,
+                self.settings.trailing_days,
+                self.settings.max_lag_seconds,
+            )
+            .await?;
+        let records = self.store.open_actions().await?;
+        let policy = self.policy(now).await?;
+
+        // Resync: observe every tenant with an applied cluster action, so drift is repaired.
+        let mut cluster = ClusterState::default();
+        let enforced: BTreeSet<&TenantId> = records
+            .iter()
+            .filter(|r| r.state == ActionState::Applied && r.kind != ActionKind::Notify)
+            .map(|r| &r.tenant)
+            .collect();
+        for tenant in enforced {
+            match self.cluster.observe(tenant).await {
+                Ok(footprint) => {
+                    cluster.footprints.insert(tenant.clone(), footprint);
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, "cannot observe the tenant's namespaces; drift check skipped");
+                }
+            }
+        }
+
+        let opens: Vec<OpenAction> = records.iter().map(to_open).collect();
+        let actions = plan(&statuses, &policy, &cluster, &opens, now);
+        let by_id: BTreeMap<i64, &ActionRecord> = records.iter().map(|r| (r.id, r)).collect();
+        let states: BTreeMap<&TenantId, TenantState> = statuses
+            .iter()
+            .map(|s| (&s.tenant, s.tenant_state))
+            .collect();
+        let status_of: BTreeMap<&TenantId, &BudgetStatus> =
+            statuses.iter().map(|s| (&s.tenant, s)).collect();
+
+        let mut report = CycleReport {
+            tenants: statuses.len(),
+            ..CycleReport::default()
+        };
+        for action in &actions {
+            let span = tracing::info_span!("enforce", tenant = %action.tenant());
+            let _guard = span.enter();
+            let result = match action {
+                Action::Open {
+                    tenant,
+                    step,
+                    period_start,
+                    state,
+                    not_before,
+                    apply_now,
+                    reason,
+                } => {
+                    let Some(status) = status_of.get(tenant) else {
+                        continue;
+                    };
+                    let new = NewAction {
+                        tenant: tenant.clone(),
+                        period_start: *period_start,
+                        step_key: step.key(),
+                        step: step.to_json(),
+                        kind: step.action.kind(),
+                        state: *state,
+                        reason: reason.clone(),
+                        spent: status.spent,
+                        forecast: status.forecast,
+                        budget: status.budget,
+                        not_before: *not_before,
+                    };
+                    let record = self
+                        .store
+                        .open_action(fence, &ctx(), &new)
+                        .await
+                        .map_err(fenced)?;
+                    count(step.action.kind(), "opened");
+                    tracing::info!(action = record.id, step = %record.step_key, state = %record.state, "opened");
+                    if *apply_now {
+                        self.apply(fence, &record, &policy, states.get(tenant).copied())
+                            .await
+                    } else {
+                        Ok(())
+                    }
+                }
+                Action::Apply { id, tenant, .. } => match by_id.get(id) {
+                    Some(record) => {
+                        self.apply(fence, record, &policy, states.get(tenant).copied())
+                            .await
+                    }
+                    None => continue,
+                },
+                Action::Close {
+                    id,
+                    was_applied,
+                    reason,
+                    ..
+                } => match by_id.get(id) {
+                    Some(record) => self.close(fence, record, *was_applied, reason).await,
+                    None => continue,
+                },
+                Action::Repair {
+                    id,
+                    tenant,
+                    changes,
+                } => self.repair(fence, *id, tenant, changes).await,
+            };
+            if let Err((id, e)) = result {
+                if let ApplyOutcome::Fenced(message) = e {
+                    return Err(EnforceError::Fenced(message));
+                }
+                let message = e.to_string();
+                tracing::warn!(action = id, error = %message, "enforcement action failed; retrying next cycle");
+                if let Err(e) = self.store.record_failure(fence, id, &message).await {
+                    return Err(fenced(e));
+                }
+                report.failed.push((id, message));
+            }
+        }
+
+        let (firing, resolved) = self.send_alerts(now, &status_of).await?;
+        report.alerts_firing = firing;
+        report.alerts_resolved = resolved;
+        report.actions = actions;
+        metrics::histogram!("budgetd_enforcement_cycle_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    async fn apply(
+        &self,
+        fence: Fence,
+        record: &ActionRecord,
+        policy: &Policy,
+        tenant_state: Option<TenantState>,
+    ) -> Result<(), (i64, ApplyOutcome)> {
+        let fail = |e: ApplyOutcome| (record.id, e);
+        let mut outcome = json!({});
+        let mut transition = None;
+        if record.kind != ActionKind::Notify {
+            let footprint = self
+                .cluster
+                .observe(&record.tenant)
+                .await
+                .map_err(|e| fail(ApplyError::from(e).into()))?;
+            let record = if record.forward.is_some() {
+                // A previous attempt recorded the prior state; the cluster may already show
+                // part of the change, so it is not observed as "prior" again.
+                record.clone()
+            } else {
+                let target = match record.kind {
+                    ActionKind::TightenQuota => {
+                        let step = policy
+                            .ladder(&record.tenant)
+                            .find(&record.step_key)
+                            .ok_or_else(|| {
+                                fail(ApplyOutcome::Failed(ApplyError::Record(
+                                    "the step is no longer in the ladder".to_owned(),
+                                )))
+                            })?;
+                        let StepAction::TightenQuota(how) = &step.action else {
+                            return Err(fail(ApplyOutcome::Failed(ApplyError::Record(
+                                "the step does not tighten".to_owned(),
+                            ))));
+                        };
+                        footprint
+                            .tightened(how)
+                            .map_err(|e| fail(ApplyError::from(e).into()))?
+                    }
+                    _ => footprint.suspended(),
+                };
+                let forward = diff(&footprint, &target);
+                let backward = diff(&target, &footprint);
+                self.store
+                    .record_effect(fence, record.id, &json!(forward), &json!(backward))
+                    .await
+                    .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?
+            };
+            let forward = changes_of(record.forward.as_ref());
+            let applied = self
+                .cluster
+                .apply(&forward)
+                .await
+                .map_err(|e| fail(ApplyError::from(e).into()))?;
+            outcome = json!({
+                "changes": forward.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "missing": applied.missing,
+            });
+            if record.kind == ActionKind::Suspend {
+                outcome["autoscaled_not_scaled"] = json!(footprint.autoscaled());
+                if tenant_state == Some(TenantState::Active) {
+                    transition = Some(Transition {
+                        to: TenantState::Suspended,
+                        reason: format!("budget enforcement: {}", record.reason),
+                    });
+                }
+            }
+        }
+        let applied = self
+            .store
+            .mark_applied(fence, &ctx(), record.id, &outcome, transition.as_ref())
+            .await
+            .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+        count(record.kind, "applied");
+        tracing::info!(action = applied.id, step = %applied.step_key, "applied");
+        Ok(())
+    }
+
+    async fn close(
+        &self,
+        fence: Fence,
+        record: &ActionRecord,
+        was_applied: bool,
+        reason: &str,
+    ) -> Result<(), (i64, ApplyOutcome)> {
+        let fail = |e: ApplyOutcome| (record.id, e);
+        let mut transition = None;
+        if was_applied {
+            let backward = changes_of(record.backward.as_ref());
+            if !backward.is_empty() {
+                self.cluster
+                    .apply(&backward)
+                    .await
+                    .map_err(|e| fail(ApplyError::from(e).into()))?;
+            }
+            if record.kind == ActionKind::Suspend {
+                let tenant = self
+                    .store
+                    .get_tenant(&record.tenant)
+                    .await
+                    .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+                if tenant.state == TenantState::Suspended {
+                    transition = Some(Transition {
+                        to: TenantState::Active,
+                        reason: format!("budget enforcement lifted: {reason}"),
+                    });
+                }
+            }
+        }
+        let closed = self
+            .store
+            .close_action(fence, &ctx(), record.id, reason, transition.as_ref())
+            .await
+            .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+        count(record.kind, closed.state.as_str());
+        tracing::info!(action = closed.id, state = %closed.state, reason, "closed");
+        Ok(())
+    }
+
+    async fn repair(
+        &self,
+        fence: Fence,
+        id: i64,
+        tenant: &TenantId,
+        changes: &[Change],
+    ) -> Result<(), (i64, ApplyOutcome)> {
+        tracing::warn!(action = id, tenant = %tenant, changes = changes.len(), "drift: re-applying");
+        self.cluster
+            .apply(changes)
+            .await
+            .map_err(|e| (id, ApplyError::from(e).into()))?;
+        self.store
+            .record_repair(fence, &ctx(), id, &json!(changes))
+            .await
+            .map_err(|e| (id, ApplyOutcome::from_ledger(e)))?;
+        metrics::counter!("budgetd_enforcement_drift_repairs_total").increment(1);
+        Ok(())
+    }
+
+    /// Sends every firing alert and the recently resolved ones, to every replica.
+    async fn send_alerts(
+        &self,
+        now: DateTime<Utc>,
+        statuses: &BTreeMap<&TenantId, &BudgetStatus>,
+    ) -> Result<(usize, usize), EnforceError> {
+        let open = self.store.open_actions().await?;
+        let since = now
+            - chrono::Duration::from_std(self.settings.resolved_resend)
+                .unwrap_or(chrono::Duration::minutes(15));
+        let restored = self.store.actions_restored_since(since).await?;
+        let ends_at = now
+            + chrono::Duration::from_std(self.settings.resend_interval * 4)
+                .unwrap_or(chrono::Duration::minutes(4));
+        let mut alerts = Vec::new();
+        for record in open.iter().filter(|r| r.state == ActionState::Applied) {
+            if let Some(alert) = self.alert(record, statuses.get(&record.tenant).copied(), ends_at)
+            {
+                alerts.push(alert);
+            }
+        }
+        let firing = alerts.len();
+        for record in &restored {
+            let ends = record.closed_at.unwrap_or(now);
+            if let Some(alert) = self.alert(record, statuses.get(&record.tenant).copied(), ends) {
+                alerts.push(alert);
+            }
+        }
+        let resolved = alerts.len() - firing;
+        if !alerts.is_empty() {
+            let report = self.alerts.send(&alerts).await;
+            for (replica, e) in &report.failed {
+                tracing::warn!(replica, error = %e, "alerts not delivered; re-sent next cycle");
+            }
+        }
+        metrics::gauge!("budgetd_enforcement_alerts_firing").set(firing as f64);
+        Ok((firing, resolved))
+    }
+
+    fn alert(
+        &self,
+        record: &ActionRecord,
+        status: Option<&BudgetStatus>,
+        ends_at: DateTime<Utc>,
+    ) -> Option<Alert> {
+        let at = record.step.get("at")?.as_u64()? as u32;
+        let (name, severity) = match record.kind {
+            ActionKind::Notify => {
+                let name = if record.step.get("on")?.as_str()? == "forecast" {
+                    AlertName::TenantBudgetForecast
+                } else {
+                    AlertName::TenantBudgetThreshold
+                };
+                let severity = Severity::parse(record.step.get("severity")?.as_str()?)?;
+                (name, severity)
+            }
+            ActionKind::Suspend => (AlertName::TenantSuspended, Severity::Critical),
+            ActionKind::TightenQuota => return None,
+        };
+        let (spent, forecast, budget) = match status {
+            Some(s) => (s.spent, s.forecast, s.budget),
+            None => (record.spent, record.forecast, record.budget),
+        };
+        let currency = budget.currency.code().to_owned();
+        let round = |v| ledger::money::round_to_minor_units(v, budget.currency).to_string();
+        let mut annotations = BTreeMap::from([
+            (
+                "summary".to_owned(),
+                format!(
+                    "Tenant {} {}",
+                    record.tenant,
+                    match name {
+                        AlertName::TenantBudgetThreshold => format!("spent {at}% of its budget"),
+                        AlertName::TenantBudgetForecast =>
+                            format!("is forecast to reach {at}% of its budget"),
+                        AlertName::TenantSuspended =>
+                            "was suspended by budget enforcement".to_owned(),
+                    }
+                ),
+            ),
+            ("description".to_owned(), record.reason.clone()),
+            ("spent".to_owned(), round(spent)),
+            ("forecast".to_owned(), round(forecast)),
+            ("budget".to_owned(), round(budget.amount)),
+            ("remaining".to_owned(), round(budget.amount - spent)),
+            ("currency".to_owned(), currency),
+            ("action_id".to_owned(), record.id.to_string()),
+        ]);
+        let link = self.settings.api_url.as_ref().map(|base| {
+            format!(
+                "{}/api/v1/enforcement/actions?tenant={}",
+                base.trim_end_matches('/'),
+                record.tenant
+            )
+        });
+        if let Some(link) = &link {
+            annotations.insert("link".to_owned(), link.clone());
+        }
+        Some(Alert {
+            name,
+            tenant: record.tenant.clone(),
+            threshold_percent: at,
+            severity,
+            period: record.period_start.to_string(),
+            annotations,
+            starts_at: record.applied_at.unwrap_or(record.created_at),
+            ends_at,
+            generator_url: link,
+        })
+    }
+}
+
+/// Why applying, closing or repairing an action did not finish.
+#[derive(Debug, thiserror::Error)]
+enum ApplyOutcome {
+    #[error(transparent)]
+    Failed(#[from] ApplyError),
+    #[error("ledger: {0}")]
+    Ledger(ledger::Error),
+    #[error("fenced: {0}")]
+    Fenced(String),
+}
+
+impl ApplyOutcome {
+    fn from_ledger(e: ledger::Error) -> ApplyOutcome {
+        match fenced(e) {
+            EnforceError::Fenced(message) => ApplyOutcome::Fenced(message),
+            EnforceError::Ledger(e) => ApplyOutcome::Ledger(e),
+        }
+    }
+}
+
+fn count(kind: ActionKind, outcome: &str) {
+    metrics::counter!(
+        "budgetd_enforcement_actions_total",
+        "kind" => kind.as_str(),
+        "outcome" => outcome.to_owned()
+    )
+    .increment(1);
+}

@@ -1,0 +1,216 @@
+//! Enforcement routes: list and read actions, approve or reject pending ones, exempt tenants.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use ledger::enforcement::{ActionRecord, ActionState, Exemption};
+use ledger::store::ActionFilter;
+use ledger::tenant::TenantId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract::{query_params, Caller, JsonBody, TenantPath};
+use super::AppState;
+use crate::auth::{Permission, Role};
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+fn action_path(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::invalid("id", "an action id is a positive integer"))
+}
+
+fn not_found(id: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("enforcement action {id} not found"),
+    )
+}
+
+/// Reads an action the caller may see: a tenant token sees only its tenant's actions, and
+/// another tenant's action does not exist for it.
+async fn visible_action(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+) -> Result<ActionRecord, ApiError> {
+    let action = state.store.get_action(id).await.map_err(|e| match e {
+        ledger::Error::NotFound { .. } => not_found(id),
+        other => other.into(),
+    })?;
+    if !caller.principal.sees(&action.tenant) {
+        return Err(not_found(id));
+    }
+    Ok(action)
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Permission::ReadEnforcement)?;
+    let params = query_params(query.as_deref(), &["state", "tenant", "before", "limit"])?;
+    let state_filter = params
+        .get("state")
+        .map(|s| ActionState::parse(s))
+        .transpose()?;
+    let mut tenant = params
+        .get("tenant")
+        .map(|t| TenantId::parse_field("tenant", t))
+        .transpose()?;
+    if let Role::Tenant(own) = &caller.principal.role {
+        match &tenant {
+            Some(asked) if asked != own => return Err(ApiError::tenant_not_found(asked.as_str())),
+            _ => tenant = Some(own.clone()),
+        }
+    }
+    let before_id = params
+        .get("before")
+        .map(|b| action_path(b).map_err(|_| ApiError::invalid("before", "an action id")))
+        .transpose()?;
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::invalid("limit", format!("an integer in 1..={MAX_LIMIT}")))?,
+    };
+    let actions = state
+        .store
+        .list_actions(&ActionFilter {
+            state: state_filter,
+            tenant,
+            before_id,
+            limit,
+        })
+        .await?;
+    Ok(Json(json!({
+        "actions": actions.iter().map(ActionRecord::to_json).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Permission::ReadEnforcement)?;
+    let id = action_path(&id)?;
+    Ok(Json(visible_action(&state, &caller, id).await?.to_json()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    reason: String,
+}
+
+fn reason(reason: &str) -> Result<&str, ApiError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 1000 {
+        return Err(ApiError::invalid(
+            "reason",
+            "give a reason of 1 to 1000 characters",
+        ));
+    }
+    Ok(reason)
+}
+
+async fn decide(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    body: JsonBody,
+    approve: bool,
+) -> Result<Json<Value>, ApiError> {
+    let id = action_path(&id)?;
+    // Existence before permission, so a tenant token learns nothing about other tenants.
+    let action = visible_action(&state, &caller, id).await?;
+    caller.require_for(&action.tenant, Permission::DecideEnforcement)?;
+    let req: Decision = body.parse()?;
+    let decided = state
+        .store
+        .decide_action(&caller.audit(), id, approve, reason(&req.reason)?)
+        .await?;
+    Ok(Json(decided.to_json()))
+}
+
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, caller, id, body, true).await
+}
+
+pub async fn reject(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, caller, id, body, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutExemption {
+    until: DateTime<Utc>,
+    reason: String,
+}
+
+/// The longest exemption: a year. Longer ones are policy, not overrides.
+const MAX_EXEMPTION_DAYS: i64 = 366;
+
+pub async fn put_exemption(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_for(&id, Permission::DecideEnforcement)?;
+    let req: PutExemption = body.parse()?;
+    if req.until > Utc::now() + chrono::Duration::days(MAX_EXEMPTION_DAYS) {
+        return Err(ApiError::invalid(
+            "until",
+            format!("at most {MAX_EXEMPTION_DAYS} days ahead"),
+        ));
+    }
+    let exemption = state
+        .store
+        .set_exemption(&caller.audit(), &id, req.until, reason(&req.reason)?)
+        .await?;
+    Ok(Json(exemption_json(&exemption)))
+}
+
+pub async fn get_exemption(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_for(&id, Permission::ReadEnforcement)?;
+    state.store.get_tenant(&id).await?;
+    match state.store.exemption(&id).await? {
+        Some(e) => Ok(Json(exemption_json(&e))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_exemption",
+            format!("tenant {:?} has never been exempted", id.as_str()),
+        )),
+    }
+}
+
+fn exemption_json(e: &Exemption) -> Value {
+    let mut v = e.to_json();
+    v["in_force"] = json!(e.until > Utc::now());
+    v
+}
