@@ -520,7 +520,8 @@ impl Enforcer {
             None => (record.spent, record.forecast, record.budget),
         };
         let currency = budget.currency.code().to_owned();
-        let round = |v| ledger::money::round_to_minor_units(v, budget.currency).to_string();
+        let minor = budget.currency.minor_units() as usize;
+        let round = |v| format!("{:.minor$}", ledger::money::round_to_minor_units(v, budget.currency));
         let mut annotations = BTreeMap::from([
             (
                 "summary".to_owned(),

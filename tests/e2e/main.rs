@@ -6,5 +6,6 @@ mod api_rbac;
 mod cli;
 mod collector;
 mod dashboards;
+mod enforcement;
 mod pgbouncer;
 mod support;

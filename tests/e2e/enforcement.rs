@@ -1,0 +1,432 @@
+//! Enforcement end to end: the real ledger, the real API, a real Alertmanager, the real
+//! kube::Client against the stateful fake API server. One tenant goes through 80%, 100% and
+//! 120% of its budget (the suspension approved through the API), survives an Alertmanager
+//! restart, and is restored exactly when its budget is raised.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use enforcer::alertmanager::{Alertmanager, AlertmanagerSettings};
+use enforcer::cluster::Tighten;
+use enforcer::executor::{Enforcer, EnforcerSettings};
+use enforcer::kubernetes::{KubernetesActuator, KubernetesSettings};
+use enforcer::policy::Ladder;
+use enforcer::testing::alertmanager::AlertmanagerProcess;
+use enforcer::testing::fake_kube::{FakeKube, Resource};
+use ledger::audit::{Actor, AuditContext};
+use ledger::currency::Currency;
+use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
+use ledger::enforcement::Fence;
+use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
+use ledger::store::LeaderLock;
+use ledger::tenant::TenantId;
+use ledger::usage::{CollectedWindow, CommitMode};
+use ledger::Store;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+use crate::support::{self, token, TestApp};
+
+fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn ctx() -> AuditContext {
+    AuditContext {
+        actor: Actor::system("test"),
+        request_id: "test".to_owned(),
+    }
+}
+
+/// A rate of 1 EUR per core-hour, so quantity in core-seconds / 3600 is the amount.
+async fn price_book(store: &Store) -> PriceBookVersion {
+    let rates = BTreeMap::from([(MeterName::parse("meter", "cpu").unwrap(), dec("1"))]);
+    let new = NewPriceBookVersion::new(
+        Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
+        Currency::parse("currency", "EUR").unwrap(),
+        rates,
+    )
+    .unwrap();
+    store.add_price_book_version(&ctx(), &new).await.unwrap()
+}
+
+/// Spend of `euros` on the tenant in a fresh one-minute window ending at `end`, committed as
+/// the collector does (complete, watermark advanced).
+async fn spend(store: &Store, version: &PriceBookVersion, tenant: &TenantId, end: DateTime<Utc>, euros: &str) {
+    let window = Window::new(end - chrono::Duration::seconds(60), end).unwrap();
+    let meter = MeterName::parse("meter", "cpu").unwrap();
+    let pricing = version
+        .pricing(&meter, UnitName::parse("u", "core_hour").unwrap(), Decimal::from(3600))
+        .unwrap();
+    let entry = NewEntry::new(
+        EntryKey {
+            tenant: tenant.clone(),
+            meter,
+            window,
+        },
+        dec(euros) * Decimal::from(3600),
+        UnitName::parse("u", "core_seconds").unwrap(),
+        pricing,
+    )
+    .unwrap();
+    let collected = CollectedWindow {
+        window,
+        entries: vec![entry],
+        unallocated: vec![],
+        complete: true,
+        incomplete_tenants: vec![],
+        problems: vec![],
+    };
+    store
+        .commit_windows(&[collected], &CommitMode::Collect, true, "test")
+        .await
+        .unwrap();
+}
+
+fn settings() -> EnforcerSettings {
+    EnforcerSettings {
+        default_ladder: Ladder::default_with(Tighten::Factor(dec("0.5"))),
+        ladders: BTreeMap::new(),
+        hysteresis_percent: dec("5"),
+        dry_run: false,
+        trailing_days: 7,
+        max_lag_seconds: 1800,
+        resend_interval: Duration::from_secs(60),
+        resolved_resend: Duration::from_secs(900),
+        api_url: Some("http://budgetd.example".to_owned()),
+    }
+}
+
+struct Stack {
+    app: TestApp,
+    kube: FakeKube,
+    am: [AlertmanagerProcess; 2],
+    enforcer: Enforcer,
+    lock: LeaderLock,
+    version: PriceBookVersion,
+    tenant: TenantId,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let app = support::app().await;
+        let kube = FakeKube::start().await;
+        let am = [AlertmanagerProcess::start().await, AlertmanagerProcess::start().await];
+        let cluster = KubernetesActuator::new(
+            KubernetesSettings::new(
+                Duration::from_secs(5),
+                3,
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            )
+            .with_api_url(kube.url()),
+        )
+        .await
+        .unwrap();
+        let alerts = Alertmanager::new(AlertmanagerSettings {
+            urls: am.iter().map(AlertmanagerProcess::url).collect(),
+            request_timeout: Duration::from_secs(5),
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        })
+        .unwrap();
+        let enforcer = Enforcer::new(
+            app.db.store.clone(),
+            Arc::new(cluster),
+            Arc::new(alerts),
+            settings(),
+        );
+        let lock = LeaderLock::try_acquire(&app.db.url, "test", 15, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("the only daemon leads");
+        let version = price_book(&app.db.store).await;
+        support::seed_tenants(&app, &["acme"]).await;
+        Stack {
+            app,
+            kube,
+            am,
+            enforcer,
+            lock,
+            version,
+            tenant: TenantId::parse("acme").unwrap(),
+        }
+    }
+
+    fn fence(&self) -> Fence {
+        self.lock.fence()
+    }
+
+    async fn cycle(&self) -> enforcer::executor::CycleReport {
+        let report = self.enforcer.run_once(self.fence(), Utc::now()).await.unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        report
+    }
+
+    async fn api(&self, method: Method, path: &str, role: &str, body: Option<Value>) -> Value {
+        let reply = self.app.call(method, path, Some(&token(role)), body).await;
+        assert!(reply.status.is_success(), "{path}: {} {:?}", reply.status, reply.body);
+        reply.body
+    }
+
+    async fn actions(&self) -> Vec<Value> {
+        self.api(Method::GET, "/api/v1/enforcement/actions?tenant=acme", "viewer", None)
+            .await["actions"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The labels of the active alerts of each replica, as `alertname/threshold/severity`.
+    async fn alerts(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for am in &self.am {
+            let mut names: Vec<String> = am
+                .alerts()
+                .await
+                .into_iter()
+                .map(|a| {
+                    format!(
+                        "{}/{}/{}",
+                        a.labels["alertname"], a.labels["threshold_percent"], a.labels["severity"]
+                    )
+                })
+                .collect();
+            names.sort();
+            out.push(names);
+        }
+        out
+    }
+
+    fn spec(&self) -> Value {
+        let hard = |r, n| self.kube.object(r, "acme-prod", n).unwrap()["spec"].clone();
+        json!({
+            "quota": hard(Resource::ResourceQuota, "budgetd-quota")["hard"],
+            "web": hard(Resource::Deployment, "web")["replicas"],
+            "db": hard(Resource::StatefulSet, "db")["replicas"],
+            "api": hard(Resource::Deployment, "api")["replicas"],
+            "report": hard(Resource::CronJob, "report")["suspend"],
+            "labels": self.kube.object(Resource::Namespace, "", "acme-prod").unwrap()["metadata"]["labels"],
+            "other_quota": self.kube.object(Resource::ResourceQuota, "globex-prod", "budgetd-quota").unwrap()["spec"]["hard"],
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
+    let s = Stack::start().await;
+    s.kube.create_namespace("acme-prod", &[("tenant", "acme"), ("team", "payments")]);
+    s.kube.create_quota("acme-prod", &[("requests.cpu", "8"), ("requests.memory", "16Gi"), ("pods", "20")]);
+    s.kube.create_deployment("acme-prod", "web", 3);
+    s.kube.create_deployment("acme-prod", "api", 4);
+    s.kube.create_hpa("acme-prod", "api", "Deployment", "api");
+    s.kube.create_statefulset("acme-prod", "db", 1);
+    s.kube.create_cronjob("acme-prod", "report", false);
+    s.kube.create_namespace("globex-prod", &[("tenant", "globex")]);
+    s.kube.create_quota("globex-prod", &[("pods", "7")]);
+    let prior = s.spec();
+
+    let now = Utc::now();
+    let month_start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .unwrap();
+    let minute = |back: i64| {
+        let t = Utc
+            .timestamp_opt(now.timestamp() - now.timestamp() % 60 - 60 * back, 0)
+            .unwrap();
+        assert!(t - chrono::Duration::seconds(60) >= month_start, "too close to the month's start");
+        t
+    };
+    s.api(
+        Method::PUT,
+        "/api/v1/tenants/acme/budget",
+        "finance",
+        Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
+    )
+    .await;
+
+    // Below every threshold, and no forecast yet: nothing.
+    spend(&s.app.db.store, &s.version, &s.tenant, minute(10), "10").await;
+    assert!(s.cycle().await.actions.is_empty());
+
+    // 85%: the 80% warning fires (and the forecast, which extrapolates the spend, too).
+    spend(&s.app.db.store, &s.version, &s.tenant, minute(9), "75").await;
+    s.cycle().await;
+    let expected_80 = vec![
+        "TenantBudgetForecast/100/warning".to_owned(),
+        "TenantBudgetThreshold/80/warning".to_owned(),
+    ];
+    assert_eq!(s.alerts().await, vec![expected_80.clone(), expected_80.clone()]);
+    assert_eq!(s.spec(), prior, "notifications do not touch the cluster");
+    let alert = &s.am[0].alerts().await[1];
+    assert_eq!(alert.labels["tenant"], "acme");
+    assert_eq!(alert.labels["period"], month_start.date_naive().to_string());
+    assert_eq!(alert.annotations["spent"], "85.00");
+    assert_eq!(alert.annotations["budget"], "100.00");
+    assert!(alert.labels.keys().all(|k| ["alertname", "tenant", "threshold_percent", "severity", "period"].contains(&k.as_str())));
+
+    // 105%: critical, and the quota is tightened by half.
+    spend(&s.app.db.store, &s.version, &s.tenant, minute(8), "20").await;
+    s.cycle().await;
+    let quota = &s.spec()["quota"];
+    assert_eq!(quota, &json!({"requests.cpu": "4", "requests.memory": "8Gi", "pods": "10"}));
+    assert_eq!(s.spec()["other_quota"], prior["other_quota"]);
+    assert!(s.alerts().await[0].contains(&"TenantBudgetThreshold/100/critical".to_owned()));
+
+    // 125%: the suspension waits for approval.
+    spend(&s.app.db.store, &s.version, &s.tenant, minute(7), "20").await;
+    s.cycle().await;
+    let pending: Vec<Value> = s
+        .actions()
+        .await
+        .into_iter()
+        .filter(|a| a["state"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["kind"], "suspend");
+    assert_eq!(s.spec()["web"], 3, "nothing is suspended before the approval");
+    let id = pending[0]["id"].as_i64().unwrap();
+    // A viewer cannot approve; an operator can.
+    let denied = s
+        .app
+        .call(Method::POST, &format!("/api/v1/enforcement/actions/{id}/approve"), Some(&token("viewer")), Some(json!({"reason": "x"})))
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let approved = s
+        .api(Method::POST, &format!("/api/v1/enforcement/actions/{id}/approve"), "operator", Some(json!({"reason": "runaway batch job, confirmed with the owner"})))
+        .await;
+    assert_eq!(approved["state"], "approved");
+    assert_eq!(approved["decided_by"], "operator-user");
+    s.cycle().await;
+    let suspended = s.spec();
+    assert_eq!(suspended["web"], 0);
+    assert_eq!(suspended["db"], 0);
+    assert_eq!(suspended["api"], 4, "the autoscaled deployment is reported, not fought");
+    assert_eq!(suspended["report"], true);
+    assert_eq!(suspended["labels"]["budgetd.io/suspended"], "true");
+    assert_eq!(suspended["quota"]["pods"], "0");
+    let tenant = s.api(Method::GET, "/api/v1/tenants/acme", "viewer", None).await;
+    assert_eq!(tenant["state"], "suspended");
+    let applied = s
+        .api(Method::GET, &format!("/api/v1/enforcement/actions/{id}"), "viewer", None)
+        .await;
+    assert_eq!(applied["outcome"]["autoscaled_not_scaled"], json!(["acme-prod/deployment/api (hpa api)"]));
+    let all_alerts = vec![
+        "TenantBudgetForecast/100/warning".to_owned(),
+        "TenantBudgetThreshold/100/critical".to_owned(),
+        "TenantBudgetThreshold/80/warning".to_owned(),
+        "TenantSuspended/120/critical".to_owned(),
+    ];
+    assert_eq!(s.alerts().await, vec![all_alerts.clone(), all_alerts.clone()]);
+
+    // Someone scales the suspended web deployment back up: the next cycle repairs it.
+    s.kube.set_replicas_as("kubectl", Resource::Deployment, "acme-prod", "web", 2);
+    s.cycle().await;
+    assert_eq!(s.spec()["web"], 0);
+
+    // An Alertmanager restart loses its alerts; the next cycle re-sends them.
+    let mut s = s;
+    s.am[1].restart().await;
+    assert_eq!(s.alerts().await[1], Vec::<String>::new());
+    let starts_before = s.am[0].alerts().await[0].starts_at;
+    s.cycle().await;
+    assert_eq!(s.alerts().await, vec![all_alerts.clone(), all_alerts]);
+    assert_eq!(s.am[1].alerts().await[0].starts_at, starts_before, "startsAt is stable");
+
+    // The budget is raised: every change is undone, exactly.
+    s.api(
+        Method::PUT,
+        "/api/v1/tenants/acme/budget",
+        "finance",
+        Some(json!({"amount": "1000", "currency": "EUR"})),
+    )
+    .await;
+    s.cycle().await;
+    assert_eq!(s.spec(), prior);
+    assert_eq!(s.alerts().await, vec![Vec::<String>::new(), Vec::new()]);
+    let tenant = s.api(Method::GET, "/api/v1/tenants/acme", "viewer", None).await;
+    assert_eq!(tenant["state"], "active");
+    assert!(s.cycle().await.actions.is_empty(), "nothing left to do");
+
+    // The actions and the audit log tell the whole story.
+    let mut story: Vec<(String, String)> = s
+        .actions()
+        .await
+        .iter()
+        .map(|a| (a["step_key"].as_str().unwrap().to_owned(), a["state"].as_str().unwrap().to_owned()))
+        .collect();
+    story.sort();
+    assert_eq!(
+        story,
+        [
+            ("actual:100:notify:critical", "restored"),
+            ("actual:100:tighten_quota", "restored"),
+            ("actual:120:suspend", "restored"),
+            ("actual:80:notify:warning", "restored"),
+            ("forecast:100:notify:warning", "restored"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    let audit: Vec<String> = sqlx::query_scalar("select action from audit_log where action like 'enforcement.%' or action like 'tenant.%' order by seq")
+        .fetch_all(s.app.db.store.pool())
+        .await
+        .unwrap();
+    let count = |what: &str| audit.iter().filter(|a| *a == what).count();
+    assert_eq!(count("enforcement.action_opened"), 5);
+    assert_eq!(count("enforcement.action_applied"), 5);
+    assert_eq!(count("enforcement.action_approved"), 1);
+    assert_eq!(count("enforcement.drift_repaired"), 1);
+    assert_eq!(count("enforcement.action_restored"), 5);
+    assert_eq!(count("tenant.suspended"), 1);
+    assert_eq!(count("tenant.active"), 1);
+    let events: Vec<String> = sqlx::query_scalar("select event_type from outbox where event_type in ('tenant.suspended', 'tenant.resumed') order by id")
+        .fetch_all(s.app.db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, ["tenant.suspended", "tenant.resumed"]);
+    assert!(matches!(
+        s.app.db.store.verify_audit_chain().await.unwrap(),
+        ledger::store::ChainStatus::Intact { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_stale_leader_cannot_enforce() {
+    let s = Stack::start().await;
+    let now = Utc::now();
+    let month_start = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).unwrap();
+    s.api(
+        Method::PUT,
+        "/api/v1/tenants/acme/budget",
+        "finance",
+        Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
+    )
+    .await;
+    let end = Utc
+        .timestamp_opt(now.timestamp() - now.timestamp() % 60, 0)
+        .unwrap();
+    spend(&s.app.db.store, &s.version, &s.tenant, end, "90").await;
+    let stale = s.fence();
+    let url = s.app.db.url.clone();
+    let Stack { lock, enforcer, app, .. } = s;
+    lock.release(Duration::from_secs(5)).await;
+    let next = LeaderLock::try_acquire(&url, "next", 15, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the lock is free again");
+    assert_eq!(next.fence().0, stale.0 + 1);
+    let err = enforcer.run_once(stale, Utc::now()).await.unwrap_err();
+    assert!(matches!(err, enforcer::executor::EnforceError::Fenced(_)), "{err}");
+    let opened: i64 = sqlx::query_scalar("select count(*) from enforcement_actions")
+        .fetch_one(app.db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(opened, 0, "nothing was written with the stale token");
+    let report = enforcer.run_once(next.fence(), Utc::now()).await.unwrap();
+    assert!(!report.actions.is_empty());
+}
