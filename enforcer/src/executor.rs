@@ -521,7 +521,12 @@ impl Enforcer {
         };
         let currency = budget.currency.code().to_owned();
         let minor = budget.currency.minor_units() as usize;
-        let round = |v| format!("{:.minor$}", ledger::money::round_to_minor_units(v, budget.currency));
+        let round = |v| {
+            format!(
+                "{:.minor$}",
+                ledger::money::round_to_minor_units(v, budget.currency)
+            )
+        };
         let mut annotations = BTreeMap::from([
             (
                 "summary".to_owned(),

@@ -19,8 +19,8 @@ use enforcer::testing::alertmanager::AlertmanagerProcess;
 use enforcer::testing::fake_kube::{FakeKube, Resource};
 use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
-use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::enforcement::Fence;
+use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::LeaderLock;
 use ledger::tenant::TenantId;
@@ -56,11 +56,21 @@ async fn price_book(store: &Store) -> PriceBookVersion {
 
 /// Spend of `euros` on the tenant in a fresh one-minute window ending at `end`, committed as
 /// the collector does (complete, watermark advanced).
-async fn spend(store: &Store, version: &PriceBookVersion, tenant: &TenantId, end: DateTime<Utc>, euros: &str) {
+async fn spend(
+    store: &Store,
+    version: &PriceBookVersion,
+    tenant: &TenantId,
+    end: DateTime<Utc>,
+    euros: &str,
+) {
     let window = Window::new(end - chrono::Duration::seconds(60), end).unwrap();
     let meter = MeterName::parse("meter", "cpu").unwrap();
     let pricing = version
-        .pricing(&meter, UnitName::parse("u", "core_hour").unwrap(), Decimal::from(3600))
+        .pricing(
+            &meter,
+            UnitName::parse("u", "core_hour").unwrap(),
+            Decimal::from(3600),
+        )
         .unwrap();
     let entry = NewEntry::new(
         EntryKey {
@@ -115,7 +125,10 @@ impl Stack {
     async fn start() -> Stack {
         let app = support::app().await;
         let kube = FakeKube::start().await;
-        let am = [AlertmanagerProcess::start().await, AlertmanagerProcess::start().await];
+        let am = [
+            AlertmanagerProcess::start().await,
+            AlertmanagerProcess::start().await,
+        ];
         let cluster = KubernetesActuator::new(
             KubernetesSettings::new(
                 Duration::from_secs(5),
@@ -163,20 +176,34 @@ impl Stack {
     }
 
     async fn cycle(&self) -> enforcer::executor::CycleReport {
-        let report = self.enforcer.run_once(self.fence(), Utc::now()).await.unwrap();
+        let report = self
+            .enforcer
+            .run_once(self.fence(), Utc::now())
+            .await
+            .unwrap();
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         report
     }
 
     async fn api(&self, method: Method, path: &str, role: &str, body: Option<Value>) -> Value {
         let reply = self.app.call(method, path, Some(&token(role)), body).await;
-        assert!(reply.status.is_success(), "{path}: {} {:?}", reply.status, reply.body);
+        assert!(
+            reply.status.is_success(),
+            "{path}: {} {:?}",
+            reply.status,
+            reply.body
+        );
         reply.body
     }
 
     async fn actions(&self) -> Vec<Value> {
-        self.api(Method::GET, "/api/v1/enforcement/actions?tenant=acme", "viewer", None)
-            .await["actions"]
+        self.api(
+            Method::GET,
+            "/api/v1/enforcement/actions?tenant=acme",
+            "viewer",
+            None,
+        )
+        .await["actions"]
             .as_array()
             .unwrap()
             .clone()
@@ -220,14 +247,23 @@ impl Stack {
 #[tokio::test]
 async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
     let s = Stack::start().await;
-    s.kube.create_namespace("acme-prod", &[("tenant", "acme"), ("team", "payments")]);
-    s.kube.create_quota("acme-prod", &[("requests.cpu", "8"), ("requests.memory", "16Gi"), ("pods", "20")]);
+    s.kube
+        .create_namespace("acme-prod", &[("tenant", "acme"), ("team", "payments")]);
+    s.kube.create_quota(
+        "acme-prod",
+        &[
+            ("requests.cpu", "8"),
+            ("requests.memory", "16Gi"),
+            ("pods", "20"),
+        ],
+    );
     s.kube.create_deployment("acme-prod", "web", 3);
     s.kube.create_deployment("acme-prod", "api", 4);
     s.kube.create_hpa("acme-prod", "api", "Deployment", "api");
     s.kube.create_statefulset("acme-prod", "db", 1);
     s.kube.create_cronjob("acme-prod", "report", false);
-    s.kube.create_namespace("globex-prod", &[("tenant", "globex")]);
+    s.kube
+        .create_namespace("globex-prod", &[("tenant", "globex")]);
     s.kube.create_quota("globex-prod", &[("pods", "7")]);
     let prior = s.spec();
 
@@ -239,7 +275,10 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
         let t = Utc
             .timestamp_opt(now.timestamp() - now.timestamp() % 60 - 60 * back, 0)
             .unwrap();
-        assert!(t - chrono::Duration::seconds(60) >= month_start, "too close to the month's start");
+        assert!(
+            t - chrono::Duration::seconds(60) >= month_start,
+            "too close to the month's start"
+        );
         t
     };
     s.api(
@@ -261,20 +300,33 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
         "TenantBudgetForecast/100/warning".to_owned(),
         "TenantBudgetThreshold/80/warning".to_owned(),
     ];
-    assert_eq!(s.alerts().await, vec![expected_80.clone(), expected_80.clone()]);
+    assert_eq!(
+        s.alerts().await,
+        vec![expected_80.clone(), expected_80.clone()]
+    );
     assert_eq!(s.spec(), prior, "notifications do not touch the cluster");
     let alert = &s.am[0].alerts().await[1];
     assert_eq!(alert.labels["tenant"], "acme");
     assert_eq!(alert.labels["period"], month_start.date_naive().to_string());
     assert_eq!(alert.annotations["spent"], "85.00");
     assert_eq!(alert.annotations["budget"], "100.00");
-    assert!(alert.labels.keys().all(|k| ["alertname", "tenant", "threshold_percent", "severity", "period"].contains(&k.as_str())));
+    assert!(alert.labels.keys().all(|k| [
+        "alertname",
+        "tenant",
+        "threshold_percent",
+        "severity",
+        "period"
+    ]
+    .contains(&k.as_str())));
 
     // 105%: critical, and the quota is tightened by half.
     spend(&s.app.db.store, &s.version, &s.tenant, minute(8), "20").await;
     s.cycle().await;
     let quota = &s.spec()["quota"];
-    assert_eq!(quota, &json!({"requests.cpu": "4", "requests.memory": "8Gi", "pods": "10"}));
+    assert_eq!(
+        quota,
+        &json!({"requests.cpu": "4", "requests.memory": "8Gi", "pods": "10"})
+    );
     assert_eq!(s.spec()["other_quota"], prior["other_quota"]);
     assert!(s.alerts().await[0].contains(&"TenantBudgetThreshold/100/critical".to_owned()));
 
@@ -289,16 +341,30 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
         .collect();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0]["kind"], "suspend");
-    assert_eq!(s.spec()["web"], 3, "nothing is suspended before the approval");
+    assert_eq!(
+        s.spec()["web"],
+        3,
+        "nothing is suspended before the approval"
+    );
     let id = pending[0]["id"].as_i64().unwrap();
     // A viewer cannot approve; an operator can.
     let denied = s
         .app
-        .call(Method::POST, &format!("/api/v1/enforcement/actions/{id}/approve"), Some(&token("viewer")), Some(json!({"reason": "x"})))
+        .call(
+            Method::POST,
+            &format!("/api/v1/enforcement/actions/{id}/approve"),
+            Some(&token("viewer")),
+            Some(json!({"reason": "x"})),
+        )
         .await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     let approved = s
-        .api(Method::POST, &format!("/api/v1/enforcement/actions/{id}/approve"), "operator", Some(json!({"reason": "runaway batch job, confirmed with the owner"})))
+        .api(
+            Method::POST,
+            &format!("/api/v1/enforcement/actions/{id}/approve"),
+            "operator",
+            Some(json!({"reason": "runaway batch job, confirmed with the owner"})),
+        )
         .await;
     assert_eq!(approved["state"], "approved");
     assert_eq!(approved["decided_by"], "operator-user");
@@ -306,26 +372,43 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
     let suspended = s.spec();
     assert_eq!(suspended["web"], 0);
     assert_eq!(suspended["db"], 0);
-    assert_eq!(suspended["api"], 4, "the autoscaled deployment is reported, not fought");
+    assert_eq!(
+        suspended["api"], 4,
+        "the autoscaled deployment is reported, not fought"
+    );
     assert_eq!(suspended["report"], true);
     assert_eq!(suspended["labels"]["budgetd.io/suspended"], "true");
     assert_eq!(suspended["quota"]["pods"], "0");
-    let tenant = s.api(Method::GET, "/api/v1/tenants/acme", "viewer", None).await;
+    let tenant = s
+        .api(Method::GET, "/api/v1/tenants/acme", "viewer", None)
+        .await;
     assert_eq!(tenant["state"], "suspended");
     let applied = s
-        .api(Method::GET, &format!("/api/v1/enforcement/actions/{id}"), "viewer", None)
+        .api(
+            Method::GET,
+            &format!("/api/v1/enforcement/actions/{id}"),
+            "viewer",
+            None,
+        )
         .await;
-    assert_eq!(applied["outcome"]["autoscaled_not_scaled"], json!(["acme-prod/deployment/api (hpa api)"]));
+    assert_eq!(
+        applied["outcome"]["autoscaled_not_scaled"],
+        json!(["acme-prod/deployment/api (hpa api)"])
+    );
     let all_alerts = vec![
         "TenantBudgetForecast/100/warning".to_owned(),
         "TenantBudgetThreshold/100/critical".to_owned(),
         "TenantBudgetThreshold/80/warning".to_owned(),
         "TenantSuspended/120/critical".to_owned(),
     ];
-    assert_eq!(s.alerts().await, vec![all_alerts.clone(), all_alerts.clone()]);
+    assert_eq!(
+        s.alerts().await,
+        vec![all_alerts.clone(), all_alerts.clone()]
+    );
 
     // Someone scales the suspended web deployment back up: the next cycle repairs it.
-    s.kube.set_replicas_as("kubectl", Resource::Deployment, "acme-prod", "web", 2);
+    s.kube
+        .set_replicas_as("kubectl", Resource::Deployment, "acme-prod", "web", 2);
     s.cycle().await;
     assert_eq!(s.spec()["web"], 0);
 
@@ -336,7 +419,11 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
     let starts_before = s.am[0].alerts().await[0].starts_at;
     s.cycle().await;
     assert_eq!(s.alerts().await, vec![all_alerts.clone(), all_alerts]);
-    assert_eq!(s.am[1].alerts().await[0].starts_at, starts_before, "startsAt is stable");
+    assert_eq!(
+        s.am[1].alerts().await[0].starts_at,
+        starts_before,
+        "startsAt is stable"
+    );
 
     // The budget is raised: every change is undone, exactly.
     s.api(
@@ -349,7 +436,9 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
     s.cycle().await;
     assert_eq!(s.spec(), prior);
     assert_eq!(s.alerts().await, vec![Vec::<String>::new(), Vec::new()]);
-    let tenant = s.api(Method::GET, "/api/v1/tenants/acme", "viewer", None).await;
+    let tenant = s
+        .api(Method::GET, "/api/v1/tenants/acme", "viewer", None)
+        .await;
     assert_eq!(tenant["state"], "active");
     assert!(s.cycle().await.actions.is_empty(), "nothing left to do");
 
@@ -358,7 +447,12 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
         .actions()
         .await
         .iter()
-        .map(|a| (a["step_key"].as_str().unwrap().to_owned(), a["state"].as_str().unwrap().to_owned()))
+        .map(|a| {
+            (
+                a["step_key"].as_str().unwrap().to_owned(),
+                a["state"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     story.sort();
     assert_eq!(
@@ -399,7 +493,9 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
 async fn a_stale_leader_cannot_enforce() {
     let s = Stack::start().await;
     let now = Utc::now();
-    let month_start = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).unwrap();
+    let month_start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .unwrap();
     s.api(
         Method::PUT,
         "/api/v1/tenants/acme/budget",
@@ -413,7 +509,12 @@ async fn a_stale_leader_cannot_enforce() {
     spend(&s.app.db.store, &s.version, &s.tenant, end, "90").await;
     let stale = s.fence();
     let url = s.app.db.url.clone();
-    let Stack { lock, enforcer, app, .. } = s;
+    let Stack {
+        lock,
+        enforcer,
+        app,
+        ..
+    } = s;
     lock.release(Duration::from_secs(5)).await;
     let next = LeaderLock::try_acquire(&url, "next", 15, Duration::from_secs(10))
         .await
@@ -421,7 +522,10 @@ async fn a_stale_leader_cannot_enforce() {
         .expect("the lock is free again");
     assert_eq!(next.fence().0, stale.0 + 1);
     let err = enforcer.run_once(stale, Utc::now()).await.unwrap_err();
-    assert!(matches!(err, enforcer::executor::EnforceError::Fenced(_)), "{err}");
+    assert!(
+        matches!(err, enforcer::executor::EnforceError::Fenced(_)),
+        "{err}"
+    );
     let opened: i64 = sqlx::query_scalar("select count(*) from enforcement_actions")
         .fetch_one(app.db.store.pool())
         .await
@@ -429,4 +533,262 @@ async fn a_stale_leader_cannot_enforce() {
     assert_eq!(opened, 0, "nothing was written with the stale token");
     let report = enforcer.run_once(next.fence(), Utc::now()).await.unwrap();
     assert!(!report.actions.is_empty());
+}
+
+/// A `budgetd run` process, killed on drop.
+struct Daemon {
+    child: std::process::Child,
+    api: String,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(
+        config: &std::path::Path,
+        db_url: &str,
+        am_url: &str,
+        log: std::path::PathBuf,
+    ) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_budgetd"))
+            .env("BUDGETD_CONFIG", config)
+            .env("BUDGETD_DATABASE_URL", db_url)
+            .env("BUDGETD_MIGRATE_DATABASE_URL", db_url)
+            .env("BUDGETD_ALERTMANAGER_URL", am_url)
+            .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
+            .env("BUDGETD_LOG", "info")
+            .env_remove("BUDGETD_BOOTSTRAP_ADMIN_TOKEN")
+            .arg("run")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            api: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 50 ms until it is true; panics with `what` after `limit`.
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+async fn leader_holder(store: &Store) -> Option<(i64, String)> {
+    sqlx::query_as("select token, holder from leader_lease")
+        .fetch_optional(store.pool())
+        .await
+        .unwrap()
+}
+
+async fn applied(store: &Store) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "select a.step_key, count(l.seq) from enforcement_actions a \
+         left join audit_log l on l.action = 'enforcement.action_applied' and l.target_id = a.id::text \
+         group by a.id, a.step_key order by a.step_key",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn when_the_leader_dies_the_other_daemon_takes_over_and_nothing_is_applied_twice() {
+    let db = ledger::testing::fresh_database().await;
+    let store = db.store.clone();
+    let version = price_book(&store).await;
+    let tenant = ledger::testing::create_tenant(&store, "acme").await;
+    let now = Utc::now();
+    let month_start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .unwrap();
+    store
+        .set_budget(
+            &ctx(),
+            &tenant,
+            &ledger::budget::NewBudget {
+                amount: ledger::money::Money {
+                    amount: dec("100"),
+                    currency: Currency::parse("currency", "EUR").unwrap(),
+                },
+                period: ledger::budget::BudgetPeriod::Monthly,
+                thresholds: ledger::budget::Thresholds::parse(vec![80, 100]).unwrap(),
+                effective_from: month_start - chrono::Duration::days(1),
+            },
+        )
+        .await
+        .unwrap();
+    let end = Utc
+        .timestamp_opt(now.timestamp() - now.timestamp() % 60, 0)
+        .unwrap();
+    spend(&store, &version, &tenant, end, "125").await;
+    let kube = FakeKube::start().await;
+    kube.create_namespace("acme-prod", &[("tenant", "acme")]);
+    kube.create_quota("acme-prod", &[("pods", "20")]);
+    kube.create_deployment("acme-prod", "web", 3);
+    let am = AlertmanagerProcess::start().await;
+
+    let dir = std::env::temp_dir().join(format!("budgetd-failover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("budgetd.toml");
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml"),
+    )
+    .unwrap();
+    let text = example
+        .replace(
+            "[collector]\nenabled = true",
+            "[collector]\nenabled = false",
+        )
+        .replace(
+            "api_url = \"http://127.0.0.1:8001\"",
+            &format!("api_url = {:?}", kube.url()),
+        )
+        .replace("interval_seconds = 60", "interval_seconds = 1")
+        .replace("retry_seconds = 5", "retry_seconds = 1")
+        .replace("check_seconds = 5", "check_seconds = 1");
+    for changed in [
+        "enabled = false",
+        "interval_seconds = 1",
+        "retry_seconds = 1",
+        "check_seconds = 1",
+        &kube.url(),
+    ] {
+        assert!(text.contains(changed), "{changed}");
+    }
+    std::fs::write(&config, text).unwrap();
+
+    let first = Daemon::start(&config, &db.url, am.url().as_str(), dir.join("first.log"));
+    // The first daemon leads and applies what needs no approval; the suspension waits.
+    wait_until(
+        Duration::from_secs(60),
+        "the first daemon to lead and tighten",
+        || async {
+            applied(&store)
+                .await
+                .iter()
+                .filter(|(_, n)| *n == 1)
+                .count()
+                == 4
+        },
+    )
+    .await;
+    let (token, holder) = leader_holder(&store).await.unwrap();
+    assert!(holder.starts_with(&format!("{}-", first.pid())), "{holder}");
+    let second = Daemon::start(&config, &db.url, am.url().as_str(), dir.join("second.log"));
+    let client = reqwest::Client::new();
+    let metrics_url = format!("{}/metrics", second.api);
+    wait_until(
+        Duration::from_secs(60),
+        "the second daemon to follow",
+        || async {
+            match client.get(&metrics_url).send().await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .contains("budgetd_leader 0"),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        leader_holder(&store).await.unwrap().0,
+        token,
+        "the follower did not take over"
+    );
+
+    let mut first = first;
+    first.child.kill().unwrap(); // SIGKILL: no clean release
+    first.child.wait().unwrap();
+    let failover = wait_until(
+        Duration::from_secs(30),
+        "the second daemon to take over",
+        || async {
+            leader_holder(&store)
+                .await
+                .is_some_and(|(_, h)| h.starts_with(&format!("{}-", second.pid())))
+        },
+    )
+    .await;
+    eprintln!("failover took {failover:?}");
+    assert_eq!(leader_holder(&store).await.unwrap().0, token + 1);
+
+    let pending: i64 =
+        sqlx::query_scalar("select id from enforcement_actions where state = 'pending'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    store
+        .decide_action(&ctx(), pending, true, "approved after failover")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the new leader to suspend",
+        || async { applied(&store).await.iter().all(|(_, n)| *n >= 1) },
+    )
+    .await;
+    assert_eq!(
+        applied(&store).await,
+        [
+            ("actual:100:notify:critical", 1),
+            ("actual:100:tighten_quota", 1),
+            ("actual:120:suspend", 1),
+            ("actual:80:notify:warning", 1),
+            ("forecast:100:notify:warning", 1),
+        ]
+        .map(|(k, n)| (k.to_owned(), n)),
+        "{}",
+        second.log()
+    );
+    let writes = kube.writes();
+    let count = |path: &str| writes.iter().filter(|w| w.path.ends_with(path)).count();
+    assert_eq!(
+        count("/resourcequotas/budgetd-quota"),
+        2,
+        "one tighten, one suspend: {writes:?}"
+    );
+    assert_eq!(count("/deployments/web/scale"), 1, "{writes:?}");
+    assert_eq!(
+        kube.object(Resource::Deployment, "acme-prod", "web")
+            .unwrap()["spec"]["replicas"],
+        0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
