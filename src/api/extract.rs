@@ -159,6 +159,23 @@ fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             field: Some(field),
         };
     }
+    // "missing field `x`": the path ends at the object that lacks it.
+    if let Some(missing) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let field = if path == "." {
+            missing.to_owned()
+        } else {
+            format!("{path}.{missing}")
+        };
+        return ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_field",
+            message: format!("{missing:?} is required"),
+            field: Some(field),
+        };
+    }
     let field = (path != ".").then_some(path);
     let code = if inner.is_syntax() || inner.is_eof() {
         "invalid_json"

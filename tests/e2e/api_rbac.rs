@@ -67,6 +67,7 @@ fn cases() -> Vec<Case> {
         json!({"valid_from": format!("2027-01-{day:02}T00:00:00Z"), "currency": "EUR", "rates": {"cpu": "0.03"}})
     };
     let create = |who: &str| tenant_body(&format!("new-{who}"));
+    let exempt = |who: &str| json!({"until": chrono::Utc::now() + chrono::Duration::days(30), "reason": format!("exempted by {who}")});
     vec![
         Case {
             method: Method::GET,
@@ -168,6 +169,48 @@ fn cases() -> Vec<Case> {
         },
         Case {
             method: Method::GET,
+            path: "/api/v1/enforcement/actions",
+            body: None,
+            target: Unscoped,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/enforcement/actions?tenant=globex",
+            body: None,
+            target: Unscoped,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/exemption",
+            body: None,
+            target: Own,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/exemption",
+            body: None,
+            target: Other,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::PUT,
+            path: "/api/v1/tenants/{t}/exemption",
+            body: Some(exempt),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        Case {
+            method: Method::PUT,
+            path: "/api/v1/tenants/{t}/exemption",
+            body: Some(exempt),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
             path: "/api/v1/price-book",
             body: None,
             target: Unscoped,
@@ -235,6 +278,15 @@ async fn every_route_and_role_gets_the_expected_status() {
             )
             .await;
         assert_eq!(reply.status, StatusCode::OK);
+        let reply = app
+            .call(
+                Method::PUT,
+                &format!("/api/v1/tenants/{t}/exemption"),
+                Some(&token("operator")),
+                Some(json!({"until": "2020-01-01T00:00:00Z", "reason": "setup"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
 
     let mut failures = Vec::new();
@@ -322,9 +374,83 @@ async fn every_route_and_role_gets_the_expected_status() {
         .fetch_one(app.db.store.pool())
         .await
         .unwrap();
-    assert_eq!(audited as usize, ids.len() + 2 + mutations);
+    assert_eq!(audited as usize, ids.len() + 4 + mutations);
     assert!(matches!(
         app.db.store.verify_audit_chain().await.unwrap(),
         ledger::store::ChainStatus::Intact { .. }
     ));
+}
+
+/// Approving and rejecting: operators and admins decide; a tenant token learns nothing about
+/// other tenants' actions.
+#[tokio::test]
+async fn only_operators_and_admins_decide_enforcement_actions() {
+    use ledger::enforcement::{ActionKind, ActionState, NewAction};
+    let app = app().await;
+    seed_tenants(&app, &[OWN_TENANT, "globex"]).await;
+    let lock = ledger::store::LeaderLock::try_acquire(&app.db.url, "test", 15, std::time::Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let ctx = ledger::audit::AuditContext {
+        actor: ledger::audit::Actor::system("test"),
+        request_id: "rbac".into(),
+    };
+    let mut failures = Vec::new();
+    for (tenant, expect) in [
+        (OWN_TENANT, [200, 200, 403, 403, 403, 401, 401]),
+        ("globex", [200, 200, 403, 403, 404, 401, 401]),
+    ] {
+        for verb in ["approve", "reject"] {
+            for (i, &who) in CALLERS.iter().enumerate() {
+                let action = app
+                    .db
+                    .store
+                    .open_action(
+                        lock.fence(),
+                        &ctx,
+                        &NewAction {
+                            tenant: ledger::tenant::TenantId::parse(tenant).unwrap(),
+                            period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+                            step_key: format!("actual:120:suspend:{verb}:{i}"),
+                            step: json!({}),
+                            kind: ActionKind::Suspend,
+                            state: ActionState::Pending,
+                            reason: "test".into(),
+                            spent: 130.into(),
+                            forecast: 150.into(),
+                            budget: ledger::money::Money {
+                                amount: 100.into(),
+                                currency: ledger::currency::Currency::parse("c", "EUR").unwrap(),
+                            },
+                            not_before: chrono::Utc::now(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                let token = match who {
+                    Who::Role(role) => Some(token(role)),
+                    Who::NoToken => None,
+                    Who::WrongToken => Some("not-a-configured-token".to_owned()),
+                };
+                let path = format!("/api/v1/enforcement/actions/{}/{verb}", action.id);
+                let before = app.snapshot().await;
+                let reply = app
+                    .call(Method::POST, &path, token.as_deref(), Some(json!({"reason": "checked"})))
+                    .await;
+                if reply.status.as_u16() != expect[i] {
+                    failures.push(format!("{path} ({tenant}) as {}: got {} {:?}", label(who), reply.status, reply.body));
+                }
+                let after = app.db.store.get_action(action.id).await.unwrap();
+                if reply.status.is_success() {
+                    let want = if verb == "approve" { ActionState::Approved } else { ActionState::Rejected };
+                    assert_eq!(after.state, want);
+                } else {
+                    assert_eq!(after.state, ActionState::Pending, "{path} as {}", label(who));
+                    assert_eq!(app.snapshot().await, before);
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
 }
