@@ -156,6 +156,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 30)]
         backfill_days: i64,
     },
+    /// One enforcement evaluation (budget status query, open actions, exemptions, plan) for
+    /// many tenants against a plain SELECT of the same spent sums. Needs a superuser URL: it
+    /// creates and drops its own scratch database.
+    Enforcer {
+        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
+        database_url: String,
+        /// Tenants, each with a monthly budget.
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        /// Timed rounds, after one warm-up.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
 }
 
 /// Runs the CLI and maps failures to exit codes: 2 for bad configuration or arguments, 1 for
@@ -218,6 +231,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     backfill_days: *backfill_days,
                 };
                 crate::collector_bench::run_collector_bench(database_url, &options).await?;
+            }
+            BenchCommand::Enforcer {
+                database_url,
+                tenants,
+                rounds,
+            } => {
+                let options = crate::enforcer_bench::EnforcerBenchOptions {
+                    tenants: *tenants,
+                    rounds: *rounds,
+                };
+                crate::enforcer_bench::run_enforcer_bench(database_url, &options).await?;
             }
         }
         return Ok(ExitCode::SUCCESS);

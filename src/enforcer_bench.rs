@@ -34,7 +34,7 @@ use enforcer::plan::{plan, Action, ClusterState, OpenAction};
 use enforcer::policy::{Basis, Ladder, Policy, StepAction};
 use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
-use ledger::enforcement::{ActionRecord, ActionState, BudgetState, BudgetStatus};
+use ledger::enforcement::{ActionRecord, ActionState, BudgetState, BudgetStatus, Exemption};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
 use ledger::store::with_database;
 use ledger::{Store, StoreConfig};
@@ -154,7 +154,8 @@ fn bench_now(real: DateTime<Utc>) -> DateTime<Utc> {
     if real.day() >= first_whole_day {
         real
     } else {
-        real.with_day(first_whole_day).expect("every month has a 9th")
+        real.with_day(first_whole_day)
+            .expect("every month has a 9th")
     }
 }
 
@@ -337,7 +338,10 @@ async fn load(
     };
     let mut rates = BTreeMap::new();
     for m in &METERS {
-        rates.insert(MeterName::parse("meter", m.meter)?, Decimal::from_str(m.rate)?);
+        rates.insert(
+            MeterName::parse("meter", m.meter)?,
+            Decimal::from_str(m.rate)?,
+        );
     }
     let version = NewPriceBookVersion::new(
         midnight(cal.history_start),
@@ -450,7 +454,7 @@ async fn load(
     sqlx::query(
         "insert into budgets (tenant_id, amount, currency, period, thresholds, effective_from, \
                               created_at, created_by) \
-         select s.tenant_id, round(s.amount / r.ratio, 2), $3, 'monthly', '{50,80,100}', \
+         select s.tenant_id, round(s.amount / r.ratio::numeric, 2), $3, 'monthly', '{50,80,100}', \
                 $4, $4, 'bench' \
          from (select g, 't' || lpad(g::text, $2, '0') as tenant_id, \
                       pg_temp.bench_u(g, 7) as class, pg_temp.bench_u(g, 8) as v \
@@ -547,10 +551,7 @@ async fn record_steady_state(
         .budget_statuses(cal.now, TRAILING_DAYS, MAX_LAG_SECONDS)
         .await?;
     let exemptions = store.exemptions_in_force(cal.now).await?;
-    let policy = policy(
-        ladder,
-        exemptions.into_iter().map(|e| (e.tenant, e.until)).collect(),
-    );
+    let policy = policy(ladder, exemptions);
     let first = plan(&statuses, &policy, &ClusterState::default(), &[], cal.now);
 
     #[derive(Default)]
@@ -743,12 +744,16 @@ async fn plain(store: &Store, cal: &Calendar) -> anyhow::Result<Vec<(String, Dec
         .await?)
 }
 
-fn policy(ladder: &Ladder, exemptions: BTreeMap<ledger::tenant::TenantId, DateTime<Utc>>) -> Policy {
+/// The policy `Enforcer::evaluate` builds: the configured ladder, the exemptions in force.
+fn policy(ladder: &Ladder, exemptions: Vec<Exemption>) -> Policy {
     Policy {
         default_ladder: ladder.clone(),
         ladders: BTreeMap::new(),
         hysteresis_percent: Decimal::from(HYSTERESIS_PERCENT),
-        exemptions,
+        exemptions: exemptions
+            .into_iter()
+            .map(|e| (e.tenant, e.until))
+            .collect(),
         dry_run: false,
     }
 }
@@ -791,12 +796,15 @@ async fn evaluate(store: &Store, cal: &Calendar, ladder: &Ladder) -> anyhow::Res
     let open = store.open_actions().await?;
     let exemptions = store.exemptions_in_force(cal.now).await?;
     let reads = t.elapsed();
-    let policy = policy(
-        ladder,
-        exemptions.into_iter().map(|e| (e.tenant, e.until)).collect(),
-    );
+    let policy = policy(ladder, exemptions);
     let opens: Vec<OpenAction> = open.iter().map(open_action).collect();
-    let actions = plan(&statuses, &policy, &ClusterState::default(), &opens, cal.now);
+    let actions = plan(
+        &statuses,
+        &policy,
+        &ClusterState::default(),
+        &opens,
+        cal.now,
+    );
     let total = t.elapsed();
     Ok(Evaluation {
         statuses,
@@ -859,9 +867,8 @@ async fn measure(
         evaluations.push(std::hint::black_box(e));
     }
 
-    let part = |f: fn(&Evaluation) -> Duration| -> Vec<Duration> {
-        evaluations.iter().map(f).collect()
-    };
+    let part =
+        |f: fn(&Evaluation) -> Duration| -> Vec<Duration> { evaluations.iter().map(f).collect() };
     let totals = part(|e| e.total);
     let ratios: Vec<f64> = totals
         .iter()
@@ -886,7 +893,10 @@ async fn measure(
         verdict(total_ms <= TOTAL_TARGET_MS),
     );
     for (label, f) in [
-        ("  budget_statuses", (|e| e.status_query) as fn(&Evaluation) -> Duration),
+        (
+            "  budget_statuses",
+            (|e| e.status_query) as fn(&Evaluation) -> Duration,
+        ),
         ("  open_actions + exemptions_in_force", |e| e.other_reads),
         ("  plan (pure)", |e| e.plan),
     ] {
@@ -907,8 +917,8 @@ async fn measure(
         true,
     )
     .await?;
-    let plain_server_ms = execution_ms(conn, &format!("explain analyze {PLAIN_SQL}"), cal, false)
-        .await?;
+    let plain_server_ms =
+        execution_ms(conn, &format!("explain analyze {PLAIN_SQL}"), cal, false).await?;
     println!(
         "  {:<46}{function_ms:>9.1} ms   plain {plain_server_ms:.1} ms   (EXPLAIN ANALYZE, median \
          of 3; context)",
@@ -1021,10 +1031,22 @@ mod tests {
     #[test]
     fn calendar_of_a_late_november_now() {
         let cal = Calendar::new(at("2026-11-27T15:10:04Z"));
-        assert_eq!(cal.period_start, NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
-        assert_eq!(cal.period_end, NaiveDate::from_ymd_opt(2026, 12, 1).unwrap());
-        assert_eq!(cal.history_start, NaiveDate::from_ymd_opt(2026, 10, 1).unwrap());
-        assert_eq!(cal.trailing_start(), NaiveDate::from_ymd_opt(2026, 11, 20).unwrap());
+        assert_eq!(
+            cal.period_start,
+            NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
+        );
+        assert_eq!(
+            cal.period_end,
+            NaiveDate::from_ymd_opt(2026, 12, 1).unwrap()
+        );
+        assert_eq!(
+            cal.history_start,
+            NaiveDate::from_ymd_opt(2026, 10, 1).unwrap()
+        );
+        assert_eq!(
+            cal.trailing_start(),
+            NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()
+        );
         let f = cal.elapsed_fraction();
         assert!((f - (26.0 * 86_400.0 + 15.0 * 3_600.0 + 600.0) / (30.0 * 86_400.0)).abs() < 1e-12);
     }

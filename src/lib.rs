@@ -9,6 +9,7 @@ pub mod cli;
 pub mod collector_bench;
 pub mod config;
 pub mod demo;
+pub mod enforcer_bench;
 pub mod leader;
 pub mod plan_table;
 pub mod report;

@@ -6,7 +6,7 @@ use std::io::Write;
 use enforcer::executor::Evaluation;
 use enforcer::plan::Action;
 use ledger::enforcement::{ActionState, BudgetStatus};
-use ledger::money::round_to_minor_units;
+use ledger::money::format_amount;
 use ledger::tenant::TenantId;
 
 /// One row per planned action; tenants without actions are counted, tenants whose data is
@@ -68,11 +68,11 @@ pub fn write(out: &mut impl Write, evaluation: &Evaluation) -> std::io::Result<(
         let tenant = action.tenant();
         let row = match statuses.get(tenant) {
             Some(s) => {
-                let round = |v| round_to_minor_units(v, s.budget.currency).to_string();
+                let round = |v| format_amount(v, s.budget.currency);
                 [
                     tenant.to_string(),
                     round(s.spent),
-                    format!("{} {}", s.budget.amount, s.budget.currency.code()),
+                    format!("{} {}", round(s.budget.amount), s.budget.currency.code()),
                     s.percent_of_budget(s.spent)
                         .map_or("-".to_owned(), |p| p.to_string()),
                     round(s.forecast),

@@ -108,13 +108,14 @@ fn reason(status: &BudgetStatus, step: &Step) -> String {
     let percent = status
         .percent_of_budget(v)
         .map_or("∞".to_owned(), |p| p.to_string());
+    let currency = status.budget.currency;
     format!(
         "{} {} {} is {percent}% of the {} {} budget for the period from {} ({})",
         step.on.as_str(),
-        ledger::money::round_to_minor_units(v, status.budget.currency),
-        status.budget.currency.code(),
-        status.budget.amount,
-        status.budget.currency.code(),
+        ledger::money::format_amount(v, currency),
+        currency.code(),
+        ledger::money::format_amount(status.budget.amount, currency),
+        currency.code(),
         status.period_start,
         step.describe(),
     )

@@ -30,6 +30,13 @@ pub fn round_to_minor_units(amount: Decimal, currency: Currency) -> Decimal {
 
 /// Parses a plain decimal string: optional '-', digits, optional '.' and digits. Exponents,
 /// '+', spaces, "NaN" and friends are rejected so that what a user wrote is what is stored.
+/// `amount` rounded to the currency's minor unit and written with all its digits
+/// (`125.00` for EUR, `125` for JPY), for people to read.
+pub fn format_amount(amount: Decimal, currency: Currency) -> String {
+    let minor = currency.minor_units() as usize;
+    format!("{:.minor$}", round_to_minor_units(amount, currency))
+}
+
 pub fn parse_decimal(field: &str, value: &str) -> Result<Decimal, Invalid> {
     let digits = value.strip_prefix('-').unwrap_or(value);
     let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));

@@ -534,10 +534,15 @@ async fn enforcement_input_is_validated() {
     use ledger::enforcement::{ActionKind, ActionState, NewAction};
     let app = app().await;
     seed_tenants(&app, &["acme"]).await;
-    let lock = ledger::store::LeaderLock::try_acquire(&app.db.url, "test", 15, std::time::Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap();
+    let lock = ledger::store::LeaderLock::try_acquire(
+        &app.db.url,
+        "test",
+        15,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let ctx = ledger::audit::AuditContext {
         actor: ledger::audit::Actor::system("test"),
         request_id: "input".into(),
@@ -577,10 +582,30 @@ async fn enforcement_input_is_validated() {
         (approve("abc"), json!({"reason": "ok"}), 400, "id"),
         (approve("0"), json!({"reason": "ok"}), 400, "id"),
         (approve(&pending.to_string()), json!({}), 400, "reason"),
-        (approve(&pending.to_string()), json!({"reason": "  "}), 400, "reason"),
-        (approve(&pending.to_string()), json!({"reason": "x".repeat(1001)}), 400, "reason"),
-        (approve(&pending.to_string()), json!({"reason": "ok", "force": true}), 400, "force"),
-        (approve(&pending.to_string()), json!({"reason": 7}), 400, "reason"),
+        (
+            approve(&pending.to_string()),
+            json!({"reason": "  "}),
+            400,
+            "reason",
+        ),
+        (
+            approve(&pending.to_string()),
+            json!({"reason": "x".repeat(1001)}),
+            400,
+            "reason",
+        ),
+        (
+            approve(&pending.to_string()),
+            json!({"reason": "ok", "force": true}),
+            400,
+            "force",
+        ),
+        (
+            approve(&pending.to_string()),
+            json!({"reason": 7}),
+            400,
+            "reason",
+        ),
     ];
     for (path, body, status, field) in cases {
         rejects(&app, Method::POST, &path, body, status, field).await;
@@ -588,11 +613,21 @@ async fn enforcement_input_is_validated() {
     // Only pending actions can be decided; unknown ones do not exist.
     let before = app.snapshot().await;
     let reply = app
-        .call(Method::POST, &approve(&scheduled.to_string()), Some(&token("operator")), Some(json!({"reason": "ok"})))
+        .call(
+            Method::POST,
+            &approve(&scheduled.to_string()),
+            Some(&token("operator")),
+            Some(json!({"reason": "ok"})),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
     let reply = app
-        .call(Method::POST, &approve("999999"), Some(&token("operator")), Some(json!({"reason": "ok"})))
+        .call(
+            Method::POST,
+            &approve("999999"),
+            Some(&token("operator")),
+            Some(json!({"reason": "ok"})),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
     assert_eq!(app.snapshot().await, before);
@@ -606,30 +641,66 @@ async fn enforcement_input_is_validated() {
         ("colour=red", "colour"),
     ] {
         let reply = app
-            .call(Method::GET, &format!("/api/v1/enforcement/actions?{query}"), Some(&token("viewer")), None)
+            .call(
+                Method::GET,
+                &format!("/api/v1/enforcement/actions?{query}"),
+                Some(&token("viewer")),
+                None,
+            )
             .await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}: {:?}", reply.body);
-        assert_eq!(reply.body["error"]["field"], json!(field), "{query}: {:?}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {:?}",
+            reply.body
+        );
+        assert_eq!(
+            reply.body["error"]["field"],
+            json!(field),
+            "{query}: {:?}",
+            reply.body
+        );
     }
     let listed = app
-        .call(Method::GET, "/api/v1/enforcement/actions?state=pending&tenant=acme", Some(&token("viewer")), None)
+        .call(
+            Method::GET,
+            "/api/v1/enforcement/actions?state=pending&tenant=acme",
+            Some(&token("viewer")),
+            None,
+        )
         .await;
-    let listed: Vec<i64> = listed.body["actions"].as_array().unwrap().iter().map(|a| a["id"].as_i64().unwrap()).collect();
+    let listed: Vec<i64> = listed.body["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(listed, [pending]);
 
     let exemption = "/api/v1/tenants/acme/exemption";
     let soon = chrono::Utc::now() + chrono::Duration::days(3);
     for (body, field) in [
         (json!({"reason": "launch week"}), "until"),
-        (json!({"until": "tomorrow", "reason": "launch week"}), "until"),
-        (json!({"until": chrono::Utc::now() + chrono::Duration::days(400), "reason": "x"}), "until"),
+        (
+            json!({"until": "tomorrow", "reason": "launch week"}),
+            "until",
+        ),
+        (
+            json!({"until": chrono::Utc::now() + chrono::Duration::days(400), "reason": "x"}),
+            "until",
+        ),
         (json!({"until": soon}), "reason"),
         (json!({"until": soon, "reason": ""}), "reason"),
     ] {
         rejects(&app, Method::PUT, exemption, body, 400, field).await;
     }
     let reply = app
-        .call(Method::PUT, exemption, Some(&token("operator")), Some(json!({"until": soon, "reason": "launch week"})))
+        .call(
+            Method::PUT,
+            exemption,
+            Some(&token("operator")),
+            Some(json!({"until": soon, "reason": "launch week"})),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["in_force"], true);

@@ -388,10 +388,15 @@ async fn only_operators_and_admins_decide_enforcement_actions() {
     use ledger::enforcement::{ActionKind, ActionState, NewAction};
     let app = app().await;
     seed_tenants(&app, &[OWN_TENANT, "globex"]).await;
-    let lock = ledger::store::LeaderLock::try_acquire(&app.db.url, "test", 15, std::time::Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap();
+    let lock = ledger::store::LeaderLock::try_acquire(
+        &app.db.url,
+        "test",
+        15,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let ctx = ledger::audit::AuditContext {
         actor: ledger::audit::Actor::system("test"),
         request_id: "rbac".into(),
@@ -436,17 +441,36 @@ async fn only_operators_and_admins_decide_enforcement_actions() {
                 let path = format!("/api/v1/enforcement/actions/{}/{verb}", action.id);
                 let before = app.snapshot().await;
                 let reply = app
-                    .call(Method::POST, &path, token.as_deref(), Some(json!({"reason": "checked"})))
+                    .call(
+                        Method::POST,
+                        &path,
+                        token.as_deref(),
+                        Some(json!({"reason": "checked"})),
+                    )
                     .await;
                 if reply.status.as_u16() != expect[i] {
-                    failures.push(format!("{path} ({tenant}) as {}: got {} {:?}", label(who), reply.status, reply.body));
+                    failures.push(format!(
+                        "{path} ({tenant}) as {}: got {} {:?}",
+                        label(who),
+                        reply.status,
+                        reply.body
+                    ));
                 }
                 let after = app.db.store.get_action(action.id).await.unwrap();
                 if reply.status.is_success() {
-                    let want = if verb == "approve" { ActionState::Approved } else { ActionState::Rejected };
+                    let want = if verb == "approve" {
+                        ActionState::Approved
+                    } else {
+                        ActionState::Rejected
+                    };
                     assert_eq!(after.state, want);
                 } else {
-                    assert_eq!(after.state, ActionState::Pending, "{path} as {}", label(who));
+                    assert_eq!(
+                        after.state,
+                        ActionState::Pending,
+                        "{path} as {}",
+                        label(who)
+                    );
                     assert_eq!(app.snapshot().await, before);
                 }
             }

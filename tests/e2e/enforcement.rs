@@ -123,6 +123,10 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Stack {
+        Stack::with_settings(settings()).await
+    }
+
+    async fn with_settings(settings: EnforcerSettings) -> Stack {
         let app = support::app().await;
         let kube = FakeKube::start().await;
         let am = [
@@ -152,7 +156,7 @@ impl Stack {
             app.db.store.clone(),
             Arc::new(cluster),
             Arc::new(alerts),
-            settings(),
+            settings,
         );
         let lock = LeaderLock::try_acquire(&app.db.url, "test", 15, Duration::from_secs(10))
             .await
@@ -228,6 +232,15 @@ impl Stack {
             out.push(names);
         }
         out
+    }
+
+    fn spec_quota_pods(&self) -> String {
+        self.kube
+            .object(Resource::ResourceQuota, "acme-prod", "budgetd-quota")
+            .unwrap()["spec"]["hard"]["pods"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     fn spec(&self) -> Value {
@@ -791,4 +804,226 @@ async fn when_the_leader_dies_the_other_daemon_takes_over_and_nothing_is_applied
         0
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The month's start and a whole minute `back` minutes before now, inside the month.
+fn minutes_ago(back: i64) -> (DateTime<Utc>, DateTime<Utc>) {
+    let now = Utc::now();
+    let month_start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .unwrap();
+    let t = Utc
+        .timestamp_opt(now.timestamp() - now.timestamp() % 60 - 60 * back, 0)
+        .unwrap();
+    assert!(
+        t - chrono::Duration::seconds(60) >= month_start,
+        "too close to the month's start"
+    );
+    (month_start, t)
+}
+
+#[tokio::test]
+async fn shadow_mode_records_planned_actions_and_applies_nothing() {
+    let s = Stack::with_settings(EnforcerSettings {
+        dry_run: true,
+        ..settings()
+    })
+    .await;
+    s.kube.create_namespace("acme-prod", &[("tenant", "acme")]);
+    s.kube.create_quota("acme-prod", &[("pods", "20")]);
+    s.kube.create_deployment("acme-prod", "web", 3);
+    let (month_start, end) = minutes_ago(1);
+    s.api(
+        Method::PUT,
+        "/api/v1/tenants/acme/budget",
+        "finance",
+        Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
+    )
+    .await;
+    spend(&s.app.db.store, &s.version, &s.tenant, end, "130").await;
+    let report = s.cycle().await;
+    assert_eq!(report.actions.len(), 5);
+    let states: Vec<String> = s
+        .actions()
+        .await
+        .iter()
+        .map(|a| a["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, vec!["planned"; 5]);
+    assert!(
+        s.cycle().await.actions.is_empty(),
+        "planned actions occupy their rungs"
+    );
+    assert!(s.kube.writes().is_empty(), "{:?}", s.kube.writes());
+    assert_eq!(s.alerts().await, vec![Vec::<String>::new(), Vec::new()]);
+    let tenant = s
+        .api(Method::GET, "/api/v1/tenants/acme", "viewer", None)
+        .await;
+    assert_eq!(tenant["state"], "active");
+}
+
+#[tokio::test]
+async fn incomplete_data_stops_enforcement_until_it_is_complete() {
+    let s = Stack::start().await;
+    s.kube.create_namespace("acme-prod", &[("tenant", "acme")]);
+    s.kube.create_quota("acme-prod", &[("pods", "20")]);
+    let (month_start, end) = minutes_ago(2);
+    s.api(
+        Method::PUT,
+        "/api/v1/tenants/acme/budget",
+        "finance",
+        Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
+    )
+    .await;
+    // A window whose inputs were incomplete for this tenant: no decision on it.
+    let window = Window::new(end - chrono::Duration::seconds(60), end).unwrap();
+    let collected = CollectedWindow {
+        window,
+        entries: vec![],
+        unallocated: vec![],
+        complete: true,
+        incomplete_tenants: vec![s.tenant.clone()],
+        problems: vec!["tenant acme: scrape gap".to_owned()],
+    };
+    s.app
+        .db
+        .store
+        .commit_windows(&[collected], &CommitMode::Collect, true, "test")
+        .await
+        .unwrap();
+    spend(
+        &s.app.db.store,
+        &s.version,
+        &s.tenant,
+        end + chrono::Duration::seconds(60),
+        "130",
+    )
+    .await;
+    assert!(s.cycle().await.actions.is_empty());
+    assert!(s.kube.writes().is_empty());
+    // The window is recollected complete: now the enforcer acts.
+    let complete = CollectedWindow {
+        window,
+        entries: vec![],
+        unallocated: vec![],
+        complete: true,
+        incomplete_tenants: vec![],
+        problems: vec![],
+    };
+    s.app
+        .db
+        .store
+        .commit_windows(
+            &[complete],
+            &CommitMode::Recollect {
+                reason: "gap filled".into(),
+            },
+            false,
+            "test",
+        )
+        .await
+        .unwrap();
+    assert!(!s.cycle().await.actions.is_empty());
+    assert_eq!(s.spec_quota_pods(), "10");
+}
+
+#[tokio::test]
+async fn enforce_once_dry_run_prints_the_plan_and_changes_nothing() {
+    let db = ledger::testing::fresh_database().await;
+    let store = db.store.clone();
+    let version = price_book(&store).await;
+    let tenant = ledger::testing::create_tenant(&store, "acme").await;
+    ledger::testing::create_tenant(&store, "calm").await;
+    let (month_start, end) = minutes_ago(1);
+    for (t, amount) in [("acme", "100"), ("calm", "1000")] {
+        store
+            .set_budget(
+                &ctx(),
+                &TenantId::parse(t).unwrap(),
+                &ledger::budget::NewBudget {
+                    amount: ledger::money::Money {
+                        amount: dec(amount),
+                        currency: Currency::parse("currency", "EUR").unwrap(),
+                    },
+                    period: ledger::budget::BudgetPeriod::Monthly,
+                    thresholds: ledger::budget::Thresholds::parse(vec![80, 100]).unwrap(),
+                    effective_from: month_start - chrono::Duration::days(1),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    spend(&store, &version, &tenant, end, "125").await;
+    let before = support::snapshot(&store).await;
+    let budgetd = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_budgetd"))
+            .env(
+                "BUDGETD_CONFIG",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml"),
+            )
+            .env("BUDGETD_DATABASE_URL", &db.url)
+            .env("BUDGETD_MIGRATE_DATABASE_URL", &db.url)
+            .env_remove("BUDGETD_BOOTSTRAP_ADMIN_TOKEN")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = budgetd(&["enforce", "--once", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("TENANT")
+            && lines[0].contains("FORECAST")
+            && lines[0].contains("REASON"),
+        "{stdout}"
+    );
+    let acme: Vec<&&str> = lines.iter().filter(|l| l.starts_with("acme ")).collect();
+    assert_eq!(acme.len(), 5, "{stdout}");
+    assert!(
+        acme.iter().all(|l| l.contains("125.00")
+            && l.contains("100.00 EUR")
+            && l.contains("% of the 100.00 EUR budget")),
+        "{stdout}"
+    );
+    assert!(
+        acme.iter()
+            .any(|l| l.contains("actual ≥ 120%: suspend, approval required [waits for approval]")),
+        "{stdout}"
+    );
+    assert!(
+        acme.iter().any(|l| l.contains("tighten quota ×0.5")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("calm "),
+        "a tenant within budget has no row: {stdout}"
+    );
+    assert!(
+        stdout.contains("2 tenants with a budget; 1 with actions; 0 skipped"),
+        "{stdout}"
+    );
+    assert_eq!(
+        support::snapshot(&store).await,
+        before,
+        "the dry run wrote nothing"
+    );
+    let actions: i64 = sqlx::query_scalar("select count(*) from enforcement_actions")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(actions, 0);
+
+    let out = budgetd(&["enforce", "--dry-run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--once"));
 }
