@@ -57,10 +57,21 @@ scrape_configs:
 PROM
 curl -fsS -X POST "$BUDGETD_TEST_PROMETHEUS_URL/-/reload"
 
-# One-minute windows, so costs show up within a couple of minutes.
+# No Kubernetes API server can run here: the enforcer talks to the same stateful fake the
+# tests use (real kube::Client over HTTP), seeded with each demo tenant's namespace, quota,
+# Deployments, StatefulSet and CronJob.
+KUBE_PORT=$(free_port)
+"$BUDGETD" demo-kube --listen "127.0.0.1:$KUBE_PORT" --tenants 3 >"$STACK_DIR/demo-kube.log" 2>&1 &
+_stack_record "$STACK_DIR" demo-kube "$!" budgetd
+
+# One-minute windows, so costs show up within a couple of minutes; an enforcement cycle
+# every 10 s.
 CONFIG="$STACK_DIR/budgetd.toml"
 sed -e 's/^window_seconds = 300/window_seconds = 60/' \
-    -e 's/^settle_seconds = 120/settle_seconds = 30/' examples/budgetd.toml >"$CONFIG"
+    -e 's/^settle_seconds = 120/settle_seconds = 30/' \
+    -e "s|^api_url = \"http://127.0.0.1:8001\"|api_url = \"http://127.0.0.1:$KUBE_PORT\"|" \
+    -e 's/^interval_seconds = 60/interval_seconds = 10/' examples/budgetd.toml >"$CONFIG"
+grep -q "127.0.0.1:$KUBE_PORT" "$CONFIG"
 
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 API_PORT=$(free_port)
@@ -86,12 +97,17 @@ for _ in $(seq 1 100); do
   curl -fsS "$API/readyz" >/dev/null 2>&1 && break
   sleep 0.2
 done
+# tenant-002's budget is tiny, so the enforcer has something to do within minutes.
+MONTH_START=$(date -u +%Y-%m-01T00:00:00Z)
 for i in 0 1 2; do
   curl -fsS -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     -d "{\"id\":\"tenant-00$i\",\"display_name\":\"Demo tenant $i\",\"owner\":\"team-$i@example.com\",\"data_residency\":\"eu\",\"labels\":{\"demo\":\"true\"}}" \
     "$API/api/v1/tenants" >/dev/null
+  amount=50.00
+  [[ $i == 2 ]] && amount=0.01
   curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    -d '{"amount":"50.00","currency":"EUR"}' "$API/api/v1/tenants/tenant-00$i/budget" >/dev/null
+    -d "{\"amount\":\"$amount\",\"currency\":\"EUR\",\"effective_from\":\"$MONTH_START\"}" \
+    "$API/api/v1/tenants/tenant-00$i/budget" >/dev/null
 done
 
 cat <<BANNER
@@ -101,6 +117,7 @@ budgetd dev stack
   admin token    $TOKEN
   Prometheus     $BUDGETD_TEST_PROMETHEUS_URL
   Alertmanager   $BUDGETD_TEST_ALERTMANAGER_URL
+  Kubernetes     http://127.0.0.1:$KUBE_PORT (the tests' stateful fake, see README)
   state and logs $STACK_DIR
 
   List tenants:
@@ -121,6 +138,18 @@ budgetd dev stack
     select * from finance.budget_status;
     select * from finance.unallocated_daily;
     curl -H "Authorization: Bearer $TOKEN" "$API/api/v1/tenants/tenant-000/costs?from=$(date -u +%F)&to=$(date -u +%F)"
+
+  Enforcement: tenant-002's budget is 0.01 EUR. A few minutes after start its alerts fire,
+  its quota in namespace tenant-002-prod is halved, and its suspension waits for approval:
+    curl -H "Authorization: Bearer $TOKEN" "$API/api/v1/enforcement/actions?tenant=tenant-002"
+    ${budgetd_env[*]:0:5} $BUDGETD --config $CONFIG enforce --once --dry-run
+    curl -s $BUDGETD_TEST_ALERTMANAGER_URL/api/v2/alerts
+    curl -s http://127.0.0.1:$KUBE_PORT/api/v1/namespaces/tenant-002-prod/resourcequotas/budgetd-quota
+  Approve the suspension (ID from the list), then raise the budget to restore everything:
+    curl -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{"reason":"demo"}' $API/api/v1/enforcement/actions/ID/approve
+    curl -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{"amount":"1000.00","currency":"EUR"}' $API/api/v1/tenants/tenant-002/budget
 
 Press Ctrl-C to stop budgetd and the stack.
 

@@ -85,6 +85,14 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         tenants: usize,
     },
+    /// Serve a stand-in Kubernetes API (the tests' stateful fake) with each demo tenant's
+    /// namespace, quota and workloads, for README command 1's enforcer.
+    DemoKube {
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        tenants: usize,
+    },
     /// Benchmarks that print ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -244,6 +252,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::enforcer_bench::run_enforcer_bench(database_url, &options).await?;
             }
         }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    if let Command::DemoKube { listen, tenants } = &cli.command {
+        crate::demo::serve_kube(*listen, *tenants).await?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -427,7 +440,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Bench { .. } | Command::DemoExporter { .. } => unreachable!("handled above"),
+        Command::Bench { .. } | Command::DemoExporter { .. } | Command::DemoKube { .. } => unreachable!("handled above"),
     }
 }
 

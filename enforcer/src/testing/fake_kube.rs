@@ -264,9 +264,14 @@ pub struct FakeKube {
 impl FakeKube {
     /// Binds 127.0.0.1 on a free port and serves in a task of the current runtime.
     pub async fn start() -> FakeKube {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse().expect("an address"))
             .await
-            .expect("bind the fake Kubernetes API");
+            .expect("bind the fake Kubernetes API")
+    }
+
+    /// Serves on `listen` (README command 1's demo cluster uses a fixed port).
+    pub async fn start_on(listen: std::net::SocketAddr) -> std::io::Result<FakeKube> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr().expect("local address");
         let cluster = Shared::default();
         let app = Router::new().fallback(serve).with_state(cluster.clone());
@@ -278,12 +283,12 @@ impl FakeKube {
                 })
                 .await;
         });
-        FakeKube {
+        Ok(FakeKube {
             cluster,
             addr,
             stop: Some(stop),
             task: Some(task),
-        }
+        })
     }
 
     pub fn url(&self) -> String {
