@@ -23,7 +23,8 @@ returns table (tenant_id text, tenant_state text, period text, period_start date
                period_end date, budget_amount numeric, currency text, thresholds integer[],
                spent_amount numeric, trailing_amount numeric, trailing_start timestamptz,
                data_until timestamptz, forecast_amount numeric, complete boolean, state text)
-language sql stable security definer set search_path = public, pg_temp as $$
+-- The period and day arithmetic is in UTC whatever the reader's session time zone.
+language sql stable security definer set search_path = public, pg_temp set timezone = 'UTC' as $$
 with watermark as (
     select least(as_of, coalesce((select w.window_end from collector_watermark w),
                                  '-infinity'::timestamptz)) as data_until,

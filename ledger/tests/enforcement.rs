@@ -175,20 +175,8 @@ fn w_nov20() -> DateTime<Utc> {
     at(2026, 11, 20, 10) // ends at the watermark, 2026-11-20T11:00Z
 }
 
-/// What `budget_statuses` must report for one tenant, worked out by hand.
-struct Expected {
-    tenant: &'static str,
-    period: BudgetPeriod,
-    period_start: NaiveDate,
-    period_end: NaiveDate,
-    budget: &'static str,
-    spent: &'static str,
-    trailing: &'static str,
-    trailing_start: DateTime<Utc>,
-    forecast: &'static str,
-    state: BudgetState,
-}
-
+/// What `budget_statuses` reports for one tenant: tenant, period, period start and end,
+/// budget, spent, trailing amount, trailing start, forecast, state.
 type Row = (
     String,
     BudgetPeriod,
@@ -202,27 +190,31 @@ type Row = (
     BudgetState,
 );
 
-fn expected_rows(table: &[Expected]) -> Vec<Row> {
-    table
-        .iter()
-        .map(|e| {
-            (
-                e.tenant.to_owned(),
-                e.period,
-                e.period_start,
-                e.period_end,
-                dec(e.budget),
-                dec(e.spent),
-                dec(e.trailing),
-                e.trailing_start,
-                dec(e.forecast),
-                e.state,
-            )
-        })
-        .collect()
+/// An expected row, worked out by hand.
+fn row(
+    tenant: &str,
+    (period, start, end): (BudgetPeriod, NaiveDate, NaiveDate),
+    budget: &str,
+    spent: &str,
+    (trailing, trailing_start): (&str, DateTime<Utc>),
+    forecast: &str,
+    state: BudgetState,
+) -> Row {
+    (
+        tenant.to_owned(),
+        period,
+        start,
+        end,
+        dec(budget),
+        dec(spent),
+        dec(trailing),
+        trailing_start,
+        dec(forecast),
+        state,
+    )
 }
 
-fn actual_rows(statuses: &[BudgetStatus]) -> Vec<Row> {
+fn rows(statuses: &[BudgetStatus]) -> Vec<Row> {
     statuses
         .iter()
         .map(|s| {
@@ -307,9 +299,7 @@ async fn budget_status_sums_the_period_and_forecasts_from_the_trailing_window() 
 
     let monthly = BudgetPeriod::Monthly;
     let oct1 = at(2026, 10, 1, 0);
-    for id in ["steady"] {
-        budget(s, t(id), "1000", monthly, oct1).await;
-    }
+    budget(s, t("steady"), "1000", monthly, oct1).await;
     for id in ["warn", "risk", "over", "october"] {
         budget(s, t(id), "100", monthly, oct1).await;
     }
@@ -318,111 +308,44 @@ async fn budget_status_sums_the_period_and_forecasts_from_the_trailing_window() 
     budget(s, t("changed"), "300", monthly, at(2026, 11, 15, 0)).await;
     budget(s, t("changed"), "50", monthly, at(2026, 11, 25, 0)).await;
     budget(s, t("quarter"), "500", BudgetPeriod::Quarterly, oct1).await;
-    // Only a budget that starts after as_of: no status.
+    // Only a budget that starts after as_of: no status (nor for "nobudget", whose 999 is in
+    // the ledger all the same).
     budget(s, t("later"), "10", monthly, at(2026, 11, 21, 0)).await;
     // The tenant's lifecycle state is reported as it is.
     s.transition_tenant(&ctx(), t("over"), TenantState::Suspended, "over budget")
         .await
         .unwrap();
 
-    let nov1 = date(2026, 11, 1);
-    let dec1 = date(2026, 12, 1);
-    let (q4, q1) = (date(2026, 10, 1), date(2027, 1, 1));
+    use BudgetState::{AtRisk, Exceeded, Warning};
+    let ok = BudgetState::Ok;
+    let nov = (monthly, date(2026, 11, 1), date(2026, 12, 1));
+    let q4 = (BudgetPeriod::Quarterly, date(2026, 10, 1), date(2027, 1, 1));
 
     // trailing_days = 7: the trailing window starts 7 whole days before the watermark's day
-    // (2026-11-20), at 2026-11-13T00:00Z, and is 7 d 11 h = 179 h long. Time left until the
-    // period end: 253 h for November, 997 h for Q4 (ends 2027-01-01).
-    // forecast = spent + round(trailing × left / 179, 6).
+    // (2026-11-20), at 2026-11-13T00:00Z, and is 7 d 11 h = 179 h long. Time left after the
+    // watermark: 253 h in November, 997 h in Q4 (ends 2027-01-01).
+    // forecast = spent + round(trailing × left / 179, 6)
     let nov13 = at(2026, 11, 13, 0);
-    use BudgetState::{AtRisk, Exceeded, Warning};
-    let seven = [
-        Expected {
-            tenant: "changed", // budget 300 (from 11-15); 120 < 50 % of 300; nothing trailing
-            period: monthly,
-            period_start: nov1,
-            period_end: dec1,
-            budget: "300",
-            spent: "120",
-            trailing: "0",
-            trailing_start: nov13,
-            forecast: "120",
-            state: BudgetState::Ok,
-        },
-        Expected {
-            tenant: "october", // October's 50 is outside November
-            period: monthly,
-            period_start: nov1,
-            period_end: dec1,
-            budget: "100",
-            spent: "0",
-            trailing: "0",
-            trailing_start: nov13,
-            forecast: "0",
-            state: BudgetState::Ok,
-        },
-        Expected {
-            tenant: "over", // spent = budget is exceeded
-            period: monthly,
-            period_start: nov1,
-            period_end: dec1,
-            budget: "100",
-            spent: "100",
-            trailing: "40",
-            trailing_start: nov13,
-            forecast: "156.536313", // 100 + 40 × 253/179 = 100 + 56.5363128…
-            state: Exceeded,
-        },
-        Expected {
-            tenant: "quarter", // Q4 includes October's 200
-            period: BudgetPeriod::Quarterly,
-            period_start: q4,
-            period_end: q1,
-            budget: "500",
-            spent: "310",
-            trailing: "10",
-            trailing_start: nov13,
-            forecast: "365.698324", // 310 + 10 × 997/179 = 310 + 55.6983240…
-            state: Warning,
-        },
-        Expected {
-            tenant: "risk", // 11-12T23:00 is before the trailing window; 11-13T00:00 is in it
-            period: monthly,
-            period_start: nov1,
-            period_end: dec1,
-            budget: "100",
-            spent: "50",
-            trailing: "45",
-            trailing_start: nov13,
-            forecast: "113.603352", // 50 + 45 × 253/179 = 50 + 63.6033519…
-            state: AtRisk,          // at risk outranks warning (50 % spent)
-        },
-        Expected {
-            tenant: "steady",
-            period: monthly,
-            period_start: nov1,
-            period_end: dec1,
-            budget: "1000",
-            spent: "15",
-            trailing: "5",
-            trailing_start: nov13,
-            forecast: "22.067039", // 15 + 5 × 253/179 = 15 + 7.0670391…
-            state: BudgetState::Ok,
-        },
-        Expected {
-            tenant: "warn", // exactly the first threshold (50 %)
-            period: monthly,
-            period_start: nov1,
-            period_end: dec1,
-            budget: "100",
-            spent: "50",
-            trailing: "2",
-            trailing_start: nov13,
-            forecast: "52.826816", // 50 + 2 × 253/179 = 50 + 2.8268156…
-            state: Warning,
-        },
+    #[rustfmt::skip]
+    let seven = vec![
+        // 300 since 11-15 (the 50 from 11-25 is not in force yet); 120 < 50 % of 300
+        row("changed", nov, "300",  "120", ("0",  nov13), "120",        ok),
+        // October's 50 is outside November
+        row("october", nov, "100",  "0",   ("0",  nov13), "0",          ok),
+        // spent = budget is exceeded; 100 + 40 × 253/179 = 100 + 56.5363128…
+        row("over",    nov, "100",  "100", ("40", nov13), "156.536313", Exceeded),
+        // Q4 includes October's 200; 310 ≥ 50 % of 500; 310 + 10 × 997/179 = 310 + 55.6983240…
+        row("quarter", q4,  "500",  "310", ("10", nov13), "365.698324", Warning),
+        // 11-12T23:00 is before the trailing window, 11-13T00:00 in it;
+        // 50 + 45 × 253/179 = 50 + 63.6033519…; at risk outranks warning (50 % spent)
+        row("risk",    nov, "100",  "50",  ("45", nov13), "113.603352", AtRisk),
+        // 15 + 5 × 253/179 = 15 + 7.0670391…
+        row("steady",  nov, "1000", "15",  ("5",  nov13), "22.067039",  ok),
+        // exactly the first threshold (50 %); 50 + 2 × 253/179 = 50 + 2.8268156…
+        row("warn",    nov, "100",  "50",  ("2",  nov13), "52.826816",  Warning),
     ];
     let statuses = s.budget_statuses(as_of(), 7, 3600).await.unwrap();
-    assert_eq!(actual_rows(&statuses), expected_rows(&seven));
+    assert_eq!(rows(&statuses), seven);
     for st in &statuses {
         assert_eq!(st.data_until, Some(data_until), "{}", st.tenant);
         assert!(st.complete, "{} should be complete", st.tenant);
@@ -435,54 +358,24 @@ async fn budget_status_sums_the_period_and_forecasts_from_the_trailing_window() 
 
     // trailing_days = 30: the window would start on 2026-10-21, so November budgets start it
     // at the period start (19 d 11 h = 467 h); Q4's starts on 10-21 (30 d 11 h = 731 h).
-    let oct21 = at(2026, 10, 21, 0);
-    let nov1_t = at(2026, 11, 1, 0);
-    let thirty = [
-        Expected {
-            trailing: "120",
-            trailing_start: nov1_t,
-            forecast: "185.010707", // 120 + 120 × 253/467 = 120 + 65.0107066…
-            ..seven[0]
-        },
-        Expected {
-            trailing_start: nov1_t,
-            ..seven[1]
-        },
-        Expected {
-            trailing: "100",
-            trailing_start: nov1_t,
-            forecast: "154.175589", // 100 + 100 × 253/467
-            ..seven[2]
-        },
-        Expected {
-            trailing: "310",
-            trailing_start: oct21,
-            forecast: "732.804378", // 310 + 310 × 997/731 = 310 + 422.8043775…
-            state: AtRisk,
-            ..seven[3]
-        },
-        Expected {
-            trailing: "50",
-            trailing_start: nov1_t,
-            forecast: "77.087794", // 50 + 50 × 253/467 = 50 + 27.0877944…
-            state: Warning,
-            ..seven[4]
-        },
-        Expected {
-            trailing: "15",
-            trailing_start: nov1_t,
-            forecast: "23.126338", // 15 + 15 × 253/467
-            ..seven[5]
-        },
-        Expected {
-            trailing: "50",
-            trailing_start: nov1_t,
-            forecast: "77.087794",
-            ..seven[6]
-        },
+    let (nov1, oct21) = (at(2026, 11, 1, 0), at(2026, 10, 21, 0));
+    #[rustfmt::skip]
+    let thirty = vec![
+        // 120 + 120 × 253/467 = 120 + 65.0107066…
+        row("changed", nov, "300",  "120", ("120", nov1),  "185.010707", ok),
+        row("october", nov, "100",  "0",   ("0",   nov1),  "0",          ok),
+        // 100 + 100 × 253/467 = 100 + 54.1755888…
+        row("over",    nov, "100",  "100", ("100", nov1),  "154.175589", Exceeded),
+        // 310 + 310 × 997/731 = 310 + 422.8043775…
+        row("quarter", q4,  "500",  "310", ("310", oct21), "732.804378", AtRisk),
+        // 50 + 50 × 253/467 = 50 + 27.0877944…; no longer at risk
+        row("risk",    nov, "100",  "50",  ("50",  nov1),  "77.087794",  Warning),
+        // 15 + 15 × 253/467 = 15 + 8.1263383…
+        row("steady",  nov, "1000", "15",  ("15",  nov1),  "23.126338",  ok),
+        row("warn",    nov, "100",  "50",  ("50",  nov1),  "77.087794",  Warning),
     ];
     let statuses = s.budget_statuses(as_of(), 30, 3600).await.unwrap();
-    assert_eq!(actual_rows(&statuses), expected_rows(&thirty));
+    assert_eq!(rows(&statuses), thirty);
 }
 
 #[tokio::test]
@@ -512,33 +405,22 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
     commit(s, nov05).await;
     commit(s, collected(&v, w_nov20(), &[(&a, "1")])).await;
 
-    let complete = |statuses: Vec<BudgetStatus>| -> Vec<(String, bool)> {
-        statuses
-            .into_iter()
-            .map(|s| (s.tenant.as_str().to_owned(), s.complete))
-            .collect()
+    // `complete` of a, b, c and q.
+    let complete = |statuses: Vec<BudgetStatus>| -> Vec<bool> {
+        let tenants: Vec<&str> = statuses.iter().map(|s| s.tenant.as_str()).collect();
+        assert_eq!(tenants, ["a", "b", "c", "q"]);
+        statuses.iter().map(|s| s.complete).collect()
     };
-    let row = |id: &str, complete: bool| (id.to_owned(), complete);
 
     // The watermark (11:00) is exactly max_lag_seconds behind as_of (12:00): fresh.
     assert_eq!(
         complete(s.budget_statuses(as_of(), 7, 3600).await.unwrap()),
-        [
-            row("a", true),
-            row("b", false),
-            row("c", true),
-            row("q", false)
-        ]
+        [true, false, true, false]
     );
     // One second less tolerance: stale, so nobody's data is complete.
     assert_eq!(
         complete(s.budget_statuses(as_of(), 7, 3599).await.unwrap()),
-        [
-            row("a", false),
-            row("b", false),
-            row("c", false),
-            row("q", false)
-        ]
+        [false, false, false, false]
     );
 
     // A backfilled window of November that was incomplete as a whole: every November budget
@@ -559,12 +441,7 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
     );
     assert_eq!(
         complete(s.budget_statuses(as_of(), 7, 3600).await.unwrap()),
-        [
-            row("a", false),
-            row("b", false),
-            row("c", false),
-            row("q", false)
-        ]
+        [false, false, false, false]
     );
 
     // Recollected complete: the window's record is replaced, and a and c are complete again.
@@ -583,16 +460,11 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
     assert_eq!((report.unchanged, report.incomplete_windows), (1, 0));
     assert_eq!(
         complete(s.budget_statuses(as_of(), 7, 3600).await.unwrap()),
-        [
-            row("a", true),
-            row("b", false),
-            row("c", true),
-            row("q", false)
-        ]
+        [true, false, true, false]
     );
-    // The spend behind it is real: a has 1 from each November window.
-    let a_status = s.budget_statuses(as_of(), 7, 3600).await.unwrap();
-    assert_eq!(a_status[0].spent, dec("3"));
+    // The spend behind it is real: a has 1 from each of the three November windows.
+    let statuses = by_tenant(&s.budget_statuses(as_of(), 7, 3600).await.unwrap());
+    assert_eq!(statuses["a"].spent, dec("3"));
 }
 
 #[tokio::test]
@@ -1764,4 +1636,101 @@ async fn ledger_open_ids(store: &Store) -> Vec<i64> {
         .into_iter()
         .map(|a| a.id)
         .collect()
+}
+
+/// Budget periods are UTC calendar periods, whoever reads them: finance tools connect with
+/// their own `TimeZone`, and `finance.budget_status` is this function at `now()`.
+#[tokio::test]
+async fn budget_status_does_not_depend_on_the_session_time_zone() {
+    let db = fresh_database().await;
+    let s = &db.store;
+    let v = unit_price_book(s).await;
+    let q = tenant(s, "q").await;
+    let r = tenant(s, "r").await;
+    for id in [&q, &r] {
+        budget(s, id, "150", BudgetPeriod::Quarterly, at(2026, 7, 1, 0)).await;
+    }
+    // The last hour of Q3, incomplete as a whole: it does not concern Q4.
+    let mut q3 = collected(&v, at(2026, 9, 30, 23), &[(&q, "1")]);
+    q3.complete = false;
+    commit(s, q3).await;
+    // 03:00Z on the first day of Q4, with r's inputs missing: r's Q4 is incomplete.
+    let mut first_day = collected(&v, at(2026, 10, 1, 3), &[(&q, "0")]);
+    first_day.incomplete_tenants = vec![r.clone()];
+    commit(s, first_day).await;
+    commit(s, collected(&v, at(2026, 10, 25, 12), &[(&q, "70")])).await; // before the trailing window
+    commit(s, collected(&v, at(2026, 10, 26, 0), &[(&q, "7")])).await; // its first hour
+    commit(s, collected(&v, at(2026, 11, 2, 10), &[(&q, "3")])).await; // watermark 11-02T11:00Z
+
+    // as_of 2026-11-02T12:00Z, 7 trailing days: the trailing window starts 2026-10-26T00:00Z
+    // and is 7 d 11 h = 179 h long; Q4 has 59 d 13 h = 1429 h left after the watermark.
+    // q: spent 80, trailing 10, forecast 80 + 10 × 1429/179 = 80 + 79.8324022… = 159.832402.
+    let as_of = at(2026, 11, 2, 12);
+    let trailing_start = at(2026, 10, 26, 0);
+    type Seen = (String, Decimal, Decimal, DateTime<Utc>, Decimal, bool);
+    let expected: Vec<Seen> = vec![
+        (
+            "q".into(),
+            dec("80"),
+            dec("10"),
+            trailing_start,
+            dec("159.832402"),
+            true,
+        ),
+        (
+            "r".into(),
+            dec("0"),
+            dec("0"),
+            trailing_start,
+            dec("0"),
+            false,
+        ),
+    ];
+    let via_store: Vec<Seen> = s
+        .budget_statuses(as_of, 7, 3600)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|st| {
+            (
+                st.tenant.as_str().to_owned(),
+                st.spent,
+                st.trailing,
+                st.trailing_start,
+                st.forecast,
+                st.complete,
+            )
+        })
+        .collect();
+    assert_eq!(via_store, expected);
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let mut wrong = Vec::new();
+    for zone in [
+        "UTC",
+        "Europe/Berlin",
+        "America/Los_Angeles",
+        "Pacific/Kiritimati",
+    ] {
+        sqlx::query(&format!("set time zone '{zone}'"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let seen: Vec<Seen> = sqlx::query_as(
+            "select tenant_id, spent_amount, trailing_amount, trailing_start, forecast_amount, \
+                    complete from budgetd_budget_status($1, 7, 3600) order by tenant_id",
+        )
+        .bind(as_of)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        if seen != expected {
+            wrong.push(format!("{zone}: {seen:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "budget status depends on the session time zone; expected {expected:?}, got\n{}",
+        wrong.join("\n")
+    );
 }

@@ -408,6 +408,7 @@ impl Store {
         self.run("record_failure", || async {
             let mut tx = self.begin().await?;
             check_fence(&mut tx, fence).await?;
+            lock_action(&mut tx, id).await?;
             {
                 let sql = update_sql("attempts = attempts + 1, last_error = $2, updated_at = $3");
                 let row = query(&sql)
