@@ -82,6 +82,31 @@ pub async fn serve(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// README command 1's stand-in for a Kubernetes API: the stateful fake API server the tests
+/// use, with each demo tenant's namespace, quota, workloads and a CronJob, so the enforcer
+/// has something to tighten, suspend and restore. There is no real cluster here; see README.
+pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
+    let kube = enforcer::testing::fake_kube::FakeKube::start_on(listen).await?;
+    for i in 0..tenants {
+        let tenant = format!("tenant-{i:03}");
+        let namespace = format!("{tenant}-prod");
+        kube.create_namespace(&namespace, &[("tenant", tenant.as_str())]);
+        kube.create_quota(
+            &namespace,
+            &[("requests.cpu", "8"), ("requests.memory", "16Gi"), ("pods", "20")],
+        );
+        kube.create_deployment(&namespace, "web", 3);
+        kube.create_deployment(&namespace, "api", 2);
+        kube.create_hpa(&namespace, "api", "Deployment", "api");
+        kube.create_statefulset(&namespace, "db", 1);
+        kube.create_cronjob(&namespace, "nightly-report", false);
+    }
+    eprintln!("demo Kubernetes API serving {tenants} tenants on {}", kube.url());
+    tokio::signal::ctrl_c().await?;
+    kube.shutdown().await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,29 +134,4 @@ mod tests {
                 .any(|l| l.starts_with("up{") || l.starts_with("up ")));
         }
     }
-}
-
-/// README command 1's stand-in for a Kubernetes API: the stateful fake API server the tests
-/// use, with each demo tenant's namespace, quota, workloads and a CronJob, so the enforcer
-/// has something to tighten, suspend and restore. There is no real cluster here; see README.
-pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
-    let kube = enforcer::testing::fake_kube::FakeKube::start_on(listen).await?;
-    for i in 0..tenants {
-        let tenant = format!("tenant-{i:03}");
-        let namespace = format!("{tenant}-prod");
-        kube.create_namespace(&namespace, &[("tenant", tenant.as_str())]);
-        kube.create_quota(
-            &namespace,
-            &[("requests.cpu", "8"), ("requests.memory", "16Gi"), ("pods", "20")],
-        );
-        kube.create_deployment(&namespace, "web", 3);
-        kube.create_deployment(&namespace, "api", 2);
-        kube.create_hpa(&namespace, "api", "Deployment", "api");
-        kube.create_statefulset(&namespace, "db", 1);
-        kube.create_cronjob(&namespace, "nightly-report", false);
-    }
-    eprintln!("demo Kubernetes API serving {tenants} tenants on {}", kube.url());
-    tokio::signal::ctrl_c().await?;
-    kube.shutdown().await;
-    Ok(())
 }
