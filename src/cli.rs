@@ -440,7 +440,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Bench { .. } | Command::DemoExporter { .. } | Command::DemoKube { .. } => unreachable!("handled above"),
+        Command::Bench { .. } | Command::DemoExporter { .. } | Command::DemoKube { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

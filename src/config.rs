@@ -1047,16 +1047,52 @@ mod tests {
     #[test]
     fn enforcement_problems_name_the_key() {
         let cases: &[(&str, &str, &str)] = &[
-            ("tighten_factor = \"0.5\"", "tighten_factor = \"1.5\"", "enforcement.tighten_factor"),
-            ("hysteresis_percent = \"5\"", "hysteresis_percent = \"five\"", "enforcement.hysteresis_percent"),
-            ("trailing_days = 7", "trailing_days = 0", "enforcement.trailing_days"),
-            ("interval_seconds = 60", "interval_seconds = 0", "enforcement.interval_seconds"),
-            ("max_lag_seconds = 1800", "max_lag_seconds = 1", "enforcement.max_lag_seconds"),
-            ("tenant_label = \"tenant\"\ntimeout_ms = 5000", "tenant_label = \"tenant\"\ntimeout_ms = 0", "kubernetes.timeout_ms"),
-            ("keepalive_seconds = 15", "keepalive_seconds = 1", "leader.keepalive_seconds"),
+            (
+                "tighten_factor = \"0.5\"",
+                "tighten_factor = \"1.5\"",
+                "enforcement.tighten_factor",
+            ),
+            (
+                "hysteresis_percent = \"5\"",
+                "hysteresis_percent = \"five\"",
+                "enforcement.hysteresis_percent",
+            ),
+            (
+                "trailing_days = 7",
+                "trailing_days = 0",
+                "enforcement.trailing_days",
+            ),
+            (
+                "interval_seconds = 60",
+                "interval_seconds = 0",
+                "enforcement.interval_seconds",
+            ),
+            (
+                "max_lag_seconds = 1800",
+                "max_lag_seconds = 1",
+                "enforcement.max_lag_seconds",
+            ),
+            (
+                "tenant_label = \"tenant\"\ntimeout_ms = 5000",
+                "tenant_label = \"tenant\"\ntimeout_ms = 0",
+                "kubernetes.timeout_ms",
+            ),
+            (
+                "keepalive_seconds = 15",
+                "keepalive_seconds = 1",
+                "leader.keepalive_seconds",
+            ),
             ("retry_seconds = 5", "", "leader.retry_seconds"),
-            ("max_attempts = 3\ninitial_backoff_ms = 200\nmax_backoff_ms = 2000", "max_attempts = 0\ninitial_backoff_ms = 200\nmax_backoff_ms = 2000", "alertmanager.max_attempts"),
-            ("api_url = \"http://127.0.0.1:8001\"", "api_url = \"file:///x\"", "kubernetes.api_url"),
+            (
+                "max_attempts = 3\ninitial_backoff_ms = 200\nmax_backoff_ms = 2000",
+                "max_attempts = 0\ninitial_backoff_ms = 200\nmax_backoff_ms = 2000",
+                "alertmanager.max_attempts",
+            ),
+            (
+                "api_url = \"http://127.0.0.1:8001\"",
+                "api_url = \"file:///x\"",
+                "kubernetes.api_url",
+            ),
         ];
         for (from, to, key) in cases {
             assert!(EXAMPLE.contains(from), "example lacks {from}");
@@ -1065,25 +1101,48 @@ mod tests {
             assert_eq!(err.key, *key, "{to}: {err}");
         }
         let ladder = |step: &str| format!("{EXAMPLE}\n[[enforcement.ladder]]\n{step}\n");
-        let ok = load(&ladder("at = 90\non = \"actual\"\naction = \"suspend\"\napproval = \"required\""), &[]).unwrap();
+        let ok = load(
+            &ladder("at = 90\non = \"actual\"\naction = \"suspend\"\napproval = \"required\""),
+            &[],
+        )
+        .unwrap();
         let steps = ok.enforcement.unwrap().settings.default_ladder;
-        assert_eq!(steps.steps().len(), 1, "a configured ladder replaces the default");
+        assert_eq!(
+            steps.steps().len(),
+            1,
+            "a configured ladder replaces the default"
+        );
         for (step, key) in [
-            ("at = 90\non = \"spend\"\naction = \"notify\"", "enforcement.ladder[0].on"),
-            ("at = 90\non = \"actual\"\naction = \"tighten_quota\"\nprofile = \"nope\"", "enforcement.ladder[0].profile"),
-            ("at = 0\non = \"actual\"\naction = \"notify\"", "enforcement.ladder[0].at"),
+            (
+                "at = 90\non = \"spend\"\naction = \"notify\"",
+                "enforcement.ladder[0].on",
+            ),
+            (
+                "at = 90\non = \"actual\"\naction = \"tighten_quota\"\nprofile = \"nope\"",
+                "enforcement.ladder[0].profile",
+            ),
+            (
+                "at = 0\non = \"actual\"\naction = \"notify\"",
+                "enforcement.ladder[0].at",
+            ),
         ] {
             assert_eq!(load(&ladder(step), &[]).unwrap_err().key, key, "{step}");
         }
         let tenant = format!("{EXAMPLE}\n[enforcement.tenant_ladders]\nBad_Id = [{{ at = 100, on = \"actual\", action = \"suspend\" }}]\n");
-        assert_eq!(load(&tenant, &[]).unwrap_err().key, "enforcement.tenant_ladders.Bad_Id");
+        assert_eq!(
+            load(&tenant, &[]).unwrap_err().key,
+            "enforcement.tenant_ladders.Bad_Id"
+        );
         // Enforcement without a Kubernetes section, or collecting without leader election.
         let start = EXAMPLE.find("[kubernetes]").unwrap();
-        let end = start + EXAMPLE[start..].find("max_backoff_ms = 5000").unwrap() + "max_backoff_ms = 5000".len();
+        let end = start
+            + EXAMPLE[start..].find("max_backoff_ms = 5000").unwrap()
+            + "max_backoff_ms = 5000".len();
         let no_kube = format!("{}{}", &EXAMPLE[..start], &EXAMPLE[end..]);
         assert_eq!(load(&no_kube, &[]).unwrap_err().key, "kubernetes");
         let start = EXAMPLE.find("[leader]").unwrap();
-        let end = start + EXAMPLE[start..].find("timeout_ms = 5000").unwrap() + "timeout_ms = 5000".len();
+        let end =
+            start + EXAMPLE[start..].find("timeout_ms = 5000").unwrap() + "timeout_ms = 5000".len();
         let no_leader = format!("{}{}", &EXAMPLE[..start], &EXAMPLE[end..]);
         assert_eq!(load(&no_leader, &[]).unwrap_err().key, "leader");
     }

@@ -93,7 +93,11 @@ pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()
         kube.create_namespace(&namespace, &[("tenant", tenant.as_str())]);
         kube.create_quota(
             &namespace,
-            &[("requests.cpu", "8"), ("requests.memory", "16Gi"), ("pods", "20")],
+            &[
+                ("requests.cpu", "8"),
+                ("requests.memory", "16Gi"),
+                ("pods", "20"),
+            ],
         );
         kube.create_deployment(&namespace, "web", 3);
         kube.create_deployment(&namespace, "api", 2);
@@ -101,7 +105,10 @@ pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()
         kube.create_statefulset(&namespace, "db", 1);
         kube.create_cronjob(&namespace, "nightly-report", false);
     }
-    eprintln!("demo Kubernetes API serving {tenants} tenants on {}", kube.url());
+    eprintln!(
+        "demo Kubernetes API serving {tenants} tenants on {}",
+        kube.url()
+    );
     tokio::signal::ctrl_c().await?;
     kube.shutdown().await;
     Ok(())
