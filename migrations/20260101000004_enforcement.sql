@@ -4,7 +4,7 @@
 
 -- Budget status ---------------------------------------------------------------------------
 
--- One row per tenant with a budget in force at `as_of`.
+-- One row per tenant with a budget in force at `as_of` (only `only_tenant`'s, if given).
 --
 --   spent     ledger amounts in the budget's currency within the calendar period (UTC);
 --   forecast  spent + run rate × time left in the period. The run rate is the spend of the
@@ -18,7 +18,7 @@
 --
 -- SECURITY DEFINER so the finance role can read the view without access to the tables.
 create function budgetd_budget_status(as_of timestamptz, trailing_days integer,
-                                      max_lag_seconds integer)
+                                      max_lag_seconds integer, only_tenant text default null)
 returns table (tenant_id text, tenant_state text, period text, period_start date,
                period_end date, budget_amount numeric, currency text, thresholds integer[],
                spent_amount numeric, trailing_amount numeric, trailing_start timestamptz,
@@ -34,7 +34,7 @@ with watermark as (
 current_budget as (
     select distinct on (b.tenant_id) b.tenant_id, b.amount, b.currency, b.period, b.thresholds
     from budgets b
-    where b.effective_from <= as_of
+    where b.effective_from <= as_of and (only_tenant is null or b.tenant_id = only_tenant)
     order by b.tenant_id, b.effective_from desc
 ),
 bounded as (
@@ -102,7 +102,8 @@ drop view finance.budget_status;
 -- and staleness limit (30 minutes); the enforcer calls the function with its configured ones.
 create view finance.budget_status as
 select tenant_id, period_start, period_end, budget_amount, spent_amount, currency,
-       forecast_amount, state, complete as data_complete
+       forecast_amount, state, complete as data_complete,
+       budget_amount - spent_amount as remaining_amount
 from budgetd_budget_status(now(), 7, 1800);
 
 grant select on finance.budget_status to budgetd_finance;

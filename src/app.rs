@@ -12,7 +12,7 @@ use ledger::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, StatusSettings};
 use crate::auth::{Authenticator, Principal};
 use crate::config::{CollectorSettings, Config, EnforcementConfig};
 use crate::{leader, telemetry};
@@ -61,6 +61,13 @@ impl Application {
                     .flat_map(|c| c.collector.meters.iter().map(|m| m.name.clone()))
                     .collect(),
             ),
+            status: config
+                .enforcement
+                .as_ref()
+                .map_or(StatusSettings::VIEW_DEFAULTS, |e| StatusSettings {
+                    trailing_days: e.settings.trailing_days,
+                    max_lag_seconds: e.settings.max_lag_seconds,
+                }),
         };
         Ok(Application {
             listener,

@@ -133,7 +133,11 @@ pub async fn run_enforcer_bench(
             Err(anyhow::anyhow!("interrupted"))
         }
     };
-    let dropped = drop_database(admin_url, &name).await;
+    let dropped = if std::env::var_os("TMP_KEEP").is_some() {
+        Ok(())
+    } else {
+        drop_database(admin_url, &name).await
+    };
     match (outcome, dropped) {
         (Ok(()), dropped) => dropped,
         (Err(e), Ok(())) => Err(e),
@@ -454,7 +458,7 @@ async fn load(
     sqlx::query(
         "insert into budgets (tenant_id, amount, currency, period, thresholds, effective_from, \
                               created_at, created_by) \
-         select s.tenant_id, round(s.amount / r.ratio::numeric, 2), $3, 'monthly', '{50,80,100}', \
+         select s.tenant_id, round(s.amount / r.ratio::numeric, 2), $3, 'monthly', '{80,100}', \
                 $4, $4, 'bench' \
          from (select g, 't' || lpad(g::text, $2, '0') as tenant_id, \
                       pg_temp.bench_u(g, 7) as class, pg_temp.bench_u(g, 8) as v \

@@ -542,7 +542,8 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
             "currency",
             "forecast_amount",
             "state",
-            "data_complete"
+            "data_complete",
+            "remaining_amount"
         ]
     );
 

@@ -214,3 +214,48 @@ fn exemption_json(e: &Exemption) -> Value {
     v["in_force"] = json!(e.until > Utc::now());
     v
 }
+
+/// A tenant's budget status: spent, remaining, forecast, completeness (what the enforcer sees).
+pub async fn budget_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_for(&id, Permission::ReadBudget)?;
+    state.store.get_tenant(&id).await?;
+    let settings = state.status;
+    let status = state
+        .store
+        .budget_status_of(
+            &id,
+            Utc::now(),
+            settings.trailing_days,
+            settings.max_lag_seconds,
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_budget",
+                format!("tenant {:?} has no budget in force", id.as_str()),
+            )
+        })?;
+    let percent = |v| status.percent_of_budget(v).map(|p| p.to_string());
+    Ok(Json(json!({
+        "tenant_id": status.tenant.as_str(),
+        "period": status.period.as_str(),
+        "period_start": status.period_start,
+        "period_end": status.period_end,
+        "currency": status.budget.currency.code(),
+        "budget": status.budget.amount.to_string(),
+        "spent": status.spent.to_string(),
+        "remaining": status.remaining().to_string(),
+        "forecast": status.forecast.to_string(),
+        "spent_percent": percent(status.spent),
+        "forecast_percent": percent(status.forecast),
+        "trailing_start": status.trailing_start,
+        "data_until": status.data_until,
+        "data_complete": status.complete,
+        "state": status.state.as_str(),
+    })))
+}

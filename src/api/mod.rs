@@ -35,6 +35,22 @@ pub struct AppState {
     /// Meters the collector prices: every new price-book version needs a rate for each, or the
     /// windows from its `valid_from` on could not be priced.
     pub priced_meters: Arc<Vec<ledger::price_book::MeterName>>,
+    /// How budget status is computed for `GET .../budget/status`: the enforcer's settings.
+    pub status: StatusSettings,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatusSettings {
+    pub trailing_days: u32,
+    pub max_lag_seconds: u32,
+}
+
+impl StatusSettings {
+    /// The defaults `finance.budget_status` uses, for a daemon that does not enforce.
+    pub const VIEW_DEFAULTS: StatusSettings = StatusSettings {
+        trailing_days: 7,
+        max_lag_seconds: 1800,
+    };
 }
 
 /// The request id: the caller's `x-request-id` if it is sane, otherwise a new one. It is
@@ -54,6 +70,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/tenants/{id}/budget",
             get(tenants::get_budget).put(tenants::put_budget),
+        )
+        .route(
+            "/api/v1/tenants/{id}/budget/status",
+            get(enforcement::budget_status),
         )
         .route("/api/v1/tenants/{id}/costs", get(tenants::costs))
         .route(

@@ -169,6 +169,20 @@ fn cases() -> Vec<Case> {
         },
         Case {
             method: Method::GET,
+            path: "/api/v1/tenants/{t}/budget/status",
+            body: None,
+            target: Own,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/budget/status",
+            body: None,
+            target: Other,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
             path: "/api/v1/enforcement/actions",
             body: None,
             target: Unscoped,

@@ -359,6 +359,29 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
         3,
         "nothing is suspended before the approval"
     );
+    let status = s
+        .api(
+            Method::GET,
+            "/api/v1/tenants/acme/budget/status",
+            "tenant",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            &status["spent"],
+            &status["remaining"],
+            &status["state"],
+            &status["data_complete"]
+        ),
+        (
+            &json!("125"),
+            &json!("-25"),
+            &json!("exceeded"),
+            &json!(true)
+        ),
+        "{status}"
+    );
     let id = pending[0]["id"].as_i64().unwrap();
     // A viewer cannot approve; an operator can.
     let denied = s

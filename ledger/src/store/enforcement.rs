@@ -188,17 +188,43 @@ impl Store {
         trailing_days: u32,
         max_lag_seconds: u32,
     ) -> Result<Vec<BudgetStatus>, Error> {
+        self.statuses(as_of, trailing_days, max_lag_seconds, None)
+            .await
+    }
+
+    /// One tenant's budget status; `None` without a budget in force.
+    pub async fn budget_status_of(
+        &self,
+        tenant: &TenantId,
+        as_of: DateTime<Utc>,
+        trailing_days: u32,
+        max_lag_seconds: u32,
+    ) -> Result<Option<BudgetStatus>, Error> {
+        Ok(self
+            .statuses(as_of, trailing_days, max_lag_seconds, Some(tenant))
+            .await?
+            .pop())
+    }
+
+    async fn statuses(
+        &self,
+        as_of: DateTime<Utc>,
+        trailing_days: u32,
+        max_lag_seconds: u32,
+        only: Option<&TenantId>,
+    ) -> Result<Vec<BudgetStatus>, Error> {
         self.run("budget_statuses", || async {
             let mut tx = self.begin().await?;
             let rows = query(
                 "select tenant_id, tenant_state, period, period_start, period_end, budget_amount, \
                         currency, thresholds, spent_amount, trailing_amount, trailing_start, \
                         nullif(data_until, '-infinity') as data_until, forecast_amount, complete, state \
-                 from budgetd_budget_status($1, $2, $3) order by tenant_id",
+                 from budgetd_budget_status($1, $2, $3, $4) order by tenant_id",
             )
             .bind(as_of)
             .bind(trailing_days as i32)
             .bind(max_lag_seconds as i32)
+            .bind(only.map(TenantId::as_str))
             .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
