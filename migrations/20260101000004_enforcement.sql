@@ -12,13 +12,18 @@
 --             `trailing_days` whole UTC days before the day of `data_until` (or the period start,
 --             if later) to `data_until`, the end of the last collected window;
 --   complete  false if the collector's watermark is more than `max_lag_seconds` behind
---             `as_of`, or any collected window of the period was incomplete for the tenant;
+--             `as_of`, or a collected window of the period that ended within `lookback_seconds`
+--             of `data_until` (any window of the period if null) was incomplete for the tenant.
+--             Older gaps only make `spent` a lower bound, which can delay an escalation but
+--             never cause one;
 --   state     exceeded (spent ≥ budget), at_risk (forecast ≥ budget), warning (spent ≥ the
 --             budget's first threshold), ok.
 --
 -- SECURITY DEFINER so the finance role can read the view without access to the tables.
 create function budgetd_budget_status(as_of timestamptz, trailing_days integer,
-                                      max_lag_seconds integer, only_tenant text default null)
+                                      max_lag_seconds integer,
+                                      lookback_seconds integer default null,
+                                      only_tenant text default null)
 returns table (tenant_id text, tenant_state text, period text, period_start date,
                period_end date, budget_amount numeric, currency text, thresholds integer[],
                spent_amount numeric, trailing_amount numeric, trailing_start timestamptz,
@@ -67,9 +72,9 @@ spent as (
     from bounded b
 ),
 incomplete as (
-    select cw.window_start, cw.complete, cw.incomplete_tenants
+    select cw.window_start, cw.window_end, cw.complete, cw.incomplete_tenants
     from collected_windows cw
-    where cw.window_start >= (select min(period_start) from bounded)
+    where cw.window_start >= (select min(period_start) from bounded)::timestamp at time zone 'UTC'
       and (not cw.complete or cardinality(cw.incomplete_tenants) > 0)
 )
 select b.tenant_id, t.state, b.period, b.period_start, b.period_end, b.amount,
@@ -77,7 +82,10 @@ select b.tenant_id, t.state, b.period, b.period_start, b.period_end, b.amount,
        f.forecast,
        b.fresh and not exists (
            select 1 from incomplete i
-           where i.window_start >= b.period_start and i.window_start < b.data_until
+           where i.window_start >= b.period_start::timestamp at time zone 'UTC'
+             and i.window_start < b.data_until
+             and (lookback_seconds is null
+                  or i.window_end > b.data_until - make_interval(secs => lookback_seconds))
              and (not i.complete or b.tenant_id = any (i.incomplete_tenants))) as complete,
        case when s.spent >= b.amount and (s.spent > 0 or b.amount = 0) then 'exceeded'
             when f.forecast >= b.amount and f.forecast > 0 then 'at_risk'
@@ -98,13 +106,14 @@ cross join lateral (
 $$;
 
 drop view finance.budget_status;
--- The contract's original columns first. The view uses the default forecast window (7 days)
--- and staleness limit (30 minutes); the enforcer calls the function with its configured ones.
+-- The contract's original columns first. The view uses the example configuration's forecast
+-- window (7 days), staleness limit (30 minutes) and completeness lookback (1 hour); the enforcer
+-- calls the function with its configured ones.
 create view finance.budget_status as
 select tenant_id, period_start, period_end, budget_amount, spent_amount, currency,
        forecast_amount, state, complete as data_complete,
        budget_amount - spent_amount as remaining_amount
-from budgetd_budget_status(now(), 7, 1800);
+from budgetd_budget_status(now(), 7, 1800, 3600);
 
 grant select on finance.budget_status to budgetd_finance;
 

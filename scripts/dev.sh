@@ -65,13 +65,16 @@ KUBE_PORT=$(free_port)
 _stack_record "$STACK_DIR" demo-kube "$!" budgetd
 
 # One-minute windows, so costs show up within a couple of minutes; an enforcement cycle
-# every 10 s.
+# every 10 s. The first windows are incomplete (Prometheus starts mid-window); a two-minute
+# completeness lookback lets enforcement start about three minutes in.
 CONFIG="$STACK_DIR/budgetd.toml"
 sed -e 's/^window_seconds = 300/window_seconds = 60/' \
     -e 's/^settle_seconds = 120/settle_seconds = 30/' \
     -e "s|^api_url = \"http://127.0.0.1:8001\"|api_url = \"http://127.0.0.1:$KUBE_PORT\"|" \
-    -e 's/^interval_seconds = 60/interval_seconds = 10/' examples/budgetd.toml >"$CONFIG"
-grep -q "127.0.0.1:$KUBE_PORT" "$CONFIG"
+    -e 's/^interval_seconds = 60/interval_seconds = 10/' \
+    -e 's/^completeness_lookback_seconds = 3600/completeness_lookback_seconds = 120/' \
+    examples/budgetd.toml >"$CONFIG"
+grep -q "127.0.0.1:$KUBE_PORT" "$CONFIG" && grep -q "completeness_lookback_seconds = 120" "$CONFIG"
 
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 API_PORT=$(free_port)

@@ -12,7 +12,7 @@ use ledger::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, StatusSettings};
+use crate::api::{self, AppState};
 use crate::auth::{Authenticator, Principal};
 use crate::config::{CollectorSettings, Config, EnforcementConfig};
 use crate::{leader, telemetry};
@@ -64,10 +64,7 @@ impl Application {
             status: config
                 .enforcement
                 .as_ref()
-                .map_or(StatusSettings::VIEW_DEFAULTS, |e| StatusSettings {
-                    trailing_days: e.settings.trailing_days,
-                    max_lag_seconds: e.settings.max_lag_seconds,
-                }),
+                .map_or(api::VIEW_STATUS, |e| e.settings.status_params()),
         };
         Ok(Application {
             listener,

@@ -188,6 +188,7 @@ struct RawEnforcement {
     interval_seconds: Option<u64>,
     trailing_days: Option<u32>,
     max_lag_seconds: Option<u32>,
+    completeness_lookback_seconds: Option<u32>,
     hysteresis_percent: Option<String>,
     resolved_resend_seconds: Option<u64>,
     api_url: Option<String>,
@@ -711,6 +712,16 @@ fn validate_enforcement(
             "must be in 60..=604800",
         ));
     }
+    let lookback_seconds = required(
+        e.completeness_lookback_seconds,
+        "enforcement.completeness_lookback_seconds",
+    )?;
+    if !(60..=92 * 86_400).contains(&lookback_seconds) {
+        return Err(ConfigError::new(
+            "enforcement.completeness_lookback_seconds",
+            "must be in 60..=7948800 (92 days)",
+        ));
+    }
     let interval = seconds(e.interval_seconds, "enforcement.interval_seconds")?;
     let api_url = e
         .api_url
@@ -736,6 +747,7 @@ fn validate_enforcement(
             dry_run: e.dry_run.unwrap_or(false),
             trailing_days,
             max_lag_seconds,
+            lookback_seconds,
             resend_interval: interval,
             resolved_resend: seconds(
                 e.resolved_resend_seconds,

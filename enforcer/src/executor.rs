@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use ledger::audit::{Actor, AuditContext};
 use ledger::enforcement::{
-    ActionKind, ActionRecord, ActionState, BudgetStatus, Fence, NewAction, Transition,
+    ActionKind, ActionRecord, ActionState, BudgetStatus, Fence, NewAction, StatusParams, Transition,
 };
 use ledger::tenant::{TenantId, TenantState};
 use ledger::Store;
@@ -32,12 +32,24 @@ pub struct EnforcerSettings {
     pub trailing_days: u32,
     /// Data older than this is stale: no action on it.
     pub max_lag_seconds: u32,
+    /// Incomplete windows that ended within this of the last data block enforcement.
+    pub lookback_seconds: u32,
     /// How often active alerts are re-sent (the cycle interval); `endsAt` is 4× this ahead.
     pub resend_interval: Duration,
     /// How long resolved alerts keep being re-sent as resolved.
     pub resolved_resend: Duration,
     /// The API's public base URL, for links in alert annotations.
     pub api_url: Option<String>,
+}
+
+impl EnforcerSettings {
+    pub fn status_params(&self) -> StatusParams {
+        StatusParams {
+            trailing_days: self.trailing_days,
+            max_lag_seconds: self.max_lag_seconds,
+            lookback_seconds: Some(self.lookback_seconds),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

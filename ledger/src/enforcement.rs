@@ -46,6 +46,18 @@ impl BudgetStatus {
     }
 }
 
+/// How budget status is computed (see the `budgetd_budget_status` SQL function).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusParams {
+    /// The forecast's trailing window, in whole days before the day of the last data.
+    pub trailing_days: u32,
+    /// Data older than this (watermark behind `as_of`) is stale: incomplete.
+    pub max_lag_seconds: u32,
+    /// Incomplete windows that ended within this of the last data make the status
+    /// incomplete; `None`: any incomplete window of the period does.
+    pub lookback_seconds: Option<u32>,
+}
+
 /// The budget state finance sees in `finance.budget_status.state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BudgetState {

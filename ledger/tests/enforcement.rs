@@ -465,6 +465,48 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
     // The spend behind it is real: a has 1 from each of the three November windows.
     let statuses = by_tenant(&s.budget_statuses(as_of(), 7, 3600).await.unwrap());
     assert_eq!(statuses["a"].spent, dec("3"));
+
+    // With a lookback, only recent gaps count: the last window (ending at the watermark) was
+    // complete for everyone, the older gaps of b and q are outside one hour.
+    let recent = |lookback_seconds| ledger::enforcement::StatusParams {
+        trailing_days: 7,
+        max_lag_seconds: 3600,
+        lookback_seconds,
+    };
+    assert_eq!(
+        complete(
+            s.budget_statuses_with(as_of(), &recent(Some(3600)))
+                .await
+                .unwrap()
+        ),
+        [true, true, true, true]
+    );
+    assert_eq!(
+        complete(
+            s.budget_statuses_with(as_of(), &recent(None))
+                .await
+                .unwrap()
+        ),
+        [true, false, true, false]
+    );
+    // A gap in the last hour counts again.
+    let mut late = collected(
+        &v,
+        at(2026, 11, 20, 10) + chrono::Duration::minutes(30),
+        &[],
+    );
+    late.incomplete_tenants = vec![b.clone()];
+    s.commit_windows(&[late], &CommitMode::Collect, false, "collector")
+        .await
+        .unwrap();
+    assert_eq!(
+        complete(
+            s.budget_statuses_with(as_of(), &recent(Some(3600)))
+                .await
+                .unwrap()
+        ),
+        [true, false, true, true]
+    );
 }
 
 #[tokio::test]

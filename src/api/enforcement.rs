@@ -223,15 +223,9 @@ pub async fn budget_status(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_for(&id, Permission::ReadBudget)?;
     state.store.get_tenant(&id).await?;
-    let settings = state.status;
     let status = state
         .store
-        .budget_status_of(
-            &id,
-            Utc::now(),
-            settings.trailing_days,
-            settings.max_lag_seconds,
-        )
+        .budget_status_of(&id, Utc::now(), &state.status)
         .await?
         .ok_or_else(|| {
             ApiError::new(

@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use ledger::enforcement::StatusParams;
 use ledger::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -36,22 +37,16 @@ pub struct AppState {
     /// windows from its `valid_from` on could not be priced.
     pub priced_meters: Arc<Vec<ledger::price_book::MeterName>>,
     /// How budget status is computed for `GET .../budget/status`: the enforcer's settings.
-    pub status: StatusSettings,
+    pub status: StatusParams,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct StatusSettings {
-    pub trailing_days: u32,
-    pub max_lag_seconds: u32,
-}
-
-impl StatusSettings {
-    /// The defaults `finance.budget_status` uses, for a daemon that does not enforce.
-    pub const VIEW_DEFAULTS: StatusSettings = StatusSettings {
-        trailing_days: 7,
-        max_lag_seconds: 1800,
-    };
-}
+/// The example configuration's status settings (those of `finance.budget_status`), for a
+/// daemon that does not enforce.
+pub const VIEW_STATUS: StatusParams = StatusParams {
+    trailing_days: 7,
+    max_lag_seconds: 1800,
+    lookback_seconds: Some(3600),
+};
 
 /// The request id: the caller's `x-request-id` if it is sane, otherwise a new one. It is
 /// echoed in the response and recorded in audit entries.

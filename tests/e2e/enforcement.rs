@@ -105,6 +105,7 @@ fn settings() -> EnforcerSettings {
         dry_run: false,
         trailing_days: 7,
         max_lag_seconds: 1800,
+        lookback_seconds: 3600,
         resend_interval: Duration::from_secs(60),
         resolved_resend: Duration::from_secs(900),
         api_url: Some("http://budgetd.example".to_owned()),

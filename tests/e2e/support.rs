@@ -67,7 +67,7 @@ pub fn router_pricing(store: Store, meters: &[&str]) -> Router {
                 .map(|m| ledger::price_book::MeterName::parse("meter", m).unwrap())
                 .collect(),
         ),
-        status: budgetd::api::StatusSettings::VIEW_DEFAULTS,
+        status: budgetd::api::VIEW_STATUS,
     })
 }
 

@@ -14,7 +14,7 @@ use crate::budget::{BudgetPeriod, Thresholds};
 use crate::currency::Currency;
 use crate::enforcement::{
     ActionKind, ActionRecord, ActionState, BudgetState, BudgetStatus, Exemption, Fence, NewAction,
-    Transition,
+    StatusParams, Transition,
 };
 use crate::error::Error;
 use crate::money::Money;
@@ -181,15 +181,29 @@ pub struct ActionFilter {
 }
 
 impl Store {
-    /// The budget status of every tenant with a budget in force at `as_of`.
+    /// The budget status of every tenant with a budget in force at `as_of`, counting any
+    /// incomplete window of the period (the strictest completeness).
     pub async fn budget_statuses(
         &self,
         as_of: DateTime<Utc>,
         trailing_days: u32,
         max_lag_seconds: u32,
     ) -> Result<Vec<BudgetStatus>, Error> {
-        self.statuses(as_of, trailing_days, max_lag_seconds, None)
-            .await
+        let params = StatusParams {
+            trailing_days,
+            max_lag_seconds,
+            lookback_seconds: None,
+        };
+        self.statuses(as_of, &params, None).await
+    }
+
+    /// The budget status of every tenant with a budget in force at `as_of`.
+    pub async fn budget_statuses_with(
+        &self,
+        as_of: DateTime<Utc>,
+        params: &StatusParams,
+    ) -> Result<Vec<BudgetStatus>, Error> {
+        self.statuses(as_of, params, None).await
     }
 
     /// One tenant's budget status; `None` without a budget in force.
@@ -197,20 +211,15 @@ impl Store {
         &self,
         tenant: &TenantId,
         as_of: DateTime<Utc>,
-        trailing_days: u32,
-        max_lag_seconds: u32,
+        params: &StatusParams,
     ) -> Result<Option<BudgetStatus>, Error> {
-        Ok(self
-            .statuses(as_of, trailing_days, max_lag_seconds, Some(tenant))
-            .await?
-            .pop())
+        Ok(self.statuses(as_of, params, Some(tenant)).await?.pop())
     }
 
     async fn statuses(
         &self,
         as_of: DateTime<Utc>,
-        trailing_days: u32,
-        max_lag_seconds: u32,
+        params: &StatusParams,
         only: Option<&TenantId>,
     ) -> Result<Vec<BudgetStatus>, Error> {
         self.run("budget_statuses", || async {
@@ -219,11 +228,12 @@ impl Store {
                 "select tenant_id, tenant_state, period, period_start, period_end, budget_amount, \
                         currency, thresholds, spent_amount, trailing_amount, trailing_start, \
                         nullif(data_until, '-infinity') as data_until, forecast_amount, complete, state \
-                 from budgetd_budget_status($1, $2, $3, $4) order by tenant_id",
+                 from budgetd_budget_status($1, $2, $3, $4, $5) order by tenant_id",
             )
             .bind(as_of)
-            .bind(trailing_days as i32)
-            .bind(max_lag_seconds as i32)
+            .bind(params.trailing_days as i32)
+            .bind(params.max_lag_seconds as i32)
+            .bind(params.lookback_seconds.map(|s| s as i32))
             .bind(only.map(TenantId::as_str))
             .fetch_all(&mut *tx)
             .await?;
