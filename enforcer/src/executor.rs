@@ -174,11 +174,7 @@ impl Enforcer {
     pub async fn evaluate(&self, now: DateTime<Utc>) -> Result<Evaluation, ledger::Error> {
         let statuses = self
             .store
-            .budget_statuses(
-                now,
-                self.settings.trailing_days,
-                self.settings.max_lag_seconds,
-            )
+            .budget_statuses_with(now, &self.settings.status_params())
             .await?;
         let open = self.store.open_actions().await?;
         let policy = self.policy(now).await?;
@@ -200,11 +196,7 @@ impl Enforcer {
         let started = Instant::now();
         let statuses = self
             .store
-            .budget_statuses(
-                now,
-                self.settings.trailing_days,
-                self.settings.max_lag_seconds,
-            )
+            .budget_statuses_with(now, &self.settings.status_params())
             .await?;
         let records = self.store.open_actions().await?;
         let policy = self.policy(now).await?;

@@ -888,10 +888,30 @@ async fn shadow_mode_records_planned_actions_and_applies_nothing() {
 
 #[tokio::test]
 async fn incomplete_data_stops_enforcement_until_it_is_complete() {
-    let s = Stack::start().await;
+    let s = Stack::with_settings(EnforcerSettings {
+        lookback_seconds: 300,
+        ..settings()
+    })
+    .await;
     s.kube.create_namespace("acme-prod", &[("tenant", "acme")]);
     s.kube.create_quota("acme-prod", &[("pods", "20")]);
     let (month_start, end) = minutes_ago(2);
+    // An old gap, outside the five-minute lookback, does not block enforcement.
+    let (_, old_end) = minutes_ago(12);
+    let old_gap = CollectedWindow {
+        window: Window::new(old_end - chrono::Duration::seconds(60), old_end).unwrap(),
+        entries: vec![],
+        unallocated: vec![],
+        complete: false,
+        incomplete_tenants: vec![],
+        problems: vec!["prometheus restarted".to_owned()],
+    };
+    s.app
+        .db
+        .store
+        .commit_windows(&[old_gap], &CommitMode::Collect, true, "test")
+        .await
+        .unwrap();
     s.api(
         Method::PUT,
         "/api/v1/tenants/acme/budget",
