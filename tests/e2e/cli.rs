@@ -393,3 +393,53 @@ fn bench_collector_prints_its_figures_against_in_run_baselines() {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
+    let output = Command::new(env!("CARGO_BIN_EXE_budgetd"))
+        .args([
+            "bench",
+            "enforcer",
+            "--database-url",
+            &admin_url(),
+            "--tenants",
+            "40",
+            "--rounds",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Each figure's line starts with its label and the number follows it.
+    for label in [
+        "plain SELECT of the spent sums",
+        "total (status query + plan)",
+        "budget_statuses",
+        "plan (pure)",
+        "ratio total/plain",
+    ] {
+        let line = stdout
+            .lines()
+            .map(str::trim_start)
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("missing {label:?} in:\n{stdout}"));
+        let value: f64 = line[label.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"));
+        assert!(value.is_finite() && value >= 0.0, "{line}");
+    }
+    for context in ["target <= 250 ms", "target <= 2.0", "day ", "40 tenants"] {
+        assert!(
+            stdout.contains(context),
+            "missing {context:?} in:\n{stdout}"
+        );
+    }
+}
