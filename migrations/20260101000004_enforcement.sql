@@ -4,6 +4,21 @@
 
 -- Budget status ---------------------------------------------------------------------------
 
+-- Per tenant and UTC day, whatever the meter: the forecast's trailing spend in a handful of rows
+-- per tenant. Maintained by the same statement as the entries (see ledger::store::entries).
+create table ledger_rollup_tenant_daily (
+    day       date not null,
+    tenant_id text not null references tenants (id),
+    currency  char(3) not null,
+    amount    numeric not null,
+    entries   bigint not null,
+    primary key (day, tenant_id, currency)
+) with (fillfactor = 50);
+
+insert into ledger_rollup_tenant_daily (day, tenant_id, currency, amount, entries)
+select day, tenant_id, currency, sum(amount), sum(entries)
+from ledger_rollup_daily group by 1, 2, 3;
+
 -- One row per tenant with a budget in force at `as_of` (only `only_tenant`'s, if given).
 --
 --   spent     ledger amounts in the budget's currency within the calendar period (UTC);
@@ -19,7 +34,10 @@
 --   state     exceeded (spent ≥ budget), at_risk (forecast ≥ budget), warning (spent ≥ the
 --             budget's first threshold), ok.
 --
--- SECURITY DEFINER so the finance role can read the view without access to the tables.
+-- Set-based (hash joins over the period's rollup rows, each read once), so 10,000 tenants take
+-- tens of milliseconds. SECURITY DEFINER so the finance role can read the view without access to
+-- the tables; UTC whatever the reader's session time zone; no JIT (compiling would cost more than
+-- the query).
 create function budgetd_budget_status(as_of timestamptz, trailing_days integer,
                                       max_lag_seconds integer,
                                       lookback_seconds integer default null,
@@ -28,29 +46,29 @@ returns table (tenant_id text, tenant_state text, period text, period_start date
                period_end date, budget_amount numeric, currency text, thresholds integer[],
                spent_amount numeric, trailing_amount numeric, trailing_start timestamptz,
                data_until timestamptz, forecast_amount numeric, complete boolean, state text)
--- The period and day arithmetic is in UTC whatever the reader's session time zone.
-language sql stable security definer set search_path = public, pg_temp set timezone = 'UTC' as $$
-with watermark as (
+language sql stable security definer
+set search_path = public, pg_temp set timezone = 'UTC' set jit = off as $$
+with watermark as materialized (
     select least(as_of, coalesce((select w.window_end from collector_watermark w),
                                  '-infinity'::timestamptz)) as data_until,
            coalesce((select w.window_end from collector_watermark w), '-infinity'::timestamptz)
                >= as_of - make_interval(secs => max_lag_seconds) as fresh
 ),
-current_budget as (
+current_budget as materialized (
     select distinct on (b.tenant_id) b.tenant_id, b.amount, b.currency, b.period, b.thresholds
     from budgets b
     where b.effective_from <= as_of and (only_tenant is null or b.tenant_id = only_tenant)
     order by b.tenant_id, b.effective_from desc
 ),
-bounded as (
+bounded as materialized (
     select b.*, p.period_start,
            (p.period_start + case b.period when 'monthly' then interval '1 month'
                                            when 'quarterly' then interval '3 months'
                                            else interval '1 year' end)::date as period_end,
            w.data_until, w.fresh,
-           greatest(p.period_start::timestamp at time zone 'UTC',
-                    date_trunc('day', w.data_until at time zone 'UTC') at time zone 'UTC'
-                        - make_interval(days => trailing_days)) as trailing_start
+           greatest(p.period_start::timestamp,
+                    date_trunc('day', w.data_until at time zone 'UTC')
+                        - make_interval(days => trailing_days)) at time zone 'UTC' as trailing_start
     from current_budget b
     cross join watermark w
     cross join lateral (
@@ -60,48 +78,69 @@ bounded as (
                           as_of at time zone 'UTC')::date as period_start
     ) p
 ),
-spent as (
-    select b.tenant_id,
-           coalesce((select sum(m.amount) from ledger_rollup_monthly m
-                     where m.tenant_id = b.tenant_id and m.currency = b.currency
-                       and m.month >= b.period_start and m.month < b.period_end), 0) as spent,
-           coalesce((select sum(d.amount) from ledger_rollup_daily d
-                     where d.tenant_id = b.tenant_id and d.currency = b.currency
-                       and d.day >= (b.trailing_start at time zone 'UTC')::date
-                       and d.day < b.period_end), 0) as trailing
+spent as materialized (
+    select b.tenant_id, sum(m.amount) as amount
     from bounded b
+    join ledger_rollup_monthly m
+      on m.tenant_id = b.tenant_id and m.currency = b.currency
+     and m.month >= b.period_start and m.month < b.period_end
+    where m.month >= (select min(period_start) from bounded)
+    group by b.tenant_id
 ),
-incomplete as (
-    select cw.window_start, cw.window_end, cw.complete, cw.incomplete_tenants
+trailing_spend as materialized (
+    select b.tenant_id, sum(d.amount) as amount
+    from bounded b
+    join ledger_rollup_tenant_daily d
+      on d.tenant_id = b.tenant_id and d.currency = b.currency
+     and d.day >= (b.trailing_start at time zone 'UTC')::date and d.day < b.period_end
+    where d.day >= (select min((trailing_start at time zone 'UTC')::date) from bounded)
+    group by b.tenant_id
+),
+-- Incomplete windows that count: a whole window (tenant_id null) or one tenant's inputs.
+gaps as materialized (
+    select cw.window_start, t.tenant_id
     from collected_windows cw
+    cross join watermark w
+    cross join lateral (
+        select null::text as tenant_id where not cw.complete
+        union all
+        select u from unnest(cw.incomplete_tenants) u where cw.complete
+    ) t
     where cw.window_start >= (select min(period_start) from bounded)::timestamp at time zone 'UTC'
+      and cw.window_start < w.data_until
+      and (lookback_seconds is null
+           or cw.window_end > w.data_until - make_interval(secs => lookback_seconds))
       and (not cw.complete or cardinality(cw.incomplete_tenants) > 0)
+),
+last_gap as materialized (
+    select g.tenant_id, max(g.window_start) as last from gaps g group by g.tenant_id
 )
 select b.tenant_id, t.state, b.period, b.period_start, b.period_end, b.amount,
-       b.currency::text, b.thresholds, s.spent, s.trailing, b.trailing_start, b.data_until,
-       f.forecast,
-       b.fresh and not exists (
-           select 1 from incomplete i
-           where i.window_start >= b.period_start::timestamp at time zone 'UTC'
-             and i.window_start < b.data_until
-             and (lookback_seconds is null
-                  or i.window_end > b.data_until - make_interval(secs => lookback_seconds))
-             and (not i.complete or b.tenant_id = any (i.incomplete_tenants))) as complete,
-       case when s.spent >= b.amount and (s.spent > 0 or b.amount = 0) then 'exceeded'
+       b.currency::text, b.thresholds, coalesce(s.amount, 0), coalesce(tr.amount, 0),
+       b.trailing_start, b.data_until, f.forecast,
+       b.fresh
+         and coalesce((select g.last from last_gap g where g.tenant_id is null), '-infinity')
+             < b.period_start::timestamp at time zone 'UTC'
+         and coalesce(tg.last, '-infinity') < b.period_start::timestamp at time zone 'UTC',
+       case when f.spent >= b.amount and (f.spent > 0 or b.amount = 0) then 'exceeded'
             when f.forecast >= b.amount and f.forecast > 0 then 'at_risk'
-            when s.spent * 100 >= b.amount * b.thresholds[1] and s.spent > 0 then 'warning'
+            when f.spent * 100 >= b.amount * b.thresholds[1] and f.spent > 0 then 'warning'
             else 'ok' end
 from bounded b
-join spent s using (tenant_id)
 join tenants t on t.id = b.tenant_id
+left join spent s on s.tenant_id = b.tenant_id
+left join trailing_spend tr on tr.tenant_id = b.tenant_id
+left join last_gap tg on tg.tenant_id = b.tenant_id
 cross join lateral (
-    select case
-        when b.data_until <= b.trailing_start or b.data_until >= b.period_end::timestamp at time zone 'UTC'
-            then s.spent
-        else s.spent + round(s.trailing
-                 * extract(epoch from (b.period_end::timestamp at time zone 'UTC' - b.data_until))
-                 / extract(epoch from (b.data_until - b.trailing_start)), 6)
-    end as forecast
+    select coalesce(s.amount, 0) as spent,
+           case
+               when b.data_until <= b.trailing_start
+                 or b.data_until >= b.period_end::timestamp at time zone 'UTC'
+                   then coalesce(s.amount, 0)
+               else coalesce(s.amount, 0) + round(coalesce(tr.amount, 0)
+                    * extract(epoch from (b.period_end::timestamp at time zone 'UTC' - b.data_until))
+                    / extract(epoch from (b.data_until - b.trailing_start)), 6)
+           end as forecast
 ) f
 $$;
 

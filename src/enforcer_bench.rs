@@ -419,6 +419,14 @@ async fn load(
     )
     .await
     .context("inserting monthly rollups")?;
+    sql(
+        conn,
+        "insert into ledger_rollup_tenant_daily (day, tenant_id, currency, amount, entries) \
+         select day, tenant_id, currency, sum(amount), sum(entries) \
+         from ledger_rollup_daily group by 1, 2, 3 order by 1, 2",
+    )
+    .await
+    .context("inserting per-tenant daily rollups")?;
 
     // Every 300 s window since the history's start; one window of the previous month was
     // incomplete as a whole, and every INCOMPLETE_EVERY-th window of the period, and the one
@@ -723,13 +731,11 @@ fn print_data(cal: &Calendar, loaded: &Loaded, steady: &Steady, tenants: usize, 
     );
     println!(
         "  the status function reads per tenant: its budgets (the latest in force), 1 \
-         ledger_rollup_monthly row (spent), {trailing_days} days ({} .. {}) x {} meters = {} \
-         ledger_rollup_daily rows (the forecast's trailing window), the tenant row; once: the \
-         watermark and the period's incomplete collected_windows",
+         ledger_rollup_monthly row (spent), {trailing_days} ledger_rollup_tenant_daily rows \
+         ({} .. {}: the forecast's trailing window, all meters in one row per day), the tenant \
+         row; once: the watermark and the period's incomplete collected_windows",
         cal.trailing_start(),
         cal.data_until.date_naive(),
-        METERS.len(),
-        trailing_days * METERS.len() as i64,
     );
     println!(
         "plain: select tenant_id, sum(amount) from ledger_rollup_monthly where currency = \

@@ -140,6 +140,18 @@ async fn assert_rollups_match_entries(db: &TestDb) {
     .await
     .unwrap();
     assert_eq!(mismatches, 0, "monthly rollups differ from the entries");
+    let mismatches: i64 = sqlx::query_scalar(
+        "select count(*) from (
+            select tenant_id, (window_start at time zone 'UTC')::date as day, currency,
+                   sum(amount) as amount, count(*) as entries
+            from ledger_entries group by 1, 2, 3
+         ) e full join ledger_rollup_tenant_daily r using (tenant_id, day, currency)
+         where e.amount is distinct from r.amount or e.entries is distinct from r.entries",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(mismatches, 0, "per-tenant daily rollups differ from the entries");
 }
 
 #[tokio::test]

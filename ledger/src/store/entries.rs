@@ -52,7 +52,7 @@ classified as (
     ) l on true
 )";
 
-/// Adds the rows of the CTE `written` to the daily and monthly rollups.
+/// Adds the rows of the CTE `written` to the daily, monthly and per-tenant daily rollups.
 const ROLLUP: &str = "
 daily as (
     insert into ledger_rollup_daily as r (tenant_id, day, meter, unit, currency, quantity, amount, entries)
@@ -69,6 +69,13 @@ monthly as (
            sum(amount), count(*)
     from written group by 1, 2, 3 order by 1, 2, 3
     on conflict (month, tenant_id, currency) do update
+        set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries
+),
+tenant_daily as (
+    insert into ledger_rollup_tenant_daily as r (day, tenant_id, currency, amount, entries)
+    select (window_start at time zone 'UTC')::date, tenant_id, currency, sum(amount), count(*)
+    from written group by 1, 2, 3 order by 1, 2, 3
+    on conflict (day, tenant_id, currency) do update
         set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries
 )";
 
