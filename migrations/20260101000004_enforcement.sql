@@ -34,8 +34,9 @@ from ledger_rollup_daily group by 1, 2, 3;
 --   state     exceeded (spent ≥ budget), at_risk (forecast ≥ budget), warning (spent ≥ the
 --             budget's first threshold), ok.
 --
--- Set-based (hash joins over the period's rollup rows, each read once), so 10,000 tenants take
--- tens of milliseconds. SECURITY DEFINER so the finance role can read the view without access to
+-- Set-based: every rollup row of the period is read once and joined by hash (nested loops are
+-- off: the materialized CTEs have no statistics, and a nested loop over an index range per
+-- tenant made 10,000 tenants take 40 s instead of tens of milliseconds). SECURITY DEFINER so the finance role can read the view without access to
 -- the tables; UTC whatever the reader's session time zone; no JIT (compiling would cost more than
 -- the query).
 create function budgetd_budget_status(as_of timestamptz, trailing_days integer,
@@ -47,7 +48,8 @@ returns table (tenant_id text, tenant_state text, period text, period_start date
                spent_amount numeric, trailing_amount numeric, trailing_start timestamptz,
                data_until timestamptz, forecast_amount numeric, complete boolean, state text)
 language sql stable security definer
-set search_path = public, pg_temp set timezone = 'UTC' set jit = off as $$
+set search_path = public, pg_temp set timezone = 'UTC' set jit = off
+set enable_nestloop = off set enable_sort = off set max_parallel_workers_per_gather = 0 as $$
 with watermark as materialized (
     select least(as_of, coalesce((select w.window_end from collector_watermark w),
                                  '-infinity'::timestamptz)) as data_until,
@@ -87,14 +89,31 @@ spent as materialized (
     where m.month >= (select min(period_start) from bounded)
     group by b.tenant_id
 ),
+-- Each tenant's trailing window starts at the later of the common start (`trailing_days` whole
+-- days before the day of the last data) and its period's start: one pass over the recent
+-- per-tenant daily rows sums from each possible period start (month, quarter, year).
 trailing_spend as materialized (
-    select b.tenant_id, sum(d.amount) as amount
-    from bounded b
-    join ledger_rollup_tenant_daily d
-      on d.tenant_id = b.tenant_id and d.currency = b.currency
-     and d.day >= (b.trailing_start at time zone 'UTC')::date and d.day < b.period_end
-    where d.day >= (select min((trailing_start at time zone 'UTC')::date) from bounded)
-    group by b.tenant_id
+    select t.tenant_id, t.currency,
+           t.total - coalesce(t.before_month, 0) as monthly,
+           t.total - coalesce(t.before_quarter, 0) as quarterly,
+           t.total - coalesce(t.before_year, 0) as yearly
+    from (
+        -- One addition per row: the "before" sums only see days before a period start, which
+        -- the common window reaches in a period's first `trailing_days` days only.
+        select d.tenant_id, d.currency, sum(d.amount) as total,
+               sum(d.amount) filter (where d.day < date_trunc('month', as_of at time zone 'UTC')::date)
+                   as before_month,
+               sum(d.amount) filter (where d.day < date_trunc('quarter', as_of at time zone 'UTC')::date)
+                   as before_quarter,
+               sum(d.amount) filter (where d.day < date_trunc('year', as_of at time zone 'UTC')::date)
+                   as before_year
+        from ledger_rollup_tenant_daily d
+        where d.day >= (select (date_trunc('day', w.data_until at time zone 'UTC')
+                                - make_interval(days => trailing_days))::date
+                        from watermark w)
+          and (only_tenant is null or d.tenant_id = only_tenant)
+        group by d.tenant_id, d.currency
+    ) t
 ),
 -- Incomplete windows that count: a whole window (tenant_id null) or one tenant's inputs.
 gaps as materialized (
@@ -116,7 +135,7 @@ last_gap as materialized (
     select g.tenant_id, max(g.window_start) as last from gaps g group by g.tenant_id
 )
 select b.tenant_id, t.state, b.period, b.period_start, b.period_end, b.amount,
-       b.currency::text, b.thresholds, coalesce(s.amount, 0), coalesce(tr.amount, 0),
+       b.currency::text, b.thresholds, coalesce(s.amount, 0), f.trailing,
        b.trailing_start, b.data_until, f.forecast,
        b.fresh
          and coalesce((select g.last from last_gap g where g.tenant_id is null), '-infinity')
@@ -129,15 +148,20 @@ select b.tenant_id, t.state, b.period, b.period_start, b.period_end, b.amount,
 from bounded b
 join tenants t on t.id = b.tenant_id
 left join spent s on s.tenant_id = b.tenant_id
-left join trailing_spend tr on tr.tenant_id = b.tenant_id
+left join trailing_spend tr on tr.tenant_id = b.tenant_id and tr.currency = b.currency
 left join last_gap tg on tg.tenant_id = b.tenant_id
 cross join lateral (
-    select coalesce(s.amount, 0) as spent,
+    select case b.period when 'monthly' then tr.monthly
+                         when 'quarterly' then tr.quarterly
+                         else tr.yearly end as raw_trailing
+) rt
+cross join lateral (
+    select coalesce(s.amount, 0) as spent, coalesce(rt.raw_trailing, 0) as trailing,
            case
                when b.data_until <= b.trailing_start
                  or b.data_until >= b.period_end::timestamp at time zone 'UTC'
                    then coalesce(s.amount, 0)
-               else coalesce(s.amount, 0) + round(coalesce(tr.amount, 0)
+               else coalesce(s.amount, 0) + round(coalesce(rt.raw_trailing, 0)
                     * extract(epoch from (b.period_end::timestamp at time zone 'UTC' - b.data_until))
                     / extract(epoch from (b.data_until - b.trailing_start)), 6)
            end as forecast
