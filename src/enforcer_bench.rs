@@ -2,7 +2,7 @@
 //! plain `SELECT` of the same spent sums, in a scratch database of its own on a Postgres server.
 //!
 //! The evaluation is the work of `Enforcer::evaluate`: `Store::budget_statuses_with` (the SQL
-//! function `budgetd_budget_status`), `Store::open_actions`, `Store::exemptions_in_force` and
+//! function `budgetd_budget_status`), `Store::open_rungs`, `Store::exemptions_in_force` and
 //! the pure `plan` with the default ladder. The baseline is `select tenant_id, sum(amount)`
 //! of the current period's monthly rollups, grouped by tenant: the spent sums alone. Both go
 //! over the store's pool as unnamed statements and decode every row into Rust values; the
@@ -32,13 +32,12 @@ use sqlx::query::QueryScalar;
 use sqlx::{Connection, Executor, PgConnection, Postgres};
 
 use enforcer::cluster::Tighten;
+use enforcer::executor::to_open;
 use enforcer::plan::{plan, Action, ClusterState, OpenAction};
 use enforcer::policy::{Basis, Ladder, Policy, Step};
 use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
-use ledger::enforcement::{
-    ActionRecord, ActionState, BudgetState, BudgetStatus, Exemption, StatusParams,
-};
+use ledger::enforcement::{ActionState, BudgetState, BudgetStatus, Exemption, StatusParams};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
 use ledger::store::with_database;
 use ledger::{Store, StoreConfig};
@@ -726,7 +725,7 @@ fn print_data(cal: &Calendar, loaded: &Loaded, steady: &Steady, tenants: usize, 
     println!(
         "total: Store::budget_statuses_with(now, {TRAILING_DAYS} days, lag {MAX_LAG_SECONDS} s, \
          lookback {LOOKBACK_SECONDS} s) + \
-         open_actions + exemptions_in_force + plan (default ladder, tighten x0.5, hysteresis \
+         open_rungs + exemptions_in_force + plan (default ladder, tighten x0.5, hysteresis \
          {HYSTERESIS_PERCENT}), as Enforcer::evaluate does"
     );
     println!(
@@ -773,24 +772,6 @@ fn policy(ladder: &Ladder, exemptions: Vec<Exemption>) -> Policy {
     }
 }
 
-/// `executor::to_open`, which is private to the enforcer.
-fn open_action(record: &ActionRecord) -> OpenAction {
-    OpenAction {
-        id: record.id,
-        tenant: record.tenant.clone(),
-        period_start: record.period_start,
-        step_key: record.step_key.clone(),
-        kind: record.kind,
-        state: record.state,
-        not_before: record.not_before,
-        forward: record
-            .forward
-            .as_ref()
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default(),
-    }
-}
-
 /// One evaluation, timed in parts.
 struct Evaluation {
     statuses: Vec<BudgetStatus>,
@@ -806,11 +787,11 @@ async fn evaluate(store: &Store, cal: &Calendar, ladder: &Ladder) -> anyhow::Res
     let t = Instant::now();
     let statuses = store.budget_statuses_with(cal.now, &STATUS_PARAMS).await?;
     let status_query = t.elapsed();
-    let open = store.open_actions().await?;
+    let open = store.open_rungs().await?;
     let exemptions = store.exemptions_in_force(cal.now).await?;
     let reads = t.elapsed();
     let policy = policy(ladder, exemptions);
-    let opens: Vec<OpenAction> = open.iter().map(open_action).collect();
+    let opens: Vec<OpenAction> = open.iter().map(to_open).collect();
     let actions = plan(
         &statuses,
         &policy,
@@ -908,7 +889,7 @@ async fn measure(
     for (label, times) in [
         ("  budget_statuses", part(|e| e.status_query)),
         (
-            "  open_actions + exemptions_in_force",
+            "  open_rungs + exemptions_in_force",
             part(|e| e.other_reads),
         ),
         ("  plan (pure)", part(|e| e.plan)),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use ledger::audit::{Actor, AuditContext};
 use ledger::enforcement::{
-    ActionKind, ActionRecord, ActionState, BudgetStatus, Fence, NewAction, StatusParams, Transition,
+    ActionKind, ActionRecord, ActionState, BudgetStatus, Fence, NewAction, OpenRung, StatusParams,
+    Transition,
 };
 use ledger::tenant::{TenantId, TenantState};
 use ledger::Store;
@@ -94,7 +95,7 @@ pub struct CycleReport {
 #[derive(Debug)]
 pub struct Evaluation {
     pub statuses: Vec<BudgetStatus>,
-    pub open: Vec<ActionRecord>,
+    pub open: Vec<OpenRung>,
     pub actions: Vec<Action>,
 }
 
@@ -122,16 +123,17 @@ fn ctx() -> AuditContext {
     }
 }
 
-fn to_open(record: &ActionRecord) -> OpenAction {
+/// An open action as `plan` takes it.
+pub fn to_open(rung: &OpenRung) -> OpenAction {
     OpenAction {
-        id: record.id,
-        tenant: record.tenant.clone(),
-        period_start: record.period_start,
-        step_key: record.step_key.clone(),
-        kind: record.kind,
-        state: record.state,
-        not_before: record.not_before,
-        forward: changes_of(record.forward.as_ref()),
+        id: rung.id,
+        tenant: rung.tenant.clone(),
+        period_start: rung.period_start,
+        step_key: rung.step_key.clone(),
+        kind: rung.kind,
+        state: rung.state,
+        not_before: rung.not_before,
+        forward: changes_of(rung.forward.as_ref()),
     }
 }
 
@@ -176,7 +178,7 @@ impl Enforcer {
             .store
             .budget_statuses_with(now, &self.settings.status_params())
             .await?;
-        let open = self.store.open_actions().await?;
+        let open = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;
         let opens: Vec<OpenAction> = open.iter().map(to_open).collect();
         let actions = plan(&statuses, &policy, &ClusterState::default(), &opens, now);
@@ -198,7 +200,7 @@ impl Enforcer {
             .store
             .budget_statuses_with(now, &self.settings.status_params())
             .await?;
-        let records = self.store.open_actions().await?;
+        let records = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;
 
         // Resync: observe every tenant with an applied cluster action, so drift is repaired.
@@ -221,7 +223,6 @@ impl Enforcer {
 
         let opens: Vec<OpenAction> = records.iter().map(to_open).collect();
         let actions = plan(&statuses, &policy, &cluster, &opens, now);
-        let by_id: BTreeMap<i64, &ActionRecord> = records.iter().map(|r| (r.id, r)).collect();
         let states: BTreeMap<&TenantId, TenantState> = statuses
             .iter()
             .map(|s| (&s.tenant, s.tenant_state))
@@ -276,22 +277,20 @@ impl Enforcer {
                         Ok(())
                     }
                 }
-                Action::Apply { id, tenant, .. } => match by_id.get(id) {
-                    Some(record) => {
-                        self.apply(fence, record, &policy, states.get(tenant).copied())
-                            .await
-                    }
-                    None => continue,
-                },
+                Action::Apply { id, tenant, .. } => {
+                    let record = self.store.get_action(*id).await?;
+                    self.apply(fence, &record, &policy, states.get(tenant).copied())
+                        .await
+                }
                 Action::Close {
                     id,
                     was_applied,
                     reason,
                     ..
-                } => match by_id.get(id) {
-                    Some(record) => self.close(fence, record, *was_applied, reason).await,
-                    None => continue,
-                },
+                } => {
+                    let record = self.store.get_action(*id).await?;
+                    self.close(fence, &record, *was_applied, reason).await
+                }
                 Action::Repair {
                     id,
                     tenant,

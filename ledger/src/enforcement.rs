@@ -267,6 +267,20 @@ impl ActionRecord {
     }
 }
 
+/// What deciding needs of an open action: its rung, state and the changes it made. (The full
+/// record is read only for the actions a cycle applies or closes.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRung {
+    pub id: i64,
+    pub tenant: TenantId,
+    pub period_start: NaiveDate,
+    pub step_key: String,
+    pub kind: ActionKind,
+    pub state: ActionState,
+    pub not_before: DateTime<Utc>,
+    pub forward: Option<Value>,
+}
+
 /// An operator's exemption of a tenant from enforcement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exemption {

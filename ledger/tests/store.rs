@@ -151,7 +151,10 @@ async fn assert_rollups_match_entries(db: &TestDb) {
     .fetch_one(&mut conn)
     .await
     .unwrap();
-    assert_eq!(mismatches, 0, "per-tenant daily rollups differ from the entries");
+    assert_eq!(
+        mismatches, 0,
+        "per-tenant daily rollups differ from the entries"
+    );
 }
 
 #[tokio::test]

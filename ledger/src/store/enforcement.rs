@@ -14,7 +14,7 @@ use crate::budget::{BudgetPeriod, Thresholds};
 use crate::currency::Currency;
 use crate::enforcement::{
     ActionKind, ActionRecord, ActionState, BudgetState, BudgetStatus, Exemption, Fence, NewAction,
-    StatusParams, Transition,
+    OpenRung, StatusParams, Transition,
 };
 use crate::error::Error;
 use crate::money::Money;
@@ -255,6 +255,38 @@ impl Store {
             .await?;
             tx.commit().await?;
             rows.iter().map(action_from_row).collect()
+        })
+        .await
+    }
+
+    /// The open actions in the narrow form deciding needs (see `OpenRung`).
+    pub async fn open_rungs(&self) -> Result<Vec<OpenRung>, Error> {
+        self.run("open_rungs", || async {
+            let mut tx = self.begin().await?;
+            let rows = query(
+                "select id, tenant_id, period_start, step_key, kind, state, not_before, forward \
+                 from enforcement_actions where state not in ('restored', 'cancelled') order by id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.iter()
+                .map(|row| {
+                    let c = |e| corrupt("enforcement_actions", e);
+                    let kind: String = row.try_get("kind")?;
+                    let state: String = row.try_get("state")?;
+                    Ok(OpenRung {
+                        id: row.try_get("id")?,
+                        tenant: TenantId::parse(row.try_get("tenant_id")?).map_err(c)?,
+                        period_start: row.try_get("period_start")?,
+                        step_key: row.try_get("step_key")?,
+                        kind: ActionKind::parse(&kind).map_err(c)?,
+                        state: ActionState::parse(&state).map_err(c)?,
+                        not_before: row.try_get("not_before")?,
+                        forward: row.try_get("forward")?,
+                    })
+                })
+                .collect()
         })
         .await
     }
