@@ -78,11 +78,30 @@ const ENTRY_COLUMNS: &str =
 /// stdout, drops the database.
 pub async fn run_ledger_bench(admin_url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     validate(opts)?;
+    let opts = opts.clone();
+    in_scratch_database(admin_url, "budgetd_bench", move |url| async move {
+        bench(&url, &opts).await
+    })
+    .await
+}
+
+/// Creates a scratch database named `<prefix>_<nanos>` on the server of `admin_url`, runs
+/// `run` with its URL in a task, and drops the database whatever happens: success, error, panic
+/// or Ctrl-C.
+pub(crate) async fn in_scratch_database<F, Fut>(
+    admin_url: &str,
+    prefix: &str,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?
         .as_nanos();
-    let name = format!("budgetd_bench_{nanos}");
+    let name = format!("{prefix}_{nanos}");
     let mut admin = PgConnection::connect(admin_url)
         .await
         .context("connecting to the Postgres server (admin URL)")?;
@@ -93,12 +112,7 @@ pub async fn run_ledger_bench(admin_url: &str, opts: &LedgerBenchOptions) -> any
     admin.close().await.ok();
     eprintln!("bench: scratch database {name}");
 
-    // Run in a task so that a panic, an error or Ctrl-C all end with the database dropped.
-    let url = with_database(admin_url, &name);
-    let task = tokio::spawn({
-        let opts = opts.clone();
-        async move { bench(&url, &opts).await }
-    });
+    let task = tokio::spawn(run(with_database(admin_url, &name)));
     let abort = task.abort_handle();
     let outcome = tokio::select! {
         joined = task => match joined {
@@ -111,11 +125,9 @@ pub async fn run_ledger_bench(admin_url: &str, opts: &LedgerBenchOptions) -> any
             Err(anyhow::anyhow!("interrupted"))
         }
     };
-
     let dropped = drop_database(admin_url, &name).await;
     match (outcome, dropped) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Ok(()), Err(e)) => Err(e),
+        (Ok(()), dropped) => dropped,
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(drop_error)) => {
             eprintln!("bench: {drop_error:#}");

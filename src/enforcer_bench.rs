@@ -39,10 +39,9 @@ use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
 use ledger::enforcement::{ActionState, BudgetState, BudgetStatus, Exemption, StatusParams};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
-use ledger::store::with_database;
 use ledger::{Store, StoreConfig};
 
-use crate::bench::{drop_database, median, median_secs, secs, spread, verdict};
+use crate::bench::{in_scratch_database, median, median_secs, secs, spread, verdict};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,48 +108,11 @@ pub async fn run_enforcer_bench(
     if opts.tenants == 0 || opts.rounds == 0 {
         bail!("tenants and rounds must be positive");
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_nanos();
-    let name = format!("budgetd_ebench_{nanos}");
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .context("connecting to the Postgres server (admin URL)")?;
-    admin
-        .execute(format!("create database {name}").as_str())
-        .await
-        .with_context(|| format!("creating scratch database {name}"))?;
-    admin.close().await.ok();
-    eprintln!("bench: scratch database {name}");
-
-    // Run in a task so that a panic, an error or Ctrl-C all end with the database dropped.
-    let url = with_database(admin_url, &name);
-    let task = tokio::spawn({
-        let opts = opts.clone();
-        async move { bench(&url, &opts).await }
-    });
-    let abort = task.abort_handle();
-    let outcome = tokio::select! {
-        joined = task => match joined {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
-            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            abort.abort();
-            Err(anyhow::anyhow!("interrupted"))
-        }
-    };
-    let dropped = drop_database(admin_url, &name).await;
-    match (outcome, dropped) {
-        (Ok(()), dropped) => dropped,
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(drop_error)) => {
-            eprintln!("bench: {drop_error:#}");
-            Err(e)
-        }
-    }
+    let opts = opts.clone();
+    in_scratch_database(admin_url, "budgetd_ebench", move |url| async move {
+        bench(&url, &opts).await
+    })
+    .await
 }
 
 // Time ---------------------------------------------------------------------------------------------
