@@ -465,7 +465,7 @@ impl Enforcer {
         now: DateTime<Utc>,
         statuses: &BTreeMap<&TenantId, &BudgetStatus>,
     ) -> Result<(usize, usize), EnforceError> {
-        let open = self.store.open_actions().await?;
+        let open = self.store.alerting_actions().await?;
         let since = now
             - chrono::Duration::from_std(self.settings.resolved_resend)
                 .unwrap_or(chrono::Duration::minutes(15));

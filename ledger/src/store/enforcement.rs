@@ -259,6 +259,22 @@ impl Store {
         .await
     }
 
+    /// Applied actions that raise an alert (notify, suspend), for the re-send of each cycle.
+    pub async fn alerting_actions(&self) -> Result<Vec<ActionRecord>, Error> {
+        self.run("alerting_actions", || async {
+            let mut tx = self.begin().await?;
+            let rows = query(&format!(
+                "select {ACTION_COLUMNS} from enforcement_actions \
+                 where state = 'applied' and kind in ('notify', 'suspend') order by id"
+            ))
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.iter().map(action_from_row).collect()
+        })
+        .await
+    }
+
     /// The open actions in the narrow form deciding needs (see `OpenRung`).
     pub async fn open_rungs(&self) -> Result<Vec<OpenRung>, Error> {
         self.run("open_rungs", || async {
