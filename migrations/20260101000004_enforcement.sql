@@ -60,7 +60,8 @@ current_budget as materialized (
     select distinct on (b.tenant_id) b.tenant_id, b.amount, b.currency, b.period, b.thresholds
     from budgets b
     where b.effective_from <= as_of and (only_tenant is null or b.tenant_id = only_tenant)
-    order by b.tenant_id, b.effective_from desc
+    -- descending, so a backward scan of unique (tenant_id, effective_from) serves it unsorted
+    order by b.tenant_id desc, b.effective_from desc
 ),
 bounded as materialized (
     select b.*, p.period_start,
@@ -73,11 +74,15 @@ bounded as materialized (
                         - make_interval(days => trailing_days)) at time zone 'UTC' as trailing_start
     from current_budget b
     cross join watermark w
+    cross join (
+        select date_trunc('month', as_of at time zone 'UTC')::date as month_start,
+               date_trunc('quarter', as_of at time zone 'UTC')::date as quarter_start,
+               date_trunc('year', as_of at time zone 'UTC')::date as year_start
+    ) starts
     cross join lateral (
-        select date_trunc(case b.period when 'monthly' then 'month'
-                                        when 'quarterly' then 'quarter'
-                                        else 'year' end,
-                          as_of at time zone 'UTC')::date as period_start
+        select case b.period when 'monthly' then starts.month_start
+                             when 'quarterly' then starts.quarter_start
+                             else starts.year_start end as period_start
     ) p
 ),
 spent as materialized (

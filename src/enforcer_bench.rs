@@ -720,6 +720,31 @@ async fn plain(store: &Store, cal: &Calendar) -> anyhow::Result<Vec<(String, Dec
         .await?)
 }
 
+/// Context, not the target's baseline: a plain SELECT of the inputs the status needs (the budget
+/// in force, the period's spent sum and the trailing window's sum per tenant), without the
+/// status' logic (periods, forecast, completeness, state).
+const INPUTS_SQL: &str = "select b.tenant_id, b.amount, m.amount, d.amount \
+     from (select distinct on (tenant_id) tenant_id, amount from budgets \
+           where effective_from <= $1 order by tenant_id, effective_from desc) b \
+     join (select tenant_id, sum(amount) as amount from ledger_rollup_monthly \
+           where currency = $2 and month >= $3 and month < $4 group by tenant_id) m using (tenant_id) \
+     left join (select tenant_id, sum(amount) as amount from ledger_rollup_tenant_daily \
+           where currency = $2 and day >= $5 group by tenant_id) d using (tenant_id)";
+
+type InputRow = (String, Decimal, Decimal, Option<Decimal>);
+
+async fn inputs(store: &Store, cal: &Calendar) -> anyhow::Result<Vec<InputRow>> {
+    Ok(sqlx::query_as(INPUTS_SQL)
+        .bind(cal.now)
+        .bind(CURRENCY)
+        .bind(cal.period_start)
+        .bind(cal.period_end)
+        .bind(cal.trailing_start())
+        .persistent(false)
+        .fetch_all(store.pool())
+        .await?)
+}
+
 /// The policy `Enforcer::evaluate` builds: the configured ladder, the exemptions in force.
 fn policy(ladder: &Ladder, exemptions: Vec<Exemption>) -> Policy {
     Policy {
@@ -799,9 +824,16 @@ async fn measure(
     }
     print_mix(&evaluation);
 
+    if inputs(store, cal).await?.len() != opts.tenants {
+        bail!("the inputs query does not see every tenant");
+    }
     let mut plain_times = Vec::with_capacity(opts.rounds);
+    let mut input_times = Vec::with_capacity(opts.rounds);
     let mut evaluations = Vec::with_capacity(opts.rounds);
     for round in 0..opts.rounds {
+        let t = Instant::now();
+        std::hint::black_box(inputs(store, cal).await?);
+        input_times.push(t.elapsed());
         let (p, e) = if round % 2 == 0 {
             let t = Instant::now();
             std::hint::black_box(plain(store, cal).await?);
@@ -863,6 +895,19 @@ async fn measure(
         "ratio total/plain",
         verdict(ratio <= TOTAL_TARGET_RATIO),
         spread(&ratios),
+    );
+    let input_ratios: Vec<f64> = totals
+        .iter()
+        .zip(&input_times)
+        .map(|(t, i)| secs(*t) / secs(*i))
+        .collect();
+    println!(
+        "  {:<46}{:>9.1} ms   ratio total/inputs {:.2} (rounds {}; context: the same inputs \
+         without the status' logic)",
+        "plain SELECT of the status' inputs",
+        median_secs(&input_times) * 1000.0,
+        median(&input_ratios),
+        spread(&input_ratios),
     );
 
     // Context: the server's share, from EXPLAIN ANALYZE (which adds its own instrumentation).
