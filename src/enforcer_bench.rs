@@ -1,7 +1,7 @@
 //! `budgetd bench enforcer`: measures one enforcement evaluation for many tenants against a
 //! plain `SELECT` of the same spent sums, in a scratch database of its own on a Postgres server.
 //!
-//! The evaluation is the work of `Enforcer::evaluate`: `Store::budget_statuses_with` (the SQL
+//! The evaluation is the work of `Enforcer::evaluate`: `Store::budget_statuses` (the SQL
 //! function `budgetd_budget_status`), `Store::open_rungs`, `Store::exemptions_in_force` and
 //! the pure `plan` with the default ladder. The baseline is `select tenant_id, sum(amount)`
 //! of the current period's monthly rollups, grouped by tenant: the spent sums alone. Both go
@@ -530,7 +530,7 @@ async fn record_steady_state(
     cal: &Calendar,
     ladder: &Ladder,
 ) -> anyhow::Result<Steady> {
-    let statuses = store.budget_statuses_with(cal.now, &STATUS_PARAMS).await?;
+    let statuses = store.budget_statuses(cal.now, &STATUS_PARAMS).await?;
     let exemptions = store.exemptions_in_force(cal.now).await?;
     let policy = policy(ladder, exemptions);
     let first = plan(&statuses, &policy, &ClusterState::default(), &[], cal.now);
@@ -685,7 +685,7 @@ fn print_data(cal: &Calendar, loaded: &Loaded, steady: &Steady, tenants: usize, 
          path) in {load_secs:.1} s, then VACUUM ANALYZE"
     );
     println!(
-        "total: Store::budget_statuses_with(now, {TRAILING_DAYS} days, lag {MAX_LAG_SECONDS} s, \
+        "total: Store::budget_statuses(now, {TRAILING_DAYS} days, lag {MAX_LAG_SECONDS} s, \
          lookback {LOOKBACK_SECONDS} s) + \
          open_rungs + exemptions_in_force + plan (default ladder, tighten x0.5, hysteresis \
          {HYSTERESIS_PERCENT}), as Enforcer::evaluate does"
@@ -772,7 +772,7 @@ struct Evaluation {
 /// The work of `Enforcer::evaluate`, in its order.
 async fn evaluate(store: &Store, cal: &Calendar, ladder: &Ladder) -> anyhow::Result<Evaluation> {
     let t = Instant::now();
-    let statuses = store.budget_statuses_with(cal.now, &STATUS_PARAMS).await?;
+    let statuses = store.budget_statuses(cal.now, &STATUS_PARAMS).await?;
     let status_query = t.elapsed();
     let open = store.open_rungs().await?;
     let exemptions = store.exemptions_in_force(cal.now).await?;

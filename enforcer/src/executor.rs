@@ -176,7 +176,7 @@ impl Enforcer {
     pub async fn evaluate(&self, now: DateTime<Utc>) -> Result<Evaluation, ledger::Error> {
         let statuses = self
             .store
-            .budget_statuses_with(now, &self.settings.status_params())
+            .budget_statuses(now, &self.settings.status_params())
             .await?;
         let open = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;
@@ -198,7 +198,7 @@ impl Enforcer {
         let started = Instant::now();
         let statuses = self
             .store
-            .budget_statuses_with(now, &self.settings.status_params())
+            .budget_statuses(now, &self.settings.status_params())
             .await?;
         let records = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;

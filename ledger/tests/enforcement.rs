@@ -344,7 +344,7 @@ async fn budget_status_sums_the_period_and_forecasts_from_the_trailing_window() 
         // exactly the first threshold (50 %); 50 + 2 × 253/179 = 50 + 2.8268156…
         row("warn",    nov, "100",  "50",  ("2",  nov13), "52.826816",  Warning),
     ];
-    let statuses = s.budget_statuses(as_of(), 7, 3600).await.unwrap();
+    let statuses = s.budget_statuses(as_of(), &strict(7, 3600)).await.unwrap();
     assert_eq!(rows(&statuses), seven);
     for st in &statuses {
         assert_eq!(st.data_until, Some(data_until), "{}", st.tenant);
@@ -374,7 +374,7 @@ async fn budget_status_sums_the_period_and_forecasts_from_the_trailing_window() 
         row("steady",  nov, "1000", "15",  ("15",  nov1),  "23.126338",  ok),
         row("warn",    nov, "100",  "50",  ("50",  nov1),  "77.087794",  Warning),
     ];
-    let statuses = s.budget_statuses(as_of(), 30, 3600).await.unwrap();
+    let statuses = s.budget_statuses(as_of(), &strict(30, 3600)).await.unwrap();
     assert_eq!(rows(&statuses), thirty);
 }
 
@@ -414,12 +414,12 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
 
     // The watermark (11:00) is exactly max_lag_seconds behind as_of (12:00): fresh.
     assert_eq!(
-        complete(s.budget_statuses(as_of(), 7, 3600).await.unwrap()),
+        complete(s.budget_statuses(as_of(), &strict(7, 3600)).await.unwrap()),
         [true, false, true, false]
     );
     // One second less tolerance: stale, so nobody's data is complete.
     assert_eq!(
-        complete(s.budget_statuses(as_of(), 7, 3599).await.unwrap()),
+        complete(s.budget_statuses(as_of(), &strict(7, 3599)).await.unwrap()),
         [false, false, false, false]
     );
 
@@ -440,7 +440,7 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
         Some(at(2026, 11, 20, 11))
     );
     assert_eq!(
-        complete(s.budget_statuses(as_of(), 7, 3600).await.unwrap()),
+        complete(s.budget_statuses(as_of(), &strict(7, 3600)).await.unwrap()),
         [false, false, false, false]
     );
 
@@ -459,11 +459,11 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
         .unwrap();
     assert_eq!((report.unchanged, report.incomplete_windows), (1, 0));
     assert_eq!(
-        complete(s.budget_statuses(as_of(), 7, 3600).await.unwrap()),
+        complete(s.budget_statuses(as_of(), &strict(7, 3600)).await.unwrap()),
         [true, false, true, false]
     );
     // The spend behind it is real: a has 1 from each of the three November windows.
-    let statuses = by_tenant(&s.budget_statuses(as_of(), 7, 3600).await.unwrap());
+    let statuses = by_tenant(&s.budget_statuses(as_of(), &strict(7, 3600)).await.unwrap());
     assert_eq!(statuses["a"].spent, dec("3"));
 
     // With a lookback, only recent gaps count: the last window (ending at the watermark) was
@@ -475,18 +475,14 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
     };
     assert_eq!(
         complete(
-            s.budget_statuses_with(as_of(), &recent(Some(3600)))
+            s.budget_statuses(as_of(), &recent(Some(3600)))
                 .await
                 .unwrap()
         ),
         [true, true, true, true]
     );
     assert_eq!(
-        complete(
-            s.budget_statuses_with(as_of(), &recent(None))
-                .await
-                .unwrap()
-        ),
+        complete(s.budget_statuses(as_of(), &recent(None)).await.unwrap()),
         [true, false, true, false]
     );
     // A gap in the last hour counts again.
@@ -501,7 +497,7 @@ async fn budget_status_is_incomplete_for_incomplete_windows_tenants_and_a_laggin
         .unwrap();
     assert_eq!(
         complete(
-            s.budget_statuses_with(as_of(), &recent(Some(3600)))
+            s.budget_statuses(as_of(), &recent(Some(3600)))
                 .await
                 .unwrap()
         ),
@@ -515,7 +511,7 @@ async fn budget_status_without_collected_data_is_incomplete_and_spends_nothing()
     let s = &db.store;
     let acme = tenant(s, "acme").await;
     budget(s, &acme, "100", BudgetPeriod::Monthly, at(2026, 10, 1, 0)).await;
-    let statuses = s.budget_statuses(as_of(), 7, 3600).await.unwrap();
+    let statuses = s.budget_statuses(as_of(), &strict(7, 3600)).await.unwrap();
     assert_eq!(statuses.len(), 1);
     let st = &statuses[0];
     assert_eq!(st.data_until, None);
@@ -626,7 +622,10 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
 
     // The view is the function at now() with 7 trailing days and 30 minutes of lag. The
     // forecast does not depend on as_of once the watermark is behind it.
-    let status = s.budget_statuses(Utc::now(), 7, 1800).await.unwrap();
+    let status = s
+        .budget_statuses(Utc::now(), &strict(7, 1800))
+        .await
+        .unwrap();
     assert_eq!(status.len(), 1);
     let st = &status[0];
     assert_eq!(
@@ -1446,14 +1445,11 @@ async fn operators_decide_only_pending_actions_and_lists_filter_by_state_and_ten
     };
     assert_eq!(ids(s.list_actions(&page).await.unwrap()), [a2.id, a1.id]);
     // Open actions: every state but restored and cancelled.
-    assert_eq!(
-        ids(s.open_actions().await.unwrap()),
-        [a1.id, a2.id, a3.id, b1.id]
-    );
+    assert_eq!(ledger_open_ids(s).await, [a1.id, a2.id, a3.id, b1.id]);
     s.close_action(fence, &enforcer(), b1.id, "paid", None)
         .await
         .unwrap();
-    assert_eq!(ids(s.open_actions().await.unwrap()), [a1.id, a2.id, a3.id]);
+    assert_eq!(ledger_open_ids(s).await, [a1.id, a2.id, a3.id]);
     assert_eq!(list(Some(ActionState::Cancelled), None, 100).await, [b1.id]);
     assert_chain_intact(s).await;
 }
@@ -1608,10 +1604,17 @@ async fn budget_status_and_enforcement_writes_work_through_pgbouncer() {
     for _ in 0..8 {
         let store = pooled.clone();
         readers.push(tokio::spawn(async move {
-            store.budget_statuses(as_of(), 7, 3600).await.unwrap()
+            store
+                .budget_statuses(as_of(), &strict(7, 3600))
+                .await
+                .unwrap()
         }));
     }
-    let direct = db.store.budget_statuses(as_of(), 7, 3600).await.unwrap();
+    let direct = db
+        .store
+        .budget_statuses(as_of(), &strict(7, 3600))
+        .await
+        .unwrap();
     for r in readers {
         assert_eq!(r.await.unwrap(), direct);
     }
@@ -1671,9 +1674,19 @@ async fn budget_status_and_enforcement_writes_work_through_pgbouncer() {
     assert_chain_intact(&pooled).await;
 }
 
+/// Status parameters without a completeness lookback: any incomplete window of the period
+/// counts.
+fn strict(trailing_days: u32, max_lag_seconds: u32) -> ledger::enforcement::StatusParams {
+    ledger::enforcement::StatusParams {
+        trailing_days,
+        max_lag_seconds,
+        lookback_seconds: None,
+    }
+}
+
 async fn ledger_open_ids(store: &Store) -> Vec<i64> {
     store
-        .open_actions()
+        .open_rungs()
         .await
         .unwrap()
         .into_iter()
@@ -1730,7 +1743,7 @@ async fn budget_status_does_not_depend_on_the_session_time_zone() {
         ),
     ];
     let via_store: Vec<Seen> = s
-        .budget_statuses(as_of, 7, 3600)
+        .budget_statuses(as_of, &strict(7, 3600))
         .await
         .unwrap()
         .into_iter()

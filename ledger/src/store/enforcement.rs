@@ -181,24 +181,8 @@ pub struct ActionFilter {
 }
 
 impl Store {
-    /// The budget status of every tenant with a budget in force at `as_of`, counting any
-    /// incomplete window of the period (the strictest completeness).
-    pub async fn budget_statuses(
-        &self,
-        as_of: DateTime<Utc>,
-        trailing_days: u32,
-        max_lag_seconds: u32,
-    ) -> Result<Vec<BudgetStatus>, Error> {
-        let params = StatusParams {
-            trailing_days,
-            max_lag_seconds,
-            lookback_seconds: None,
-        };
-        self.statuses(as_of, &params, None).await
-    }
-
     /// The budget status of every tenant with a budget in force at `as_of`.
-    pub async fn budget_statuses_with(
+    pub async fn budget_statuses(
         &self,
         as_of: DateTime<Utc>,
         params: &StatusParams,
@@ -239,22 +223,6 @@ impl Store {
             .await?;
             tx.commit().await?;
             rows.iter().map(status_from_row).collect()
-        })
-        .await
-    }
-
-    /// Actions that occupy their rung (every state but restored and cancelled).
-    pub async fn open_actions(&self) -> Result<Vec<ActionRecord>, Error> {
-        self.run("open_actions", || async {
-            let mut tx = self.begin().await?;
-            let rows = query(&format!(
-                "select {ACTION_COLUMNS} from enforcement_actions \
-                 where state not in ('restored', 'cancelled') order by id"
-            ))
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            rows.iter().map(action_from_row).collect()
         })
         .await
     }
