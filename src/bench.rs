@@ -85,18 +85,12 @@ pub async fn run_ledger_bench(admin_url: &str, opts: &LedgerBenchOptions) -> any
     .await
 }
 
-/// Creates a scratch database named `<prefix>_<nanos>` on the server of `admin_url`, runs
-/// `run` with its URL in a task, and drops the database whatever happens: success, error, panic
-/// or Ctrl-C.
-pub(crate) async fn in_scratch_database<F, Fut>(
+/// Creates an empty database named `<prefix>_<nanos>` on the server of `admin_url`; returns
+/// its name. The caller drops it (`drop_database`).
+pub(crate) async fn create_scratch_database(
     admin_url: &str,
     prefix: &str,
-    run: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
+) -> anyhow::Result<String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?
@@ -111,7 +105,45 @@ where
         .with_context(|| format!("creating scratch database {name}"))?;
     admin.close().await.ok();
     eprintln!("bench: scratch database {name}");
+    Ok(name)
+}
 
+/// Migrates a scratch database and connects to it: a small store pool with the given statement
+/// timeout and no retries, and one plain connection for loading and EXPLAIN.
+pub(crate) async fn scratch_ledger(
+    url: &str,
+    statement_timeout: Duration,
+) -> anyhow::Result<(Store, PgConnection)> {
+    Store::migrate(url, Duration::from_secs(120))
+        .await
+        .context("migrating the scratch database")?;
+    let store = Store::connect(&StoreConfig {
+        url: url.to_owned(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(60),
+        statement_timeout,
+        max_retries: 0,
+    })
+    .await?;
+    let conn = PgConnection::connect(url)
+        .await
+        .context("connecting to the scratch database")?;
+    Ok((store, conn))
+}
+
+/// Creates a scratch database named `<prefix>_<nanos>` on the server of `admin_url`, runs
+/// `run` with its URL in a task, and drops the database whatever happens: success, error, panic
+/// or Ctrl-C.
+pub(crate) async fn in_scratch_database<F, Fut>(
+    admin_url: &str,
+    prefix: &str,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let name = create_scratch_database(admin_url, prefix).await?;
     let task = tokio::spawn(run(with_database(admin_url, &name)));
     let abort = task.abort_handle();
     let outcome = tokio::select! {
@@ -340,21 +372,8 @@ fn utc(y: i32, m: u32, d: u32) -> anyhow::Result<DateTime<Utc>> {
 
 async fn bench(url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    Store::migrate(url, Duration::from_secs(120))
-        .await
-        .context("migrating the scratch database")?;
-    let store = Store::connect(&StoreConfig {
-        url: url.to_owned(),
-        max_connections: 2,
-        acquire_timeout: Duration::from_secs(60),
-        // One write_entries call of the write-path round is a single transaction.
-        statement_timeout: Duration::from_secs(900),
-        max_retries: 0,
-    })
-    .await?;
-    let mut conn = PgConnection::connect(url)
-        .await
-        .context("connecting to the scratch database")?;
+    // One write_entries call of the write-path round is a single transaction.
+    let (store, mut conn) = scratch_ledger(url, Duration::from_secs(900)).await?;
     let result = async {
         println!("budgetd bench ledger");
         print_server(&mut conn).await?;

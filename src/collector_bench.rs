@@ -38,7 +38,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 use collector::assemble::{assemble, Context as AssembleContext};
 use collector::collect::version_at;
@@ -183,24 +183,12 @@ async fn create_database(
     created: &Mutex<Vec<String>>,
     what: &str,
 ) -> anyhow::Result<String> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_nanos();
-    let name = format!("budgetd_cbench_{what}_{nanos}");
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .context("connecting to the Postgres server (admin URL)")?;
-    admin
-        .execute(format!("create database {name}").as_str())
-        .await
-        .with_context(|| format!("creating scratch database {name}"))?;
-    admin.close().await.ok();
+    let name =
+        crate::bench::create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
     created
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned lock"))?
         .push(name.clone());
-    eprintln!("bench: scratch database {name}");
     Ok(with_database(admin_url, &name))
 }
 

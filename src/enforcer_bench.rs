@@ -39,9 +39,11 @@ use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
 use ledger::enforcement::{ActionState, BudgetState, BudgetStatus, Exemption, StatusParams};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
-use ledger::{Store, StoreConfig};
+use ledger::Store;
 
-use crate::bench::{in_scratch_database, median, median_secs, secs, spread, verdict};
+use crate::bench::{
+    in_scratch_database, median, median_secs, scratch_ledger, secs, spread, verdict,
+};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,20 +200,7 @@ impl Calendar {
 
 async fn bench(url: &str, opts: &EnforcerBenchOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    Store::migrate(url, Duration::from_secs(120))
-        .await
-        .context("migrating the scratch database")?;
-    let store = Store::connect(&StoreConfig {
-        url: url.to_owned(),
-        max_connections: 2,
-        acquire_timeout: Duration::from_secs(60),
-        statement_timeout: Duration::from_secs(300),
-        max_retries: 0,
-    })
-    .await?;
-    let mut conn = PgConnection::connect(url)
-        .await
-        .context("connecting to the scratch database")?;
+    let (store, mut conn) = scratch_ledger(url, Duration::from_secs(300)).await?;
     let result = async {
         println!("budgetd bench enforcer");
         print_server(&mut conn).await?;
@@ -627,7 +616,7 @@ async fn record_steady_state(
     .await
     .context("inserting open actions")?
     .rows_affected();
-    // The same rungs in the previous month, closed when the period turned: `open_actions`
+    // The same rungs in the previous month, closed when the period turned: `open_rungs`
     // reads past them.
     let closed = sqlx::query(
         "insert into enforcement_actions (tenant_id, period_start, step_key, step, kind, state, \
