@@ -1,9 +1,8 @@
 //! The Kubernetes actuator against the stateful fake API server, through the real
 //! `kube::Client` over HTTP.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use enforcer::cluster::{
@@ -15,9 +14,10 @@ use enforcer::testing::fake_kube::{FakeKube, Fault, Resource, SEED_MANAGER};
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::{Api, Patch, PatchParams};
 use ledger::tenant::TenantId;
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
+
+use crate::counters::Counters;
 
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -705,54 +705,5 @@ async fn settings_that_cannot_work_are_refused() {
     for s in invalid {
         let result = KubernetesActuator::new(s.clone()).await;
         assert!(matches!(result, Err(ClusterError::Client(_))), "{s:?}");
-    }
-}
-
-/// Counts counters of the code under test: a recorder for the current thread, which is where
-/// `#[tokio::test]`'s single-threaded runtime runs every task.
-#[derive(Default)]
-struct Counters(Mutex<HashMap<String, Arc<AtomicU64>>>);
-
-impl Counters {
-    fn key(name: &str, mut labels: Vec<(String, String)>) -> String {
-        labels.sort();
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{name}{{{}}}", labels.join(","))
-    }
-
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let key = Self::key(name, labels);
-        self.0
-            .lock()
-            .unwrap()
-            .get(&key)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-}
-
-impl Recorder for Counters {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let labels = key
-            .labels()
-            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-            .collect();
-        let key = Self::key(key.name(), labels);
-        Counter::from_arc(Arc::clone(self.0.lock().unwrap().entry(key).or_default()))
-    }
-
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
     }
 }
