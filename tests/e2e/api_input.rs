@@ -531,7 +531,7 @@ async fn a_price_book_version_must_price_every_collected_meter() {
 
 #[tokio::test]
 async fn enforcement_input_is_validated() {
-    use ledger::enforcement::{ActionKind, ActionState, NewAction};
+    use ledger::enforcement::ActionState;
     let app = app().await;
     seed_tenants(&app, &["acme"]).await;
     let lock = ledger::store::LeaderLock::try_acquire(
@@ -543,37 +543,16 @@ async fn enforcement_input_is_validated() {
     .await
     .unwrap()
     .unwrap();
-    let ctx = ledger::audit::AuditContext {
-        actor: ledger::audit::Actor::system("test"),
-        request_id: "input".into(),
-    };
     let mut ids = Vec::new();
     for state in [ActionState::Pending, ActionState::Scheduled] {
-        let action = app
-            .db
-            .store
-            .open_action(
-                lock.fence(),
-                &ctx,
-                &NewAction {
-                    tenant: ledger::tenant::TenantId::parse("acme").unwrap(),
-                    period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
-                    step_key: format!("actual:120:suspend:{state}"),
-                    step: json!({}),
-                    kind: ActionKind::Suspend,
-                    state,
-                    reason: "test".into(),
-                    spent: 130.into(),
-                    forecast: 150.into(),
-                    budget: ledger::money::Money {
-                        amount: 100.into(),
-                        currency: ledger::currency::Currency::parse("c", "EUR").unwrap(),
-                    },
-                    not_before: chrono::Utc::now(),
-                },
-            )
-            .await
-            .unwrap();
+        let action = open_action(
+            &app.db.store,
+            lock.fence(),
+            "acme",
+            &format!("actual:120:suspend:{state}"),
+            state,
+        )
+        .await;
         ids.push(action.id);
     }
     let (pending, scheduled) = (ids[0], ids[1]);

@@ -399,7 +399,7 @@ async fn every_route_and_role_gets_the_expected_status() {
 /// other tenants' actions.
 #[tokio::test]
 async fn only_operators_and_admins_decide_enforcement_actions() {
-    use ledger::enforcement::{ActionKind, ActionState, NewAction};
+    use ledger::enforcement::ActionState;
     let app = app().await;
     seed_tenants(&app, &[OWN_TENANT, "globex"]).await;
     let lock = ledger::store::LeaderLock::try_acquire(
@@ -411,10 +411,6 @@ async fn only_operators_and_admins_decide_enforcement_actions() {
     .await
     .unwrap()
     .unwrap();
-    let ctx = ledger::audit::AuditContext {
-        actor: ledger::audit::Actor::system("test"),
-        request_id: "rbac".into(),
-    };
     let mut failures = Vec::new();
     for (tenant, expect) in [
         (OWN_TENANT, [200, 200, 403, 403, 403, 401, 401]),
@@ -422,31 +418,14 @@ async fn only_operators_and_admins_decide_enforcement_actions() {
     ] {
         for verb in ["approve", "reject"] {
             for (i, &who) in CALLERS.iter().enumerate() {
-                let action = app
-                    .db
-                    .store
-                    .open_action(
-                        lock.fence(),
-                        &ctx,
-                        &NewAction {
-                            tenant: ledger::tenant::TenantId::parse(tenant).unwrap(),
-                            period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
-                            step_key: format!("actual:120:suspend:{verb}:{i}"),
-                            step: json!({}),
-                            kind: ActionKind::Suspend,
-                            state: ActionState::Pending,
-                            reason: "test".into(),
-                            spent: 130.into(),
-                            forecast: 150.into(),
-                            budget: ledger::money::Money {
-                                amount: 100.into(),
-                                currency: ledger::currency::Currency::parse("c", "EUR").unwrap(),
-                            },
-                            not_before: chrono::Utc::now(),
-                        },
-                    )
-                    .await
-                    .unwrap();
+                let action = open_action(
+                    &app.db.store,
+                    lock.fence(),
+                    tenant,
+                    &format!("actual:120:suspend:{verb}:{i}"),
+                    ActionState::Pending,
+                )
+                .await;
                 let token = match who {
                     Who::Role(role) => Some(token(role)),
                     Who::NoToken => None,

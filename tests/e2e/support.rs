@@ -195,3 +195,35 @@ pub async fn seed_tenants(app: &TestApp, ids: &[&str]) {
         assert_eq!(reply.status, StatusCode::CREATED, "{id}: {:?}", reply.body);
     }
 }
+
+/// Opens an enforcement action on `tenant`'s rung `step_key` in `state`, as the enforcer would
+/// (for tests of the routes that read and decide actions).
+pub async fn open_action(
+    store: &Store,
+    fence: ledger::enforcement::Fence,
+    tenant: &str,
+    step_key: &str,
+    state: ledger::enforcement::ActionState,
+) -> ledger::enforcement::ActionRecord {
+    let ctx = ledger::audit::AuditContext {
+        actor: ledger::audit::Actor::system("test"),
+        request_id: "test-action".into(),
+    };
+    let new = ledger::enforcement::NewAction {
+        tenant: TenantId::parse(tenant).unwrap(),
+        period_start: chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        step_key: step_key.to_owned(),
+        step: serde_json::json!({}),
+        kind: ledger::enforcement::ActionKind::Suspend,
+        state,
+        reason: "test".into(),
+        spent: 130.into(),
+        forecast: 150.into(),
+        budget: ledger::money::Money {
+            amount: 100.into(),
+            currency: ledger::currency::Currency::parse("currency", "EUR").unwrap(),
+        },
+        not_before: chrono::Utc::now(),
+    };
+    store.open_action(fence, &ctx, &new).await.unwrap()
+}
