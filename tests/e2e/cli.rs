@@ -332,30 +332,37 @@ async fn report_costs_prints_csv_and_json() {
     );
 }
 
-#[test]
-fn bench_ledger_prints_its_figures_against_in_run_baselines() {
+/// Runs `budgetd bench <args>` against the test cluster; its stdout, after checking it succeeded.
+fn run_bench(args: &[&str]) -> String {
+    let admin = admin_url();
     let output = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .args([
-            "bench",
-            "ledger",
-            "--database-url",
-            &admin_url(),
-            "--tenants",
-            "40",
-            "--finance-tenants",
-            "3",
-            "--finance-days",
-            "1",
-        ])
+        .arg("bench")
+        .args(&args[..1])
+        .args(["--database-url", &admin])
+        .args(&args[1..])
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn bench_ledger_prints_its_figures_against_in_run_baselines() {
+    let stdout = run_bench(&[
+        "ledger",
+        "--tenants",
+        "40",
+        "--finance-tenants",
+        "3",
+        "--finance-days",
+        "1",
+    ]);
     for figure in [
         "ratio write/COPY(indexes)",
         "rewrite (all no-ops)",
@@ -367,28 +374,15 @@ fn bench_ledger_prints_its_figures_against_in_run_baselines() {
 
 #[test]
 fn bench_collector_prints_its_figures_against_in_run_baselines() {
-    let output = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .args([
-            "bench",
-            "collector",
-            "--database-url",
-            &admin_url(),
-            "--tenants",
-            "20",
-            "--backfill-tenants",
-            "2",
-            "--backfill-days",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_bench(&[
+        "collector",
+        "--tenants",
+        "20",
+        "--backfill-tenants",
+        "2",
+        "--backfill-days",
+        "1",
+    ]);
     for figure in ["ratio collector/plain HTTP", "windows/s"] {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }
@@ -396,26 +390,7 @@ fn bench_collector_prints_its_figures_against_in_run_baselines() {
 
 #[test]
 fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
-    let output = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .args([
-            "bench",
-            "enforcer",
-            "--database-url",
-            &admin_url(),
-            "--tenants",
-            "40",
-            "--rounds",
-            "2",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_bench(&["enforcer", "--tenants", "40", "--rounds", "2"]);
     // Each figure's line starts with its label and the number follows it.
     for label in [
         "plain SELECT of the spent sums",
