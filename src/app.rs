@@ -65,6 +65,7 @@ impl Application {
                 .enforcement
                 .as_ref()
                 .map_or(api::VIEW_STATUS, |e| e.settings.status_params()),
+            clock: api::wall_clock(),
         };
         Ok(Application {
             listener,

@@ -189,7 +189,9 @@ impl Enforcer {
         })
     }
 
-    /// One cycle as the leader holding `fence`.
+    /// One cycle as the leader holding `fence`, deciding for the instant `now` (the budget
+    /// period, the status, grace periods and exemptions are those of `now`; the daemon passes
+    /// the wall clock, tests a fixed instant).
     pub async fn run_once(
         &self,
         fence: Fence,
@@ -310,7 +312,10 @@ impl Enforcer {
             }
         }
 
-        let (firing, resolved) = self.send_alerts(now, &status_of).await?;
+        // Alertmanager keeps time by its wall clock, and so do the action records (applied_at,
+        // closed_at): an alert's lease (endsAt) and how long a resolved alert is re-sent are
+        // measured on the wall clock, whatever instant this cycle decides for.
+        let (firing, resolved) = self.send_alerts(Utc::now(), &status_of).await?;
         report.alerts_firing = firing;
         report.alerts_resolved = resolved;
         report.actions = actions;

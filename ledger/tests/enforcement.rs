@@ -538,11 +538,10 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
         now - Duration::days(40),
     )
     .await;
-    // The last whole 5-minute window before now: the view's data is fresh (30 minutes).
-    let end = Utc
-        .timestamp_opt(now.timestamp() - now.timestamp() % 300, 0)
-        .unwrap();
-    let w = Window::new(end - Duration::seconds(300), end).unwrap();
+    // The view reads Postgres' wall clock: the latest 5-minute window of this month, so the
+    // view's data is fresh (30 minutes) and in its period on any day.
+    let (start, end) = ledger::testing::clock::recent_window(now, 300);
+    let w = Window::new(start, end).unwrap();
     let report = s
         .commit_windows(
             &[CollectedWindow {
@@ -608,6 +607,11 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
     .fetch_all(&mut *tx)
     .await
     .unwrap();
+    // The instant the view was computed for: its transaction's now().
+    let view_now: DateTime<Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     // Without the view, finance cannot read what it is computed from.
     let denied = sqlx::query("select count(*) from budgets")
         .execute(&mut *tx)
@@ -620,10 +624,9 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
     );
     tx.rollback().await.unwrap();
 
-    // The view is the function at now() with 7 trailing days and 30 minutes of lag. The
-    // forecast does not depend on as_of once the watermark is behind it.
+    // The view is the function at now() with 7 trailing days and 30 minutes of lag.
     let status = s
-        .budget_statuses(Utc::now(), &strict(7, 1800))
+        .budget_statuses(view_now, &strict(7, 1800))
         .await
         .unwrap();
     assert_eq!(status.len(), 1);

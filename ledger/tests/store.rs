@@ -509,8 +509,13 @@ async fn finance_role_reads_the_views_and_nothing_else() {
     let db = fresh_database().await;
     let acme = tenant(&db.store, "acme").await;
     let v = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
+    // The budget status view reads Postgres' wall clock: a window that counts in this month.
     let now = Utc::now();
-    let this_window = window(now.timestamp() - now.timestamp() % 300 - 600);
+    let this_window = window(
+        ledger::testing::clock::recent_window(now, 300)
+            .0
+            .timestamp(),
+    );
     db.store
         .write_entries(&[entry(&v, &acme, "cpu", this_window, "3600")], "test")
         .await

@@ -179,7 +179,8 @@ pub async fn put_exemption(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_for(&id, Permission::DecideEnforcement)?;
     let req: PutExemption = body.parse()?;
-    if req.until > Utc::now() + chrono::Duration::days(MAX_EXEMPTION_DAYS) {
+    let now = (state.clock)();
+    if req.until > now + chrono::Duration::days(MAX_EXEMPTION_DAYS) {
         return Err(ApiError::invalid(
             "until",
             format!("at most {MAX_EXEMPTION_DAYS} days ahead"),
@@ -189,7 +190,7 @@ pub async fn put_exemption(
         .store
         .set_exemption(&caller.audit(), &id, req.until, reason(&req.reason)?)
         .await?;
-    Ok(Json(exemption_json(&exemption)))
+    Ok(Json(exemption_json(&exemption, now)))
 }
 
 pub async fn get_exemption(
@@ -200,7 +201,7 @@ pub async fn get_exemption(
     caller.require_for(&id, Permission::ReadEnforcement)?;
     state.store.get_tenant(&id).await?;
     match state.store.exemption(&id).await? {
-        Some(e) => Ok(Json(exemption_json(&e))),
+        Some(e) => Ok(Json(exemption_json(&e, (state.clock)()))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_exemption",
@@ -209,9 +210,9 @@ pub async fn get_exemption(
     }
 }
 
-fn exemption_json(e: &Exemption) -> Value {
+fn exemption_json(e: &Exemption, now: DateTime<Utc>) -> Value {
     let mut v = e.to_json();
-    v["in_force"] = json!(e.until > Utc::now());
+    v["in_force"] = json!(e.until > now);
     v
 }
 
@@ -225,7 +226,7 @@ pub async fn budget_status(
     state.store.get_tenant(&id).await?;
     let status = state
         .store
-        .budget_status_of(&id, Utc::now(), &state.status)
+        .budget_status_of(&id, (state.clock)(), &state.status)
         .await?
         .ok_or_else(|| {
             ApiError::new(

@@ -38,6 +38,18 @@ pub struct AppState {
     pub priced_meters: Arc<Vec<ledger::price_book::MeterName>>,
     /// How budget status is computed for `GET .../budget/status`: the enforcer's settings.
     pub status: StatusParams,
+    /// What "now" is for the handlers (a budget's default `effective_from`, the period a status
+    /// is for, how far ahead an exemption may reach). The daemon reads the wall clock; tests
+    /// inject one so that they do not depend on the day they run.
+    pub clock: Clock,
+}
+
+/// A source of the current instant.
+pub type Clock = Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
+
+/// The wall clock.
+pub fn wall_clock() -> Clock {
+    Arc::new(chrono::Utc::now)
 }
 
 /// The example configuration's status settings (those of `finance.budget_status`), for a

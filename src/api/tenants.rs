@@ -261,7 +261,7 @@ pub async fn put_budget(
     caller.require_for(&id, Permission::SetBudget)?;
     let req: PutBudget = body.parse()?;
     let currency = Currency::parse("currency", &req.currency)?;
-    let now = Utc::now();
+    let now = (state.clock)();
     let effective_from = req.effective_from.unwrap_or(now);
     let new = NewBudget {
         amount: parse_amount("amount", &req.amount, currency)?,
@@ -301,7 +301,7 @@ pub async fn get_budget(
     TenantPath(id): TenantPath,
 ) -> Result<Json<BudgetDto>, ApiError> {
     caller.require_for(&id, Permission::ReadBudget)?;
-    let now = Utc::now();
+    let now = (state.clock)();
     // A missing tenant answers 404 as a tenant, not as a budget.
     state.store.get_tenant(&id).await?;
     match state.store.budget_at(&id, now).await? {

@@ -23,11 +23,14 @@ use ledger::enforcement::Fence;
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::LeaderLock;
+use ledger::testing::clock;
 use ledger::tenant::TenantId;
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::Store;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
+
+use budgetd::api::Clock;
 
 use crate::support::{self, token, TestApp};
 
@@ -112,8 +115,13 @@ fn settings() -> EnforcerSettings {
     }
 }
 
+/// The in-process stack runs on a clock of its own that starts at a fixed instant in the
+/// middle of a month (`clock::mid_month`), so the ladder's arithmetic (period, forecast) is the
+/// same on every day of the year.
 struct Stack {
     app: TestApp,
+    start: DateTime<Utc>,
+    clock: Clock,
     kube: FakeKube,
     am: [AlertmanagerProcess; 2],
     enforcer: Enforcer,
@@ -128,7 +136,9 @@ impl Stack {
     }
 
     async fn with_settings(settings: EnforcerSettings) -> Stack {
-        let app = support::app().await;
+        let start = clock::mid_month();
+        let clock: Clock = Arc::new(clock::starting_at(start));
+        let app = support::app_with_clock(clock.clone()).await;
         let kube = FakeKube::start().await;
         let am = [
             AlertmanagerProcess::start().await,
@@ -167,6 +177,8 @@ impl Stack {
         support::seed_tenants(&app, &["acme"]).await;
         Stack {
             app,
+            start,
+            clock,
             kube,
             am,
             enforcer,
@@ -180,10 +192,26 @@ impl Stack {
         self.lock.fence()
     }
 
+    fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// The first instant of the stack's month.
+    fn month_start(&self) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(self.start.year(), self.start.month(), 1, 0, 0, 0)
+            .unwrap()
+    }
+
+    /// The whole minute `back` minutes before the stack's start.
+    fn minute(&self, back: i64) -> DateTime<Utc> {
+        let t = self.start.timestamp();
+        Utc.timestamp_opt(t - t % 60 - 60 * back, 0).unwrap()
+    }
+
     async fn cycle(&self) -> enforcer::executor::CycleReport {
         let report = self
             .enforcer
-            .run_once(self.fence(), Utc::now())
+            .run_once(self.fence(), self.now())
             .await
             .unwrap();
         assert!(report.failed.is_empty(), "{:?}", report.failed);
@@ -281,20 +309,8 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
     s.kube.create_quota("globex-prod", &[("pods", "7")]);
     let prior = s.spec();
 
-    let now = Utc::now();
-    let month_start = Utc
-        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-        .unwrap();
-    let minute = |back: i64| {
-        let t = Utc
-            .timestamp_opt(now.timestamp() - now.timestamp() % 60 - 60 * back, 0)
-            .unwrap();
-        assert!(
-            t - chrono::Duration::seconds(60) >= month_start,
-            "too close to the month's start"
-        );
-        t
-    };
+    let month_start = s.month_start();
+    let minute = |back: i64| s.minute(back);
     s.api(
         Method::PUT,
         "/api/v1/tenants/acme/budget",
@@ -529,10 +545,7 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
 #[tokio::test]
 async fn a_stale_leader_cannot_enforce() {
     let s = Stack::start().await;
-    let now = Utc::now();
-    let month_start = Utc
-        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-        .unwrap();
+    let month_start = s.month_start();
     s.api(
         Method::PUT,
         "/api/v1/tenants/acme/budget",
@@ -540,12 +553,10 @@ async fn a_stale_leader_cannot_enforce() {
         Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
     )
     .await;
-    let end = Utc
-        .timestamp_opt(now.timestamp() - now.timestamp() % 60, 0)
-        .unwrap();
-    spend(&s.app.db.store, &s.version, &s.tenant, end, "90").await;
+    spend(&s.app.db.store, &s.version, &s.tenant, s.minute(0), "90").await;
     let stale = s.fence();
     let url = s.app.db.url.clone();
+    let now = s.now();
     let Stack {
         lock,
         enforcer,
@@ -558,7 +569,7 @@ async fn a_stale_leader_cannot_enforce() {
         .unwrap()
         .expect("the lock is free again");
     assert_eq!(next.fence().0, stale.0 + 1);
-    let err = enforcer.run_once(stale, Utc::now()).await.unwrap_err();
+    let err = enforcer.run_once(stale, now).await.unwrap_err();
     assert!(
         matches!(err, enforcer::executor::EnforceError::Fenced(_)),
         "{err}"
@@ -568,7 +579,7 @@ async fn a_stale_leader_cannot_enforce() {
         .await
         .unwrap();
     assert_eq!(opened, 0, "nothing was written with the stale token");
-    let report = enforcer.run_once(next.fence(), Utc::now()).await.unwrap();
+    let report = enforcer.run_once(next.fence(), now).await.unwrap();
     assert!(!report.actions.is_empty());
 }
 
@@ -669,10 +680,8 @@ async fn when_the_leader_dies_the_other_daemon_takes_over_and_nothing_is_applied
     let store = db.store.clone();
     let version = price_book(&store).await;
     let tenant = ledger::testing::create_tenant(&store, "acme").await;
-    let now = Utc::now();
-    let month_start = Utc
-        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-        .unwrap();
+    // The daemons run on the wall clock: the spend goes into the latest minute of this month.
+    let (month_start, end) = this_months_minute();
     store
         .set_budget(
             &ctx(),
@@ -688,9 +697,6 @@ async fn when_the_leader_dies_the_other_daemon_takes_over_and_nothing_is_applied
             },
         )
         .await
-        .unwrap();
-    let end = Utc
-        .timestamp_opt(now.timestamp() - now.timestamp() % 60, 0)
         .unwrap();
     spend(&store, &version, &tenant, end, "125").await;
     let kube = FakeKube::start().await;
@@ -830,20 +836,15 @@ async fn when_the_leader_dies_the_other_daemon_takes_over_and_nothing_is_applied
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The month's start and a whole minute `back` minutes before now, inside the month.
-fn minutes_ago(back: i64) -> (DateTime<Utc>, DateTime<Utc>) {
-    let now = Utc::now();
+/// For tests of `budgetd` processes, which run on the wall clock: the first instant of this
+/// month and the end of the latest one-minute window that starts in it (see
+/// `clock::recent_window`; in the first minute of a month it ends after now).
+fn this_months_minute() -> (DateTime<Utc>, DateTime<Utc>) {
+    let (start, end) = clock::recent_window(Utc::now(), 60);
     let month_start = Utc
-        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .with_ymd_and_hms(start.year(), start.month(), 1, 0, 0, 0)
         .unwrap();
-    let t = Utc
-        .timestamp_opt(now.timestamp() - now.timestamp() % 60 - 60 * back, 0)
-        .unwrap();
-    assert!(
-        t - chrono::Duration::seconds(60) >= month_start,
-        "too close to the month's start"
-    );
-    (month_start, t)
+    (month_start, end)
 }
 
 #[tokio::test]
@@ -856,7 +857,7 @@ async fn shadow_mode_records_planned_actions_and_applies_nothing() {
     s.kube.create_namespace("acme-prod", &[("tenant", "acme")]);
     s.kube.create_quota("acme-prod", &[("pods", "20")]);
     s.kube.create_deployment("acme-prod", "web", 3);
-    let (month_start, end) = minutes_ago(1);
+    let (month_start, end) = (s.month_start(), s.minute(1));
     s.api(
         Method::PUT,
         "/api/v1/tenants/acme/budget",
@@ -895,9 +896,9 @@ async fn incomplete_data_stops_enforcement_until_it_is_complete() {
     .await;
     s.kube.create_namespace("acme-prod", &[("tenant", "acme")]);
     s.kube.create_quota("acme-prod", &[("pods", "20")]);
-    let (month_start, end) = minutes_ago(2);
+    let (month_start, end) = (s.month_start(), s.minute(2));
     // An old gap, outside the five-minute lookback, does not block enforcement.
-    let (_, old_end) = minutes_ago(12);
+    let old_end = s.minute(12);
     let old_gap = CollectedWindow {
         window: Window::new(old_end - chrono::Duration::seconds(60), old_end).unwrap(),
         entries: vec![],
@@ -978,7 +979,7 @@ async fn enforce_once_dry_run_prints_the_plan_and_changes_nothing() {
     let version = price_book(&store).await;
     let tenant = ledger::testing::create_tenant(&store, "acme").await;
     ledger::testing::create_tenant(&store, "calm").await;
-    let (month_start, end) = minutes_ago(1);
+    let (month_start, end) = this_months_minute();
     for (t, amount) in [("acme", "100"), ("calm", "1000")] {
         store
             .set_budget(

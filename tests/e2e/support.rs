@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
-use budgetd::api::{router, AppState};
+use budgetd::api::{router, AppState, Clock};
 use budgetd::auth::{Authenticator, Principal, Role, TokenHash};
 use http_body_util::BodyExt;
 use ledger::tenant::TenantId;
@@ -44,9 +44,15 @@ pub struct TestApp {
     pub db: TestDb,
 }
 
+/// The app on the wall clock.
 pub async fn app() -> TestApp {
+    app_with_clock(budgetd::api::wall_clock()).await
+}
+
+/// The app on `clock`.
+pub async fn app_with_clock(clock: Clock) -> TestApp {
     let db = ledger::testing::fresh_database().await;
-    let router = router_for(db.store.clone());
+    let router = router_on(db.store.clone(), &[], clock);
     TestApp { router, db }
 }
 
@@ -56,6 +62,10 @@ pub fn router_for(store: Store) -> Router {
 
 /// The router of a daemon whose collector prices `meters`.
 pub fn router_pricing(store: Store, meters: &[&str]) -> Router {
+    router_on(store, meters, budgetd::api::wall_clock())
+}
+
+fn router_on(store: Store, meters: &[&str], clock: Clock) -> Router {
     router(AppState {
         store,
         auth: Arc::new(authenticator()),
@@ -68,6 +78,7 @@ pub fn router_pricing(store: Store, meters: &[&str]) -> Router {
                 .collect(),
         ),
         status: budgetd::api::VIEW_STATUS,
+        clock,
     })
 }
 
