@@ -263,10 +263,20 @@ async fn run_enforcer(
 async fn prepare_ledger(store: &Store, config: &Config, stop: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(200);
     loop {
-        match store.is_ready().await {
+        // A direct attempt first: it fails at once and says where and why (refused, unknown
+        // host, no such database), where the pool would wait out its acquire timeout.
+        let ready = match store.check_connection().await {
+            Ok(()) => store.is_ready().await,
+            Err(e) => Err(e),
+        };
+        match ready {
             Ok(true) => break,
-            Ok(false) => tracing::warn!("ledger not migrated yet; run `budgetd migrate`"),
-            Err(e) => tracing::warn!(error = %e, "ledger not reachable yet"),
+            Ok(false) => {
+                tracing::warn!(target_db = %store.target(), "ledger not migrated yet; run `budgetd migrate`")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ledger not reachable yet")
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return false,

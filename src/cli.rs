@@ -273,8 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.database.migrate_url.expose_secret(),
                 config.database.migrate_timeout,
             )
-            .await
-            .context("migrations")?;
+            .await?;
             eprintln!("budgetd: migrations applied");
             Ok(ExitCode::SUCCESS)
         }
@@ -307,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 .into());
             }
-            let store = Store::connect(&config.database.store_config()).await?;
+            let store = open_store(&config).await?;
             let next_day = to.succ_opt().context("--to is out of range")?;
             let costs = store.daily_costs(tenant.as_ref(), from, next_day).await?;
             let report = CostReport::new(from, to, &costs);
@@ -336,7 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 key: "enforcement".into(),
                 message: "enforce needs an enabled [enforcement] section".into(),
             })?;
-            let store = Store::connect(&config.database.store_config()).await?;
+            let store = open_store(&config).await?;
             let enforcer = build_enforcer(&config, &settings, store).await?;
             let now = Utc::now();
             let evaluation = enforcer.evaluate(now).await?;
@@ -383,7 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             audit: AuditCommand::Verify,
         } => {
-            let store = Store::connect(&config.database.store_config()).await?;
+            let store = open_store(&config).await?;
             match store.verify_audit_chain().await? {
                 ChainStatus::Intact { records } => {
                     println!("audit log intact: {records} records verified");
@@ -412,7 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 .into());
             }
-            let store = Store::connect(&config.database.store_config()).await?;
+            let store = open_store(&config).await?;
             let collector = build_collector(&config, &settings, store)?;
             let mode = if recollect {
                 CommitMode::Recollect { reason }
@@ -444,6 +443,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             unreachable!("handled above")
         }
     }
+}
+
+/// The ledger for a one-shot command: one direct connection attempt first, so an unreachable
+/// database fails at once with where and why, not after the pool's acquire timeout.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database.store_config()).await?;
+    store.check_connection().await?;
+    Ok(store)
 }
 
 fn parse_instant(value: &str) -> Result<DateTime<Utc>, String> {

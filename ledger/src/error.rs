@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+pub use crate::store::DbTarget;
+
 /// Bad input: which field, and what is wrong with it. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -38,6 +40,10 @@ pub enum Error {
     Conflict { code: &'static str, message: String },
     #[error("the database did not answer within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
+    /// No connection could be made: where to, and why (refused, unknown host, no such
+    /// database, authentication, TLS, no answer in time).
+    #[error("cannot connect to {target}: {cause}")]
+    Unreachable { target: DbTarget, cause: String },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
@@ -52,6 +58,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::Conflict { .. } => "conflict",
             Error::Timeout { .. } => "timeout",
+            Error::Unreachable { .. } => "unreachable",
             Error::Database(_) => "database",
             Error::Migrate(_) => "migrate",
         }

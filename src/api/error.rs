@@ -89,8 +89,8 @@ impl From<ledger::Error> for ApiError {
                 format!("{what} {id:?} not found"),
             ),
             Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
-            Timeout { .. } => {
-                tracing::error!(error = %e, "database timeout");
+            Timeout { .. } | Unreachable { .. } => {
+                tracing::error!(error = %e, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",

@@ -106,6 +106,51 @@ fn a_bad_config_names_the_key_and_exits_2() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A database that cannot be reached fails `migrate` within seconds, and the message names
+/// the target (host, port, database, user; never the password) and the cause, once.
+#[test]
+fn migrate_names_an_unreachable_database_and_the_cause_within_seconds() {
+    let admin = url::Url::parse(&admin_url()).unwrap();
+    let port = admin.port().unwrap();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        (
+            format!("postgres://budgetd:s3cret@127.0.0.1:{refused}/ledger"),
+            format!("database \"ledger\" on 127.0.0.1:{refused} as user \"budgetd\""),
+            "connection refused",
+        ),
+        (
+            "postgres://budgetd:s3cret@no-such-host.invalid:5432/ledger".to_owned(),
+            "database \"ledger\" on no-such-host.invalid:5432 as user \"budgetd\"".to_owned(),
+            "unknown host",
+        ),
+        (
+            format!("postgres://postgres:s3cret@127.0.0.1:{port}/no_such_ledger"),
+            format!("database \"no_such_ledger\" on 127.0.0.1:{port} as user \"postgres\""),
+            "database \"no_such_ledger\" does not exist",
+        ),
+    ];
+    for (url, target, cause) in cases {
+        let started = std::time::Instant::now();
+        let (code, _, stderr) = run(budgetd(&url).arg("migrate"));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{url}: took {took:?}");
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(&target), "{stderr}");
+        assert_eq!(
+            stderr.matches(cause).count(),
+            1,
+            "the cause, once: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+}
+
 /// Minimal HTTP/1.1 client over a plain TCP connection.
 fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();

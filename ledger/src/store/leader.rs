@@ -8,10 +8,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 use super::enforcement::LEASE;
-use super::{query, query_scalar};
+use super::{connect_once, query, query_scalar, DbTarget};
 use crate::audit::now_micros;
 use crate::enforcement::Fence;
 use crate::error::Error;
@@ -47,8 +47,9 @@ impl LeaderLock {
         let options = PgConnectOptions::from_str(direct_url)?
             .application_name("budgetd-leader")
             .statement_cache_capacity(0);
+        let target = DbTarget::of(&options);
         let attempt = async {
-            let mut conn = options.connect().await?;
+            let mut conn = connect_once(&options, &target, timeout).await?;
             // Keepalives a third of the budget apart, three probes: a silent peer is dropped
             // (and its lock released) within about `keepalive_seconds`.
             let probe = (keepalive_seconds / 3).max(1);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::query::{Query, QueryAs, QueryScalar};
-use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Postgres, Transaction};
 
 pub use audit::ChainStatus;
 pub use costs::DailyCost;
@@ -42,28 +42,110 @@ pub struct StoreConfig {
     pub max_retries: u32,
 }
 
+/// Where a database URL points, for messages: user, host, port and database, never the
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbTarget {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+}
+
+impl DbTarget {
+    fn of(options: &PgConnectOptions) -> DbTarget {
+        DbTarget {
+            user: options.get_username().to_owned(),
+            host: options.get_host().to_owned(),
+            port: options.get_port(),
+            // Postgres' default database is the user's name.
+            database: options
+                .get_database()
+                .unwrap_or(options.get_username())
+                .to_owned(),
+        }
+    }
+
+    /// The target of `url`, or an error naming what is wrong with the URL (never echoing it:
+    /// it may hold a password).
+    pub fn parse(url: &str) -> Result<DbTarget, Error> {
+        Ok(DbTarget::of(&parse_url(url)?))
+    }
+}
+
+impl std::fmt::Display for DbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "database {:?} on {}:{} as user {:?}",
+            self.database, self.host, self.port, self.user
+        )
+    }
+}
+
+fn parse_url(url: &str) -> Result<PgConnectOptions, Error> {
+    PgConnectOptions::from_str(url).map_err(|e| {
+        Error::Invalid(crate::error::Invalid::new(
+            "database url",
+            format!("not a usable postgres:// URL ({})", url_problem(&e)),
+        ))
+    })
+}
+
+/// sqlx's URL errors quote the URL; keep only what is wrong.
+fn url_problem(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(inner) => inner.to_string(),
+        _ => "unparsable".to_owned(),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// How the pool connects: also used for one direct attempt that tells why it cannot.
+    options: PgConnectOptions,
+    target: DbTarget,
+    acquire_timeout: Duration,
     statement_timeout: Duration,
     max_retries: u32,
 }
 
 impl Store {
+    /// A store over a pool that connects on first use, so a daemon can start (and answer
+    /// `/healthz`) while its database is still coming up. One-shot tools call
+    /// [`Store::check_connection`] first to fail fast with the reason.
     pub async fn connect(config: &StoreConfig) -> Result<Self, Error> {
         // No statement is ever named (see `query`), so there is nothing to cache.
-        let options = PgConnectOptions::from_str(&config.url)?
+        let options = parse_url(&config.url)?
             .application_name("budgetd")
             .statement_cache_capacity(0);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         Ok(Store {
             pool,
+            target: DbTarget::of(&options),
+            options,
+            acquire_timeout: config.acquire_timeout,
             statement_timeout: config.statement_timeout,
             max_retries: config.max_retries,
         })
+    }
+
+    /// Where this store's URL points.
+    pub fn target(&self) -> &DbTarget {
+        &self.target
+    }
+
+    /// Opens one connection directly (no pool, no retries) within the acquire timeout: `Ok`
+    /// if the database takes it, otherwise [`Error::Unreachable`] naming the target and the
+    /// cause at once (a refused port fails in milliseconds, not after the pool's retries).
+    pub async fn check_connection(&self) -> Result<(), Error> {
+        let conn = connect_once(&self.options, &self.target, self.acquire_timeout).await?;
+        conn.close().await.ok();
+        Ok(())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -75,9 +157,17 @@ impl Store {
     }
 
     /// Applies the migrations over a direct (non-pooled) connection: the migrator takes a
-    /// session-level advisory lock, which a transaction-mode pooler cannot hold.
+    /// session-level advisory lock, which a transaction-mode pooler cannot hold. One direct
+    /// attempt comes first: a database that cannot be reached is an [`Error::Unreachable`]
+    /// at once, not after the pool's retries for `timeout`.
     pub async fn migrate(direct_url: &str, timeout: Duration) -> Result<(), Error> {
-        let options = PgConnectOptions::from_str(direct_url)?.application_name("budgetd-migrate");
+        let options = parse_url(direct_url)?.application_name("budgetd-migrate");
+        let target = DbTarget::of(&options);
+        connect_once(&options, &target, timeout)
+            .await?
+            .close()
+            .await
+            .ok();
         let run = async {
             let pool = PgPoolOptions::new()
                 .max_connections(1)
@@ -171,6 +261,15 @@ impl Store {
                 other => break other,
             }
         };
+        // A pool that timed out waiting for a connection says neither where nor why: one
+        // direct attempt tells (or shows the pool was merely busy).
+        let result = if matches!(result, Err(Error::Database(sqlx::Error::PoolTimedOut))) {
+            // Dropped before the await, so the future does not hold a `T` across it.
+            drop(result);
+            Err(self.why_no_connection().await)
+        } else {
+            result
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.metric_label(),
@@ -178,6 +277,75 @@ impl Store {
         metrics::histogram!("budgetd_db_operation_duration_seconds", "op" => op, "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+impl Store {
+    // Boxed: an `async fn` here, awaited inside the generic `run_within`, trips rustc's
+    // higher-ranked `Send` inference for callers that spawn store operations.
+    fn why_no_connection(&self) -> std::pin::Pin<Box<dyn Future<Output = Error> + Send + '_>> {
+        Box::pin(async move {
+            match self.check_connection().await {
+                Err(unreachable) => unreachable,
+                Ok(()) => Error::Unreachable {
+                    target: self.target.clone(),
+                    cause: format!(
+                        "no free connection in the pool within {} ms (all {} in use)",
+                        self.acquire_timeout.as_millis(),
+                        self.pool.options().get_max_connections()
+                    ),
+                },
+            }
+        })
+    }
+}
+
+/// One connection attempt within `timeout`, its failure explained.
+pub(crate) async fn connect_once(
+    options: &PgConnectOptions,
+    target: &DbTarget,
+    timeout: Duration,
+) -> Result<sqlx::PgConnection, Error> {
+    let unreachable = |cause: String| Error::Unreachable {
+        target: target.clone(),
+        cause,
+    };
+    match tokio::time::timeout(timeout, options.connect()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(unreachable(connect_cause(&e, target))),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} ms (a firewall, or the wrong host?)",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// Why a connection attempt failed, in the words an operator acts on.
+fn connect_cause(e: &sqlx::Error, target: &DbTarget) -> String {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!(
+                "connection refused: nothing listens on {}:{} (is Postgres running, and is the port right?)",
+                target.host, target.port
+            )
+        }
+        sqlx::Error::Io(io) if io.to_string().contains("lookup address") => {
+            format!("unknown host {:?} ({io})", target.host)
+        }
+        sqlx::Error::Io(io) => format!("{io}"),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("3D000") => format!("database {:?} does not exist", target.database),
+            Some("28P01") | Some("28000") => {
+                format!(
+                    "the server refused user {:?}: {}",
+                    target.user,
+                    db.message()
+                )
+            }
+            _ => db.message().to_owned(),
+        },
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        other => other.to_string(),
     }
 }
 
