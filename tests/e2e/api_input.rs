@@ -497,6 +497,14 @@ async fn costs_come_from_the_ledger_rounded_per_the_documented_rule() {
     assert_eq!(rows[0]["amount"], "0.01");
     assert_eq!(rows[0]["quantity"], "1000");
     assert_eq!(reply.body["totals"][0]["amount"], "0.02");
+    // and in the price unit: 1000 core-seconds are 0.2777… core-hours, to 12 places
+    assert_eq!(rows[0]["unit"], "core_seconds");
+    assert_eq!(rows[0]["priced_quantity"], "0.277777777778");
+    assert_eq!(rows[0]["price_unit"], "core_hour");
+    assert_eq!(
+        reply.body["currency_totals"],
+        json!([{"currency": "EUR", "amount": "0.02"}])
+    );
 }
 
 #[tokio::test]
