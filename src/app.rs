@@ -58,7 +58,12 @@ impl Application {
                 config
                     .collector
                     .iter()
-                    .flat_map(|c| c.collector.meters.iter().map(|m| m.name.clone()))
+                    .flat_map(|c| {
+                        c.collector
+                            .meters
+                            .iter()
+                            .map(|m| (m.name.clone(), m.price_unit.clone()))
+                    })
                     .collect(),
             ),
             status: config

@@ -85,6 +85,7 @@ const CURRENCY: &str = "EUR";
 struct MeterSpec {
     meter: &'static str,
     unit: &'static str,
+    price_unit: &'static str,
     /// EUR per price unit.
     rate: &'static str,
     units_per_price_unit: i64,
@@ -94,11 +95,11 @@ struct MeterSpec {
 
 #[rustfmt::skip]
 const METERS: [MeterSpec; 5] = [
-    MeterSpec { meter: "cpu", unit: "core_seconds", rate: "0.0316", units_per_price_unit: 3_600, weight: 0.45 },
-    MeterSpec { meter: "memory", unit: "byte_seconds", rate: "0.00423", units_per_price_unit: 3_600 << 30, weight: 0.30 },
-    MeterSpec { meter: "storage", unit: "byte_seconds", rate: "0.000137", units_per_price_unit: 3_600 << 30, weight: 0.12 },
-    MeterSpec { meter: "network_egress", unit: "bytes", rate: "0.085", units_per_price_unit: 1 << 30, weight: 0.08 },
-    MeterSpec { meter: "lb_hours", unit: "lb_seconds", rate: "0.0252", units_per_price_unit: 3_600, weight: 0.05 },
+    MeterSpec { meter: "cpu", unit: "core_seconds", price_unit: "core_hour", rate: "0.0316", units_per_price_unit: 3_600, weight: 0.45 },
+    MeterSpec { meter: "memory", unit: "byte_seconds", price_unit: "gib_hour", rate: "0.00423", units_per_price_unit: 3_600 << 30, weight: 0.30 },
+    MeterSpec { meter: "storage", unit: "byte_seconds", price_unit: "gib_hour", rate: "0.000137", units_per_price_unit: 3_600 << 30, weight: 0.12 },
+    MeterSpec { meter: "network_egress", unit: "bytes", price_unit: "gib", rate: "0.085", units_per_price_unit: 1 << 30, weight: 0.08 },
+    MeterSpec { meter: "lb_hours", unit: "lb_seconds", price_unit: "lb_hour", rate: "0.0252", units_per_price_unit: 3_600, weight: 0.05 },
 ];
 
 /// `admin_url`: a superuser URL of a Postgres server (database part is replaced). Creates its
@@ -316,16 +317,17 @@ async fn load(
     let days = collected_days(cal.history_start, cal.data_until);
     let (day_list, windows): (Vec<NaiveDate>, Vec<i32>) = days.iter().copied().unzip();
     sqlx::query(
-        "insert into ledger_rollup_daily (tenant_id, day, meter, unit, currency, quantity, \
-                                          amount, entries) \
-         select t.id, d.day, m.meter, m.unit, $10, round(a.amount / m.rate * m.per_unit, 3), \
-                a.amount, d.windows \
+        "insert into ledger_rollup_daily (tenant_id, day, meter, unit, currency, price_unit, \
+                                          units_per_price_unit, quantity, amount, entries) \
+         select t.id, d.day, m.meter, m.unit, $10, m.price_unit, m.per_unit, \
+                round(a.amount / m.rate * m.per_unit, 3), a.amount, d.windows \
          from (select g, 't' || lpad(g::text, $2, '0') as id, \
                       power(10, 3 * pg_temp.bench_u(g, 1) - 1) as per_day \
                from generate_series(1, $1) as g) t \
          cross join unnest($3::date[], $4::int[]) with ordinality as d(day, windows, i) \
-         cross join unnest($5::text[], $6::text[], $7::numeric[], $8::numeric[], $9::float8[]) \
-                    with ordinality as m(meter, unit, rate, per_unit, weight, j) \
+         cross join unnest($5::text[], $6::text[], $7::numeric[], $8::numeric[], $9::float8[], \
+                           $12::text[]) \
+                    with ordinality as m(meter, unit, rate, per_unit, weight, price_unit, j) \
          cross join lateral ( \
              select round((t.per_day * m.weight \
                            * (0.8 + 0.4 * pg_temp.bench_u(t.g * 4096 + d.i * 8 + m.j, 2)) \
@@ -353,6 +355,7 @@ async fn load(
     .bind(METERS.iter().map(|m| m.weight).collect::<Vec<_>>())
     .bind(CURRENCY)
     .bind(WINDOWS_PER_DAY as f64)
+    .bind(METERS.iter().map(|m| m.price_unit).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await
     .context("inserting daily rollups")?;

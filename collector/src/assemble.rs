@@ -159,6 +159,9 @@ pub fn assemble(
             meter: meters[m].name.clone(),
             quantity,
             unit: meters[m].unit.clone(),
+            price_version: version.id,
+            price_unit: meters[m].price_unit.clone(),
+            units_per_price_unit: meters[m].units_per_price_unit,
         })
         .collect();
 

@@ -25,7 +25,8 @@ impl UnallocatedReason {
 }
 
 /// Usage of one meter that belongs to no known tenant: by namespace when it has no tenant
-/// label, by label value when the tenant is unknown.
+/// label, by label value when the tenant is unknown. It is not billed, but recorded with what
+/// would price it, as an entry would be: finance sees what it would cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnallocatedUsage {
     pub namespace_or_label: String,
@@ -33,6 +34,12 @@ pub struct UnallocatedUsage {
     pub meter: MeterName,
     pub quantity: Decimal,
     pub unit: UnitName,
+    /// The price-book version in force at the window's start (the one that priced the
+    /// window's entries). It may have no rate for the meter: then the usage has no amount.
+    pub price_version: i64,
+    /// The meter's price unit, and how many `unit` make one.
+    pub price_unit: UnitName,
+    pub units_per_price_unit: Decimal,
 }
 
 /// One collected window, committed atomically with the watermark.

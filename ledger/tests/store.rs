@@ -96,7 +96,8 @@ async fn balances(db: &TestDb, prefix: &str) -> Vec<String> {
          group by tenant_id, meter, window_start order by 1",
         "select tenant_id || '|' || meter || '|' || window_start || '|' || amount || '|' || quantity \
          from ledger_live_entries where tenant_id like $1 order by 1",
-        "select tenant_id || '|' || day || '|' || meter || '|' || quantity || '|' || amount || '|' || entries \
+        "select tenant_id || '|' || day || '|' || meter || '|' || price_unit || '|' || units_per_price_unit \
+                || '|' || quantity || '|' || amount || '|' || entries \
          from ledger_rollup_daily where tenant_id like $1 order by 1",
         "select tenant_id || '|' || month || '|' || amount || '|' || entries \
          from ledger_rollup_monthly where tenant_id like $1 order by 1",
@@ -118,9 +119,11 @@ async fn assert_rollups_match_entries(db: &TestDb) {
     let mismatches: i64 = sqlx::query_scalar(
         "select count(*) from (
             select tenant_id, (window_start at time zone 'UTC')::date as day, meter, unit, currency,
+                   price_unit, units_per_price_unit,
                    sum(quantity) as quantity, sum(amount) as amount, count(*) as entries
-            from ledger_entries group by 1, 2, 3, 4, 5
-         ) e full join ledger_rollup_daily r using (tenant_id, day, meter, unit, currency)
+            from ledger_entries group by 1, 2, 3, 4, 5, 6, 7
+         ) e full join ledger_rollup_daily r
+             using (tenant_id, day, meter, unit, currency, price_unit, units_per_price_unit)
          where e.amount is distinct from r.amount or e.quantity is distinct from r.quantity
             or e.entries is distinct from r.entries",
     )
@@ -584,6 +587,437 @@ async fn finance_role_reads_the_views_and_nothing_else() {
             "{sql}: {err}"
         );
     }
+}
+
+/// A connection as a login role granted `budgetd_finance`, as finance's tools and Grafana
+/// connect.
+async fn finance_connection(db: &TestDb) -> PgConnection {
+    let role = format!("fin_{}", db.name);
+    sqlx::query(&format!("create role {role} login in role budgetd_finance"))
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    PgConnection::connect(&db.url.replacen("postgres@", &format!("{role}@"), 1))
+        .await
+        .unwrap()
+}
+
+/// The rows of `sql`, a query of one text column, in byte order.
+async fn text_rows(conn: &mut PgConnection, sql: &str) -> Vec<String> {
+    sqlx::query_scalar(&format!(
+        "select r from ({sql}) as x(r) order by r collate \"C\""
+    ))
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// A row of `finance.tenant_costs_daily`, as text: `tenant | day | meter | quantity unit |
+/// priced_quantity price_unit | amount currency`.
+const DAILY_ROW: &str = "select concat_ws(' | ', tenant_id, day, meter, quantity || ' ' || unit, \
+                                priced_quantity || ' ' || price_unit, amount || ' ' || currency) \
+                         from finance.tenant_costs_daily";
+
+/// A row of `finance.unallocated_daily`, as text: `day | key | key_kind | meter | quantity unit
+/// | priced_quantity price_unit | amount currency`, NULL spelt out.
+const UNALLOCATED_ROW: &str =
+    "select concat_ws(' | ', day, namespace_or_label, key_kind, meter, quantity || ' ' || unit, \
+                      coalesce(priced_quantity::text, 'NULL') || ' ' || coalesce(price_unit, 'NULL'), \
+                      coalesce(amount::text, 'NULL') || ' ' || coalesce(currency, 'NULL')) \
+     from finance.unallocated_daily";
+
+/// The price units of the tests: (unit, price unit, units per price unit).
+const CORE_HOUR: (&str, &str, &str) = ("core_seconds", "core_hour", "3600");
+const CORE_MINUTE: (&str, &str, &str) = ("core_seconds", "core_minute", "60");
+/// 2^30 bytes × 3600 s: byte-seconds in a GiB-hour.
+const GIB_HOUR: (&str, &str, &str) = ("byte_seconds", "gib_hour", "3865470566400");
+const GPU_HOUR: (&str, &str, &str) = ("gpu_seconds", "gpu_hour", "3600");
+
+#[tokio::test]
+async fn the_finance_views_keep_their_contract_columns_and_append_new_ones() {
+    let db = fresh_database().await;
+    let mut fin = finance_connection(&db).await;
+    for (view, columns) in [
+        (
+            "tenant_costs_daily",
+            "tenant_id day meter quantity unit amount currency priced_quantity price_unit",
+        ),
+        (
+            "unallocated_daily",
+            "day namespace_or_label meter quantity unit \
+             key_kind priced_quantity price_unit amount currency",
+        ),
+    ] {
+        let names: Vec<String> = sqlx::query_scalar(
+            "select column_name::text from information_schema.columns \
+             where table_schema = 'finance' and table_name = $1 order by ordinal_position",
+        )
+        .bind(view)
+        .fetch_all(&mut fin)
+        .await
+        .unwrap();
+        assert_eq!(names.join(" "), columns, "finance.{view}");
+    }
+}
+
+/// An entry of `meter` in `units` (unit, price unit, units per price unit).
+fn priced_entry(
+    version: &PriceBookVersion,
+    tenant: &TenantId,
+    meter: &str,
+    w: Window,
+    qty: &str,
+    (unit, price_unit, per): (&str, &str, &str),
+) -> NewEntry {
+    let meter = MeterName::parse("meter", meter).unwrap();
+    let pricing = version
+        .pricing(&meter, UnitName::parse("u", price_unit).unwrap(), dec(per))
+        .unwrap();
+    NewEntry::new(
+        EntryKey {
+            tenant: tenant.clone(),
+            meter,
+            window: w,
+        },
+        dec(qty),
+        UnitName::parse("u", unit).unwrap(),
+        pricing,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_finance_daily_view_shows_quantities_in_their_price_unit() {
+    let db = fresh_database().await;
+    let acme = tenant(&db.store, "acme").await;
+    let globex = tenant(&db.store, "globex").await;
+    let v = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
+    // 2027-01-15, 08:00 UTC on: every window on one UTC day.
+    let t = 1_800_000_000;
+    let entries = [
+        priced_entry(&v, &acme, "cpu", window(t), "7200", CORE_HOUR),
+        // The meter's price unit changed during the day: a row of its own, converted exactly.
+        priced_entry(&v, &acme, "cpu", window(t + 300), "120", CORE_MINUTE),
+        priced_entry(&v, &acme, "memory", window(t), "11596411699200", GIB_HOUR),
+        priced_entry(&v, &globex, "cpu", window(t), "300", CORE_HOUR),
+        priced_entry(&v, &globex, "cpu", window(t + 300), "300", CORE_HOUR),
+    ];
+    db.store.write_entries(&entries, "test").await.unwrap();
+    assert_rollups_match_entries(&db).await;
+
+    let mut fin = finance_connection(&db).await;
+    let rows = text_rows(&mut fin, DAILY_ROW).await;
+    assert_eq!(
+        rows,
+        [
+            "acme | 2027-01-15 | cpu | 120 core_seconds | 2 core_minute | 0.062 EUR",
+            // 7200 core-seconds at 3600 per core-hour: 2 core-hours, at 0.031
+            "acme | 2027-01-15 | cpu | 7200 core_seconds | 2 core_hour | 0.062 EUR",
+            // 3 GiB-hours at 0.004
+            "acme | 2027-01-15 | memory | 11596411699200 byte_seconds | 3 gib_hour | 0.012 EUR",
+            // 600 core-seconds are 1/6 core-hour: 12 places, exact NUMERIC
+            "globex | 2027-01-15 | cpu | 600 core_seconds | 0.166666666667 core_hour | 0.005166666666 EUR",
+        ]
+    );
+
+    // The cost report reads the same figures.
+    let day = chrono::NaiveDate::from_ymd_opt(2027, 1, 15).unwrap();
+    let mut from_store: Vec<String> = db
+        .store
+        .daily_costs(None, day, day.succ_opt().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            format!(
+                "{} | {} | {} | {} {} | {} {} | {} {}",
+                c.tenant,
+                c.day,
+                c.meter,
+                c.quantity,
+                c.unit,
+                c.priced_quantity,
+                c.price_unit,
+                c.amount,
+                c.currency
+            )
+        })
+        .collect();
+    from_store.sort();
+    assert_eq!(from_store, rows);
+}
+
+#[tokio::test]
+async fn the_finance_unallocated_view_prices_usage_and_says_what_its_key_is() {
+    use ledger::usage::{CollectedWindow, CommitMode, UnallocatedReason, UnallocatedUsage};
+    use UnallocatedReason::{NoTenantLabel, UnknownTenant};
+
+    let db = fresh_database().await;
+    let t = 1_800_000_000;
+    let v1 = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
+    // From the day's third window on, cpu costs twice as much. No version has a gpu rate.
+    let rates = [("cpu", "0.062"), ("memory", "0.004")]
+        .into_iter()
+        .map(|(m, r)| (MeterName::parse("meter", m).unwrap(), dec(r)))
+        .collect();
+    let v2 = NewPriceBookVersion::new(Utc.timestamp_opt(t + 600, 0).unwrap(), eur(), rates);
+    let v2 = db
+        .store
+        .add_price_book_version(&ctx(), &v2.unwrap())
+        .await
+        .unwrap();
+    let usage = |version: &PriceBookVersion, key: &str, reason, meter: &str, qty: &str, units| {
+        let (unit, price_unit, per): (&str, &str, &str) = units;
+        UnallocatedUsage {
+            namespace_or_label: key.into(),
+            reason,
+            meter: MeterName::parse("meter", meter).unwrap(),
+            quantity: dec(qty),
+            unit: UnitName::parse("u", unit).unwrap(),
+            price_version: version.id,
+            price_unit: UnitName::parse("u", price_unit).unwrap(),
+            units_per_price_unit: dec(per),
+        }
+    };
+    let collected = |w: Window, unallocated: Vec<UnallocatedUsage>| CollectedWindow {
+        window: w,
+        entries: Vec::new(),
+        unallocated,
+        complete: true,
+        incomplete_tenants: Vec::new(),
+        problems: Vec::new(),
+    };
+    let windows = [
+        collected(
+            window(t),
+            vec![
+                usage(&v1, "kube-system", NoTenantLabel, "cpu", "7200", CORE_HOUR),
+                usage(&v1, "kube-system", NoTenantLabel, "gpu", "7200", GPU_HOUR),
+                // A label value that names no tenant, and a namespace without a label: both
+                // called "ghost".
+                usage(
+                    &v1,
+                    "ghost",
+                    UnknownTenant,
+                    "memory",
+                    "11596411699200",
+                    GIB_HOUR,
+                ),
+                usage(&v1, "ghost", NoTenantLabel, "cpu", "3600", CORE_HOUR),
+            ],
+        ),
+        collected(
+            window(t + 300),
+            vec![usage(
+                &v1,
+                "kube-system",
+                NoTenantLabel,
+                "cpu",
+                "300",
+                CORE_HOUR,
+            )],
+        ),
+        collected(
+            window(t + 600),
+            vec![usage(
+                &v2,
+                "kube-system",
+                NoTenantLabel,
+                "cpu",
+                "3600",
+                CORE_HOUR,
+            )],
+        ),
+    ];
+    db.store
+        .commit_windows(&windows, &CommitMode::Collect, true, "test")
+        .await
+        .unwrap();
+
+    let mut fin = finance_connection(&db).await;
+    let rows = text_rows(&mut fin, UNALLOCATED_ROW).await;
+    assert_eq!(
+        rows,
+        [
+            // 3 GiB-hours at 0.004
+            "2027-01-15 | ghost | label_value | memory | 11596411699200 byte_seconds | 3 gib_hour | 0.012 EUR",
+            "2027-01-15 | ghost | namespace | cpu | 3600 core_seconds | 1 core_hour | 0.031 EUR",
+            // 7500 core-seconds at 0.031 and 3600 at 0.062 per core-hour, each window priced by
+            // the version in force at its start: (232.5 + 223.2) / 3600, rounded once
+            "2027-01-15 | kube-system | namespace | cpu | 11100 core_seconds | 3.083333333333 core_hour | 0.126583333333 EUR",
+            // no rate: no amount, which is not zero
+            "2027-01-15 | kube-system | namespace | gpu | 7200 gpu_seconds | 2 gpu_hour | NULL EUR",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_price_unit_migration_rebuilds_the_rollups_and_prices_earlier_unallocated_usage() {
+    use ledger::store::{with_database, MIGRATOR};
+    use sqlx::migrate::Migrator;
+
+    const PRICE_UNITS: i64 = 20261201151000;
+    assert!(MIGRATOR.iter().any(|m| m.version == PRICE_UNITS));
+    let admin = ledger::testing::admin_url();
+    let name = format!(
+        "budgetd_test_migration_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap()
+    );
+    let mut conn = PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = with_database(&admin, &name);
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+
+    // The schema before, with what its write path left: one meter's entries in two price
+    // units on one day, a corrected key (usage, reversal, usage), their rollups by the old key,
+    // and unallocated usage without price units.
+    let before = Migrator {
+        migrations: MIGRATOR
+            .iter()
+            .filter(|m| m.version < PRICE_UNITS)
+            .cloned()
+            .collect(),
+        ..Migrator::DEFAULT
+    };
+    before.run(&mut conn).await.unwrap();
+    let gib_hour = GIB_HOUR.2;
+    sqlx::raw_sql(&format!(
+        "insert into tenants (id, display_name, owner, data_residency, state, created_at,
+                              updated_at, state_changed_at)
+             values ('acme', 'acme', 'o', 'eu', 'active', now(), now(), now());
+         insert into price_book_versions (valid_from, currency, created_at, created_by)
+             values ('2026-01-01T00:00:00Z', 'EUR', now(), 'test');
+         insert into price_book_rates (version_id, meter, rate, currency)
+             values (1, 'cpu', 0.031, 'EUR'), (1, 'memory', 0.004, 'EUR');
+         insert into ledger_entries (tenant_id, meter, window_start, window_end, revision, kind,
+                                     quantity, unit, price_version, rate, price_unit,
+                                     units_per_price_unit, amount, currency, source)
+         select 'acme', meter, s, s + interval '5 minutes', revision, kind, quantity, unit, 1,
+                rate, price_unit, per, amount, 'EUR', 'test'
+         from (values
+             ('cpu', '2026-03-02T12:00:00Z'::timestamptz, 1, 'usage', 7200, 'core_seconds',
+              0.031, 'core_hour', 3600, 0.062),
+             ('cpu', '2026-03-02T13:00:00Z', 1, 'usage', 120, 'core_seconds',
+              0.031, 'core_minute', 60, 0.062),
+             ('cpu', '2026-03-03T12:00:00Z', 1, 'usage', 3600, 'core_seconds',
+              0.031, 'core_hour', 3600, 0.031),
+             ('cpu', '2026-03-03T12:00:00Z', 1, 'reversal', -3600, 'core_seconds',
+              0.031, 'core_hour', 3600, -0.031),
+             ('cpu', '2026-03-03T12:00:00Z', 2, 'usage', 7200, 'core_seconds',
+              0.031, 'core_hour', 3600, 0.062),
+             ('memory', '2026-03-05T12:00:00Z', 1, 'usage', {gib_hour}, 'byte_seconds',
+              0.004, 'gib_hour', {gib_hour}, 0.004)
+         ) as e(meter, s, revision, kind, quantity, unit, rate, price_unit, per, amount);
+         insert into ledger_rollup_daily (tenant_id, day, meter, unit, currency, quantity,
+                                          amount, entries)
+         values ('acme', '2026-03-02', 'cpu', 'core_seconds', 'EUR', 7320, 0.124, 2),
+                ('acme', '2026-03-03', 'cpu', 'core_seconds', 'EUR', 7200, 0.062, 3),
+                ('acme', '2026-03-05', 'memory', 'byte_seconds', 'EUR', {gib_hour}, 0.004, 1);
+         insert into unallocated_usage (window_start, window_end, namespace_or_label, reason,
+                                        meter, quantity, unit)
+         select s, s + interval '5 minutes', key, reason, meter, quantity, unit
+         from (values
+             -- that day's cpu entries have one price unit
+             ('2026-03-03T12:00:00Z'::timestamptz, 'kube-system', 'no_tenant_label', 'cpu',
+              3600, 'core_seconds'),
+             -- two price units that day, and over all days: unknown
+             ('2026-03-02T12:00:00Z', 'kube-system', 'no_tenant_label', 'cpu',
+              3600, 'core_seconds'),
+             -- no memory entry that day, but only ever one price unit for memory
+             ('2026-03-04T12:00:00Z', 'ghost', 'unknown_tenant', 'memory',
+              {gib_hour}, 'byte_seconds'),
+             -- before the first price-book version: no rate
+             ('2025-12-31T12:00:00Z', 'ghost', 'unknown_tenant', 'memory',
+              {gib_hour}, 'byte_seconds')
+         ) as u(s, key, reason, meter, quantity, unit);"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    MIGRATOR.run(&mut conn).await.unwrap();
+
+    let rollups = text_rows(
+        &mut conn,
+        "select concat_ws(' | ', day, meter, quantity || ' ' || unit,
+                          units_per_price_unit || ' per ' || price_unit, amount, entries)
+         from ledger_rollup_daily",
+    )
+    .await;
+    assert_eq!(
+        rollups,
+        [
+            "2026-03-02 | cpu | 120 core_seconds | 60 per core_minute | 0.062 | 1",
+            "2026-03-02 | cpu | 7200 core_seconds | 3600 per core_hour | 0.062 | 1",
+            "2026-03-03 | cpu | 7200 core_seconds | 3600 per core_hour | 0.062 | 3",
+            "2026-03-05 | memory | 3865470566400 byte_seconds | 3865470566400 per gib_hour | 0.004 | 1",
+        ]
+    );
+    let daily = text_rows(&mut conn, DAILY_ROW).await;
+    assert_eq!(
+        daily,
+        [
+            "acme | 2026-03-02 | cpu | 120 core_seconds | 2 core_minute | 0.062 EUR",
+            "acme | 2026-03-02 | cpu | 7200 core_seconds | 2 core_hour | 0.062 EUR",
+            "acme | 2026-03-03 | cpu | 7200 core_seconds | 2 core_hour | 0.062 EUR",
+            "acme | 2026-03-05 | memory | 3865470566400 byte_seconds | 1 gib_hour | 0.004 EUR",
+        ]
+    );
+    let unallocated = text_rows(&mut conn, UNALLOCATED_ROW).await;
+    assert_eq!(
+        unallocated,
+        [
+            "2025-12-31 | ghost | label_value | memory | 3865470566400 byte_seconds | 1 gib_hour | NULL NULL",
+            "2026-03-02 | kube-system | namespace | cpu | 3600 core_seconds | NULL NULL | NULL EUR",
+            "2026-03-03 | kube-system | namespace | cpu | 3600 core_seconds | 1 core_hour | 0.031 EUR",
+            "2026-03-04 | ghost | label_value | memory | 3865470566400 byte_seconds | 1 gib_hour | 0.004 EUR",
+        ]
+    );
+
+    // The write path adds to the rebuilt rollups.
+    conn.close().await.ok();
+    let store = Store::connect(&ledger::testing::store_config(&url))
+        .await
+        .unwrap();
+    let acme = TenantId::parse("acme").unwrap();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+    let v = store
+        .price_book_version_at(Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let w = window(
+        Utc.with_ymd_and_hms(2026, 3, 2, 14, 0, 0)
+            .unwrap()
+            .timestamp(),
+    );
+    let more = priced_entry(&v, &acme, "cpu", w, "3600", CORE_HOUR);
+    store.write_entries(&[more], "test").await.unwrap();
+    let costs = store
+        .daily_costs(Some(&acme), day, day.succ_opt().unwrap())
+        .await
+        .unwrap();
+    let costs: Vec<String> = costs
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} = {} {}",
+                c.quantity, c.unit, c.priced_quantity, c.price_unit
+            )
+        })
+        .collect();
+    assert_eq!(
+        costs,
+        [
+            "10800 core_seconds = 3 core_hour",
+            "120 core_seconds = 2 core_minute"
+        ]
+    );
+    store.pool().close().await;
 }
 
 /// A small key space so that generated batches collide often.

@@ -7,6 +7,7 @@ mod extract;
 mod price_book;
 mod tenants;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,9 +34,10 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
     pub request_timeout: Duration,
-    /// Meters the collector prices: every new price-book version needs a rate for each, or the
-    /// windows from its `valid_from` on could not be priced.
-    pub priced_meters: Arc<Vec<ledger::price_book::MeterName>>,
+    /// Meters the collector prices, with the unit their rates are quoted in (`core_hour`): every
+    /// new price-book version needs a rate for each, or the windows from its `valid_from` on
+    /// could not be priced; the price book shows each rate's unit from here.
+    pub priced_meters: Arc<BTreeMap<ledger::price_book::MeterName, ledger::entry::UnitName>>,
     /// How budget status is computed for `GET .../budget/status`: the enforcer's settings.
     pub status: StatusParams,
     /// What "now" is for the handlers (a budget's default `effective_from`, the period a status

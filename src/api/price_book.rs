@@ -8,6 +8,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger::currency::Currency;
+use ledger::entry::UnitName;
 use ledger::money::parse_rate;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use serde::{Deserialize, Serialize};
@@ -30,17 +31,27 @@ pub struct VersionDto {
     version: i64,
     valid_from: DateTime<Utc>,
     currency: String,
+    /// Meter → rate per price unit, as a decimal string.
     rates: BTreeMap<String, String>,
+    /// Meter → the unit its rate is per (`core_hour`, `gib_hour`, `gib`), for the rates of the
+    /// meters the collector prices. A sibling of `rates`, so that clients reading `rates` as
+    /// meter → decimal string keep working.
+    price_units: BTreeMap<String, String>,
     created_at: DateTime<Utc>,
     created_by: String,
 }
 
-impl From<PriceBookVersion> for VersionDto {
-    fn from(v: PriceBookVersion) -> Self {
+impl VersionDto {
+    fn new(v: PriceBookVersion, price_units: &BTreeMap<MeterName, UnitName>) -> Self {
         VersionDto {
             version: v.id,
             valid_from: v.valid_from,
             currency: v.currency.to_string(),
+            price_units: v
+                .rates
+                .keys()
+                .filter_map(|m| price_units.get(m).map(|u| (m.to_string(), u.to_string())))
+                .collect(),
             rates: v
                 .rates
                 .iter()
@@ -64,7 +75,10 @@ pub async fn list(
     caller.require(Permission::ReadPriceBook)?;
     let versions = state.store.list_price_book_versions().await?;
     Ok(Json(VersionList {
-        versions: versions.into_iter().map(VersionDto::from).collect(),
+        versions: versions
+            .into_iter()
+            .map(|v| VersionDto::new(v, &state.priced_meters))
+            .collect(),
     }))
 }
 
@@ -81,7 +95,7 @@ pub async fn add(
         let field = format!("rates.{meter}");
         rates.insert(MeterName::parse(&field, meter)?, parse_rate(&field, rate)?);
     }
-    if let Some(missing) = state.priced_meters.iter().find(|m| !rates.contains_key(*m)) {
+    if let Some(missing) = state.priced_meters.keys().find(|m| !rates.contains_key(*m)) {
         return Err(ApiError::invalid(
             format!("rates.{missing}"),
             format!("the collector prices meter {missing}; every version needs its rate"),
@@ -92,5 +106,8 @@ pub async fn add(
         .store
         .add_price_book_version(&caller.audit(), &new)
         .await?;
-    Ok((StatusCode::CREATED, Json(VersionDto::from(version))))
+    Ok((
+        StatusCode::CREATED,
+        Json(VersionDto::new(version, &state.priced_meters)),
+    ))
 }

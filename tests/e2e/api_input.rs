@@ -497,12 +497,65 @@ async fn costs_come_from_the_ledger_rounded_per_the_documented_rule() {
     assert_eq!(rows[0]["amount"], "0.01");
     assert_eq!(rows[0]["quantity"], "1000");
     assert_eq!(reply.body["totals"][0]["amount"], "0.02");
+    // and in the price unit: 1000 core-seconds are 0.2777… core-hours, to 12 places
+    assert_eq!(rows[0]["unit"], "core_seconds");
+    assert_eq!(rows[0]["priced_quantity"], "0.277777777778");
+    assert_eq!(rows[0]["price_unit"], "core_hour");
+    assert_eq!(
+        reply.body["currency_totals"],
+        json!([{"currency": "EUR", "amount": "0.02"}])
+    );
+}
+
+#[tokio::test]
+async fn the_price_book_shows_each_rates_price_unit() {
+    let db = ledger::testing::fresh_database().await;
+    let router = router_pricing(
+        db.store.clone(),
+        &[("cpu", "core_hour"), ("memory", "gib_hour")],
+    );
+    let body = json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR",
+                      "rates": {"cpu": "0.031", "memory": "0.004", "legacy": "1.5"}});
+    let reply = call(
+        &router,
+        Method::POST,
+        "/api/v1/price-book/versions",
+        Some(&token("finance")),
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    // `rates` stays meter -> decimal string; the units are a sibling, for the meters the
+    // collector prices (nobody prices `legacy`, so it has no unit to show).
+    let expected_rates = json!({"cpu": "0.031", "memory": "0.004", "legacy": "1.5"});
+    let expected_units = json!({"cpu": "core_hour", "memory": "gib_hour"});
+    assert_eq!(reply.body["rates"], expected_rates);
+    assert_eq!(reply.body["price_units"], expected_units);
+
+    for role in ["finance", "admin"] {
+        let reply = call(
+            &router,
+            Method::GET,
+            "/api/v1/price-book",
+            Some(&token(role)),
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let versions = reply.body["versions"].as_array().unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0]["rates"], expected_rates);
+        assert_eq!(versions[0]["price_units"], expected_units);
+    }
 }
 
 #[tokio::test]
 async fn a_price_book_version_must_price_every_collected_meter() {
     let db = ledger::testing::fresh_database().await;
-    let router = router_pricing(db.store.clone(), &["cpu", "memory"]);
+    let router = router_pricing(
+        db.store.clone(),
+        &[("cpu", "core_hour"), ("memory", "gib_hour")],
+    );
     let before = snapshot(&db.store).await;
     let body =
         json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031"}});

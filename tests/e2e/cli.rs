@@ -349,12 +349,14 @@ async fn report_costs_prints_csv_and_json() {
         "2026-03-03",
     ]));
     assert_eq!(code, 0, "{stderr}");
+    // 0.062 + 0.031 + 0.31 = 0.403: the totals row rounds the exact sum once
     assert_eq!(
         stdout,
-        "tenant_id,day,meter,quantity,unit,amount,currency\n\
-         acme,2026-03-02,cpu,7200,core_seconds,0.06,EUR\n\
-         acme,2026-03-03,cpu,3600,core_seconds,0.03,EUR\n\
-         globex,2026-03-02,cpu,36000,core_seconds,0.31,EUR\n"
+        "tenant_id,day,meter,quantity,unit,amount,currency,priced_quantity,price_unit\n\
+         acme,2026-03-02,cpu,7200,core_seconds,0.06,EUR,2,core_hour\n\
+         acme,2026-03-03,cpu,3600,core_seconds,0.03,EUR,1,core_hour\n\
+         globex,2026-03-02,cpu,36000,core_seconds,0.31,EUR,10,core_hour\n\
+         TOTAL,,,,,0.40,EUR,,\n"
     );
     let (code, stdout, stderr) = run(budgetd(&db.url).args([
         "report",
@@ -374,6 +376,84 @@ async fn report_costs_prints_csv_and_json() {
     assert_eq!(
         report["totals"],
         serde_json::json!([{"tenant_id": "acme", "currency": "EUR", "amount": "0.12"}])
+    );
+    assert_eq!(
+        report["currency_totals"],
+        serde_json::json!([{"currency": "EUR", "amount": "0.12"}])
+    );
+    assert_eq!(
+        report["rows"][0],
+        serde_json::json!({
+            "tenant_id": "acme", "day": "2026-03-02", "meter": "cpu",
+            "quantity": "7200", "unit": "core_seconds", "amount": "0.06", "currency": "EUR",
+            "priced_quantity": "2", "price_unit": "core_hour",
+        })
+    );
+}
+
+#[tokio::test]
+async fn report_costs_csv_ends_with_a_totals_row_that_rounds_the_exact_sum_once() {
+    let db = ledger::testing::fresh_database().await;
+    add_tenant(&db, "acme").await;
+    add_tenant(&db, "globex").await;
+    let cpu = MeterName::parse("m", "cpu").unwrap();
+    let version = db
+        .store
+        .add_price_book_version(
+            &ctx(),
+            &NewPriceBookVersion::new(
+                Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+                "EUR".parse().unwrap(),
+                [(cpu.clone(), Decimal::new(4, 3))].into(),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pricing = version
+        .pricing(
+            &cpu,
+            UnitName::parse("u", "core_hour").unwrap(),
+            Decimal::from(3600),
+        )
+        .unwrap();
+    // One core-hour at 0.004 EUR in each of three rows.
+    let entries: Vec<NewEntry> = [("acme", 2), ("acme", 3), ("globex", 2)]
+        .into_iter()
+        .map(|(t, day)| {
+            let start = Utc.with_ymd_and_hms(2026, 3, day, 12, 0, 0).unwrap();
+            NewEntry::new(
+                EntryKey {
+                    tenant: t.parse().unwrap(),
+                    meter: cpu.clone(),
+                    window: Window::new(start, start + chrono::Duration::seconds(300)).unwrap(),
+                },
+                Decimal::from(3600),
+                UnitName::parse("u", "core_seconds").unwrap(),
+                pricing.clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    db.store.write_entries(&entries, "test").await.unwrap();
+
+    let (code, stdout, stderr) = run(budgetd(&db.url).args([
+        "report",
+        "costs",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-31",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    // Each row rounds to 0.00; the total is 0.012 rounded once, not the sum of the rows.
+    assert_eq!(
+        stdout,
+        "tenant_id,day,meter,quantity,unit,amount,currency,priced_quantity,price_unit\n\
+         acme,2026-03-02,cpu,3600,core_seconds,0.00,EUR,1,core_hour\n\
+         acme,2026-03-03,cpu,3600,core_seconds,0.00,EUR,1,core_hour\n\
+         globex,2026-03-02,cpu,3600,core_seconds,0.00,EUR,1,core_hour\n\
+         TOTAL,,,,,0.01,EUR,,\n"
     );
 }
 

@@ -209,6 +209,22 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
         .await
         .unwrap();
         assert_eq!(reasons, [reason], "{key}");
+        // Priced like the tenants' entries: the seeded price book has a rate for every meter.
+        let kind = if reason == "no_tenant_label" {
+            "namespace"
+        } else {
+            "label_value"
+        };
+        let priced: Vec<(String, bool)> = sqlx::query_as(
+            "select key_kind, bool_and(amount > 0 and currency = 'EUR' and priced_quantity > 0 \
+                                       and price_unit is not null) \
+             from finance.unallocated_daily where namespace_or_label = $1 group by 1",
+        )
+        .bind(key)
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(priced, [(kind.to_owned(), true)], "{key}");
         for meter in [Meter::Cpu, Meter::Memory] {
             for day in truth.days() {
                 let expected = truth.unallocated(key, meter, day);

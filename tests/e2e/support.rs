@@ -60,12 +60,12 @@ pub fn router_for(store: Store) -> Router {
     router_pricing(store, &[])
 }
 
-/// The router of a daemon whose collector prices `meters`.
-pub fn router_pricing(store: Store, meters: &[&str]) -> Router {
+/// The router of a daemon whose collector prices `meters`: (meter, price unit).
+pub fn router_pricing(store: Store, meters: &[(&str, &str)]) -> Router {
     router_on(store, meters, budgetd::api::wall_clock())
 }
 
-fn router_on(store: Store, meters: &[&str], clock: Clock) -> Router {
+fn router_on(store: Store, meters: &[(&str, &str)], clock: Clock) -> Router {
     router(AppState {
         store,
         auth: Arc::new(authenticator()),
@@ -74,7 +74,12 @@ fn router_on(store: Store, meters: &[&str], clock: Clock) -> Router {
         priced_meters: Arc::new(
             meters
                 .iter()
-                .map(|m| ledger::price_book::MeterName::parse("meter", m).unwrap())
+                .map(|(m, u)| {
+                    (
+                        ledger::price_book::MeterName::parse("meter", m).unwrap(),
+                        ledger::entry::UnitName::parse("price_unit", u).unwrap(),
+                    )
+                })
                 .collect(),
         ),
         status: budgetd::api::VIEW_STATUS,

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
 use super::entries::{correct_entries_in, write_entries_in};
@@ -18,29 +19,26 @@ async fn record_window(
     w: &CollectedWindow,
     mode: &CommitMode,
 ) -> Result<(), Error> {
-    let (names, reasons, meters, quantities, units): (Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>) = w
+    let names: Vec<&str> = w
         .unallocated
         .iter()
-        .map(|u| {
-            (
-                u.namespace_or_label.as_str(),
-                u.reason.as_str(),
-                u.meter.as_str(),
-                u.quantity,
-                u.unit.as_str(),
-            )
-        })
-        .fold(
-            Default::default(),
-            |mut acc: (Vec<_>, Vec<_>, Vec<_>, Vec<_>, Vec<_>), r| {
-                acc.0.push(r.0);
-                acc.1.push(r.1);
-                acc.2.push(r.2);
-                acc.3.push(r.3);
-                acc.4.push(r.4);
-                acc
-            },
-        );
+        .map(|u| u.namespace_or_label.as_str())
+        .collect();
+    let reasons: Vec<&str> = w.unallocated.iter().map(|u| u.reason.as_str()).collect();
+    let meters: Vec<&str> = w.unallocated.iter().map(|u| u.meter.as_str()).collect();
+    let quantities: Vec<Decimal> = w.unallocated.iter().map(|u| u.quantity).collect();
+    let units: Vec<&str> = w.unallocated.iter().map(|u| u.unit.as_str()).collect();
+    let versions: Vec<i64> = w.unallocated.iter().map(|u| u.price_version).collect();
+    let price_units: Vec<&str> = w
+        .unallocated
+        .iter()
+        .map(|u| u.price_unit.as_str())
+        .collect();
+    let per_price_unit: Vec<Decimal> = w
+        .unallocated
+        .iter()
+        .map(|u| u.units_per_price_unit)
+        .collect();
     if let CommitMode::Recollect { .. } = mode {
         // The recollected window replaces what was unallocated before, including usage that
         // has since been attributed to a tenant.
@@ -51,8 +49,11 @@ async fn record_window(
             .await?;
     }
     query(
-        "insert into unallocated_usage (window_start, window_end, namespace_or_label, reason, meter, quantity, unit) \
-         select $1, $2, n, r, m, q, u from unnest($3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[]) as x(n, r, m, q, u) \
+        "insert into unallocated_usage (window_start, window_end, namespace_or_label, reason, meter, quantity, unit, \
+                                        price_version, price_unit, units_per_price_unit) \
+         select $1, $2, n, r, m, q, u, v, pu, upu \
+         from unnest($3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::bigint[], $9::text[], $10::numeric[]) \
+             as x(n, r, m, q, u, v, pu, upu) \
          on conflict (window_start, window_end, namespace_or_label, reason, meter) do nothing",
     )
     .bind(w.window.start())
@@ -62,6 +63,9 @@ async fn record_window(
     .bind(&meters)
     .bind(&quantities)
     .bind(&units)
+    .bind(&versions)
+    .bind(&price_units)
+    .bind(&per_price_unit)
     .execute(&mut *conn)
     .await?;
 

@@ -10,7 +10,8 @@ use crate::currency::Currency;
 use crate::error::Error;
 use crate::tenant::TenantId;
 
-/// One tenant's cost of one meter on one UTC day, at full precision.
+/// One tenant's cost of one meter on one UTC day, at full precision. A day has one per price
+/// unit its entries were priced in (more than one only if the meter's price unit changed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailyCost {
     pub tenant: TenantId,
@@ -20,6 +21,11 @@ pub struct DailyCost {
     pub unit: String,
     pub amount: Decimal,
     pub currency: Currency,
+    /// `quantity` in `price_unit`, to 12 decimal places (`budgetd_priced_quantity`, as in
+    /// `finance.tenant_costs_daily`).
+    pub priced_quantity: Decimal,
+    /// The unit the meter's rates are quoted in, e.g. `core_hour`.
+    pub price_unit: String,
 }
 
 impl Store {
@@ -34,10 +40,11 @@ impl Store {
         self.run("daily_costs", || async {
             let mut tx = self.begin().await?;
             let rows = query(
-                "select tenant_id, day, meter, quantity, unit, amount, currency \
+                "select tenant_id, day, meter, quantity, unit, amount, currency, price_unit, \
+                        budgetd_priced_quantity(quantity, units_per_price_unit) as priced_quantity \
                  from ledger_rollup_daily \
                  where day >= $1 and day < $2 and ($3::text is null or tenant_id = $3) \
-                 order by tenant_id, day, meter, unit, currency",
+                 order by tenant_id, day, meter, unit, currency, price_unit, units_per_price_unit",
             )
             .bind(from)
             .bind(to)
@@ -59,6 +66,8 @@ impl Store {
                         unit: row.try_get("unit")?,
                         amount: row.try_get("amount")?,
                         currency: Currency::parse("currency", &currency).map_err(corrupt)?,
+                        priced_quantity: row.try_get("priced_quantity")?,
+                        price_unit: row.try_get("price_unit")?,
                     })
                 })
                 .collect()

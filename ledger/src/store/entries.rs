@@ -55,11 +55,12 @@ classified as (
 /// Adds the rows of the CTE `written` to the daily, monthly and per-tenant daily rollups.
 const ROLLUP: &str = "
 daily as (
-    insert into ledger_rollup_daily as r (tenant_id, day, meter, unit, currency, quantity, amount, entries)
-    select tenant_id, (window_start at time zone 'UTC')::date, meter, unit, currency,
-           sum(quantity), sum(amount), count(*)
-    from written group by 1, 2, 3, 4, 5 order by 1, 2, 3, 4, 5
-    on conflict (tenant_id, day, meter, unit, currency) do update
+    insert into ledger_rollup_daily as r (tenant_id, day, meter, unit, currency, price_unit,
+                                          units_per_price_unit, quantity, amount, entries)
+    select tenant_id, (window_start at time zone 'UTC')::date, meter, unit, currency, price_unit,
+           units_per_price_unit, sum(quantity), sum(amount), count(*)
+    from written group by 1, 2, 3, 4, 5, 6, 7 order by 1, 2, 3, 4, 5, 6, 7
+    on conflict (tenant_id, day, meter, unit, currency, price_unit, units_per_price_unit) do update
         set quantity = r.quantity + excluded.quantity, amount = r.amount + excluded.amount,
             entries = r.entries + excluded.entries
 ),
@@ -94,7 +95,8 @@ fn write_sql() -> String {
             from classified where latest_id is null or latest_kind = 'reversal'
             order by tenant_id, meter, window_start, window_end
             on conflict (tenant_id, meter, window_start, window_end, revision, kind) do nothing
-            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency
+            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency,
+                      price_unit, units_per_price_unit
         ),
         {ROLLUP},
         conflicts as (
@@ -122,7 +124,8 @@ fn correct_sql() -> String {
                    latest_price_unit, latest_units_per_price_unit, -latest_amount,
                    latest_currency, $13, $14
             from classified where differs
-            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency
+            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency,
+                      price_unit, units_per_price_unit
         ),
         replaced as (
             insert into ledger_entries ({ENTRY_COLUMNS})
@@ -131,7 +134,8 @@ fn correct_sql() -> String {
                    amount, currency, $13, $14
             from classified where latest_id is null or latest_kind = 'reversal' or differs
             order by tenant_id, meter, window_start, window_end
-            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency
+            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency,
+                      price_unit, units_per_price_unit
         ),
         written as (select * from reversed union all select * from replaced),
         {ROLLUP}
