@@ -195,6 +195,7 @@ pub fn build_collector(
     let source = Prometheus::new(
         config.prometheus.url.clone(),
         config.prometheus.timeout,
+        config.prometheus.max_response_bytes,
         settings.retry,
     )
     .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;

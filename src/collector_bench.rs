@@ -672,6 +672,7 @@ async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
     let client_source = Prometheus::new(
         config.prometheus.url.clone(),
         config.prometheus.timeout,
+        config.prometheus.max_response_bytes,
         settings.retry,
     )
     .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
@@ -1224,6 +1225,7 @@ async fn long_backfill_run(
     let source = Prometheus::new(
         config.prometheus.url.clone(),
         config.prometheus.timeout,
+        config.prometheus.max_response_bytes,
         settings.retry,
     )
     .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;

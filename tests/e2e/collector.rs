@@ -264,6 +264,7 @@ async fn queries_per_window_do_not_grow_with_the_tenant_count() {
             inner: Prometheus::new(
                 config.prometheus.url.clone(),
                 config.prometheus.timeout,
+                config.prometheus.max_response_bytes,
                 s.retry,
             )
             .unwrap(),
@@ -704,6 +705,7 @@ async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
         inner: Prometheus::new(
             config.prometheus.url.clone(),
             config.prometheus.timeout,
+            config.prometheus.max_response_bytes,
             s.retry,
         )
         .unwrap(),
@@ -720,4 +722,131 @@ async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
         "12 → 6 → 3 → 2/1 windows"
     );
     assert_same_rows(ledger_rows(&split).await, ledger_rows(&whole).await);
+}
+
+/// The real client with a response size limit, counting the answers over it.
+struct Limited {
+    inner: Prometheus,
+    too_large: AtomicUsize,
+}
+
+#[async_trait]
+impl UsageSource for Limited {
+    async fn query(
+        &self,
+        query: &str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        step: std::time::Duration,
+    ) -> Result<Answer, SourceError> {
+        let answer = self.inner.query(query, first, last, step).await;
+        if let Err(SourceError::TooLarge { .. }) = answer {
+            self.too_large.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+}
+
+#[tokio::test]
+async fn a_batch_over_the_response_size_limit_is_split_and_one_window_over_it_is_an_error() {
+    let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+    let f = fixture(2, start, start + Duration::hours(1), false);
+    let whole = ledger_for(&f.cluster).await;
+    let unlimited = collector(&f, &whole);
+    unlimited
+        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+
+    // The largest answer of any query for any single window, read over plain HTTP exactly as
+    // the collector asks (an instant query at the window's end − 1 ms): as the limit, every
+    // window fits, and a batch holding that window's answer and more does not.
+    let http = reqwest::Client::new();
+    let mut largest = 0;
+    for k in 1..=12 {
+        let at = (start + Duration::minutes(5 * k) - Duration::milliseconds(1)).timestamp_millis();
+        for (_, query) in unlimited.queries() {
+            let body = http
+                .post(format!("{}/api/v1/query", f.prometheus.url))
+                .form(&[
+                    ("query", query),
+                    ("time", format!("{:.3}", at as f64 / 1000.0)),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            largest = largest.max(body.len() as u64);
+        }
+    }
+
+    let split = ledger_for(&f.cluster).await;
+    let config = config(&f.prometheus.url, &split.url);
+    let s = settings(&config);
+    let limited = |db: &TestDb, max_response_bytes: u64| {
+        let source = Arc::new(Limited {
+            inner: Prometheus::new(
+                config.prometheus.url.clone(),
+                config.prometheus.timeout,
+                max_response_bytes,
+                s.retry,
+            )
+            .unwrap(),
+            too_large: AtomicUsize::new(0),
+        });
+        let c = Collector::new(source.clone(), db.store.clone(), s.collector.clone());
+        (source, c)
+    };
+    let (source, c) = limited(&split, largest);
+    let (_, report) = c
+        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.windows, 12);
+    assert!(
+        source.too_large.load(Ordering::Relaxed) >= 3,
+        "12 → 6 → 3 → 2/1 windows"
+    );
+    assert_same_rows(ledger_rows(&split).await, ledger_rows(&whole).await);
+
+    // A single window whose answer is still too large: an error naming the limit, and the
+    // window stays pending.
+    let tight = ledger_for(&f.cluster).await;
+    let (source, c) = limited(&tight, 100);
+    let err = c
+        .backfill(
+            start,
+            start + Duration::minutes(5),
+            &CommitMode::Collect,
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            collector::Error::Source {
+                error: SourceError::TooLarge { limit: 100 },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("larger than the limit of 100 bytes (prometheus.max_response_bytes)"),
+        "{err}"
+    );
+    assert_eq!(
+        source.too_large.load(Ordering::Relaxed),
+        1,
+        "not retried: the same query gets the same answer"
+    );
+    let collected: i64 = sqlx::query_scalar("select count(*) from collected_windows")
+        .fetch_one(tight.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(collected, 0);
 }
