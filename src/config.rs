@@ -536,24 +536,25 @@ impl RawConfig {
             tokens,
         };
 
-        let prometheus =
-            PrometheusConfig {
-                url: http_url(
-                    &required(self.prometheus.url, "prometheus.url")?,
-                    "prometheus.url",
-                )?,
-                timeout: millis(self.prometheus.timeout_ms, "prometheus.timeout_ms")?,
-                max_response_bytes: match self.prometheus.max_response_bytes {
-                    None => collector::source::DEFAULT_MAX_RESPONSE_BYTES,
-                    Some(bytes) if bytes < MIN_RESPONSE_BYTES => return Err(ConfigError::new(
+        let prometheus = PrometheusConfig {
+            url: http_url(
+                &required(self.prometheus.url, "prometheus.url")?,
+                "prometheus.url",
+            )?,
+            timeout: millis(self.prometheus.timeout_ms, "prometheus.timeout_ms")?,
+            max_response_bytes: match self.prometheus.max_response_bytes {
+                None => collector::source::DEFAULT_MAX_RESPONSE_BYTES,
+                Some(bytes) if bytes < MIN_RESPONSE_BYTES => {
+                    return Err(ConfigError::new(
                         "prometheus.max_response_bytes",
                         format!(
                             "must be at least {MIN_RESPONSE_BYTES} (1 MiB); the value is in bytes"
                         ),
-                    )),
-                    Some(bytes) => bytes,
-                },
-            };
+                    ))
+                }
+                Some(bytes) => bytes,
+            },
+        };
         let am_urls = required(self.alertmanager.urls, "alertmanager.urls")?;
         if am_urls.is_empty() {
             return Err(ConfigError::new(
