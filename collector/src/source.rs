@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
+
+use crate::scrape::ScrapeIntervals;
 
 /// One series' value at one evaluation time, exactly as the source sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,13 @@ pub trait UsageSource: Send + Sync {
         last: DateTime<Utc>,
         step: Duration,
     ) -> Result<Answer, SourceError>;
+
+    /// The scrape intervals the source's own configuration gives, to check
+    /// `scrape_interval_seconds` against. `None`: this source has no such configuration to
+    /// read (a Prometheus-compatible store without the endpoint, a test double).
+    async fn scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
+        Ok(None)
+    }
 }
 
 /// Bounded retries: attempts, and exponential backoff between them with full jitter.
@@ -193,36 +203,10 @@ impl Prometheus {
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         let body = self.read_body(response).await?;
-        let parsed: ApiResponse = serde_json::from_slice(&body).map_err(|e| {
-            if status.is_server_error() {
-                SourceError::Server {
-                    status: status.as_u16(),
-                    message: String::from_utf8_lossy(&body).chars().take(200).collect(),
-                }
-            } else {
-                SourceError::Protocol(format!("status {status}: {e}"))
-            }
-        })?;
-        if parsed.status != "success" {
-            let message = format!(
-                "{}: {}",
-                parsed.error_type.unwrap_or_default(),
-                parsed.error.unwrap_or_default()
-            );
-            return Err(match status.as_u16() {
-                400 => SourceError::BadQuery(message),
-                422 => SourceError::Execution(message),
-                503 if message.contains("timeout") => SourceError::Timeout(self.timeout),
-                s if s >= 500 => SourceError::Server { status: s, message },
-                s => SourceError::Protocol(format!("status {s}: {message}")),
-            });
-        }
-        let data = parsed
-            .data
-            .ok_or_else(|| SourceError::Protocol("success without data".into()))?;
+        let (data, warnings) = self.decode::<ApiData>(status, &body)?;
         let mut answer = Answer {
             at: BTreeMap::new(),
-            warnings: parsed.warnings,
+            warnings,
         };
         match data.result_type.as_str() {
             "vector" => {
@@ -259,6 +243,92 @@ impl Prometheus {
             }
         }
         Ok(answer)
+    }
+
+    /// Decodes the API's envelope: the data and warnings of a success, or the error, classified
+    /// by the HTTP status Prometheus sent with it.
+    fn decode<D: DeserializeOwned>(
+        &self,
+        status: reqwest::StatusCode,
+        body: &[u8],
+    ) -> Result<(D, Vec<String>), SourceError> {
+        let parsed: ApiResponse<D> = serde_json::from_slice(body).map_err(|e| {
+            if status.is_server_error() {
+                SourceError::Server {
+                    status: status.as_u16(),
+                    message: String::from_utf8_lossy(body).chars().take(200).collect(),
+                }
+            } else {
+                SourceError::Protocol(format!("status {status}: {e}"))
+            }
+        })?;
+        if parsed.status != "success" {
+            let message = format!(
+                "{}: {}",
+                parsed.error_type.unwrap_or_default(),
+                parsed.error.unwrap_or_default()
+            );
+            return Err(match status.as_u16() {
+                400 => SourceError::BadQuery(message),
+                422 => SourceError::Execution(message),
+                503 if message.contains("timeout") => SourceError::Timeout(self.timeout),
+                s if s >= 500 => SourceError::Server { status: s, message },
+                s => SourceError::Protocol(format!("status {s}: {message}")),
+            });
+        }
+        let data = parsed
+            .data
+            .ok_or_else(|| SourceError::Protocol("success without data".into()))?;
+        Ok((data, parsed.warnings))
+    }
+
+    /// One read of Prometheus' configuration; `None` where the server has no such endpoint
+    /// (404: a Prometheus-compatible store that is not Prometheus).
+    async fn attempt_scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
+        let response = self
+            .client
+            .get(self.endpoint("api/v1/status/config"))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = self.read_body(response).await?;
+        let (config, _) = self.decode::<ApiConfig>(status, &body)?;
+        ScrapeIntervals::parse(&config.yaml)
+            .map(Some)
+            .map_err(|e| SourceError::Protocol(format!("Prometheus' configuration: {e}")))
+    }
+
+    /// Runs `attempt` up to `max_attempts` times with backoff, counting every failure.
+    async fn with_retries<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, SourceError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SourceError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            let started = Instant::now();
+            let result = attempt().await;
+            metrics::histogram!("budgetd_prometheus_request_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    metrics::counter!("budgetd_prometheus_errors_total", "class" => e.class())
+                        .increment(1);
+                    attempts += 1;
+                    if !e.is_retryable() || attempts >= self.retry.max_attempts {
+                        return Err(e);
+                    }
+                    let delay = self.retry.backoff(attempts);
+                    tracing::warn!(error = %e, attempt = attempts, ?delay, "Prometheus {what} failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 
     /// Reads a response body of at most `max_response_bytes`: a larger declared length is
@@ -302,39 +372,31 @@ impl UsageSource for Prometheus {
         last: DateTime<Utc>,
         step: Duration,
     ) -> Result<Answer, SourceError> {
-        let mut attempt = 0;
-        loop {
-            let started = Instant::now();
-            let result = self.attempt(query, first, last, step).await;
-            metrics::histogram!("budgetd_prometheus_request_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            match result {
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    metrics::counter!("budgetd_prometheus_errors_total", "class" => e.class())
-                        .increment(1);
-                    attempt += 1;
-                    if !e.is_retryable() || attempt >= self.retry.max_attempts {
-                        return Err(e);
-                    }
-                    let delay = self.retry.backoff(attempt);
-                    tracing::warn!(error = %e, attempt, ?delay, "Prometheus query failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        self.with_retries("query", || self.attempt(query, first, last, step))
+            .await
+    }
+
+    async fn scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
+        self.with_retries("configuration read", || self.attempt_scrape_intervals())
+            .await
     }
 }
 
 #[derive(Deserialize)]
-struct ApiResponse {
+struct ApiResponse<D> {
     status: String,
-    data: Option<ApiData>,
+    data: Option<D>,
     #[serde(rename = "errorType")]
     error_type: Option<String>,
     error: Option<String>,
     #[serde(default)]
     warnings: Vec<String>,
+}
+
+/// `GET /api/v1/status/config`: the loaded configuration, as YAML.
+#[derive(Deserialize)]
+struct ApiConfig {
+    yaml: String,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +416,7 @@ struct ApiSeries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrape::Interval;
 
     #[test]
     fn backoff_is_capped_and_jittered_within_bounds() {
@@ -514,5 +577,43 @@ mod tests {
             let answer = client(url, 10_000).query("up", t, t, step).await;
             assert_eq!(answer.map(|a| a.at.len()), Ok(1), "{framing}");
         }
+    }
+
+    fn with_status(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(body);
+        response
+    }
+
+    #[tokio::test]
+    async fn prometheus_configuration_is_read_where_it_is_served() {
+        let served = br#"{"status":"success","data":{"yaml":"global:\n  scrape_interval: 30s\nscrape_configs:\n- job_name: kubelet\n  scrape_interval: 1m\n"}}"#;
+        let (url, _) = stub(with_length(served)).await;
+        let intervals = client(url, 10_000)
+            .scrape_intervals()
+            .await
+            .unwrap()
+            .expect("served");
+        assert_eq!(intervals.global, Some(Interval::from_seconds(30)));
+        assert_eq!(
+            intervals.for_job("kubelet").map(|p| p.interval),
+            Some(Interval::from_seconds(60))
+        );
+
+        // A store without the endpoint: nothing to check against, and no error.
+        let (url, requests) = stub(with_status("404 Not Found", b"404 page not found")).await;
+        assert_eq!(client(url, 10_000).scrape_intervals().await, Ok(None));
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A configuration that cannot be read is an error, not a silent "unknown".
+        let unreadable =
+            br#"{"status":"success","data":{"yaml":"global:\n  scrape_interval: often\n"}}"#;
+        let (url, _) = stub(with_length(unreadable)).await;
+        let err = client(url, 10_000).scrape_intervals().await.unwrap_err();
+        assert!(err.to_string().contains("often"), "{err}");
     }
 }
