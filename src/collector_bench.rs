@@ -924,6 +924,7 @@ async fn split(
         known_tenants: &known,
         expected_tenants: &expected,
         expected_samples: cfg.window.seconds() / cfg.interval_seconds,
+        interval_mismatches: &[],
     };
     let collected = assemble(window, &cfg.meters, &per_meter, probe, &[], version, &ctx)?;
     let assembly = t.elapsed();
@@ -1244,6 +1245,7 @@ async fn long_backfill_run(
         known_tenants: &known,
         expected_tenants: &expected_tenants,
         expected_samples: cfg.window.seconds() / cfg.interval_seconds,
+        interval_mismatches: &[],
     };
     let step = Duration::from_secs(window_s as u64);
     let empty: Vec<Sample> = Vec::new();
