@@ -103,6 +103,9 @@ impl Application {
             )),
             None => None,
         };
+        if let Some((collector, _)) = &collector {
+            tokio::spawn(check_scrape_interval(collector.clone()));
+        }
         let enforcer = match &self.config.enforcement {
             Some(settings) => Some((
                 Arc::new(build_enforcer(&self.config, settings, self.state.store.clone()).await?),
@@ -200,6 +203,7 @@ pub fn build_collector(
     let source = Prometheus::new(
         config.prometheus.url.clone(),
         config.prometheus.timeout,
+        config.prometheus.max_response_bytes,
         settings.retry,
     )
     .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
@@ -208,6 +212,30 @@ pub fn build_collector(
         store,
         settings.collector.clone(),
     ))
+}
+
+/// Checks `collector.scrape_interval_seconds` against Prometheus' own configuration once at
+/// start, on every replica, leading or not. Every collection checks it again against the data
+/// and marks windows whose samples do not fit incomplete; this is the early warning.
+async fn check_scrape_interval(collector: Arc<Collector>) {
+    match collector.check_scrape_config().await {
+        Ok(Some(checks)) => {
+            for check in checks {
+                if check.is_mismatch() {
+                    tracing::warn!(job = %check.job, "scrape interval mismatch: {check}");
+                } else {
+                    tracing::info!(job = %check.job, "scrape interval: {check}");
+                }
+            }
+        }
+        Ok(None) => tracing::info!(
+            "Prometheus serves no configuration to check collector.scrape_interval_seconds against; it is checked against the data only"
+        ),
+        Err(e) => tracing::info!(
+            error = %e,
+            "could not read Prometheus' configuration; collector.scrape_interval_seconds is checked against the data only"
+        ),
+    }
 }
 
 /// The enforcer with its actuators: the configured Kubernetes API and Alertmanager replicas.

@@ -672,6 +672,7 @@ async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
     let client_source = Prometheus::new(
         config.prometheus.url.clone(),
         config.prometheus.timeout,
+        config.prometheus.max_response_bytes,
         settings.retry,
     )
     .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
@@ -923,6 +924,7 @@ async fn split(
         known_tenants: &known,
         expected_tenants: &expected,
         expected_samples: cfg.window.seconds() / cfg.interval_seconds,
+        interval_mismatches: &[],
     };
     let collected = assemble(window, &cfg.meters, &per_meter, probe, &[], version, &ctx)?;
     let assembly = t.elapsed();
@@ -1224,6 +1226,7 @@ async fn long_backfill_run(
     let source = Prometheus::new(
         config.prometheus.url.clone(),
         config.prometheus.timeout,
+        config.prometheus.max_response_bytes,
         settings.retry,
     )
     .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
@@ -1242,6 +1245,7 @@ async fn long_backfill_run(
         known_tenants: &known,
         expected_tenants: &expected_tenants,
         expected_samples: cfg.window.seconds() / cfg.interval_seconds,
+        interval_mismatches: &[],
     };
     let step = Duration::from_secs(window_s as u64);
     let empty: Vec<Sample> = Vec::new();

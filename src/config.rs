@@ -148,6 +148,7 @@ struct RawToken {
 struct RawPrometheus {
     url: Option<String>,
     timeout_ms: Option<u64>,
+    max_response_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,7 +290,12 @@ pub struct TokenConfig {
 pub struct PrometheusConfig {
     pub url: Url,
     pub timeout: Duration,
+    /// The largest response body the collector reads; a larger answer splits the batch.
+    pub max_response_bytes: u64,
 }
+
+/// Below this a limit is surely a mistake of units (one window of a small cluster is ~100 KB).
+const MIN_RESPONSE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct AlertmanagerConfig {
@@ -536,6 +542,18 @@ impl RawConfig {
                 "prometheus.url",
             )?,
             timeout: millis(self.prometheus.timeout_ms, "prometheus.timeout_ms")?,
+            max_response_bytes: match self.prometheus.max_response_bytes {
+                None => collector::source::DEFAULT_MAX_RESPONSE_BYTES,
+                Some(bytes) if bytes < MIN_RESPONSE_BYTES => {
+                    return Err(ConfigError::new(
+                        "prometheus.max_response_bytes",
+                        format!(
+                            "must be at least {MIN_RESPONSE_BYTES} (1 MiB); the value is in bytes"
+                        ),
+                    ))
+                }
+                Some(bytes) => bytes,
+            },
         };
         let am_urls = required(self.alertmanager.urls, "alertmanager.urls")?;
         if am_urls.is_empty() {
@@ -967,6 +985,19 @@ mod tests {
     }
 
     #[test]
+    fn the_response_size_limit_has_a_default() {
+        let example = load(EXAMPLE, &[]).unwrap();
+        assert_eq!(example.prometheus.max_response_bytes, 64 * 1024 * 1024);
+        let text = EXAMPLE.replacen("max_response_bytes = 67108864\n", "", 1);
+        assert_ne!(text, EXAMPLE);
+        let config = load(&text, &[]).unwrap();
+        assert_eq!(
+            config.prometheus.max_response_bytes,
+            collector::source::DEFAULT_MAX_RESPONSE_BYTES
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let config = load(
             EXAMPLE,
@@ -1038,6 +1069,11 @@ mod tests {
                 "url = \"http://127.0.0.1:9090\"",
                 "url = \"ftp://x\"",
                 "prometheus.url",
+            ),
+            (
+                "max_response_bytes = 67108864",
+                "max_response_bytes = 64",
+                "prometheus.max_response_bytes",
             ),
         ];
         for (from, to, key) in cases {

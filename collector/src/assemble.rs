@@ -11,6 +11,7 @@ use ledger::usage::{CollectedWindow, UnallocatedReason, UnallocatedUsage};
 use rust_decimal::Decimal;
 
 use crate::meter::Meter;
+use crate::scrape::IntervalMismatch;
 use crate::source::Sample;
 use crate::Error;
 
@@ -34,6 +35,10 @@ pub struct Context<'a> {
     pub expected_tenants: &'a BTreeSet<TenantId>,
     /// Samples a scrape target yields in one window at the configured interval.
     pub expected_samples: i64,
+    /// Scrape jobs whose sample counts in this window do not fit the configured interval
+    /// (`scrape::data_mismatches` of the window's probe): the window is incomplete, and their
+    /// targets' shortfalls are explained by it rather than reported as gaps one by one.
+    pub interval_mismatches: &'a [IntervalMismatch],
 }
 
 /// Parses a Prometheus sample value into a non-negative quantity.
@@ -201,6 +206,14 @@ fn completeness(
         match sample.labels.get(PROBE_LABEL).map(String::as_str) {
             Some("samples") => {
                 targets += 1;
+                let job = sample.labels.get("job").map(String::as_str);
+                if ctx
+                    .interval_mismatches
+                    .iter()
+                    .any(|m| Some(m.job.as_str()) == job)
+                {
+                    continue;
+                }
                 let count = parse_quantity(&sample.value).unwrap_or_default();
                 // Jitter moves one sample across a window edge; more missing is a gap.
                 if count < Decimal::from(ctx.expected_samples - 1) {
@@ -227,6 +240,10 @@ fn completeness(
             }
             _ => {}
         }
+    }
+    for mismatch in ctx.interval_mismatches {
+        complete = false;
+        problems.push(mismatch.problem());
     }
     if targets == 0 {
         complete = false;
@@ -322,6 +339,7 @@ mod tests {
             known_tenants: &known,
             expected_tenants: &known,
             expected_samples: 20,
+            interval_mismatches: &[],
         };
         let cpu = [
             sample(
@@ -419,6 +437,7 @@ mod tests {
             known_tenants: &known,
             expected_tenants: &known,
             expected_samples: 20,
+            interval_mismatches: &[],
         };
         let run = |probe: Vec<Sample>, warnings: &[String]| {
             assemble(
@@ -473,6 +492,45 @@ mod tests {
     }
 
     #[test]
+    fn a_scrape_interval_mismatch_is_one_problem_not_a_gap_per_target() {
+        let window = Window::new(
+            Utc.timestamp_opt(600, 0).unwrap(),
+            Utc.timestamp_opt(900, 0).unwrap(),
+        )
+        .unwrap();
+        let known = ids(&["acme", "globex"]);
+        // Two kubelets scraped every 30 s while 15 s are configured.
+        let mut probe = healthy_probe();
+        probe[0].value = "10".into();
+        let mut second = probe[0].clone();
+        second.labels.insert("instance".into(), "n2".into());
+        probe.push(second);
+        let mismatches = crate::scrape::data_mismatches(&probe, 300, 15, None);
+        let ctx = Context {
+            tenant_label: "label_tenant",
+            known_tenants: &known,
+            expected_tenants: &known,
+            expected_samples: 20,
+            interval_mismatches: &mismatches,
+        };
+        let w = assemble(
+            window,
+            &[meter("cpu")],
+            &[&[]],
+            &probe,
+            &[],
+            &version(),
+            &ctx,
+        )
+        .unwrap();
+        assert!(!w.complete);
+        assert_eq!(
+            w.problems,
+            ["job kubelet: 10 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus' own interval for it is not known"]
+        );
+    }
+
+    #[test]
     fn a_meter_without_a_rate_leaves_the_window_pending() {
         let window = Window::new(
             Utc.timestamp_opt(600, 0).unwrap(),
@@ -485,6 +543,7 @@ mod tests {
             known_tenants: &known,
             expected_tenants: &known,
             expected_samples: 20,
+            interval_mismatches: &[],
         };
         let gpu = [sample(&[("namespace", "a"), ("label_tenant", "acme")], "3")];
         let err = assemble(

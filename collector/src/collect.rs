@@ -2,7 +2,7 @@
 //! windows, plus the completeness probe), and committing them to the ledger in order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
@@ -15,6 +15,7 @@ use ledger::Store;
 use crate::assemble::{assemble, Context};
 use crate::meter::{probe_query, Meter};
 use crate::promql::{matchers, LabelName, TemplateContext};
+use crate::scrape::{check_config, data_mismatches, ConfigCheck, ScrapeIntervals};
 use crate::source::{Sample, UsageSource};
 use crate::window::WindowLength;
 use crate::Error;
@@ -55,6 +56,9 @@ pub struct Collector {
     source: Arc<dyn UsageSource>,
     store: Store,
     config: CollectorConfig,
+    /// Prometheus' scrape intervals as last read (its configuration can be reloaded, so every
+    /// collection reads it again, and falls back to this when the read fails).
+    prometheus_intervals: Mutex<Option<ScrapeIntervals>>,
 }
 
 /// Evaluation time of a window: 1 ms before its end, with a range of the window less 1 ms, so
@@ -69,7 +73,58 @@ impl Collector {
             source,
             store,
             config,
+            prometheus_intervals: Mutex::new(None),
         }
+    }
+
+    /// Compares `scrape_interval_seconds` with Prometheus' configuration for every scrape job
+    /// (`budgetd_collector_scrape_interval_mismatch{job}`: 1 where they differ). `None`: the
+    /// source has no configuration to read.
+    pub async fn check_scrape_config(&self) -> Result<Option<Vec<ConfigCheck>>, Error> {
+        let read = self
+            .source
+            .scrape_intervals()
+            .await
+            .map_err(Error::PrometheusConfig)?;
+        Ok(read.map(|intervals| self.remember(intervals)))
+    }
+
+    fn remember(&self, intervals: ScrapeIntervals) -> Vec<ConfigCheck> {
+        let checks = check_config(
+            self.config.interval_seconds,
+            &self.config.scrape_jobs,
+            &intervals,
+        );
+        for check in &checks {
+            metrics::gauge!("budgetd_collector_scrape_interval_mismatch", "job" => check.job.clone())
+                .set(if check.is_mismatch() { 1.0 } else { 0.0 });
+        }
+        *self
+            .prometheus_intervals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(intervals);
+        checks
+    }
+
+    /// Prometheus' scrape intervals for the problem texts of this collection: read anew, or as
+    /// last read when that fails (the check against the data does not depend on them).
+    async fn prometheus_intervals(&self) -> Option<ScrapeIntervals> {
+        match self.check_scrape_config().await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                *self
+                    .prometheus_intervals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read Prometheus' configuration; using the last read")
+            }
+        }
+        self.prometheus_intervals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn config(&self) -> &CollectorConfig {
@@ -109,6 +164,7 @@ impl Collector {
         windows: &[Window],
         versions: &[PriceBookVersion],
         tenants: &TenantSets,
+        prometheus: Option<&ScrapeIntervals>,
     ) -> Result<Vec<CollectedWindow>, Error> {
         let (first, last) = (
             eval_time(&windows[0]),
@@ -130,12 +186,6 @@ impl Collector {
             answers.push(answer.at);
         }
         let probe = answers.pop().expect("the probe is always queried");
-        let ctx = Context {
-            tenant_label: self.config.tenant_label.as_str(),
-            known_tenants: &tenants.known,
-            expected_tenants: &tenants.expected,
-            expected_samples: self.config.window.seconds() / self.config.interval_seconds,
-        };
         let empty: Vec<Sample> = Vec::new();
         windows
             .iter()
@@ -146,6 +196,23 @@ impl Collector {
                     .map(|a| a.get(&at).map(Vec::as_slice).unwrap_or(&empty))
                     .collect();
                 let probe = probe.get(&at).map(Vec::as_slice).unwrap_or(&empty);
+                let mismatches = data_mismatches(
+                    probe,
+                    self.config.window.seconds(),
+                    self.config.interval_seconds,
+                    prometheus,
+                );
+                for m in &mismatches {
+                    metrics::counter!("budgetd_collector_scrape_interval_mismatches_total", "job" => m.job.clone())
+                        .increment(1);
+                }
+                let ctx = Context {
+                    tenant_label: self.config.tenant_label.as_str(),
+                    known_tenants: &tenants.known,
+                    expected_tenants: &tenants.expected,
+                    expected_samples: self.config.window.seconds() / self.config.interval_seconds,
+                    interval_mismatches: &mismatches,
+                };
                 let version = version_at(versions, w.start()).ok_or(Error::NoPriceBook {
                     at: w.start(),
                 })?;
@@ -170,14 +237,19 @@ impl Collector {
     ) -> Result<CommitReport, Error> {
         let versions = self.store.list_price_book_versions().await?;
         let tenants = TenantSets::load(&self.store).await?;
+        let prometheus = self.prometheus_intervals().await;
         let mut total = CommitReport::default();
-        // Batches in order; a batch too heavy for Prometheus (timeout, 422) is split in halves,
-        // down to single windows, and the halves are collected in order.
+        // Batches in order; a batch too heavy for Prometheus (timeout, 422, an answer over the
+        // size limit) is split in halves, down to single windows, and the halves are collected
+        // in order.
         let mut pending: Vec<&[Window]> =
             consecutive_batches(windows, self.config.window, self.config.windows_per_batch);
         pending.reverse();
         while let Some(batch) = pending.pop() {
-            let mut collected = match self.collect_batch(batch, &versions, &tenants).await {
+            let mut collected = match self
+                .collect_batch(batch, &versions, &tenants, prometheus.as_ref())
+                .await
+            {
                 Err(Error::Source { meter, error }) if batch.len() > 1 && error.is_too_heavy() => {
                     tracing::warn!(%meter, %error, windows = batch.len(), "query too heavy; splitting the batch");
                     metrics::counter!("budgetd_collector_batch_splits_total").increment(1);

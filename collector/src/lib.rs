@@ -5,6 +5,7 @@
 //! - `window`: epoch-aligned window arithmetic;
 //! - `meter`: meters and the completeness probe;
 //! - `source`: the `UsageSource` trait and the Prometheus HTTP client;
+//! - `scrape`: the configured scrape interval against Prometheus' configuration and the data;
 //! - `assemble`: pure attribution, pricing and completeness of one window;
 //! - `collect`: the `Collector` (daemon step and backfill);
 //! - `schedule`: the daemon's loop.
@@ -14,6 +15,7 @@ pub mod collect;
 pub mod meter;
 pub mod promql;
 pub mod schedule;
+pub mod scrape;
 pub mod source;
 pub mod synthetic;
 #[cfg(feature = "testing")]
@@ -33,6 +35,8 @@ pub enum Error {
         meter: String,
         error: source::SourceError,
     },
+    #[error("reading Prometheus' configuration: {0}")]
+    PrometheusConfig(source::SourceError),
     #[error("ledger: {0}")]
     Ledger(#[from] ledger::Error),
     #[error("price-book version {version} has no rate for meter {meter}")]
@@ -47,7 +51,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Config { .. } => "config",
-            Error::Source { error, .. } => error.class(),
+            Error::Source { error, .. } | Error::PrometheusConfig(error) => error.class(),
             Error::Ledger(e) => e.metric_label(),
             Error::Unpriced { .. } => "unpriced",
             Error::NoPriceBook { .. } => "no_price_book",

@@ -1,13 +1,17 @@
 //! Where usage comes from: the `UsageSource` trait and its Prometheus implementation (HTTP API
-//! v1), with timeouts, classified errors, bounded retries with jittered backoff, and metrics.
+//! v1), with timeouts, a response size limit, classified errors, bounded retries with jittered
+//! backoff, and metrics.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
+
+use crate::scrape::ScrapeIntervals;
 
 /// One series' value at one evaluation time, exactly as the source sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,11 @@ pub enum SourceError {
     BadQuery(String),
     #[error("unexpected response: {0}")]
     Protocol(String),
+    /// The response body is larger than the configured limit; asking for fewer windows may fit.
+    #[error(
+        "response body larger than the limit of {limit} bytes (prometheus.max_response_bytes)"
+    )]
+    TooLarge { limit: u64 },
 }
 
 impl SourceError {
@@ -53,16 +62,25 @@ impl SourceError {
             SourceError::Execution(_) => "422",
             SourceError::BadQuery(_) => "400",
             SourceError::Protocol(_) => "protocol",
+            SourceError::TooLarge { .. } => "too_large",
         }
     }
 
     /// Whether asking for less (fewer windows in one range query) may succeed.
     pub fn is_too_heavy(&self) -> bool {
-        matches!(self, SourceError::Timeout(_) | SourceError::Execution(_))
+        matches!(
+            self,
+            SourceError::Timeout(_) | SourceError::Execution(_) | SourceError::TooLarge { .. }
+        )
     }
 
+    /// Whether the same request may succeed when sent again. The same query gets the same
+    /// answer, so neither a bad query nor an answer over the size limit is retried.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, SourceError::BadQuery(_))
+        !matches!(
+            self,
+            SourceError::BadQuery(_) | SourceError::TooLarge { .. }
+        )
     }
 }
 
@@ -78,6 +96,13 @@ pub trait UsageSource: Send + Sync {
         last: DateTime<Utc>,
         step: Duration,
     ) -> Result<Answer, SourceError>;
+
+    /// The scrape intervals the source's own configuration gives, to check
+    /// `scrape_interval_seconds` against. `None`: this source has no such configuration to
+    /// read (a Prometheus-compatible store without the endpoint, a test double).
+    async fn scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
+        Ok(None)
+    }
 }
 
 /// Bounded retries: attempts, and exponential backoff between them with full jitter.
@@ -103,15 +128,27 @@ impl RetryPolicy {
     }
 }
 
+/// The default of `prometheus.max_response_bytes`: 64 MiB, far above one window of 10,000
+/// tenants (a few MB), so only long catch-up batches reach it and are split.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+
 pub struct Prometheus {
     client: reqwest::Client,
     base: Url,
     timeout: Duration,
+    max_response_bytes: u64,
     retry: RetryPolicy,
 }
 
 impl Prometheus {
-    pub fn new(base: Url, timeout: Duration, retry: RetryPolicy) -> Result<Self, SourceError> {
+    /// A client for the Prometheus at `base`: every request gets `timeout`, every response
+    /// body at most `max_response_bytes`, every query `retry`.
+    pub fn new(
+        base: Url,
+        timeout: Duration,
+        max_response_bytes: u64,
+        retry: RetryPolicy,
+    ) -> Result<Self, SourceError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -121,6 +158,7 @@ impl Prometheus {
             client,
             base,
             timeout,
+            max_response_bytes,
             retry,
         })
     }
@@ -164,40 +202,11 @@ impl Prometheus {
             .await
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
-        let parsed: ApiResponse = serde_json::from_slice(&body).map_err(|e| {
-            if status.is_server_error() {
-                SourceError::Server {
-                    status: status.as_u16(),
-                    message: String::from_utf8_lossy(&body).chars().take(200).collect(),
-                }
-            } else {
-                SourceError::Protocol(format!("status {status}: {e}"))
-            }
-        })?;
-        if parsed.status != "success" {
-            let message = format!(
-                "{}: {}",
-                parsed.error_type.unwrap_or_default(),
-                parsed.error.unwrap_or_default()
-            );
-            return Err(match status.as_u16() {
-                400 => SourceError::BadQuery(message),
-                422 => SourceError::Execution(message),
-                503 if message.contains("timeout") => SourceError::Timeout(self.timeout),
-                s if s >= 500 => SourceError::Server { status: s, message },
-                s => SourceError::Protocol(format!("status {s}: {message}")),
-            });
-        }
-        let data = parsed
-            .data
-            .ok_or_else(|| SourceError::Protocol("success without data".into()))?;
+        let body = self.read_body(response).await?;
+        let (data, warnings) = self.decode::<ApiData>(status, &body)?;
         let mut answer = Answer {
             at: BTreeMap::new(),
-            warnings: parsed.warnings,
+            warnings,
         };
         match data.result_type.as_str() {
             "vector" => {
@@ -236,6 +245,115 @@ impl Prometheus {
         Ok(answer)
     }
 
+    /// Decodes the API's envelope: the data and warnings of a success, or the error, classified
+    /// by the HTTP status Prometheus sent with it.
+    fn decode<D: DeserializeOwned>(
+        &self,
+        status: reqwest::StatusCode,
+        body: &[u8],
+    ) -> Result<(D, Vec<String>), SourceError> {
+        let parsed: ApiResponse<D> = serde_json::from_slice(body).map_err(|e| {
+            if status.is_server_error() {
+                SourceError::Server {
+                    status: status.as_u16(),
+                    message: String::from_utf8_lossy(body).chars().take(200).collect(),
+                }
+            } else {
+                SourceError::Protocol(format!("status {status}: {e}"))
+            }
+        })?;
+        if parsed.status != "success" {
+            let message = format!(
+                "{}: {}",
+                parsed.error_type.unwrap_or_default(),
+                parsed.error.unwrap_or_default()
+            );
+            return Err(match status.as_u16() {
+                400 => SourceError::BadQuery(message),
+                422 => SourceError::Execution(message),
+                503 if message.contains("timeout") => SourceError::Timeout(self.timeout),
+                s if s >= 500 => SourceError::Server { status: s, message },
+                s => SourceError::Protocol(format!("status {s}: {message}")),
+            });
+        }
+        let data = parsed
+            .data
+            .ok_or_else(|| SourceError::Protocol("success without data".into()))?;
+        Ok((data, parsed.warnings))
+    }
+
+    /// One read of Prometheus' configuration; `None` where the server has no such endpoint
+    /// (404: a Prometheus-compatible store that is not Prometheus).
+    async fn attempt_scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
+        let response = self
+            .client
+            .get(self.endpoint("api/v1/status/config"))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = self.read_body(response).await?;
+        let (config, _) = self.decode::<ApiConfig>(status, &body)?;
+        ScrapeIntervals::parse(&config.yaml)
+            .map(Some)
+            .map_err(|e| SourceError::Protocol(format!("Prometheus' configuration: {e}")))
+    }
+
+    /// Runs `attempt` up to `max_attempts` times with backoff, counting every failure.
+    async fn with_retries<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, SourceError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SourceError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            let started = Instant::now();
+            let result = attempt().await;
+            metrics::histogram!("budgetd_prometheus_request_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    metrics::counter!("budgetd_prometheus_errors_total", "class" => e.class())
+                        .increment(1);
+                    attempts += 1;
+                    if !e.is_retryable() || attempts >= self.retry.max_attempts {
+                        return Err(e);
+                    }
+                    let delay = self.retry.backoff(attempts);
+                    tracing::warn!(error = %e, attempt = attempts, ?delay, "Prometheus {what} failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Reads a response body of at most `max_response_bytes`: a larger declared length is
+    /// refused before reading, and an undeclared one (chunked) is stopped at the limit.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, SourceError> {
+        let limit = self.max_response_bytes;
+        let too_large = SourceError::TooLarge { limit };
+        let declared = response.content_length();
+        if declared.is_some_and(|length| length > limit) {
+            return Err(too_large);
+        }
+        let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?
+        {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     fn transport_error(&self, e: reqwest::Error) -> SourceError {
         if e.is_timeout() {
             SourceError::Timeout(self.timeout)
@@ -254,39 +372,31 @@ impl UsageSource for Prometheus {
         last: DateTime<Utc>,
         step: Duration,
     ) -> Result<Answer, SourceError> {
-        let mut attempt = 0;
-        loop {
-            let started = Instant::now();
-            let result = self.attempt(query, first, last, step).await;
-            metrics::histogram!("budgetd_prometheus_request_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            match result {
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    metrics::counter!("budgetd_prometheus_errors_total", "class" => e.class())
-                        .increment(1);
-                    attempt += 1;
-                    if !e.is_retryable() || attempt >= self.retry.max_attempts {
-                        return Err(e);
-                    }
-                    let delay = self.retry.backoff(attempt);
-                    tracing::warn!(error = %e, attempt, ?delay, "Prometheus query failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        self.with_retries("query", || self.attempt(query, first, last, step))
+            .await
+    }
+
+    async fn scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
+        self.with_retries("configuration read", || self.attempt_scrape_intervals())
+            .await
     }
 }
 
 #[derive(Deserialize)]
-struct ApiResponse {
+struct ApiResponse<D> {
     status: String,
-    data: Option<ApiData>,
+    data: Option<D>,
     #[serde(rename = "errorType")]
     error_type: Option<String>,
     error: Option<String>,
     #[serde(default)]
     warnings: Vec<String>,
+}
+
+/// `GET /api/v1/status/config`: the loaded configuration, as YAML.
+#[derive(Deserialize)]
+struct ApiConfig {
+    yaml: String,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +416,7 @@ struct ApiSeries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrape::Interval;
 
     #[test]
     fn backoff_is_capped_and_jittered_within_bounds() {
@@ -324,8 +435,9 @@ mod tests {
     }
 
     #[test]
-    fn only_bad_queries_are_final() {
+    fn only_bad_queries_and_answers_over_the_limit_are_final() {
         assert!(!SourceError::BadQuery("x".into()).is_retryable());
+        assert!(!SourceError::TooLarge { limit: 1 }.is_retryable());
         for e in [
             SourceError::Timeout(Duration::from_secs(1)),
             SourceError::Server {
@@ -337,5 +449,171 @@ mod tests {
         ] {
             assert!(e.is_retryable(), "{e}");
         }
+    }
+
+    /// A stub HTTP server on a loopback port that answers every request with `response` (raw
+    /// bytes) and counts the requests.
+    async fn stub(response: Vec<u8>) -> (Url, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let requests = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let response = response.clone();
+                tokio::spawn(async move {
+                    // Read the whole request (headers, then Content-Length bytes of form).
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap())
+                                })
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    // The client may hang up once it has seen enough.
+                    let _ = socket.write_all(&response).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    fn client(url: Url, max_response_bytes: u64) -> Prometheus {
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        };
+        Prometheus::new(url, Duration::from_secs(10), max_response_bytes, retry).unwrap()
+    }
+
+    /// A valid empty answer padded to `size` bytes with a field the client ignores.
+    fn padded_answer(size: usize) -> Vec<u8> {
+        let head = r#"{"status":"success","data":{"resultType":"vector","result":[]},"padding":""#;
+        let tail = r#""}"#;
+        let mut body = head.as_bytes().to_vec();
+        body.resize(size - tail.len(), b'x');
+        body.extend_from_slice(tail.as_bytes());
+        body
+    }
+
+    fn with_length(body: &[u8]) -> Vec<u8> {
+        let mut response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(body);
+        response
+    }
+
+    fn chunked(body: &[u8]) -> Vec<u8> {
+        let mut response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for chunk in body.chunks(1000) {
+            response.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            response.extend_from_slice(chunk);
+            response.extend_from_slice(b"\r\n");
+        }
+        response.extend_from_slice(b"0\r\n\r\n");
+        response
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_too_large_and_not_retried() {
+        let t = Utc::now();
+        let step = Duration::from_secs(300);
+        for (framing, response) in [
+            ("content-length", with_length(&padded_answer(20_000))),
+            ("chunked", chunked(&padded_answer(20_000))),
+        ] {
+            let (url, requests) = stub(response).await;
+            let err = client(url, 10_000)
+                .query("up", t, t, step)
+                .await
+                .unwrap_err();
+            assert_eq!(err, SourceError::TooLarge { limit: 10_000 }, "{framing}");
+            assert_eq!(err.class(), "too_large");
+            assert!(err.is_too_heavy(), "a batch that is too large is split");
+            assert!(err.to_string().contains("10000 bytes"), "{err}");
+            assert_eq!(
+                requests.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{framing}: the same query gets the same answer, so it is not sent again"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_up_to_the_limit_is_read_whole() {
+        let t = Utc::now();
+        let step = Duration::from_secs(300);
+        for (framing, response) in [
+            ("content-length", with_length(&padded_answer(10_000))),
+            ("chunked", chunked(&padded_answer(10_000))),
+        ] {
+            let (url, _) = stub(response).await;
+            let answer = client(url, 10_000).query("up", t, t, step).await;
+            assert_eq!(answer.map(|a| a.at.len()), Ok(1), "{framing}");
+        }
+    }
+
+    fn with_status(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(body);
+        response
+    }
+
+    #[tokio::test]
+    async fn prometheus_configuration_is_read_where_it_is_served() {
+        let served = br#"{"status":"success","data":{"yaml":"global:\n  scrape_interval: 30s\nscrape_configs:\n- job_name: kubelet\n  scrape_interval: 1m\n"}}"#;
+        let (url, _) = stub(with_length(served)).await;
+        let intervals = client(url, 10_000)
+            .scrape_intervals()
+            .await
+            .unwrap()
+            .expect("served");
+        assert_eq!(intervals.global, Some(Interval::from_seconds(30)));
+        assert_eq!(
+            intervals.for_job("kubelet").map(|p| p.interval),
+            Some(Interval::from_seconds(60))
+        );
+
+        // A store without the endpoint: nothing to check against, and no error.
+        let (url, requests) = stub(with_status("404 Not Found", b"404 page not found")).await;
+        assert_eq!(client(url, 10_000).scrape_intervals().await, Ok(None));
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A configuration that cannot be read is an error, not a silent "unknown".
+        let unreadable =
+            br#"{"status":"success","data":{"yaml":"global:\n  scrape_interval: often\n"}}"#;
+        let (url, _) = stub(with_length(unreadable)).await;
+        let err = client(url, 10_000).scrape_intervals().await.unwrap_err();
+        assert!(err.to_string().contains("often"), "{err}");
     }
 }

@@ -81,12 +81,18 @@ pub struct PrometheusProcess {
 impl PrometheusProcess {
     /// Starts Prometheus on `data` (no scrape jobs: the data is history) and waits until ready.
     pub fn start(dir: &Path, data: &Path) -> Self {
+        Self::start_with_config(dir, data, "global:\n  scrape_interval: 15s\n")
+    }
+
+    /// Starts Prometheus on `data` with the configuration `yaml` (e.g. scrape configs without
+    /// targets, whose intervals `/api/v1/status/config` then reports) and waits until ready.
+    pub fn start_with_config(dir: &Path, data: &Path, yaml: &str) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let config = dir.join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 15s\n").expect("write config");
+        std::fs::write(&config, yaml).expect("write config");
         let mut p = PrometheusProcess {
             child: None,
             url: format!("http://127.0.0.1:{port}"),

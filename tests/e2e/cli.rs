@@ -543,3 +543,62 @@ fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
         );
     }
 }
+
+#[tokio::test]
+async fn run_warns_at_start_when_prometheus_scrapes_at_another_interval() {
+    // Prometheus scrapes every 30 s (kube-prometheus-stack's default); the example config says
+    // 15 s. Its kubelet job is named in its configuration; kube-state-metrics is not (as with
+    // the Prometheus Operator, whose job names differ from the `job` labels).
+    let dir = collector::testing::ScratchDir::new("budgetd-cli-interval");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let prometheus = collector::testing::PrometheusProcess::start_with_config(
+        dir.path(),
+        &data,
+        "global:\n  scrape_interval: 30s\nscrape_configs:\n- job_name: kubelet\n",
+    );
+    let db = ledger::testing::fresh_database().await;
+    let mut daemon = budgetd(&db.url)
+        .env("BUDGETD_PROMETHEUS_URL", &prometheus.url)
+        .env("BUDGETD_LOG", "info")
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(daemon.stderr.take().unwrap());
+    let listening = wait_for(&lines, "budgetd API listening");
+    let kubelet = wait_for(&lines, "scrape interval mismatch");
+    assert!(kubelet.contains("WARN"), "{kubelet}");
+    assert!(
+        kubelet.contains(
+            "job kubelet: Prometheus scrapes it every 30s, but collector.scrape_interval_seconds = 15"
+        ),
+        "{kubelet}"
+    );
+    let ksm = wait_for(&lines, "scrape interval mismatch");
+    assert!(
+        ksm.contains("job kube-state-metrics: no scrape config has that job_name")
+            && ksm.contains("Prometheus' global scrape_interval is 30s, but collector.scrape_interval_seconds = 15"),
+        "{ksm}"
+    );
+
+    // Serving (so the SIGTERM handler is installed), then a clean exit on SIGTERM.
+    let addr = listening
+        .split("listen=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(http(&addr, "GET", "/healthz", None).0, 200);
+
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(daemon.wait().unwrap().success());
+}

@@ -280,6 +280,7 @@ async fn queries_per_window_do_not_grow_with_the_tenant_count() {
             inner: Prometheus::new(
                 config.prometheus.url.clone(),
                 config.prometheus.timeout,
+                config.prometheus.max_response_bytes,
                 s.retry,
             )
             .unwrap(),
@@ -720,6 +721,7 @@ async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
         inner: Prometheus::new(
             config.prometheus.url.clone(),
             config.prometheus.timeout,
+            config.prometheus.max_response_bytes,
             s.retry,
         )
         .unwrap(),
@@ -736,4 +738,292 @@ async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
         "12 → 6 → 3 → 2/1 windows"
     );
     assert_same_rows(ledger_rows(&split).await, ledger_rows(&whole).await);
+}
+
+/// The real client with a response size limit, counting the answers over it.
+struct Limited {
+    inner: Prometheus,
+    too_large: AtomicUsize,
+}
+
+#[async_trait]
+impl UsageSource for Limited {
+    async fn query(
+        &self,
+        query: &str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        step: std::time::Duration,
+    ) -> Result<Answer, SourceError> {
+        let answer = self.inner.query(query, first, last, step).await;
+        if let Err(SourceError::TooLarge { .. }) = answer {
+            self.too_large.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+}
+
+#[tokio::test]
+async fn a_batch_over_the_response_size_limit_is_split_and_one_window_over_it_is_an_error() {
+    let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+    let f = fixture(2, start, start + Duration::hours(1), false);
+    let whole = ledger_for(&f.cluster).await;
+    let unlimited = collector(&f, &whole);
+    unlimited
+        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+
+    // The largest answer of any query for any single window, read over plain HTTP exactly as
+    // the collector asks (an instant query at the window's end − 1 ms): as the limit, every
+    // window fits, and a batch holding that window's answer and more does not.
+    let http = reqwest::Client::new();
+    let mut largest = 0;
+    for k in 1..=12 {
+        let at = (start + Duration::minutes(5 * k) - Duration::milliseconds(1)).timestamp_millis();
+        for (_, query) in unlimited.queries() {
+            let body = http
+                .post(format!("{}/api/v1/query", f.prometheus.url))
+                .form(&[
+                    ("query", query),
+                    ("time", format!("{:.3}", at as f64 / 1000.0)),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            largest = largest.max(body.len() as u64);
+        }
+    }
+
+    let split = ledger_for(&f.cluster).await;
+    let config = config(&f.prometheus.url, &split.url);
+    let s = settings(&config);
+    let limited = |db: &TestDb, max_response_bytes: u64| {
+        let source = Arc::new(Limited {
+            inner: Prometheus::new(
+                config.prometheus.url.clone(),
+                config.prometheus.timeout,
+                max_response_bytes,
+                s.retry,
+            )
+            .unwrap(),
+            too_large: AtomicUsize::new(0),
+        });
+        let c = Collector::new(source.clone(), db.store.clone(), s.collector.clone());
+        (source, c)
+    };
+    let (source, c) = limited(&split, largest);
+    let (_, report) = c
+        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.windows, 12);
+    assert!(
+        source.too_large.load(Ordering::Relaxed) >= 3,
+        "12 → 6 → 3 → 2/1 windows"
+    );
+    assert_same_rows(ledger_rows(&split).await, ledger_rows(&whole).await);
+
+    // A single window whose answer is still too large: an error naming the limit, and the
+    // window stays pending.
+    let tight = ledger_for(&f.cluster).await;
+    let (source, c) = limited(&tight, 100);
+    let err = c
+        .backfill(
+            start,
+            start + Duration::minutes(5),
+            &CommitMode::Collect,
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            collector::Error::Source {
+                error: SourceError::TooLarge { limit: 100 },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("larger than the limit of 100 bytes (prometheus.max_response_bytes)"),
+        "{err}"
+    );
+    assert_eq!(
+        source.too_large.load(Ordering::Relaxed),
+        1,
+        "not retried: the same query gets the same answer"
+    );
+    let collected: i64 = sqlx::query_scalar("select count(*) from collected_windows")
+        .fetch_one(tight.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(collected, 0);
+}
+
+/// Prometheus' configuration as kube-prometheus-stack has it: every target every 30 s. The scrape
+/// configs have no targets: the data is history.
+const SCRAPED_EVERY_30S: &str = "global:
+  scrape_interval: 30s
+scrape_configs:
+- job_name: kubelet
+  scrape_interval: 30s
+- job_name: kube-state-metrics
+";
+
+/// A metric's value in the process' `/metrics` text (0 when it was never recorded).
+fn metric(rendered: &str, series: &str) -> f64 {
+    rendered
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_scrape_interval_the_data_do_not_have_marks_windows_incomplete_and_is_counted() {
+    let metrics = budgetd::telemetry::metrics_handle();
+    let start = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+    let end = start + Duration::hours(1);
+    let dir = ScratchDir::new("budgetd-interval");
+    let cluster = Cluster::generate(
+        &ClusterSpec::new(2, 42, start, end)
+            .with_traps(false)
+            .with_scrape_interval_s(30),
+    );
+    let data = create_blocks(dir.path(), |out| {
+        cluster.write_openmetrics(&mut &mut *out).unwrap()
+    });
+    let prometheus = PrometheusProcess::start_with_config(dir.path(), &data, SCRAPED_EVERY_30S);
+    let windows = |db: &TestDb| {
+        let pool = db.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (bool, Vec<String>)>(
+                "select complete, problems from collected_windows order by window_start",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mismatches = |job: &str| {
+        metric(
+            &metrics.render(),
+            &format!("budgetd_collector_scrape_interval_mismatches_total{{job=\"{job}\"}}"),
+        )
+    };
+    let flagged = |job: &str| {
+        metric(
+            &metrics.render(),
+            &format!("budgetd_collector_scrape_interval_mismatch{{job=\"{job}\"}}"),
+        )
+    };
+
+    // The example configuration says 15 s.
+    let db = ledger_for(&cluster).await;
+    let config = config(&prometheus.url, &db.url);
+    let s = settings(&config);
+    assert_eq!(s.collector.interval_seconds, 15);
+    let c = budgetd::app::build_collector(&config, &s, db.store.clone()).unwrap();
+    let checks = c
+        .check_scrape_config()
+        .await
+        .unwrap()
+        .expect("Prometheus serves it");
+    let texts: Vec<String> = checks.iter().map(ToString::to_string).collect();
+    assert!(checks.iter().all(|c| c.is_mismatch()), "{texts:?}");
+    assert!(
+        texts[0].starts_with(
+            "job kubelet: Prometheus scrapes it every 30s, but collector.scrape_interval_seconds = 15"
+        ),
+        "{texts:?}"
+    );
+    assert_eq!(flagged("kubelet"), 1.0);
+    let counted_before = mismatches("kubelet");
+    let (_, report) = c
+        .backfill(start, end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.windows, 12);
+    for (complete, problems) in windows(&db).await {
+        assert!(!complete, "{problems:?}");
+        assert_eq!(
+            problems,
+            [
+                "job kube-state-metrics: 10 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus scrapes it every 30s",
+                "job kubelet: 10 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus scrapes it every 30s",
+            ],
+            "one problem per job, no scrape gap per target"
+        );
+    }
+    assert_eq!(mismatches("kubelet") - counted_before, 12.0);
+
+    // The same data with scrape_interval_seconds = 30: complete, and the gauges are billed as
+    // they were used (with 15 s they would have been billed at half).
+    let db = ledger_for(&cluster).await;
+    let config = config_for_30s(&prometheus.url, &db.url);
+    let s = settings(&config);
+    let c = budgetd::app::build_collector(&config, &s, db.store.clone()).unwrap();
+    let checks = c
+        .check_scrape_config()
+        .await
+        .unwrap()
+        .expect("Prometheus serves it");
+    assert!(checks.iter().all(|c| !c.is_mismatch()), "{checks:?}");
+    assert_eq!(flagged("kubelet"), 0.0);
+    let counted_before = mismatches("kubelet");
+    c.backfill(start, end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    let windows = windows(&db).await;
+    assert_eq!(windows.len(), 12);
+    for (complete, problems) in windows {
+        assert!(complete && problems.is_empty(), "{problems:?}");
+    }
+    assert_eq!(mismatches("kubelet"), counted_before);
+    let truth = cluster.truth(300);
+    let day = start.date_naive();
+    let costs = db
+        .store
+        .daily_costs(None, day, day.succ_opt().unwrap())
+        .await
+        .unwrap();
+    for tenant in cluster.tenant_ids() {
+        for meter in [Meter::Memory, Meter::Storage] {
+            let expected = truth.quantity(tenant, meter, day);
+            let billed = costs
+                .iter()
+                .find(|c| c.tenant.as_str() == tenant && c.meter == meter.as_str())
+                .map(|c| c.quantity)
+                .unwrap_or_default();
+            assert!(
+                within(billed, expected, Decimal::new(5, 3)),
+                "{tenant} {meter}: billed {billed}, used {expected}"
+            );
+        }
+    }
+}
+
+/// The example configuration with `scrape_interval_seconds = 30`, pointed at `prometheus` and
+/// `db`.
+fn config_for_30s(prometheus: &str, db: &str) -> Config {
+    let dir = ScratchDir::new("budgetd-config-30s");
+    let path = dir.path().join("budgetd.toml");
+    let text = std::fs::read_to_string(example_config()).unwrap().replace(
+        "scrape_interval_seconds = 15",
+        "scrape_interval_seconds = 30",
+    );
+    assert!(text.contains("scrape_interval_seconds = 30"));
+    std::fs::write(&path, text).unwrap();
+    let env: BTreeMap<&str, String> = [
+        ("BUDGETD_PROMETHEUS_URL", prometheus.to_owned()),
+        ("BUDGETD_DATABASE_URL", db.to_owned()),
+    ]
+    .into();
+    Config::load(Some(&path), |k| env.get(k).cloned()).unwrap()
 }
