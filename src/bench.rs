@@ -29,9 +29,9 @@ use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
 use ledger::entry::{EntryKey, NewEntry, Pricing, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
-use ledger::store::with_database;
 use ledger::tenant::TenantId;
 use ledger::{Store, StoreConfig};
+use testkit::db::in_scratch_database;
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,29 +85,6 @@ pub async fn run_ledger_bench(admin_url: &str, opts: &LedgerBenchOptions) -> any
     .await
 }
 
-/// Creates an empty database named `<prefix>_<nanos>` on the server of `admin_url`; returns
-/// its name. The caller drops it (`drop_database`).
-pub(crate) async fn create_scratch_database(
-    admin_url: &str,
-    prefix: &str,
-) -> anyhow::Result<String> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_nanos();
-    let name = format!("{prefix}_{nanos}");
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .context("connecting to the Postgres server (admin URL)")?;
-    admin
-        .execute(format!("create database {name}").as_str())
-        .await
-        .with_context(|| format!("creating scratch database {name}"))?;
-    admin.close().await.ok();
-    eprintln!("bench: scratch database {name}");
-    Ok(name)
-}
-
 /// Migrates a scratch database and connects to it: a small store pool with the given statement
 /// timeout and no retries, and one plain connection for loading and EXPLAIN.
 pub(crate) async fn scratch_ledger(
@@ -131,43 +108,6 @@ pub(crate) async fn scratch_ledger(
     Ok((store, conn))
 }
 
-/// Creates a scratch database named `<prefix>_<nanos>` on the server of `admin_url`, runs
-/// `run` with its URL in a task, and drops the database whatever happens: success, error, panic
-/// or Ctrl-C.
-pub(crate) async fn in_scratch_database<F, Fut>(
-    admin_url: &str,
-    prefix: &str,
-    run: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let name = create_scratch_database(admin_url, prefix).await?;
-    let task = tokio::spawn(run(with_database(admin_url, &name)));
-    let abort = task.abort_handle();
-    let outcome = tokio::select! {
-        joined = task => match joined {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
-            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            abort.abort();
-            Err(anyhow::anyhow!("interrupted"))
-        }
-    };
-    let dropped = drop_database(admin_url, &name).await;
-    match (outcome, dropped) {
-        (Ok(()), dropped) => dropped,
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(drop_error)) => {
-            eprintln!("bench: {drop_error:#}");
-            Err(e)
-        }
-    }
-}
-
 fn validate(opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     if opts.meters == 0 || opts.meters > METERS.len() {
         bail!("meters must be between 1 and {}", METERS.len());
@@ -178,19 +118,6 @@ fn validate(opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     if opts.finance_repeats == 0 {
         bail!("finance_repeats must be positive");
     }
-    Ok(())
-}
-
-pub(crate) async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .with_context(|| format!("connecting to drop scratch database {name}"))?;
-    admin
-        .execute(format!("drop database if exists {name} with (force)").as_str())
-        .await
-        .with_context(|| format!("dropping scratch database {name}"))?;
-    admin.close().await.ok();
-    eprintln!("bench: dropped scratch database {name}");
     Ok(())
 }
 

@@ -43,15 +43,16 @@ use sqlx::{Connection, PgConnection};
 use collector::assemble::{assemble, Context as AssembleContext};
 use collector::collect::version_at;
 use collector::source::{Answer, Prometheus, Sample, UsageSource};
-use collector::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
-use collector::testing::{create_blocks, PrometheusProcess, ScratchDir};
 use collector::Collector;
 use ledger::audit::{Actor, AuditContext};
 use ledger::tenant::{TenantId, TenantState};
 use ledger::usage::{CommitMode, CommitReport};
 use ledger::Store;
+use testkit::db::{create_scratch_database, drop_database};
+use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
+use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 
-use crate::bench::{drop_database, median, median_secs, secs, spread, verdict};
+use crate::bench::{median, median_secs, secs, spread, verdict};
 use crate::config::{CollectorSettings, Config};
 use ledger::store::with_database;
 
@@ -184,7 +185,7 @@ async fn create_database(
     what: &str,
 ) -> anyhow::Result<String> {
     let name =
-        crate::bench::create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
+        create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
     created
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned lock"))?

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use chrono::{Duration, Utc};
-use collector::synthetic::{Cluster, ClusterSpec};
+use testkit::synthetic::{Cluster, ClusterSpec};
 use tokio::net::TcpListener;
 
 /// Which families an endpoint serves.
@@ -86,7 +86,7 @@ pub async fn serve(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
 /// use, with each demo tenant's namespace, quota, workloads and a CronJob, so the enforcer
 /// has something to tighten, suspend and restore. There is no real cluster here; see README.
 pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
-    let kube = enforcer::testing::fake_kube::FakeKube::start_on(listen).await?;
+    let kube = testkit::fake_kube::FakeKube::start_on(listen).await?;
     for i in 0..tenants {
         let tenant = format!("tenant-{i:03}");
         let namespace = format!("{tenant}-prod");

@@ -41,9 +41,9 @@ use ledger::enforcement::{ActionState, BudgetState, BudgetStatus, Exemption, Sta
 use ledger::price_book::{MeterName, NewPriceBookVersion};
 use ledger::Store;
 
-use crate::bench::{
-    in_scratch_database, median, median_secs, scratch_ledger, secs, spread, verdict,
-};
+use testkit::db::in_scratch_database;
+
+use crate::bench::{median, median_secs, scratch_ledger, secs, spread, verdict};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

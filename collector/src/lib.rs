@@ -15,9 +15,6 @@ pub mod meter;
 pub mod promql;
 pub mod schedule;
 pub mod source;
-pub mod synthetic;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod window;
 
 pub use collect::{Collector, CollectorConfig, Outcome};

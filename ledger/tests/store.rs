@@ -12,7 +12,7 @@ use ledger::money::Money;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::ChainStatus;
 use ledger::tenant::{TenantId, TenantState};
-use ledger::testing::{fresh_database, TestDb};
+use testkit::db::{fresh_database, TestDb};
 use ledger::{Error, Store};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -37,7 +37,7 @@ fn eur() -> Currency {
 }
 
 async fn tenant(store: &Store, id: &str) -> TenantId {
-    ledger::testing::create_tenant(store, id).await
+    testkit::db::create_tenant(store, id).await
 }
 
 async fn price_book(store: &Store, valid_from: DateTime<Utc>) -> PriceBookVersion {
@@ -512,7 +512,7 @@ async fn finance_role_reads_the_views_and_nothing_else() {
     // The budget status view reads Postgres' wall clock: a window that counts in this month.
     let now = Utc::now();
     let this_window = window(
-        ledger::testing::clock::recent_window(now, 300)
+        testkit::clock::recent_window(now, 300)
             .0
             .timestamp(),
     );
@@ -701,7 +701,7 @@ async fn shared_db() -> TestDb {
         let _ = URL.set((db.name.clone(), db.url.clone()));
     }
     let (name, url) = URL.get().unwrap().clone();
-    let store = Store::connect(&ledger::testing::store_config(&url))
+    let store = Store::connect(&testkit::db::store_config(&url))
         .await
         .unwrap();
     TestDb { name, url, store }

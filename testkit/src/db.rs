@@ -1,15 +1,19 @@
-//! Test support: every test gets its own fresh database, cloned from a template that has the
-//! migrations applied, on the ephemeral cluster that `scripts/test.sh` starts.
+//! Databases of their own on a Postgres server. Every test gets a fresh database cloned from a
+//! template that has the migrations applied, on the ephemeral cluster that `scripts/test.sh`
+//! starts ([`fresh_database`]); a benchmark gets an empty scratch database that is dropped
+//! whatever happens ([`in_scratch_database`]).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use sha2::{Digest, Sha256};
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 
-use crate::audit::{Actor, AuditContext};
-use crate::store::{Store, StoreConfig, MIGRATOR};
-use crate::tenant::{DataResidency, DisplayName, Labels, NewTenant, Owner, TenantId};
+use ledger::audit::{Actor, AuditContext};
+use ledger::store::{Store, StoreConfig, MIGRATOR};
+use ledger::tenant::{DataResidency, DisplayName, Labels, NewTenant, Owner, TenantId};
 
 /// A fresh, migrated database of its own.
 pub struct TestDb {
@@ -34,7 +38,7 @@ pub fn admin_url() -> String {
         .expect("BUDGETD_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh")
 }
 
-pub use crate::store::with_database;
+pub use ledger::store::with_database;
 
 pub fn store_config(url: &str) -> StoreConfig {
     StoreConfig {
@@ -139,105 +143,73 @@ pub async fn fresh_database() -> TestDb {
     TestDb { name, url, store }
 }
 
-/// Instants for tests, so that no test depends on the day it runs.
-///
-/// Tests that decide something about a budget period take a fixed instant in the middle of
-/// a month ([`mid_month`]) and run the code under test on a clock that starts there
-/// ([`starting_at`]). Tests that meet the wall clock (the `budgetd` processes they start,
-/// Postgres' `now()`) place their data with [`recent_window`], which is right at every
-/// instant of a month. `scripts/test.sh` runs the suite a second and a third time with the
-/// wall clock shifted to the first seconds of a month and to the last day of one.
-pub mod clock {
-    use std::time::Instant;
+/// Creates an empty database named `<prefix>_<nanos>` on the server of `admin_url` (a
+/// superuser URL); returns its name. The caller drops it ([`drop_database`]).
+pub async fn create_scratch_database(admin_url: &str, prefix: &str) -> anyhow::Result<String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_nanos();
+    let name = format!("{prefix}_{nanos}");
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .context("connecting to the Postgres server (admin URL)")?;
+    admin
+        .execute(format!("create database {name}").as_str())
+        .await
+        .with_context(|| format!("creating scratch database {name}"))?;
+    admin.close().await.ok();
+    eprintln!("bench: scratch database {name}");
+    Ok(name)
+}
 
-    use chrono::{DateTime, Datelike, TimeZone, Utc};
+/// Drops database `name` on the server of `admin_url`, closing its connections.
+pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .with_context(|| format!("connecting to drop scratch database {name}"))?;
+    admin
+        .execute(format!("drop database if exists {name} with (force)").as_str())
+        .await
+        .with_context(|| format!("dropping scratch database {name}"))?;
+    admin.close().await.ok();
+    eprintln!("bench: dropped scratch database {name}");
+    Ok(())
+}
 
-    /// The 15th, 12:00 UTC, of this month: a fixed instant in the middle of a monthly budget
-    /// period, two weeks from either end.
-    pub fn mid_month() -> DateTime<Utc> {
-        let now = Utc::now();
-        Utc.with_ymd_and_hms(now.year(), now.month(), 15, 12, 0, 0)
-            .single()
-            .expect("the 15th exists")
-    }
-
-    /// A clock that reads `start` when it is made and runs on with the wall clock.
-    pub fn starting_at(start: DateTime<Utc>) -> impl Fn() -> DateTime<Utc> + Send + Sync {
-        let made = Instant::now();
-        move || start + chrono::Duration::from_std(made.elapsed()).expect("elapsed fits")
-    }
-
-    /// The latest window of `seconds` (aligned to the epoch) that ends at or before `now` and
-    /// starts in `now`'s UTC month. In the first `seconds` of a month that is the month's
-    /// first window, which ends after `now`. Data in it always counts in `now`'s monthly
-    /// period, whatever the day and time.
-    pub fn recent_window(now: DateTime<Utc>, seconds: i64) -> (DateTime<Utc>, DateTime<Utc>) {
-        let month_start = Utc
-            .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-            .single()
-            .expect("the 1st exists");
-        let end = now.timestamp() - now.timestamp().rem_euclid(seconds);
-        let start = (end - seconds).max(month_start.timestamp());
-        let start = Utc.timestamp_opt(start, 0).single().expect("in range");
-        (start, start + chrono::Duration::seconds(seconds))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        fn at(s: &str) -> DateTime<Utc> {
-            DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+/// Creates a scratch database named `<prefix>_<nanos>` on the server of `admin_url`, runs
+/// `run` with its URL in a task, and drops the database whatever happens: success, error, panic
+/// or Ctrl-C.
+pub async fn in_scratch_database<F, Fut>(
+    admin_url: &str,
+    prefix: &str,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let name = create_scratch_database(admin_url, prefix).await?;
+    let task = tokio::spawn(run(with_database(admin_url, &name)));
+    let abort = task.abort_handle();
+    let outcome = tokio::select! {
+        joined = task => match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
+            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            abort.abort();
+            Err(anyhow::anyhow!("interrupted"))
         }
-
-        #[test]
-        fn a_recent_window_starts_in_the_month_of_now() {
-            for (now, start, end) in [
-                // The first seconds of a month: the month's first window, ending after now.
-                (
-                    "2026-12-01T00:00:00Z",
-                    "2026-12-01T00:00:00Z",
-                    "2026-12-01T00:05:00Z",
-                ),
-                (
-                    "2026-12-01T00:04:59Z",
-                    "2026-12-01T00:00:00Z",
-                    "2026-12-01T00:05:00Z",
-                ),
-                (
-                    "2026-12-01T00:05:00Z",
-                    "2026-12-01T00:00:00Z",
-                    "2026-12-01T00:05:00Z",
-                ),
-                (
-                    "2026-12-01T00:11:00Z",
-                    "2026-12-01T00:05:00Z",
-                    "2026-12-01T00:10:00Z",
-                ),
-                // The last seconds of a month: the last whole window before now.
-                (
-                    "2026-11-30T23:59:59Z",
-                    "2026-11-30T23:50:00Z",
-                    "2026-11-30T23:55:00Z",
-                ),
-                (
-                    "2027-02-28T23:59:30Z",
-                    "2027-02-28T23:50:00Z",
-                    "2027-02-28T23:55:00Z",
-                ),
-            ] {
-                let (s, e) = recent_window(at(now), 300);
-                assert_eq!((s, e), (at(start), at(end)), "at {now}");
-                assert_eq!((s.year(), s.month()), (at(now).year(), at(now).month()));
-            }
-        }
-
-        #[test]
-        fn a_clock_started_at_an_instant_runs_on_from_it() {
-            let start = at("2026-11-30T23:59:30Z");
-            let clock = starting_at(start);
-            let (a, b) = (clock(), clock());
-            assert!(start <= a && a <= b && b < start + chrono::Duration::seconds(60));
+    };
+    let dropped = drop_database(admin_url, &name).await;
+    match (outcome, dropped) {
+        (Ok(()), dropped) => dropped,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(drop_error)) => {
+            eprintln!("bench: {drop_error:#}");
+            Err(e)
         }
     }
 }

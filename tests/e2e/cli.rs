@@ -11,7 +11,7 @@ use chrono::{TimeZone, Utc};
 use ledger::audit::{Actor, AuditContext};
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
-use ledger::testing::{admin_url, with_database, TestDb};
+use testkit::db::{admin_url, with_database, TestDb};
 use rust_decimal::Decimal;
 use sqlx::{Connection, PgConnection};
 
@@ -51,7 +51,7 @@ fn ctx() -> AuditContext {
 }
 
 async fn add_tenant(db: &TestDb, id: &str) {
-    ledger::testing::create_tenant(&db.store, id).await;
+    testkit::db::create_tenant(&db.store, id).await;
 }
 
 #[test]
@@ -224,7 +224,7 @@ async fn run_serves_the_api_becomes_ready_after_migrate_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn audit_verify_finds_a_tampered_record() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     for id in ["a", "b", "c"] {
         add_tenant(&db, id).await;
     }
@@ -246,7 +246,7 @@ async fn audit_verify_finds_a_tampered_record() {
 
 #[tokio::test]
 async fn report_costs_prints_csv_and_json() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     add_tenant(&db, "acme").await;
     add_tenant(&db, "globex").await;
     let rates = [(MeterName::parse("m", "cpu").unwrap(), Decimal::new(31, 3))].into();

@@ -10,7 +10,7 @@ use enforcer::cluster::{
     WorkloadKind, QUOTA_NAME, SUSPENDED_LABEL,
 };
 use enforcer::kubernetes::{KubernetesActuator, KubernetesSettings};
-use enforcer::testing::fake_kube::{FakeKube, Fault, Resource, SEED_MANAGER};
+use testkit::fake_kube::{FakeKube, Fault, Resource, SEED_MANAGER};
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::{Api, Patch, PatchParams};
 use ledger::tenant::TenantId;
