@@ -1,4 +1,4 @@
-//! `budgetd bench ledger`: measures the ledger write path and the finance query against a
+//! `budgetd-dev bench ledger`: measures the ledger write path and the finance query against a
 //! scratch database of its own on a Postgres server.
 //!
 //! Write path: one window for `tenants` × `meters` entries goes through the real write path
@@ -32,6 +32,8 @@ use ledger::price_book::{MeterName, NewPriceBookVersion};
 use ledger::tenant::TenantId;
 use ledger::{Store, StoreConfig};
 use testkit::db::in_scratch_database;
+
+use super::{median, median_secs, secs, spread, verdict};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +89,7 @@ pub async fn run_ledger_bench(admin_url: &str, opts: &LedgerBenchOptions) -> any
 
 /// Migrates a scratch database and connects to it: a small store pool with the given statement
 /// timeout and no retries, and one plain connection for loading and EXPLAIN.
-pub(crate) async fn scratch_ledger(
+pub(super) async fn scratch_ledger(
     url: &str,
     statement_timeout: Duration,
 ) -> anyhow::Result<(Store, PgConnection)> {
@@ -302,7 +304,7 @@ async fn bench(url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     // One write_entries call of the write-path round is a single transaction.
     let (store, mut conn) = scratch_ledger(url, Duration::from_secs(900)).await?;
     let result = async {
-        println!("budgetd bench ledger");
+        println!("budgetd-dev bench ledger");
         print_server(&mut conn).await?;
 
         let all_ids = tenant_ids(opts.tenants.max(opts.finance_tenants));
@@ -779,44 +781,6 @@ async fn finance(
     Ok(())
 }
 
-// Helpers ------------------------------------------------------------------------------------------
-
-pub(crate) fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-pub(crate) fn median_secs(samples: &[Duration]) -> f64 {
-    median(&samples.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>())
-}
-
-pub(crate) fn median(samples: &[f64]) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-/// "min-max" of per-round ratios.
-pub(crate) fn spread(ratios: &[f64]) -> String {
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.2}-{max:.2}")
-}
-
-pub(crate) fn verdict(pass: bool) -> &'static str {
-    if pass {
-        "PASS"
-    } else {
-        "MISS"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -826,17 +790,5 @@ mod tests {
         assert_eq!(tenant_ids(3), ["t00001", "t00002", "t00003"]);
         assert_eq!(tenant_ids(123_456)[0], "t000001");
         assert!(tenant_ids(10).iter().all(|id| TenantId::parse(id).is_ok()));
-    }
-
-    #[test]
-    fn median_of_odd_and_even_samples() {
-        let ms = |v: &[u64]| {
-            v.iter()
-                .map(|&m| Duration::from_millis(m))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(median_secs(&ms(&[30, 10, 20])), 0.02);
-        assert_eq!(median_secs(&ms(&[10, 20, 30, 40])), 0.025);
-        assert_eq!(median(&[]), 0.0);
     }
 }

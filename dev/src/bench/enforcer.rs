@@ -1,4 +1,4 @@
-//! `budgetd bench enforcer`: measures one enforcement evaluation for many tenants against a
+//! `budgetd-dev bench enforcer`: measures one enforcement evaluation for many tenants against a
 //! plain `SELECT` of the same spent sums, in a scratch database of its own on a Postgres server.
 //!
 //! The evaluation is the work of `Enforcer::evaluate`: `Store::budget_statuses` (the SQL
@@ -43,7 +43,8 @@ use ledger::Store;
 
 use testkit::db::in_scratch_database;
 
-use crate::bench::{median, median_secs, scratch_ledger, secs, spread, verdict};
+use super::ledger::scratch_ledger;
+use super::{median, median_secs, secs, spread, verdict};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +203,7 @@ async fn bench(url: &str, opts: &EnforcerBenchOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let (store, mut conn) = scratch_ledger(url, Duration::from_secs(300)).await?;
     let result = async {
-        println!("budgetd bench enforcer");
+        println!("budgetd-dev bench enforcer");
         print_server(&mut conn).await?;
         let calendar = Calendar::new(bench_now(Utc::now()));
         let ladder = Ladder::default_with(Tighten::Factor(Decimal::new(5, 1)));

@@ -1,7 +1,8 @@
-//! The demo workload exporter behind README command 1: a synthetic cluster (the collector's
-//! model) exposed as kube-prometheus-stack exposes a real one, cAdvisor metrics on
-//! `/metrics/cadvisor` and kube-state-metrics on `/metrics/kube-state-metrics`, so that a
+//! The demo servers behind README command 1. `budgetd-dev demo-exporter` exposes a synthetic
+//! cluster (`testkit::synthetic`) as kube-prometheus-stack exposes a real one, cAdvisor metrics
+//! on `/metrics/cadvisor` and kube-state-metrics on `/metrics/kube-state-metrics`, so that a
 //! local Prometheus scrapes it under the job names the default meters expect.
+//! `budgetd-dev demo-kube` serves the tests' fake Kubernetes API with the demo tenants in it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

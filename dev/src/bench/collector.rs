@@ -1,4 +1,4 @@
-//! `budgetd bench collector`: measures the collector against a real Prometheus holding exact
+//! `budgetd-dev bench collector`: measures the collector against a real Prometheus holding exact
 //! historical data (the synthetic cluster model, loaded with promtool) and a scratch ledger of
 //! its own on a Postgres server.
 //!
@@ -52,8 +52,9 @@ use testkit::db::{create_scratch_database, drop_database};
 use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
 use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 
-use crate::bench::{median, median_secs, secs, spread, verdict};
-use crate::config::{CollectorSettings, Config};
+use budgetd::config::{CollectorSettings, Config};
+
+use super::{median, median_secs, secs, spread, verdict};
 use ledger::store::with_database;
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
@@ -78,7 +79,7 @@ impl Default for CollectorBenchOptions {
 }
 
 /// The example configuration: its meters are the ones measured.
-const EXAMPLE_CONFIG: &str = include_str!("../examples/budgetd.toml");
+const EXAMPLE_CONFIG: &str = include_str!("../../../examples/budgetd.toml");
 
 /// Rounds of the one-window measurement; each collects a new window.
 const ROUNDS: usize = 5;
@@ -164,7 +165,7 @@ async fn bench(
     created: &Mutex<Vec<String>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    println!("budgetd bench collector");
+    println!("budgetd-dev bench collector");
     println!(
         "meters: the default meters of examples/budgetd.toml, plus the completeness probe; \
          synthetic cluster model without traps, seed {SEED}"
@@ -667,7 +668,7 @@ impl OneWindowFixture<'_> {
 
 async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
     let (config, settings, store) = (f.config, f.settings, f.store);
-    let collector = crate::app::build_collector(config, settings, store.clone())?;
+    let collector = budgetd::app::build_collector(config, settings, store.clone())?;
     let queries = collector.queries();
     // The collector's client, built as `build_collector` builds it, for the split.
     let client_source = Prometheus::new(
@@ -1165,7 +1166,7 @@ async fn long_backfill_run(
     to: DateTime<Utc>,
     window_s: i64,
 ) -> anyhow::Result<()> {
-    let collector: Collector = crate::app::build_collector(config, settings, store.clone())?;
+    let collector: Collector = budgetd::app::build_collector(config, settings, store.clone())?;
     let per_batch = settings.collector.windows_per_batch;
     let total_windows = ((to - from).num_seconds() / window_s) as usize;
     let done = AtomicUsize::new(0);
