@@ -17,12 +17,12 @@ use ledger::money::Money;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::{ActionFilter, ChainStatus, LeaderLock};
 use ledger::tenant::{TenantId, TenantState};
-use testkit::db::{fresh_database, store_config, TestDb};
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::{Error, Store};
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
+use testkit::db::{fresh_database, store_config, TestDb};
 
 const TIMEOUT: StdDuration = StdDuration::from_secs(10);
 
@@ -625,10 +625,7 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
     tx.rollback().await.unwrap();
 
     // The view is the function at now() with 7 trailing days and 30 minutes of lag.
-    let status = s
-        .budget_statuses(view_now, &strict(7, 1800))
-        .await
-        .unwrap();
+    let status = s.budget_statuses(view_now, &strict(7, 1800)).await.unwrap();
     assert_eq!(status.len(), 1);
     let st = &status[0];
     assert_eq!(

@@ -12,11 +12,11 @@ use ledger::money::Money;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::ChainStatus;
 use ledger::tenant::{TenantId, TenantState};
-use testkit::db::{fresh_database, TestDb};
 use ledger::{Error, Store};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use sqlx::{Connection, PgConnection, Row};
+use testkit::db::{fresh_database, TestDb};
 
 fn ctx() -> AuditContext {
     AuditContext {
@@ -511,11 +511,7 @@ async fn finance_role_reads_the_views_and_nothing_else() {
     let v = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
     // The budget status view reads Postgres' wall clock: a window that counts in this month.
     let now = Utc::now();
-    let this_window = window(
-        testkit::clock::recent_window(now, 300)
-            .0
-            .timestamp(),
-    );
+    let this_window = window(testkit::clock::recent_window(now, 300).0.timestamp());
     db.store
         .write_entries(&[entry(&v, &acme, "cpu", this_window, "3600")], "test")
         .await

@@ -1,4 +1,3 @@
-
 //! Instants for tests, so that no test depends on the day it runs.
 //!
 //! Tests that decide something about a budget period take a fixed instant in the middle of

@@ -12,9 +12,9 @@ use chrono::{TimeZone, Utc};
 use ledger::audit::{Actor, AuditContext};
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
-use testkit::db::{admin_url, with_database, TestDb};
 use rust_decimal::Decimal;
 use sqlx::{Connection, PgConnection};
+use testkit::db::{admin_url, with_database, TestDb};
 
 fn example_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml")
@@ -345,7 +345,10 @@ fn help_lists_the_operator_commands_and_nothing_for_developers() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     for operator in ["migrate", "run", "collect", "enforce", "report", "audit"] {
-        assert!(commands.contains(&operator), "no {operator} in {commands:?}");
+        assert!(
+            commands.contains(&operator),
+            "no {operator} in {commands:?}"
+        );
     }
     for developer in ["bench", "demo"] {
         assert!(

@@ -12,13 +12,13 @@ use async_trait::async_trait;
 use budgetd::config::{CollectorSettings, Config};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use collector::source::{Answer, Prometheus, SourceError, UsageSource};
-use testkit::synthetic::{Cluster, ClusterSpec, Meter, GHOST_TENANT, UNLABELLED_NAMESPACE};
-use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
 use collector::Collector;
 use ledger::audit::{Actor, AuditContext};
-use testkit::db::{fresh_database, TestDb};
 use ledger::usage::CommitMode;
 use rust_decimal::Decimal;
+use testkit::db::{fresh_database, TestDb};
+use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
+use testkit::synthetic::{Cluster, ClusterSpec, Meter, GHOST_TENANT, UNLABELLED_NAMESPACE};
 
 fn example_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml")

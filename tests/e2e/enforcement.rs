@@ -15,20 +15,20 @@ use enforcer::cluster::Tighten;
 use enforcer::executor::{Enforcer, EnforcerSettings};
 use enforcer::kubernetes::{KubernetesActuator, KubernetesSettings};
 use enforcer::policy::Ladder;
-use testkit::alertmanager::AlertmanagerProcess;
-use testkit::fake_kube::{FakeKube, Resource};
 use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
 use ledger::enforcement::Fence;
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::LeaderLock;
-use testkit::clock;
 use ledger::tenant::TenantId;
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::Store;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use testkit::alertmanager::AlertmanagerProcess;
+use testkit::clock;
+use testkit::fake_kube::{FakeKube, Resource};
 
 use budgetd::api::Clock;
 

@@ -11,9 +11,9 @@ use budgetd::api::{router, AppState, Clock};
 use budgetd::auth::{Authenticator, Principal, Role, TokenHash};
 use http_body_util::BodyExt;
 use ledger::tenant::TenantId;
-use testkit::db::TestDb;
 use ledger::{Store, StoreConfig};
 use serde_json::Value;
+use testkit::db::TestDb;
 use tower::ServiceExt;
 
 /// The test tokens: each role's token is its name with a suffix.
