@@ -143,6 +143,18 @@ pub async fn fresh_database() -> TestDb {
     TestDb { name, url, store }
 }
 
+/// Connects to the server of `admin_url` once: a wrong URL fails here, before a benchmark
+/// spends minutes generating data.
+pub async fn check_server(admin_url: &str) -> anyhow::Result<()> {
+    PgConnection::connect(admin_url)
+        .await
+        .context("connecting to the Postgres server (admin URL)")?
+        .close()
+        .await
+        .ok();
+    Ok(())
+}
+
 /// Creates an empty database named `<prefix>_<nanos>` on the server of `admin_url` (a
 /// superuser URL); returns its name. The caller drops it ([`drop_database`]).
 pub async fn create_scratch_database(admin_url: &str, prefix: &str) -> anyhow::Result<String> {

@@ -7,9 +7,11 @@
 //! - `synthetic`: a deterministic kube-prometheus-stack cluster with exact ground truth;
 //! - `prometheus`: promtool blocks and a Prometheus process serving them;
 //! - `alertmanager`: a real Alertmanager process;
-//! - `fake_kube`: a stateful fake Kubernetes API server.
+//! - `fake_kube`: a stateful fake Kubernetes API server;
+//! - `bench_sql`: the benchmarks' SQL besides the store (bulk loads, COPY, baseline queries).
 
 pub mod alertmanager;
+pub mod bench_sql;
 pub mod clock;
 pub mod db;
 pub mod fake_kube;

@@ -38,7 +38,6 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use sqlx::{Connection, PgConnection};
 
 use collector::assemble::{assemble, Context as AssembleContext};
 use collector::collect::version_at;
@@ -48,7 +47,9 @@ use ledger::audit::{Actor, AuditContext};
 use ledger::tenant::{TenantId, TenantState};
 use ledger::usage::{CommitMode, CommitReport};
 use ledger::Store;
-use testkit::db::{create_scratch_database, drop_database};
+use testkit::bench_sql::collector::{usage_by_meter, window_completeness};
+use testkit::bench_sql::insert_active_tenants;
+use testkit::db::{check_server, create_scratch_database, drop_database};
 use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
 use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 
@@ -105,12 +106,7 @@ pub async fn run_collector_bench(
 ) -> anyhow::Result<()> {
     validate(opts)?;
     // Connect once up front, so a wrong URL fails before minutes of data generation.
-    PgConnection::connect(admin_url)
-        .await
-        .context("connecting to the Postgres server (admin URL)")?
-        .close()
-        .await
-        .ok();
+    check_server(admin_url).await?;
 
     let created: Arc<Mutex<Vec<String>>> = Arc::default();
     // Run in a task so that a panic, an error or Ctrl-C all end with the databases dropped
@@ -185,8 +181,7 @@ async fn create_database(
     created: &Mutex<Vec<String>>,
     what: &str,
 ) -> anyhow::Result<String> {
-    let name =
-        create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
+    let name = create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
     created
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned lock"))?
@@ -205,26 +200,7 @@ async fn prepare_ledger(
         .await
         .context("migrating the scratch database")?;
     let store = Store::connect(&config.database.store_config()).await?;
-    sqlx::query(
-        "insert into tenants (id, display_name, owner, data_residency, labels, state, \
-                              created_at, updated_at, state_changed_at) \
-         select id, 'Bench tenant ' || id, 'bench@example.com', 'eu', '{}', 'active', \
-                now(), now(), now() \
-         from unnest($1::text[]) as id",
-    )
-    .bind(tenant_ids)
-    .execute(store.pool())
-    .await
-    .context("inserting tenants")?;
-    let count: i64 = sqlx::query_scalar("select count(*) from tenants")
-        .fetch_one(store.pool())
-        .await?;
-    if count != tenant_ids.len() as i64 {
-        bail!(
-            "{count} tenants in the ledger, expected {}",
-            tenant_ids.len()
-        );
-    }
+    insert_active_tenants(&store, tenant_ids).await?;
     let seed = config
         .price_book_seed
         .as_ref()
@@ -740,12 +716,7 @@ async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
             per_query[i].push(q.time);
             bodies[i] = (q.bytes, q.series);
         }
-        let (complete, incomplete): (bool, Vec<String>) = sqlx::query_as(
-            "select complete, incomplete_tenants from collected_windows where window_start = $1",
-        )
-        .bind(window.start())
-        .fetch_one(store.pool())
-        .await?;
+        let (complete, incomplete) = window_completeness(store, window.start()).await?;
         if !complete || !incomplete.is_empty() {
             incomplete_windows += 1;
             eprintln!(
@@ -1019,14 +990,12 @@ async fn check_against_truth(
             *expected.entry(meter.as_str()).or_default() += *q;
         }
     }
-    let rows: Vec<(String, Decimal)> = sqlx::query_as(
-        "select meter, sum(quantity) from ledger_entries where window_start = $1 and kind = 'usage' \
-         group by meter",
+    let actual = usage_by_meter(
+        store,
+        window_start,
+        window_start + chrono::Duration::seconds(window_s),
     )
-    .bind(window_start)
-    .fetch_all(store.pool())
     .await?;
-    let actual: BTreeMap<String, Decimal> = rows.into_iter().collect();
     print_truth(&expected, &actual, "first measured window");
     Ok(())
 }
@@ -1323,15 +1292,7 @@ async fn long_backfill_run(
             *expected.entry(row.meter.as_str()).or_default() += row.quantity;
         }
     }
-    let rows: Vec<(String, Decimal)> = sqlx::query_as(
-        "select meter, sum(quantity) from ledger_entries where window_start >= $1 and window_start < $2 \
-         and kind = 'usage' group by meter",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(store.pool())
-    .await?;
-    let actual: BTreeMap<String, Decimal> = rows.into_iter().collect();
+    let actual = usage_by_meter(store, from, to).await?;
     print_truth(&expected, &actual, "all backfilled days");
     Ok(())
 }
