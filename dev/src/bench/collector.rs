@@ -49,14 +49,13 @@ use ledger::usage::{CommitMode, CommitReport};
 use ledger::Store;
 use testkit::bench_sql::collector::{usage_by_meter, window_completeness};
 use testkit::bench_sql::insert_active_tenants;
-use testkit::db::{check_server, create_scratch_database, drop_database};
+use testkit::db::{check_server, create_scratch_database, drop_database, with_database};
 use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
 use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 
 use budgetd::config::{CollectorSettings, Config};
 
 use super::{median, median_secs, secs, spread, verdict};
-use ledger::store::with_database;
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
