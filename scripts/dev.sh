@@ -36,7 +36,7 @@ DB_NAME=budgetd
   -c "CREATE DATABASE $DB_NAME" >/dev/null
 DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT_STACK/$DB_NAME"
 
-cargo build --release --bin budgetd --bin budgetd-dev
+cargo build --release -p budgetd -p budgetd-dev
 BUDGETD="${CARGO_TARGET_DIR:-target}/release/budgetd"
 BUDGETD_DEV="${CARGO_TARGET_DIR:-target}/release/budgetd-dev"
 
