@@ -4,8 +4,9 @@
 #   bash scripts/dev.sh
 #
 # Starts PostgreSQL, Prometheus and Alertmanager on free loopback ports with
-# state in .stack/ (recreated on every run), builds budgetd in release mode,
-# migrates the ledger database and runs the daemon in the foreground.
+# state in .stack/ (recreated on every run), builds budgetd and budgetd-dev (the demo
+# servers) in release mode, migrates the ledger database and runs the daemon in the
+# foreground.
 # Ctrl-C stops budgetd and the whole stack. Logs stay in .stack/ afterwards.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,14 +36,15 @@ DB_NAME=budgetd
   -c "CREATE DATABASE $DB_NAME" >/dev/null
 DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT_STACK/$DB_NAME"
 
-cargo build --release --bin budgetd
+cargo build --release -p budgetd -p budgetd-dev
 BUDGETD="${CARGO_TARGET_DIR:-target}/release/budgetd"
+BUDGETD_DEV="${CARGO_TARGET_DIR:-target}/release/budgetd-dev"
 
 # The demo workload: a synthetic cluster with three tenants, scraped by the local Prometheus
 # under the job names a kube-prometheus-stack uses.
 EXPORTER_PORT=$(free_port)
-"$BUDGETD" demo-exporter --listen "127.0.0.1:$EXPORTER_PORT" --tenants 3 >"$STACK_DIR/demo-exporter.log" 2>&1 &
-_stack_record "$STACK_DIR" demo-exporter "$!" budgetd
+"$BUDGETD_DEV" demo-exporter --listen "127.0.0.1:$EXPORTER_PORT" --tenants 3 >"$STACK_DIR/demo-exporter.log" 2>&1 &
+_stack_record "$STACK_DIR" demo-exporter "$!" budgetd-dev
 cat >"$PROMETHEUS_CONFIG_STACK" <<PROM
 global:
   scrape_interval: 15s
@@ -61,8 +63,8 @@ curl -fsS -X POST "$BUDGETD_TEST_PROMETHEUS_URL/-/reload"
 # tests use (real kube::Client over HTTP), seeded with each demo tenant's namespace, quota,
 # Deployments, StatefulSet and CronJob.
 KUBE_PORT=$(free_port)
-"$BUDGETD" demo-kube --listen "127.0.0.1:$KUBE_PORT" --tenants 3 >"$STACK_DIR/demo-kube.log" 2>&1 &
-_stack_record "$STACK_DIR" demo-kube "$!" budgetd
+"$BUDGETD_DEV" demo-kube --listen "127.0.0.1:$KUBE_PORT" --tenants 3 >"$STACK_DIR/demo-kube.log" 2>&1 &
+_stack_record "$STACK_DIR" demo-kube "$!" budgetd-dev
 
 # One-minute windows, so costs show up within a couple of minutes; an enforcement cycle
 # every 10 s. The first windows are incomplete (Prometheus starts mid-window); a two-minute

@@ -3,7 +3,8 @@
 #
 #   bash scripts/test.sh [extra args for the test runner]
 #
-# Starts PostgreSQL, PgBouncer, Prometheus and Alertmanager on free loopback
+# First checks that the product's dependency tree holds no test kit or dev tools. Then
+# starts PostgreSQL, PgBouncer, Prometheus and Alertmanager on free loopback
 # ports under a temp dir, exports the BUDGETD_TEST_* URLs, then runs
 # `cargo nextest run --workspace --no-fail-fast` (or `cargo test ...` when
 # nextest is unavailable). The exit code is the test runner's.
@@ -16,6 +17,16 @@ source scripts/lib.sh
 if [[ "${CI:-}" == true ]]; then
   export CARGO_TERM_COLOR=never
 fi
+
+# The product binary holds only the product: neither the test kit nor the dev tools may be in
+# budgetd's normal dependency tree (they are dev-dependencies, or packages of their own).
+product_tree=$(cargo tree --locked -e normal -p budgetd --prefix none --format '{p}')
+if dev_only=$(grep -E '^(testkit|budgetd-dev) ' <<<"$product_tree"); then
+  echo "[ci] budgetd must not depend on the test kit or the dev tools, but" \
+    "\`cargo tree -e normal -p budgetd\` lists: $(sort -u <<<"$dev_only" | tr '\n' ' ')" >&2
+  exit 1
+fi
+echo "[ci] budgetd's normal dependencies hold no testkit and no budgetd-dev"
 
 ensure_packages
 

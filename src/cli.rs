@@ -77,27 +77,6 @@ enum Command {
         #[command(subcommand)]
         audit: AuditCommand,
     },
-    /// Serve a synthetic cluster's cAdvisor and kube-state-metrics metrics for a local
-    /// Prometheus (README command 1's demo workload).
-    DemoExporter {
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        listen: std::net::SocketAddr,
-        #[arg(long, default_value_t = 3)]
-        tenants: usize,
-    },
-    /// Serve a stand-in Kubernetes API (the tests' stateful fake) with each demo tenant's
-    /// namespace, quota and workloads, for README command 1's enforcer.
-    DemoKube {
-        #[arg(long, default_value = "127.0.0.1:8001")]
-        listen: std::net::SocketAddr,
-        #[arg(long, default_value_t = 3)]
-        tenants: usize,
-    },
-    /// Benchmarks that print ratios against a baseline measured in the same run.
-    Bench {
-        #[command(subcommand)]
-        bench: BenchCommand,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,54 +108,6 @@ enum Format {
 enum AuditCommand {
     /// Recompute the audit log's hash chain; print the first broken link and exit 1 if any.
     Verify,
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Ledger write path against COPY, and the finance query. Needs a superuser URL: it
-    /// creates and drops its own scratch database.
-    Ledger {
-        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
-        database_url: String,
-        /// Tenants in the write-path window.
-        #[arg(long, default_value_t = 10_000)]
-        tenants: usize,
-        /// Tenants in the finance-query data set.
-        #[arg(long, default_value_t = 1_000)]
-        finance_tenants: usize,
-        /// Days of hourly entries in the finance-query data set.
-        #[arg(long, default_value_t = 30)]
-        finance_days: u32,
-    },
-    /// One window for many tenants against the same queries over plain HTTP, and a long
-    /// backfill, both from a real Prometheus loaded with synthetic data (needs promtool and
-    /// prometheus, as installed by scripts/test.sh, and a superuser URL).
-    Collector {
-        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
-        database_url: String,
-        /// Tenants in the one-window measurement.
-        #[arg(long, default_value_t = 10_000)]
-        tenants: usize,
-        /// Tenants in the long backfill.
-        #[arg(long, default_value_t = 100)]
-        backfill_tenants: usize,
-        /// Days of 300 s windows in the long backfill.
-        #[arg(long, default_value_t = 30)]
-        backfill_days: i64,
-    },
-    /// One enforcement evaluation (budget status query, open actions, exemptions, plan) for
-    /// many tenants against a plain SELECT of the same spent sums. Needs a superuser URL: it
-    /// creates and drops its own scratch database.
-    Enforcer {
-        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
-        database_url: String,
-        /// Tenants, each with a monthly budget.
-        #[arg(long, default_value_t = 10_000)]
-        tenants: usize,
-        /// Timed rounds, after one warm-up.
-        #[arg(long, default_value_t = 7)]
-        rounds: usize,
-    },
 }
 
 /// Runs the CLI and maps failures to exit codes: 2 for bad configuration or arguments, 1 for
@@ -211,60 +142,6 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Bench { bench } = &cli.command {
-        match bench {
-            BenchCommand::Ledger {
-                database_url,
-                tenants,
-                finance_tenants,
-                finance_days,
-            } => {
-                let options = crate::bench::LedgerBenchOptions {
-                    tenants: *tenants,
-                    finance_tenants: *finance_tenants,
-                    finance_days: *finance_days,
-                    ..Default::default()
-                };
-                crate::bench::run_ledger_bench(database_url, &options).await?;
-            }
-            BenchCommand::Collector {
-                database_url,
-                tenants,
-                backfill_tenants,
-                backfill_days,
-            } => {
-                let options = crate::collector_bench::CollectorBenchOptions {
-                    tenants_one_window: *tenants,
-                    backfill_tenants: *backfill_tenants,
-                    backfill_days: *backfill_days,
-                };
-                crate::collector_bench::run_collector_bench(database_url, &options).await?;
-            }
-            BenchCommand::Enforcer {
-                database_url,
-                tenants,
-                rounds,
-            } => {
-                let options = crate::enforcer_bench::EnforcerBenchOptions {
-                    tenants: *tenants,
-                    rounds: *rounds,
-                };
-                crate::enforcer_bench::run_enforcer_bench(database_url, &options).await?;
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    if let Command::DemoKube { listen, tenants } = &cli.command {
-        crate::demo::serve_kube(*listen, *tenants).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    if let Command::DemoExporter { listen, tenants } = &cli.command {
-        crate::demo::serve(*listen, *tenants).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-
     let config = load_config(cli.config.as_deref())?;
     telemetry::init_logging(&config.log);
     match cli.command {
@@ -438,9 +315,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
-        }
-        Command::Bench { .. } | Command::DemoExporter { .. } | Command::DemoKube { .. } => {
-            unreachable!("handled above")
         }
     }
 }

@@ -4,12 +4,8 @@
 pub mod api;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod cli;
-pub mod collector_bench;
 pub mod config;
-pub mod demo;
-pub mod enforcer_bench;
 pub mod leader;
 pub mod plan_table;
 pub mod report;

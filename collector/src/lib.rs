@@ -17,9 +17,6 @@ pub mod promql;
 pub mod schedule;
 pub mod scrape;
 pub mod source;
-pub mod synthetic;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod window;
 
 pub use collect::{Collector, CollectorConfig, Outcome};

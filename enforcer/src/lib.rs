@@ -9,5 +9,3 @@ pub mod kubernetes;
 pub mod plan;
 pub mod policy;
 pub mod quantity;
-#[cfg(feature = "testing")]
-pub mod testing;

@@ -14,8 +14,6 @@ mod names;
 pub mod price_book;
 pub mod store;
 pub mod tenant;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod usage;
 
 pub use error::{Error, Invalid};

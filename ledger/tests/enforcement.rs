@@ -17,12 +17,12 @@ use ledger::money::Money;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::{ActionFilter, ChainStatus, LeaderLock};
 use ledger::tenant::{TenantId, TenantState};
-use ledger::testing::{fresh_database, store_config, TestDb};
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::{Error, Store};
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
+use testkit::db::{fresh_database, store_config, TestDb};
 
 const TIMEOUT: StdDuration = StdDuration::from_secs(10);
 
@@ -60,7 +60,7 @@ fn date(y: i32, mo: u32, d: u32) -> NaiveDate {
 }
 
 async fn tenant(store: &Store, id: &str) -> TenantId {
-    ledger::testing::create_tenant(store, id).await
+    testkit::db::create_tenant(store, id).await
 }
 
 /// One meter at 1 EUR per unit, so an entry's amount is its quantity.
@@ -540,7 +540,7 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
     .await;
     // The view reads Postgres' wall clock: the latest 5-minute window of this month, so the
     // view's data is fresh (30 minutes) and in its period on any day.
-    let (start, end) = ledger::testing::clock::recent_window(now, 300);
+    let (start, end) = testkit::clock::recent_window(now, 300);
     let w = Window::new(start, end).unwrap();
     let report = s
         .commit_windows(

@@ -12,11 +12,11 @@ use ledger::money::Money;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::ChainStatus;
 use ledger::tenant::{TenantId, TenantState};
-use ledger::testing::{fresh_database, TestDb};
 use ledger::{Error, Store};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use sqlx::{Connection, PgConnection, Row};
+use testkit::db::{fresh_database, TestDb};
 
 fn ctx() -> AuditContext {
     AuditContext {
@@ -37,7 +37,7 @@ fn eur() -> Currency {
 }
 
 async fn tenant(store: &Store, id: &str) -> TenantId {
-    ledger::testing::create_tenant(store, id).await
+    testkit::db::create_tenant(store, id).await
 }
 
 async fn price_book(store: &Store, valid_from: DateTime<Utc>) -> PriceBookVersion {
@@ -514,11 +514,7 @@ async fn finance_role_reads_the_views_and_nothing_else() {
     let v = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
     // The budget status view reads Postgres' wall clock: a window that counts in this month.
     let now = Utc::now();
-    let this_window = window(
-        ledger::testing::clock::recent_window(now, 300)
-            .0
-            .timestamp(),
-    );
+    let this_window = window(testkit::clock::recent_window(now, 300).0.timestamp());
     db.store
         .write_entries(&[entry(&v, &acme, "cpu", this_window, "3600")], "test")
         .await
@@ -853,12 +849,13 @@ async fn the_finance_unallocated_view_prices_usage_and_says_what_its_key_is() {
 
 #[tokio::test]
 async fn the_price_unit_migration_rebuilds_the_rollups_and_prices_earlier_unallocated_usage() {
-    use ledger::store::{with_database, MIGRATOR};
+    use ledger::store::MIGRATOR;
     use sqlx::migrate::Migrator;
+    use testkit::db::with_database;
 
     const PRICE_UNITS: i64 = 20261201151000;
     assert!(MIGRATOR.iter().any(|m| m.version == PRICE_UNITS));
-    let admin = ledger::testing::admin_url();
+    let admin = testkit::db::admin_url();
     let name = format!(
         "budgetd_test_migration_{}_{}",
         std::process::id(),
@@ -980,7 +977,7 @@ async fn the_price_unit_migration_rebuilds_the_rollups_and_prices_earlier_unallo
 
     // The write path adds to the rebuilt rollups.
     conn.close().await.ok();
-    let store = Store::connect(&ledger::testing::store_config(&url))
+    let store = Store::connect(&testkit::db::store_config(&url))
         .await
         .unwrap();
     let acme = TenantId::parse("acme").unwrap();
@@ -1135,7 +1132,7 @@ async fn shared_db() -> TestDb {
         let _ = URL.set((db.name.clone(), db.url.clone()));
     }
     let (name, url) = URL.get().unwrap().clone();
-    let store = Store::connect(&ledger::testing::store_config(&url))
+    let store = Store::connect(&testkit::db::store_config(&url))
         .await
         .unwrap();
     TestDb { name, url, store }

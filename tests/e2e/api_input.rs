@@ -509,7 +509,7 @@ async fn costs_come_from_the_ledger_rounded_per_the_documented_rule() {
 
 #[tokio::test]
 async fn the_price_book_shows_each_rates_price_unit() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     let router = router_pricing(
         db.store.clone(),
         &[("cpu", "core_hour"), ("memory", "gib_hour")],
@@ -551,7 +551,7 @@ async fn the_price_book_shows_each_rates_price_unit() {
 
 #[tokio::test]
 async fn a_price_book_version_must_price_every_collected_meter() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     let router = router_pricing(
         db.store.clone(),
         &[("cpu", "core_hour"), ("memory", "gib_hour")],

@@ -1,4 +1,5 @@
-//! The `budgetd` binary: configuration errors, migrate + run, audit verify, cost reports.
+//! The `budgetd` binary: configuration errors, migrate + run, audit verify, cost reports, and
+//! a help that lists only operator commands.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -11,9 +12,9 @@ use chrono::{TimeZone, Utc};
 use ledger::audit::{Actor, AuditContext};
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
-use ledger::testing::{admin_url, with_database, TestDb};
 use rust_decimal::Decimal;
 use sqlx::{Connection, PgConnection};
+use testkit::db::{admin_url, with_database, TestDb};
 
 fn example_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml")
@@ -51,7 +52,7 @@ fn ctx() -> AuditContext {
 }
 
 async fn add_tenant(db: &TestDb, id: &str) {
-    ledger::testing::create_tenant(&db.store, id).await;
+    testkit::db::create_tenant(&db.store, id).await;
 }
 
 #[test]
@@ -269,7 +270,7 @@ async fn run_serves_the_api_becomes_ready_after_migrate_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn audit_verify_finds_a_tampered_record() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     for id in ["a", "b", "c"] {
         add_tenant(&db, id).await;
     }
@@ -291,7 +292,7 @@ async fn audit_verify_finds_a_tampered_record() {
 
 #[tokio::test]
 async fn report_costs_prints_csv_and_json() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     add_tenant(&db, "acme").await;
     add_tenant(&db, "globex").await;
     let rates = [(MeterName::parse("m", "cpu").unwrap(), Decimal::new(31, 3))].into();
@@ -393,7 +394,7 @@ async fn report_costs_prints_csv_and_json() {
 
 #[tokio::test]
 async fn report_costs_csv_ends_with_a_totals_row_that_rounds_the_exact_sum_once() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     add_tenant(&db, "acme").await;
     add_tenant(&db, "globex").await;
     let cpu = MeterName::parse("m", "cpu").unwrap();
@@ -457,90 +458,34 @@ async fn report_costs_csv_ends_with_a_totals_row_that_rounds_the_exact_sum_once(
     );
 }
 
-/// Runs `budgetd bench <args>` against the test cluster; its stdout, after checking it succeeded.
-fn run_bench(args: &[&str]) -> String {
-    let admin = admin_url();
-    let output = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .arg("bench")
-        .args(&args[..1])
-        .args(["--database-url", &admin])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 #[test]
-fn bench_ledger_prints_its_figures_against_in_run_baselines() {
-    let stdout = run_bench(&[
-        "ledger",
-        "--tenants",
-        "40",
-        "--finance-tenants",
-        "3",
-        "--finance-days",
-        "1",
-    ]);
-    for figure in [
-        "ratio write/COPY(indexes)",
-        "rewrite (all no-ops)",
-        "finance.tenant_costs_monthly",
-    ] {
-        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
-    }
-}
-
-#[test]
-fn bench_collector_prints_its_figures_against_in_run_baselines() {
-    let stdout = run_bench(&[
-        "collector",
-        "--tenants",
-        "20",
-        "--backfill-tenants",
-        "2",
-        "--backfill-days",
-        "1",
-    ]);
-    for figure in ["ratio collector/plain HTTP", "windows/s"] {
-        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
-    }
-}
-
-#[test]
-fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
-    let stdout = run_bench(&["enforcer", "--tenants", "40", "--rounds", "2"]);
-    // Each figure's line starts with its label and the number follows it.
-    for label in [
-        "plain SELECT of the spent sums",
-        "total (status query + plan)",
-        "budget_statuses",
-        "plan (pure)",
-        "ratio total/plain",
-    ] {
-        let line = stdout
-            .lines()
-            .map(str::trim_start)
-            .find(|l| l.starts_with(label))
-            .unwrap_or_else(|| panic!("missing {label:?} in:\n{stdout}"));
-        let value: f64 = line[label.len()..]
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"));
-        assert!(value.is_finite() && value >= 0.0, "{line}");
-    }
-    for context in ["target <= 250 ms", "target <= 2.0", "day ", "40 tenants"] {
+fn help_lists_the_operator_commands_and_nothing_for_developers() {
+    let (code, stdout, stderr) = run(Command::new(env!("CARGO_BIN_EXE_budgetd")).arg("--help"));
+    assert_eq!(code, 0, "{stderr}");
+    let commands: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for operator in ["migrate", "run", "collect", "enforce", "report", "audit"] {
         assert!(
-            stdout.contains(context),
-            "missing {context:?} in:\n{stdout}"
+            commands.contains(&operator),
+            "no {operator} in {commands:?}"
         );
+    }
+    for developer in ["bench", "demo"] {
+        assert!(
+            !commands.iter().any(|c| c.starts_with(developer)) && !stdout.contains(developer),
+            "{developer} in:\n{stdout}"
+        );
+    }
+    // They are gone, not hidden: `budgetd-dev` has them.
+    for args in [["bench", "ledger"], ["demo-exporter", "--tenants"]] {
+        let (code, _, stderr) = run(Command::new(env!("CARGO_BIN_EXE_budgetd")).args(args));
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("unrecognized subcommand"), "{stderr}");
     }
 }
 
@@ -549,15 +494,15 @@ async fn run_warns_at_start_when_prometheus_scrapes_at_another_interval() {
     // Prometheus scrapes every 30 s (kube-prometheus-stack's default); the example config says
     // 15 s. Its kubelet job is named in its configuration; kube-state-metrics is not (as with
     // the Prometheus Operator, whose job names differ from the `job` labels).
-    let dir = collector::testing::ScratchDir::new("budgetd-cli-interval");
+    let dir = testkit::prometheus::ScratchDir::new("budgetd-cli-interval");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let prometheus = collector::testing::PrometheusProcess::start_with_config(
+    let prometheus = testkit::prometheus::PrometheusProcess::start_with_config(
         dir.path(),
         &data,
         "global:\n  scrape_interval: 30s\nscrape_configs:\n- job_name: kubelet\n",
     );
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     let mut daemon = budgetd(&db.url)
         .env("BUDGETD_PROMETHEUS_URL", &prometheus.url)
         .env("BUDGETD_LOG", "info")

@@ -12,13 +12,13 @@ use async_trait::async_trait;
 use budgetd::config::{CollectorSettings, Config};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use collector::source::{Answer, Prometheus, SourceError, UsageSource};
-use collector::synthetic::{Cluster, ClusterSpec, Meter, GHOST_TENANT, UNLABELLED_NAMESPACE};
-use collector::testing::{create_blocks, PrometheusProcess, ScratchDir};
 use collector::Collector;
 use ledger::audit::{Actor, AuditContext};
-use ledger::testing::{fresh_database, TestDb};
 use ledger::usage::CommitMode;
 use rust_decimal::Decimal;
+use testkit::db::{fresh_database, TestDb};
+use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
+use testkit::synthetic::{Cluster, ClusterSpec, Meter, GHOST_TENANT, UNLABELLED_NAMESPACE};
 
 fn example_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml")
@@ -77,7 +77,7 @@ async fn ledger_for(cluster: &Cluster) -> TestDb {
         request_id: "collector-test".into(),
     };
     for id in cluster.tenant_ids() {
-        ledger::testing::create_tenant(&db.store, id).await;
+        testkit::db::create_tenant(&db.store, id).await;
     }
     let seed = config("http://127.0.0.1:1", &db.url)
         .price_book_seed
@@ -141,7 +141,7 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
     let f = fixture(6, start, start + Duration::days(1), true);
     let db = ledger_for(&f.cluster).await;
     // A tenant the ledger expects but no namespace is labelled for: its inputs are missing.
-    ledger::testing::create_tenant(&db.store, "no-namespace").await;
+    testkit::db::create_tenant(&db.store, "no-namespace").await;
     let c = collector(&f, &db);
     let (planned, report) = c
         .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
@@ -506,7 +506,7 @@ async fn label_values_reach_promql_escaped() {
         actor: Actor::system("test"),
         request_id: "escape-test".into(),
     };
-    ledger::testing::create_tenant(&db.store, "acme").await;
+    testkit::db::create_tenant(&db.store, "acme").await;
     let config = config(&prometheus.url, &db.url);
     db.store
         .seed_price_book(&ctx, config.price_book_seed.as_ref().unwrap())

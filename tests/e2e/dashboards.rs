@@ -14,7 +14,7 @@ fn expand(sql: &str) -> String {
 
 #[tokio::test]
 async fn every_dashboard_query_runs_as_the_finance_role() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     let role = format!("grafana_{}", db.name);
     sqlx::query(&format!("create role {role} login in role budgetd_finance"))
         .execute(db.store.pool())

@@ -15,8 +15,6 @@ use enforcer::cluster::Tighten;
 use enforcer::executor::{Enforcer, EnforcerSettings};
 use enforcer::kubernetes::{KubernetesActuator, KubernetesSettings};
 use enforcer::policy::Ladder;
-use enforcer::testing::alertmanager::AlertmanagerProcess;
-use enforcer::testing::fake_kube::{FakeKube, Resource};
 use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
 use ledger::enforcement::Fence;
@@ -24,11 +22,13 @@ use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::LeaderLock;
 use ledger::tenant::TenantId;
-use ledger::testing::clock;
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::Store;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use testkit::alertmanager::AlertmanagerProcess;
+use testkit::clock;
+use testkit::fake_kube::{FakeKube, Resource};
 
 use budgetd::api::Clock;
 
@@ -676,10 +676,10 @@ async fn applied(store: &Store) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn when_the_leader_dies_the_other_daemon_takes_over_and_nothing_is_applied_twice() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     let store = db.store.clone();
     let version = price_book(&store).await;
-    let tenant = ledger::testing::create_tenant(&store, "acme").await;
+    let tenant = testkit::db::create_tenant(&store, "acme").await;
     // The daemons run on the wall clock: the spend goes into the latest minute of this month.
     let (month_start, end) = this_months_minute();
     store
@@ -974,11 +974,11 @@ async fn incomplete_data_stops_enforcement_until_it_is_complete() {
 
 #[tokio::test]
 async fn enforce_once_dry_run_prints_the_plan_and_changes_nothing() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     let store = db.store.clone();
     let version = price_book(&store).await;
-    let tenant = ledger::testing::create_tenant(&store, "acme").await;
-    ledger::testing::create_tenant(&store, "calm").await;
+    let tenant = testkit::db::create_tenant(&store, "acme").await;
+    testkit::db::create_tenant(&store, "calm").await;
     let (month_start, end) = this_months_minute();
     for (t, amount) in [("acme", "100"), ("calm", "1000")] {
         store

@@ -14,7 +14,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn the_api_and_the_write_path_work_through_a_transaction_mode_pooler() {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     let pooled = Store::connect(&pooled_store_config(&db.pgbouncer_url()))
         .await
         .unwrap();

@@ -11,9 +11,9 @@ use budgetd::api::{router, AppState, Clock};
 use budgetd::auth::{Authenticator, Principal, Role, TokenHash};
 use http_body_util::BodyExt;
 use ledger::tenant::TenantId;
-use ledger::testing::TestDb;
 use ledger::{Store, StoreConfig};
 use serde_json::Value;
+use testkit::db::TestDb;
 use tower::ServiceExt;
 
 /// The test tokens: each role's token is its name with a suffix.
@@ -51,7 +51,7 @@ pub async fn app() -> TestApp {
 
 /// The app on `clock`.
 pub async fn app_with_clock(clock: Clock) -> TestApp {
-    let db = ledger::testing::fresh_database().await;
+    let db = testkit::db::fresh_database().await;
     let router = router_on(db.store.clone(), &[], clock);
     TestApp { router, db }
 }
@@ -90,7 +90,7 @@ fn router_on(store: Store, meters: &[(&str, &str)], clock: Clock) -> Router {
 pub fn pooled_store_config(url: &str) -> StoreConfig {
     StoreConfig {
         max_connections: 16,
-        ..ledger::testing::store_config(url)
+        ..testkit::db::store_config(url)
     }
 }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use enforcer::alertmanager::{Alertmanager, AlertmanagerSettings};
 use enforcer::alerts::{Alert, AlertError, AlertName, AlertSink, Severity};
-use enforcer::testing::alertmanager::{AlertmanagerProcess, ReceivedAlert};
 use ledger::tenant::TenantId;
 use reqwest::Url;
+use testkit::alertmanager::{AlertmanagerProcess, ReceivedAlert};
 
 use crate::counters::Counters;
 

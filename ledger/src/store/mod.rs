@@ -407,24 +407,6 @@ fn is_transient(error: &Error) -> bool {
     }
 }
 
-/// `url` with its database replaced by `database` (for tools that work on several databases of
-/// one server: tests, benchmarks).
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
 /// Maps a unique violation to a domain conflict, passing other errors through.
 fn unique_violation(e: sqlx::Error, code: &'static str, message: impl FnOnce() -> String) -> Error {
     match &e {
@@ -432,23 +414,5 @@ fn unique_violation(e: sqlx::Error, code: &'static str, message: impl FnOnce() -
             Error::conflict(code, message())
         }
         _ => Error::Database(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_of_a_url() {
-        assert_eq!(
-            with_database("postgres://u@127.0.0.1:5432/postgres", "x"),
-            "postgres://u@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:1/db?sslmode=disable", "x"),
-            "postgres://u@h:1/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
     }
 }

@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::cluster::QUOTA_NAME;
+use enforcer::cluster::QUOTA_NAME;
 
 /// The field manager of objects created through the seeding methods.
 pub const SEED_MANAGER: &str = "kubectl";

@@ -1,4 +1,4 @@
-//! `budgetd bench ledger`: measures the ledger write path and the finance query against a
+//! `budgetd-dev bench ledger`: measures the ledger write path and the finance query against a
 //! scratch database of its own on a Postgres server.
 //!
 //! Write path: one window for `tenants` × `meters` entries goes through the real write path
@@ -16,22 +16,26 @@
 //! `Ok` whether they are met or not.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use rust_decimal::Decimal;
-use sqlx::{Connection, Executor, PgConnection};
 
 use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
 use ledger::entry::{EntryKey, NewEntry, Pricing, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
-use ledger::store::with_database;
 use ledger::tenant::TenantId;
-use ledger::{Store, StoreConfig};
+use ledger::Store;
+use testkit::bench_sql::ledger::{entries_csv, DailyCost, MonthlyCost};
+use testkit::bench_sql::{
+    insert_numbered_tenants, numbered_tenant_ids, scratch_ledger, BenchConnection, NumberedTenants,
+};
+use testkit::db::in_scratch_database;
+
+use super::{median, median_secs, secs, spread, verdict};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,10 +73,6 @@ const FINANCE_TARGET_MS: f64 = 50.0;
 const DAILY_REPEATS_MAX: usize = 7;
 const SOURCE: &str = "bench";
 
-const ENTRY_COLUMNS: &str =
-    "tenant_id, meter, window_start, window_end, revision, kind, quantity, \
-     unit, price_version, rate, price_unit, units_per_price_unit, amount, currency, source";
-
 /// `admin_url`: a superuser URL of a Postgres server (database part is replaced). Creates its
 /// own scratch database, migrates it (`ledger::Store::migrate`), runs, prints a report to
 /// stdout, drops the database.
@@ -85,89 +85,6 @@ pub async fn run_ledger_bench(admin_url: &str, opts: &LedgerBenchOptions) -> any
     .await
 }
 
-/// Creates an empty database named `<prefix>_<nanos>` on the server of `admin_url`; returns
-/// its name. The caller drops it (`drop_database`).
-pub(crate) async fn create_scratch_database(
-    admin_url: &str,
-    prefix: &str,
-) -> anyhow::Result<String> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_nanos();
-    let name = format!("{prefix}_{nanos}");
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .context("connecting to the Postgres server (admin URL)")?;
-    admin
-        .execute(format!("create database {name}").as_str())
-        .await
-        .with_context(|| format!("creating scratch database {name}"))?;
-    admin.close().await.ok();
-    eprintln!("bench: scratch database {name}");
-    Ok(name)
-}
-
-/// Migrates a scratch database and connects to it: a small store pool with the given statement
-/// timeout and no retries, and one plain connection for loading and EXPLAIN.
-pub(crate) async fn scratch_ledger(
-    url: &str,
-    statement_timeout: Duration,
-) -> anyhow::Result<(Store, PgConnection)> {
-    Store::migrate(url, Duration::from_secs(120))
-        .await
-        .context("migrating the scratch database")?;
-    let store = Store::connect(&StoreConfig {
-        url: url.to_owned(),
-        max_connections: 2,
-        acquire_timeout: Duration::from_secs(60),
-        statement_timeout,
-        max_retries: 0,
-    })
-    .await?;
-    let conn = PgConnection::connect(url)
-        .await
-        .context("connecting to the scratch database")?;
-    Ok((store, conn))
-}
-
-/// Creates a scratch database named `<prefix>_<nanos>` on the server of `admin_url`, runs
-/// `run` with its URL in a task, and drops the database whatever happens: success, error, panic
-/// or Ctrl-C.
-pub(crate) async fn in_scratch_database<F, Fut>(
-    admin_url: &str,
-    prefix: &str,
-    run: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let name = create_scratch_database(admin_url, prefix).await?;
-    let task = tokio::spawn(run(with_database(admin_url, &name)));
-    let abort = task.abort_handle();
-    let outcome = tokio::select! {
-        joined = task => match joined {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
-            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            abort.abort();
-            Err(anyhow::anyhow!("interrupted"))
-        }
-    };
-    let dropped = drop_database(admin_url, &name).await;
-    match (outcome, dropped) {
-        (Ok(()), dropped) => dropped,
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(drop_error)) => {
-            eprintln!("bench: {drop_error:#}");
-            Err(e)
-        }
-    }
-}
-
 fn validate(opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     if opts.meters == 0 || opts.meters > METERS.len() {
         bail!("meters must be between 1 and {}", METERS.len());
@@ -178,19 +95,6 @@ fn validate(opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     if opts.finance_repeats == 0 {
         bail!("finance_repeats must be positive");
     }
-    Ok(())
-}
-
-pub(crate) async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(admin_url)
-        .await
-        .with_context(|| format!("connecting to drop scratch database {name}"))?;
-    admin
-        .execute(format!("drop database if exists {name} with (force)").as_str())
-        .await
-        .with_context(|| format!("dropping scratch database {name}"))?;
-    admin.close().await.ok();
-    eprintln!("bench: dropped scratch database {name}");
     Ok(())
 }
 
@@ -259,11 +163,6 @@ struct Tenant {
     gpus: f64,
     load_balancers: i64,
     ip_addresses: i64,
-}
-
-fn tenant_ids(count: usize) -> Vec<String> {
-    let width = count.to_string().len().max(5);
-    (1..=count).map(|i| format!("t{i:0width$}")).collect()
 }
 
 fn tenants(ids: &[String]) -> anyhow::Result<Vec<Tenant>> {
@@ -375,12 +274,20 @@ async fn bench(url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     // One write_entries call of the write-path round is a single transaction.
     let (store, mut conn) = scratch_ledger(url, Duration::from_secs(900)).await?;
     let result = async {
-        println!("budgetd bench ledger");
+        println!("budgetd-dev bench ledger");
         print_server(&mut conn).await?;
 
-        let all_ids = tenant_ids(opts.tenants.max(opts.finance_tenants));
+        let all_ids = numbered_tenant_ids(opts.tenants.max(opts.finance_tenants));
         let t = Instant::now();
-        insert_tenants(&mut conn, &all_ids).await?;
+        insert_numbered_tenants(
+            &mut conn,
+            NumberedTenants {
+                count: all_ids.len(),
+                suspended_every: None,
+                created_at: None,
+            },
+        )
+        .await?;
         let meters = add_price_book(&store, opts.meters).await?;
         eprintln!(
             "bench: {} tenants and a price book in {:.1} s",
@@ -397,47 +304,25 @@ async fn bench(url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    conn.close().await.ok();
+    conn.close().await;
     store.pool().close().await;
     result
 }
 
-async fn print_server(conn: &mut PgConnection) -> anyhow::Result<()> {
-    let row: (String, String, String, String, String) = sqlx::query_as(
-        "select current_setting('server_version'), current_setting('shared_buffers'), \
-                current_setting('fsync'), current_setting('synchronous_commit'), \
-                current_setting('max_wal_size')",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+async fn print_server(conn: &mut BenchConnection) -> anyhow::Result<()> {
+    let settings = conn
+        .settings(&[
+            "server_version",
+            "shared_buffers",
+            "fsync",
+            "synchronous_commit",
+            "max_wal_size",
+        ])
+        .await?;
     println!(
         "server: PostgreSQL {}, shared_buffers {}, fsync {}, synchronous_commit {}, max_wal_size {}",
-        row.0, row.1, row.2, row.3, row.4
+        settings[0], settings[1], settings[2], settings[3], settings[4]
     );
-    Ok(())
-}
-
-/// Inserts tenants `t00001`.. in one statement (the same ids as `tenant_ids`).
-async fn insert_tenants(conn: &mut PgConnection, ids: &[String]) -> anyhow::Result<()> {
-    let width = ids.first().map_or(5, |id| id.len() - 1) as i32;
-    sqlx::query(
-        "insert into tenants (id, display_name, owner, data_residency, labels, state, \
-                              created_at, updated_at, state_changed_at) \
-         select 't' || lpad(g::text, $2, '0'), 'Bench tenant ' || g, 'bench@example.com', 'eu', \
-                '{}', 'active', now(), now(), now() \
-         from generate_series(1, $1) as g",
-    )
-    .bind(ids.len() as i64)
-    .bind(width)
-    .execute(&mut *conn)
-    .await
-    .context("inserting tenants")?;
-    let last: Option<String> = sqlx::query_scalar("select max(id) from tenants")
-        .fetch_one(&mut *conn)
-        .await?;
-    if last.as_deref() != ids.last().map(String::as_str) {
-        bail!("tenant ids in the database do not match the bench's ({last:?})");
-    }
     Ok(())
 }
 
@@ -480,16 +365,6 @@ async fn add_price_book(store: &Store, meters: usize) -> anyhow::Result<Vec<Mete
         .collect()
 }
 
-/// Runs SQL over the simple protocol (VACUUM and CHECKPOINT cannot run in a transaction).
-async fn raw(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
-    // A plain string has no arguments, so it goes over the simple protocol. (`sqlx::raw_sql`
-    // would too, but its future trips the compiler's `Send` inference in a spawned task.)
-    conn.execute(sql)
-        .await
-        .with_context(|| format!("running {sql:?}"))?;
-    Ok(())
-}
-
 // Write path ---------------------------------------------------------------------------------------
 
 const COPY_INDEXED: &str = "bench_copy_indexed";
@@ -497,21 +372,14 @@ const COPY_PLAIN: &str = "bench_copy_plain";
 
 async fn write_path(
     store: &Store,
-    conn: &mut PgConnection,
+    conn: &mut BenchConnection,
     tenants: &[Tenant],
     meters: &[Meter],
 ) -> anyhow::Result<()> {
     let n = tenants.len() * meters.len();
-    raw(
-        conn,
-        &format!(
-            "create table {COPY_INDEXED} (like ledger_entries including all); \
-             create table {COPY_PLAIN} (like ledger_entries including defaults including generated \
-                                        including identity)"
-        ),
-    )
-    .await?;
-    set_autovacuum(conn, false).await?;
+    conn.create_table_like_entries(COPY_INDEXED, true).await?;
+    conn.create_table_like_entries(COPY_PLAIN, false).await?;
+    conn.set_autovacuum(&WRITTEN_TABLES, false).await?;
     println!(
         "write path: {n} entries ({} tenants x {} meters), one window, rollups included",
         tenants.len(),
@@ -539,10 +407,10 @@ async fn write_path(
     for round in 0..WRITE_ROUNDS {
         let window = hour_window(base + chrono::Duration::hours(round as i64))?;
         let entries = build_entries(tenants, meters, window)?;
-        let csv = copy_csv(&entries);
-        raw(conn, "vacuum analyze").await?;
+        let csv = entries_csv(&entries, SOURCE);
+        conn.vacuum_analyze(&[]).await?;
 
-        raw(conn, "checkpoint").await?;
+        conn.checkpoint().await?;
         let t = Instant::now();
         let report = store.write_entries(&entries, SOURCE).await?;
         first.push(t.elapsed());
@@ -554,16 +422,16 @@ async fn write_path(
             (COPY_INDEXED, &mut copy_indexed),
             (COPY_PLAIN, &mut copy_plain),
         ] {
-            raw(conn, "checkpoint").await?;
+            conn.checkpoint().await?;
             let t = Instant::now();
-            let copied = copy_in(conn, table, &csv).await?;
+            let copied = conn.copy_entries(table, &csv).await?;
             times.push(t.elapsed());
             if copied != n as u64 {
                 bail!("COPY into {table} stored {copied} rows, expected {n}");
             }
         }
 
-        raw(conn, "checkpoint").await?;
+        conn.checkpoint().await?;
         let t = Instant::now();
         let report = store.write_entries(&entries, SOURCE).await?;
         rewrite.push(t.elapsed());
@@ -623,16 +491,13 @@ async fn write_path(
         verdict(rewrite_ratio <= REWRITE_TARGET_RATIO),
         spread(&rewrite_vs_first),
     );
-    raw(
-        conn,
-        &format!("drop table {COPY_INDEXED}; drop table {COPY_PLAIN}"),
-    )
-    .await?;
-    set_autovacuum(conn, true).await?;
+    conn.drop_tables(&[COPY_INDEXED, COPY_PLAIN]).await?;
+    conn.set_autovacuum(&WRITTEN_TABLES, true).await?;
     Ok(())
 }
 
-/// Tables the write path writes (and the COPY tables, while they exist).
+/// Tables the write path writes (and the COPY tables, while they exist). Autovacuum is off on
+/// them during the rounds, which vacuum explicitly instead.
 const WRITTEN_TABLES: [&str; 5] = [
     "ledger_entries",
     "ledger_rollup_daily",
@@ -641,76 +506,11 @@ const WRITTEN_TABLES: [&str; 5] = [
     COPY_PLAIN,
 ];
 
-/// Autovacuum starting in the middle of a timed step, on a machine with few cores, is the
-/// largest source of noise between rounds; the write-path rounds vacuum explicitly instead.
-async fn set_autovacuum(conn: &mut PgConnection, on: bool) -> anyhow::Result<()> {
-    for table in WRITTEN_TABLES {
-        let exists: bool = sqlx::query_scalar("select to_regclass($1) is not null")
-            .bind(table)
-            .fetch_one(&mut *conn)
-            .await?;
-        if exists {
-            let sql = if on {
-                format!("alter table {table} reset (autovacuum_enabled)")
-            } else {
-                format!("alter table {table} set (autovacuum_enabled = off)")
-            };
-            raw(conn, &sql).await?;
-        }
-    }
-    Ok(())
-}
-
-/// The rows `write_entries` would insert for first writes, as COPY CSV.
-fn copy_csv(entries: &[NewEntry]) -> Vec<u8> {
-    let mut out = String::with_capacity(entries.len() * 192);
-    let mut last_window: Option<(Window, String, String)> = None;
-    for e in entries {
-        let w = e.key.window;
-        if last_window.as_ref().is_none_or(|(lw, _, _)| *lw != w) {
-            let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S+00").to_string();
-            last_window = Some((w, fmt(w.start()), fmt(w.end())));
-        }
-        let (_, start, end) = last_window.as_ref().expect("set above");
-        // Ids, meter and unit names and currency codes are validated: no CSV quoting needed.
-        let _ = writeln!(
-            out,
-            "{},{},{},{},1,usage,{},{},{},{},{},{},{},{},{SOURCE}",
-            e.key.tenant,
-            e.key.meter,
-            start,
-            end,
-            e.quantity,
-            e.unit,
-            e.pricing.version,
-            e.pricing.rate,
-            e.pricing.price_unit,
-            e.pricing.units_per_price_unit,
-            e.amount(),
-            e.pricing.currency,
-        );
-    }
-    out.into_bytes()
-}
-
-async fn copy_in(conn: &mut PgConnection, table: &str, csv: &[u8]) -> anyhow::Result<u64> {
-    let mut copy = conn
-        .copy_in_raw(&format!(
-            "copy {table} ({ENTRY_COLUMNS}) from stdin (format csv)"
-        ))
-        .await?;
-    if let Err(e) = copy.send(csv).await {
-        copy.abort("send failed").await.ok();
-        return Err(e.into());
-    }
-    Ok(copy.finish().await?)
-}
-
 // Finance query ------------------------------------------------------------------------------------
 
 async fn finance(
     store: &Store,
-    conn: &mut PgConnection,
+    conn: &mut BenchConnection,
     tenants: &[Tenant],
     meters: &[Meter],
     opts: &LedgerBenchOptions,
@@ -777,25 +577,17 @@ async fn finance(
             days = progress_every / 24,
         );
     }
-    raw(
-        conn,
-        "vacuum analyze ledger_rollup_monthly, ledger_rollup_daily",
-    )
-    .await?;
+    conn.vacuum_analyze(&["ledger_rollup_monthly", "ledger_rollup_daily"])
+        .await?;
     println!(
         "  (VACUUM ANALYZE of the rollup tables after the load; queries sent unnamed, so parsed \
          and planned every run, and timed client-side with the full fetch)"
     );
 
     // Monthly: the headline.
-    let monthly_sql = format!("SELECT * FROM finance.tenant_costs_monthly WHERE month = '{month}'");
-    type MonthlyRow = (String, NaiveDate, Decimal, String);
     // One warm-up run, whose result is checked: storage, load balancers and IP addresses are
     // never zero, so every tenant has a row.
-    let rows: Vec<MonthlyRow> = sqlx::query_as(&monthly_sql)
-        .persistent(false)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<MonthlyCost> = conn.finance_monthly(month).await?;
     let expected = tenants.len();
     if rows.len() != expected {
         bail!(
@@ -806,10 +598,7 @@ async fn finance(
     let mut times = Vec::with_capacity(opts.finance_repeats);
     for _ in 0..opts.finance_repeats {
         let t = Instant::now();
-        let rows: Vec<MonthlyRow> = sqlx::query_as(&monthly_sql)
-            .persistent(false)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows: Vec<MonthlyCost> = conn.finance_monthly(month).await?;
         times.push(t.elapsed());
         std::hint::black_box(rows);
     }
@@ -824,22 +613,12 @@ async fn finance(
     );
 
     // Daily: context.
-    let daily_sql = format!(
-        "select * from finance.tenant_costs_daily where day >= '{month}' and day < '{next_month}'"
-    );
-    type DailyRow = (String, NaiveDate, String, Decimal, String, Decimal, String);
-    let rows: Vec<DailyRow> = sqlx::query_as(&daily_sql)
-        .persistent(false)
-        .fetch_all(&mut *conn)
-        .await?; // warm-up
+    let rows: Vec<DailyCost> = conn.finance_daily(month, next_month).await?; // warm-up
     let repeats = opts.finance_repeats.min(DAILY_REPEATS_MAX);
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let t = Instant::now();
-        let rows: Vec<DailyRow> = sqlx::query_as(&daily_sql)
-            .persistent(false)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows: Vec<DailyCost> = conn.finance_daily(month, next_month).await?;
         times.push(t.elapsed());
         std::hint::black_box(rows);
     }
@@ -850,66 +629,4 @@ async fn finance(
         rows.len(),
     );
     Ok(())
-}
-
-// Helpers ------------------------------------------------------------------------------------------
-
-pub(crate) fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-pub(crate) fn median_secs(samples: &[Duration]) -> f64 {
-    median(&samples.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>())
-}
-
-pub(crate) fn median(samples: &[f64]) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-/// "min-max" of per-round ratios.
-pub(crate) fn spread(ratios: &[f64]) -> String {
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.2}-{max:.2}")
-}
-
-pub(crate) fn verdict(pass: bool) -> &'static str {
-    if pass {
-        "PASS"
-    } else {
-        "MISS"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tenant_ids_are_padded_labels() {
-        assert_eq!(tenant_ids(3), ["t00001", "t00002", "t00003"]);
-        assert_eq!(tenant_ids(123_456)[0], "t000001");
-        assert!(tenant_ids(10).iter().all(|id| TenantId::parse(id).is_ok()));
-    }
-
-    #[test]
-    fn median_of_odd_and_even_samples() {
-        let ms = |v: &[u64]| {
-            v.iter()
-                .map(|&m| Duration::from_millis(m))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(median_secs(&ms(&[30, 10, 20])), 0.02);
-        assert_eq!(median_secs(&ms(&[10, 20, 30, 40])), 0.025);
-        assert_eq!(median(&[]), 0.0);
-    }
 }

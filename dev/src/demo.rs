@@ -1,7 +1,8 @@
-//! The demo workload exporter behind README command 1: a synthetic cluster (the collector's
-//! model) exposed as kube-prometheus-stack exposes a real one, cAdvisor metrics on
-//! `/metrics/cadvisor` and kube-state-metrics on `/metrics/kube-state-metrics`, so that a
+//! The demo servers behind README command 1. `budgetd-dev demo-exporter` exposes a synthetic
+//! cluster (`testkit::synthetic`) as kube-prometheus-stack exposes a real one, cAdvisor metrics
+//! on `/metrics/cadvisor` and kube-state-metrics on `/metrics/kube-state-metrics`, so that a
 //! local Prometheus scrapes it under the job names the default meters expect.
+//! `budgetd-dev demo-kube` serves the tests' fake Kubernetes API with the demo tenants in it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use chrono::{Duration, Utc};
-use collector::synthetic::{Cluster, ClusterSpec};
+use testkit::synthetic::{Cluster, ClusterSpec};
 use tokio::net::TcpListener;
 
 /// Which families an endpoint serves.
@@ -86,7 +87,7 @@ pub async fn serve(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
 /// use, with each demo tenant's namespace, quota, workloads and a CronJob, so the enforcer
 /// has something to tighten, suspend and restore. There is no real cluster here; see README.
 pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
-    let kube = enforcer::testing::fake_kube::FakeKube::start_on(listen).await?;
+    let kube = testkit::fake_kube::FakeKube::start_on(listen).await?;
     for i in 0..tenants {
         let tenant = format!("tenant-{i:03}");
         let namespace = format!("{tenant}-prod");

@@ -1,4 +1,4 @@
-//! `budgetd bench collector`: measures the collector against a real Prometheus holding exact
+//! `budgetd-dev bench collector`: measures the collector against a real Prometheus holding exact
 //! historical data (the synthetic cluster model, loaded with promtool) and a scratch ledger of
 //! its own on a Postgres server.
 //!
@@ -38,22 +38,24 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use sqlx::{Connection, PgConnection};
 
 use collector::assemble::{assemble, Context as AssembleContext};
 use collector::collect::version_at;
 use collector::source::{Answer, Prometheus, Sample, UsageSource};
-use collector::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
-use collector::testing::{create_blocks, PrometheusProcess, ScratchDir};
 use collector::Collector;
 use ledger::audit::{Actor, AuditContext};
 use ledger::tenant::{TenantId, TenantState};
 use ledger::usage::{CommitMode, CommitReport};
 use ledger::Store;
+use testkit::bench_sql::collector::{usage_by_meter, window_completeness};
+use testkit::bench_sql::insert_active_tenants;
+use testkit::db::{check_server, create_scratch_database, drop_database, with_database};
+use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
+use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 
-use crate::bench::{drop_database, median, median_secs, secs, spread, verdict};
-use crate::config::{CollectorSettings, Config};
-use ledger::store::with_database;
+use budgetd::config::{CollectorSettings, Config};
+
+use super::{median, median_secs, secs, spread, verdict};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +79,7 @@ impl Default for CollectorBenchOptions {
 }
 
 /// The example configuration: its meters are the ones measured.
-const EXAMPLE_CONFIG: &str = include_str!("../examples/budgetd.toml");
+const EXAMPLE_CONFIG: &str = include_str!("../../../examples/budgetd.toml");
 
 /// Rounds of the one-window measurement; each collects a new window.
 const ROUNDS: usize = 5;
@@ -103,12 +105,7 @@ pub async fn run_collector_bench(
 ) -> anyhow::Result<()> {
     validate(opts)?;
     // Connect once up front, so a wrong URL fails before minutes of data generation.
-    PgConnection::connect(admin_url)
-        .await
-        .context("connecting to the Postgres server (admin URL)")?
-        .close()
-        .await
-        .ok();
+    check_server(admin_url).await?;
 
     let created: Arc<Mutex<Vec<String>>> = Arc::default();
     // Run in a task so that a panic, an error or Ctrl-C all end with the databases dropped
@@ -163,7 +160,7 @@ async fn bench(
     created: &Mutex<Vec<String>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    println!("budgetd bench collector");
+    println!("budgetd-dev bench collector");
     println!(
         "meters: the default meters of examples/budgetd.toml, plus the completeness probe; \
          synthetic cluster model without traps, seed {SEED}"
@@ -183,8 +180,7 @@ async fn create_database(
     created: &Mutex<Vec<String>>,
     what: &str,
 ) -> anyhow::Result<String> {
-    let name =
-        crate::bench::create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
+    let name = create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
     created
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned lock"))?
@@ -203,26 +199,7 @@ async fn prepare_ledger(
         .await
         .context("migrating the scratch database")?;
     let store = Store::connect(&config.database.store_config()).await?;
-    sqlx::query(
-        "insert into tenants (id, display_name, owner, data_residency, labels, state, \
-                              created_at, updated_at, state_changed_at) \
-         select id, 'Bench tenant ' || id, 'bench@example.com', 'eu', '{}', 'active', \
-                now(), now(), now() \
-         from unnest($1::text[]) as id",
-    )
-    .bind(tenant_ids)
-    .execute(store.pool())
-    .await
-    .context("inserting tenants")?;
-    let count: i64 = sqlx::query_scalar("select count(*) from tenants")
-        .fetch_one(store.pool())
-        .await?;
-    if count != tenant_ids.len() as i64 {
-        bail!(
-            "{count} tenants in the ledger, expected {}",
-            tenant_ids.len()
-        );
-    }
+    insert_active_tenants(&store, tenant_ids).await?;
     let seed = config
         .price_book_seed
         .as_ref()
@@ -666,7 +643,7 @@ impl OneWindowFixture<'_> {
 
 async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
     let (config, settings, store) = (f.config, f.settings, f.store);
-    let collector = crate::app::build_collector(config, settings, store.clone())?;
+    let collector = budgetd::app::build_collector(config, settings, store.clone())?;
     let queries = collector.queries();
     // The collector's client, built as `build_collector` builds it, for the split.
     let client_source = Prometheus::new(
@@ -739,12 +716,7 @@ async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
             per_query[i].push(q.time);
             bodies[i] = (q.bytes, q.series);
         }
-        let (complete, incomplete): (bool, Vec<String>) = sqlx::query_as(
-            "select complete, incomplete_tenants from collected_windows where window_start = $1",
-        )
-        .bind(window.start())
-        .fetch_one(store.pool())
-        .await?;
+        let (complete, incomplete) = window_completeness(store, window.start()).await?;
         if !complete || !incomplete.is_empty() {
             incomplete_windows += 1;
             eprintln!(
@@ -1019,14 +991,12 @@ async fn check_against_truth(
             *expected.entry(meter.as_str()).or_default() += *q;
         }
     }
-    let rows: Vec<(String, Decimal)> = sqlx::query_as(
-        "select meter, sum(quantity) from ledger_entries where window_start = $1 and kind = 'usage' \
-         group by meter",
+    let actual = usage_by_meter(
+        store,
+        window_start,
+        window_start + chrono::Duration::seconds(window_s),
     )
-    .bind(window_start)
-    .fetch_all(store.pool())
     .await?;
-    let actual: BTreeMap<String, Decimal> = rows.into_iter().collect();
     print_truth(&expected, &actual, "first measured window");
     Ok(())
 }
@@ -1166,7 +1136,7 @@ async fn long_backfill_run(
     to: DateTime<Utc>,
     window_s: i64,
 ) -> anyhow::Result<()> {
-    let collector: Collector = crate::app::build_collector(config, settings, store.clone())?;
+    let collector: Collector = budgetd::app::build_collector(config, settings, store.clone())?;
     let per_batch = settings.collector.windows_per_batch;
     let total_windows = ((to - from).num_seconds() / window_s) as usize;
     let done = AtomicUsize::new(0);
@@ -1325,15 +1295,7 @@ async fn long_backfill_run(
             *expected.entry(row.meter.as_str()).or_default() += row.quantity;
         }
     }
-    let rows: Vec<(String, Decimal)> = sqlx::query_as(
-        "select meter, sum(quantity) from ledger_entries where window_start >= $1 and window_start < $2 \
-         and kind = 'usage' group by meter",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(store.pool())
-    .await?;
-    let actual: BTreeMap<String, Decimal> = rows.into_iter().collect();
+    let actual = usage_by_meter(store, from, to).await?;
     print_truth(&expected, &actual, "all backfilled days");
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `budgetd bench enforcer`: measures one enforcement evaluation for many tenants against a
+//! `budgetd-dev bench enforcer`: measures one enforcement evaluation for many tenants against a
 //! plain `SELECT` of the same spent sums, in a scratch database of its own on a Postgres server.
 //!
 //! The evaluation is the work of `Enforcer::evaluate`: `Store::budget_statuses` (the SQL
@@ -27,9 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use sqlx::postgres::PgArguments;
-use sqlx::query::QueryScalar;
-use sqlx::{Connection, Executor, PgConnection, Postgres};
 
 use enforcer::cluster::Tighten;
 use enforcer::executor::to_open;
@@ -40,10 +37,16 @@ use ledger::currency::Currency;
 use ledger::enforcement::{ActionState, BudgetState, BudgetStatus, Exemption, StatusParams};
 use ledger::price_book::{MeterName, NewPriceBookVersion};
 use ledger::Store;
-
-use crate::bench::{
-    in_scratch_database, median, median_secs, scratch_ledger, secs, spread, verdict,
+use testkit::bench_sql::enforcer::{
+    insert_actions, insert_closed_copies, load_history, spent_sums, status_inputs, ActionRows,
+    History, HistoryMeter, InputRow, Loaded,
 };
+use testkit::bench_sql::{
+    insert_numbered_tenants, scratch_ledger, BenchConnection, NumberedTenants,
+};
+use testkit::db::in_scratch_database;
+
+use super::{median, median_secs, secs, spread, verdict};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +79,6 @@ const STATUS_PARAMS: StatusParams = StatusParams {
 };
 const HYSTERESIS_PERCENT: i64 = 5;
 const WINDOW_SECONDS: i64 = 300;
-const WINDOWS_PER_DAY: i64 = 86_400 / WINDOW_SECONDS;
 /// Every this many-th collected window of the period names a few incomplete tenants.
 const INCOMPLETE_EVERY: i64 = 797;
 const INCOMPLETE_TENANTS_PER_WINDOW: i64 = 3;
@@ -203,14 +205,14 @@ async fn bench(url: &str, opts: &EnforcerBenchOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let (store, mut conn) = scratch_ledger(url, Duration::from_secs(300)).await?;
     let result = async {
-        println!("budgetd bench enforcer");
+        println!("budgetd-dev bench enforcer");
         print_server(&mut conn).await?;
         let calendar = Calendar::new(bench_now(Utc::now()));
         let ladder = Ladder::default_with(Tighten::Factor(Decimal::new(5, 1)));
         let t = Instant::now();
         let loaded = load(&store, &mut conn, &calendar, opts.tenants).await?;
         let steady = record_steady_state(&store, &mut conn, &calendar, &ladder).await?;
-        sql(&mut conn, "vacuum analyze").await?;
+        conn.vacuum_analyze(&[]).await?;
         let load_secs = t.elapsed().as_secs_f64();
         print_data(&calendar, &loaded, &steady, opts.tenants, load_secs);
         measure(&store, &mut conn, &calendar, &ladder, opts).await?;
@@ -218,80 +220,43 @@ async fn bench(url: &str, opts: &EnforcerBenchOptions) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    conn.close().await.ok();
+    conn.close().await;
     store.pool().close().await;
     result
 }
 
-async fn print_server(conn: &mut PgConnection) -> anyhow::Result<()> {
-    let row: (String, String, String, String) = sqlx::query_as(
-        "select current_setting('server_version'), current_setting('shared_buffers'), \
-                current_setting('work_mem'), current_setting('jit')",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+async fn print_server(conn: &mut BenchConnection) -> anyhow::Result<()> {
+    let settings = conn
+        .settings(&["server_version", "shared_buffers", "work_mem", "jit"])
+        .await?;
     println!(
         "server: PostgreSQL {}, shared_buffers {}, work_mem {}, jit {}",
-        row.0, row.1, row.2, row.3
+        settings[0], settings[1], settings[2], settings[3]
     );
-    Ok(())
-}
-
-/// Runs SQL over the simple protocol (VACUUM cannot run in a transaction).
-async fn sql(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
-    conn.execute(sql)
-        .await
-        .with_context(|| format!("running {sql:?}"))?;
     Ok(())
 }
 
 // Loading --------------------------------------------------------------------------------------------
 
-/// Row counts of what `load` wrote.
-struct Loaded {
-    suspended: i64,
-    daily_rows: i64,
-    monthly_rows: i64,
-    windows: i64,
-    windows_naming_tenants: i64,
-    budgets: i64,
-    exemptions: i64,
-    exemptions_in_force: i64,
-}
-
+/// Loads what the collector and earlier cycles would have left behind by `cal.now`, straight
+/// into the tables: the tenants (one in 97 suspended, by an operator or an earlier cycle), the
+/// price book (through the store), and the history of `testkit::bench_sql::enforcer`.
 async fn load(
     store: &Store,
-    conn: &mut PgConnection,
+    conn: &mut BenchConnection,
     cal: &Calendar,
     tenants: usize,
 ) -> anyhow::Result<Loaded> {
-    let n = tenants as i64;
-    let width = tenants.to_string().len().max(5) as i32;
-    // A uniform value in [0, 1) from (key, seed), so the data is the same on every run.
-    sql(
+    let t = Instant::now();
+    insert_numbered_tenants(
         conn,
-        "create function pg_temp.bench_u(key bigint, seed bigint) returns float8 \
-         language sql immutable as \
-         $$ select ((hashint8extended(key, seed) >> 11) & 9007199254740991)::float8 \
-                   / 9007199254740992 $$",
+        NumberedTenants {
+            count: tenants,
+            suspended_every: Some(97),
+            created_at: Some(midnight(cal.history_start)),
+        },
     )
     .await?;
-
-    let t = Instant::now();
-    // One tenant in 97 is suspended (by an operator or an earlier cycle).
-    sqlx::query(
-        "insert into tenants (id, display_name, owner, data_residency, labels, state, \
-                              created_at, updated_at, state_changed_at) \
-         select 't' || lpad(g::text, $2, '0'), 'Bench tenant ' || g, 'bench@example.com', 'eu', \
-                '{}', case when g % 97 = 0 then 'suspended' else 'active' end, $3, $3, $3 \
-         from generate_series(1, $1) as g",
-    )
-    .bind(n)
-    .bind(width)
-    .bind(midnight(cal.history_start))
-    .execute(&mut *conn)
-    .await
-    .context("inserting tenants")?;
 
     let ctx = AuditContext {
         actor: Actor::system("bench"),
@@ -311,198 +276,47 @@ async fn load(
     )?;
     store.add_price_book_version(&ctx, &version).await?;
 
-    // Daily rollups as the collector leaves them: a tenant's daily spend is log-uniform in
-    // [0.1, 100] EUR, split over the meters by weight, ±20% from day to day; the last day is
-    // partial. Day-major order, as the collector creates the rows day by day.
+    // A tenant's daily spend is log-uniform in [0.1, 100] EUR, split over the meters by
+    // weight, ±20% from day to day; the last day is partial.
+    let meters = METERS
+        .iter()
+        .map(|m| {
+            Ok(HistoryMeter {
+                meter: m.meter.to_owned(),
+                unit: m.unit.to_owned(),
+                price_unit: m.price_unit.to_owned(),
+                rate: Decimal::from_str(m.rate)?,
+                units_per_price_unit: Decimal::from(m.units_per_price_unit),
+                weight: m.weight,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let days = collected_days(cal.history_start, cal.data_until);
-    let (day_list, windows): (Vec<NaiveDate>, Vec<i32>) = days.iter().copied().unzip();
-    sqlx::query(
-        "insert into ledger_rollup_daily (tenant_id, day, meter, unit, currency, price_unit, \
-                                          units_per_price_unit, quantity, amount, entries) \
-         select t.id, d.day, m.meter, m.unit, $10, m.price_unit, m.per_unit, \
-                round(a.amount / m.rate * m.per_unit, 3), a.amount, d.windows \
-         from (select g, 't' || lpad(g::text, $2, '0') as id, \
-                      power(10, 3 * pg_temp.bench_u(g, 1) - 1) as per_day \
-               from generate_series(1, $1) as g) t \
-         cross join unnest($3::date[], $4::int[]) with ordinality as d(day, windows, i) \
-         cross join unnest($5::text[], $6::text[], $7::numeric[], $8::numeric[], $9::float8[], \
-                           $12::text[]) \
-                    with ordinality as m(meter, unit, rate, per_unit, weight, price_unit, j) \
-         cross join lateral ( \
-             select round((t.per_day * m.weight \
-                           * (0.8 + 0.4 * pg_temp.bench_u(t.g * 4096 + d.i * 8 + m.j, 2)) \
-                           * d.windows / $11)::numeric, 9) as amount) a \
-         order by d.day, t.id, m.meter",
+    let loaded = load_history(
+        conn,
+        &History {
+            tenants,
+            currency: CURRENCY,
+            meters: &meters,
+            days: &days,
+            window_seconds: WINDOW_SECONDS,
+            history_start: midnight(cal.history_start),
+            period_start: cal.period_start,
+            data_until: cal.data_until,
+            now: cal.now,
+            // One window of the previous month was incomplete as a whole.
+            incomplete_window: midnight(cal.history_start + chrono::Days::new(10)),
+            incomplete_every: INCOMPLETE_EVERY,
+            incomplete_tenants_per_window: INCOMPLETE_TENANTS_PER_WINDOW,
+            elapsed_fraction: cal.elapsed_fraction(),
+        },
     )
-    .bind(n)
-    .bind(width)
-    .bind(&day_list)
-    .bind(&windows)
-    .bind(METERS.iter().map(|m| m.meter).collect::<Vec<_>>())
-    .bind(METERS.iter().map(|m| m.unit).collect::<Vec<_>>())
-    .bind(
-        METERS
-            .iter()
-            .map(|m| Decimal::from_str(m.rate))
-            .collect::<Result<Vec<_>, _>>()?,
-    )
-    .bind(
-        METERS
-            .iter()
-            .map(|m| Decimal::from(m.units_per_price_unit))
-            .collect::<Vec<_>>(),
-    )
-    .bind(METERS.iter().map(|m| m.weight).collect::<Vec<_>>())
-    .bind(CURRENCY)
-    .bind(WINDOWS_PER_DAY as f64)
-    .bind(METERS.iter().map(|m| m.price_unit).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await
-    .context("inserting daily rollups")?;
+    .await?;
     eprintln!(
-        "bench: tenants and daily rollups in {:.1} s",
+        "bench: tenants, rollups, windows, budgets and exemptions in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-
-    sql(
-        conn,
-        "insert into ledger_rollup_monthly (tenant_id, month, currency, amount, entries) \
-         select tenant_id, date_trunc('month', day)::date, currency, sum(amount), sum(entries) \
-         from ledger_rollup_daily group by 1, 2, 3 order by 2, 1",
-    )
-    .await
-    .context("inserting monthly rollups")?;
-    sql(
-        conn,
-        "insert into ledger_rollup_tenant_daily (day, tenant_id, currency, amount, entries) \
-         select day, tenant_id, currency, sum(amount), sum(entries) \
-         from ledger_rollup_daily group by 1, 2, 3 order by 1, 2",
-    )
-    .await
-    .context("inserting per-tenant daily rollups")?;
-
-    // Every 300 s window since the history's start; one window of the previous month was
-    // incomplete as a whole, and every INCOMPLETE_EVERY-th window of the period, and the one
-    // that ended 10 minutes before the watermark, name a few tenants whose inputs were missing
-    // (within the lookback, the enforcer leaves those tenants alone).
-    let incomplete_window = midnight(cal.history_start + chrono::Days::new(10));
-    sqlx::query(
-        "insert into collected_windows (window_start, window_end, complete, incomplete_tenants, \
-                                        problems, entries, collected_at) \
-         select w, w + interval '300 seconds', w <> $3, \
-                case when w >= $4 and (k % $7 = 13 or w = $10) then \
-                     array(select 't' || lpad((1 + (k * 7919 + s * 104729) % $5)::text, $6, '0') \
-                           from generate_series(1, $8) as s) \
-                     else '{}' end, \
-                case when w = $3 then '{\"bench: Prometheus answered with warnings\"}'::text[] \
-                     when w >= $4 and (k % $7 = 13 or w = $10) \
-                          then '{\"bench: scrape gaps\"}'::text[] \
-                     else '{}' end, \
-                $5 * $9, w + interval '330 seconds' \
-         from generate_series($1, $2 - interval '300 seconds', interval '300 seconds') \
-              with ordinality as x(w, k)",
-    )
-    .bind(midnight(cal.history_start))
-    .bind(cal.data_until)
-    .bind(incomplete_window)
-    .bind(midnight(cal.period_start))
-    .bind(n)
-    .bind(width)
-    .bind(INCOMPLETE_EVERY)
-    .bind(INCOMPLETE_TENANTS_PER_WINDOW)
-    .bind(METERS.len() as i64)
-    .bind(cal.data_until - chrono::Duration::minutes(15))
-    .execute(&mut *conn)
-    .await
-    .context("inserting collected windows")?;
-    sqlx::query(
-        "insert into collector_watermark (singleton, window_end, updated_at) values (true, $1, $1)",
-    )
-    .bind(cal.data_until)
-    .execute(&mut *conn)
-    .await?;
-
-    // Budgets sized against the spend so far, for a realistic mix: 72% fine (forecast 10-85%
-    // of the budget), 10% forecast over (105-135%, actual under 98%), 8% actual 80-100%, 6%
-    // actual 100-120%, 4% actual 120-160%. One tenant in five also has an older, superseded
-    // budget.
-    sqlx::query(
-        "insert into budgets (tenant_id, amount, currency, period, thresholds, effective_from, \
-                              created_at, created_by) \
-         select s.tenant_id, round(s.amount / r.ratio::numeric, 2), $3, 'monthly', '{80,100}', \
-                $4, $4, 'bench' \
-         from (select g, 't' || lpad(g::text, $2, '0') as tenant_id, \
-                      pg_temp.bench_u(g, 7) as class, pg_temp.bench_u(g, 8) as v \
-               from generate_series(1, $1) as g) t \
-         join ledger_rollup_monthly s on s.tenant_id = t.tenant_id and s.month = $5 \
-         cross join lateral (select case \
-             when t.class < 0.72 then $6 * (0.10 + 0.75 * t.v) \
-             when t.class < 0.82 then $6 * (1.05 + t.v * greatest(least(1.35, 0.98 / $6) - 1.05, 0)) \
-             when t.class < 0.90 then 0.80 + 0.19 * t.v \
-             when t.class < 0.96 then 1.00 + 0.19 * t.v \
-             else 1.20 + 0.40 * t.v end as ratio) r; \
-         ",
-    )
-    .bind(n)
-    .bind(width)
-    .bind(CURRENCY)
-    .bind(midnight(cal.history_start) - chrono::Duration::days(40))
-    .bind(cal.period_start)
-    .bind(cal.elapsed_fraction())
-    .execute(&mut *conn)
-    .await
-    .context("inserting budgets")?;
-    sqlx::query(
-        "insert into budgets (tenant_id, amount, currency, period, thresholds, effective_from, \
-                              created_at, created_by) \
-         select tenant_id, round(amount * 0.7, 2), currency, period, thresholds, $1, $1, 'bench' \
-         from budgets where right(tenant_id, 1) in ('0', '5')",
-    )
-    .bind(midnight(cal.history_start) - chrono::Duration::days(200))
-    .execute(&mut *conn)
-    .await
-    .context("inserting superseded budgets")?;
-
-    // One tenant in 100 has an exemption: half of them in force, half expired.
-    sqlx::query(
-        "insert into enforcement_exemptions (tenant_id, until, reason, created_by, created_at) \
-         select 't' || lpad(g::text, $2, '0'), \
-                case when g % 200 = 37 then $3 + interval '7 days' else $3 - interval '3 days' end, \
-                'bench: migration weekend', 'bench', $3 - interval '10 days' \
-         from generate_series(1, $1) as g where g % 100 = 37",
-    )
-    .bind(n)
-    .bind(width)
-    .bind(cal.now)
-    .execute(&mut *conn)
-    .await
-    .context("inserting exemptions")?;
-
-    let counts: (i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
-        "select (select count(*) from tenants where state = 'suspended'), \
-                (select count(*) from ledger_rollup_daily), \
-                (select count(*) from ledger_rollup_monthly), \
-                (select count(*) from collected_windows), \
-                (select count(*) from collected_windows \
-                 where window_start >= $1 and cardinality(incomplete_tenants) > 0), \
-                (select count(*) from budgets), \
-                (select count(*) from enforcement_exemptions), \
-                (select count(*) from enforcement_exemptions where until > $2)",
-    )
-    .bind(midnight(cal.period_start))
-    .bind(cal.now)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Loaded {
-        suspended: counts.0,
-        daily_rows: counts.1,
-        monthly_rows: counts.2,
-        windows: counts.3,
-        windows_naming_tenants: counts.4,
-        budgets: counts.5,
-        exemptions: counts.6,
-        exemptions_in_force: counts.7,
-    })
+    Ok(loaded)
 }
 
 /// What earlier cycles left in `enforcement_actions`.
@@ -518,7 +332,7 @@ struct Steady {
 /// new crossings and some clearings.
 async fn record_steady_state(
     store: &Store,
-    conn: &mut PgConnection,
+    conn: &mut BenchConnection,
     cal: &Calendar,
     ladder: &Ladder,
 ) -> anyhow::Result<Steady> {
@@ -527,19 +341,7 @@ async fn record_steady_state(
     let policy = policy(ladder, exemptions);
     let first = plan(&statuses, &policy, &ClusterState::default(), &[], cal.now);
 
-    #[derive(Default)]
-    struct Rows {
-        tenant: Vec<String>,
-        step_key: Vec<String>,
-        step: Vec<String>,
-        kind: Vec<&'static str>,
-        state: Vec<&'static str>,
-        reason: Vec<String>,
-        spent: Vec<Decimal>,
-        forecast: Vec<Decimal>,
-        budget: Vec<Decimal>,
-    }
-    let mut rows = Rows::default();
+    let mut rows = ActionRows::default();
     let by_tenant: BTreeMap<_, _> = statuses.iter().map(|s| (&s.tenant, s)).collect();
     let mut push = |status: &BudgetStatus, step: &Step, state, reason| {
         rows.tenant.push(status.tenant.as_str().to_owned());
@@ -591,53 +393,16 @@ async fn record_steady_state(
     }
 
     let opened_at = cal.now - chrono::Duration::hours(20);
-    let open = sqlx::query(
-        "insert into enforcement_actions (tenant_id, period_start, step_key, step, kind, state, \
-             reason, spent_amount, forecast_amount, budget_amount, currency, not_before, \
-             created_at, updated_at, applied_at, fencing_token) \
-         select a.tenant_id, $1, a.step_key, a.step::jsonb, a.kind, a.state, a.reason, a.spent, \
-                a.forecast, a.budget, $3, $2, $2, $2, \
-                case when a.state = 'applied' then $2 end, 1 \
-         from unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
-                     $10::numeric[], $11::numeric[], $12::numeric[]) \
-              as a(tenant_id, step_key, step, kind, state, reason, spent, forecast, budget) \
-         order by a.tenant_id",
-    )
-    .bind(cal.period_start)
-    .bind(opened_at)
-    .bind(CURRENCY)
-    .bind(&rows.tenant)
-    .bind(&rows.step_key)
-    .bind(&rows.step)
-    .bind(&rows.kind)
-    .bind(&rows.state)
-    .bind(&rows.reason)
-    .bind(&rows.spent)
-    .bind(&rows.forecast)
-    .bind(&rows.budget)
-    .execute(&mut *conn)
-    .await
-    .context("inserting open actions")?
-    .rows_affected();
+    let open = insert_actions(conn, cal.period_start, opened_at, CURRENCY, &rows).await?;
     // The same rungs in the previous month, closed when the period turned: `open_rungs`
     // reads past them.
-    let closed = sqlx::query(
-        "insert into enforcement_actions (tenant_id, period_start, step_key, step, kind, state, \
-             reason, spent_amount, forecast_amount, budget_amount, currency, not_before, \
-             created_at, updated_at, applied_at, closed_at, close_reason, fencing_token) \
-         select tenant_id, $1, step_key, step, kind, \
-                case when state = 'applied' then 'restored' else 'cancelled' end, reason, \
-                spent_amount, forecast_amount, budget_amount, currency, $2, $2, $3, \
-                case when state = 'applied' then $2 end, $3, 'a new budget period began', 1 \
-         from enforcement_actions order by id",
+    let closed = insert_closed_copies(
+        conn,
+        cal.history_start,
+        midnight(cal.history_start) + chrono::Duration::days(20),
+        midnight(cal.period_start),
     )
-    .bind(cal.history_start)
-    .bind(midnight(cal.history_start) + chrono::Duration::days(20))
-    .bind(midnight(cal.period_start))
-    .execute(&mut *conn)
-    .await
-    .context("inserting last month's actions")?
-    .rows_affected();
+    .await?;
     Ok(Steady { open, closed })
 }
 
@@ -699,42 +464,23 @@ fn print_data(cal: &Calendar, loaded: &Loaded, steady: &Steady, tenants: usize, 
 
 // Measuring --------------------------------------------------------------------------------------------
 
-const PLAIN_SQL: &str = "select tenant_id, sum(amount) from ledger_rollup_monthly \
-     where currency = $1 and month >= $2 and month < $3 group by tenant_id";
-
+/// The plain baseline: the spent sums of the period, per tenant.
 async fn plain(store: &Store, cal: &Calendar) -> anyhow::Result<Vec<(String, Decimal)>> {
-    Ok(sqlx::query_as(PLAIN_SQL)
-        .bind(CURRENCY)
-        .bind(cal.period_start)
-        .bind(cal.period_end)
-        .persistent(false)
-        .fetch_all(store.pool())
-        .await?)
+    spent_sums(store, CURRENCY, cal.period_start, cal.period_end).await
 }
 
 /// Context, not the target's baseline: a plain SELECT of the inputs the status needs (the budget
 /// in force, the period's spent sum and the trailing window's sum per tenant), without the
 /// status' logic (periods, forecast, completeness, state).
-const INPUTS_SQL: &str = "select b.tenant_id, b.amount, m.amount, d.amount \
-     from (select distinct on (tenant_id) tenant_id, amount from budgets \
-           where effective_from <= $1 order by tenant_id, effective_from desc) b \
-     join (select tenant_id, sum(amount) as amount from ledger_rollup_monthly \
-           where currency = $2 and month >= $3 and month < $4 group by tenant_id) m using (tenant_id) \
-     left join (select tenant_id, sum(amount) as amount from ledger_rollup_tenant_daily \
-           where currency = $2 and day >= $5 group by tenant_id) d using (tenant_id)";
-
-type InputRow = (String, Decimal, Decimal, Option<Decimal>);
-
 async fn inputs(store: &Store, cal: &Calendar) -> anyhow::Result<Vec<InputRow>> {
-    Ok(sqlx::query_as(INPUTS_SQL)
-        .bind(cal.now)
-        .bind(CURRENCY)
-        .bind(cal.period_start)
-        .bind(cal.period_end)
-        .bind(cal.trailing_start())
-        .persistent(false)
-        .fetch_all(store.pool())
-        .await?)
+    status_inputs(
+        store,
+        cal.now,
+        CURRENCY,
+        (cal.period_start, cal.period_end),
+        cal.trailing_start(),
+    )
+    .await
 }
 
 /// The policy `Enforcer::evaluate` builds: the configured ladder, the exemptions in force.
@@ -791,7 +537,7 @@ async fn evaluate(store: &Store, cal: &Calendar, ladder: &Ladder) -> anyhow::Res
 
 async fn measure(
     store: &Store,
-    conn: &mut PgConnection,
+    conn: &mut BenchConnection,
     cal: &Calendar,
     ladder: &Ladder,
     opts: &EnforcerBenchOptions,
@@ -903,22 +649,21 @@ async fn measure(
     );
 
     // Context: the server's share, from EXPLAIN ANALYZE (which adds its own instrumentation).
-    let function_ms = execution_ms(conn, || {
-        sqlx::query_scalar("explain analyze select * from budgetd_budget_status($1, $2, $3, $4)")
-            .bind(cal.now)
-            .bind(TRAILING_DAYS as i32)
-            .bind(MAX_LAG_SECONDS as i32)
-            .bind(LOOKBACK_SECONDS as i32)
-    })
-    .await?;
-    let explain_plain = format!("explain analyze {PLAIN_SQL}");
-    let plain_server_ms = execution_ms(conn, || {
-        sqlx::query_scalar(&explain_plain)
-            .bind(CURRENCY)
-            .bind(cal.period_start)
-            .bind(cal.period_end)
-    })
-    .await?;
+    let mut function_ms = Vec::new();
+    let mut plain_server_ms = Vec::new();
+    for _ in 0..3 {
+        function_ms.push(
+            conn.explain_budget_status_ms(cal.now, &STATUS_PARAMS)
+                .await?,
+        );
+    }
+    for _ in 0..3 {
+        plain_server_ms.push(
+            conn.explain_spent_sums_ms(CURRENCY, cal.period_start, cal.period_end)
+                .await?,
+        );
+    }
+    let (function_ms, plain_server_ms) = (median(&function_ms), median(&plain_server_ms));
     println!(
         "  {:<46}{function_ms:>9.1} ms   plain {plain_server_ms:.1} ms   (EXPLAIN ANALYZE, median \
          of 3; context)",
@@ -956,24 +701,6 @@ fn print_mix(evaluation: &Evaluation) {
         evaluation.actions.len(),
         join(actions),
     );
-}
-
-/// The median "Execution Time" of three runs of an `EXPLAIN ANALYZE` query.
-async fn execution_ms<'q>(
-    conn: &mut PgConnection,
-    explain: impl Fn() -> QueryScalar<'q, Postgres, String, PgArguments>,
-) -> anyhow::Result<f64> {
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        let lines: Vec<String> = explain().persistent(false).fetch_all(&mut *conn).await?;
-        let ms = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("Execution Time: "))
-            .and_then(|l| l.trim_end_matches(" ms").parse::<f64>().ok())
-            .context("EXPLAIN ANALYZE printed no execution time")?;
-        times.push(ms);
-    }
-    Ok(median(&times))
 }
 
 fn ms(d: Duration) -> f64 {

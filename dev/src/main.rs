@@ -1,0 +1,161 @@
+//! `budgetd-dev`: the developer's tools beside the daemon, never shipped with it. Benchmarks
+//! that print ratios against baselines measured in the same run, and the demo servers of README
+//! command 1 (a synthetic cluster's metrics, a stand-in Kubernetes API).
+
+mod bench;
+mod demo;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "budgetd-dev",
+    version,
+    about = "budgetd's benchmarks and demo servers (development only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Benchmarks that print ratios against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
+    /// Serve a synthetic cluster's cAdvisor and kube-state-metrics metrics for a local
+    /// Prometheus (README command 1's demo workload).
+    DemoExporter {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        tenants: usize,
+    },
+    /// Serve a stand-in Kubernetes API (the tests' stateful fake) with each demo tenant's
+    /// namespace, quota and workloads, for README command 1's enforcer.
+    DemoKube {
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        tenants: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Ledger write path against COPY, and the finance query. Needs a superuser URL: it
+    /// creates and drops its own scratch database.
+    Ledger {
+        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
+        database_url: String,
+        /// Tenants in the write-path window.
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        /// Tenants in the finance-query data set.
+        #[arg(long, default_value_t = 1_000)]
+        finance_tenants: usize,
+        /// Days of hourly entries in the finance-query data set.
+        #[arg(long, default_value_t = 30)]
+        finance_days: u32,
+    },
+    /// One window for many tenants against the same queries over plain HTTP, and a long
+    /// backfill, both from a real Prometheus loaded with synthetic data (needs promtool and
+    /// prometheus, as installed by scripts/test.sh, and a superuser URL).
+    Collector {
+        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
+        database_url: String,
+        /// Tenants in the one-window measurement.
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        /// Tenants in the long backfill.
+        #[arg(long, default_value_t = 100)]
+        backfill_tenants: usize,
+        /// Days of 300 s windows in the long backfill.
+        #[arg(long, default_value_t = 30)]
+        backfill_days: i64,
+    },
+    /// One enforcement evaluation (budget status query, open actions, exemptions, plan) for
+    /// many tenants against a plain SELECT of the same spent sums. Needs a superuser URL: it
+    /// creates and drops its own scratch database.
+    Enforcer {
+        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
+        database_url: String,
+        /// Tenants, each with a monthly budget.
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        /// Timed rounds, after one warm-up.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
+}
+
+/// Runs the command; 1 on failure (2 for bad arguments, from clap).
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("budgetd-dev: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("budgetd-dev: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Bench { bench } => match bench {
+            BenchCommand::Ledger {
+                database_url,
+                tenants,
+                finance_tenants,
+                finance_days,
+            } => {
+                let options = bench::ledger::LedgerBenchOptions {
+                    tenants,
+                    finance_tenants,
+                    finance_days,
+                    ..Default::default()
+                };
+                bench::ledger::run_ledger_bench(&database_url, &options).await
+            }
+            BenchCommand::Collector {
+                database_url,
+                tenants,
+                backfill_tenants,
+                backfill_days,
+            } => {
+                let options = bench::collector::CollectorBenchOptions {
+                    tenants_one_window: tenants,
+                    backfill_tenants,
+                    backfill_days,
+                };
+                bench::collector::run_collector_bench(&database_url, &options).await
+            }
+            BenchCommand::Enforcer {
+                database_url,
+                tenants,
+                rounds,
+            } => {
+                let options = bench::enforcer::EnforcerBenchOptions { tenants, rounds };
+                bench::enforcer::run_enforcer_bench(&database_url, &options).await
+            }
+        },
+        Command::DemoExporter { listen, tenants } => demo::serve(listen, tenants).await,
+        Command::DemoKube { listen, tenants } => demo::serve_kube(listen, tenants).await,
+    }
+}

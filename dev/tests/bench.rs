@@ -1,0 +1,93 @@
+//! Smoke tests of the benchmarks: each runs `budgetd-dev bench ...` small against the test
+//! cluster that `scripts/test.sh` starts and checks that its figures are printed.
+
+use std::process::{Command, Stdio};
+
+use testkit::db::admin_url;
+
+/// Runs `budgetd-dev bench <args>` against the test cluster; its stdout, after checking it succeeded.
+fn run_bench(args: &[&str]) -> String {
+    let admin = admin_url();
+    let output = Command::new(env!("CARGO_BIN_EXE_budgetd-dev"))
+        .arg("bench")
+        .args(&args[..1])
+        .args(["--database-url", &admin])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn bench_ledger_prints_its_figures_against_in_run_baselines() {
+    let stdout = run_bench(&[
+        "ledger",
+        "--tenants",
+        "40",
+        "--finance-tenants",
+        "3",
+        "--finance-days",
+        "1",
+    ]);
+    for figure in [
+        "ratio write/COPY(indexes)",
+        "rewrite (all no-ops)",
+        "finance.tenant_costs_monthly",
+    ] {
+        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn bench_collector_prints_its_figures_against_in_run_baselines() {
+    let stdout = run_bench(&[
+        "collector",
+        "--tenants",
+        "20",
+        "--backfill-tenants",
+        "2",
+        "--backfill-days",
+        "1",
+    ]);
+    for figure in ["ratio collector/plain HTTP", "windows/s"] {
+        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
+    let stdout = run_bench(&["enforcer", "--tenants", "40", "--rounds", "2"]);
+    // Each figure's line starts with its label and the number follows it.
+    for label in [
+        "plain SELECT of the spent sums",
+        "total (status query + plan)",
+        "budget_statuses",
+        "plan (pure)",
+        "ratio total/plain",
+    ] {
+        let line = stdout
+            .lines()
+            .map(str::trim_start)
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("missing {label:?} in:\n{stdout}"));
+        let value: f64 = line[label.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"));
+        assert!(value.is_finite() && value >= 0.0, "{line}");
+    }
+    for context in ["target <= 250 ms", "target <= 2.0", "day ", "40 tenants"] {
+        assert!(
+            stdout.contains(context),
+            "missing {context:?} in:\n{stdout}"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! budgetd's test kit: every test double and fixture generator, for the workspace's tests and
+//! the dev binary (`budgetd-dev`: benchmarks and demo servers). Never a normal dependency of
+//! the product.
+//!
+//! - `db`: a fresh migrated database per test, scratch databases for benchmarks;
+//! - `clock`: fixed instants, so that no test depends on the day it runs;
+//! - `synthetic`: a deterministic kube-prometheus-stack cluster with exact ground truth;
+//! - `prometheus`: promtool blocks and a Prometheus process serving them;
+//! - `alertmanager`: a real Alertmanager process;
+//! - `fake_kube`: a stateful fake Kubernetes API server;
+//! - `bench_sql`: the benchmarks' SQL besides the store (bulk loads, COPY, baseline queries).
+
+pub mod alertmanager;
+pub mod bench_sql;
+pub mod clock;
+pub mod db;
+pub mod fake_kube;
+pub mod prometheus;
+pub mod synthetic;
