@@ -51,19 +51,31 @@ async fn metrics(State((cluster, exporter)): State<(Arc<Cluster>, Exporter)>) ->
     exposition_for(&cluster.render_exposition(Utc::now()), exporter)
 }
 
-/// Serves the demo cluster of `tenants` tenants (ids `tenant-000`, ...) until the process ends.
-/// The model covers 30 days from now.
-pub async fn serve(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
-    let now = Utc::now();
-    let spec = ClusterSpec::new(
+/// The tenant the README's first session creates. The demo cluster already runs its namespace
+/// (labelled `tenant=acme`): until the tenant exists its usage is unallocated, from then on it
+/// is the tenant's cost, as when a team's namespaces predate its onboarding.
+pub const FIRST_TENANT: &str = "acme";
+/// [`FIRST_TENANT`]'s namespace.
+pub const FIRST_TENANT_NAMESPACE: &str = "acme-prod";
+
+/// The demo cluster: `tenants` tenants, the traps (a namespace without a tenant label, and
+/// [`FIRST_TENANT`]'s namespace), 30 days from `now`.
+fn demo_spec(tenants: usize, now: chrono::DateTime<Utc>) -> ClusterSpec {
+    ClusterSpec::new(
         tenants,
         7,
         now - Duration::minutes(10),
         now + Duration::days(30),
     )
     .with_traps(true)
-    .with_jitter_s(0);
-    let cluster = Arc::new(Cluster::generate(&spec));
+    .with_unknown_tenant(FIRST_TENANT_NAMESPACE, FIRST_TENANT)
+    .with_jitter_s(0)
+}
+
+/// Serves the demo cluster of `tenants` tenants (ids `tenant-000`, ...) plus the namespace of
+/// [`FIRST_TENANT`], until the process ends. The model covers 30 days from now.
+pub async fn serve(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
+    let cluster = Arc::new(Cluster::generate(&demo_spec(tenants, Utc::now())));
     let router = Router::new()
         .route(
             "/metrics/cadvisor",
@@ -88,8 +100,10 @@ pub async fn serve(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
 /// has something to tighten, suspend and restore. There is no real cluster here; see README.
 pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()> {
     let kube = testkit::fake_kube::FakeKube::start_on(listen).await?;
-    for i in 0..tenants {
-        let tenant = format!("tenant-{i:03}");
+    let tenants_and_first = (0..tenants)
+        .map(|i| format!("tenant-{i:03}"))
+        .chain([FIRST_TENANT.to_owned()]);
+    for tenant in tenants_and_first {
         let namespace = format!("{tenant}-prod");
         kube.create_namespace(&namespace, &[("tenant", tenant.as_str())]);
         kube.create_quota(
@@ -107,7 +121,7 @@ pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()
         kube.create_cronjob(&namespace, "nightly-report", false);
     }
     eprintln!(
-        "demo Kubernetes API serving {tenants} tenants on {}",
+        "demo Kubernetes API serving {tenants} tenants and {FIRST_TENANT} on {}",
         kube.url()
     );
     tokio::signal::ctrl_c().await?;
@@ -118,6 +132,24 @@ pub async fn serve_kube(listen: SocketAddr, tenants: usize) -> anyhow::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's first session creates `acme`: its namespace must be in the demo cluster,
+    /// labelled for it, with usage, or the session shows no costs.
+    #[test]
+    fn the_first_sessions_tenant_has_a_labelled_namespace_with_usage() {
+        let now = Utc::now();
+        let cluster = Cluster::generate(&demo_spec(3, now));
+        let ksm = exposition_for(&cluster.render_exposition(now), Exporter::KubeStateMetrics);
+        assert!(
+            ksm.contains("kube_namespace_labels{namespace=\"acme-prod\",label_tenant=\"acme\""),
+            "{ksm}"
+        );
+        assert!(ksm.contains("kube_pod_container_resource_requests{namespace=\"acme-prod\""));
+        assert_eq!(
+            cluster.tenant_ids(),
+            ["tenant-000", "tenant-001", "tenant-002"]
+        );
+    }
 
     #[test]
     fn each_endpoint_serves_its_families_and_never_up() {

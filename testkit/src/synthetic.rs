@@ -81,6 +81,9 @@ pub struct ClusterSpec {
     /// ... and ends here (exclusive).
     pub end: DateTime<Utc>,
     pub traps: bool,
+    /// With `traps`: the namespace labelled with a tenant that is not one of the model's, and
+    /// that tenant (default [`GHOST_NAMESPACE`], [`GHOST_TENANT`]).
+    pub unknown_tenant: (String, String),
 }
 
 impl ClusterSpec {
@@ -94,7 +97,15 @@ impl ClusterSpec {
             start,
             end,
             traps: true,
+            unknown_tenant: (GHOST_NAMESPACE.to_owned(), GHOST_TENANT.to_owned()),
         }
+    }
+
+    /// Labels the unknown tenant's namespace `namespace` with `tenant` (the demo uses the
+    /// tenant a new user creates first, so its usage turns from unallocated into its costs).
+    pub fn with_unknown_tenant(mut self, namespace: &str, tenant: &str) -> Self {
+        self.unknown_tenant = (namespace.to_owned(), tenant.to_owned());
+        self
     }
 
     pub fn with_traps(mut self, traps: bool) -> Self {
@@ -857,20 +868,21 @@ impl Cluster {
                 start,
                 end,
             ));
+            let (ghost_namespace, ghost_tenant) = &spec.unknown_tenant;
             namespaces.push(generate_namespace(
                 spec.seed,
-                GHOST_NAMESPACE,
-                Some(GHOST_TENANT.to_owned()),
+                ghost_namespace,
+                Some(ghost_tenant.clone()),
                 Owner::Unallocated {
-                    namespace: GHOST_NAMESPACE.to_owned(),
-                    label_tenant: Some(GHOST_TENANT.to_owned()),
+                    namespace: ghost_namespace.clone(),
+                    label_tenant: Some(ghost_tenant.clone()),
                 },
                 start,
                 end,
             ));
             traps.unallocated_namespaces = vec![
                 (UNLABELLED_NAMESPACE.to_owned(), None),
-                (GHOST_NAMESPACE.to_owned(), Some(GHOST_TENANT.to_owned())),
+                (ghost_namespace.clone(), Some(ghost_tenant.clone())),
             ];
 
             let span = end - start;
