@@ -53,31 +53,35 @@ impl EnforcerSettings {
     }
 }
 
+/// Why a cycle, or one action in it, did not finish. A cycle returns only `Ledger` errors; the
+/// others fail one action, which is counted and retried next cycle (`CycleReport::failed`).
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
+    /// Includes [`ledger::Error::Fenced`]: another daemon took over, stop enforcing at once.
     #[error("ledger: {0}")]
     Ledger(#[from] ledger::Error),
-    /// Another daemon took over: stop enforcing at once.
-    #[error("fenced: {0}")]
-    Fenced(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Footprint(#[from] FootprintError),
+    /// The action no longer matches the policy (its step left the ladder, or changed kind).
+    #[error("{0}")]
+    Policy(&'static str),
 }
 
 impl EnforceError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             EnforceError::Ledger(e) => e.metric_label(),
-            EnforceError::Fenced(_) => "fenced",
+            EnforceError::Cluster(_) => "kubernetes",
+            EnforceError::Footprint(_) => "footprint",
+            EnforceError::Policy(_) => "policy",
         }
     }
-}
 
-fn fenced(e: ledger::Error) -> EnforceError {
-    match e {
-        ledger::Error::Conflict {
-            code: "fenced",
-            message,
-        } => EnforceError::Fenced(message),
-        other => EnforceError::Ledger(other),
+    /// Whether another daemon leads: the cycle stops at the first fenced write.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EnforceError::Ledger(e) if e.is_fenced())
     }
 }
 
@@ -104,16 +108,6 @@ pub struct Enforcer {
     cluster: Arc<dyn ClusterActuator>,
     alerts: Arc<dyn AlertSink>,
     settings: EnforcerSettings,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ApplyError {
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Footprint(#[from] FootprintError),
-    #[error("{0}")]
-    Record(String),
 }
 
 fn ctx() -> AuditContext {
@@ -265,16 +259,13 @@ impl Enforcer {
                         budget: status.budget,
                         not_before: *not_before,
                     };
-                    let record = self
-                        .store
-                        .open_action(fence, &ctx(), &new)
-                        .await
-                        .map_err(fenced)?;
+                    let record = self.store.open_action(fence, &ctx(), &new).await?;
                     count(step.action.kind(), "opened");
                     tracing::info!(action = record.id, step = %record.step_key, state = %record.state, "opened");
                     if *apply_now {
                         self.apply(fence, &record, &policy, states.get(tenant).copied())
                             .await
+                            .map_err(|e| (record.id, e))
                     } else {
                         Ok(())
                     }
@@ -283,6 +274,7 @@ impl Enforcer {
                     let record = self.store.get_action(*id).await?;
                     self.apply(fence, &record, &policy, states.get(tenant).copied())
                         .await
+                        .map_err(|e| (*id, e))
                 }
                 Action::Close {
                     id,
@@ -291,23 +283,26 @@ impl Enforcer {
                     ..
                 } => {
                     let record = self.store.get_action(*id).await?;
-                    self.close(fence, &record, *was_applied, reason).await
+                    self.close(fence, &record, *was_applied, reason)
+                        .await
+                        .map_err(|e| (*id, e))
                 }
                 Action::Repair {
                     id,
                     tenant,
                     changes,
-                } => self.repair(fence, *id, tenant, changes).await,
+                } => self
+                    .repair(fence, *id, tenant, changes)
+                    .await
+                    .map_err(|e| (*id, e)),
             };
             if let Err((id, e)) = result {
-                if let ApplyOutcome::Fenced(message) = e {
-                    return Err(EnforceError::Fenced(message));
+                if e.is_fenced() {
+                    return Err(e);
                 }
                 let message = e.to_string();
                 tracing::warn!(action = id, error = %message, "enforcement action failed; retrying next cycle");
-                if let Err(e) = self.store.record_failure(fence, id, &message).await {
-                    return Err(fenced(e));
-                }
+                self.store.record_failure(fence, id, &message).await?;
                 report.failed.push((id, message));
             }
         }
@@ -330,16 +325,11 @@ impl Enforcer {
         record: &ActionRecord,
         policy: &Policy,
         tenant_state: Option<TenantState>,
-    ) -> Result<(), (i64, ApplyOutcome)> {
-        let fail = |e: ApplyOutcome| (record.id, e);
+    ) -> Result<(), EnforceError> {
         let mut outcome = json!({});
         let mut transition = None;
         if record.kind != ActionKind::Notify {
-            let footprint = self
-                .cluster
-                .observe(&record.tenant)
-                .await
-                .map_err(|e| fail(ApplyError::from(e).into()))?;
+            let footprint = self.cluster.observe(&record.tenant).await?;
             let record = if record.forward.is_some() {
                 // A previous attempt recorded the prior state; the cluster may already show
                 // part of the change, so it is not observed as "prior" again.
@@ -350,19 +340,11 @@ impl Enforcer {
                         let step = policy
                             .ladder(&record.tenant)
                             .find(&record.step_key)
-                            .ok_or_else(|| {
-                                fail(ApplyOutcome::Failed(ApplyError::Record(
-                                    "the step is no longer in the ladder".to_owned(),
-                                )))
-                            })?;
+                            .ok_or(EnforceError::Policy("the step is no longer in the ladder"))?;
                         let StepAction::TightenQuota(how) = &step.action else {
-                            return Err(fail(ApplyOutcome::Failed(ApplyError::Record(
-                                "the step does not tighten".to_owned(),
-                            ))));
+                            return Err(EnforceError::Policy("the step does not tighten"));
                         };
-                        footprint
-                            .tightened(how)
-                            .map_err(|e| fail(ApplyError::from(e).into()))?
+                        footprint.tightened(how)?
                     }
                     _ => footprint.suspended(),
                 };
@@ -370,15 +352,10 @@ impl Enforcer {
                 let backward = diff(&target, &footprint);
                 self.store
                     .record_effect(fence, record.id, &json!(forward), &json!(backward))
-                    .await
-                    .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?
+                    .await?
             };
             let forward = changes_of(record.forward.as_ref());
-            let applied = self
-                .cluster
-                .apply(&forward)
-                .await
-                .map_err(|e| fail(ApplyError::from(e).into()))?;
+            let applied = self.cluster.apply(&forward).await?;
             outcome = json!({
                 "changes": forward.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "missing": applied.missing,
@@ -396,8 +373,7 @@ impl Enforcer {
         let applied = self
             .store
             .mark_applied(fence, &ctx(), record.id, &outcome, transition.as_ref())
-            .await
-            .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+            .await?;
         count(record.kind, "applied");
         tracing::info!(action = applied.id, step = %applied.step_key, "applied");
         Ok(())
@@ -409,23 +385,15 @@ impl Enforcer {
         record: &ActionRecord,
         was_applied: bool,
         reason: &str,
-    ) -> Result<(), (i64, ApplyOutcome)> {
-        let fail = |e: ApplyOutcome| (record.id, e);
+    ) -> Result<(), EnforceError> {
         let mut transition = None;
         if was_applied {
             let backward = changes_of(record.backward.as_ref());
             if !backward.is_empty() {
-                self.cluster
-                    .apply(&backward)
-                    .await
-                    .map_err(|e| fail(ApplyError::from(e).into()))?;
+                self.cluster.apply(&backward).await?;
             }
             if record.kind == ActionKind::Suspend {
-                let tenant = self
-                    .store
-                    .get_tenant(&record.tenant)
-                    .await
-                    .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+                let tenant = self.store.get_tenant(&record.tenant).await?;
                 if tenant.state == TenantState::Suspended {
                     transition = Some(Transition {
                         to: TenantState::Active,
@@ -437,8 +405,7 @@ impl Enforcer {
         let closed = self
             .store
             .close_action(fence, &ctx(), record.id, reason, transition.as_ref())
-            .await
-            .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+            .await?;
         count(record.kind, closed.state.as_str());
         tracing::info!(action = closed.id, state = %closed.state, reason, "closed");
         Ok(())
@@ -450,16 +417,12 @@ impl Enforcer {
         id: i64,
         tenant: &TenantId,
         changes: &[Change],
-    ) -> Result<(), (i64, ApplyOutcome)> {
+    ) -> Result<(), EnforceError> {
         tracing::warn!(action = id, tenant = %tenant, changes = changes.len(), "drift: re-applying");
-        self.cluster
-            .apply(changes)
-            .await
-            .map_err(|e| (id, ApplyError::from(e).into()))?;
+        self.cluster.apply(changes).await?;
         self.store
             .record_repair(fence, &ctx(), id, &json!(changes))
-            .await
-            .map_err(|e| (id, ApplyOutcome::from_ledger(e)))?;
+            .await?;
         metrics::counter!("budgetd_enforcement_drift_repairs_total").increment(1);
         Ok(())
     }
@@ -579,26 +542,6 @@ impl Enforcer {
             ends_at,
             generator_url: link,
         })
-    }
-}
-
-/// Why applying, closing or repairing an action did not finish.
-#[derive(Debug, thiserror::Error)]
-enum ApplyOutcome {
-    #[error(transparent)]
-    Failed(#[from] ApplyError),
-    #[error("ledger: {0}")]
-    Ledger(ledger::Error),
-    #[error("fenced: {0}")]
-    Fenced(String),
-}
-
-impl ApplyOutcome {
-    fn from_ledger(e: ledger::Error) -> ApplyOutcome {
-        match fenced(e) {
-            EnforceError::Fenced(message) => ApplyOutcome::Fenced(message),
-            EnforceError::Ledger(e) => ApplyOutcome::Ledger(e),
-        }
     }
 }
 

@@ -625,10 +625,7 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
     tx.rollback().await.unwrap();
 
     // The view is the function at now() with 7 trailing days and 30 minutes of lag.
-    let status = s
-        .budget_statuses(view_now, &strict(7, 1800))
-        .await
-        .unwrap();
+    let status = s.budget_statuses(view_now, &strict(7, 1800)).await.unwrap();
     assert_eq!(status.len(), 1);
     let st = &status[0];
     assert_eq!(
@@ -1058,11 +1055,17 @@ async fn a_stale_fence_fails_every_enforcement_write_and_changes_nothing() {
         ];
         for (op, result) in attempts {
             let err = result.expect_err(op);
-            assert_eq!(
-                conflict_code(&err),
-                Some("fenced"),
+            assert!(
+                matches!(
+                    err,
+                    Error::Fenced {
+                        fence: f,
+                        leader: Some(Fence(2)),
+                    } if f == fence
+                ),
                 "{op} with {fence:?}: {err}"
             );
+            assert_eq!(err.metric_label(), "fenced");
         }
     }
     assert_eq!(counts(s).await, before, "fenced writes left rows behind");
@@ -1668,7 +1671,11 @@ async fn budget_status_and_enforcement_writes_work_through_pgbouncer() {
         )
         .await
         .unwrap_err();
-    assert_eq!(conflict_code(&err), Some("fenced"), "{err}");
+    assert!(
+        matches!(err, Error::Fenced { fence, leader: Some(current) }
+            if fence == Fence(leader.fence().0 + 1) && current == leader.fence()),
+        "{err}"
+    );
     assert_eq!(
         ledger_open_ids(&db.store).await,
         [opened.id],

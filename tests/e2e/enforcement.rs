@@ -23,8 +23,8 @@ use ledger::enforcement::Fence;
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::LeaderLock;
-use ledger::testing::clock;
 use ledger::tenant::TenantId;
+use ledger::testing::clock;
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::Store;
 use rust_decimal::Decimal;
@@ -571,7 +571,13 @@ async fn a_stale_leader_cannot_enforce() {
     assert_eq!(next.fence().0, stale.0 + 1);
     let err = enforcer.run_once(stale, now).await.unwrap_err();
     assert!(
-        matches!(err, enforcer::executor::EnforceError::Fenced(_)),
+        matches!(
+            err,
+            enforcer::executor::EnforceError::Ledger(ledger::Error::Fenced {
+                fence,
+                leader: Some(leader),
+            }) if fence == stale && leader == next.fence()
+        ),
         "{err}"
     );
     let opened: i64 = sqlx::query_scalar("select count(*) from enforcement_actions")
