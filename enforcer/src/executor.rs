@@ -15,12 +15,12 @@ use ledger::enforcement::{
 };
 use ledger::tenant::{TenantId, TenantState};
 use ledger::Store;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::alerts::{Alert, AlertName, AlertSink, Severity};
-use crate::cluster::{diff, Change, ClusterActuator, ClusterError, FootprintError};
-use crate::plan::{plan, Action, ClusterState, OpenAction};
-use crate::policy::{Ladder, Policy, StepAction};
+use crate::cluster::{ChangeSet, ClusterActuator, ClusterError, CorruptChanges, FootprintError};
+use crate::plan::{effect, plan, Action, ClusterState};
+use crate::policy::{Ladder, Policy, Step};
 
 /// How the enforcer reads budgets and talks to Alertmanager.
 #[derive(Debug, Clone)]
@@ -64,9 +64,10 @@ pub enum EnforceError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Footprint(#[from] FootprintError),
-    /// The action no longer matches the policy (its step left the ladder, or changed kind).
-    #[error("{0}")]
-    Policy(&'static str),
+    /// Alert-worthy: the action stays open, unapplied or unrestored, until an operator repairs
+    /// its record (`budgetd_enforcement_corrupt_actions_total`).
+    #[error(transparent)]
+    Corrupt(#[from] CorruptChanges),
 }
 
 impl EnforceError {
@@ -75,7 +76,7 @@ impl EnforceError {
             EnforceError::Ledger(e) => e.metric_label(),
             EnforceError::Cluster(_) => "kubernetes",
             EnforceError::Footprint(_) => "footprint",
-            EnforceError::Policy(_) => "policy",
+            EnforceError::Corrupt(_) => "corrupt_changes",
         }
     }
 
@@ -117,26 +118,6 @@ fn ctx() -> AuditContext {
     }
 }
 
-/// An open action as `plan` takes it.
-pub fn to_open(rung: &OpenRung) -> OpenAction {
-    OpenAction {
-        id: rung.id,
-        tenant: rung.tenant.clone(),
-        period_start: rung.period_start,
-        step_key: rung.step_key.clone(),
-        kind: rung.kind,
-        state: rung.state,
-        not_before: rung.not_before,
-        forward: changes_of(rung.forward.as_ref()),
-    }
-}
-
-fn changes_of(value: Option<&Value>) -> Vec<Change> {
-    value
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default()
-}
-
 impl Enforcer {
     pub fn new(
         store: Store,
@@ -174,8 +155,7 @@ impl Enforcer {
             .await?;
         let open = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;
-        let opens: Vec<OpenAction> = open.iter().map(to_open).collect();
-        let actions = plan(&statuses, &policy, &ClusterState::default(), &opens, now);
+        let actions = plan(&statuses, &policy, &ClusterState::default(), &open, now);
         Ok(Evaluation {
             statuses,
             open,
@@ -217,8 +197,7 @@ impl Enforcer {
             }
         }
 
-        let opens: Vec<OpenAction> = records.iter().map(to_open).collect();
-        let actions = plan(&statuses, &policy, &cluster, &opens, now);
+        let actions = plan(&statuses, &policy, &cluster, &records, now);
         let states: BTreeMap<&TenantId, TenantState> = statuses
             .iter()
             .map(|s| (&s.tenant, s.tenant_state))
@@ -263,16 +242,16 @@ impl Enforcer {
                     count(step.action.kind(), "opened");
                     tracing::info!(action = record.id, step = %record.step_key, state = %record.state, "opened");
                     if *apply_now {
-                        self.apply(fence, &record, &policy, states.get(tenant).copied())
+                        self.apply(fence, &record, step, states.get(tenant).copied())
                             .await
                             .map_err(|e| (record.id, e))
                     } else {
                         Ok(())
                     }
                 }
-                Action::Apply { id, tenant, .. } => {
+                Action::Apply { id, tenant, step } => {
                     let record = self.store.get_action(*id).await?;
-                    self.apply(fence, &record, &policy, states.get(tenant).copied())
+                    self.apply(fence, &record, step, states.get(tenant).copied())
                         .await
                         .map_err(|e| (*id, e))
                 }
@@ -295,13 +274,19 @@ impl Enforcer {
                     .repair(fence, *id, tenant, changes)
                     .await
                     .map_err(|e| (*id, e)),
+                Action::Corrupt { id, error, .. } => Err((*id, error.clone().into())),
             };
             if let Err((id, e)) = result {
                 if e.is_fenced() {
                     return Err(e);
                 }
                 let message = e.to_string();
-                tracing::warn!(action = id, error = %message, "enforcement action failed; retrying next cycle");
+                if let EnforceError::Corrupt(_) = e {
+                    metrics::counter!("budgetd_enforcement_corrupt_actions_total").increment(1);
+                    tracing::warn!(action = id, error = %message, "an action's recorded changes cannot be read; it stays open until an operator repairs the record");
+                } else {
+                    tracing::warn!(action = id, error = %message, "enforcement action failed; retrying next cycle");
+                }
                 self.store.record_failure(fence, id, &message).await?;
                 report.failed.push((id, message));
             }
@@ -319,49 +304,45 @@ impl Enforcer {
         Ok(report)
     }
 
+    /// Applies `record`, the ledger's action for `step`: observes the tenant, records the
+    /// effect (before the first write), applies it and marks the action applied.
     async fn apply(
         &self,
         fence: Fence,
         record: &ActionRecord,
-        policy: &Policy,
+        step: &Step,
         tenant_state: Option<TenantState>,
     ) -> Result<(), EnforceError> {
         let mut outcome = json!({});
         let mut transition = None;
         if record.kind != ActionKind::Notify {
-            let footprint = self.cluster.observe(&record.tenant).await?;
-            let record = if record.forward.is_some() {
+            let observed = self.cluster.observe(&record.tenant).await?;
+            let forward = match &record.forward {
                 // A previous attempt recorded the prior state; the cluster may already show
                 // part of the change, so it is not observed as "prior" again.
-                record.clone()
-            } else {
-                let target = match record.kind {
-                    ActionKind::TightenQuota => {
-                        let step = policy
-                            .ladder(&record.tenant)
-                            .find(&record.step_key)
-                            .ok_or(EnforceError::Policy("the step is no longer in the ladder"))?;
-                        let StepAction::TightenQuota(how) = &step.action else {
-                            return Err(EnforceError::Policy("the step does not tighten"));
-                        };
-                        footprint.tightened(how)?
-                    }
-                    _ => footprint.suspended(),
-                };
-                let forward = diff(&footprint, &target);
-                let backward = diff(&target, &footprint);
-                self.store
-                    .record_effect(fence, record.id, &json!(forward), &json!(backward))
-                    .await?
+                Some(recorded) => ChangeSet::decode("forward", recorded)?,
+                None => {
+                    let effect = effect(&step.action, &observed)?;
+                    let stored = self
+                        .store
+                        .record_effect(
+                            fence,
+                            record.id,
+                            &effect.forward.to_json(),
+                            &effect.backward.to_json(),
+                        )
+                        .await?;
+                    // The ledger keeps an action's first record: apply what it holds.
+                    ChangeSet::recorded("forward", stored.kind, stored.forward.as_ref())?
+                }
             };
-            let forward = changes_of(record.forward.as_ref());
             let applied = self.cluster.apply(&forward).await?;
             outcome = json!({
                 "changes": forward.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "missing": applied.missing,
             });
             if record.kind == ActionKind::Suspend {
-                outcome["autoscaled_not_scaled"] = json!(footprint.autoscaled());
+                outcome["autoscaled_not_scaled"] = json!(observed.autoscaled());
                 if tenant_state == Some(TenantState::Active) {
                     transition = Some(Transition {
                         to: TenantState::Suspended,
@@ -388,7 +369,9 @@ impl Enforcer {
     ) -> Result<(), EnforceError> {
         let mut transition = None;
         if was_applied {
-            let backward = changes_of(record.backward.as_ref());
+            // Fails on a record it cannot read: the action then stays applied (and counted),
+            // since restoring "nothing" would mark it restored with the cluster still changed.
+            let backward = ChangeSet::recorded("backward", record.kind, record.backward.as_ref())?;
             if !backward.is_empty() {
                 self.cluster.apply(&backward).await?;
             }
@@ -416,12 +399,12 @@ impl Enforcer {
         fence: Fence,
         id: i64,
         tenant: &TenantId,
-        changes: &[Change],
+        changes: &ChangeSet,
     ) -> Result<(), EnforceError> {
         tracing::warn!(action = id, tenant = %tenant, changes = changes.len(), "drift: re-applying");
         self.cluster.apply(changes).await?;
         self.store
-            .record_repair(fence, &ctx(), id, &json!(changes))
+            .record_repair(fence, &ctx(), id, &changes.to_json())
             .await?;
         metrics::counter!("budgetd_enforcement_drift_repairs_total").increment(1);
         Ok(())
