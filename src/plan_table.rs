@@ -64,6 +64,13 @@ pub fn write(out: &mut impl Write, evaluation: &Evaluation) -> std::io::Result<(
                 format!("repair #{id} ({} changes)", changes.len()),
                 "the cluster drifted from what the action set".to_owned(),
             ),
+            Action::Corrupt { id, error, .. } => (
+                format!(
+                    "hold #{id} {} [record unreadable]",
+                    open.get(id).cloned().unwrap_or_default()
+                ),
+                error.to_string(),
+            ),
         };
         let tenant = action.tenant();
         let row = match statuses.get(tenant) {

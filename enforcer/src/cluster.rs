@@ -2,17 +2,21 @@
 //! and the pure arithmetic of changing and restoring them.
 //!
 //! An enforcement action is recorded as its `forward` changes (what it set) and their `backward`
-//! inverse (the prior values). Both come from [`diff`], so they touch exactly the same fields;
-//! restoring applies `backward` and never "applies without the field". The executor reads the
-//! footprint through [`ClusterActuator`], the one trait for the Kubernetes API.
+//! inverse (the prior values), each a [`ChangeSet`]. Both come from [`diff`], so they touch
+//! exactly the same fields; restoring applies `backward` and never "applies without the field".
+//! The executor reads the footprint through [`ClusterActuator`], the one trait for the
+//! Kubernetes API.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
 
 use async_trait::async_trait;
+use ledger::enforcement::ActionKind;
 use ledger::tenant::TenantId;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::quantity::{same_quantity, Quantity};
 
@@ -181,6 +185,79 @@ impl fmt::Display for Change {
                 suspended,
             } => write!(f, "{namespace}: label {SUSPENDED_LABEL}={suspended}"),
         }
+    }
+}
+
+/// The changes an action recorded in the ledger: `forward` (what it set) or `backward` (the
+/// prior values), in the order they are applied.
+///
+/// The one owner of their stored form. The ledger keeps them as JSON it does not interpret (the
+/// API, audit records and events show them as they are), and every read goes through
+/// [`ChangeSet::decode`], which fails rather than guess: reading an unreadable `backward` as "no
+/// changes" would mark an action restored and leave the cluster changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet(Vec<Change>);
+
+/// An action's recorded changes cannot be read: the record was altered or written by something
+/// else. Nothing is applied or restored from it; only an operator can repair the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the recorded {record} changes cannot be read: {reason}")]
+pub struct CorruptChanges {
+    /// `forward` or `backward`.
+    pub record: &'static str,
+    pub reason: String,
+}
+
+impl ChangeSet {
+    pub fn new(changes: Vec<Change>) -> ChangeSet {
+        ChangeSet(changes)
+    }
+
+    /// The stored form: a JSON array of changes tagged by `op`.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(&self.0).expect("changes are plain data and always serialize")
+    }
+
+    /// Reads a stored change set (`record` names it in the error: `forward` or `backward`).
+    pub fn decode(record: &'static str, value: &Value) -> Result<ChangeSet, CorruptChanges> {
+        Vec::<Change>::deserialize(value)
+            .map(ChangeSet)
+            .map_err(|e| CorruptChanges {
+                record,
+                reason: e.to_string(),
+            })
+    }
+
+    /// What an action of `kind` that is (being) applied has recorded. A notification changes
+    /// nothing in the cluster; a quota or suspension action records its changes before its
+    /// first write, so finding none is as corrupt as finding garbage.
+    pub fn recorded(
+        record: &'static str,
+        kind: ActionKind,
+        value: Option<&Value>,
+    ) -> Result<ChangeSet, CorruptChanges> {
+        match value {
+            Some(value) => ChangeSet::decode(record, value),
+            None if kind == ActionKind::Notify => Ok(ChangeSet::default()),
+            None => Err(CorruptChanges {
+                record,
+                reason: format!("nothing is recorded for a {} action", kind.as_str()),
+            }),
+        }
+    }
+}
+
+impl Deref for ChangeSet {
+    type Target = [Change];
+
+    fn deref(&self) -> &[Change] {
+        &self.0
+    }
+}
+
+impl FromIterator<Change> for ChangeSet {
+    fn from_iter<I: IntoIterator<Item = Change>>(changes: I) -> ChangeSet {
+        ChangeSet(changes.into_iter().collect())
     }
 }
 
@@ -427,4 +504,111 @@ pub trait ClusterActuator: Send + Sync {
     /// Applies the changes in order. An object that does not exist is reported in
     /// [`ApplyReport::missing`], except the quota, which `SetQuota` creates.
     async fn apply(&self, changes: &[Change]) -> Result<ApplyReport, ClusterError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn changes() -> ChangeSet {
+        ChangeSet::new(vec![
+            Change::SetQuota {
+                namespace: "acme-prod".to_owned(),
+                hard: QuotaHard::from([
+                    ("pods".to_owned(), "10".to_owned()),
+                    ("requests.memory".to_owned(), "8Gi".to_owned()),
+                ]),
+            },
+            Change::DeleteQuota {
+                namespace: "acme-dev".to_owned(),
+            },
+            Change::Scale {
+                namespace: "acme-prod".to_owned(),
+                kind: WorkloadKind::StatefulSet,
+                name: "db".to_owned(),
+                replicas: 0,
+            },
+            Change::SuspendCronJob {
+                namespace: "acme-prod".to_owned(),
+                name: "report".to_owned(),
+                suspend: true,
+            },
+            Change::LabelSuspended {
+                namespace: "acme-prod".to_owned(),
+                suspended: true,
+            },
+        ])
+    }
+
+    #[test]
+    fn a_change_set_reads_back_as_the_same_changes() {
+        let set = changes();
+        assert_eq!(ChangeSet::decode("forward", &set.to_json()), Ok(set));
+        let empty = ChangeSet::default();
+        assert_eq!(ChangeSet::decode("backward", &empty.to_json()), Ok(empty));
+    }
+
+    /// The actions in a ledger hold this form; a change to it would make them unreadable.
+    #[test]
+    fn the_stored_form_is_an_array_of_changes_tagged_by_op() {
+        assert_eq!(
+            changes().to_json(),
+            json!([
+                {"op": "set_quota", "namespace": "acme-prod",
+                 "hard": {"pods": "10", "requests.memory": "8Gi"}},
+                {"op": "delete_quota", "namespace": "acme-dev"},
+                {"op": "scale", "namespace": "acme-prod", "kind": "stateful_set", "name": "db",
+                 "replicas": 0},
+                {"op": "suspend_cron_job", "namespace": "acme-prod", "name": "report",
+                 "suspend": true},
+                {"op": "label_suspended", "namespace": "acme-prod", "suspended": true},
+            ])
+        );
+    }
+
+    #[test]
+    fn anything_else_is_corrupt_and_never_reads_as_no_changes() {
+        let garbage = [
+            json!({"garbage": true}),
+            json!("[]"),
+            json!(null),
+            json!(42),
+            json!([{"op": "explode", "namespace": "acme-prod"}]),
+            json!([{"op": "scale", "namespace": "acme-prod", "name": "web"}]),
+            json!([{"op": "set_quota", "namespace": "acme-prod", "hard": {"pods": 10}}]),
+            json!([{"op": "label_suspended", "namespace": "acme-prod", "suspended": true}, 7]),
+        ];
+        for value in garbage {
+            let err = ChangeSet::decode("backward", &value).unwrap_err();
+            assert_eq!(err.record, "backward", "{value}");
+            assert!(
+                err.to_string()
+                    .starts_with("the recorded backward changes cannot be read: "),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_applied_cluster_action_without_a_record_is_corrupt() {
+        assert_eq!(
+            ChangeSet::recorded("forward", ActionKind::Notify, None),
+            Ok(ChangeSet::default())
+        );
+        for kind in [ActionKind::TightenQuota, ActionKind::Suspend] {
+            let err = ChangeSet::recorded("backward", kind, None).unwrap_err();
+            assert_eq!(
+                err.reason,
+                format!("nothing is recorded for a {} action", kind.as_str())
+            );
+            let set = changes();
+            assert_eq!(
+                ChangeSet::recorded("backward", kind, Some(&set.to_json())),
+                Ok(set)
+            );
+            assert!(ChangeSet::recorded("backward", kind, Some(&json!({}))).is_err());
+        }
+    }
 }

@@ -15,12 +15,12 @@ use ledger::enforcement::{
 };
 use ledger::tenant::{TenantId, TenantState};
 use ledger::Store;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::alerts::{Alert, AlertName, AlertSink, Severity};
-use crate::cluster::{diff, Change, ClusterActuator, ClusterError, FootprintError};
-use crate::plan::{plan, Action, ClusterState, OpenAction};
-use crate::policy::{Ladder, Policy, StepAction};
+use crate::cluster::{ChangeSet, ClusterActuator, ClusterError, CorruptChanges, FootprintError};
+use crate::plan::{effect, plan, Action, ClusterState};
+use crate::policy::{Ladder, Policy, Step};
 
 /// How the enforcer reads budgets and talks to Alertmanager.
 #[derive(Debug, Clone)]
@@ -53,31 +53,36 @@ impl EnforcerSettings {
     }
 }
 
+/// Why a cycle, or one action in it, did not finish. A cycle returns only `Ledger` errors; the
+/// others fail one action, which is counted and retried next cycle (`CycleReport::failed`).
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
+    /// Includes [`ledger::Error::Fenced`]: another daemon took over, stop enforcing at once.
     #[error("ledger: {0}")]
     Ledger(#[from] ledger::Error),
-    /// Another daemon took over: stop enforcing at once.
-    #[error("fenced: {0}")]
-    Fenced(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Footprint(#[from] FootprintError),
+    /// Alert-worthy: the action stays open, unapplied or unrestored, until an operator repairs
+    /// its record (`budgetd_enforcement_corrupt_actions_total`).
+    #[error(transparent)]
+    Corrupt(#[from] CorruptChanges),
 }
 
 impl EnforceError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             EnforceError::Ledger(e) => e.metric_label(),
-            EnforceError::Fenced(_) => "fenced",
+            EnforceError::Cluster(_) => "kubernetes",
+            EnforceError::Footprint(_) => "footprint",
+            EnforceError::Corrupt(_) => "corrupt_changes",
         }
     }
-}
 
-fn fenced(e: ledger::Error) -> EnforceError {
-    match e {
-        ledger::Error::Conflict {
-            code: "fenced",
-            message,
-        } => EnforceError::Fenced(message),
-        other => EnforceError::Ledger(other),
+    /// Whether another daemon leads: the cycle stops at the first fenced write.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EnforceError::Ledger(e) if e.is_fenced())
     }
 }
 
@@ -106,41 +111,11 @@ pub struct Enforcer {
     settings: EnforcerSettings,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ApplyError {
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Footprint(#[from] FootprintError),
-    #[error("{0}")]
-    Record(String),
-}
-
 fn ctx() -> AuditContext {
     AuditContext {
         actor: Actor::system("budgetd-enforcer"),
         request_id: format!("enforce-{}", Utc::now().timestamp_micros()),
     }
-}
-
-/// An open action as `plan` takes it.
-pub fn to_open(rung: &OpenRung) -> OpenAction {
-    OpenAction {
-        id: rung.id,
-        tenant: rung.tenant.clone(),
-        period_start: rung.period_start,
-        step_key: rung.step_key.clone(),
-        kind: rung.kind,
-        state: rung.state,
-        not_before: rung.not_before,
-        forward: changes_of(rung.forward.as_ref()),
-    }
-}
-
-fn changes_of(value: Option<&Value>) -> Vec<Change> {
-    value
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default()
 }
 
 impl Enforcer {
@@ -180,8 +155,7 @@ impl Enforcer {
             .await?;
         let open = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;
-        let opens: Vec<OpenAction> = open.iter().map(to_open).collect();
-        let actions = plan(&statuses, &policy, &ClusterState::default(), &opens, now);
+        let actions = plan(&statuses, &policy, &ClusterState::default(), &open, now);
         Ok(Evaluation {
             statuses,
             open,
@@ -223,8 +197,7 @@ impl Enforcer {
             }
         }
 
-        let opens: Vec<OpenAction> = records.iter().map(to_open).collect();
-        let actions = plan(&statuses, &policy, &cluster, &opens, now);
+        let actions = plan(&statuses, &policy, &cluster, &records, now);
         let states: BTreeMap<&TenantId, TenantState> = statuses
             .iter()
             .map(|s| (&s.tenant, s.tenant_state))
@@ -265,24 +238,22 @@ impl Enforcer {
                         budget: status.budget,
                         not_before: *not_before,
                     };
-                    let record = self
-                        .store
-                        .open_action(fence, &ctx(), &new)
-                        .await
-                        .map_err(fenced)?;
+                    let record = self.store.open_action(fence, &ctx(), &new).await?;
                     count(step.action.kind(), "opened");
                     tracing::info!(action = record.id, step = %record.step_key, state = %record.state, "opened");
                     if *apply_now {
-                        self.apply(fence, &record, &policy, states.get(tenant).copied())
+                        self.apply(fence, &record, step, states.get(tenant).copied())
                             .await
+                            .map_err(|e| (record.id, e))
                     } else {
                         Ok(())
                     }
                 }
-                Action::Apply { id, tenant, .. } => {
+                Action::Apply { id, tenant, step } => {
                     let record = self.store.get_action(*id).await?;
-                    self.apply(fence, &record, &policy, states.get(tenant).copied())
+                    self.apply(fence, &record, step, states.get(tenant).copied())
                         .await
+                        .map_err(|e| (*id, e))
                 }
                 Action::Close {
                     id,
@@ -291,23 +262,32 @@ impl Enforcer {
                     ..
                 } => {
                     let record = self.store.get_action(*id).await?;
-                    self.close(fence, &record, *was_applied, reason).await
+                    self.close(fence, &record, *was_applied, reason)
+                        .await
+                        .map_err(|e| (*id, e))
                 }
                 Action::Repair {
                     id,
                     tenant,
                     changes,
-                } => self.repair(fence, *id, tenant, changes).await,
+                } => self
+                    .repair(fence, *id, tenant, changes)
+                    .await
+                    .map_err(|e| (*id, e)),
+                Action::Corrupt { id, error, .. } => Err((*id, error.clone().into())),
             };
             if let Err((id, e)) = result {
-                if let ApplyOutcome::Fenced(message) = e {
-                    return Err(EnforceError::Fenced(message));
+                if e.is_fenced() {
+                    return Err(e);
                 }
                 let message = e.to_string();
-                tracing::warn!(action = id, error = %message, "enforcement action failed; retrying next cycle");
-                if let Err(e) = self.store.record_failure(fence, id, &message).await {
-                    return Err(fenced(e));
+                if let EnforceError::Corrupt(_) = e {
+                    metrics::counter!("budgetd_enforcement_corrupt_actions_total").increment(1);
+                    tracing::warn!(action = id, error = %message, "an action's recorded changes cannot be read; it stays open until an operator repairs the record");
+                } else {
+                    tracing::warn!(action = id, error = %message, "enforcement action failed; retrying next cycle");
                 }
+                self.store.record_failure(fence, id, &message).await?;
                 report.failed.push((id, message));
             }
         }
@@ -324,67 +304,45 @@ impl Enforcer {
         Ok(report)
     }
 
+    /// Applies `record`, the ledger's action for `step`: observes the tenant, records the
+    /// effect (before the first write), applies it and marks the action applied.
     async fn apply(
         &self,
         fence: Fence,
         record: &ActionRecord,
-        policy: &Policy,
+        step: &Step,
         tenant_state: Option<TenantState>,
-    ) -> Result<(), (i64, ApplyOutcome)> {
-        let fail = |e: ApplyOutcome| (record.id, e);
+    ) -> Result<(), EnforceError> {
         let mut outcome = json!({});
         let mut transition = None;
         if record.kind != ActionKind::Notify {
-            let footprint = self
-                .cluster
-                .observe(&record.tenant)
-                .await
-                .map_err(|e| fail(ApplyError::from(e).into()))?;
-            let record = if record.forward.is_some() {
+            let observed = self.cluster.observe(&record.tenant).await?;
+            let forward = match &record.forward {
                 // A previous attempt recorded the prior state; the cluster may already show
                 // part of the change, so it is not observed as "prior" again.
-                record.clone()
-            } else {
-                let target = match record.kind {
-                    ActionKind::TightenQuota => {
-                        let step = policy
-                            .ladder(&record.tenant)
-                            .find(&record.step_key)
-                            .ok_or_else(|| {
-                                fail(ApplyOutcome::Failed(ApplyError::Record(
-                                    "the step is no longer in the ladder".to_owned(),
-                                )))
-                            })?;
-                        let StepAction::TightenQuota(how) = &step.action else {
-                            return Err(fail(ApplyOutcome::Failed(ApplyError::Record(
-                                "the step does not tighten".to_owned(),
-                            ))));
-                        };
-                        footprint
-                            .tightened(how)
-                            .map_err(|e| fail(ApplyError::from(e).into()))?
-                    }
-                    _ => footprint.suspended(),
-                };
-                let forward = diff(&footprint, &target);
-                let backward = diff(&target, &footprint);
-                self.store
-                    .record_effect(fence, record.id, &json!(forward), &json!(backward))
-                    .await
-                    .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?
+                Some(recorded) => ChangeSet::decode("forward", recorded)?,
+                None => {
+                    let effect = effect(&step.action, &observed)?;
+                    let stored = self
+                        .store
+                        .record_effect(
+                            fence,
+                            record.id,
+                            &effect.forward.to_json(),
+                            &effect.backward.to_json(),
+                        )
+                        .await?;
+                    // The ledger keeps an action's first record: apply what it holds.
+                    ChangeSet::recorded("forward", stored.kind, stored.forward.as_ref())?
+                }
             };
-            let forward = changes_of(record.forward.as_ref());
-            let applied = self
-                .cluster
-                .apply(&forward)
-                .await
-                .map_err(|e| fail(ApplyError::from(e).into()))?;
+            let applied = self.cluster.apply(&forward).await?;
             outcome = json!({
                 "changes": forward.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "missing": applied.missing,
             });
             if record.kind == ActionKind::Suspend {
-                outcome["autoscaled_not_scaled"] = json!(footprint.autoscaled());
+                outcome["autoscaled_not_scaled"] = json!(observed.autoscaled());
                 if tenant_state == Some(TenantState::Active) {
                     transition = Some(Transition {
                         to: TenantState::Suspended,
@@ -396,8 +354,7 @@ impl Enforcer {
         let applied = self
             .store
             .mark_applied(fence, &ctx(), record.id, &outcome, transition.as_ref())
-            .await
-            .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+            .await?;
         count(record.kind, "applied");
         tracing::info!(action = applied.id, step = %applied.step_key, "applied");
         Ok(())
@@ -409,23 +366,17 @@ impl Enforcer {
         record: &ActionRecord,
         was_applied: bool,
         reason: &str,
-    ) -> Result<(), (i64, ApplyOutcome)> {
-        let fail = |e: ApplyOutcome| (record.id, e);
+    ) -> Result<(), EnforceError> {
         let mut transition = None;
         if was_applied {
-            let backward = changes_of(record.backward.as_ref());
+            // Fails on a record it cannot read: the action then stays applied (and counted),
+            // since restoring "nothing" would mark it restored with the cluster still changed.
+            let backward = ChangeSet::recorded("backward", record.kind, record.backward.as_ref())?;
             if !backward.is_empty() {
-                self.cluster
-                    .apply(&backward)
-                    .await
-                    .map_err(|e| fail(ApplyError::from(e).into()))?;
+                self.cluster.apply(&backward).await?;
             }
             if record.kind == ActionKind::Suspend {
-                let tenant = self
-                    .store
-                    .get_tenant(&record.tenant)
-                    .await
-                    .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+                let tenant = self.store.get_tenant(&record.tenant).await?;
                 if tenant.state == TenantState::Suspended {
                     transition = Some(Transition {
                         to: TenantState::Active,
@@ -437,8 +388,7 @@ impl Enforcer {
         let closed = self
             .store
             .close_action(fence, &ctx(), record.id, reason, transition.as_ref())
-            .await
-            .map_err(|e| fail(ApplyOutcome::from_ledger(e)))?;
+            .await?;
         count(record.kind, closed.state.as_str());
         tracing::info!(action = closed.id, state = %closed.state, reason, "closed");
         Ok(())
@@ -449,17 +399,13 @@ impl Enforcer {
         fence: Fence,
         id: i64,
         tenant: &TenantId,
-        changes: &[Change],
-    ) -> Result<(), (i64, ApplyOutcome)> {
+        changes: &ChangeSet,
+    ) -> Result<(), EnforceError> {
         tracing::warn!(action = id, tenant = %tenant, changes = changes.len(), "drift: re-applying");
-        self.cluster
-            .apply(changes)
-            .await
-            .map_err(|e| (id, ApplyError::from(e).into()))?;
+        self.cluster.apply(changes).await?;
         self.store
-            .record_repair(fence, &ctx(), id, &json!(changes))
-            .await
-            .map_err(|e| (id, ApplyOutcome::from_ledger(e)))?;
+            .record_repair(fence, &ctx(), id, &changes.to_json())
+            .await?;
         metrics::counter!("budgetd_enforcement_drift_repairs_total").increment(1);
         Ok(())
     }
@@ -579,26 +525,6 @@ impl Enforcer {
             ends_at,
             generator_url: link,
         })
-    }
-}
-
-/// Why applying, closing or repairing an action did not finish.
-#[derive(Debug, thiserror::Error)]
-enum ApplyOutcome {
-    #[error(transparent)]
-    Failed(#[from] ApplyError),
-    #[error("ledger: {0}")]
-    Ledger(ledger::Error),
-    #[error("fenced: {0}")]
-    Fenced(String),
-}
-
-impl ApplyOutcome {
-    fn from_ledger(e: ledger::Error) -> ApplyOutcome {
-        match fenced(e) {
-            EnforceError::Fenced(message) => ApplyOutcome::Fenced(message),
-            EnforceError::Ledger(e) => ApplyOutcome::Ledger(e),
-        }
     }
 }
 

@@ -1,33 +1,22 @@
-//! The decision: `plan(status, policy, cluster, open actions, now) -> Vec<Action>`. No I/O.
+//! The decision: `plan(status, policy, cluster, open actions, now) -> Vec<Action>`, and the
+//! concrete changes a step makes to what the cluster shows ([`effect`]). No I/O.
 //!
 //! Level-triggered: from the budget status of every tenant, its open actions (one per ladder
-//! rung at most) and what the cluster shows, compute what to open, apply, close and repair.
-//! Applying the plan and planning again yields nothing new. A tenant whose data is incomplete
-//! gets no action at all, not even a restore: the enforcer never acts on a guess.
+//! rung at most, as the ledger's [`OpenRung`]) and what the cluster shows, compute what to open,
+//! apply, close and repair. Applying the plan and planning again yields nothing new. A tenant
+//! whose data is incomplete gets no action at all, not even a restore: the enforcer never acts
+//! on a guess. Nor does it act on a record it cannot read: an open action whose recorded
+//! changes do not decode is reported ([`Action::Corrupt`]) and otherwise left alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use ledger::enforcement::{ActionKind, ActionState, BudgetStatus};
+use ledger::enforcement::{ActionKind, ActionState, BudgetStatus, OpenRung};
 use ledger::tenant::{TenantId, TenantState};
 use rust_decimal::Decimal;
 
-use crate::cluster::{Change, Footprint};
-use crate::policy::{Approval, Basis, Policy, Step};
-
-/// An action as the ledger holds it, in the form `plan` needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenAction {
-    pub id: i64,
-    pub tenant: TenantId,
-    pub period_start: NaiveDate,
-    pub step_key: String,
-    pub kind: ActionKind,
-    pub state: ActionState,
-    pub not_before: DateTime<Utc>,
-    /// The cluster changes the action made when it was applied.
-    pub forward: Vec<Change>,
-}
+use crate::cluster::{diff, Change, ChangeSet, CorruptChanges, Footprint, FootprintError};
+use crate::policy::{Approval, Basis, Policy, Step, StepAction};
 
 /// What the cluster shows, for the tenants with applied cluster actions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,11 +37,12 @@ pub enum Action {
         apply_now: bool,
         reason: String,
     },
-    /// Apply an approved or scheduled action whose grace period has passed.
+    /// Apply an approved or scheduled action whose grace period has passed, as its `step` of
+    /// the tenant's ladder says.
     Apply {
         id: i64,
         tenant: TenantId,
-        kind: ActionKind,
+        step: Step,
     },
     /// Close an action whose condition no longer holds: restore what it changed if it was
     /// applied, cancel it otherwise.
@@ -67,7 +57,16 @@ pub enum Action {
     Repair {
         id: i64,
         tenant: TenantId,
-        changes: Vec<Change>,
+        changes: ChangeSet,
+    },
+    /// The action's recorded changes cannot be read: record the failure and raise the alarm.
+    /// Until an operator repairs the record the action keeps its rung and is not applied, and
+    /// the tenant's drift is not repaired.
+    Corrupt {
+        id: i64,
+        tenant: TenantId,
+        kind: ActionKind,
+        error: CorruptChanges,
     },
 }
 
@@ -77,7 +76,8 @@ impl Action {
             Action::Open { tenant, .. }
             | Action::Apply { tenant, .. }
             | Action::Close { tenant, .. }
-            | Action::Repair { tenant, .. } => tenant,
+            | Action::Repair { tenant, .. }
+            | Action::Corrupt { tenant, .. } => tenant,
         }
     }
 }
@@ -133,14 +133,49 @@ fn may_open(kind: ActionKind, state: TenantState) -> bool {
     }
 }
 
+/// What applying a step does to a tenant's cluster: the concrete changes from what it shows
+/// to the step's target, and their exact inverse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effect {
+    pub forward: ChangeSet,
+    /// The prior values of exactly the fields `forward` sets.
+    pub backward: ChangeSet,
+}
+
+/// The changes `step` makes to `observed` (target − observed) and back. The executor observes
+/// the tenant, records this effect, then applies `forward`; notifications change nothing.
+pub fn effect(step: &StepAction, observed: &Footprint) -> Result<Effect, FootprintError> {
+    let target = match step {
+        StepAction::Notify(_) => return Ok(Effect::default()),
+        StepAction::TightenQuota(how) => observed.tightened(how)?,
+        StepAction::Suspend => observed.suspended(),
+    };
+    Ok(Effect {
+        forward: ChangeSet::new(diff(observed, &target)),
+        backward: ChangeSet::new(diff(&target, observed)),
+    })
+}
+
+/// The changes an open action recorded: `None` before its first attempt to apply.
+fn recorded_forward(a: &OpenRung) -> Result<Option<ChangeSet>, CorruptChanges> {
+    if a.state == ActionState::Applied {
+        ChangeSet::recorded("forward", a.kind, a.forward.as_ref()).map(Some)
+    } else {
+        a.forward
+            .as_ref()
+            .map(|v| ChangeSet::decode("forward", v))
+            .transpose()
+    }
+}
+
 pub fn plan(
     statuses: &[BudgetStatus],
     policy: &Policy,
     cluster: &ClusterState,
-    open: &[OpenAction],
+    open: &[OpenRung],
     now: DateTime<Utc>,
 ) -> Vec<Action> {
-    let mut by_tenant: BTreeMap<&TenantId, Vec<&OpenAction>> = BTreeMap::new();
+    let mut by_tenant: BTreeMap<&TenantId, Vec<&OpenRung>> = BTreeMap::new();
     for action in open.iter().filter(|a| a.state.is_open()) {
         by_tenant.entry(&action.tenant).or_default().push(action);
     }
@@ -167,7 +202,7 @@ pub fn plan(
     out
 }
 
-fn close_all(actions: &[&OpenAction], reason: &str, out: &mut Vec<Action>) {
+fn close_all(actions: &[&OpenRung], reason: &str, out: &mut Vec<Action>) {
     // Newest first, so a suspension is undone before the tightening beneath it.
     let mut actions = actions.to_vec();
     actions.sort_by_key(|a| std::cmp::Reverse(a.id));
@@ -186,7 +221,7 @@ fn plan_tenant(
     status: &BudgetStatus,
     policy: &Policy,
     cluster: &ClusterState,
-    actions: &[&OpenAction],
+    actions: &[&OpenRung],
     now: DateTime<Utc>,
     out: &mut Vec<Action>,
 ) {
@@ -201,23 +236,24 @@ fn plan_tenant(
     let ladder = policy.ladder(tenant);
 
     let mut closing = Vec::new();
-    let mut staying = Vec::new();
+    // The actions that stay open, with their step of the ladder.
+    let mut staying: Vec<(&OpenRung, &Step)> = Vec::new();
     for a in actions {
         let why = if a.period_start != status.period_start {
-            Some("a new budget period began".to_owned())
+            "a new budget period began".to_owned()
         } else {
             match ladder.find(&a.step_key) {
-                None => Some("the step is no longer in the tenant's ladder".to_owned()),
+                None => "the step is no longer in the tenant's ladder".to_owned(),
                 Some(step) if !holds(status, step, true, policy.hysteresis_percent) => {
-                    Some(format!("cleared: {}", reason(status, step)))
+                    format!("cleared: {}", reason(status, step))
                 }
-                Some(_) => None,
+                Some(step) => {
+                    staying.push((*a, step));
+                    continue;
+                }
             }
         };
-        match why {
-            Some(why) => closing.push((*a, why)),
-            None => staying.push(*a),
-        }
+        closing.push((*a, why));
     }
     closing.sort_by_key(|(a, _)| std::cmp::Reverse(a.id));
     for (a, why) in closing {
@@ -230,28 +266,50 @@ fn plan_tenant(
         });
     }
 
-    for a in &staying {
-        if matches!(a.state, ActionState::Scheduled | ActionState::Approved) && now >= a.not_before
+    // What the staying actions recorded. An unreadable record is reported, never read as "no
+    // changes": that action is neither applied nor repaired, and neither is the tenant's drift
+    // (the fields it set are unknown, so an older action's value of one of them could undo it).
+    let mut applied: BTreeMap<i64, ChangeSet> = BTreeMap::new();
+    let mut unreadable = BTreeSet::new();
+    for (a, _) in &staying {
+        match recorded_forward(a) {
+            Ok(Some(changes)) if a.state == ActionState::Applied => {
+                applied.insert(a.id, changes);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                unreadable.insert(a.id);
+                out.push(Action::Corrupt {
+                    id: a.id,
+                    tenant: tenant.clone(),
+                    kind: a.kind,
+                    error,
+                });
+            }
+        }
+    }
+
+    for (a, step) in &staying {
+        if matches!(a.state, ActionState::Scheduled | ActionState::Approved)
+            && now >= a.not_before
+            && !unreadable.contains(&a.id)
         {
             out.push(Action::Apply {
                 id: a.id,
                 tenant: tenant.clone(),
-                kind: a.kind,
+                step: (*step).clone(),
             });
         }
     }
 
     // Drift: the latest applied change of each field is what the cluster must show.
-    if let Some(footprint) = cluster.footprints.get(tenant) {
-        let mut applied: Vec<&&OpenAction> = staying
-            .iter()
-            .filter(|a| a.state == ActionState::Applied && !a.forward.is_empty())
-            .collect();
-        applied.sort_by_key(|a| a.id);
+    let observed = cluster.footprints.get(tenant);
+    if let Some(footprint) = observed.filter(|_| unreadable.is_empty()) {
         let mut desired: BTreeMap<String, (i64, &Change)> = BTreeMap::new();
-        for a in applied {
-            for change in &a.forward {
-                desired.insert(change.target(), (a.id, change));
+        // Oldest first (by id), so a newer action's value of a field wins.
+        for (id, changes) in &applied {
+            for change in changes.iter() {
+                desired.insert(change.target(), (*id, change));
             }
         }
         let mut repairs: BTreeMap<i64, Vec<Change>> = BTreeMap::new();
@@ -264,14 +322,14 @@ fn plan_tenant(
             out.push(Action::Repair {
                 id,
                 tenant: tenant.clone(),
-                changes,
+                changes: ChangeSet::new(changes),
             });
         }
     }
 
     for step in ladder.steps() {
         let key = step.key();
-        if staying.iter().any(|a| a.step_key == key)
+        if staying.iter().any(|(a, _)| a.step_key == key)
             || !may_open(step.action.kind(), status.tenant_state)
             || !holds(status, step, false, policy.hysteresis_percent)
         {

@@ -219,7 +219,9 @@ pub struct ActionRecord {
     pub forecast: Decimal,
     pub budget: Money,
     pub not_before: DateTime<Utc>,
-    /// The cluster changes the action made, and their exact inverse.
+    /// The cluster changes the action made, and their exact inverse. The ledger stores them as
+    /// given and shows them as they are; the enforcer owns their form
+    /// (`enforcer::cluster::ChangeSet`) and is the only one that decodes them.
     pub forward: Option<Value>,
     pub backward: Option<Value>,
     pub outcome: Option<Value>,
@@ -267,8 +269,9 @@ impl ActionRecord {
     }
 }
 
-/// What deciding needs of an open action: its rung, state and the changes it made. (The full
-/// record is read only for the actions a cycle applies or closes.)
+/// An open action in the form deciding needs (`enforcer::plan` takes these): its rung, state
+/// and the changes it made. (The full record is read only for the actions a cycle applies or
+/// closes.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRung {
     pub id: i64,
@@ -278,6 +281,7 @@ pub struct OpenRung {
     pub kind: ActionKind,
     pub state: ActionState,
     pub not_before: DateTime<Utc>,
+    /// As recorded; the enforcer owns its form (`enforcer::cluster::ChangeSet`) and decodes it.
     pub forward: Option<Value>,
 }
 

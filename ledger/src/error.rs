@@ -4,6 +4,8 @@ use std::fmt;
 
 pub use crate::store::DbTarget;
 
+use crate::enforcement::Fence;
+
 /// Bad input: which field, and what is wrong with it. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -38,6 +40,15 @@ pub enum Error {
     /// lifecycle transition that is not allowed).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// An enforcement write with a fencing token that is no longer the leader's: another
+    /// daemon leads, and this one must stop enforcing at once. A variant of its own (not a
+    /// conflict code) because the enforcer decides on it.
+    #[error(
+        "fencing token {} is no longer the leader's ({}): another daemon leads",
+        .fence.0,
+        leader_token(.leader)
+    )]
+    Fenced { fence: Fence, leader: Option<Fence> },
     #[error("the database did not answer within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
     /// No connection could be made: where to, and why (refused, unknown host, no such
@@ -57,6 +68,7 @@ impl Error {
             Error::Invalid(_) => "invalid",
             Error::NotFound { .. } => "not_found",
             Error::Conflict { .. } => "conflict",
+            Error::Fenced { .. } => "fenced",
             Error::Timeout { .. } => "timeout",
             Error::Unreachable { .. } => "unreachable",
             Error::Database(_) => "database",
@@ -64,10 +76,22 @@ impl Error {
         }
     }
 
+    /// Whether another daemon leads (see [`Error::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Error::Fenced { .. })
+    }
+
     pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Error::Conflict {
             code,
             message: message.into(),
         }
+    }
+}
+
+fn leader_token(leader: &Option<Fence>) -> String {
+    match leader {
+        Some(token) => format!("the lease holds {}", token.0),
+        None => "no lease".to_owned(),
     }
 }

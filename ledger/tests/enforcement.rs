@@ -1055,11 +1055,17 @@ async fn a_stale_fence_fails_every_enforcement_write_and_changes_nothing() {
         ];
         for (op, result) in attempts {
             let err = result.expect_err(op);
-            assert_eq!(
-                conflict_code(&err),
-                Some("fenced"),
+            assert!(
+                matches!(
+                    err,
+                    Error::Fenced {
+                        fence: f,
+                        leader: Some(Fence(2)),
+                    } if f == fence
+                ),
                 "{op} with {fence:?}: {err}"
             );
+            assert_eq!(err.metric_label(), "fenced");
         }
     }
     assert_eq!(counts(s).await, before, "fenced writes left rows behind");
@@ -1665,7 +1671,11 @@ async fn budget_status_and_enforcement_writes_work_through_pgbouncer() {
         )
         .await
         .unwrap_err();
-    assert_eq!(conflict_code(&err), Some("fenced"), "{err}");
+    assert!(
+        matches!(err, Error::Fenced { fence, leader: Some(current) }
+            if fence == Fence(leader.fence().0 + 1) && current == leader.fence()),
+        "{err}"
+    );
     assert_eq!(
         ledger_open_ids(&db.store).await,
         [opened.id],

@@ -89,6 +89,8 @@ impl From<ledger::Error> for ApiError {
                 format!("{what} {id:?} not found"),
             ),
             Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            // Only enforcement writes are fenced; kept as the conflict it was for any caller.
+            Fenced { .. } => ApiError::new(StatusCode::CONFLICT, "fenced", e.to_string()),
             Timeout { .. } | Unreachable { .. } => {
                 tracing::error!(error = %e, "database unavailable");
                 ApiError::new(

@@ -24,6 +24,7 @@ use ledger::store::LeaderLock;
 use ledger::tenant::TenantId;
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::Store;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use testkit::alertmanager::AlertmanagerProcess;
@@ -542,6 +543,137 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
     ));
 }
 
+/// A counter without labels as the daemon's exporter renders it on `/metrics` (0 before the
+/// first increment).
+fn counter(metrics: &PrometheusHandle, name: &str) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Restoring applies the recorded prior values, and nothing else: an unreadable `backward`
+/// is not "nothing to restore". The action stays applied with the error on it, the alarm
+/// metric counts it every cycle, and once an operator repairs the record it is restored exactly.
+#[tokio::test]
+async fn a_corrupted_backward_keeps_the_action_open_and_raises_the_alarm() {
+    // The executor's metrics, on this thread: `#[tokio::test]` runs every task on it.
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let corrupt = || counter(&metrics, "budgetd_enforcement_corrupt_actions_total");
+
+    let s = Stack::start().await;
+    let pool = s.app.db.store.pool().clone();
+    s.kube.create_namespace("acme-prod", &[("tenant", "acme")]);
+    s.kube
+        .create_quota("acme-prod", &[("requests.cpu", "8"), ("pods", "20")]);
+    let quota = || {
+        s.kube
+            .object(Resource::ResourceQuota, "acme-prod", "budgetd-quota")
+            .unwrap()["spec"]["hard"]
+            .clone()
+    };
+    let prior = quota();
+    s.api(
+        Method::PUT,
+        "/api/v1/tenants/acme/budget",
+        "finance",
+        Some(json!({"amount": "100", "currency": "EUR", "effective_from": s.month_start() - chrono::Duration::days(1)})),
+    )
+    .await;
+    spend(&s.app.db.store, &s.version, &s.tenant, s.minute(8), "105").await;
+    s.cycle().await;
+    let tightened = json!({"requests.cpu": "4", "pods": "10"});
+    assert_eq!(quota(), tightened);
+
+    let (id, backward): (i64, Value) = sqlx::query_as(
+        "select id, backward from enforcement_actions where kind = 'tighten_quota' and state = 'applied'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        backward,
+        json!([{"op": "set_quota", "namespace": "acme-prod", "hard": prior}])
+    );
+    sqlx::query("update enforcement_actions set backward = $2 where id = $1")
+        .bind(id)
+        .bind(json!({"garbage": true}))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let restored = |id: i64| {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from audit_log where action = 'enforcement.action_restored' \
+             and target_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&pool)
+    };
+
+    // The budget is raised: the notifications are restored, the tightening cannot be.
+    s.api(
+        Method::PUT,
+        "/api/v1/tenants/acme/budget",
+        "finance",
+        Some(json!({"amount": "1000", "currency": "EUR"})),
+    )
+    .await;
+    for cycle in 1..=2 {
+        let report = s.enforcer.run_once(s.fence(), s.now()).await.unwrap();
+        let [(failed, error)] = &report.failed[..] else {
+            panic!("cycle {cycle}: {:?}", report.failed);
+        };
+        assert_eq!(*failed, id);
+        assert!(
+            error.contains("the recorded backward changes cannot be read"),
+            "{error}"
+        );
+        let action = s
+            .api(
+                Method::GET,
+                &format!("/api/v1/enforcement/actions/{id}"),
+                "viewer",
+                None,
+            )
+            .await;
+        assert_eq!(
+            (&action["state"], &action["attempts"], &action["last_error"]),
+            (&json!("applied"), &json!(1 + cycle), &json!(error)),
+            "cycle {cycle}"
+        );
+        assert_eq!(
+            quota(),
+            tightened,
+            "cycle {cycle}: the cluster is untouched"
+        );
+        assert_eq!(restored(id).await.unwrap(), 0, "cycle {cycle}");
+        assert_eq!(corrupt(), cycle, "counted every cycle until repaired");
+    }
+    let states: Vec<String> = sqlx::query_scalar(
+        "select state from enforcement_actions where kind = 'notify' order by id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(states, ["restored", "restored", "restored"]);
+
+    // An operator puts the recorded prior values back: the next cycle restores them exactly.
+    sqlx::query("update enforcement_actions set backward = $2 where id = $1")
+        .bind(id)
+        .bind(&backward)
+        .execute(&pool)
+        .await
+        .unwrap();
+    s.cycle().await;
+    assert_eq!(quota(), prior);
+    assert_eq!(restored(id).await.unwrap(), 1);
+    assert_eq!(corrupt(), 2);
+    assert!(s.cycle().await.actions.is_empty(), "nothing left to do");
+}
+
 #[tokio::test]
 async fn a_stale_leader_cannot_enforce() {
     let s = Stack::start().await;
@@ -571,7 +703,13 @@ async fn a_stale_leader_cannot_enforce() {
     assert_eq!(next.fence().0, stale.0 + 1);
     let err = enforcer.run_once(stale, now).await.unwrap_err();
     assert!(
-        matches!(err, enforcer::executor::EnforceError::Fenced(_)),
+        matches!(
+            err,
+            enforcer::executor::EnforceError::Ledger(ledger::Error::Fenced {
+                fence,
+                leader: Some(leader),
+            }) if fence == stale && leader == next.fence()
+        ),
         "{err}"
     );
     let opened: i64 = sqlx::query_scalar("select count(*) from enforcement_actions")

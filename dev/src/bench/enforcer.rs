@@ -29,8 +29,7 @@ use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
 use enforcer::cluster::Tighten;
-use enforcer::executor::to_open;
-use enforcer::plan::{plan, Action, ClusterState, OpenAction};
+use enforcer::plan::{plan, Action, ClusterState};
 use enforcer::policy::{Basis, Ladder, Policy, Step};
 use ledger::audit::{Actor, AuditContext};
 use ledger::currency::Currency;
@@ -516,14 +515,7 @@ async fn evaluate(store: &Store, cal: &Calendar, ladder: &Ladder) -> anyhow::Res
     let exemptions = store.exemptions_in_force(cal.now).await?;
     let reads = t.elapsed();
     let policy = policy(ladder, exemptions);
-    let opens: Vec<OpenAction> = open.iter().map(to_open).collect();
-    let actions = plan(
-        &statuses,
-        &policy,
-        &ClusterState::default(),
-        &opens,
-        cal.now,
-    );
+    let actions = plan(&statuses, &policy, &ClusterState::default(), &open, cal.now);
     let total = t.elapsed();
     Ok(Evaluation {
         statuses,
@@ -685,6 +677,7 @@ fn print_mix(evaluation: &Evaluation) {
             Action::Apply { .. } => "apply".to_owned(),
             Action::Close { .. } => "close".to_owned(),
             Action::Repair { .. } => "repair".to_owned(),
+            Action::Corrupt { .. } => "corrupt".to_owned(),
         };
         *actions.entry(key).or_default() += 1;
     }

@@ -10,10 +10,12 @@ use ledger::enforcement::BudgetState;
 use ledger::money::Money;
 use proptest::prelude::*;
 
+use serde_json::json;
+
 use super::*;
 use crate::alerts::Severity;
-use crate::cluster::{diff, NamespaceFootprint, QuotaHard, Tighten, Workload, WorkloadKind};
-use crate::policy::{Ladder, StepAction};
+use crate::cluster::{NamespaceFootprint, QuotaHard, Tighten, Workload, WorkloadKind};
+use crate::policy::Ladder;
 
 fn d(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap()
@@ -99,9 +101,9 @@ fn footprint() -> Footprint {
 /// The executor and the cluster, as the plan's properties need them.
 #[derive(Debug, Clone)]
 struct World {
-    open: Vec<OpenAction>,
+    open: Vec<OpenRung>,
     closed: Vec<(i64, bool)>,
-    backward: BTreeMap<i64, Vec<Change>>,
+    backward: BTreeMap<i64, ChangeSet>,
     cluster: BTreeMap<TenantId, Footprint>,
     states: BTreeMap<TenantId, TenantState>,
     next_id: i64,
@@ -145,34 +147,27 @@ impl World {
         )
     }
 
-    fn apply_action(&mut self, id: i64, policy: &Policy) {
+    /// As the executor does: the effect of the action's step on what the cluster shows is
+    /// recorded, then applied.
+    fn apply_action(&mut self, id: i64, step: &Step) {
         let i = self.open.iter().position(|a| a.id == id).unwrap();
         let tenant = self.open[i].tenant.clone();
-        let before = self.cluster[&tenant].clone();
-        let target = match self.open[i].kind {
-            ActionKind::Notify => None,
-            ActionKind::TightenQuota => {
-                let step = policy.ladder(&tenant).find(&self.open[i].step_key).unwrap();
-                let StepAction::TightenQuota(how) = &step.action else {
-                    unreachable!()
-                };
-                Some(before.tightened(how).unwrap())
-            }
-            ActionKind::Suspend => {
-                self.states.insert(tenant.clone(), TenantState::Suspended);
-                Some(before.suspended())
-            }
-        };
-        if let Some(target) = target {
-            let forward = diff(&before, &target);
-            self.backward.insert(id, diff(&target, &before));
-            self.cluster.get_mut(&tenant).unwrap().apply(&forward);
-            self.open[i].forward = forward;
+        if step.action.kind() != ActionKind::Notify {
+            let effect = effect(&step.action, &self.cluster[&tenant]).unwrap();
+            self.cluster
+                .get_mut(&tenant)
+                .unwrap()
+                .apply(&effect.forward);
+            self.open[i].forward = Some(effect.forward.to_json());
+            self.backward.insert(id, effect.backward);
+        }
+        if step.action.kind() == ActionKind::Suspend {
+            self.states.insert(tenant, TenantState::Suspended);
         }
         self.open[i].state = ActionState::Applied;
     }
 
-    fn execute(&mut self, actions: &[Action], policy: &Policy) {
+    fn execute(&mut self, actions: &[Action]) {
         for action in actions {
             match action {
                 Action::Open {
@@ -186,7 +181,7 @@ impl World {
                 } => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    self.open.push(OpenAction {
+                    self.open.push(OpenRung {
                         id,
                         tenant: tenant.clone(),
                         period_start: *period_start,
@@ -194,13 +189,13 @@ impl World {
                         kind: step.action.kind(),
                         state: *state,
                         not_before: *not_before,
-                        forward: Vec::new(),
+                        forward: None,
                     });
                     if *apply_now {
-                        self.apply_action(id, policy);
+                        self.apply_action(id, step);
                     }
                 }
-                Action::Apply { id, .. } => self.apply_action(*id, policy),
+                Action::Apply { id, step, .. } => self.apply_action(*id, step),
                 Action::Close {
                     id,
                     tenant,
@@ -222,6 +217,8 @@ impl World {
                 } => {
                     self.cluster.get_mut(tenant).unwrap().apply(changes);
                 }
+                // The executor records the failure; the action stays as it is.
+                Action::Corrupt { .. } => {}
             }
         }
     }
@@ -240,11 +237,12 @@ fn kinds(actions: &[Action]) -> Vec<String> {
         .iter()
         .map(|a| match a {
             Action::Open { step, state, .. } => format!("open {} {state}", step.key()),
-            Action::Apply { kind, .. } => format!("apply {}", kind.as_str()),
+            Action::Apply { step, .. } => format!("apply {}", step.action.kind().as_str()),
             Action::Close {
                 kind, was_applied, ..
             } => format!("close {} applied={was_applied}", kind.as_str()),
             Action::Repair { changes, .. } => format!("repair {}", changes.len()),
+            Action::Corrupt { kind, .. } => format!("corrupt {}", kind.as_str()),
         })
         .collect()
 }
@@ -295,7 +293,7 @@ fn incomplete_data_means_no_action_at_all() {
     let mut world = World::new(&["a"]);
     let over = status("a", "130", "150", "100");
     let actions = world.plan(std::slice::from_ref(&over), &policy, now());
-    world.execute(&actions, &policy);
+    world.execute(&actions);
     world.approve_all();
     // Would apply the suspension and, with a raised budget, restore everything: but the data
     // is incomplete, so nothing happens either way.
@@ -313,7 +311,7 @@ fn hysteresis_keeps_a_hovering_tenant_steady() {
     let policy = policy();
     let mut world = World::new(&["a"]);
     let actions = world.plan(&[status("a", "81", "90", "100")], &policy, now());
-    world.execute(&actions, &policy);
+    world.execute(&actions);
     assert_eq!(world.open.len(), 1);
     // 78% is below 80 but within the 5-point band: the alert stays.
     for spent in ["78", "76", "79.9", "75"] {
@@ -347,7 +345,7 @@ fn approval_grace_and_rejection() {
             ..
         }]
     ));
-    world.execute(&opened, &policy);
+    world.execute(&opened);
     assert!(
         world.plan(&over, &policy, now()).is_empty(),
         "pending waits"
@@ -362,7 +360,7 @@ fn approval_grace_and_rejection() {
 
     // A rejected action occupies its rung until the condition clears.
     let mut world = World::new(&["a"]);
-    world.execute(&world.plan(&over, &policy, now()), &policy);
+    world.execute(&world.plan(&over, &policy, now()));
     world.open[0].state = ActionState::Rejected;
     assert!(world.plan(&over, &policy, later).is_empty());
     assert_eq!(
@@ -377,9 +375,9 @@ fn a_new_period_an_exemption_or_a_missing_budget_restores_everything() {
     let over = [status("a", "130", "150", "100")];
     let setup = || {
         let mut world = World::new(&["a"]);
-        world.execute(&world.plan(&over, &policy, now()), &policy);
+        world.execute(&world.plan(&over, &policy, now()));
         world.approve_all();
-        world.execute(&world.plan(&over, &policy, now()), &policy);
+        world.execute(&world.plan(&over, &policy, now()));
         assert_eq!(world.states[&t("a")], TenantState::Suspended);
         world
     };
@@ -405,7 +403,7 @@ fn a_new_period_an_exemption_or_a_missing_budget_restores_everything() {
             .collect();
         assert_eq!(closes.len(), 5);
         assert!(closes.windows(2).all(|w| w[0] > w[1]));
-        world.execute(&actions, policy);
+        world.execute(&actions);
         assert_eq!(world.cluster[&t("a")], footprint());
         assert_eq!(world.states[&t("a")], TenantState::Active);
     }
@@ -416,9 +414,9 @@ fn drift_is_repaired_and_hpa_workloads_are_left_alone() {
     let policy = policy();
     let over = [status("a", "130", "150", "100")];
     let mut world = World::new(&["a"]);
-    world.execute(&world.plan(&over, &policy, now()), &policy);
+    world.execute(&world.plan(&over, &policy, now()));
     world.approve_all();
-    world.execute(&world.plan(&over, &policy, now()), &policy);
+    world.execute(&world.plan(&over, &policy, now()));
     let ns = &world.cluster[&t("a")].namespaces["team-a"];
     assert_eq!(ns.quota.as_ref().unwrap()["pods"], "0");
     let replicas: Vec<i32> = ns.workloads.iter().map(|w| w.replicas).collect();
@@ -436,11 +434,105 @@ fn drift_is_repaired_and_hpa_workloads_are_left_alone() {
         .replicas = 2;
     let repair = world.plan(&over, &policy, now());
     assert_eq!(kinds(&repair), ["repair 1"]);
-    world.execute(&repair, &policy);
+    world.execute(&repair);
     assert!(world.plan(&over, &policy, now()).is_empty());
     assert_eq!(
         world.cluster[&t("a")].namespaces["team-a"].workloads[0].replicas,
         0
+    );
+}
+
+#[test]
+fn an_unreadable_record_is_reported_and_never_read_as_no_changes() {
+    let policy = policy();
+    let over = [status("a", "130", "150", "100")];
+    let mut world = World::new(&["a"]);
+    world.execute(&world.plan(&over, &policy, now()));
+    world.approve_all();
+    world.execute(&world.plan(&over, &policy, now()));
+    let suspension = world
+        .open
+        .iter()
+        .position(|a| a.kind == ActionKind::Suspend)
+        .unwrap();
+    let id = world.open[suspension].id;
+    // Someone scales the suspended web deployment back up.
+    world
+        .cluster
+        .get_mut(&t("a"))
+        .unwrap()
+        .namespaces
+        .get_mut("team-a")
+        .unwrap()
+        .workloads[0]
+        .replicas = 2;
+    assert_eq!(kinds(&world.plan(&over, &policy, now())), ["repair 1"]);
+
+    // Read as "no changes", the suspension's record would let the tightening beneath it "repair"
+    // the quota from `pods: 0` back to `pods: 10`.
+    world.open[suspension].forward = Some(json!([]));
+    let undo = world.plan(&over, &policy, now());
+    assert!(
+        matches!(&undo[..], [Action::Repair { id: tightening, .. }] if *tightening != id),
+        "{:?}",
+        kinds(&undo)
+    );
+
+    // Garbage, or no record at all for an applied suspension: reported, and nothing else. The
+    // rung stays occupied (no second suspension) and the tenant's drift waits for the record.
+    for forward in [Some(json!({"garbage": true})), Some(json!("[]")), None] {
+        world.open[suspension].forward = forward.clone();
+        let actions = world.plan(&over, &policy, now());
+        assert_eq!(kinds(&actions), ["corrupt suspend"], "{forward:?}");
+        let Action::Corrupt {
+            id: reported,
+            error,
+            ..
+        } = &actions[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!((*reported, error.record), (id, "forward"));
+    }
+
+    // Closing restores from `backward`, so the unreadable `forward` does not hold it up.
+    let raised = [status("a", "10", "10", "1000")];
+    let closing = world.plan(&raised, &policy, now());
+    assert!(kinds(&closing).contains(&"close suspend applied=true".to_owned()));
+    assert!(!closing.iter().any(|a| matches!(a, Action::Corrupt { .. })));
+}
+
+#[test]
+fn an_action_whose_first_attempt_left_an_unreadable_record_is_not_applied() {
+    let policy = policy();
+    let over = [status("a", "105", "105", "100")];
+    let mut world = World::new(&["a"]);
+    // A tightening whose first attempt recorded its changes and then failed.
+    world.open.push(OpenRung {
+        id: 7,
+        tenant: t("a"),
+        period_start: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        step_key: "actual:100:tighten_quota".to_owned(),
+        kind: ActionKind::TightenQuota,
+        state: ActionState::Scheduled,
+        not_before: now(),
+        forward: Some(json!([])),
+    });
+    let tighten = |actions: &[Action]| {
+        kinds(actions)
+            .into_iter()
+            .filter(|k| k.contains("tighten"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tighten(&world.plan(&over, &policy, now())),
+        ["apply tighten_quota"]
+    );
+    world.open[0].forward = Some(json!([{"op": "set_quota", "namespace": "team-a"}]));
+    assert_eq!(
+        tighten(&world.plan(&over, &policy, now())),
+        ["corrupt tighten_quota"],
+        "neither applied nor opened again"
     );
 }
 
@@ -459,7 +551,7 @@ fn dry_run_plans_and_never_applies() {
             ..
         }
     )));
-    world.execute(&actions, &policy);
+    world.execute(&actions);
     assert!(world.plan(&over, &policy, now()).is_empty());
     assert_eq!(world.cluster[&t("a")], footprint());
 }
@@ -579,6 +671,23 @@ proptest! {
     }
 
     #[test]
+    fn an_effect_is_target_minus_observed_and_reads_back_from_its_record(q in arb_footprint(), how in arb_tighten()) {
+        let steps = [
+            (StepAction::TightenQuota(how.clone()), q.tightened(&how).unwrap()),
+            (StepAction::Suspend, q.suspended()),
+        ];
+        for (step, target) in steps {
+            let e = effect(&step, &q).unwrap();
+            prop_assert_eq!(e.forward.to_vec(), diff(&q, &target));
+            prop_assert_eq!(e.backward.to_vec(), diff(&target, &q));
+            for recorded in [&e.forward, &e.backward] {
+                prop_assert_eq!(&ChangeSet::decode("forward", &recorded.to_json()).unwrap(), recorded);
+            }
+        }
+        prop_assert_eq!(effect(&StepAction::Notify(Severity::Warning), &q).unwrap(), Effect::default());
+    }
+
+    #[test]
     fn no_action_on_incomplete_data(trajectory in arb_trajectory()) {
         let policy = policy();
         let mut world = World::new(&["a"]);
@@ -589,7 +698,7 @@ proptest! {
             if !complete {
                 prop_assert!(actions.is_empty());
             }
-            world.execute(&actions, &policy);
+            world.execute(&actions);
             world.approve_all();
         }
     }
@@ -604,7 +713,7 @@ proptest! {
             let b = status("b", &(spent / 2).to_string(), &forecast.to_string(), "100");
             let statuses = [a, b];
             let actions = world.plan(&statuses, &policy, now());
-            world.execute(&actions, &policy);
+            world.execute(&actions);
             let again = world.plan(&statuses, &policy, now());
             prop_assert!(again.is_empty(), "{:?}", kinds(&again));
             if approve {
@@ -622,7 +731,7 @@ proptest! {
             let mut s = status("a", &spent.to_string(), &forecast.to_string(), "100");
             s.complete = complete;
             let actions = world.plan(&[s], &policy, now());
-            world.execute(&actions, &policy);
+            world.execute(&actions);
             world.approve_all();
             for a in &world.open {
                 if a.state == ActionState::Applied && a.kind != ActionKind::Notify {
@@ -633,7 +742,7 @@ proptest! {
         // The budget is raised: everything clears.
         let raised = [status("a", "10", "10", "100000")];
         let actions = world.plan(&raised, &policy, now());
-        world.execute(&actions, &policy);
+        world.execute(&actions);
         prop_assert!(world.plan(&raised, &policy, now()).is_empty());
         prop_assert!(world.open.is_empty());
         for id in applied {

@@ -108,13 +108,10 @@ async fn check_fence(conn: &mut PgConnection, fence: Fence) -> Result<(), Error>
             .await?;
     if token != Some(fence.0) {
         metrics::counter!("budgetd_enforcement_fenced_writes_total").increment(1);
-        return Err(Error::conflict(
-            "fenced",
-            format!(
-                "fencing token {} is no longer the leader's ({token:?}): another daemon leads",
-                fence.0
-            ),
-        ));
+        return Err(Error::Fenced {
+            fence,
+            leader: token.map(Fence),
+        });
     }
     Ok(())
 }
