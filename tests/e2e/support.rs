@@ -66,6 +66,7 @@ pub fn router_pricing(store: Store, meters: &[(&str, &str)]) -> Router {
 }
 
 fn router_on(store: Store, meters: &[(&str, &str)], clock: Clock) -> Router {
+    log_to_test_output();
     router(AppState {
         store,
         auth: Arc::new(authenticator()),
@@ -242,4 +243,16 @@ pub async fn open_action(
         not_before: chrono::Utc::now(),
     };
     store.open_action(fence, &ctx, &new).await.unwrap()
+}
+
+/// Warnings and errors the app logs (a 500's cause, which the client never sees) go to the
+/// test's captured output, so a failing test shows them.
+fn log_to_test_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_test_writer()
+            .try_init();
+    });
 }
