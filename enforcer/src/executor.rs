@@ -426,17 +426,16 @@ impl Enforcer {
                 .unwrap_or(chrono::Duration::minutes(4));
         let mut alerts = Vec::new();
         for record in open.iter().filter(|r| r.state == ActionState::Applied) {
-            if let Some(alert) = self.alert(record, statuses.get(&record.tenant).copied(), ends_at)
-            {
-                alerts.push(alert);
-            }
+            self.push_alert(&mut alerts, record, statuses, ends_at);
         }
         let firing = alerts.len();
         for record in &restored {
-            let ends = record.closed_at.unwrap_or(now);
-            if let Some(alert) = self.alert(record, statuses.get(&record.tenant).copied(), ends) {
-                alerts.push(alert);
-            }
+            self.push_alert(
+                &mut alerts,
+                record,
+                statuses,
+                record.closed_at.unwrap_or(now),
+            );
         }
         let resolved = alerts.len() - firing;
         if !alerts.is_empty() {
@@ -449,25 +448,73 @@ impl Enforcer {
         Ok((firing, resolved))
     }
 
+    fn push_alert(
+        &self,
+        alerts: &mut Vec<Alert>,
+        record: &ActionRecord,
+        statuses: &BTreeMap<&TenantId, &BudgetStatus>,
+        ends_at: DateTime<Utc>,
+    ) {
+        match self.alert(record, statuses.get(&record.tenant).copied(), ends_at) {
+            Ok(Some(alert)) => alerts.push(alert),
+            Ok(None) => {}
+            // An alert that cannot be built from its record is as loud as a restore that
+            // cannot be: never a silently missing alert.
+            Err(reason) => {
+                metrics::counter!("budgetd_enforcement_corrupt_actions_total").increment(1);
+                tracing::warn!(action = record.id, tenant = %record.tenant, error = %reason, "an action's recorded step cannot be read; its alert is not sent until an operator repairs the record");
+            }
+        }
+    }
+
+    /// The alert of an applied or restored action, `None` for a kind that has none (a
+    /// tightening), an error naming what is wrong with a recorded step that cannot be read.
     fn alert(
         &self,
         record: &ActionRecord,
         status: Option<&BudgetStatus>,
         ends_at: DateTime<Utc>,
-    ) -> Option<Alert> {
-        let at = record.step.get("at")?.as_u64()? as u32;
+    ) -> Result<Option<Alert>, String> {
+        let field = |name: &str| {
+            record
+                .step
+                .get(name)
+                .ok_or_else(|| format!("the recorded step has no {name:?}: {}", record.step))
+        };
+        let at = field("at")?
+            .as_u64()
+            .and_then(|at| u32::try_from(at).ok())
+            .ok_or_else(|| {
+                format!(
+                    "the recorded step's \"at\" is not a percentage: {}",
+                    record.step
+                )
+            })?;
         let (name, severity) = match record.kind {
             ActionKind::Notify => {
-                let name = if record.step.get("on")?.as_str()? == "forecast" {
-                    AlertName::TenantBudgetForecast
-                } else {
-                    AlertName::TenantBudgetThreshold
+                let name = match field("on")?.as_str() {
+                    Some("forecast") => AlertName::TenantBudgetForecast,
+                    Some("actual") => AlertName::TenantBudgetThreshold,
+                    _ => {
+                        return Err(format!(
+                            "the recorded step's \"on\" is neither actual nor forecast: {}",
+                            record.step
+                        ))
+                    }
                 };
-                let severity = Severity::parse(record.step.get("severity")?.as_str()?)?;
+                let severity = field("severity")?
+                    .as_str()
+                    .and_then(Severity::parse)
+                    .ok_or_else(|| {
+                        format!(
+                            "the recorded step's \"severity\" is not a severity: {}",
+                            record.step
+                        )
+                    })?;
                 (name, severity)
             }
             ActionKind::Suspend => (AlertName::TenantSuspended, Severity::Critical),
-            ActionKind::TightenQuota => return None,
+            ActionKind::TightenQuota => return Ok(None),
         };
         let (spent, forecast, budget) = match status {
             Some(s) => (s.spent, s.forecast, s.budget),
@@ -514,7 +561,7 @@ impl Enforcer {
         if let Some(link) = &link {
             annotations.insert("link".to_owned(), link.clone());
         }
-        Some(Alert {
+        Ok(Some(Alert {
             name,
             tenant: record.tenant.clone(),
             threshold_percent: at,
@@ -524,7 +571,7 @@ impl Enforcer {
             starts_at: record.applied_at.unwrap_or(record.created_at),
             ends_at,
             generator_url: link,
-        })
+        }))
     }
 }
 

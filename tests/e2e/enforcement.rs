@@ -674,6 +674,47 @@ async fn a_corrupted_backward_keeps_the_action_open_and_raises_the_alarm() {
     assert!(s.cycle().await.actions.is_empty(), "nothing left to do");
 }
 
+/// An applied notification whose recorded step cannot be read is counted as corrupt every
+/// cycle, and its alert is not made up from the pieces; the other alerts still go out.
+#[tokio::test]
+async fn an_unreadable_step_is_counted_and_its_alert_is_not_made_up() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let corrupt = || counter(&metrics, "budgetd_enforcement_corrupt_actions_total");
+
+    let mut s = Stack::start().await;
+    s.api(
+        Method::PUT,
+        "/api/v1/tenants/acme/budget",
+        "finance",
+        Some(json!({"amount": "100", "currency": "EUR", "effective_from": s.month_start() - chrono::Duration::days(1)})),
+    )
+    .await;
+    spend(&s.app.db.store, &s.version, &s.tenant, s.minute(8), "85").await;
+    assert_eq!(s.cycle().await.alerts_firing, 2);
+    assert_eq!(corrupt(), 0);
+
+    sqlx::query(
+        "update enforcement_actions set step = '{\"at\": \"eighty\"}' \
+         where step_key = 'actual:80:notify:warning'",
+    )
+    .execute(s.app.db.store.pool())
+    .await
+    .unwrap();
+    // A replica that lost its alerts shows exactly what the next cycle sends.
+    s.am[1].restart().await;
+    for cycle in 1..=2 {
+        let report = s.cycle().await;
+        assert_eq!(report.alerts_firing, 1, "cycle {cycle}");
+        assert_eq!(corrupt(), cycle, "cycle {cycle}");
+    }
+    assert_eq!(
+        s.alerts().await[1],
+        vec!["TenantBudgetForecast/100/warning".to_owned()]
+    );
+}
+
 #[tokio::test]
 async fn a_stale_leader_cannot_enforce() {
     let s = Stack::start().await;
