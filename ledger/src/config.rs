@@ -154,10 +154,14 @@ impl ConfigUrl {
                 text.to_owned()
             };
         };
+        let in_query = url.query_pairs().any(|(k, _)| k == "password");
+        if url.password().is_none() && !in_query {
+            return text.to_owned();
+        }
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
-        if url.query_pairs().any(|(k, _)| k == "password") {
+        if in_query {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
@@ -336,7 +340,7 @@ mod tests {
                 "postgres://budgetd@db.example/ledger?password=s3cret&sslmode=require",
                 "postgres://budgetd@db.example/ledger?password=***&sslmode=require",
             ),
-            ("http://127.0.0.1:9090", "http://127.0.0.1:9090/"),
+            ("http://127.0.0.1:9090", "http://127.0.0.1:9090"),
             ("not a url with a s3cret@", "***"),
         ] {
             let url = ConfigUrl::new(url);
