@@ -9,8 +9,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use super::{ConfigError, ENV};
 
 /// Where the configuration's values came from: the file's text (to point errors at lines) and
-/// the keys the environment set.
-#[derive(Debug, Clone, Default)]
+/// the keys the environment set. Its `Debug` leaves the text out: it may hold passwords.
+#[derive(Clone, Default)]
 pub(super) struct Origin {
     doc: Option<ImDocument<String>>,
     /// Key path → the variable that set it.
@@ -73,6 +73,14 @@ fn apply_env(
         }
     }
     set
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("from_env", &self.from_env)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Origin {

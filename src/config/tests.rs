@@ -613,8 +613,15 @@ fn config_show_prints_the_effective_configuration_and_loads_again() {
         ),
         ("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", "bootstrap-token-s3cret"),
     ];
-    let text = EXAMPLE.replacen("max_connections = 10\n", "", 1);
-    let shown = load(&text, &env).unwrap().show();
+    let text = EXAMPLE.replacen("max_connections = 10\n", "", 1).replacen(
+        "url = \"postgres://budgetd@",
+        "url = \"postgres://budgetd:file-s3cret@",
+        1,
+    );
+    assert!(text.contains("file-s3cret"));
+    let config = load(&text, &env).unwrap();
+    assert!(!format!("{config:?}").contains("s3cret"));
+    let shown = config.show();
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(
         shown.contains(
