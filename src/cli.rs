@@ -227,6 +227,9 @@ async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    if config.collector.is_none() && config.enforcement.is_none() {
+        tracing::info!("no enabled [collector] or [enforcement] section: serving the API only");
+    }
     let app = Application::build(config).await?;
     tracing::info!(listen = %app.local_addr(), "budgetd API listening");
     app.run(shutdown_signal()).await?;
