@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, Principal};
-use crate::config::{CollectorSettings, Config, EnforcementConfig};
+use crate::config::Config;
 use crate::{leader, telemetry};
 use chrono::Utc;
-use collector::source::Prometheus;
+use collector::config::CollectorSettings;
 use collector::Collector;
 use enforcer::alertmanager::Alertmanager;
+use enforcer::config::EnforcementSettings;
 use enforcer::executor::Enforcer;
 use enforcer::kubernetes::KubernetesActuator;
 use ledger::enforcement::Fence;
@@ -94,11 +95,7 @@ impl Application {
         let stop = CancellationToken::new();
         let collector = match &self.config.collector {
             Some(settings) => Some((
-                Arc::new(build_collector(
-                    &self.config,
-                    settings,
-                    self.state.store.clone(),
-                )?),
+                Arc::new(build_collector(settings, self.state.store.clone())?),
                 settings.clone(),
             )),
             None => None,
@@ -108,7 +105,7 @@ impl Application {
         }
         let enforcer = match &self.config.enforcement {
             Some(settings) => Some((
-                Arc::new(build_enforcer(&self.config, settings, self.state.store.clone()).await?),
+                Arc::new(build_enforcer(settings, self.state.store.clone()).await?),
                 settings.interval,
             )),
             None => None,
@@ -120,9 +117,12 @@ impl Application {
             if !prepare_ledger(&store, &config, &background).await {
                 return;
             }
-            let Some(leader_config) = config.leader.clone() else {
+            // Only the leader collects and enforces; a daemon that does neither does not run
+            // for leader.
+            if collector.is_none() && enforcer.is_none() {
                 return;
-            };
+            }
+            let leader_config = config.leader.clone();
             let (leader_tx, leader_rx) = watch::channel(None);
             let holder = format!(
                 "{}-{}",
@@ -195,23 +195,8 @@ impl Application {
 }
 
 /// The collector, reading the configured Prometheus.
-pub fn build_collector(
-    config: &Config,
-    settings: &CollectorSettings,
-    store: Store,
-) -> anyhow::Result<Collector> {
-    let source = Prometheus::new(
-        config.prometheus.url.clone(),
-        config.prometheus.timeout,
-        config.prometheus.max_response_bytes,
-        settings.retry,
-    )
-    .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
-    Ok(Collector::new(
-        Arc::new(source),
-        store,
-        settings.collector.clone(),
-    ))
+pub fn build_collector(settings: &CollectorSettings, store: Store) -> anyhow::Result<Collector> {
+    Ok(settings.build(store)?)
 }
 
 /// Checks `collector.scrape_interval_seconds` against Prometheus' own configuration once at
@@ -240,14 +225,13 @@ async fn check_scrape_interval(collector: Arc<Collector>) {
 
 /// The enforcer with its actuators: the configured Kubernetes API and Alertmanager replicas.
 pub async fn build_enforcer(
-    config: &Config,
-    settings: &EnforcementConfig,
+    settings: &EnforcementSettings,
     store: Store,
 ) -> anyhow::Result<Enforcer> {
     let cluster = KubernetesActuator::new(settings.kubernetes.clone())
         .await
         .map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))?;
-    let alerts = Alertmanager::new(config.alertmanager.settings())
+    let alerts = Alertmanager::new(settings.alertmanager.clone())
         .map_err(|e| anyhow::anyhow!("Alertmanager client: {e}"))?;
     Ok(Enforcer::new(
         store,

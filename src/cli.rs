@@ -1,18 +1,19 @@
 //! The command line: `budgetd [--config FILE] <command>`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::NaiveDate;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ledger::store::{ChainStatus, LeaderLock};
 use ledger::tenant::TenantId;
 use ledger::Store;
 use secrecy::ExposeSecret;
 
 use crate::app::{build_collector, build_enforcer, Application};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ENV};
 use crate::report::CostReport;
 use crate::telemetry;
 use chrono::{DateTime, Utc};
@@ -25,9 +26,8 @@ use ledger::usage::CommitMode;
     about = "Per-tenant cost ledger and budget enforcement"
 )]
 pub struct Cli {
-    /// TOML configuration file; environment variables override it (BUDGETD_DATABASE_URL,
-    /// BUDGETD_MIGRATE_DATABASE_URL, BUDGETD_API_LISTEN,
-    /// BUDGETD_PROMETHEUS_URL, BUDGETD_ALERTMANAGER_URL, BUDGETD_LOG, BUDGETD_LOG_FORMAT).
+    /// TOML configuration file. Optional: without one, every key has its default or comes
+    /// from the environment (see `budgetd config show`).
     #[arg(long, global = true, env = "BUDGETD_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -36,29 +36,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply the ledger's migrations (over database.migrate_url, a direct connection).
+    /// Apply the ledger's migrations (BUDGETD_DATABASE_URL alone is enough)
+    ///
+    /// Migrations run over database.migrate_url, a direct connection; without it, over the
+    /// effective database.url.
     Migrate,
-    /// Run the daemon: the API, and the ledger preparation on first start.
+    /// Serve the API and, when configured, collect usage and enforce budgets (as the leader)
+    ///
+    /// Runs the daemon: serves the API, prepares the ledger (seeds the price book on the first
+    /// start) and, while this daemon holds the leader lock, collects usage when the
+    /// configuration has an enabled [collector] section and enforces budgets when it has an
+    /// enabled [enforcement] section. Without them (or without a configuration file) it serves
+    /// the API only.
     Run,
     /// Collect (backfill) every window in [--from, --to) that is not in the ledger yet.
-    Collect {
-        /// Start, RFC 3339 or YYYY-MM-DD (UTC midnight); rounded down to a window boundary.
-        #[arg(long, value_parser = parse_instant)]
-        from: DateTime<Utc>,
-        /// End (exclusive), RFC 3339 or YYYY-MM-DD; rounded up to a window boundary.
-        #[arg(long, value_parser = parse_instant)]
-        to: DateTime<Utc>,
-        /// Collect every window again and record differences as corrections (reversal plus
-        /// new entry); nothing is overwritten.
-        #[arg(long)]
-        recollect: bool,
-        /// Why, for the correction entries (with --recollect).
-        #[arg(long, default_value = "recollected")]
-        reason: String,
-    },
-    /// One enforcement cycle. With --dry-run: print the plan (tenant, spent, budget, %,
-    /// forecast, action, reason) and change nothing. Without: take leadership (exit 1 if
-    /// another daemon leads), apply the plan, print what was done.
+    Collect(CollectArgs),
+    /// One enforcement cycle; with --dry-run, print the plan and change nothing
+    ///
+    /// With --dry-run: print the plan (tenant, spent, budget, %, forecast, action, reason) and
+    /// change nothing. Without: take leadership (exit 1 if another daemon leads), apply the
+    /// plan, print what was done.
     Enforce {
         /// Run one cycle and exit (the daemon, `budgetd run`, runs the loop).
         #[arg(long)]
@@ -77,25 +74,50 @@ enum Command {
         #[command(subcommand)]
         audit: AuditCommand,
     },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        config: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CollectArgs {
+    /// Start, RFC 3339 or YYYY-MM-DD (UTC midnight); rounded down to a window boundary.
+    #[arg(long, value_parser = parse_instant)]
+    from: DateTime<Utc>,
+    /// End (exclusive), RFC 3339 or YYYY-MM-DD; rounded up to a window boundary.
+    #[arg(long, value_parser = parse_instant)]
+    to: DateTime<Utc>,
+    /// Collect every window again and record differences as corrections (reversal plus
+    /// new entry); nothing is overwritten.
+    #[arg(long)]
+    recollect: bool,
+    /// Why, for the correction entries (with --recollect).
+    #[arg(long, default_value = "recollected")]
+    reason: String,
 }
 
 #[derive(Debug, Subcommand)]
 enum ReportCommand {
     /// Daily costs per tenant and meter. Amounts are rounded to the currency's minor unit,
     /// half to even; totals round the exact sum.
-    Costs {
-        /// First day (UTC, inclusive), YYYY-MM-DD.
-        #[arg(long)]
-        from: NaiveDate,
-        /// Last day (UTC, inclusive), YYYY-MM-DD.
-        #[arg(long)]
-        to: NaiveDate,
-        /// Only this tenant.
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Csv)]
-        format: Format,
-    },
+    Costs(CostsArgs),
+}
+
+#[derive(Debug, Args)]
+struct CostsArgs {
+    /// First day (UTC, inclusive), YYYY-MM-DD.
+    #[arg(long)]
+    from: NaiveDate,
+    /// Last day (UTC, inclusive), YYYY-MM-DD.
+    #[arg(long)]
+    to: NaiveDate,
+    /// Only this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Csv)]
+    format: Format,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,10 +132,20 @@ enum AuditCommand {
     Verify,
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration: the file, every default and the environment
+    ///
+    /// The output is TOML that is itself a valid configuration file: values from the
+    /// environment are marked, keys that are not set are explained in comments, passwords
+    /// are shown as ***, the bootstrap token never.
+    Show,
+}
+
 /// Runs the CLI and maps failures to exit codes: 2 for bad configuration or arguments, 1 for
 /// everything else.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_args();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,7 +156,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             if let Some(config) = e.downcast_ref::<ConfigError>() {
@@ -137,186 +169,214 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    Config::load(path, |name| std::env::var(name).ok())
+/// The arguments, with every help text listing the environment variables ([`ENV`]).
+fn parse_args() -> Cli {
+    let mut env = String::from("Environment variables (they override the configuration file):\n");
+    for var in ENV {
+        env.push_str(&format!("  {:<31} {}\n", var.name, var.help));
+    }
+    fn with_env(command: clap::Command, env: &str) -> clap::Command {
+        let names: Vec<String> = command
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        names
+            .iter()
+            .fold(command.after_help(env.to_owned()), |c, name| {
+                c.mut_subcommand(name, |sub| with_env(sub, env))
+            })
+    }
+    let matches = with_env(Cli::command(), &env).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = load_config(cli.config.as_deref())?;
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref(), |name| std::env::var(name).ok())?;
     telemetry::init_logging(&config.log);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
-        Command::Migrate => {
-            Store::migrate(
-                config.database.migrate_url.expose_secret(),
-                config.database.migrate_timeout,
-            )
-            .await?;
-            eprintln!("budgetd: migrations applied");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Run => {
-            let app = Application::build(config).await?;
-            tracing::info!(listen = %app.local_addr(), "budgetd API listening");
-            app.run(shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Migrate => migrate(&config).await,
+        Command::Run => run(config).await,
+        Command::Collect(args) => collect(&config, args).await,
+        Command::Enforce { once, dry_run } => enforce(&config, once, dry_run).await,
         Command::Report {
-            report:
-                ReportCommand::Costs {
-                    from,
-                    to,
-                    tenant,
-                    format,
-                },
-        } => {
-            let tenant = tenant
-                .map(|t| TenantId::parse_field("--tenant", &t))
-                .transpose()
-                .map_err(|e| ConfigError {
-                    key: e.field,
-                    message: e.message,
-                })?;
-            if to < from {
-                return Err(ConfigError {
-                    key: "--to".into(),
-                    message: "must not be before --from".into(),
-                }
-                .into());
-            }
-            let store = open_store(&config).await?;
-            let next_day = to.succ_opt().context("--to is out of range")?;
-            let costs = store.daily_costs(tenant.as_ref(), from, next_day).await?;
-            let report = CostReport::new(from, to, &costs);
-            let mut out = std::io::stdout().lock();
-            match format {
-                Format::Csv => report.write_csv(&mut out)?,
-                Format::Json => {
-                    serde_json::to_writer_pretty(&mut out, &report)?;
-                    use std::io::Write;
-                    writeln!(out)?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Enforce { once, dry_run } => {
-            if !once {
-                return Err(ConfigError {
-                    key: "--once".into(),
-                    message:
-                        "`enforce` runs one cycle: pass --once (the daemon loop is `budgetd run`)"
-                            .into(),
-                }
-                .into());
-            }
-            let settings = config.enforcement.clone().ok_or_else(|| ConfigError {
-                key: "enforcement".into(),
-                message: "enforce needs an enabled [enforcement] section".into(),
-            })?;
-            let store = open_store(&config).await?;
-            let enforcer = build_enforcer(&config, &settings, store).await?;
-            let now = Utc::now();
-            let evaluation = enforcer.evaluate(now).await?;
-            let mut out = std::io::stdout().lock();
-            crate::plan_table::write(&mut out, &evaluation)?;
-            if dry_run {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let leader = config.leader.clone().ok_or_else(|| ConfigError {
-                key: "leader".into(),
-                message: "enforce needs a [leader] section".into(),
-            })?;
-            let Some(lock) = LeaderLock::try_acquire(
-                config.database.migrate_url.expose_secret(),
-                &format!("enforce-once-{}", std::process::id()),
-                leader.keepalive_seconds,
-                leader.timeout,
-            )
-            .await?
-            else {
-                anyhow::bail!("another budgetd daemon leads; it enforces (nothing was applied)");
-            };
-            let report = enforcer.run_once(lock.fence(), now).await;
-            lock.release(leader.timeout).await;
-            let report = report?;
-            use std::io::Write;
-            writeln!(
-                out,
-                "applied: {} actions, {} failed, {} alerts firing, {} resolved",
-                report.actions.len() - report.failed.len(),
-                report.failed.len(),
-                report.alerts_firing,
-                report.alerts_resolved
-            )?;
-            for (id, error) in &report.failed {
-                writeln!(out, "  action {id} failed: {error}")?;
-            }
-            Ok(if report.failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            })
-        }
+            report: ReportCommand::Costs(args),
+        } => report_costs(&config, args).await,
         Command::Audit {
             audit: AuditCommand::Verify,
+        } => audit_verify(&config).await,
+        Command::Config {
+            config: ConfigCommand::Show,
         } => {
-            let store = open_store(&config).await?;
-            match store.verify_audit_chain().await? {
-                ChainStatus::Intact { records } => {
-                    println!("audit log intact: {records} records verified");
-                    Ok(ExitCode::SUCCESS)
-                }
-                ChainStatus::Broken(link) => {
-                    println!("audit log broken at record {}: {}", link.seq, link.reason);
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
-        Command::Collect {
-            from,
-            to,
-            recollect,
-            reason,
-        } => {
-            let settings = config.collector.clone().ok_or_else(|| ConfigError {
-                key: "collector".into(),
-                message: "collect needs a [collector] section with [[meters]]".into(),
-            })?;
-            if to <= from {
-                return Err(ConfigError {
-                    key: "--to".into(),
-                    message: "must be after --from".into(),
-                }
-                .into());
-            }
-            let store = open_store(&config).await?;
-            let collector = build_collector(&config, &settings, store)?;
-            let mode = if recollect {
-                CommitMode::Recollect { reason }
-            } else {
-                CommitMode::Collect
-            };
-            let total = collector.plan_backfill(from, to, &mode).await?.len();
-            let progress = Progress::new(total as u64);
-            let (_, report) = collector
-                .backfill(from, to, &mode, &|n| progress.advance(n as u64))
-                .await?;
-            progress.finish();
-            println!(
-                "collected {} windows: {} entries written, {} unchanged, {} corrected, {} conflicts, {} incomplete windows",
-                report.windows,
-                report.inserted,
-                report.unchanged,
-                report.corrected,
-                report.conflicts,
-                report.incomplete_windows
-            );
-            Ok(if report.conflicts > 0 {
-                ExitCode::from(3)
-            } else {
-                ExitCode::SUCCESS
-            })
+            print!("{}", config.show());
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    Store::migrate(
+        config.database.migrate_url.expose_secret(),
+        config.database.migrate_timeout,
+    )
+    .await?;
+    eprintln!("budgetd: migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    if config.collector.is_none() && config.enforcement.is_none() {
+        tracing::info!("no enabled [collector] or [enforcement] section: serving the API only");
+    }
+    let app = Application::build(config).await?;
+    tracing::info!(listen = %app.local_addr(), "budgetd API listening");
+    app.run(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn report_costs(config: &Config, args: CostsArgs) -> anyhow::Result<ExitCode> {
+    let CostsArgs {
+        from,
+        to,
+        tenant,
+        format,
+    } = args;
+    let tenant = tenant
+        .map(|t| TenantId::parse_field("--tenant", &t))
+        .transpose()
+        .map_err(|e| ConfigError::new(e.field, e.message))?;
+    if to < from {
+        return Err(ConfigError::new("--to", "must not be before --from").into());
+    }
+    let store = open_store(config).await?;
+    let next_day = to.succ_opt().context("--to is out of range")?;
+    let costs = store.daily_costs(tenant.as_ref(), from, next_day).await?;
+    let report = CostReport::new(from, to, &costs);
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Csv => report.write_csv(&mut out)?,
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn enforce(config: &Config, once: bool, dry_run: bool) -> anyhow::Result<ExitCode> {
+    if !once {
+        return Err(ConfigError::new(
+            "--once",
+            "`enforce` runs one cycle: pass --once (the daemon loop is `budgetd run`)",
+        )
+        .into());
+    }
+    let settings = config.enforcement.as_ref().ok_or_else(|| {
+        ConfigError::new(
+            "enforcement",
+            "enforce needs an enabled [enforcement] section",
+        )
+    })?;
+    let store = open_store(config).await?;
+    let enforcer = build_enforcer(settings, store).await?;
+    let now = Utc::now();
+    let evaluation = enforcer.evaluate(now).await?;
+    let mut out = std::io::stdout().lock();
+    crate::plan_table::write(&mut out, &evaluation)?;
+    if dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let leader = &config.leader;
+    let Some(lock) = LeaderLock::try_acquire(
+        config.database.migrate_url.expose_secret(),
+        &format!("enforce-once-{}", std::process::id()),
+        leader.keepalive_seconds,
+        leader.timeout,
+    )
+    .await?
+    else {
+        anyhow::bail!("another budgetd daemon leads; it enforces (nothing was applied)");
+    };
+    let report = enforcer.run_once(lock.fence(), now).await;
+    lock.release(leader.timeout).await;
+    let report = report?;
+    writeln!(
+        out,
+        "applied: {} actions, {} failed, {} alerts firing, {} resolved",
+        report.actions.len() - report.failed.len(),
+        report.failed.len(),
+        report.alerts_firing,
+        report.alerts_resolved
+    )?;
+    for (id, error) in &report.failed {
+        writeln!(out, "  action {id} failed: {error}")?;
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+async fn audit_verify(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    match store.verify_audit_chain().await? {
+        ChainStatus::Intact { records } => {
+            println!("audit log intact: {records} records verified");
+            Ok(ExitCode::SUCCESS)
+        }
+        ChainStatus::Broken(link) => {
+            println!("audit log broken at record {}: {}", link.seq, link.reason);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn collect(config: &Config, args: CollectArgs) -> anyhow::Result<ExitCode> {
+    let CollectArgs {
+        from,
+        to,
+        recollect,
+        reason,
+    } = args;
+    let settings = config.collector.as_ref().ok_or_else(|| {
+        ConfigError::new(
+            "collector",
+            "collect needs an enabled [collector] section (and prometheus.url)",
+        )
+    })?;
+    if to <= from {
+        return Err(ConfigError::new("--to", "must be after --from").into());
+    }
+    let store = open_store(config).await?;
+    let collector = build_collector(settings, store)?;
+    let mode = if recollect {
+        CommitMode::Recollect { reason }
+    } else {
+        CommitMode::Collect
+    };
+    let total = collector.plan_backfill(from, to, &mode).await?.len();
+    let progress = Progress::new(total as u64);
+    let (_, report) = collector
+        .backfill(from, to, &mode, &|n| progress.advance(n as u64))
+        .await?;
+    progress.finish();
+    println!(
+        "collected {} windows: {} entries written, {} unchanged, {} corrected, {} conflicts, {} incomplete windows",
+        report.windows,
+        report.inserted,
+        report.unchanged,
+        report.corrected,
+        report.conflicts,
+        report.incomplete_windows
+    );
+    Ok(if report.conflicts > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The ledger for a one-shot command: one direct connection attempt first, so an unreachable

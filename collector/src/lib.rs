@@ -1,6 +1,7 @@
 //! The budgetd collector: turns per-tenant Prometheus metrics into priced, idempotent ledger
 //! entries, one fixed window at a time, exactly once however often it crashes or restarts.
 //!
+//! - `config`: the `[collector]`, `[[meters]]` and `[prometheus]` sections and their defaults;
 //! - `promql`: escaping, label names, meter query templates;
 //! - `window`: epoch-aligned window arithmetic;
 //! - `meter`: meters and the completeness probe;
@@ -12,6 +13,7 @@
 
 pub mod assemble;
 pub mod collect;
+pub mod config;
 pub mod meter;
 pub mod promql;
 pub mod schedule;

@@ -128,10 +128,6 @@ impl RetryPolicy {
     }
 }
 
-/// The default of `prometheus.max_response_bytes`: 64 MiB, far above one window of 10,000
-/// tenants (a few MB), so only long catch-up batches reach it and are split.
-pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
-
 pub struct Prometheus {
     client: reqwest::Client,
     base: Url,

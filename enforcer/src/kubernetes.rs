@@ -105,7 +105,7 @@ impl KubernetesSettings {
 
 /// `[prefix/]name` with a DNS subdomain prefix and a name of at most 63 alphanumerics, `-`, `_`
 /// and `.`, alphanumeric at both ends. Checked because the key goes into a label selector.
-fn is_label_key(key: &str) -> bool {
+pub(crate) fn is_label_key(key: &str) -> bool {
     let (prefix, name) = match key.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),

@@ -4,6 +4,7 @@
 pub mod alertmanager;
 pub mod alerts;
 pub mod cluster;
+pub mod config;
 pub mod executor;
 pub mod kubernetes;
 pub mod plan;

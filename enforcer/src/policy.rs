@@ -12,7 +12,7 @@ use ledger::enforcement::ActionKind;
 use ledger::tenant::TenantId;
 use ledger::Invalid;
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::alerts::Severity;
@@ -125,19 +125,19 @@ impl Step {
 }
 
 /// A step as written in the configuration (or an API request).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub at: u32,
     pub on: String,
     pub action: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub factor: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
     #[serde(default)]
     pub grace_seconds: u32,

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod budget;
+pub mod config;
 pub mod currency;
 pub mod enforcement;
 pub mod entry;

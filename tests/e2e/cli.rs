@@ -72,6 +72,29 @@ fn a_bad_config_names_the_key_and_exits_2() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("database.statement_timeout_ms"), "{stderr}");
 
+    // A misspelt key: its section path, the line it is on, and the key meant.
+    let typo = dir.join("typo.toml");
+    let text = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("statement_timeout_ms = 30000", "statment_timeout = 30000");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("statment_timeout"))
+        .unwrap()
+        + 1;
+    std::fs::write(&typo, text).unwrap();
+    let (code, _, stderr) = run(budgetd("postgres://x@127.0.0.1:1/x")
+        .arg("--config")
+        .arg(&typo)
+        .arg("migrate"));
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "budgetd: config: line {line}: database.statment_timeout: unknown key (did you mean statement_timeout_ms?)\n"
+        )
+    );
+
     let (code, _, stderr) = run(budgetd("postgres://x@127.0.0.1:1/x")
         .env("BUDGETD_API_LISTEN", "everywhere")
         .arg("run"));
@@ -546,4 +569,165 @@ async fn run_warns_at_start_when_prometheus_scrapes_at_another_interval() {
         .unwrap()
         .success());
     assert!(daemon.wait().unwrap().success());
+}
+
+/// `budgetd` with no configuration file and none of budgetd's variables but `vars`.
+fn budgetd_from_env(vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_budgetd"));
+    for var in budgetd::config::ENV {
+        cmd.env_remove(var.name);
+    }
+    cmd.envs(vars.iter().copied()).stdin(Stdio::null());
+    cmd
+}
+
+/// An empty database (not migrated), and its URL.
+async fn empty_database(what: &str) -> String {
+    let name = format!(
+        "budgetd_cli_{what}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_micros()
+    );
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    with_database(&admin_url(), &name)
+}
+
+/// The migrations applied to the database at `url` (none before the first `migrate`).
+async fn migrations_applied(url: &str) -> i64 {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let table: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    if !table {
+        return 0;
+    }
+    sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn migrate_needs_only_the_database_url_from_the_environment() {
+    let url = empty_database("envonly").await;
+    assert_eq!(migrations_applied(&url).await, 0);
+    let (code, _, stderr) = run(budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]).arg("migrate"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("migrations applied"), "{stderr}");
+    let applied = migrations_applied(&url).await;
+    assert_eq!(applied, ledger::store::MIGRATOR.iter().count() as i64);
+    // The other one-shot commands too.
+    let (code, stdout, stderr) =
+        run(budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]).args(["audit", "verify"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("audit log intact"), "{stdout}");
+    let (code, stdout, stderr) = run(budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]).args([
+        "report",
+        "costs",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-31",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("tenant_id,day,meter,"), "{stdout}");
+}
+
+/// With the example configuration (which leaves migrate_url unset) and only
+/// BUDGETD_DATABASE_URL, migrations go to that database, not the example's.
+#[tokio::test]
+async fn migrate_follows_the_database_url_of_the_environment() {
+    let url = empty_database("follow").await;
+    let config = example_config();
+    let config = config.to_str().unwrap();
+    let (code, _, stderr) =
+        run(
+            budgetd_from_env(&[("BUDGETD_CONFIG", config), ("BUDGETD_DATABASE_URL", &url)])
+                .arg("migrate"),
+        );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(migrations_applied(&url).await > 0);
+}
+
+#[test]
+fn config_show_prints_defaults_marks_the_environment_redacts_passwords_and_loads_again() {
+    let dir = std::env::temp_dir().join(format!("budgetd-show-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_url = "postgres://budgetd:s3cret@db.example:5432/ledger";
+    let (code, shown, stderr) = run(budgetd_from_env(&[
+        ("BUDGETD_DATABASE_URL", secret_url),
+        ("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", "bootstrap-token-s3cret"),
+    ])
+    .args(["config", "show"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains(
+            "url = \"postgres://budgetd:***@db.example:5432/ledger\" # from BUDGETD_DATABASE_URL\n"
+        ),
+        "{shown}"
+    );
+    for default in [
+        "max_connections = 10\n",
+        "statement_timeout_ms = 30000\n",
+        "listen = \"127.0.0.1:8080\"\n",
+        "keepalive_seconds = 15\n",
+        "max_response_bytes = 67108864\n",
+        "interval_seconds = 60\n",
+    ] {
+        assert!(shown.contains(default), "no {default:?} in {shown}");
+    }
+    let file = dir.join("shown.toml");
+    std::fs::write(&file, &shown).unwrap();
+    let (code, again, stderr) = run(budgetd_from_env(&[(
+        "BUDGETD_CONFIG",
+        file.to_str().unwrap(),
+    )])
+    .args(["config", "show"]));
+    assert_eq!(code, 0, "the output loads as a configuration: {stderr}");
+    let values = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" # from ").next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(values(&again), values(&shown));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn every_help_lists_the_environment_variables_of_the_readme() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let configuration = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut documented: Vec<&str> = configuration
+        .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+        .filter(|w| w.starts_with("BUDGETD_") && w.len() > "BUDGETD_".len())
+        .collect();
+    documented.sort();
+    documented.dedup();
+    let mut known: Vec<&str> = budgetd::config::ENV.iter().map(|v| v.name).collect();
+    known.sort();
+    assert_eq!(documented, known, "the README's list is the daemon's");
+    for args in [&["--help"][..], &["run", "--help"], &["migrate", "--help"]] {
+        let (code, help, stderr) = run(budgetd_from_env(&[]).args(args));
+        assert_eq!(code, 0, "{stderr}");
+        for var in &known {
+            assert!(help.contains(var), "{args:?} lacks {var}:\n{help}");
+        }
+    }
+    let (_, help, _) = run(budgetd_from_env(&[]).args(["run", "--help"]));
+    assert!(help.contains("collect usage and enforce budgets"), "{help}");
 }

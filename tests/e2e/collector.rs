@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use budgetd::config::{CollectorSettings, Config};
+use budgetd::config::Config;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use collector::config::CollectorSettings;
 use collector::source::{Answer, Prometheus, SourceError, UsageSource};
 use collector::Collector;
 use ledger::audit::{Actor, AuditContext};
@@ -88,7 +89,7 @@ async fn ledger_for(cluster: &Cluster) -> TestDb {
 
 fn collector(f: &Fixture, db: &TestDb) -> Collector {
     let config = config(&f.prometheus.url, &db.url);
-    budgetd::app::build_collector(&config, &settings(&config), db.store.clone()).unwrap()
+    budgetd::app::build_collector(&settings(&config), db.store.clone()).unwrap()
 }
 
 /// Everything the collector wrote, in a stable order.
@@ -278,9 +279,9 @@ async fn queries_per_window_do_not_grow_with_the_tenant_count() {
         let s = settings(&config);
         let counting = Arc::new(Counting {
             inner: Prometheus::new(
-                config.prometheus.url.clone(),
-                config.prometheus.timeout,
-                config.prometheus.max_response_bytes,
+                s.prometheus.url.clone(),
+                s.prometheus.timeout,
+                s.prometheus.max_response_bytes,
                 s.retry,
             )
             .unwrap(),
@@ -423,7 +424,7 @@ async fn after_a_prometheus_outage_the_daemon_catches_up_to_an_uninterrupted_run
         let config = config(&f.prometheus.url, &db.url);
         let mut s = settings(&config);
         s.collector.start = Some(start);
-        budgetd::app::build_collector(&config, &s, db.store.clone()).unwrap()
+        budgetd::app::build_collector(&s, db.store.clone()).unwrap()
     };
 
     let steady = ledger_for(&f.cluster).await;
@@ -518,7 +519,7 @@ async fn label_values_reach_promql_escaped() {
         weird_cluster.to_owned(),
     )]
     .into();
-    let c = budgetd::app::build_collector(&config, &s, db.store.clone()).unwrap();
+    let c = budgetd::app::build_collector(&s, db.store.clone()).unwrap();
     let window = start + Duration::minutes(30);
     let (_, report) = c
         .backfill(
@@ -719,9 +720,9 @@ async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
     let s = settings(&config);
     let heavy = Arc::new(Heavy {
         inner: Prometheus::new(
-            config.prometheus.url.clone(),
-            config.prometheus.timeout,
-            config.prometheus.max_response_bytes,
+            s.prometheus.url.clone(),
+            s.prometheus.timeout,
+            s.prometheus.max_response_bytes,
             s.retry,
         )
         .unwrap(),
@@ -804,8 +805,8 @@ async fn a_batch_over_the_response_size_limit_is_split_and_one_window_over_it_is
     let limited = |db: &TestDb, max_response_bytes: u64| {
         let source = Arc::new(Limited {
             inner: Prometheus::new(
-                config.prometheus.url.clone(),
-                config.prometheus.timeout,
+                s.prometheus.url.clone(),
+                s.prometheus.timeout,
                 max_response_bytes,
                 s.retry,
             )
@@ -929,7 +930,7 @@ async fn a_scrape_interval_the_data_do_not_have_marks_windows_incomplete_and_is_
     let config = config(&prometheus.url, &db.url);
     let s = settings(&config);
     assert_eq!(s.collector.interval_seconds, 15);
-    let c = budgetd::app::build_collector(&config, &s, db.store.clone()).unwrap();
+    let c = budgetd::app::build_collector(&s, db.store.clone()).unwrap();
     let checks = c
         .check_scrape_config()
         .await
@@ -968,7 +969,7 @@ async fn a_scrape_interval_the_data_do_not_have_marks_windows_incomplete_and_is_
     let db = ledger_for(&cluster).await;
     let config = config_for_30s(&prometheus.url, &db.url);
     let s = settings(&config);
-    let c = budgetd::app::build_collector(&config, &s, db.store.clone()).unwrap();
+    let c = budgetd::app::build_collector(&s, db.store.clone()).unwrap();
     let checks = c
         .check_scrape_config()
         .await

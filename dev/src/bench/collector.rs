@@ -53,7 +53,8 @@ use testkit::db::{check_server, create_scratch_database, drop_database, with_dat
 use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
 use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 
-use budgetd::config::{CollectorSettings, Config};
+use budgetd::config::Config;
+use collector::config::CollectorSettings;
 
 use super::{median, median_secs, secs, spread, verdict};
 
@@ -578,16 +579,16 @@ async fn one_window(
     );
 
     let db_url = create_database(admin_url, created, "one").await?;
-    let (mut config, settings) =
+    let (config, mut settings) =
         load_config(dir.path(), &prometheus.url, &db_url, ONE_WINDOW_SCRAPE_S)?;
-    let configured_timeout = config.prometheus.timeout;
-    config.prometheus.timeout = configured_timeout.max(ONE_WINDOW_PROMETHEUS_TIMEOUT);
+    let configured_timeout = settings.prometheus.timeout;
+    settings.prometheus.timeout = configured_timeout.max(ONE_WINDOW_PROMETHEUS_TIMEOUT);
     println!(
         "  prometheus.timeout_ms raised from {:.0} s to {:.0} s for this measurement (both \
          clients): single queries at this scale come close to the default, and a timeout would \
          make the collector retry",
         secs(configured_timeout),
-        secs(config.prometheus.timeout)
+        secs(settings.prometheus.timeout)
     );
     let ids: Vec<String> = loaded
         .cluster
@@ -603,7 +604,6 @@ async fn one_window(
         t.elapsed().as_secs_f64()
     );
     let fixture = OneWindowFixture {
-        config: &config,
         settings: &settings,
         store: &store,
         prometheus: &prometheus,
@@ -620,7 +620,6 @@ async fn one_window(
 }
 
 struct OneWindowFixture<'a> {
-    config: &'a Config,
     settings: &'a CollectorSettings,
     store: &'a Store,
     prometheus: &'a PrometheusProcess,
@@ -642,19 +641,13 @@ impl OneWindowFixture<'_> {
 }
 
 async fn one_window_rounds(f: &OneWindowFixture<'_>) -> anyhow::Result<()> {
-    let (config, settings, store) = (f.config, f.settings, f.store);
-    let collector = budgetd::app::build_collector(config, settings, store.clone())?;
+    let (settings, store) = (f.settings, f.store);
+    let collector = budgetd::app::build_collector(settings, store.clone())?;
     let queries = collector.queries();
     // The collector's client, built as `build_collector` builds it, for the split.
-    let client_source = Prometheus::new(
-        config.prometheus.url.clone(),
-        config.prometheus.timeout,
-        config.prometheus.max_response_bytes,
-        settings.retry,
-    )
-    .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
+    let client_source = settings.source()?;
     let plain = reqwest::Client::builder()
-        .timeout(config.prometheus.timeout)
+        .timeout(settings.prometheus.timeout)
         .build()?;
     let step = Duration::from_secs(f.window_s as u64);
     let nothing = |_: usize| {};
@@ -1111,16 +1104,7 @@ async fn long_backfill(
         .map(str::to_owned)
         .collect();
     let store = prepare_ledger(&config, &db_url, &ids).await?;
-    let result = long_backfill_run(
-        &config,
-        &settings,
-        &store,
-        &loaded.cluster,
-        from,
-        to,
-        window_s,
-    )
-    .await;
+    let result = long_backfill_run(&settings, &store, &loaded.cluster, from, to, window_s).await;
     store.pool().close().await;
     drop(prometheus);
     drop(dir);
@@ -1128,7 +1112,6 @@ async fn long_backfill(
 }
 
 async fn long_backfill_run(
-    config: &Config,
     settings: &CollectorSettings,
     store: &Store,
     cluster: &Cluster,
@@ -1136,7 +1119,7 @@ async fn long_backfill_run(
     to: DateTime<Utc>,
     window_s: i64,
 ) -> anyhow::Result<()> {
-    let collector: Collector = budgetd::app::build_collector(config, settings, store.clone())?;
+    let collector: Collector = budgetd::app::build_collector(settings, store.clone())?;
     let per_batch = settings.collector.windows_per_batch;
     let total_windows = ((to - from).num_seconds() / window_s) as usize;
     let done = AtomicUsize::new(0);
@@ -1193,13 +1176,7 @@ async fn long_backfill_run(
 
     // Split: the same batches through the collector's client alone, then assembled as the
     // collector assembles them; the rest of the backfill's time is the ledger's.
-    let source = Prometheus::new(
-        config.prometheus.url.clone(),
-        config.prometheus.timeout,
-        config.prometheus.max_response_bytes,
-        settings.retry,
-    )
-    .map_err(|e| anyhow::anyhow!("Prometheus client: {e}"))?;
+    let source = settings.source()?;
     let queries = collector.queries();
     let cfg = collector.config();
     let versions = store.list_price_book_versions().await?;
