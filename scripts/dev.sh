@@ -66,34 +66,61 @@ KUBE_PORT=$(free_port)
 "$BUDGETD_DEV" demo-kube --listen "127.0.0.1:$KUBE_PORT" --tenants 3 >"$STACK_DIR/demo-kube.log" 2>&1 &
 _stack_record "$STACK_DIR" demo-kube "$!" budgetd-dev
 
-# One-minute windows, so costs show up within a couple of minutes; an enforcement cycle
-# every 10 s. The first windows are incomplete (Prometheus starts mid-window); a two-minute
-# completeness lookback lets enforcement start about three minutes in.
-CONFIG="$STACK_DIR/budgetd.toml"
-sed -e 's/^window_seconds = 300/window_seconds = 60/' \
-    -e 's/^settle_seconds = 120/settle_seconds = 30/' \
-    -e "s|^api_url = \"http://127.0.0.1:8001\"|api_url = \"http://127.0.0.1:$KUBE_PORT\"|" \
-    -e 's/^interval_seconds = 60/interval_seconds = 10/' \
-    -e 's/^completeness_lookback_seconds = 3600/completeness_lookback_seconds = 120/' \
-    examples/budgetd.toml >"$CONFIG"
-grep -q "127.0.0.1:$KUBE_PORT" "$CONFIG" && grep -q "completeness_lookback_seconds = 120" "$CONFIG"
-
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 API_PORT=$(free_port)
 API="http://127.0.0.1:$API_PORT"
 
-budgetd_env=(
-  "BUDGETD_DATABASE_URL=$DATABASE_URL"
-  "BUDGETD_MIGRATE_DATABASE_URL=$DATABASE_URL"
-  "BUDGETD_PROMETHEUS_URL=$BUDGETD_TEST_PROMETHEUS_URL"
-  "BUDGETD_ALERTMANAGER_URL=$BUDGETD_TEST_ALERTMANAGER_URL"
-  "BUDGETD_API_LISTEN=127.0.0.1:$API_PORT"
-  "BUDGETD_BOOTSTRAP_ADMIN_TOKEN=$TOKEN"
-)
+# The dev stack's configuration: budgetd's defaults (`budgetd config show` prints them all)
+# with the local services, one-minute windows so that costs show up within a couple of minutes,
+# and an enforcement cycle every 10 s. The first windows are incomplete (Prometheus starts
+# mid-window); a two-minute completeness lookback lets enforcement start about three minutes in.
+CONFIG="$STACK_DIR/budgetd.toml"
+cat >"$CONFIG" <<TOML
+[database]
+url = "$DATABASE_URL"
 
-env "${budgetd_env[@]}" "$BUDGETD" --config "$CONFIG" migrate
+[api]
+listen = "127.0.0.1:$API_PORT"
 
-env "${budgetd_env[@]}" "$BUDGETD" --config "$CONFIG" run &
+[prometheus]
+url = "$BUDGETD_TEST_PROMETHEUS_URL"
+
+[alertmanager]
+urls = ["$BUDGETD_TEST_ALERTMANAGER_URL"]
+
+[kubernetes]
+api_url = "http://127.0.0.1:$KUBE_PORT"
+
+[leader]
+
+[enforcement]
+interval_seconds = 10
+completeness_lookback_seconds = 120
+
+[collector]
+window_seconds = 60
+settle_seconds = 30
+# The local Prometheus scrapes the demo exporter every 15 s.
+scrape_interval_seconds = 15
+
+[price_book.seed]
+valid_from = "2026-01-01T00:00:00Z"
+currency = "EUR"
+
+[price_book.seed.rates]
+cpu = "0.031"
+memory = "0.004"
+storage = "0.00014"
+network_egress = "0.05"
+gpu = "1.20"
+
+[log]
+filter = "info,sqlx=warn"
+TOML
+
+"$BUDGETD" --config "$CONFIG" migrate
+
+BUDGETD_BOOTSTRAP_ADMIN_TOKEN=$TOKEN "$BUDGETD" --config "$CONFIG" run &
 BUDGETD_PID=$!
 _stack_record "$STACK_DIR" budgetd "$BUDGETD_PID" budgetd
 
@@ -128,7 +155,8 @@ budgetd dev stack
   List tenants:
     curl -H "Authorization: Bearer $TOKEN" $API/api/v1/tenants
 
-  Create tenant acme:
+  Onboard acme, whose namespace acme-prod already runs in the demo cluster (README "A first
+  session"); its costs start with the next window collected:
     curl -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
       -d '{"id":"acme","display_name":"Acme Corp","owner":"ops@acme.example","data_residency":"eu","labels":{"team":"payments"}}' \\
       $API/api/v1/tenants
@@ -138,7 +166,7 @@ budgetd dev stack
 
   The demo tenants tenant-000..002 accrue costs from a synthetic cluster; the first
   one-minute windows are collected about 90 s after start. What finance would run:
-    select tenant_id, day, meter, quantity, unit, round(amount, 4) as amount, currency
+    select tenant_id, day, meter, priced_quantity, price_unit, round(amount, 4) as amount, currency
       from finance.tenant_costs_daily order by tenant_id, meter;
     select * from finance.budget_status;
     select * from finance.unallocated_daily;
@@ -147,7 +175,7 @@ budgetd dev stack
   Enforcement: tenant-002's budget is 0.01 EUR. A few minutes after start its alerts fire,
   its quota in namespace tenant-002-prod is halved, and its suspension waits for approval:
     curl -H "Authorization: Bearer $TOKEN" "$API/api/v1/enforcement/actions?tenant=tenant-002"
-    ${budgetd_env[*]:0:5} $BUDGETD --config $CONFIG enforce --once --dry-run
+    $BUDGETD --config $CONFIG enforce --once --dry-run
     curl -s $BUDGETD_TEST_ALERTMANAGER_URL/api/v2/alerts
     curl -s http://127.0.0.1:$KUBE_PORT/api/v1/namespaces/tenant-002-prod/resourcequotas/budgetd-quota
   Approve the suspension (ID from the list), then raise the budget to restore everything:
