@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger::config::{attempts, backoff, http_url, millis, required, rfc3339, ConfigUrl};
+use ledger::config::{attempts, backoff, http_url, required, rfc3339, timeout_millis, ConfigUrl};
 use ledger::entry::UnitName;
 use ledger::money::parse_rate;
 use ledger::price_book::MeterName;
@@ -205,7 +205,7 @@ impl PrometheusSection {
         }
         Ok(PrometheusSettings {
             url: http_url(url, "prometheus.url")?,
-            timeout: millis(self.timeout_ms, "prometheus.timeout_ms")?,
+            timeout: timeout_millis(self.timeout_ms, "prometheus.timeout_ms")?,
             max_response_bytes: self.max_response_bytes,
         })
     }

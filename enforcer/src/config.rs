@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ledger::config::{
-    attempts, backoff, decimal, http_url, millis, required, seconds, within, ConfigUrl,
+    attempts, backoff, decimal, http_url, required, seconds, timeout_millis, within, ConfigUrl,
 };
 use ledger::tenant::TenantId;
 use ledger::Invalid;
@@ -141,7 +141,7 @@ impl KubernetesSection {
         let (initial_backoff, max_backoff) =
             backoff("kubernetes", self.initial_backoff_ms, self.max_backoff_ms)?;
         let mut settings = KubernetesSettings::new(
-            millis(self.timeout_ms, "kubernetes.timeout_ms")?,
+            timeout_millis(self.timeout_ms, "kubernetes.timeout_ms")?,
             attempts(self.max_attempts, "kubernetes.max_attempts")?,
             initial_backoff,
             max_backoff,
@@ -179,7 +179,7 @@ impl AlertmanagerSection {
                 .enumerate()
                 .map(|(i, u)| http_url(u, &format!("alertmanager.urls[{i}]")))
                 .collect::<Result<_, _>>()?,
-            request_timeout: millis(self.timeout_ms, "alertmanager.timeout_ms")?,
+            request_timeout: timeout_millis(self.timeout_ms, "alertmanager.timeout_ms")?,
             max_attempts: attempts(self.max_attempts, "alertmanager.max_attempts")?,
             initial_backoff,
             max_backoff,

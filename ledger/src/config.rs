@@ -60,6 +60,21 @@ pub fn millis(ms: u64, key: &str) -> Result<Duration, Invalid> {
     }
 }
 
+/// A timeout in milliseconds: at least 100 ms (a smaller one is almost certainly seconds
+/// written where milliseconds are meant, and would fail every call), at most one hour.
+pub fn timeout_millis(ms: u64, key: &str) -> Result<Duration, Invalid> {
+    if ms < 100 {
+        return Err(Invalid::new(
+            key,
+            format!(
+                "must be at least 100 ms; the value is in milliseconds ({ms} s would be {})",
+                ms * 1000
+            ),
+        ));
+    }
+    millis(ms, key)
+}
+
 /// An interval in seconds within `range`.
 pub fn seconds(s: u64, range: RangeInclusive<u64>, key: &str) -> Result<Duration, Invalid> {
     if range.contains(&s) {
@@ -270,9 +285,18 @@ impl DatabaseSection {
             url,
             migrate_url,
             max_connections: within(self.max_connections, 1..=1000, "database.max_connections")?,
-            acquire_timeout: millis(self.acquire_timeout_ms, "database.acquire_timeout_ms")?,
-            statement_timeout: millis(self.statement_timeout_ms, "database.statement_timeout_ms")?,
-            migrate_timeout: millis(self.migrate_timeout_ms, "database.migrate_timeout_ms")?,
+            acquire_timeout: timeout_millis(
+                self.acquire_timeout_ms,
+                "database.acquire_timeout_ms",
+            )?,
+            statement_timeout: timeout_millis(
+                self.statement_timeout_ms,
+                "database.statement_timeout_ms",
+            )?,
+            migrate_timeout: timeout_millis(
+                self.migrate_timeout_ms,
+                "database.migrate_timeout_ms",
+            )?,
             max_retries: within(self.max_retries, 0..=10, "database.max_retries")?,
         })
     }
@@ -383,6 +407,17 @@ mod tests {
         assert_eq!(millis(0, "a.b_ms").unwrap_err().field, "a.b_ms");
         assert!(millis(3_600_001, "a.b_ms").is_err());
         assert_eq!(millis(1, "a.b_ms").unwrap(), Duration::from_millis(1));
+        let err = timeout_millis(30, "a.timeout_ms").unwrap_err();
+        assert_eq!(err.field, "a.timeout_ms");
+        assert!(
+            err.message.contains("30 s would be 30000"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            timeout_millis(100, "a.timeout_ms").unwrap(),
+            Duration::from_millis(100)
+        );
         assert_eq!(
             backoff("x", 500, 100).unwrap_err().field,
             "x.initial_backoff_ms"

@@ -99,6 +99,14 @@ impl Origin {
             Some((_, var)) => ConfigError::at(key, None, format!("{message} (set by {var})")),
             None => {
                 let line = self.line_of(&key);
+                // A newcomer without a file learns both ways to give a missing value.
+                let message = match super::ENV.iter().find(|v| v.key == Some(key.as_str())) {
+                    Some(var) if message == "is required" => format!(
+                        "is required: set it in the configuration file (--config or BUDGETD_CONFIG) or with {}",
+                        var.name
+                    ),
+                    _ => message,
+                };
                 ConfigError::at(key, line, message)
             }
         }

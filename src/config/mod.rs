@@ -18,7 +18,7 @@ use enforcer::config::{
     AlertmanagerSection, EnforcementSection, EnforcementSettings, KubernetesSection,
 };
 use ledger::config::{
-    millis, seconds, within, DatabaseSection, DatabaseSettings, PriceBookSection,
+    seconds, timeout_millis, within, DatabaseSection, DatabaseSettings, PriceBookSection,
 };
 use ledger::price_book::NewPriceBookVersion;
 use ledger::tenant::TenantId;
@@ -462,9 +462,9 @@ fn validate_api(api: &ApiSection, origin: &Origin) -> Result<ApiConfig, ConfigEr
     let invalid = |e| origin.invalid(e);
     Ok(ApiConfig {
         listen,
-        request_timeout: millis(api.request_timeout_ms, "api.request_timeout_ms")
+        request_timeout: timeout_millis(api.request_timeout_ms, "api.request_timeout_ms")
             .map_err(invalid)?,
-        shutdown_timeout: millis(api.shutdown_timeout_ms, "api.shutdown_timeout_ms")
+        shutdown_timeout: timeout_millis(api.shutdown_timeout_ms, "api.shutdown_timeout_ms")
             .map_err(invalid)?,
         tokens,
     })
@@ -475,7 +475,7 @@ fn validate_leader(l: &LeaderSection) -> Result<LeaderConfig, ledger::Invalid> {
         retry: seconds(l.retry_seconds, 1..=86_400, "leader.retry_seconds")?,
         check: seconds(l.check_seconds, 1..=86_400, "leader.check_seconds")?,
         keepalive_seconds: within(l.keepalive_seconds, 3..=600, "leader.keepalive_seconds")?,
-        timeout: millis(l.timeout_ms, "leader.timeout_ms")?,
+        timeout: timeout_millis(l.timeout_ms, "leader.timeout_ms")?,
     })
 }
 

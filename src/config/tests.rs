@@ -178,7 +178,10 @@ fn one_shot_commands_need_only_the_database_url() {
     assert!(config.price_book_seed.is_none());
     let err = from_env(&[]).unwrap_err();
     assert_eq!(err.key, "database.url");
-    assert_eq!(err.message, "is required");
+    assert_eq!(
+        err.message,
+        "is required: set it in the configuration file (--config or BUDGETD_CONFIG) or with BUDGETD_DATABASE_URL"
+    );
 }
 
 /// Without an explicit migrate_url (file or BUDGETD_MIGRATE_DATABASE_URL), migrations and the
