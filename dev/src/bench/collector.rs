@@ -191,16 +191,17 @@ async fn create_database(
 
 /// Migrates the scratch ledger, creates the model's tenants (active) in one statement and
 /// seeds the price book from the example config.
-async fn prepare_ledger(
-    config: &Config,
-    url: &str,
-    tenant_ids: &[String],
-) -> anyhow::Result<Store> {
+async fn prepare_ledger(config: &Config, url: &str, cluster: &Cluster) -> anyhow::Result<Store> {
     Store::migrate(url, config.database.migrate_timeout)
         .await
         .context("migrating the scratch database")?;
     let store = Store::connect(&config.database.store_config()).await?;
-    insert_active_tenants(&store, tenant_ids).await?;
+    let tenant_ids: Vec<String> = cluster
+        .tenant_ids()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    insert_active_tenants(&store, &tenant_ids).await?;
     let seed = config
         .price_book_seed
         .as_ref()
@@ -376,14 +377,22 @@ impl std::io::Write for CountingWriter<'_> {
     }
 }
 
-async fn start_prometheus(
-    dir: PathBuf,
-    data: PathBuf,
-) -> anyhow::Result<(PrometheusProcess, Duration)> {
+/// Loads the model of `spec` into `dir` (one OpenMetrics file per day) and starts a Prometheus
+/// serving it; also returns how long Prometheus took to start.
+async fn load_and_serve(
+    spec: ClusterSpec,
+    dir: &Path,
+) -> anyhow::Result<(Loaded, PrometheusProcess, Duration)> {
+    let loaded = blocking({
+        let dir = dir.to_owned();
+        move || load_fixture(spec, dir, chrono::Duration::days(1))
+    })
+    .await?;
     eprintln!("bench: starting Prometheus");
     let t = Instant::now();
-    let p = blocking(move || PrometheusProcess::start(&dir, &data)).await?;
-    Ok((p, t.elapsed()))
+    let (dir, data) = (dir.to_owned(), loaded.data.clone());
+    let prometheus = blocking(move || PrometheusProcess::start(&dir, &data)).await?;
+    Ok((loaded, prometheus, t.elapsed()))
 }
 
 /// Prometheus compacts the many small blocks promtool wrote a minute after it starts. Waits
@@ -561,13 +570,7 @@ async fn one_window(
         (end - start).num_minutes()
     );
     let dir = ScratchDir::new("budgetd-cbench-one");
-    let loaded = blocking({
-        let dir = dir.path().to_owned();
-        move || load_fixture(spec, dir, chrono::Duration::days(1))
-    })
-    .await?;
-    let (prometheus, prom_start) =
-        start_prometheus(dir.path().to_owned(), loaded.data.clone()).await?;
+    let (loaded, prometheus, prom_start) = load_and_serve(spec, dir.path()).await?;
     println!(
         "  fixture: {} series, {} samples; generated in {:.1} s, OpenMetrics + promtool {:.1} s, \
          Prometheus ready in {:.1} s (not part of the figures)",
@@ -590,17 +593,11 @@ async fn one_window(
         secs(configured_timeout),
         secs(settings.prometheus.timeout)
     );
-    let ids: Vec<String> = loaded
-        .cluster
-        .tenant_ids()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
     let t = Instant::now();
-    let store = prepare_ledger(&config, &db_url, &ids).await?;
+    let store = prepare_ledger(&config, &db_url, &loaded.cluster).await?;
     eprintln!(
         "bench: ledger with {} tenants and the price book in {:.1} s",
-        ids.len(),
+        loaded.cluster.tenant_ids().len(),
         t.elapsed().as_secs_f64()
     );
     let fixture = OneWindowFixture {
@@ -1061,13 +1058,7 @@ async fn long_backfill(
         opts.backfill_tenants, opts.backfill_days
     );
     let dir = ScratchDir::new("budgetd-cbench-long");
-    let loaded = blocking({
-        let dir = dir.path().to_owned();
-        move || load_fixture(spec, dir, chrono::Duration::days(1))
-    })
-    .await?;
-    let (prometheus, prom_start) =
-        start_prometheus(dir.path().to_owned(), loaded.data.clone()).await?;
+    let (loaded, prometheus, prom_start) = load_and_serve(spec, dir.path()).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
@@ -1097,13 +1088,7 @@ async fn long_backfill(
 
     let db_url = create_database(admin_url, created, "long").await?;
     let (config, settings) = load_config(dir.path(), &prometheus.url, &db_url, BACKFILL_SCRAPE_S)?;
-    let ids: Vec<String> = loaded
-        .cluster
-        .tenant_ids()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    let store = prepare_ledger(&config, &db_url, &ids).await?;
+    let store = prepare_ledger(&config, &db_url, &loaded.cluster).await?;
     let result = long_backfill_run(&settings, &store, &loaded.cluster, from, to, window_s).await;
     store.pool().close().await;
     drop(prometheus);
