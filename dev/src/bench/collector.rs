@@ -1311,18 +1311,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replaces_the_database_of_a_url() {
-        assert_eq!(
-            with_database("postgres://u@127.0.0.1:5432/postgres", "x"),
-            "postgres://u@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:1/db?sslmode=disable", "x"),
-            "postgres://u@h:1/x?sslmode=disable"
-        );
-    }
-
-    #[test]
     fn the_example_config_loads_with_the_overridden_interval() {
         let dir = ScratchDir::new("budgetd-cbench-test");
         let (config, settings) =
