@@ -31,7 +31,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -49,7 +48,7 @@ use ledger::usage::{CommitMode, CommitReport};
 use ledger::Store;
 use testkit::bench_sql::collector::{usage_by_meter, window_completeness};
 use testkit::bench_sql::insert_active_tenants;
-use testkit::db::{check_server, create_scratch_database, drop_database, with_database};
+use testkit::db::{check_server, ScratchDatabases};
 use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
 use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 
@@ -108,41 +107,16 @@ pub async fn run_collector_bench(
     // Connect once up front, so a wrong URL fails before minutes of data generation.
     check_server(admin_url).await?;
 
-    let created: Arc<Mutex<Vec<String>>> = Arc::default();
-    // Run in a task so that a panic, an error or Ctrl-C all end with the databases dropped
-    // (and Prometheus stopped, scratch directories removed: they are dropped with the task).
-    let task = tokio::spawn({
+    // The bench runs in a task so that a panic, an error or Ctrl-C all end with the databases
+    // dropped (and Prometheus stopped, scratch directories removed: they are dropped with the
+    // task).
+    let databases = ScratchDatabases::new(admin_url);
+    let work = {
         let opts = opts.clone();
-        let admin_url = admin_url.to_owned();
-        let created = created.clone();
-        async move { bench(&admin_url, &opts, &created).await }
-    });
-    let abort = task.abort_handle();
-    let outcome = tokio::select! {
-        joined = task => match joined {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
-            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            abort.abort();
-            Err(anyhow::anyhow!("interrupted"))
-        }
+        let databases = databases.clone();
+        async move { bench(&opts, &databases).await }
     };
-
-    let names: Vec<String> = created.lock().map(|n| n.clone()).unwrap_or_default();
-    let mut drop_error = None;
-    for name in names {
-        if let Err(e) = drop_database(admin_url, &name).await {
-            eprintln!("bench: {e:#}");
-            drop_error.get_or_insert(e);
-        }
-    }
-    match (outcome, drop_error) {
-        (Ok(()), None) => Ok(()),
-        (Ok(()), Some(e)) => Err(e),
-        (Err(e), _) => Err(e),
-    }
+    databases.run_then_drop(work).await
 }
 
 fn validate(opts: &CollectorBenchOptions) -> anyhow::Result<()> {
@@ -155,39 +129,20 @@ fn validate(opts: &CollectorBenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench(
-    admin_url: &str,
-    opts: &CollectorBenchOptions,
-    created: &Mutex<Vec<String>>,
-) -> anyhow::Result<()> {
+async fn bench(opts: &CollectorBenchOptions, databases: &ScratchDatabases) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("budgetd-dev bench collector");
     println!(
         "meters: the default meters of examples/budgetd.toml, plus the completeness probe; \
          synthetic cluster model without traps, seed {SEED}"
     );
-    one_window(admin_url, opts, created).await?;
-    long_backfill(admin_url, opts, created).await?;
+    one_window(opts, databases).await?;
+    long_backfill(opts, databases).await?;
     println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 // Scratch databases ---------------------------------------------------------------------------
-
-/// A new empty database on the server of `admin_url`; its name is recorded in `created` so the
-/// caller drops it whatever happens.
-async fn create_database(
-    admin_url: &str,
-    created: &Mutex<Vec<String>>,
-    what: &str,
-) -> anyhow::Result<String> {
-    let name = create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
-    created
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned lock"))?
-        .push(name.clone());
-    Ok(with_database(admin_url, &name))
-}
 
 /// Migrates the scratch ledger, creates the model's tenants (active) in one statement and
 /// seeds the price book from the example config.
@@ -539,9 +494,8 @@ async fn client_round(
 // One window at scale -------------------------------------------------------------------------
 
 async fn one_window(
-    admin_url: &str,
     opts: &CollectorBenchOptions,
-    created: &Mutex<Vec<String>>,
+    databases: &ScratchDatabases,
 ) -> anyhow::Result<()> {
     let window_s = 300;
     // Window 0 has no previous window in the data (counters fall back to increase()): it is
@@ -581,7 +535,7 @@ async fn one_window(
         prom_start.as_secs_f64()
     );
 
-    let db_url = create_database(admin_url, created, "one").await?;
+    let db_url = databases.create("budgetd_cbench_one").await?;
     let (config, mut settings) =
         load_config(dir.path(), &prometheus.url, &db_url, ONE_WINDOW_SCRAPE_S)?;
     let configured_timeout = settings.prometheus.timeout;
@@ -1023,9 +977,8 @@ fn print_truth(
 // Long backfill ---------------------------------------------------------------------------------
 
 async fn long_backfill(
-    admin_url: &str,
     opts: &CollectorBenchOptions,
-    created: &Mutex<Vec<String>>,
+    databases: &ScratchDatabases,
 ) -> anyhow::Result<()> {
     let window_s: i64 = 300;
     let from = Utc
@@ -1086,7 +1039,7 @@ async fn long_backfill(
         prom_start.as_secs_f64(),
     );
 
-    let db_url = create_database(admin_url, created, "long").await?;
+    let db_url = databases.create("budgetd_cbench_long").await?;
     let (config, settings) = load_config(dir.path(), &prometheus.url, &db_url, BACKFILL_SCRAPE_S)?;
     let store = prepare_ledger(&config, &db_url, &loaded.cluster).await?;
     let result = long_backfill_run(&settings, &store, &loaded.cluster, from, to, window_s).await;
