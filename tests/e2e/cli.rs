@@ -44,6 +44,13 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// `cmd report costs --from <from> --to <to> <more>`: its exit code, stdout and stderr.
+fn report_costs(mut cmd: Command, from: &str, to: &str, more: &[&str]) -> (i32, String, String) {
+    run(cmd
+        .args(["report", "costs", "--from", from, "--to", to])
+        .args(more))
+}
+
 fn ctx() -> AuditContext {
     AuditContext {
         actor: Actor::system("test"),
@@ -159,16 +166,12 @@ fn a_bad_config_names_the_key_and_exits_2() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--config"), "{stderr}");
 
-    let (code, _, stderr) = run(budgetd("postgres://x@127.0.0.1:1/x").args([
-        "report",
-        "costs",
-        "--from",
+    let (code, _, stderr) = report_costs(
+        budgetd("postgres://x@127.0.0.1:1/x"),
         "2026-01-01",
-        "--to",
         "2026-01-31",
-        "--tenant",
-        "Bad!",
-    ]));
+        &["--tenant", "Bad!"],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--tenant"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
@@ -374,14 +377,7 @@ async fn report_costs_prints_csv_and_json() {
     )
     .await;
 
-    let (code, stdout, stderr) = run(budgetd(&db.url).args([
-        "report",
-        "costs",
-        "--from",
-        "2026-03-02",
-        "--to",
-        "2026-03-03",
-    ]));
+    let (code, stdout, stderr) = report_costs(budgetd(&db.url), "2026-03-02", "2026-03-03", &[]);
     assert_eq!(code, 0, "{stderr}");
     // 0.062 + 0.031 + 0.31 = 0.403: the totals row rounds the exact sum once
     assert_eq!(
@@ -392,18 +388,12 @@ async fn report_costs_prints_csv_and_json() {
          globex,2026-03-02,cpu,36000,core_seconds,0.31,EUR,10,core_hour\n\
          TOTAL,,,,,0.40,EUR,,\n"
     );
-    let (code, stdout, stderr) = run(budgetd(&db.url).args([
-        "report",
-        "costs",
-        "--from",
+    let (code, stdout, stderr) = report_costs(
+        budgetd(&db.url),
         "2026-03-01",
-        "--to",
         "2026-03-31",
-        "--tenant",
-        "acme",
-        "--format",
-        "json",
-    ]));
+        &["--tenant", "acme", "--format", "json"],
+    );
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 3);
@@ -438,14 +428,7 @@ async fn report_costs_csv_ends_with_a_totals_row_that_rounds_the_exact_sum_once(
     )
     .await;
 
-    let (code, stdout, stderr) = run(budgetd(&db.url).args([
-        "report",
-        "costs",
-        "--from",
-        "2026-03-01",
-        "--to",
-        "2026-03-31",
-    ]));
+    let (code, stdout, stderr) = report_costs(budgetd(&db.url), "2026-03-01", "2026-03-31", &[]);
     assert_eq!(code, 0, "{stderr}");
     // Each row rounds to 0.00; the total is 0.012 rounded once, not the sum of the rows.
     assert_eq!(
@@ -589,14 +572,12 @@ async fn migrate_needs_only_the_database_url_from_the_environment() {
         run(budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]).args(["audit", "verify"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("audit log intact"), "{stdout}");
-    let (code, stdout, stderr) = run(budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]).args([
-        "report",
-        "costs",
-        "--from",
+    let (code, stdout, stderr) = report_costs(
+        budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]),
         "2026-03-01",
-        "--to",
         "2026-03-31",
-    ]));
+        &[],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("tenant_id,day,meter,"), "{stdout}");
 }
