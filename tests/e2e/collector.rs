@@ -699,6 +699,28 @@ async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections()
     assert_eq!((again.corrected, again.inserted), (0, 0));
 }
 
+/// Backfills all of `f`'s hour with `c` into `split`: its one batch of 12 windows is split at
+/// least three times (`refused` counts the source's refusals), and the ledger is the same as
+/// `whole`'s.
+async fn assert_split_until_it_fits(
+    c: &Collector,
+    f: &Fixture,
+    refused: &AtomicUsize,
+    split: &TestDb,
+    whole: &TestDb,
+) {
+    let (_, report) = c
+        .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.windows, 12);
+    assert!(
+        refused.load(Ordering::Relaxed) >= 3,
+        "12 → 6 → 3 → 2/1 windows"
+    );
+    assert_same_rows(ledger_rows(split).await, ledger_rows(whole).await);
+}
+
 /// Refuses range queries over more than two windows, as Prometheus does with 422 when a query
 /// would load too many samples.
 struct Heavy {
@@ -739,16 +761,7 @@ async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
         refused: AtomicUsize::new(0),
     });
     let c = Collector::new(heavy.clone(), split.store.clone(), s.collector.clone());
-    let (_, report) = c
-        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
-        .await
-        .unwrap();
-    assert_eq!(report.windows, 12);
-    assert!(
-        heavy.refused.load(Ordering::Relaxed) >= 3,
-        "12 → 6 → 3 → 2/1 windows"
-    );
-    assert_same_rows(ledger_rows(&split).await, ledger_rows(&whole).await);
+    assert_split_until_it_fits(&c, &f, &heavy.refused, &split, &whole).await;
 }
 
 /// The real client with a response size limit, counting the answers over it.
@@ -818,16 +831,7 @@ async fn a_batch_over_the_response_size_limit_is_split_and_one_window_over_it_is
         (source, c)
     };
     let (source, c) = limited(&split, largest);
-    let (_, report) = c
-        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
-        .await
-        .unwrap();
-    assert_eq!(report.windows, 12);
-    assert!(
-        source.too_large.load(Ordering::Relaxed) >= 3,
-        "12 → 6 → 3 → 2/1 windows"
-    );
-    assert_same_rows(ledger_rows(&split).await, ledger_rows(&whole).await);
+    assert_split_until_it_fits(&c, &f, &source.too_large, &split, &whole).await;
 
     // A single window whose answer is still too large: an error naming the limit, and the
     // window stays pending.
