@@ -256,6 +256,17 @@ impl Stack {
         .await;
     }
 
+    /// The enforcement action `id`, as a viewer sees it.
+    async fn action(&self, id: i64) -> Value {
+        self.api(
+            Method::GET,
+            &format!("/api/v1/enforcement/actions/{id}"),
+            "viewer",
+            None,
+        )
+        .await
+    }
+
     async fn actions(&self) -> Vec<Value> {
         self.api(
             Method::GET,
@@ -457,14 +468,7 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
         .api(Method::GET, "/api/v1/tenants/acme", "viewer", None)
         .await;
     assert_eq!(tenant["state"], "suspended");
-    let applied = s
-        .api(
-            Method::GET,
-            &format!("/api/v1/enforcement/actions/{id}"),
-            "viewer",
-            None,
-        )
-        .await;
+    let applied = s.action(id).await;
     assert_eq!(
         applied["outcome"]["autoscaled_not_scaled"],
         json!(["acme-prod/deployment/api (hpa api)"])
@@ -642,14 +646,7 @@ async fn a_corrupted_backward_keeps_the_action_open_and_raises_the_alarm() {
             error.contains("the recorded backward changes cannot be read"),
             "{error}"
         );
-        let action = s
-            .api(
-                Method::GET,
-                &format!("/api/v1/enforcement/actions/{id}"),
-                "viewer",
-                None,
-            )
-            .await;
+        let action = s.action(id).await;
         assert_eq!(
             (&action["state"], &action["attempts"], &action["last_error"]),
             (&json!("applied"), &json!(1 + cycle), &json!(error)),
