@@ -58,6 +58,7 @@ fn window(start_secs: i64) -> Window {
     Window::new(start, start + Duration::seconds(300)).unwrap()
 }
 
+/// An entry of `meter` in core-seconds, priced per core-hour.
 fn entry(
     version: &PriceBookVersion,
     tenant: &TenantId,
@@ -65,13 +66,28 @@ fn entry(
     w: Window,
     qty: &str,
 ) -> NewEntry {
+    priced_entry(version, tenant, meter, w, qty, CORE_HOUR)
+}
+
+/// The price units of the tests: (unit, price unit, units per price unit).
+const CORE_HOUR: (&str, &str, &str) = ("core_seconds", "core_hour", "3600");
+const CORE_MINUTE: (&str, &str, &str) = ("core_seconds", "core_minute", "60");
+/// 2^30 bytes × 3600 s: byte-seconds in a GiB-hour.
+const GIB_HOUR: (&str, &str, &str) = ("byte_seconds", "gib_hour", "3865470566400");
+const GPU_HOUR: (&str, &str, &str) = ("gpu_seconds", "gpu_hour", "3600");
+
+/// An entry of `meter` in `units` (unit, price unit, units per price unit).
+fn priced_entry(
+    version: &PriceBookVersion,
+    tenant: &TenantId,
+    meter: &str,
+    w: Window,
+    qty: &str,
+    (unit, price_unit, per): (&str, &str, &str),
+) -> NewEntry {
     let meter = MeterName::parse("meter", meter).unwrap();
     let pricing = version
-        .pricing(
-            &meter,
-            UnitName::parse("u", "core_hour").unwrap(),
-            Decimal::from(3600),
-        )
+        .pricing(&meter, UnitName::parse("u", price_unit).unwrap(), dec(per))
         .unwrap();
     NewEntry::new(
         EntryKey {
@@ -80,7 +96,7 @@ fn entry(
             window: w,
         },
         dec(qty),
-        UnitName::parse("u", "core_seconds").unwrap(),
+        UnitName::parse("u", unit).unwrap(),
         pricing,
     )
     .unwrap()
@@ -622,13 +638,6 @@ const UNALLOCATED_ROW: &str =
                       coalesce(amount::text, 'NULL') || ' ' || coalesce(currency, 'NULL')) \
      from finance.unallocated_daily";
 
-/// The price units of the tests: (unit, price unit, units per price unit).
-const CORE_HOUR: (&str, &str, &str) = ("core_seconds", "core_hour", "3600");
-const CORE_MINUTE: (&str, &str, &str) = ("core_seconds", "core_minute", "60");
-/// 2^30 bytes × 3600 s: byte-seconds in a GiB-hour.
-const GIB_HOUR: (&str, &str, &str) = ("byte_seconds", "gib_hour", "3865470566400");
-const GPU_HOUR: (&str, &str, &str) = ("gpu_seconds", "gpu_hour", "3600");
-
 #[tokio::test]
 async fn the_finance_views_keep_their_contract_columns_and_append_new_ones() {
     let db = fresh_database().await;
@@ -654,32 +663,6 @@ async fn the_finance_views_keep_their_contract_columns_and_append_new_ones() {
         .unwrap();
         assert_eq!(names.join(" "), columns, "finance.{view}");
     }
-}
-
-/// An entry of `meter` in `units` (unit, price unit, units per price unit).
-fn priced_entry(
-    version: &PriceBookVersion,
-    tenant: &TenantId,
-    meter: &str,
-    w: Window,
-    qty: &str,
-    (unit, price_unit, per): (&str, &str, &str),
-) -> NewEntry {
-    let meter = MeterName::parse("meter", meter).unwrap();
-    let pricing = version
-        .pricing(&meter, UnitName::parse("u", price_unit).unwrap(), dec(per))
-        .unwrap();
-    NewEntry::new(
-        EntryKey {
-            tenant: tenant.clone(),
-            meter,
-            window: w,
-        },
-        dec(qty),
-        UnitName::parse("u", unit).unwrap(),
-        pricing,
-    )
-    .unwrap()
 }
 
 #[tokio::test]

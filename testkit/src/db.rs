@@ -1,10 +1,11 @@
 //! Databases of their own on a Postgres server. Every test gets a fresh database cloned from a
 //! template that has the migrations applied, on the ephemeral cluster that `scripts/test.sh`
-//! starts ([`fresh_database`]); a benchmark gets an empty scratch database that is dropped
-//! whatever happens ([`in_scratch_database`]).
+//! starts ([`fresh_database`]); a benchmark gets empty scratch databases that are dropped
+//! whatever happens ([`in_scratch_database`], [`ScratchDatabases`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -204,6 +205,72 @@ pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The scratch databases of one benchmark on the server of an admin URL: each one it creates
+/// is dropped when it ends, whatever happens ([`ScratchDatabases::run_then_drop`]).
+#[derive(Clone)]
+pub struct ScratchDatabases {
+    admin_url: String,
+    created: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScratchDatabases {
+    /// None yet, on the server of `admin_url` (a superuser URL).
+    pub fn new(admin_url: &str) -> ScratchDatabases {
+        ScratchDatabases {
+            admin_url: admin_url.to_owned(),
+            created: Arc::default(),
+        }
+    }
+
+    /// Creates an empty database named `<prefix>_<nanos>` and records it to be dropped; its URL.
+    pub async fn create(&self, prefix: &str) -> anyhow::Result<String> {
+        let name = create_scratch_database(&self.admin_url, prefix).await?;
+        self.created
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+            .push(name.clone());
+        Ok(with_database(&self.admin_url, &name))
+    }
+
+    /// Runs `work` in a task, then drops every database created: after success, an error, a
+    /// panic or Ctrl-C. `work`'s error comes first; a drop error is returned after success and
+    /// logged otherwise.
+    pub async fn run_then_drop<Fut>(self, work: Fut) -> anyhow::Result<()>
+    where
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let task = tokio::spawn(work);
+        let abort = task.abort_handle();
+        let outcome = tokio::select! {
+            joined = task => match joined {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                abort.abort();
+                Err(anyhow::anyhow!("interrupted"))
+            }
+        };
+        let names: Vec<String> = self
+            .created
+            .lock()
+            .map(|names| names.clone())
+            .unwrap_or_default();
+        let mut returned = outcome;
+        for name in names {
+            if let Err(drop_error) = drop_database(&self.admin_url, &name).await {
+                if returned.is_ok() {
+                    returned = Err(drop_error);
+                } else {
+                    eprintln!("bench: {drop_error:#}");
+                }
+            }
+        }
+        returned
+    }
+}
+
 /// Creates a scratch database named `<prefix>_<nanos>` on the server of `admin_url`, runs
 /// `run` with its URL in a task, and drops the database whatever happens: success, error, panic
 /// or Ctrl-C.
@@ -216,29 +283,9 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let name = create_scratch_database(admin_url, prefix).await?;
-    let task = tokio::spawn(run(with_database(admin_url, &name)));
-    let abort = task.abort_handle();
-    let outcome = tokio::select! {
-        joined = task => match joined {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
-            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            abort.abort();
-            Err(anyhow::anyhow!("interrupted"))
-        }
-    };
-    let dropped = drop_database(admin_url, &name).await;
-    match (outcome, dropped) {
-        (Ok(()), dropped) => dropped,
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(drop_error)) => {
-            eprintln!("bench: {drop_error:#}");
-            Err(e)
-        }
-    }
+    let databases = ScratchDatabases::new(admin_url);
+    let url = databases.create(prefix).await?;
+    databases.run_then_drop(run(url)).await
 }
 
 #[cfg(test)]

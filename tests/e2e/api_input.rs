@@ -507,23 +507,33 @@ async fn costs_come_from_the_ledger_rounded_per_the_documented_rule() {
     );
 }
 
-#[tokio::test]
-async fn the_price_book_shows_each_rates_price_unit() {
+/// The app of a daemon whose collector prices cpu per core-hour and memory per GiB-hour.
+async fn app_pricing_cpu_and_memory() -> TestApp {
     let db = testkit::db::fresh_database().await;
     let router = router_pricing(
         db.store.clone(),
         &[("cpu", "core_hour"), ("memory", "gib_hour")],
     );
-    let body = json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR",
-                      "rates": {"cpu": "0.031", "memory": "0.004", "legacy": "1.5"}});
-    let reply = call(
-        &router,
+    TestApp { router, db }
+}
+
+/// Finance adds the price-book version `body`.
+async fn add_price_book_version(app: &TestApp, body: Value) -> Reply {
+    app.call(
         Method::POST,
         "/api/v1/price-book/versions",
         Some(&token("finance")),
-        Some(body.to_string().into_bytes()),
+        Some(body),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn the_price_book_shows_each_rates_price_unit() {
+    let app = app_pricing_cpu_and_memory().await;
+    let body = json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR",
+                      "rates": {"cpu": "0.031", "memory": "0.004", "legacy": "1.5"}});
+    let reply = add_price_book_version(&app, body).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     // `rates` stays meter -> decimal string; the units are a sibling, for the meters the
     // collector prices (nobody prices `legacy`, so it has no unit to show).
@@ -533,14 +543,9 @@ async fn the_price_book_shows_each_rates_price_unit() {
     assert_eq!(reply.body["price_units"], expected_units);
 
     for role in ["finance", "admin"] {
-        let reply = call(
-            &router,
-            Method::GET,
-            "/api/v1/price-book",
-            Some(&token(role)),
-            None,
-        )
-        .await;
+        let reply = app
+            .call(Method::GET, "/api/v1/price-book", Some(&token(role)), None)
+            .await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         let versions = reply.body["versions"].as_array().unwrap();
         assert_eq!(versions.len(), 1);
@@ -551,34 +556,16 @@ async fn the_price_book_shows_each_rates_price_unit() {
 
 #[tokio::test]
 async fn a_price_book_version_must_price_every_collected_meter() {
-    let db = testkit::db::fresh_database().await;
-    let router = router_pricing(
-        db.store.clone(),
-        &[("cpu", "core_hour"), ("memory", "gib_hour")],
-    );
-    let before = snapshot(&db.store).await;
+    let app = app_pricing_cpu_and_memory().await;
+    let before = app.snapshot().await;
     let body =
         json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031"}});
-    let reply = call(
-        &router,
-        Method::POST,
-        "/api/v1/price-book/versions",
-        Some(&token("finance")),
-        Some(body.to_string().into_bytes()),
-    )
-    .await;
+    let reply = add_price_book_version(&app, body).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.body["error"]["field"], "rates.memory");
-    assert_eq!(snapshot(&db.store).await, before);
+    assert_eq!(app.snapshot().await, before);
     let body = json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031", "memory": "0.004", "extra": "1"}});
-    let reply = call(
-        &router,
-        Method::POST,
-        "/api/v1/price-book/versions",
-        Some(&token("finance")),
-        Some(body.to_string().into_bytes()),
-    )
-    .await;
+    let reply = add_price_book_version(&app, body).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
 }
 

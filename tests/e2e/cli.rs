@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -44,6 +44,13 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// `cmd report costs --from <from> --to <to> <more>`: its exit code, stdout and stderr.
+fn report_costs(mut cmd: Command, from: &str, to: &str, more: &[&str]) -> (i32, String, String) {
+    run(cmd
+        .args(["report", "costs", "--from", from, "--to", to])
+        .args(more))
+}
+
 fn ctx() -> AuditContext {
     AuditContext {
         actor: Actor::system("test"),
@@ -53,6 +60,50 @@ fn ctx() -> AuditContext {
 
 async fn add_tenant(db: &TestDb, id: &str) {
     testkit::db::create_tenant(&db.store, id).await;
+}
+
+/// Writes a five-minute cpu entry at noon for each `(tenant, day of March 2026, core-seconds)`,
+/// priced by a new price-book version (EUR, from 2026-01-01) at `rate` per core-hour.
+async fn write_cpu_entries(db: &TestDb, rate: Decimal, entries: &[(&str, u32, i64)]) {
+    let cpu = MeterName::parse("m", "cpu").unwrap();
+    let version = db
+        .store
+        .add_price_book_version(
+            &ctx(),
+            &NewPriceBookVersion::new(
+                Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+                "EUR".parse().unwrap(),
+                [(cpu.clone(), rate)].into(),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pricing = version
+        .pricing(
+            &cpu,
+            UnitName::parse("u", "core_hour").unwrap(),
+            Decimal::from(3600),
+        )
+        .unwrap();
+    let entries: Vec<NewEntry> = entries
+        .iter()
+        .map(|&(tenant, day, core_seconds)| {
+            let start = Utc.with_ymd_and_hms(2026, 3, day, 12, 0, 0).unwrap();
+            NewEntry::new(
+                EntryKey {
+                    tenant: tenant.parse().unwrap(),
+                    meter: cpu.clone(),
+                    window: Window::new(start, start + chrono::Duration::seconds(300)).unwrap(),
+                },
+                Decimal::from(core_seconds),
+                UnitName::parse("u", "core_seconds").unwrap(),
+                pricing.clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    db.store.write_entries(&entries, "test").await.unwrap();
 }
 
 #[test]
@@ -115,16 +166,12 @@ fn a_bad_config_names_the_key_and_exits_2() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--config"), "{stderr}");
 
-    let (code, _, stderr) = run(budgetd("postgres://x@127.0.0.1:1/x").args([
-        "report",
-        "costs",
-        "--from",
+    let (code, _, stderr) = report_costs(
+        budgetd("postgres://x@127.0.0.1:1/x"),
         "2026-01-01",
-        "--to",
         "2026-01-31",
-        "--tenant",
-        "Bad!",
-    ]));
+        &["--tenant", "Bad!"],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--tenant"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
@@ -222,20 +269,34 @@ fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
+/// The address in the daemon's `budgetd API listening ... listen=<addr>` log line.
+fn listen_addr(listening: &str) -> String {
+    listening
+        .split("listen=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Sends the daemon SIGTERM and asserts that it exits cleanly.
+fn stop_with_sigterm(mut daemon: Child) {
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
 async fn run_serves_the_api_becomes_ready_after_migrate_and_stops_on_sigterm() {
     // An empty database: not migrated yet.
-    let name = format!(
-        "budgetd_cli_{}_{}",
-        std::process::id(),
-        Utc::now().timestamp_micros()
-    );
-    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!("create database {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = with_database(&admin_url(), &name);
+    let url = empty_database("run").await;
     let token = "bootstrap-token-for-the-cli-test";
 
     let mut daemon = budgetd(&url)
@@ -248,14 +309,7 @@ async fn run_serves_the_api_becomes_ready_after_migrate_and_stops_on_sigterm() {
         .unwrap();
     let lines = log_lines(daemon.stderr.take().unwrap());
     let listening = wait_for(&lines, "budgetd API listening");
-    let addr = listening
-        .split("listen=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = listen_addr(&listening);
 
     assert_eq!(http(&addr, "GET", "/healthz", None).0, 200);
     let (status, body) = http(&addr, "GET", "/readyz", None);
@@ -281,14 +335,7 @@ async fn run_serves_the_api_becomes_ready_after_migrate_and_stops_on_sigterm() {
     assert!(metrics.contains("budgetd_http_requests_total"), "{metrics}");
 
     // SIGTERM: a clean exit.
-    let pid = daemon.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = daemon.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    stop_with_sigterm(daemon);
 }
 
 #[tokio::test]
@@ -318,60 +365,19 @@ async fn report_costs_prints_csv_and_json() {
     let db = testkit::db::fresh_database().await;
     add_tenant(&db, "acme").await;
     add_tenant(&db, "globex").await;
-    let rates = [(MeterName::parse("m", "cpu").unwrap(), Decimal::new(31, 3))].into();
-    let version = db
-        .store
-        .add_price_book_version(
-            &ctx(),
-            &NewPriceBookVersion::new(
-                Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-                "EUR".parse().unwrap(),
-                rates,
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let cpu = MeterName::parse("m", "cpu").unwrap();
-    let pricing = version
-        .pricing(
-            &cpu,
-            UnitName::parse("u", "core_hour").unwrap(),
-            Decimal::from(3600),
-        )
-        .unwrap();
-    let entries: Vec<NewEntry> = [
-        ("acme", 2, 7200),
-        ("globex", 2, 36000),
-        ("acme", 3, 3600),
-        ("acme", 5, 3600),
-    ]
-    .into_iter()
-    .map(|(t, day, qty)| {
-        let start = Utc.with_ymd_and_hms(2026, 3, day, 12, 0, 0).unwrap();
-        NewEntry::new(
-            EntryKey {
-                tenant: t.parse().unwrap(),
-                meter: cpu.clone(),
-                window: Window::new(start, start + chrono::Duration::seconds(300)).unwrap(),
-            },
-            Decimal::from(qty),
-            UnitName::parse("u", "core_seconds").unwrap(),
-            pricing.clone(),
-        )
-        .unwrap()
-    })
-    .collect();
-    db.store.write_entries(&entries, "test").await.unwrap();
+    write_cpu_entries(
+        &db,
+        Decimal::new(31, 3),
+        &[
+            ("acme", 2, 7200),
+            ("globex", 2, 36000),
+            ("acme", 3, 3600),
+            ("acme", 5, 3600),
+        ],
+    )
+    .await;
 
-    let (code, stdout, stderr) = run(budgetd(&db.url).args([
-        "report",
-        "costs",
-        "--from",
-        "2026-03-02",
-        "--to",
-        "2026-03-03",
-    ]));
+    let (code, stdout, stderr) = report_costs(budgetd(&db.url), "2026-03-02", "2026-03-03", &[]);
     assert_eq!(code, 0, "{stderr}");
     // 0.062 + 0.031 + 0.31 = 0.403: the totals row rounds the exact sum once
     assert_eq!(
@@ -382,18 +388,12 @@ async fn report_costs_prints_csv_and_json() {
          globex,2026-03-02,cpu,36000,core_seconds,0.31,EUR,10,core_hour\n\
          TOTAL,,,,,0.40,EUR,,\n"
     );
-    let (code, stdout, stderr) = run(budgetd(&db.url).args([
-        "report",
-        "costs",
-        "--from",
+    let (code, stdout, stderr) = report_costs(
+        budgetd(&db.url),
         "2026-03-01",
-        "--to",
         "2026-03-31",
-        "--tenant",
-        "acme",
-        "--format",
-        "json",
-    ]));
+        &["--tenant", "acme", "--format", "json"],
+    );
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 3);
@@ -420,55 +420,15 @@ async fn report_costs_csv_ends_with_a_totals_row_that_rounds_the_exact_sum_once(
     let db = testkit::db::fresh_database().await;
     add_tenant(&db, "acme").await;
     add_tenant(&db, "globex").await;
-    let cpu = MeterName::parse("m", "cpu").unwrap();
-    let version = db
-        .store
-        .add_price_book_version(
-            &ctx(),
-            &NewPriceBookVersion::new(
-                Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-                "EUR".parse().unwrap(),
-                [(cpu.clone(), Decimal::new(4, 3))].into(),
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let pricing = version
-        .pricing(
-            &cpu,
-            UnitName::parse("u", "core_hour").unwrap(),
-            Decimal::from(3600),
-        )
-        .unwrap();
     // One core-hour at 0.004 EUR in each of three rows.
-    let entries: Vec<NewEntry> = [("acme", 2), ("acme", 3), ("globex", 2)]
-        .into_iter()
-        .map(|(t, day)| {
-            let start = Utc.with_ymd_and_hms(2026, 3, day, 12, 0, 0).unwrap();
-            NewEntry::new(
-                EntryKey {
-                    tenant: t.parse().unwrap(),
-                    meter: cpu.clone(),
-                    window: Window::new(start, start + chrono::Duration::seconds(300)).unwrap(),
-                },
-                Decimal::from(3600),
-                UnitName::parse("u", "core_seconds").unwrap(),
-                pricing.clone(),
-            )
-            .unwrap()
-        })
-        .collect();
-    db.store.write_entries(&entries, "test").await.unwrap();
+    write_cpu_entries(
+        &db,
+        Decimal::new(4, 3),
+        &[("acme", 2, 3600), ("acme", 3, 3600), ("globex", 2, 3600)],
+    )
+    .await;
 
-    let (code, stdout, stderr) = run(budgetd(&db.url).args([
-        "report",
-        "costs",
-        "--from",
-        "2026-03-01",
-        "--to",
-        "2026-03-31",
-    ]));
+    let (code, stdout, stderr) = report_costs(budgetd(&db.url), "2026-03-01", "2026-03-31", &[]);
     assert_eq!(code, 0, "{stderr}");
     // Each row rounds to 0.00; the total is 0.012 rounded once, not the sum of the rows.
     assert_eq!(
@@ -552,23 +512,9 @@ async fn run_warns_at_start_when_prometheus_scrapes_at_another_interval() {
     );
 
     // Serving (so the SIGTERM handler is installed), then a clean exit on SIGTERM.
-    let addr = listening
-        .split("listen=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = listen_addr(&listening);
     assert_eq!(http(&addr, "GET", "/healthz", None).0, 200);
-
-    let pid = daemon.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(daemon.wait().unwrap().success());
+    stop_with_sigterm(daemon);
 }
 
 /// `budgetd` with no configuration file and none of budgetd's variables but `vars`.
@@ -626,14 +572,12 @@ async fn migrate_needs_only_the_database_url_from_the_environment() {
         run(budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]).args(["audit", "verify"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("audit log intact"), "{stdout}");
-    let (code, stdout, stderr) = run(budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]).args([
-        "report",
-        "costs",
-        "--from",
+    let (code, stdout, stderr) = report_costs(
+        budgetd_from_env(&[("BUDGETD_DATABASE_URL", &url)]),
         "2026-03-01",
-        "--to",
         "2026-03-31",
-    ]));
+        &[],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("tenant_id,day,meter,"), "{stdout}");
 }

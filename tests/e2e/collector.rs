@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,14 +25,30 @@ fn example_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/budgetd.toml")
 }
 
+/// The example configuration with `from` replaced by `to`, written to `dir`; its path.
+fn edited_example_config(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let path = dir.join("budgetd.toml");
+    let text = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace(from, to);
+    assert!(text.contains(to));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The example configuration pointed at `prometheus` and `db`.
 fn config(prometheus: &str, db: &str) -> Config {
+    config_from(&example_config(), prometheus, db)
+}
+
+/// The configuration in `file` pointed at `prometheus` and `db`.
+fn config_from(file: &Path, prometheus: &str, db: &str) -> Config {
     let env: BTreeMap<&str, String> = [
         ("BUDGETD_PROMETHEUS_URL", prometheus.to_owned()),
         ("BUDGETD_DATABASE_URL", db.to_owned()),
     ]
     .into();
-    Config::load(Some(&example_config()), |k| env.get(k).cloned()).unwrap()
+    Config::load(Some(file), |k| env.get(k).cloned()).unwrap()
 }
 
 fn settings(config: &Config) -> CollectorSettings {
@@ -90,6 +106,17 @@ async fn ledger_for(cluster: &Cluster) -> TestDb {
 fn collector(f: &Fixture, db: &TestDb) -> Collector {
     let config = config(&f.prometheus.url, &db.url);
     budgetd::app::build_collector(&settings(&config), db.store.clone()).unwrap()
+}
+
+/// A ledger with all of `f` collected in one batch: the reference for the tests that split
+/// batches.
+async fn collected_in_one_batch(f: &Fixture) -> TestDb {
+    let db = ledger_for(&f.cluster).await;
+    collector(f, &db)
+        .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    db
 }
 
 /// Everything the collector wrote, in a stable order.
@@ -278,13 +305,7 @@ async fn queries_per_window_do_not_grow_with_the_tenant_count() {
         let config = config(&f.prometheus.url, &db.url);
         let s = settings(&config);
         let counting = Arc::new(Counting {
-            inner: Prometheus::new(
-                s.prometheus.url.clone(),
-                s.prometheus.timeout,
-                s.prometheus.max_response_bytes,
-                s.retry,
-            )
-            .unwrap(),
+            inner: s.source().unwrap(),
             queries: AtomicUsize::new(0),
         });
         let c = Collector::new(counting.clone(), db.store.clone(), s.collector.clone());
@@ -348,12 +369,11 @@ async fn a_backfill_killed_at_any_point_and_restarted_equals_a_crash_free_run() 
     let start = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
     let end = start + Duration::hours(6);
     let f = fixture(3, start, end, true);
-    let small_commits = f.dir.path().join("budgetd.toml");
-    let text = std::fs::read_to_string(example_config())
-        .unwrap()
-        .replace("windows_per_batch = 288", "windows_per_batch = 4");
-    assert!(text.contains("windows_per_batch = 4"));
-    std::fs::write(&small_commits, text).unwrap();
+    let small_commits = edited_example_config(
+        f.dir.path(),
+        "windows_per_batch = 288",
+        "windows_per_batch = 4",
+    );
 
     let clean = ledger_for(&f.cluster).await;
     let out = collect_command(&small_commits, &f.prometheus.url, &clean.url, start, end)
@@ -679,6 +699,28 @@ async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections()
     assert_eq!((again.corrected, again.inserted), (0, 0));
 }
 
+/// Backfills all of `f`'s hour with `c` into `split`: its one batch of 12 windows is split at
+/// least three times (`refused` counts the source's refusals), and the ledger is the same as
+/// `whole`'s.
+async fn assert_split_until_it_fits(
+    c: &Collector,
+    f: &Fixture,
+    refused: &AtomicUsize,
+    split: &TestDb,
+    whole: &TestDb,
+) {
+    let (_, report) = c
+        .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.windows, 12);
+    assert!(
+        refused.load(Ordering::Relaxed) >= 3,
+        "12 → 6 → 3 → 2/1 windows"
+    );
+    assert_same_rows(ledger_rows(split).await, ledger_rows(whole).await);
+}
+
 /// Refuses range queries over more than two windows, as Prometheus does with 422 when a query
 /// would load too many samples.
 struct Heavy {
@@ -709,36 +751,17 @@ impl UsageSource for Heavy {
 async fn a_batch_too_heavy_for_prometheus_is_split_until_it_fits() {
     let start = Utc.with_ymd_and_hms(2026, 9, 1, 0, 0, 0).unwrap();
     let f = fixture(2, start, start + Duration::hours(1), false);
-    let whole = ledger_for(&f.cluster).await;
-    collector(&f, &whole)
-        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
-        .await
-        .unwrap();
+    let whole = collected_in_one_batch(&f).await;
 
     let split = ledger_for(&f.cluster).await;
     let config = config(&f.prometheus.url, &split.url);
     let s = settings(&config);
     let heavy = Arc::new(Heavy {
-        inner: Prometheus::new(
-            s.prometheus.url.clone(),
-            s.prometheus.timeout,
-            s.prometheus.max_response_bytes,
-            s.retry,
-        )
-        .unwrap(),
+        inner: s.source().unwrap(),
         refused: AtomicUsize::new(0),
     });
     let c = Collector::new(heavy.clone(), split.store.clone(), s.collector.clone());
-    let (_, report) = c
-        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
-        .await
-        .unwrap();
-    assert_eq!(report.windows, 12);
-    assert!(
-        heavy.refused.load(Ordering::Relaxed) >= 3,
-        "12 → 6 → 3 → 2/1 windows"
-    );
-    assert_same_rows(ledger_rows(&split).await, ledger_rows(&whole).await);
+    assert_split_until_it_fits(&c, &f, &heavy.refused, &split, &whole).await;
 }
 
 /// The real client with a response size limit, counting the answers over it.
@@ -768,12 +791,7 @@ impl UsageSource for Limited {
 async fn a_batch_over_the_response_size_limit_is_split_and_one_window_over_it_is_an_error() {
     let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
     let f = fixture(2, start, start + Duration::hours(1), false);
-    let whole = ledger_for(&f.cluster).await;
-    let unlimited = collector(&f, &whole);
-    unlimited
-        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
-        .await
-        .unwrap();
+    let whole = collected_in_one_batch(&f).await;
 
     // The largest answer of any query for any single window, read over plain HTTP exactly as
     // the collector asks (an instant query at the window's end − 1 ms): as the limit, every
@@ -782,7 +800,7 @@ async fn a_batch_over_the_response_size_limit_is_split_and_one_window_over_it_is
     let mut largest = 0;
     for k in 1..=12 {
         let at = (start + Duration::minutes(5 * k) - Duration::milliseconds(1)).timestamp_millis();
-        for (_, query) in unlimited.queries() {
+        for (_, query) in collector(&f, &whole).queries() {
             let body = http
                 .post(format!("{}/api/v1/query", f.prometheus.url))
                 .form(&[
@@ -803,30 +821,17 @@ async fn a_batch_over_the_response_size_limit_is_split_and_one_window_over_it_is
     let config = config(&f.prometheus.url, &split.url);
     let s = settings(&config);
     let limited = |db: &TestDb, max_response_bytes: u64| {
+        let mut s = s.clone();
+        s.prometheus.max_response_bytes = max_response_bytes;
         let source = Arc::new(Limited {
-            inner: Prometheus::new(
-                s.prometheus.url.clone(),
-                s.prometheus.timeout,
-                max_response_bytes,
-                s.retry,
-            )
-            .unwrap(),
+            inner: s.source().unwrap(),
             too_large: AtomicUsize::new(0),
         });
-        let c = Collector::new(source.clone(), db.store.clone(), s.collector.clone());
+        let c = Collector::new(source.clone(), db.store.clone(), s.collector);
         (source, c)
     };
     let (source, c) = limited(&split, largest);
-    let (_, report) = c
-        .backfill(start, f.end, &CommitMode::Collect, &|_| {})
-        .await
-        .unwrap();
-    assert_eq!(report.windows, 12);
-    assert!(
-        source.too_large.load(Ordering::Relaxed) >= 3,
-        "12 → 6 → 3 → 2/1 windows"
-    );
-    assert_same_rows(ledger_rows(&split).await, ledger_rows(&whole).await);
+    assert_split_until_it_fits(&c, &f, &source.too_large, &split, &whole).await;
 
     // A single window whose answer is still too large: an error naming the limit, and the
     // window stays pending.
@@ -1014,17 +1019,10 @@ async fn a_scrape_interval_the_data_do_not_have_marks_windows_incomplete_and_is_
 /// `db`.
 fn config_for_30s(prometheus: &str, db: &str) -> Config {
     let dir = ScratchDir::new("budgetd-config-30s");
-    let path = dir.path().join("budgetd.toml");
-    let text = std::fs::read_to_string(example_config()).unwrap().replace(
+    let file = edited_example_config(
+        dir.path(),
         "scrape_interval_seconds = 15",
         "scrape_interval_seconds = 30",
     );
-    assert!(text.contains("scrape_interval_seconds = 30"));
-    std::fs::write(&path, text).unwrap();
-    let env: BTreeMap<&str, String> = [
-        ("BUDGETD_PROMETHEUS_URL", prometheus.to_owned()),
-        ("BUDGETD_DATABASE_URL", db.to_owned()),
-    ]
-    .into();
-    Config::load(Some(&path), |k| env.get(k).cloned()).unwrap()
+    config_from(&file, prometheus, db)
 }

@@ -24,7 +24,8 @@ use ledger::store::LeaderLock;
 use ledger::tenant::TenantId;
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::Store;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::LocalRecorderGuard;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use testkit::alertmanager::AlertmanagerProcess;
@@ -230,6 +231,42 @@ impl Stack {
         reply.body
     }
 
+    /// Finance gives acme a monthly budget of `euros` EUR, in force since the day before the
+    /// stack's month began.
+    async fn set_budget(&self, euros: &str) {
+        let from = self.month_start() - chrono::Duration::days(1);
+        self.put_budget(json!({"amount": euros, "currency": "EUR", "effective_from": from}))
+            .await;
+    }
+
+    /// Finance raises acme's budget to `euros` EUR from now on (the API's default
+    /// `effective_from`).
+    async fn raise_budget(&self, euros: &str) {
+        self.put_budget(json!({"amount": euros, "currency": "EUR"}))
+            .await;
+    }
+
+    async fn put_budget(&self, body: Value) {
+        self.api(
+            Method::PUT,
+            "/api/v1/tenants/acme/budget",
+            "finance",
+            Some(body),
+        )
+        .await;
+    }
+
+    /// The enforcement action `id`, as a viewer sees it.
+    async fn action(&self, id: i64) -> Value {
+        self.api(
+            Method::GET,
+            &format!("/api/v1/enforcement/actions/{id}"),
+            "viewer",
+            None,
+        )
+        .await
+    }
+
     async fn actions(&self) -> Vec<Value> {
         self.api(
             Method::GET,
@@ -312,13 +349,7 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
 
     let month_start = s.month_start();
     let minute = |back: i64| s.minute(back);
-    s.api(
-        Method::PUT,
-        "/api/v1/tenants/acme/budget",
-        "finance",
-        Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
-    )
-    .await;
+    s.set_budget("100").await;
 
     // Below every threshold, and no forecast yet: nothing.
     spend(&s.app.db.store, &s.version, &s.tenant, minute(10), "10").await;
@@ -437,14 +468,7 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
         .api(Method::GET, "/api/v1/tenants/acme", "viewer", None)
         .await;
     assert_eq!(tenant["state"], "suspended");
-    let applied = s
-        .api(
-            Method::GET,
-            &format!("/api/v1/enforcement/actions/{id}"),
-            "viewer",
-            None,
-        )
-        .await;
+    let applied = s.action(id).await;
     assert_eq!(
         applied["outcome"]["autoscaled_not_scaled"],
         json!(["acme-prod/deployment/api (hpa api)"])
@@ -480,13 +504,7 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
     );
 
     // The budget is raised: every change is undone, exactly.
-    s.api(
-        Method::PUT,
-        "/api/v1/tenants/acme/budget",
-        "finance",
-        Some(json!({"amount": "1000", "currency": "EUR"})),
-    )
-    .await;
+    s.raise_budget("1000").await;
     s.cycle().await;
     assert_eq!(s.spec(), prior);
     assert_eq!(s.alerts().await, vec![Vec::<String>::new(), Vec::new()]);
@@ -543,6 +561,18 @@ async fn a_tenant_goes_through_the_ladder_and_is_restored_exactly() {
     ));
 }
 
+/// A recorder of the metrics recorded on this thread (`#[tokio::test]` runs every task on it:
+/// the executor's too), for as long as the guard lives; and its handle.
+fn local_metrics() -> (PrometheusHandle, LocalRecorderGuard<'static>) {
+    // Leaked: the guard borrows it for the rest of the test.
+    let recorder: &'static PrometheusRecorder =
+        Box::leak(Box::new(PrometheusBuilder::new().build_recorder()));
+    (
+        recorder.handle(),
+        metrics::set_default_local_recorder(recorder),
+    )
+}
+
 /// A counter without labels as the daemon's exporter renders it on `/metrics` (0 before the
 /// first increment).
 fn counter(metrics: &PrometheusHandle, name: &str) -> u64 {
@@ -558,10 +588,7 @@ fn counter(metrics: &PrometheusHandle, name: &str) -> u64 {
 /// metric counts it every cycle, and once an operator repairs the record it is restored exactly.
 #[tokio::test]
 async fn a_corrupted_backward_keeps_the_action_open_and_raises_the_alarm() {
-    // The executor's metrics, on this thread: `#[tokio::test]` runs every task on it.
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let metrics = recorder.handle();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let (metrics, _local) = local_metrics();
     let corrupt = || counter(&metrics, "budgetd_enforcement_corrupt_actions_total");
 
     let s = Stack::start().await;
@@ -576,13 +603,7 @@ async fn a_corrupted_backward_keeps_the_action_open_and_raises_the_alarm() {
             .clone()
     };
     let prior = quota();
-    s.api(
-        Method::PUT,
-        "/api/v1/tenants/acme/budget",
-        "finance",
-        Some(json!({"amount": "100", "currency": "EUR", "effective_from": s.month_start() - chrono::Duration::days(1)})),
-    )
-    .await;
+    s.set_budget("100").await;
     spend(&s.app.db.store, &s.version, &s.tenant, s.minute(8), "105").await;
     s.cycle().await;
     let tightened = json!({"requests.cpu": "4", "pods": "10"});
@@ -614,13 +635,7 @@ async fn a_corrupted_backward_keeps_the_action_open_and_raises_the_alarm() {
     };
 
     // The budget is raised: the notifications are restored, the tightening cannot be.
-    s.api(
-        Method::PUT,
-        "/api/v1/tenants/acme/budget",
-        "finance",
-        Some(json!({"amount": "1000", "currency": "EUR"})),
-    )
-    .await;
+    s.raise_budget("1000").await;
     for cycle in 1..=2 {
         let report = s.enforcer.run_once(s.fence(), s.now()).await.unwrap();
         let [(failed, error)] = &report.failed[..] else {
@@ -631,14 +646,7 @@ async fn a_corrupted_backward_keeps_the_action_open_and_raises_the_alarm() {
             error.contains("the recorded backward changes cannot be read"),
             "{error}"
         );
-        let action = s
-            .api(
-                Method::GET,
-                &format!("/api/v1/enforcement/actions/{id}"),
-                "viewer",
-                None,
-            )
-            .await;
+        let action = s.action(id).await;
         assert_eq!(
             (&action["state"], &action["attempts"], &action["last_error"]),
             (&json!("applied"), &json!(1 + cycle), &json!(error)),
@@ -678,19 +686,11 @@ async fn a_corrupted_backward_keeps_the_action_open_and_raises_the_alarm() {
 /// cycle, and its alert is not made up from the pieces; the other alerts still go out.
 #[tokio::test]
 async fn an_unreadable_step_is_counted_and_its_alert_is_not_made_up() {
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let metrics = recorder.handle();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let (metrics, _local) = local_metrics();
     let corrupt = || counter(&metrics, "budgetd_enforcement_corrupt_actions_total");
 
     let mut s = Stack::start().await;
-    s.api(
-        Method::PUT,
-        "/api/v1/tenants/acme/budget",
-        "finance",
-        Some(json!({"amount": "100", "currency": "EUR", "effective_from": s.month_start() - chrono::Duration::days(1)})),
-    )
-    .await;
+    s.set_budget("100").await;
     spend(&s.app.db.store, &s.version, &s.tenant, s.minute(8), "85").await;
     assert_eq!(s.cycle().await.alerts_firing, 2);
     assert_eq!(corrupt(), 0);
@@ -718,14 +718,7 @@ async fn an_unreadable_step_is_counted_and_its_alert_is_not_made_up() {
 #[tokio::test]
 async fn a_stale_leader_cannot_enforce() {
     let s = Stack::start().await;
-    let month_start = s.month_start();
-    s.api(
-        Method::PUT,
-        "/api/v1/tenants/acme/budget",
-        "finance",
-        Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
-    )
-    .await;
+    s.set_budget("100").await;
     spend(&s.app.db.store, &s.version, &s.tenant, s.minute(0), "90").await;
     let stale = s.fence();
     let url = s.app.db.url.clone();
@@ -1036,14 +1029,8 @@ async fn shadow_mode_records_planned_actions_and_applies_nothing() {
     s.kube.create_namespace("acme-prod", &[("tenant", "acme")]);
     s.kube.create_quota("acme-prod", &[("pods", "20")]);
     s.kube.create_deployment("acme-prod", "web", 3);
-    let (month_start, end) = (s.month_start(), s.minute(1));
-    s.api(
-        Method::PUT,
-        "/api/v1/tenants/acme/budget",
-        "finance",
-        Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
-    )
-    .await;
+    let end = s.minute(1);
+    s.set_budget("100").await;
     spend(&s.app.db.store, &s.version, &s.tenant, end, "130").await;
     let report = s.cycle().await;
     assert_eq!(report.actions.len(), 5);
@@ -1075,7 +1062,7 @@ async fn incomplete_data_stops_enforcement_until_it_is_complete() {
     .await;
     s.kube.create_namespace("acme-prod", &[("tenant", "acme")]);
     s.kube.create_quota("acme-prod", &[("pods", "20")]);
-    let (month_start, end) = (s.month_start(), s.minute(2));
+    let end = s.minute(2);
     // An old gap, outside the five-minute lookback, does not block enforcement.
     let old_end = s.minute(12);
     let old_gap = CollectedWindow {
@@ -1092,13 +1079,7 @@ async fn incomplete_data_stops_enforcement_until_it_is_complete() {
         .commit_windows(&[old_gap], &CommitMode::Collect, true, "test")
         .await
         .unwrap();
-    s.api(
-        Method::PUT,
-        "/api/v1/tenants/acme/budget",
-        "finance",
-        Some(json!({"amount": "100", "currency": "EUR", "effective_from": month_start - chrono::Duration::days(1)})),
-    )
-    .await;
+    s.set_budget("100").await;
     // A window whose inputs were incomplete for this tenant: no decision on it.
     let window = Window::new(end - chrono::Duration::seconds(60), end).unwrap();
     let collected = CollectedWindow {

@@ -31,7 +31,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -49,7 +48,7 @@ use ledger::usage::{CommitMode, CommitReport};
 use ledger::Store;
 use testkit::bench_sql::collector::{usage_by_meter, window_completeness};
 use testkit::bench_sql::insert_active_tenants;
-use testkit::db::{check_server, create_scratch_database, drop_database, with_database};
+use testkit::db::{check_server, ScratchDatabases};
 use testkit::prometheus::{create_blocks, PrometheusProcess, ScratchDir};
 use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter, Owner as ModelOwner};
 
@@ -108,41 +107,16 @@ pub async fn run_collector_bench(
     // Connect once up front, so a wrong URL fails before minutes of data generation.
     check_server(admin_url).await?;
 
-    let created: Arc<Mutex<Vec<String>>> = Arc::default();
-    // Run in a task so that a panic, an error or Ctrl-C all end with the databases dropped
-    // (and Prometheus stopped, scratch directories removed: they are dropped with the task).
-    let task = tokio::spawn({
+    // The bench runs in a task so that a panic, an error or Ctrl-C all end with the databases
+    // dropped (and Prometheus stopped, scratch directories removed: they are dropped with the
+    // task).
+    let databases = ScratchDatabases::new(admin_url);
+    let work = {
         let opts = opts.clone();
-        let admin_url = admin_url.to_owned();
-        let created = created.clone();
-        async move { bench(&admin_url, &opts, &created).await }
-    });
-    let abort = task.abort_handle();
-    let outcome = tokio::select! {
-        joined = task => match joined {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the bench panicked: {e}")),
-            Err(e) => Err(anyhow::anyhow!("the bench task failed: {e}")),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            abort.abort();
-            Err(anyhow::anyhow!("interrupted"))
-        }
+        let databases = databases.clone();
+        async move { bench(&opts, &databases).await }
     };
-
-    let names: Vec<String> = created.lock().map(|n| n.clone()).unwrap_or_default();
-    let mut drop_error = None;
-    for name in names {
-        if let Err(e) = drop_database(admin_url, &name).await {
-            eprintln!("bench: {e:#}");
-            drop_error.get_or_insert(e);
-        }
-    }
-    match (outcome, drop_error) {
-        (Ok(()), None) => Ok(()),
-        (Ok(()), Some(e)) => Err(e),
-        (Err(e), _) => Err(e),
-    }
+    databases.run_then_drop(work).await
 }
 
 fn validate(opts: &CollectorBenchOptions) -> anyhow::Result<()> {
@@ -155,52 +129,34 @@ fn validate(opts: &CollectorBenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench(
-    admin_url: &str,
-    opts: &CollectorBenchOptions,
-    created: &Mutex<Vec<String>>,
-) -> anyhow::Result<()> {
+async fn bench(opts: &CollectorBenchOptions, databases: &ScratchDatabases) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("budgetd-dev bench collector");
     println!(
         "meters: the default meters of examples/budgetd.toml, plus the completeness probe; \
          synthetic cluster model without traps, seed {SEED}"
     );
-    one_window(admin_url, opts, created).await?;
-    long_backfill(admin_url, opts, created).await?;
+    one_window(opts, databases).await?;
+    long_backfill(opts, databases).await?;
     println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 // Scratch databases ---------------------------------------------------------------------------
 
-/// A new empty database on the server of `admin_url`; its name is recorded in `created` so the
-/// caller drops it whatever happens.
-async fn create_database(
-    admin_url: &str,
-    created: &Mutex<Vec<String>>,
-    what: &str,
-) -> anyhow::Result<String> {
-    let name = create_scratch_database(admin_url, &format!("budgetd_cbench_{what}")).await?;
-    created
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned lock"))?
-        .push(name.clone());
-    Ok(with_database(admin_url, &name))
-}
-
 /// Migrates the scratch ledger, creates the model's tenants (active) in one statement and
 /// seeds the price book from the example config.
-async fn prepare_ledger(
-    config: &Config,
-    url: &str,
-    tenant_ids: &[String],
-) -> anyhow::Result<Store> {
+async fn prepare_ledger(config: &Config, url: &str, cluster: &Cluster) -> anyhow::Result<Store> {
     Store::migrate(url, config.database.migrate_timeout)
         .await
         .context("migrating the scratch database")?;
     let store = Store::connect(&config.database.store_config()).await?;
-    insert_active_tenants(&store, tenant_ids).await?;
+    let tenant_ids: Vec<String> = cluster
+        .tenant_ids()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    insert_active_tenants(&store, &tenant_ids).await?;
     let seed = config
         .price_book_seed
         .as_ref()
@@ -376,14 +332,22 @@ impl std::io::Write for CountingWriter<'_> {
     }
 }
 
-async fn start_prometheus(
-    dir: PathBuf,
-    data: PathBuf,
-) -> anyhow::Result<(PrometheusProcess, Duration)> {
+/// Loads the model of `spec` into `dir` (one OpenMetrics file per day) and starts a Prometheus
+/// serving it; also returns how long Prometheus took to start.
+async fn load_and_serve(
+    spec: ClusterSpec,
+    dir: &Path,
+) -> anyhow::Result<(Loaded, PrometheusProcess, Duration)> {
+    let loaded = blocking({
+        let dir = dir.to_owned();
+        move || load_fixture(spec, dir, chrono::Duration::days(1))
+    })
+    .await?;
     eprintln!("bench: starting Prometheus");
     let t = Instant::now();
-    let p = blocking(move || PrometheusProcess::start(&dir, &data)).await?;
-    Ok((p, t.elapsed()))
+    let (dir, data) = (dir.to_owned(), loaded.data.clone());
+    let prometheus = blocking(move || PrometheusProcess::start(&dir, &data)).await?;
+    Ok((loaded, prometheus, t.elapsed()))
 }
 
 /// Prometheus compacts the many small blocks promtool wrote a minute after it starts. Waits
@@ -530,9 +494,8 @@ async fn client_round(
 // One window at scale -------------------------------------------------------------------------
 
 async fn one_window(
-    admin_url: &str,
     opts: &CollectorBenchOptions,
-    created: &Mutex<Vec<String>>,
+    databases: &ScratchDatabases,
 ) -> anyhow::Result<()> {
     let window_s = 300;
     // Window 0 has no previous window in the data (counters fall back to increase()): it is
@@ -561,13 +524,7 @@ async fn one_window(
         (end - start).num_minutes()
     );
     let dir = ScratchDir::new("budgetd-cbench-one");
-    let loaded = blocking({
-        let dir = dir.path().to_owned();
-        move || load_fixture(spec, dir, chrono::Duration::days(1))
-    })
-    .await?;
-    let (prometheus, prom_start) =
-        start_prometheus(dir.path().to_owned(), loaded.data.clone()).await?;
+    let (loaded, prometheus, prom_start) = load_and_serve(spec, dir.path()).await?;
     println!(
         "  fixture: {} series, {} samples; generated in {:.1} s, OpenMetrics + promtool {:.1} s, \
          Prometheus ready in {:.1} s (not part of the figures)",
@@ -578,7 +535,7 @@ async fn one_window(
         prom_start.as_secs_f64()
     );
 
-    let db_url = create_database(admin_url, created, "one").await?;
+    let db_url = databases.create("budgetd_cbench_one").await?;
     let (config, mut settings) =
         load_config(dir.path(), &prometheus.url, &db_url, ONE_WINDOW_SCRAPE_S)?;
     let configured_timeout = settings.prometheus.timeout;
@@ -590,17 +547,11 @@ async fn one_window(
         secs(configured_timeout),
         secs(settings.prometheus.timeout)
     );
-    let ids: Vec<String> = loaded
-        .cluster
-        .tenant_ids()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
     let t = Instant::now();
-    let store = prepare_ledger(&config, &db_url, &ids).await?;
+    let store = prepare_ledger(&config, &db_url, &loaded.cluster).await?;
     eprintln!(
         "bench: ledger with {} tenants and the price book in {:.1} s",
-        ids.len(),
+        loaded.cluster.tenant_ids().len(),
         t.elapsed().as_secs_f64()
     );
     let fixture = OneWindowFixture {
@@ -1026,9 +977,8 @@ fn print_truth(
 // Long backfill ---------------------------------------------------------------------------------
 
 async fn long_backfill(
-    admin_url: &str,
     opts: &CollectorBenchOptions,
-    created: &Mutex<Vec<String>>,
+    databases: &ScratchDatabases,
 ) -> anyhow::Result<()> {
     let window_s: i64 = 300;
     let from = Utc
@@ -1061,13 +1011,7 @@ async fn long_backfill(
         opts.backfill_tenants, opts.backfill_days
     );
     let dir = ScratchDir::new("budgetd-cbench-long");
-    let loaded = blocking({
-        let dir = dir.path().to_owned();
-        move || load_fixture(spec, dir, chrono::Duration::days(1))
-    })
-    .await?;
-    let (prometheus, prom_start) =
-        start_prometheus(dir.path().to_owned(), loaded.data.clone()).await?;
+    let (loaded, prometheus, prom_start) = load_and_serve(spec, dir.path()).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
@@ -1095,15 +1039,9 @@ async fn long_backfill(
         prom_start.as_secs_f64(),
     );
 
-    let db_url = create_database(admin_url, created, "long").await?;
+    let db_url = databases.create("budgetd_cbench_long").await?;
     let (config, settings) = load_config(dir.path(), &prometheus.url, &db_url, BACKFILL_SCRAPE_S)?;
-    let ids: Vec<String> = loaded
-        .cluster
-        .tenant_ids()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    let store = prepare_ledger(&config, &db_url, &ids).await?;
+    let store = prepare_ledger(&config, &db_url, &loaded.cluster).await?;
     let result = long_backfill_run(&settings, &store, &loaded.cluster, from, to, window_s).await;
     store.pool().close().await;
     drop(prometheus);
@@ -1324,18 +1262,6 @@ async fn prometheus_rss(client: &reqwest::Client, url: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replaces_the_database_of_a_url() {
-        assert_eq!(
-            with_database("postgres://u@127.0.0.1:5432/postgres", "x"),
-            "postgres://u@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:1/db?sslmode=disable", "x"),
-            "postgres://u@h:1/x?sslmode=disable"
-        );
-    }
 
     #[test]
     fn the_example_config_loads_with_the_overridden_interval() {

@@ -31,10 +31,7 @@ use rust_decimal::Decimal;
 use enforcer::cluster::Tighten;
 use enforcer::plan::{plan, Action, ClusterState};
 use enforcer::policy::{Basis, Ladder, Policy, Step};
-use ledger::audit::{Actor, AuditContext};
-use ledger::currency::Currency;
 use ledger::enforcement::{ActionState, BudgetState, BudgetStatus, Exemption, StatusParams};
-use ledger::price_book::{MeterName, NewPriceBookVersion};
 use ledger::Store;
 use testkit::bench_sql::enforcer::{
     insert_actions, insert_closed_copies, load_history, spent_sums, status_inputs, ActionRows,
@@ -45,7 +42,7 @@ use testkit::bench_sql::{
 };
 use testkit::db::in_scratch_database;
 
-use super::{median, median_secs, secs, spread, verdict};
+use super::{add_price_book, median, median_secs, priced, secs, spread, verdict, CURRENCY};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,26 +78,14 @@ const WINDOW_SECONDS: i64 = 300;
 /// Every this many-th collected window of the period names a few incomplete tenants.
 const INCOMPLETE_EVERY: i64 = 797;
 const INCOMPLETE_TENANTS_PER_WINDOW: i64 = 3;
-const CURRENCY: &str = "EUR";
 
-struct MeterSpec {
-    meter: &'static str,
-    unit: &'static str,
-    price_unit: &'static str,
-    /// EUR per price unit.
-    rate: &'static str,
-    units_per_price_unit: i64,
-    /// Share of a tenant's daily spend.
-    weight: f64,
-}
-
-#[rustfmt::skip]
-const METERS: [MeterSpec; 5] = [
-    MeterSpec { meter: "cpu", unit: "core_seconds", price_unit: "core_hour", rate: "0.0316", units_per_price_unit: 3_600, weight: 0.45 },
-    MeterSpec { meter: "memory", unit: "byte_seconds", price_unit: "gib_hour", rate: "0.00423", units_per_price_unit: 3_600 << 30, weight: 0.30 },
-    MeterSpec { meter: "storage", unit: "byte_seconds", price_unit: "gib_hour", rate: "0.000137", units_per_price_unit: 3_600 << 30, weight: 0.12 },
-    MeterSpec { meter: "network_egress", unit: "bytes", price_unit: "gib", rate: "0.085", units_per_price_unit: 1 << 30, weight: 0.08 },
-    MeterSpec { meter: "lb_hours", unit: "lb_seconds", price_unit: "lb_hour", rate: "0.0252", units_per_price_unit: 3_600, weight: 0.05 },
+/// The meters of the data, and each one's share of a tenant's daily spend.
+const METERS: [(&str, f64); 5] = [
+    ("cpu", 0.45),
+    ("memory", 0.30),
+    ("storage", 0.12),
+    ("network_egress", 0.08),
+    ("lb_hours", 0.05),
 ];
 
 /// `admin_url`: a superuser URL of a Postgres server (database part is replaced). Creates its
@@ -257,36 +242,31 @@ async fn load(
     )
     .await?;
 
-    let ctx = AuditContext {
-        actor: Actor::system("bench"),
-        request_id: "enforcer-bench".to_owned(),
-    };
-    let mut rates = BTreeMap::new();
-    for m in &METERS {
-        rates.insert(
-            MeterName::parse("meter", m.meter)?,
-            Decimal::from_str(m.rate)?,
-        );
-    }
-    let version = NewPriceBookVersion::new(
+    let priced_meters = METERS
+        .iter()
+        .map(|&(meter, _)| priced(meter))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    add_price_book(
+        store,
         midnight(cal.history_start),
-        Currency::parse("currency", CURRENCY)?,
-        rates,
-    )?;
-    store.add_price_book_version(&ctx, &version).await?;
+        &priced_meters,
+        "enforcer-bench",
+    )
+    .await?;
 
     // A tenant's daily spend is log-uniform in [0.1, 100] EUR, split over the meters by
     // weight, ±20% from day to day; the last day is partial.
     let meters = METERS
         .iter()
-        .map(|m| {
+        .zip(&priced_meters)
+        .map(|(&(_, weight), m)| {
             Ok(HistoryMeter {
                 meter: m.meter.to_owned(),
                 unit: m.unit.to_owned(),
                 price_unit: m.price_unit.to_owned(),
                 rate: Decimal::from_str(m.rate)?,
                 units_per_price_unit: Decimal::from(m.units_per_price_unit),
-                weight: m.weight,
+                weight,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -15,18 +15,14 @@
 //! The report goes to stdout, progress to stderr. Targets are informative: the bench returns
 //! `Ok` whether they are met or not.
 
-use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use rust_decimal::Decimal;
 
-use ledger::audit::{Actor, AuditContext};
-use ledger::currency::Currency;
 use ledger::entry::{EntryKey, NewEntry, Pricing, UnitName, Window};
-use ledger::price_book::{MeterName, NewPriceBookVersion};
+use ledger::price_book::MeterName;
 use ledger::tenant::TenantId;
 use ledger::Store;
 use testkit::bench_sql::ledger::{entries_csv, DailyCost, MonthlyCost};
@@ -35,7 +31,7 @@ use testkit::bench_sql::{
 };
 use testkit::db::in_scratch_database;
 
-use super::{median, median_secs, secs, spread, verdict};
+use super::{median, median_secs, priced, secs, spread, verdict, PricedMeter, GIB};
 
 /// Sizes of the bench. `Default` is the acceptance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,9 +96,6 @@ fn validate(opts: &LedgerBenchOptions) -> anyhow::Result<()> {
 
 // Meters ---------------------------------------------------------------------------------------
 
-const SECONDS_PER_HOUR: i64 = 3_600;
-const GIB: i64 = 1 << 30;
-
 /// How a meter's quantity is generated.
 #[derive(Debug, Clone, Copy)]
 enum Usage {
@@ -124,26 +117,17 @@ enum Usage {
     ObjectByteSeconds,
 }
 
-struct MeterSpec {
-    meter: &'static str,
-    unit: &'static str,
-    price_unit: &'static str,
-    units_per_price_unit: i64,
-    /// EUR per price unit.
-    rate: &'static str,
-    usage: Usage,
-}
-
-#[rustfmt::skip]
-const METERS: [MeterSpec; 8] = [
-    MeterSpec { meter: "cpu", unit: "core_seconds", price_unit: "core_hour", units_per_price_unit: SECONDS_PER_HOUR, rate: "0.0316", usage: Usage::CpuCoreSeconds },
-    MeterSpec { meter: "memory", unit: "byte_seconds", price_unit: "gib_hour", units_per_price_unit: SECONDS_PER_HOUR * GIB, rate: "0.00423", usage: Usage::MemoryByteSeconds },
-    MeterSpec { meter: "storage", unit: "byte_seconds", price_unit: "gib_hour", units_per_price_unit: SECONDS_PER_HOUR * GIB, rate: "0.000137", usage: Usage::StorageByteSeconds },
-    MeterSpec { meter: "network_egress", unit: "bytes", price_unit: "gib", units_per_price_unit: GIB, rate: "0.085", usage: Usage::EgressBytes },
-    MeterSpec { meter: "gpu", unit: "gpu_seconds", price_unit: "gpu_hour", units_per_price_unit: SECONDS_PER_HOUR, rate: "2.48", usage: Usage::GpuSeconds },
-    MeterSpec { meter: "lb_hours", unit: "lb_seconds", price_unit: "lb_hour", units_per_price_unit: SECONDS_PER_HOUR, rate: "0.0252", usage: Usage::LbSeconds },
-    MeterSpec { meter: "ip_addresses", unit: "ip_seconds", price_unit: "ip_hour", units_per_price_unit: SECONDS_PER_HOUR, rate: "0.005", usage: Usage::IpSeconds },
-    MeterSpec { meter: "object_storage", unit: "byte_seconds", price_unit: "gib_hour", units_per_price_unit: SECONDS_PER_HOUR * GIB, rate: "0.0000315", usage: Usage::ObjectByteSeconds },
+/// The bench's meters, in the order `--meters` takes them, and how each one's usage is
+/// generated.
+const METERS: [(&str, Usage); 8] = [
+    ("cpu", Usage::CpuCoreSeconds),
+    ("memory", Usage::MemoryByteSeconds),
+    ("storage", Usage::StorageByteSeconds),
+    ("network_egress", Usage::EgressBytes),
+    ("gpu", Usage::GpuSeconds),
+    ("lb_hours", Usage::LbSeconds),
+    ("ip_addresses", Usage::IpSeconds),
+    ("object_storage", Usage::ObjectByteSeconds),
 ];
 
 /// A meter with its parsed names and its pricing by the bench's price-book version.
@@ -327,25 +311,16 @@ async fn print_server(conn: &mut BenchConnection) -> anyhow::Result<()> {
 }
 
 async fn add_price_book(store: &Store, meters: usize) -> anyhow::Result<Vec<Meter>> {
-    let specs = &METERS[..meters];
-    let mut rates = BTreeMap::new();
-    for spec in specs {
-        rates.insert(
-            MeterName::parse("meter", spec.meter)?,
-            Decimal::from_str(spec.rate)?,
-        );
-    }
-    let ctx = AuditContext {
-        actor: Actor::system("bench"),
-        request_id: "bench".to_owned(),
-    };
-    let new =
-        NewPriceBookVersion::new(utc(2026, 1, 1)?, Currency::parse("currency", "EUR")?, rates)?;
-    let version = store.add_price_book_version(&ctx, &new).await?;
+    let specs = METERS[..meters]
+        .iter()
+        .map(|&(meter, usage)| Ok((priced(meter)?, usage)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let priced_meters: Vec<&PricedMeter> = specs.iter().map(|&(spec, _)| spec).collect();
+    let version = super::add_price_book(store, utc(2026, 1, 1)?, &priced_meters, "bench").await?;
     specs
         .iter()
         .enumerate()
-        .map(|(i, spec)| {
+        .map(|(i, &(spec, usage))| {
             let name = MeterName::parse("meter", spec.meter)?;
             let pricing = version
                 .pricing(
@@ -359,7 +334,7 @@ async fn add_price_book(store: &Store, meters: usize) -> anyhow::Result<Vec<Mete
                 name,
                 unit: UnitName::parse("unit", spec.unit)?,
                 pricing,
-                usage: spec.usage,
+                usage,
             })
         })
         .collect()

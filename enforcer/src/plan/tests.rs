@@ -230,6 +230,27 @@ impl World {
             }
         }
     }
+
+    /// Plans and executes, approves what waits for approval, and plans and executes again: a
+    /// tenant over its top rung ends up suspended.
+    fn execute_approving(&mut self, statuses: &[BudgetStatus], policy: &Policy) {
+        self.execute(&self.plan(statuses, policy, now()));
+        self.approve_all();
+        self.execute(&self.plan(statuses, policy, now()));
+    }
+
+    /// Someone sets the replicas of `tenant`'s web deployment (in team-a) behind the
+    /// enforcer's back.
+    fn scale_web(&mut self, tenant: &str, replicas: i32) {
+        self.cluster
+            .get_mut(&t(tenant))
+            .unwrap()
+            .namespaces
+            .get_mut("team-a")
+            .unwrap()
+            .workloads[0]
+            .replicas = replicas;
+    }
 }
 
 fn kinds(actions: &[Action]) -> Vec<String> {
@@ -375,9 +396,7 @@ fn a_new_period_an_exemption_or_a_missing_budget_restores_everything() {
     let over = [status("a", "130", "150", "100")];
     let setup = || {
         let mut world = World::new(&["a"]);
-        world.execute(&world.plan(&over, &policy, now()));
-        world.approve_all();
-        world.execute(&world.plan(&over, &policy, now()));
+        world.execute_approving(&over, &policy);
         assert_eq!(world.states[&t("a")], TenantState::Suspended);
         world
     };
@@ -414,24 +433,14 @@ fn drift_is_repaired_and_hpa_workloads_are_left_alone() {
     let policy = policy();
     let over = [status("a", "130", "150", "100")];
     let mut world = World::new(&["a"]);
-    world.execute(&world.plan(&over, &policy, now()));
-    world.approve_all();
-    world.execute(&world.plan(&over, &policy, now()));
+    world.execute_approving(&over, &policy);
     let ns = &world.cluster[&t("a")].namespaces["team-a"];
     assert_eq!(ns.quota.as_ref().unwrap()["pods"], "0");
     let replicas: Vec<i32> = ns.workloads.iter().map(|w| w.replicas).collect();
     assert_eq!(replicas, [0, 0, 4], "the autoscaled api keeps its replicas");
 
     // Someone scales the suspended web deployment back up.
-    world
-        .cluster
-        .get_mut(&t("a"))
-        .unwrap()
-        .namespaces
-        .get_mut("team-a")
-        .unwrap()
-        .workloads[0]
-        .replicas = 2;
+    world.scale_web("a", 2);
     let repair = world.plan(&over, &policy, now());
     assert_eq!(kinds(&repair), ["repair 1"]);
     world.execute(&repair);
@@ -447,9 +456,7 @@ fn an_unreadable_record_is_reported_and_never_read_as_no_changes() {
     let policy = policy();
     let over = [status("a", "130", "150", "100")];
     let mut world = World::new(&["a"]);
-    world.execute(&world.plan(&over, &policy, now()));
-    world.approve_all();
-    world.execute(&world.plan(&over, &policy, now()));
+    world.execute_approving(&over, &policy);
     let suspension = world
         .open
         .iter()
@@ -457,15 +464,7 @@ fn an_unreadable_record_is_reported_and_never_read_as_no_changes() {
         .unwrap();
     let id = world.open[suspension].id;
     // Someone scales the suspended web deployment back up.
-    world
-        .cluster
-        .get_mut(&t("a"))
-        .unwrap()
-        .namespaces
-        .get_mut("team-a")
-        .unwrap()
-        .workloads[0]
-        .replicas = 2;
+    world.scale_web("a", 2);
     assert_eq!(kinds(&world.plan(&over, &policy, now())), ["repair 1"]);
 
     // Read as "no changes", the suspension's record would let the tightening beneath it "repair"
