@@ -92,6 +92,12 @@ set price_version = (select v.id from price_book_versions v
         order by k.preference
         limit 1);
 
+-- Every row collected from now on records all three (old rows may lack them, above).
+alter table unallocated_usage
+    add constraint unallocated_usage_priced
+    check (price_version is not null and price_unit is not null
+           and units_per_price_unit is not null) not valid;
+
 -- Per UTC day, key (a namespace without a tenant label, or a tenant label value that names no
 -- known tenant), meter, price unit and currency:
 --   key_kind         'namespace' or 'label_value': what `namespace_or_label` holds;

@@ -219,6 +219,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     Store::migrate(
         config.database.migrate_url.expose_secret(),
+        config.database.acquire_timeout,
         config.database.migrate_timeout,
     )
     .await?;

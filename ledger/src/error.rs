@@ -55,6 +55,14 @@ pub enum Error {
     /// database, authentication, TLS, no answer in time).
     #[error("cannot connect to {target}: {cause}")]
     Unreachable { target: DbTarget, cause: String },
+    /// Every connection of the pool was in use for the whole acquire timeout: the database
+    /// answers, but this process asks more of it than `max_connections` allows.
+    #[error("no free connection to {target} within {waited_ms} ms: all {max_connections} of the pool are in use")]
+    PoolExhausted {
+        target: DbTarget,
+        max_connections: u32,
+        waited_ms: u64,
+    },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
@@ -71,6 +79,7 @@ impl Error {
             Error::Fenced { .. } => "fenced",
             Error::Timeout { .. } => "timeout",
             Error::Unreachable { .. } => "unreachable",
+            Error::PoolExhausted { .. } => "pool_exhausted",
             Error::Database(_) => "database",
             Error::Migrate(_) => "migrate",
         }

@@ -1153,3 +1153,51 @@ async fn futures_join<F: std::future::Future<Output = usize> + Send + 'static>(
     }
     out
 }
+
+/// A store whose database cannot be used says where and why on the operation that needs it:
+/// a missing database at once (not after the pool's acquire timeout), a pool whose every
+/// connection is taken as exhausted, not as unreachable. Neither is retried, and the store's
+/// `Debug` never shows the password.
+#[tokio::test]
+async fn a_store_names_its_database_and_why_an_operation_cannot_run() {
+    let db = fresh_database().await;
+    let url = |database: &str| {
+        testkit::db::with_database(&db.url, database).replacen("postgres@", "postgres:s3cret@", 1)
+    };
+    let config = |database: &str| ledger::StoreConfig {
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_secs(3),
+        ..testkit::db::store_config(&url(database))
+    };
+
+    let missing = Store::connect(&config("no_such_ledger")).await.unwrap();
+    assert!(!format!("{missing:?}").contains("s3cret"), "{missing:?}");
+    let started = std::time::Instant::now();
+    let err = missing.is_ready().await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("database \"no_such_ledger\" on 127.0.0.1:")
+            && message.ends_with("database \"no_such_ledger\" does not exist")
+            && !message.contains("s3cret"),
+        "{message}"
+    );
+
+    let store = Store::connect(&config(&db.name)).await.unwrap();
+    let held = store.pool().begin().await.unwrap();
+    let err = store.is_ready().await.unwrap_err();
+    assert!(matches!(err, Error::PoolExhausted { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no free connection to database {:?} on {}:{} as user \"postgres\" within 3000 ms: \
+             all 1 of the pool are in use",
+            db.name,
+            store.target().host,
+            store.target().port
+        )
+    );
+    drop(held);
+    assert!(store.is_ready().await.unwrap());
+}

@@ -91,7 +91,7 @@ impl From<ledger::Error> for ApiError {
             Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
             // Only enforcement writes are fenced; kept as the conflict it was for any caller.
             Fenced { .. } => ApiError::new(StatusCode::CONFLICT, "fenced", e.to_string()),
-            Timeout { .. } | Unreachable { .. } => {
+            Timeout { .. } | Unreachable { .. } | PoolExhausted { .. } => {
                 tracing::error!(error = %e, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

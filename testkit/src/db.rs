@@ -124,9 +124,13 @@ pub async fn fresh_database() -> TestDb {
             .execute(&mut conn)
             .await
             .expect("create template");
-        Store::migrate(&with_database(&admin, &building), Duration::from_secs(120))
-            .await
-            .expect("migrate template");
+        Store::migrate(
+            &with_database(&admin, &building),
+            Duration::from_secs(30),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("migrate template");
         sqlx::query(&format!("alter database {building} rename to {template}"))
             .execute(&mut conn)
             .await

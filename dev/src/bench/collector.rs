@@ -147,9 +147,13 @@ async fn bench(opts: &CollectorBenchOptions, databases: &ScratchDatabases) -> an
 /// Migrates the scratch ledger, creates the model's tenants (active) in one statement and
 /// seeds the price book from the example config.
 async fn prepare_ledger(config: &Config, url: &str, cluster: &Cluster) -> anyhow::Result<Store> {
-    Store::migrate(url, config.database.migrate_timeout)
-        .await
-        .context("migrating the scratch database")?;
+    Store::migrate(
+        url,
+        config.database.acquire_timeout,
+        config.database.migrate_timeout,
+    )
+    .await
+    .context("migrating the scratch database")?;
     let store = Store::connect(&config.database.store_config()).await?;
     let tenant_ids: Vec<String> = cluster
         .tenant_ids()

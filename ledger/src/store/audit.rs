@@ -90,7 +90,7 @@ impl Store {
             "audit_verify",
             3600 / (self.statement_timeout().as_secs() as u32).max(1),
             || async {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool_begin().await?;
                 // A consistent snapshot of the whole log, without a statement timeout: the walk is
                 // as long as the log.
                 query("set transaction isolation level repeatable read, read only")

@@ -4,14 +4,12 @@
 //! the lock, and a follower's next attempt takes over. Server-side TCP keepalives bound how
 //! long a vanished leader host can keep the lock.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
 use super::enforcement::LEASE;
-use super::{connect_once, query, query_scalar, DbTarget};
+use super::{connect_once, parse_url, query, query_scalar, DbTarget};
 use crate::audit::now_micros;
 use crate::enforcement::Fence;
 use crate::error::Error;
@@ -44,7 +42,7 @@ impl LeaderLock {
         keepalive_seconds: u32,
         timeout: Duration,
     ) -> Result<Option<LeaderLock>, Error> {
-        let options = PgConnectOptions::from_str(direct_url)?
+        let options = parse_url(direct_url)?
             .application_name("budgetd-leader")
             .statement_cache_capacity(0);
         let target = DbTarget::of(&options);

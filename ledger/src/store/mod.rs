@@ -65,12 +65,6 @@ impl DbTarget {
                 .to_owned(),
         }
     }
-
-    /// The target of `url`, or an error naming what is wrong with the URL (never echoing it:
-    /// it may hold a password).
-    pub fn parse(url: &str) -> Result<DbTarget, Error> {
-        Ok(DbTarget::of(&parse_url(url)?))
-    }
 }
 
 impl std::fmt::Display for DbTarget {
@@ -83,7 +77,7 @@ impl std::fmt::Display for DbTarget {
     }
 }
 
-fn parse_url(url: &str) -> Result<PgConnectOptions, Error> {
+pub(crate) fn parse_url(url: &str) -> Result<PgConnectOptions, Error> {
     PgConnectOptions::from_str(url).map_err(|e| {
         Error::Invalid(crate::error::Invalid::new(
             "database url",
@@ -100,7 +94,7 @@ fn url_problem(e: &sqlx::Error) -> String {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     pool: PgPool,
     /// How the pool connects: also used for one direct attempt that tells why it cannot.
@@ -109,6 +103,20 @@ pub struct Store {
     acquire_timeout: Duration,
     statement_timeout: Duration,
     max_retries: u32,
+}
+
+// By hand: the connect options hold the password.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("target", &self.target)
+            .field(
+                "max_connections",
+                &self.pool.options().get_max_connections(),
+            )
+            .field("statement_timeout", &self.statement_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -158,12 +166,22 @@ impl Store {
 
     /// Applies the migrations over a direct (non-pooled) connection: the migrator takes a
     /// session-level advisory lock, which a transaction-mode pooler cannot hold. One direct
-    /// attempt comes first: a database that cannot be reached is an [`Error::Unreachable`]
-    /// at once, not after the pool's retries for `timeout`.
-    pub async fn migrate(direct_url: &str, timeout: Duration) -> Result<(), Error> {
-        let options = parse_url(direct_url)?.application_name("budgetd-migrate");
+    /// attempt within `connect_timeout` comes first: a database that cannot be reached is an
+    /// [`Error::Unreachable`] at once. `timeout` bounds the migrations, on the client and, as
+    /// `statement_timeout` and `lock_timeout`, on the server.
+    pub async fn migrate(
+        direct_url: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        // The same limit on the server: a migration abandoned by a client that timed out
+        // stops there too instead of holding its locks until it is done.
+        let limit = format!("{}ms", timeout.as_millis());
+        let options = parse_url(direct_url)?
+            .application_name("budgetd-migrate")
+            .options([("statement_timeout", &limit), ("lock_timeout", &limit)]);
         let target = DbTarget::of(&options);
-        connect_once(&options, &target, timeout)
+        connect_once(&options, &target, connect_timeout)
             .await?
             .close()
             .await
@@ -171,7 +189,7 @@ impl Store {
         let run = async {
             let pool = PgPoolOptions::new()
                 .max_connections(1)
-                .acquire_timeout(timeout)
+                .acquire_timeout(connect_timeout)
                 .connect_with(options)
                 .await?;
             let result = MIGRATOR.run(&pool).await;
@@ -208,7 +226,7 @@ impl Store {
     }
 
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool_begin().await?;
         // An integer formatted by us: nothing user-supplied reaches this statement.
         query(&format!(
             "set local statement_timeout = {}",
@@ -261,15 +279,6 @@ impl Store {
                 other => break other,
             }
         };
-        // A pool that timed out waiting for a connection says neither where nor why: one
-        // direct attempt tells (or shows the pool was merely busy).
-        let result = if matches!(result, Err(Error::Database(sqlx::Error::PoolTimedOut))) {
-            // Dropped before the await, so the future does not hold a `T` across it.
-            drop(result);
-            Err(self.why_no_connection().await)
-        } else {
-            result
-        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.metric_label(),
@@ -281,20 +290,57 @@ impl Store {
 }
 
 impl Store {
-    // Boxed: an `async fn` here, awaited inside the generic `run_within`, trips rustc's
+    /// A transaction from the pool, or an error that says where and why there is none.
+    pub(crate) async fn pool_begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
+        match self.pool.begin().await {
+            Ok(tx) => Ok(tx),
+            Err(e) => Err(self.acquisition_error(e).await),
+        }
+    }
+
+    // Boxed: awaited inside the generic `run_within`, an `async fn` here trips rustc's
     // higher-ranked `Send` inference for callers that spawn store operations.
-    fn why_no_connection(&self) -> std::pin::Pin<Box<dyn Future<Output = Error> + Send + '_>> {
+    fn acquisition_error(
+        &self,
+        e: sqlx::Error,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Error> + Send + '_>> {
         Box::pin(async move {
-            match self.check_connection().await {
-                Err(unreachable) => unreachable,
-                Ok(()) => Error::Unreachable {
+            match e {
+                // The pool waited its acquire timeout, retrying refused connections all along,
+                // and says neither where nor why. Either every connection is in use, or none
+                // could be made: then one direct attempt tells why.
+                sqlx::Error::PoolTimedOut => {
+                    let max = self.pool.options().get_max_connections();
+                    if self.pool.size() >= max && self.pool.num_idle() == 0 {
+                        return Error::PoolExhausted {
+                            target: self.target.clone(),
+                            max_connections: max,
+                            waited_ms: self.acquire_timeout.as_millis() as u64,
+                        };
+                    }
+                    match self.check_connection().await {
+                        Err(unreachable) => unreachable,
+                        // It answers again: a passing failure, which `run` retries.
+                        Ok(()) => Error::Database(sqlx::Error::PoolTimedOut),
+                    }
+                }
+                // Failures of the connection itself (an unknown host, a missing database, a
+                // refused login, TLS), which the pool passes on at once.
+                sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Error::Unreachable {
+                    cause: connect_cause(&e, &self.target),
                     target: self.target.clone(),
-                    cause: format!(
-                        "no free connection in the pool within {} ms (all {} in use)",
-                        self.acquire_timeout.as_millis(),
-                        self.pool.options().get_max_connections()
-                    ),
                 },
+                sqlx::Error::Database(ref db)
+                    if db
+                        .code()
+                        .is_some_and(|c| c.starts_with("28") || c == "3D000") =>
+                {
+                    Error::Unreachable {
+                        cause: connect_cause(&e, &self.target),
+                        target: self.target.clone(),
+                    }
+                }
+                other => Error::Database(other),
             }
         })
     }
@@ -329,6 +375,7 @@ fn connect_cause(e: &sqlx::Error, target: &DbTarget) -> String {
                 target.host, target.port
             )
         }
+        // Only the wording of the message depends on this text; nothing decides on it.
         sqlx::Error::Io(io) if io.to_string().contains("lookup address") => {
             format!("unknown host {:?} ({io})", target.host)
         }

@@ -99,7 +99,7 @@ pub async fn scratch_ledger(
     url: &str,
     statement_timeout: Duration,
 ) -> anyhow::Result<(Store, BenchConnection)> {
-    Store::migrate(url, Duration::from_secs(120))
+    Store::migrate(url, Duration::from_secs(30), Duration::from_secs(120))
         .await
         .context("migrating the scratch database")?;
     let store = Store::connect(&StoreConfig {
