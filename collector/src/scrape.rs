@@ -302,10 +302,19 @@ pub struct ConfigCheck {
 }
 
 impl ConfigCheck {
-    /// Whether Prometheus' configuration gives the job another interval than the collector's.
+    /// Whether the job's own scrape config gives another interval than the collector's: the
+    /// collector integrates the job's gauges with the wrong interval.
     pub fn is_mismatch(&self) -> bool {
         self.prometheus
-            .is_some_and(|p| p.interval != self.configured)
+            .is_some_and(|p| p.origin == IntervalOrigin::Job && p.interval != self.configured)
+    }
+
+    /// Whether only Prometheus' global default differs (no scrape config has the job's name):
+    /// a hint, not a mismatch. Under the Prometheus Operator no job name is a `job` label, and
+    /// a ServiceMonitor may set its own interval, so the global one says little about the job.
+    pub fn is_hint(&self) -> bool {
+        self.prometheus
+            .is_some_and(|p| p.origin == IntervalOrigin::Global && p.interval != self.configured)
     }
 }
 
@@ -333,6 +342,11 @@ impl fmt::Display for ConfigCheck {
                     write!(
                         f,
                         ", but collector.scrape_interval_seconds = {configured}: gauges are integrated with the wrong interval and its windows are marked incomplete"
+                    )
+                } else if self.is_hint() {
+                    write!(
+                        f,
+                        " and collector.scrape_interval_seconds = {configured}; only a hint, since its targets may have an interval of their own: each window's samples show whether they fit"
                     )
                 } else {
                     write!(f, ", as collector.scrape_interval_seconds says")
@@ -679,6 +693,7 @@ scrape_configs:
         let checks = check_config(30, &jobs, &parsed);
         let mismatches: Vec<bool> = checks.iter().map(ConfigCheck::is_mismatch).collect();
         assert_eq!(mismatches, [false, true, false]);
+        assert!(checks.iter().all(|c| !c.is_hint()));
         assert_eq!(
             checks[0].to_string(),
             "job kube-state-metrics: Prometheus scrapes it every 30s, as collector.scrape_interval_seconds says"
@@ -690,7 +705,32 @@ scrape_configs:
             .to_string()
             .contains("global scrape_interval is 30s"));
         let unknown = check_config(30, &jobs, &ScrapeIntervals::default());
-        assert!(unknown.iter().all(|c| !c.is_mismatch()));
+        assert!(unknown.iter().all(|c| !c.is_mismatch() && !c.is_hint()));
+    }
+
+    /// Under the Prometheus Operator no scrape config is named after a `job` label, so the
+    /// global interval is all the configuration gives: a hint, never a mismatch.
+    #[test]
+    fn a_global_interval_that_differs_is_a_hint_not_a_mismatch() {
+        let operator = ScrapeIntervals::parse(
+            "global:\n  scrape_interval: 30s\nscrape_configs:\n- job_name: serviceMonitor/monitoring/kubelet/0\n  scrape_interval: 30s\n",
+        )
+        .unwrap();
+        let checks = check_config(15, &["kubelet".to_owned()], &operator);
+        let check = &checks[0];
+        assert!(!check.is_mismatch());
+        assert!(check.is_hint());
+        let text = check.to_string();
+        assert_eq!(
+            text,
+            "job kubelet: no scrape config has that job_name (the job label may come from relabelling); Prometheus' global scrape_interval is 30s and collector.scrape_interval_seconds = 15; only a hint, since its targets may have an interval of their own: each window's samples show whether they fit"
+        );
+        assert!(!text.contains("incomplete"), "{text}");
+        let agreeing = &check_config(30, &["kubelet".to_owned()], &operator)[0];
+        assert!(!agreeing.is_mismatch() && !agreeing.is_hint());
+        assert!(agreeing.to_string().ends_with(
+            "Prometheus' global scrape_interval is 30s, as collector.scrape_interval_seconds says"
+        ));
     }
 
     fn counts(per_target: &[(&str, &str, &str)]) -> Vec<Sample> {
