@@ -338,7 +338,7 @@ impl Prometheus {
         if declared.is_some_and(|length| length > limit) {
             return Err(too_large);
         }
-        let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        let mut body = Vec::with_capacity(initial_capacity(declared));
         while let Some(chunk) = response
             .chunk()
             .await
@@ -359,6 +359,16 @@ impl Prometheus {
             SourceError::Unreachable(e.to_string())
         }
     }
+}
+
+/// At most this much is reserved for a body before any of it arrives.
+const MAX_PREALLOCATED_BYTES: u64 = 1024 * 1024;
+
+/// The room reserved for a body of `declared` bytes (its Content-Length): what the server
+/// declares is not trusted with memory before it sends it, so larger bodies grow as they
+/// arrive.
+fn initial_capacity(declared: Option<u64>) -> usize {
+    declared.unwrap_or(0).min(MAX_PREALLOCATED_BYTES) as usize
 }
 
 #[async_trait]
@@ -571,6 +581,15 @@ mod tests {
                 "{framing}: the same query gets the same answer, so it is not sent again"
             );
         }
+    }
+
+    #[test]
+    fn a_declared_length_reserves_at_most_one_mib() {
+        assert_eq!(initial_capacity(None), 0);
+        assert_eq!(initial_capacity(Some(4096)), 4096);
+        assert_eq!(initial_capacity(Some(1024 * 1024)), 1024 * 1024);
+        assert_eq!(initial_capacity(Some(512 * 1024 * 1024)), 1024 * 1024);
+        assert_eq!(initial_capacity(Some(u64::MAX)), 1024 * 1024);
     }
 
     #[tokio::test]
