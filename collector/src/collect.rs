@@ -155,8 +155,8 @@ impl Collector {
         )
     }
 
-    /// Prometheus' scrape intervals for this collection (as last read when a read fails: the
-    /// check against the data does not need them), and
+    /// Prometheus' scrape intervals for this collection (as last read when a read fails;
+    /// without any, the check against the data reports fewer samples as gaps), and
     /// `budgetd_collector_scrape_interval_mismatch{job}`: 1 where the job's own scrape config
     /// differs from `scrape_interval_seconds`, else 0.
     async fn prometheus_intervals(&self) -> Option<ScrapeIntervals> {
