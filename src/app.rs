@@ -201,7 +201,9 @@ pub fn build_collector(settings: &CollectorSettings, store: Store) -> anyhow::Re
 
 /// Checks `collector.scrape_interval_seconds` against Prometheus' own configuration once at
 /// start, on every replica, leading or not. Every collection checks it again against the data
-/// and marks windows whose samples do not fit incomplete; this is the early warning.
+/// and marks windows whose samples do not fit incomplete; this is the early warning. It only
+/// logs: `budgetd_collector_scrape_interval_mismatch` is set by the collections, which only the
+/// leader runs, so no follower exports a value that goes stale.
 async fn check_scrape_interval(collector: Arc<Collector>) {
     match collector.check_scrape_config().await {
         Ok(Some(checks)) => {

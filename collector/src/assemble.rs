@@ -11,7 +11,7 @@ use ledger::usage::{CollectedWindow, UnallocatedReason, UnallocatedUsage};
 use rust_decimal::Decimal;
 
 use crate::meter::Meter;
-use crate::scrape::IntervalMismatch;
+use crate::scrape::{IntervalMismatch, Target};
 use crate::source::Sample;
 use crate::Error;
 
@@ -192,17 +192,8 @@ fn completeness(
     let mut targets = 0;
     let mut present = BTreeSet::new();
     for sample in probe {
-        let target = || {
-            format!(
-                "{}/{}",
-                sample.labels.get("job").map(String::as_str).unwrap_or("?"),
-                sample
-                    .labels
-                    .get("instance")
-                    .map(String::as_str)
-                    .unwrap_or("?")
-            )
-        };
+        let target =
+            || Target::of(&sample.labels).map_or_else(|| "?/?".to_owned(), |t| t.to_string());
         match sample.labels.get(PROBE_LABEL).map(String::as_str) {
             Some("samples") => {
                 targets += 1;
@@ -505,13 +496,71 @@ mod tests {
         let mut second = probe[0].clone();
         second.labels.insert("instance".into(), "n2".into());
         probe.push(second);
-        let mismatches = crate::scrape::data_mismatches(&probe, 300, 15, None);
+        let at_30s = crate::scrape::ScrapeIntervals::parse(
+            "scrape_configs:\n- job_name: kubelet\n  scrape_interval: 30s\n",
+        )
+        .unwrap();
+        let run = |prometheus: Option<&crate::scrape::ScrapeIntervals>| {
+            let mismatches = crate::scrape::data_mismatches(&probe, 300, 15, prometheus);
+            let ctx = Context {
+                tenant_label: "label_tenant",
+                known_tenants: &known,
+                expected_tenants: &known,
+                expected_samples: 20,
+                interval_mismatches: &mismatches,
+            };
+            assemble(
+                window,
+                &[meter("cpu")],
+                &[&[]],
+                &probe,
+                &[],
+                &version(),
+                &ctx,
+            )
+            .unwrap()
+        };
+        let w = run(Some(&at_30s));
+        assert!(!w.complete);
+        assert_eq!(
+            w.problems,
+            ["job kubelet: 10 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus scrapes it every 30s"]
+        );
+        // Without Prometheus' configuration the counts cannot tell a longer interval from an
+        // outage of half the window: a gap on every target.
+        let w = run(None);
+        assert!(!w.complete);
+        assert_eq!(
+            w.problems,
+            [
+                "scrape gap: kubelet/n1 has 10 of 20 samples",
+                "scrape gap: kubelet/n2 has 10 of 20 samples"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gap_names_the_metrics_path_of_its_target() {
+        let window = Window::new(
+            Utc.timestamp_opt(600, 0).unwrap(),
+            Utc.timestamp_opt(900, 0).unwrap(),
+        )
+        .unwrap();
+        let known = ids(&["acme", "globex"]);
+        // The kubelet's cAdvisor endpoint, on the same address as its /metrics.
+        let mut probe = healthy_probe();
+        let mut cadvisor = probe[0].clone();
+        cadvisor.value = "12".into();
+        cadvisor
+            .labels
+            .insert("metrics_path".into(), "/metrics/cadvisor".into());
+        probe.push(cadvisor);
         let ctx = Context {
             tenant_label: "label_tenant",
             known_tenants: &known,
             expected_tenants: &known,
             expected_samples: 20,
-            interval_mismatches: &mismatches,
+            interval_mismatches: &[],
         };
         let w = assemble(
             window,
@@ -523,10 +572,9 @@ mod tests {
             &ctx,
         )
         .unwrap();
-        assert!(!w.complete);
         assert_eq!(
             w.problems,
-            ["job kubelet: 10 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus' own interval for it is not known"]
+            ["scrape gap: kubelet/n1/metrics/cadvisor has 12 of 20 samples"]
         );
     }
 

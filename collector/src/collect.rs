@@ -2,7 +2,7 @@
 //! windows, plus the completeness probe), and committing them to the ledger in order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
@@ -16,7 +16,7 @@ use crate::assemble::{assemble, Context};
 use crate::meter::{probe_query, Meter};
 use crate::promql::{matchers, LabelName, TemplateContext};
 use crate::scrape::{check_config, data_mismatches, ConfigCheck, ScrapeIntervals};
-use crate::source::{Sample, UsageSource};
+use crate::source::{Sample, SourceError, UsageSource};
 use crate::window::WindowLength;
 use crate::Error;
 
@@ -56,9 +56,64 @@ pub struct Collector {
     source: Arc<dyn UsageSource>,
     store: Store,
     config: CollectorConfig,
-    /// Prometheus' scrape intervals as last read (its configuration can be reloaded, so every
-    /// collection reads it again, and falls back to this when the read fails).
-    prometheus_intervals: Mutex<Option<ScrapeIntervals>>,
+    prometheus_config: ConfigCache,
+}
+
+/// How long a good read of Prometheus' configuration is reused. Prometheus reloads it rarely,
+/// and it only explains what the data show (and tells a longer interval from an outage), so
+/// minutes of delay cost nothing, while a read for every collection would add a request to each.
+pub const PROMETHEUS_CONFIG_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Prometheus' configuration as last read, shared by the start-up check and the collections.
+/// A good read (intervals, or "not served") is reused for [`PROMETHEUS_CONFIG_TTL`]; a failed
+/// one is not, so the next collection tries again (once: the source does not retry it).
+#[derive(Default)]
+struct ConfigCache {
+    good: tokio::sync::Mutex<Option<GoodRead>>,
+}
+
+struct GoodRead {
+    at: Instant,
+    intervals: Option<ScrapeIntervals>,
+}
+
+/// What a look at Prometheus' configuration gives.
+#[derive(Debug, PartialEq)]
+enum ConfigRead {
+    /// Read now or within the TTL; `None`: the source serves no configuration.
+    Read(Option<ScrapeIntervals>),
+    /// This read failed; `last` is the last good read's, however old.
+    Failed {
+        error: SourceError,
+        last: Option<ScrapeIntervals>,
+    },
+}
+
+impl ConfigCache {
+    /// The configuration at `now`: the good read of the last [`PROMETHEUS_CONFIG_TTL`], else
+    /// one read from `source`. Concurrent callers wait for one read.
+    async fn read(&self, source: &dyn UsageSource, now: Instant) -> ConfigRead {
+        let mut good = self.good.lock().await;
+        if let Some(read) = good
+            .as_ref()
+            .filter(|g| now.saturating_duration_since(g.at) < PROMETHEUS_CONFIG_TTL)
+        {
+            return ConfigRead::Read(read.intervals.clone());
+        }
+        match source.scrape_intervals().await {
+            Ok(intervals) => {
+                *good = Some(GoodRead {
+                    at: now,
+                    intervals: intervals.clone(),
+                });
+                ConfigRead::Read(intervals)
+            }
+            Err(error) => ConfigRead::Failed {
+                error,
+                last: good.as_ref().and_then(|g| g.intervals.clone()),
+            },
+        }
+    }
 }
 
 /// Evaluation time of a window: 1 ms before its end, with a range of the window less 1 ms, so
@@ -73,58 +128,59 @@ impl Collector {
             source,
             store,
             config,
-            prometheus_intervals: Mutex::new(None),
+            prometheus_config: ConfigCache::default(),
         }
     }
 
-    /// Compares `scrape_interval_seconds` with Prometheus' configuration for every scrape job
-    /// (`budgetd_collector_scrape_interval_mismatch{job}`: 1 where they differ). `None`: the
-    /// source has no configuration to read.
+    /// Compares `scrape_interval_seconds` with Prometheus' configuration for every scrape job.
+    /// `None`: the source has no configuration to read. Sets no metric: `budgetd run` calls it at
+    /// start on every replica, while only the leader collects and keeps
+    /// `budgetd_collector_scrape_interval_mismatch` current.
     pub async fn check_scrape_config(&self) -> Result<Option<Vec<ConfigCheck>>, Error> {
-        let read = self
-            .source
-            .scrape_intervals()
+        match self
+            .prometheus_config
+            .read(&*self.source, Instant::now())
             .await
-            .map_err(Error::PrometheusConfig)?;
-        Ok(read.map(|intervals| self.remember(intervals)))
+        {
+            ConfigRead::Read(intervals) => Ok(intervals.map(|i| self.config_checks(&i))),
+            ConfigRead::Failed { error, .. } => Err(Error::PrometheusConfig(error)),
+        }
     }
 
-    fn remember(&self, intervals: ScrapeIntervals) -> Vec<ConfigCheck> {
-        let checks = check_config(
+    fn config_checks(&self, intervals: &ScrapeIntervals) -> Vec<ConfigCheck> {
+        check_config(
             self.config.interval_seconds,
             &self.config.scrape_jobs,
-            &intervals,
-        );
-        for check in &checks {
-            metrics::gauge!("budgetd_collector_scrape_interval_mismatch", "job" => check.job.clone())
-                .set(if check.is_mismatch() { 1.0 } else { 0.0 });
-        }
-        *self
-            .prometheus_intervals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(intervals);
-        checks
+            intervals,
+        )
     }
 
-    /// Prometheus' scrape intervals for the problem texts of this collection: read anew, or as
-    /// last read when that fails (the check against the data does not depend on them).
+    /// Prometheus' scrape intervals for this collection (as last read when a read fails;
+    /// without any, the check against the data reports fewer samples as gaps), and
+    /// `budgetd_collector_scrape_interval_mismatch{job}`: 1 where the job's own scrape config
+    /// differs from `scrape_interval_seconds`, else 0.
     async fn prometheus_intervals(&self) -> Option<ScrapeIntervals> {
-        match self.check_scrape_config().await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                *self
-                    .prometheus_intervals
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None
+        let intervals = match self
+            .prometheus_config
+            .read(&*self.source, Instant::now())
+            .await
+        {
+            ConfigRead::Read(intervals) => intervals,
+            ConfigRead::Failed { error, last } => {
+                tracing::debug!(%error, "could not read Prometheus' configuration; using the last read");
+                last
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "could not read Prometheus' configuration; using the last read")
-            }
+        };
+        let checks = intervals
+            .as_ref()
+            .map(|i| self.config_checks(i))
+            .unwrap_or_default();
+        for job in &self.config.scrape_jobs {
+            let mismatch = checks.iter().any(|c| &c.job == job && c.is_mismatch());
+            metrics::gauge!("budgetd_collector_scrape_interval_mismatch", "job" => job.clone())
+                .set(if mismatch { 1.0 } else { 0.0 });
         }
-        self.prometheus_intervals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        intervals
     }
 
     pub fn config(&self) -> &CollectorConfig {
@@ -487,5 +543,77 @@ mod tests {
         let sizes: Vec<usize> = batches.iter().map(|b| b.len()).collect();
         assert_eq!(sizes, [3, 1, 2, 1]);
         assert!(consecutive_batches(&[], len, 3).is_empty());
+    }
+
+    /// A source whose configuration reads give `answers` in order, counted.
+    struct ScriptedConfig {
+        answers: std::sync::Mutex<Vec<Result<Option<ScrapeIntervals>, SourceError>>>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl UsageSource for ScriptedConfig {
+        async fn query(
+            &self,
+            _: &str,
+            _: DateTime<Utc>,
+            _: DateTime<Utc>,
+            _: std::time::Duration,
+        ) -> Result<crate::source::Answer, SourceError> {
+            Err(SourceError::BadQuery("configuration reads only".into()))
+        }
+
+        async fn scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.answers.lock().unwrap().remove(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_good_configuration_read_is_reused_for_its_ttl_and_a_failed_one_is_not() {
+        let at_30s = ScrapeIntervals::parse("global:\n  scrape_interval: 30s\n").unwrap();
+        let timeout = SourceError::Timeout(std::time::Duration::from_secs(10));
+        let source = ScriptedConfig {
+            answers: std::sync::Mutex::new(vec![
+                Ok(Some(at_30s.clone())),
+                Err(timeout.clone()),
+                Ok(None),
+            ]),
+            reads: Default::default(),
+        };
+        let reads = || source.reads.load(std::sync::atomic::Ordering::SeqCst);
+        let cache = ConfigCache::default();
+        let t0 = Instant::now();
+        let minutes = |m: u64| t0 + std::time::Duration::from_secs(60 * m);
+
+        assert_eq!(
+            cache.read(&source, t0).await,
+            ConfigRead::Read(Some(at_30s.clone()))
+        );
+        assert_eq!(
+            cache.read(&source, minutes(4)).await,
+            ConfigRead::Read(Some(at_30s.clone()))
+        );
+        assert_eq!(reads(), 1, "reused within the TTL");
+        // Expired: read again. It fails, and the last good read stands in.
+        assert_eq!(
+            cache.read(&source, minutes(5)).await,
+            ConfigRead::Failed {
+                error: timeout,
+                last: Some(at_30s)
+            }
+        );
+        assert_eq!(reads(), 2);
+        // A failure is not reused: the next look reads again ("not served" this time), and
+        // that good read is reused.
+        assert_eq!(
+            cache.read(&source, minutes(5)).await,
+            ConfigRead::Read(None)
+        );
+        assert_eq!(
+            cache.read(&source, minutes(9)).await,
+            ConfigRead::Read(None)
+        );
+        assert_eq!(reads(), 3);
     }
 }

@@ -30,6 +30,9 @@ pub const DEFAULT_METERS: &str = include_str!("../meters.toml");
 /// Below this a response limit is surely a mistake of units (one window of a small cluster is
 /// ~100 KB).
 const MIN_RESPONSE_BYTES: u64 = 1024 * 1024;
+/// Above this a response limit is no limit: the body is held in memory, then decoded (and a
+/// batch that large is better split).
+const MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// `[collector]`: present (and not `enabled = false`) means the daemon collects.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -201,6 +204,12 @@ impl PrometheusSection {
             return Err(Invalid::new(
                 "prometheus.max_response_bytes",
                 format!("must be at least {MIN_RESPONSE_BYTES} (1 MiB); the value is in bytes"),
+            ));
+        }
+        if self.max_response_bytes > MAX_RESPONSE_BYTES {
+            return Err(Invalid::new(
+                "prometheus.max_response_bytes",
+                format!("must be at most {MAX_RESPONSE_BYTES} (1 GiB); the value is in bytes"),
             ));
         }
         Ok(PrometheusSettings {
@@ -481,5 +490,30 @@ mod tests {
                 .field,
             "prometheus.max_response_bytes"
         );
+    }
+
+    #[test]
+    fn the_response_size_limit_is_bounded_both_ways() {
+        let limit = |bytes: u64| {
+            CollectorSection::default().validate(
+                None,
+                &PrometheusSection {
+                    max_response_bytes: bytes,
+                    ..prometheus()
+                },
+            )
+        };
+        for ok in [1024 * 1024, 64 * 1024 * 1024, 1024 * 1024 * 1024] {
+            assert_eq!(limit(ok).unwrap().prometheus.max_response_bytes, ok);
+        }
+        for (bad, says) in [
+            (1024 * 1024 - 1, "at least 1048576 (1 MiB)"),
+            (1024 * 1024 * 1024 + 1, "at most 1073741824 (1 GiB)"),
+            (u64::MAX, "at most 1073741824 (1 GiB)"),
+        ] {
+            let err = limit(bad).unwrap_err();
+            assert_eq!(err.field, "prometheus.max_response_bytes");
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 }

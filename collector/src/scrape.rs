@@ -302,10 +302,19 @@ pub struct ConfigCheck {
 }
 
 impl ConfigCheck {
-    /// Whether Prometheus' configuration gives the job another interval than the collector's.
+    /// Whether the job's own scrape config gives another interval than the collector's: the
+    /// collector integrates the job's gauges with the wrong interval.
     pub fn is_mismatch(&self) -> bool {
         self.prometheus
-            .is_some_and(|p| p.interval != self.configured)
+            .is_some_and(|p| p.origin == IntervalOrigin::Job && p.interval != self.configured)
+    }
+
+    /// Whether only Prometheus' global default differs (no scrape config has the job's name):
+    /// a hint, not a mismatch. Under the Prometheus Operator no job name is a `job` label, and
+    /// a ServiceMonitor may set its own interval, so the global one says little about the job.
+    pub fn is_hint(&self) -> bool {
+        self.prometheus
+            .is_some_and(|p| p.origin == IntervalOrigin::Global && p.interval != self.configured)
     }
 }
 
@@ -334,6 +343,11 @@ impl fmt::Display for ConfigCheck {
                         f,
                         ", but collector.scrape_interval_seconds = {configured}: gauges are integrated with the wrong interval and its windows are marked incomplete"
                     )
+                } else if self.is_hint() {
+                    write!(
+                        f,
+                        " and collector.scrape_interval_seconds = {configured}; only a hint, since its targets may have an interval of their own: each window's samples show whether they fit"
+                    )
                 } else {
                     write!(f, ", as collector.scrape_interval_seconds says")
                 }
@@ -358,12 +372,50 @@ pub fn check_config(
         .collect()
 }
 
-/// A scrape job whose samples in one window do not fit the configured interval.
+/// One scrape target of the probe: its job, and the address and path it is scraped at. One
+/// `job` label can hold targets scraped at different intervals: the Prometheus Operator puts
+/// every endpoint of a ServiceMonitor under it (the kubelet's `/metrics`, `/metrics/cadvisor`
+/// and `/metrics/probes`, on the same address, each with its own `interval`), and
+/// kube-prometheus-stack tells them apart by a `metrics_path` label. A target whose other
+/// labels change inside a window is still this one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target<'a> {
+    pub job: &'a str,
+    pub instance: Option<&'a str>,
+    pub metrics_path: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// The target of one `up` series (`None` without a `job` label).
+    pub fn of(labels: &'a BTreeMap<String, String>) -> Option<Self> {
+        Some(Target {
+            job: labels.get("job")?,
+            instance: labels.get("instance").map(String::as_str),
+            metrics_path: labels.get("metrics_path").map(String::as_str),
+        })
+    }
+}
+
+impl fmt::Display for Target<'_> {
+    /// `job/instance`, then the metrics path where the series has one:
+    /// `kubelet/10.0.0.7:10250/metrics/cadvisor`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.job, self.instance.unwrap_or("?"))?;
+        match self.metrics_path {
+            Some(path) => f.write_str(path),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A scrape job whose samples in one window do not fit the configured interval: every one of
+/// its targets has more samples than the interval allows, or every one has fewer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntervalMismatch {
     pub job: String,
-    /// The most samples any of the job's targets has in the window.
-    pub samples: i64,
+    /// The fewest and the most samples any of the job's targets has in the window.
+    pub fewest: i64,
+    pub most: i64,
     /// Samples one target has in a window at the configured interval.
     pub expected: i64,
     pub window_seconds: i64,
@@ -375,9 +427,14 @@ pub struct IntervalMismatch {
 impl IntervalMismatch {
     /// The window's problem text.
     pub fn problem(&self) -> String {
+        let samples = if self.fewest == self.most {
+            self.fewest.to_string()
+        } else {
+            format!("{} to {}", self.fewest, self.most)
+        };
         let mut text = format!(
-            "job {}: {} samples in a {} s window, expected {} at scrape_interval_seconds = {}",
-            self.job, self.samples, self.window_seconds, self.expected, self.interval_seconds
+            "job {}: {samples} samples in a {} s window, expected {} at scrape_interval_seconds = {}",
+            self.job, self.window_seconds, self.expected, self.interval_seconds
         );
         match self.prometheus {
             Some(PrometheusInterval {
@@ -399,12 +456,18 @@ impl IntervalMismatch {
 
 /// Reads the probe's per-target sample counts (`count_over_time(up[window])`) and finds the jobs
 /// whose counts do not fit `interval_seconds`. One sample more or less is scrape jitter at a
-/// window's edge. More than that on any target means Prometheus scrapes more often than
-/// configured. Fewer on every target of a job is a longer interval or scrapes missed by the
-/// whole job; Prometheus' configuration tells them apart where it is known (a different
-/// interval there is a mismatch, the same one a gap); where it is not, a job with at most about
-/// half the samples expected counts as a mismatch. A shortfall on some targets only is a scrape
-/// gap, which the completeness check reports per target.
+/// window's edge. A job is a mismatch only when every one of its targets deviates in the same
+/// direction, since one job can hold targets scraped at different intervals (see [`Target`]):
+/// - more on every target: Prometheus scrapes the job more often than configured (no outage
+///   adds samples);
+/// - fewer on every target: a longer interval, or scrapes missed by the whole job, which only
+///   Prometheus' configuration tells apart. A scrape config of the job's name with another
+///   interval makes it a mismatch; Prometheus' global interval (no scrape config of that name)
+///   only where every target's count fits it; and where the configuration cannot be read, never:
+///   half a window lost by the whole job looks like an interval twice as long.
+///
+/// What is not a mismatch is left to the completeness check, which reports every target short
+/// of samples as a scrape gap.
 pub fn data_mismatches(
     probe: &[Sample],
     window_seconds: i64,
@@ -412,12 +475,12 @@ pub fn data_mismatches(
     prometheus: Option<&ScrapeIntervals>,
 ) -> Vec<IntervalMismatch> {
     let expected = window_seconds / interval_seconds;
-    let mut best: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut per_job: BTreeMap<&str, BTreeMap<Target<'_>, i64>> = BTreeMap::new();
     for sample in probe {
         if sample.labels.get(PROBE_LABEL).map(String::as_str) != Some("samples") {
             continue;
         }
-        let Some(job) = sample.labels.get("job") else {
+        let Some(target) = Target::of(&sample.labels) else {
             continue;
         };
         // An unreadable count stays with the per-target check, which reports it as a gap.
@@ -428,26 +491,49 @@ pub fn data_mismatches(
         else {
             continue;
         };
-        let entry = best.entry(job.as_str()).or_insert(count);
-        *entry = (*entry).max(count);
+        *per_job
+            .entry(target.job)
+            .or_default()
+            .entry(target)
+            .or_default() += count;
     }
     let configured = Interval::from_seconds(interval_seconds);
-    best.into_iter()
-        .filter_map(|(job, samples)| {
+    per_job
+        .into_iter()
+        .filter_map(|(job, targets)| {
+            let fewest = *targets.values().min()?;
+            let most = *targets.values().max()?;
             let known = prometheus.and_then(|p| p.for_job(job));
-            let mismatch = if samples > expected + 1 {
+            let mismatch = if fewest > expected + 1 {
                 true
-            } else if samples < expected - 1 {
+            } else if most < expected - 1 {
                 match known {
-                    Some(p) => p.interval != configured,
-                    None => samples <= expected / 2 + 1,
+                    Some(
+                        p @ PrometheusInterval {
+                            origin: IntervalOrigin::Job,
+                            ..
+                        },
+                    ) => p.interval != configured,
+                    Some(
+                        p @ PrometheusInterval {
+                            origin: IntervalOrigin::Global,
+                            ..
+                        },
+                    ) => {
+                        p.interval != configured
+                            && targets
+                                .values()
+                                .all(|&count| fits(count, window_seconds, p.interval))
+                    }
+                    None => false,
                 }
             } else {
                 false
             };
             mismatch.then(|| IntervalMismatch {
                 job: job.to_owned(),
-                samples,
+                fewest,
+                most,
                 expected,
                 window_seconds,
                 interval_seconds,
@@ -455,6 +541,19 @@ pub fn data_mismatches(
             })
         })
         .collect()
+}
+
+/// Whether `count` samples in a window of `window_seconds` fit scrapes every `interval`, give or
+/// take one sample of jitter at each edge.
+fn fits(count: i64, window_seconds: i64, interval: Interval) -> bool {
+    let window_ms = window_seconds.unsigned_abs() * 1000;
+    let Some(count) = u64::try_from(count).ok() else {
+        return false;
+    };
+    match interval.millis() {
+        0 => false,
+        ms => (window_ms / ms).saturating_sub(1) <= count && count <= window_ms.div_ceil(ms) + 1,
+    }
 }
 
 #[cfg(test)]
@@ -594,6 +693,7 @@ scrape_configs:
         let checks = check_config(30, &jobs, &parsed);
         let mismatches: Vec<bool> = checks.iter().map(ConfigCheck::is_mismatch).collect();
         assert_eq!(mismatches, [false, true, false]);
+        assert!(checks.iter().all(|c| !c.is_hint()));
         assert_eq!(
             checks[0].to_string(),
             "job kube-state-metrics: Prometheus scrapes it every 30s, as collector.scrape_interval_seconds says"
@@ -605,7 +705,32 @@ scrape_configs:
             .to_string()
             .contains("global scrape_interval is 30s"));
         let unknown = check_config(30, &jobs, &ScrapeIntervals::default());
-        assert!(unknown.iter().all(|c| !c.is_mismatch()));
+        assert!(unknown.iter().all(|c| !c.is_mismatch() && !c.is_hint()));
+    }
+
+    /// Under the Prometheus Operator no scrape config is named after a `job` label, so the
+    /// global interval is all the configuration gives: a hint, never a mismatch.
+    #[test]
+    fn a_global_interval_that_differs_is_a_hint_not_a_mismatch() {
+        let operator = ScrapeIntervals::parse(
+            "global:\n  scrape_interval: 30s\nscrape_configs:\n- job_name: serviceMonitor/monitoring/kubelet/0\n  scrape_interval: 30s\n",
+        )
+        .unwrap();
+        let checks = check_config(15, &["kubelet".to_owned()], &operator);
+        let check = &checks[0];
+        assert!(!check.is_mismatch());
+        assert!(check.is_hint());
+        let text = check.to_string();
+        assert_eq!(
+            text,
+            "job kubelet: no scrape config has that job_name (the job label may come from relabelling); Prometheus' global scrape_interval is 30s and collector.scrape_interval_seconds = 15; only a hint, since its targets may have an interval of their own: each window's samples show whether they fit"
+        );
+        assert!(!text.contains("incomplete"), "{text}");
+        let agreeing = &check_config(30, &["kubelet".to_owned()], &operator)[0];
+        assert!(!agreeing.is_mismatch() && !agreeing.is_hint());
+        assert!(agreeing.to_string().ends_with(
+            "Prometheus' global scrape_interval is 30s, as collector.scrape_interval_seconds says"
+        ));
     }
 
     fn counts(per_target: &[(&str, &str, &str)]) -> Vec<Sample> {
@@ -623,9 +748,27 @@ scrape_configs:
             .collect()
     }
 
+    /// The probe's counts of one kubelet's endpoints, one job label for them all as under the
+    /// Prometheus Operator: (metrics_path, count).
+    fn kubelet_endpoints(per_path: &[(&str, &str)]) -> Vec<Sample> {
+        per_path
+            .iter()
+            .map(|(path, value)| {
+                let mut sample = counts(&[("kubelet", "10.0.0.7:10250", value)]).remove(0);
+                sample
+                    .labels
+                    .insert("metrics_path".to_owned(), (*path).to_owned());
+                sample
+            })
+            .collect()
+    }
+
+    fn jobs(m: Vec<IntervalMismatch>) -> Vec<String> {
+        m.into_iter().map(|m| m.job).collect()
+    }
+
     #[test]
     fn sample_counts_that_do_not_fit_the_interval_are_mismatches() {
-        let jobs = |m: Vec<IntervalMismatch>| m.into_iter().map(|m| m.job).collect::<Vec<_>>();
         // 300 s windows at 15 s: 20 samples, 19 or 21 with jitter at an edge.
         let fits = counts(&[
             ("kubelet", "n1", "20"),
@@ -640,16 +783,25 @@ scrape_configs:
             ("kubelet", "n2", "11"),
             ("ksm", "k", "20"),
         ]);
-        let found = data_mismatches(&halved, 300, 15, None);
+        let at_30s = ScrapeIntervals::parse(
+            "scrape_configs:\n- job_name: kubelet\n  scrape_interval: 30s\n",
+        )
+        .unwrap();
+        let found = data_mismatches(&halved, 300, 15, Some(&at_30s));
         assert_eq!(jobs(found.clone()), ["kubelet"]);
         assert_eq!(
             found[0].problem(),
-            "job kubelet: 11 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus' own interval for it is not known"
+            "job kubelet: 10 to 11 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus scrapes it every 30s"
         );
 
-        // Scraped more often than configured: always a mismatch.
+        // Scraped more often than configured: a mismatch, whatever Prometheus' configuration.
         let doubled = counts(&[("kubelet", "n1", "20")]);
-        assert_eq!(jobs(data_mismatches(&doubled, 300, 30, None)), ["kubelet"]);
+        let found = data_mismatches(&doubled, 300, 30, None);
+        assert_eq!(jobs(found.clone()), ["kubelet"]);
+        assert_eq!(
+            found[0].problem(),
+            "job kubelet: 20 samples in a 300 s window, expected 10 at scrape_interval_seconds = 30; Prometheus' own interval for it is not known"
+        );
 
         // A few samples missing on every target: a gap, unless Prometheus says otherwise.
         let short = counts(&[("kubelet", "n1", "16"), ("kubelet", "n2", "15")]);
@@ -661,7 +813,7 @@ scrape_configs:
         let found = data_mismatches(&short, 300, 15, Some(&at_20s));
         assert_eq!(
             found[0].problem(),
-            "job kubelet: 16 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus scrapes it every 20s"
+            "job kubelet: 15 to 16 samples in a 300 s window, expected 20 at scrape_interval_seconds = 15; Prometheus scrapes it every 20s"
         );
         // Half missing while Prometheus is configured as the collector is: a gap (an outage).
         let at_15s = ScrapeIntervals::parse("global:\n  scrape_interval: 15s\n").unwrap();
@@ -678,5 +830,79 @@ scrape_configs:
         assert!(found[0].problem().ends_with(
             "; Prometheus' global scrape_interval is 30s (no scrape config is named kubelet)"
         ));
+    }
+
+    /// kube-prometheus-stack's kubelet ServiceMonitor: `/metrics` and `/metrics/cadvisor` on
+    /// one address under one job label. One endpoint scraped more (or less) often than the
+    /// others says nothing about the collector's interval.
+    #[test]
+    fn a_job_is_a_mismatch_only_when_every_target_deviates_the_same_way() {
+        // /metrics every 30 s as configured, /metrics/cadvisor every 15 s.
+        let one_faster = kubelet_endpoints(&[("/metrics", "10"), ("/metrics/cadvisor", "20")]);
+        assert!(data_mismatches(&one_faster, 300, 30, None).is_empty());
+        // Both every 15 s: the collector's 30 s is wrong.
+        let all_faster = kubelet_endpoints(&[("/metrics", "20"), ("/metrics/cadvisor", "21")]);
+        let found = data_mismatches(&all_faster, 300, 30, None);
+        assert_eq!(
+            found[0].problem(),
+            "job kubelet: 20 to 21 samples in a 300 s window, expected 10 at scrape_interval_seconds = 30; Prometheus' own interval for it is not known"
+        );
+        // One more, one fewer: not one interval.
+        let apart = kubelet_endpoints(&[("/metrics", "20"), ("/metrics/probes", "5")]);
+        let at_60s = ScrapeIntervals::parse("global:\n  scrape_interval: 1m\n").unwrap();
+        assert!(data_mismatches(&apart, 300, 30, Some(&at_60s)).is_empty());
+        // /metrics/probes every minute, the others every 30 s: a gap on that target (which the
+        // completeness check reports), not a mismatch of the job.
+        let one_slower = kubelet_endpoints(&[
+            ("/metrics", "10"),
+            ("/metrics/cadvisor", "10"),
+            ("/metrics/probes", "5"),
+        ]);
+        assert!(data_mismatches(&one_slower, 300, 30, Some(&at_60s)).is_empty());
+
+        // A target whose series changed another label inside the window (two series) is one
+        // target: its samples add up to what the interval gives.
+        let mut split = counts(&[("kubelet", "n1", "12"), ("kubelet", "n1", "8")]);
+        split[1].labels.insert("pod".to_owned(), "new".to_owned());
+        let kubelet_at_30s = ScrapeIntervals::parse(
+            "scrape_configs:\n- job_name: kubelet\n  scrape_interval: 30s\n",
+        )
+        .unwrap();
+        assert!(data_mismatches(&split, 300, 15, Some(&kubelet_at_30s)).is_empty());
+    }
+
+    #[test]
+    fn without_prometheus_configuration_fewer_samples_on_every_target_are_a_gap() {
+        // The whole job missed the second half of the window: the counts look like scrapes
+        // every 30 s, but nothing says so.
+        let half_window_outage = counts(&[("kubelet", "n1", "10"), ("kubelet", "n2", "10")]);
+        assert!(data_mismatches(&half_window_outage, 300, 15, None).is_empty());
+        let no_intervals = ScrapeIntervals::default();
+        assert!(data_mismatches(&half_window_outage, 300, 15, Some(&no_intervals)).is_empty());
+        // Prometheus' global interval (no scrape config of the job's name) counts only where
+        // the data fit it: 10 samples fit 30 s, not 1m (5).
+        let global_30s = ScrapeIntervals::parse("global:\n  scrape_interval: 30s\n").unwrap();
+        assert_eq!(
+            jobs(data_mismatches(
+                &half_window_outage,
+                300,
+                15,
+                Some(&global_30s)
+            )),
+            ["kubelet"]
+        );
+        let global_60s = ScrapeIntervals::parse("global:\n  scrape_interval: 1m\n").unwrap();
+        assert!(data_mismatches(&half_window_outage, 300, 15, Some(&global_60s)).is_empty());
+    }
+
+    #[test]
+    fn counts_fit_an_interval_within_a_sample_of_jitter() {
+        let at = |s| Interval::from_seconds(s);
+        assert!(fits(10, 300, at(30)) && fits(9, 300, at(30)) && fits(11, 300, at(30)));
+        assert!(!fits(8, 300, at(30)) && !fits(12, 300, at(30)));
+        // 300 s at 45 s: 6 or 7 scrapes, one more or less at the edges.
+        assert!(fits(5, 300, at(45)) && fits(8, 300, at(45)));
+        assert!(!fits(4, 300, at(45)) && !fits(9, 300, at(45)));
+        assert!(!fits(10, 300, Interval(0)) && !fits(-1, 300, at(30)));
     }
 }

@@ -99,7 +99,9 @@ pub trait UsageSource: Send + Sync {
 
     /// The scrape intervals the source's own configuration gives, to check
     /// `scrape_interval_seconds` against. `None`: this source has no such configuration to
-    /// read (a Prometheus-compatible store without the endpoint, a test double).
+    /// read (a Prometheus-compatible store without the endpoint, a test double). One attempt,
+    /// never retried: the configuration only explains what the data show, so a failed read
+    /// must not hold up a collection (the collector reuses a good read for a while).
     async fn scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
         Ok(None)
     }
@@ -336,7 +338,7 @@ impl Prometheus {
         if declared.is_some_and(|length| length > limit) {
             return Err(too_large);
         }
-        let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        let mut body = Vec::with_capacity(initial_capacity(declared));
         while let Some(chunk) = response
             .chunk()
             .await
@@ -359,6 +361,16 @@ impl Prometheus {
     }
 }
 
+/// At most this much is reserved for a body before any of it arrives.
+const MAX_PREALLOCATED_BYTES: u64 = 1024 * 1024;
+
+/// The room reserved for a body of `declared` bytes (its Content-Length): what the server
+/// declares is not trusted with memory before it sends it, so larger bodies grow as they
+/// arrive.
+fn initial_capacity(declared: Option<u64>) -> usize {
+    declared.unwrap_or(0).min(MAX_PREALLOCATED_BYTES) as usize
+}
+
 #[async_trait]
 impl UsageSource for Prometheus {
     async fn query(
@@ -372,9 +384,19 @@ impl UsageSource for Prometheus {
             .await
     }
 
+    /// One attempt with the client's timeout, counted in
+    /// `budgetd_prometheus_config_reads_total{outcome}` (`ok`, `absent` or the error class), not
+    /// in `budgetd_prometheus_errors_total`, which alerts on the queries.
     async fn scrape_intervals(&self) -> Result<Option<ScrapeIntervals>, SourceError> {
-        self.with_retries("configuration read", || self.attempt_scrape_intervals())
-            .await
+        let read = self.attempt_scrape_intervals().await;
+        let outcome = match &read {
+            Ok(Some(_)) => "ok",
+            Ok(None) => "absent",
+            Err(e) => e.class(),
+        };
+        metrics::counter!("budgetd_prometheus_config_reads_total", "outcome" => outcome)
+            .increment(1);
+        read
     }
 }
 
@@ -561,6 +583,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_declared_length_reserves_at_most_one_mib() {
+        assert_eq!(initial_capacity(None), 0);
+        assert_eq!(initial_capacity(Some(4096)), 4096);
+        assert_eq!(initial_capacity(Some(1024 * 1024)), 1024 * 1024);
+        assert_eq!(initial_capacity(Some(512 * 1024 * 1024)), 1024 * 1024);
+        assert_eq!(initial_capacity(Some(u64::MAX)), 1024 * 1024);
+    }
+
     #[tokio::test]
     async fn a_body_up_to_the_limit_is_read_whole() {
         let t = Utc::now();
@@ -611,5 +642,77 @@ mod tests {
         let (url, _) = stub(with_length(unreadable)).await;
         let err = client(url, 10_000).scrape_intervals().await.unwrap_err();
         assert!(err.to_string().contains("often"), "{err}");
+    }
+
+    /// A recorder of this test's metrics: thread-local, and a tokio test runs on one thread.
+    fn local_metrics() -> (
+        metrics_exporter_prometheus::PrometheusHandle,
+        metrics::LocalRecorderGuard<'static>,
+    ) {
+        // Leaked: the guard borrows it for the rest of the test.
+        let recorder: &'static metrics_exporter_prometheus::PrometheusRecorder = Box::leak(
+            Box::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()),
+        );
+        (
+            recorder.handle(),
+            metrics::set_default_local_recorder(recorder),
+        )
+    }
+
+    /// Prometheus' configuration only explains what the data show: a read that fails is not
+    /// retried (each retry would hold up the collection) and does not count as a query error.
+    #[tokio::test]
+    async fn a_configuration_read_is_one_attempt_counted_apart_from_query_errors() {
+        let (metrics, _local) = local_metrics();
+        let unparsable =
+            br#"{"status":"success","data":{"yaml":"global:\n  scrape_interval: often\n"}}"#;
+        for (what, response, class) in [
+            (
+                "unavailable",
+                with_status(
+                    "503 Service Unavailable",
+                    br#"{"status":"error","errorType":"unavailable","error":"starting"}"#,
+                ),
+                "5xx",
+            ),
+            (
+                "forbidden",
+                with_status("403 Forbidden", b"forbidden"),
+                "protocol",
+            ),
+            ("unparsable", with_length(unparsable), "protocol"),
+        ] {
+            let (url, requests) = stub(response).await;
+            let err = client(url, 10_000).scrape_intervals().await.unwrap_err();
+            assert_eq!(err.class(), class, "{what}: {err}");
+            assert_eq!(
+                requests.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{what}: one attempt"
+            );
+        }
+        let served = br#"{"status":"success","data":{"yaml":"global:\n  scrape_interval: 30s\n"}}"#;
+        let (url, _) = stub(with_length(served)).await;
+        assert!(client(url, 10_000)
+            .scrape_intervals()
+            .await
+            .unwrap()
+            .is_some());
+        let (url, _) = stub(with_status("404 Not Found", b"404 page not found")).await;
+        assert_eq!(client(url, 10_000).scrape_intervals().await, Ok(None));
+
+        let rendered = metrics.render();
+        for (outcome, reads) in [("5xx", 1), ("protocol", 2), ("ok", 1), ("absent", 1)] {
+            let line =
+                format!("budgetd_prometheus_config_reads_total{{outcome=\"{outcome}\"}} {reads}");
+            assert!(
+                rendered.lines().any(|l| l == line),
+                "no {line:?} in\n{rendered}"
+            );
+        }
+        assert!(
+            !rendered.contains("budgetd_prometheus_errors_total"),
+            "{rendered}"
+        );
     }
 }
