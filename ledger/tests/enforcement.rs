@@ -1587,6 +1587,19 @@ async fn the_latest_exemption_is_in_force_and_exemptions_are_append_only() {
         Err(Error::NotFound { .. })
     ));
 
+    // An offboarding tenant no longer changes: no exemption either, and nothing is written.
+    s.transition_tenant(&ctx(), &beta, TenantState::Offboarding, "leaving")
+        .await
+        .unwrap();
+    let (before, exemption_before) = (counts(s).await, s.exemption(&beta).await.unwrap());
+    let err = s
+        .set_exemption(&ctx(), &beta, t0 + Duration::days(5), &reason("wind-down"))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("tenant_not_mutable"), "{err}");
+    assert_eq!(counts(s).await, before);
+    assert_eq!(s.exemption(&beta).await.unwrap(), exemption_before);
+
     for sql in [
         "update enforcement_exemptions set until = until + interval '1 year'",
         "delete from enforcement_exemptions",

@@ -403,6 +403,61 @@ async fn the_database_enforces_the_ledger_invariants() {
         .unwrap();
 }
 
+/// What the API refuses (issue 9), the tables refuse too: a budget of zero, and free text
+/// that is not one line (control characters, line separators, bidi controls).
+#[tokio::test]
+async fn the_database_refuses_zero_budgets_and_text_that_is_not_one_line() {
+    let db = fresh_database().await;
+    tenant(&db.store, "acme").await;
+    let budget = |amount: &str| {
+        format!(
+            "insert into budgets (tenant_id, amount, currency, period, thresholds, \
+             effective_from, created_at, created_by) \
+             values ('acme', {amount}, 'EUR', 'monthly', '{{50,80,100}}', now(), now(), 'sql')"
+        )
+    };
+    for amount in ["0", "-0.00", "-1"] {
+        expect_sql_error(&db, &budget(amount), "23514").await;
+    }
+    for text in [
+        r"E'a\nb'",
+        r"E'a\rb'",
+        r"E'\u001b[2J'",
+        r"E'bell\u0007'",
+        r"E'nel\u0085'",
+        r"E'ls\u2028'",
+        r"E'rlo\u202e'",
+        r"E'pdi\u2069'",
+    ] {
+        for column in ["display_name", "owner"] {
+            expect_sql_error(
+                &db,
+                &format!("update tenants set {column} = {text} where id = 'acme'"),
+                "23514",
+            )
+            .await;
+        }
+        expect_sql_error(
+            &db,
+            &format!(
+                "insert into enforcement_exemptions (tenant_id, until, reason, created_by, \
+                 created_at) values ('acme', now(), {text}, 'sql', now())"
+            ),
+            "23514",
+        )
+        .await;
+    }
+    // One line of any script is fine.
+    sqlx::query("update tenants set display_name = 'Café – 東京 ✓ =1+1' where id = 'acme'")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    sqlx::query(&budget("0.01"))
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn price_book_version_at_picks_the_latest_valid_version() {
     let db = fresh_database().await;
