@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::error::Invalid;
 
 /// The first instant (and day) the API and the CLI take.
-pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
+const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
 
 /// The first day after the range: the last instant taken is just before it.
 fn end_of_range() -> NaiveDate {

@@ -857,6 +857,16 @@ async fn dates_outside_1970_to_9999_or_not_zero_padded_are_400_naming_the_field(
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["effective_from"], "1970-01-01T00:00:00Z");
+    let reply = app
+        .call(
+            Method::PUT,
+            budget,
+            Some(&token("finance")),
+            Some(json!({"amount": "100.00", "currency": "EUR", "effective_from": "9999-12-31T23:59:59Z"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["effective_from"], "9999-12-31T23:59:59Z");
     // An `until` in the past ends an exemption; 1970 is still a time.
     let reply = app
         .call(
