@@ -239,6 +239,31 @@ fn strip_position(message: &str) -> String {
     }
 }
 
+/// Query parameters; any parameter not in `allowed` is an error naming it.
+pub fn query_params(
+    raw: Option<&str>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut params = BTreeMap::new();
+    for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "unknown_field",
+                message: format!("unknown query parameter {key:?}"),
+                field: Some(key.into_owned()),
+            });
+        }
+        if params
+            .insert(key.clone().into_owned(), value.into_owned())
+            .is_some()
+        {
+            return Err(ApiError::invalid(key.into_owned(), "given more than once"));
+        }
+    }
+    Ok(params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_json_media_type;
@@ -270,29 +295,4 @@ mod tests {
             assert!(!is_json_media_type(other), "{other}");
         }
     }
-}
-
-/// Query parameters; any parameter not in `allowed` is an error naming it.
-pub fn query_params(
-    raw: Option<&str>,
-    allowed: &[&str],
-) -> Result<BTreeMap<String, String>, ApiError> {
-    let mut params = BTreeMap::new();
-    for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        if !allowed.contains(&key.as_ref()) {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "unknown_field",
-                message: format!("unknown query parameter {key:?}"),
-                field: Some(key.into_owned()),
-            });
-        }
-        if params
-            .insert(key.clone().into_owned(), value.into_owned())
-            .is_some()
-        {
-            return Err(ApiError::invalid(key.into_owned(), "given more than once"));
-        }
-    }
-    Ok(params)
 }
