@@ -208,10 +208,14 @@ async fn check_scrape_interval(collector: Arc<Collector>) {
     match collector.check_scrape_config().await {
         Ok(Some(checks)) => {
             for check in checks {
+                // The job name is a label value from Prometheus: escaped, so that no line
+                // break or terminal escape in it reaches the log as one.
+                let said = check.to_string();
+                let said = crate::telemetry::log_safe(&said);
                 if check.is_mismatch() {
-                    tracing::warn!(job = %check.job, "scrape interval mismatch: {check}");
+                    tracing::warn!(job = ?check.job, "scrape interval mismatch: {said}");
                 } else {
-                    tracing::info!(job = %check.job, "scrape interval: {check}");
+                    tracing::info!(job = ?check.job, "scrape interval: {said}");
                 }
             }
         }

@@ -144,8 +144,13 @@ impl Authenticator {
     }
 
     /// The caller behind an `Authorization` header value, if it holds a known bearer token.
+    /// The scheme is case-insensitive (RFC 9110 §11.1): `bearer` and `BEARER` are `Bearer`.
     pub fn authenticate(&self, authorization: &str) -> Option<&Principal> {
-        let token = authorization.strip_prefix("Bearer ")?.trim();
+        let (scheme, token) = authorization.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let token = token.trim();
         if token.is_empty() {
             return None;
         }
@@ -170,8 +175,18 @@ mod tests {
         let auth = Authenticator::new([(TokenHash::of("s3cret-token"), admin.clone())]);
         assert_eq!(auth.authenticate("Bearer s3cret-token"), Some(&admin));
         assert_eq!(auth.authenticate("Bearer wrong"), None);
-        assert_eq!(auth.authenticate("Basic s3cret-token"), None);
-        assert_eq!(auth.authenticate("Bearer "), None);
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let header = format!("{scheme} s3cret-token");
+            assert_eq!(auth.authenticate(&header), Some(&admin), "{header}");
+        }
+        for refused in [
+            "Basic s3cret-token",
+            "Bearers3cret-token",
+            "Bearer ",
+            "s3cret-token",
+        ] {
+            assert_eq!(auth.authenticate(refused), None, "{refused}");
+        }
         let hex = hex::encode(Sha256::digest(b"s3cret-token"));
         assert_eq!(
             TokenHash::from_hex(&hex),

@@ -94,7 +94,7 @@ struct CollectArgs {
     #[arg(long)]
     recollect: bool,
     /// Why, for the correction entries (with --recollect).
-    #[arg(long, default_value = "recollected")]
+    #[arg(long, default_value = "recollected", value_parser = parse_reason)]
     reason: String,
 }
 
@@ -108,10 +108,10 @@ enum ReportCommand {
 #[derive(Debug, Args)]
 struct CostsArgs {
     /// First day (UTC, inclusive), YYYY-MM-DD.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_day)]
     from: NaiveDate,
     /// Last day (UTC, inclusive), YYYY-MM-DD.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_day)]
     to: NaiveDate,
     /// Only this tenant.
     #[arg(long)]
@@ -388,13 +388,25 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// RFC 3339, or a day (`YYYY-MM-DD`) meaning its UTC midnight, in the ledger's range.
 fn parse_instant(value: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
-        return Ok(t.with_timezone(&Utc));
+    // A day is ten characters; no RFC 3339 time is that short.
+    if value.len() == 10 {
+        return parse_day(value).map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    NaiveDate::parse_from_str(value, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
-        .map_err(|_| format!("{value:?} is neither RFC 3339 nor YYYY-MM-DD"))
+    ledger::time::parse_instant("time", value).map_err(|e| e.message)
+}
+
+/// `YYYY-MM-DD`, zero-padded, in the ledger's range.
+fn parse_day(value: &str) -> Result<NaiveDate, String> {
+    ledger::time::parse_day("day", value).map_err(|e| e.message)
+}
+
+/// One line of text (`ledger::names::Reason`): it is stored with the correction entries.
+fn parse_reason(value: &str) -> Result<String, String> {
+    ledger::names::Reason::parse("reason", value)
+        .map(|r| r.as_str().to_owned())
+        .map_err(|e| e.message)
 }
 
 /// A progress bar with an ETA on a terminal; plain log lines otherwise.

@@ -119,39 +119,61 @@ impl CostReport {
         )?;
         for r in &self.rows {
             let fields = [
-                r.tenant_id.as_str(),
-                &r.day.to_string(),
-                &r.meter,
-                &r.quantity,
-                &r.unit,
-                &r.amount,
-                &r.currency,
-                &r.priced_quantity,
-                &r.price_unit,
-            ]
-            .map(csv_field);
+                csv_text(&r.tenant_id),
+                r.day.to_string(),
+                csv_text(&r.meter),
+                csv_number(&r.quantity),
+                csv_text(&r.unit),
+                csv_number(&r.amount),
+                csv_text(&r.currency),
+                csv_number(&r.priced_quantity),
+                csv_text(&r.price_unit),
+            ];
             writeln!(out, "{}", fields.join(","))?;
         }
         for t in &self.currency_totals {
             let fields = [
-                CSV_TOTAL_MARKER,
-                "",
-                "",
-                "",
-                "",
-                &t.amount,
-                &t.currency,
-                "",
-                "",
-            ]
-            .map(csv_field);
+                csv_text(CSV_TOTAL_MARKER),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                csv_number(&t.amount),
+                csv_text(&t.currency),
+                String::new(),
+                String::new(),
+            ];
             writeln!(out, "{}", fields.join(","))?;
         }
         Ok(())
     }
 }
 
-fn csv_field(value: &str) -> String {
+/// A text cell. One that a spreadsheet would read as a formula (it starts with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return) gets a leading `'`, which spreadsheets show as text
+/// (OWASP, "CSV Injection"); then RFC 4180 quoting where needed. Every text cell goes through
+/// here, even those whose values cannot start so today (tenant ids, meter and unit names),
+/// so that a later, looser source does not open the hole.
+fn csv_text(value: &str) -> String {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        quoted(&format!("'{value}"))
+    } else {
+        quoted(value)
+    }
+}
+
+/// A number cell: a decimal the report wrote itself (`-1.5` is a correction, not a formula),
+/// left as it is so that spreadsheets read it as a number.
+fn csv_number(value: &str) -> String {
+    debug_assert!(
+        value.parse::<Decimal>().is_ok(),
+        "{value:?} is not a decimal"
+    );
+    quoted(value)
+}
+
+/// RFC 4180: a field holding a comma, a quote or a line break is quoted, quotes doubled.
+fn quoted(value: &str) -> String {
     if value.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
@@ -279,8 +301,44 @@ mod tests {
 
     #[test]
     fn csv_fields_are_quoted_when_needed() {
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_text("a,b"), "\"a,b\"");
+        assert_eq!(csv_text("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_text("plain"), "plain");
+    }
+
+    #[test]
+    fn csv_text_cells_cannot_be_formulas_and_numbers_stay_numbers() {
+        for (text, cell) in [
+            (
+                "=HYPERLINK(\"http://x\")",
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+            ),
+            ("=1+1", "'=1+1"),
+            ("+1", "'+1"),
+            ("-1", "'-1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "\"'\rx\""),
+            ("=a,b", "\"'=a,b\""),
+            ("a=b", "a=b"),
+            ("core_hour", "core_hour"),
+            ("", ""),
+        ] {
+            assert_eq!(csv_text(text), cell, "{text:?}");
+        }
+        for number in ["-1.50", "0", "12.5", "-0.000000000001"] {
+            assert_eq!(csv_number(number), number);
+        }
+    }
+
+    #[test]
+    fn negative_amounts_are_written_as_numbers() {
+        let d = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let report = CostReport::new(d, d, &[cost("acme", "cpu", "-1.50")]);
+        let text = csv(&report);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("acme,2026-03-01,cpu,"), "{row}");
+        assert!(row.contains(",-1.50,EUR,"), "{row}");
+        assert!(text.lines().any(|l| l == "TOTAL,,,,,-1.50,EUR,,"), "{text}");
     }
 }

@@ -3,8 +3,9 @@
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::{json, Value};
 
+use crate::currency::Currency;
 use crate::error::Invalid;
-use crate::money::Money;
+use crate::money::{parse_amount, Money};
 use crate::tenant::TenantId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,17 @@ impl Thresholds {
     pub fn as_slice(&self) -> &[u32] {
         &self.0
     }
+}
+
+/// A budget's amount: more than zero, in `currency` with no more decimals than its minor
+/// unit. A zero budget would be exceeded before anything is spent and has no percentage to
+/// show; "spend nothing" is what suspending a tenant is for.
+pub fn parse_budget_amount(field: &str, value: &str, currency: Currency) -> Result<Money, Invalid> {
+    let money = parse_amount(field, value, currency)?;
+    if money.amount.is_zero() {
+        return Err(Invalid::new(field, "a budget must be more than zero"));
+    }
+    Ok(money)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +180,20 @@ mod tests {
         for (period, now, start, end) in cases {
             assert_eq!(period.bounds(now), (start, end), "{period:?} {now}");
         }
+    }
+
+    #[test]
+    fn budgets_are_more_than_zero() {
+        let eur = Currency::parse("currency", "EUR").unwrap();
+        for zero in ["0", "-0", "0.00", "-0.00", "0.0"] {
+            let error = parse_budget_amount("amount", zero, eur).unwrap_err();
+            assert_eq!(error.field, "amount", "{zero}");
+        }
+        for bad in ["-1", "1.001", "abc"] {
+            assert!(parse_budget_amount("amount", bad, eur).is_err(), "{bad}");
+        }
+        let smallest = parse_budget_amount("amount", "0.01", eur).unwrap();
+        assert_eq!(smallest.amount.to_string(), "0.01");
     }
 
     #[test]

@@ -115,11 +115,9 @@ pub fn decimal(text: &str, key: &str) -> Result<Decimal, Invalid> {
     parse_decimal(key, text.trim())
 }
 
-/// An RFC 3339 instant.
+/// An RFC 3339 instant in the range the ledger takes (`crate::time`).
 pub fn rfc3339(text: &str, key: &str) -> Result<DateTime<Utc>, Invalid> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| Invalid::new(key, format!("not an RFC 3339 time: {e}")))
+    crate::time::parse_instant(key, text)
 }
 
 /// An `http://` or `https://` URL.

@@ -11,10 +11,11 @@ pub mod enforcement;
 pub mod entry;
 pub mod error;
 pub mod money;
-mod names;
+pub mod names;
 pub mod price_book;
 pub mod store;
 pub mod tenant;
+pub mod time;
 pub mod usage;
 
 pub use error::{Error, Invalid};

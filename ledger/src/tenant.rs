@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::error::Invalid;
-use crate::names;
+use crate::names::{self, SingleLine};
 
 /// A tenant id: a DNS-1123 label, because it names Kubernetes namespaces and labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,31 +57,32 @@ impl DataResidency {
     }
 }
 
-/// A human-readable name, 1 to 256 characters.
+/// A human-readable name: one line of 1 to 256 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DisplayName(String);
+pub struct DisplayName(SingleLine);
 
 impl DisplayName {
     pub fn parse(value: &str) -> Result<Self, Invalid> {
-        Ok(DisplayName(names::text("display_name", value, 256)?))
+        SingleLine::parse("display_name", value, 256).map(DisplayName)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
-/// Who is responsible for the tenant (a team or an e-mail address), 1 to 256 characters.
+/// Who is responsible for the tenant (a team or an e-mail address): one line of 1 to 256
+/// characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner(String);
+pub struct Owner(SingleLine);
 
 impl Owner {
     pub fn parse(value: &str) -> Result<Self, Invalid> {
-        Ok(Owner(names::text("owner", value, 256)?))
+        SingleLine::parse("owner", value, 256).map(Owner)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 

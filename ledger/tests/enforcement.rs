@@ -14,6 +14,7 @@ use ledger::enforcement::{
 };
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::money::Money;
+use ledger::names::Reason;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use ledger::store::{ActionFilter, ChainStatus, LeaderLock};
 use ledger::tenant::{TenantId, TenantState};
@@ -34,6 +35,10 @@ fn ctx() -> AuditContext {
         },
         request_id: "req-test".into(),
     }
+}
+
+fn reason(text: &str) -> Reason {
+    Reason::parse("reason", text).unwrap()
 }
 
 fn enforcer() -> AuditContext {
@@ -1335,7 +1340,7 @@ async fn operators_decide_only_pending_actions_and_lists_filter_by_state_and_ten
         request_id: "req-approve".into(),
     };
     let approved = s
-        .decide_action(&approver, a1.id, true, "customer informed")
+        .decide_action(&approver, a1.id, true, &reason("customer informed"))
         .await
         .unwrap();
     assert_eq!(approved.state, ActionState::Approved);
@@ -1348,7 +1353,7 @@ async fn operators_decide_only_pending_actions_and_lists_filter_by_state_and_ten
     );
     assert!(approved.decided_at.is_some());
     let rejected = s
-        .decide_action(&approver, a2.id, false, "strategic customer")
+        .decide_action(&approver, a2.id, false, &reason("strategic customer"))
         .await
         .unwrap();
     assert_eq!(rejected.state, ActionState::Rejected);
@@ -1391,7 +1396,7 @@ async fn operators_decide_only_pending_actions_and_lists_filter_by_state_and_ten
         let before = counts(s).await;
         for approve in [true, false] {
             let err = s
-                .decide_action(&approver, id, approve, "again")
+                .decide_action(&approver, id, approve, &reason("again"))
                 .await
                 .unwrap_err();
             assert_eq!(conflict_code(&err), Some("action_not_pending"), "{err}");
@@ -1400,7 +1405,8 @@ async fn operators_decide_only_pending_actions_and_lists_filter_by_state_and_ten
         assert_eq!(counts(s).await, before);
     }
     assert!(matches!(
-        s.decide_action(&approver, 999_999, true, "none").await,
+        s.decide_action(&approver, 999_999, true, &reason("none"))
+            .await,
         Err(Error::NotFound { .. })
     ));
     // A rejected action still occupies its rung.
@@ -1479,13 +1485,23 @@ async fn the_latest_exemption_is_in_force_and_exemptions_are_append_only() {
     assert_eq!(s.exemption(&acme).await.unwrap(), None);
 
     let first = s
-        .set_exemption(&ctx(), &acme, t0 + Duration::days(1), "migration week")
+        .set_exemption(
+            &ctx(),
+            &acme,
+            t0 + Duration::days(1),
+            &reason("migration week"),
+        )
         .await
         .unwrap();
     assert_eq!(first.created_by, "test-admin");
-    s.set_exemption(&ctx(), &beta, t0 + Duration::days(3), "contract renewal")
-        .await
-        .unwrap();
+    s.set_exemption(
+        &ctx(),
+        &beta,
+        t0 + Duration::days(3),
+        &reason("contract renewal"),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         in_force(t0).await,
         [
@@ -1512,7 +1528,7 @@ async fn the_latest_exemption_is_in_force_and_exemptions_are_append_only() {
     );
 
     // The latest row wins, also when it is shorter.
-    s.set_exemption(&ctx(), &acme, t0 + Duration::days(2), "extended")
+    s.set_exemption(&ctx(), &acme, t0 + Duration::days(2), &reason("extended"))
         .await
         .unwrap();
     assert_eq!(
@@ -1525,7 +1541,12 @@ async fn the_latest_exemption_is_in_force_and_exemptions_are_append_only() {
     );
     // An `until` in the past ends it early; other tenants keep theirs.
     let ended = s
-        .set_exemption(&ctx(), &acme, t0 - Duration::hours(1), "ended early")
+        .set_exemption(
+            &ctx(),
+            &acme,
+            t0 - Duration::hours(1),
+            &reason("ended early"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1561,9 +1582,23 @@ async fn the_latest_exemption_is_in_force_and_exemptions_are_append_only() {
 
     let unknown = TenantId::parse("ghost").unwrap();
     assert!(matches!(
-        s.set_exemption(&ctx(), &unknown, t0, "nobody").await,
+        s.set_exemption(&ctx(), &unknown, t0, &reason("nobody"))
+            .await,
         Err(Error::NotFound { .. })
     ));
+
+    // An offboarding tenant no longer changes: no exemption either, and nothing is written.
+    s.transition_tenant(&ctx(), &beta, TenantState::Offboarding, "leaving")
+        .await
+        .unwrap();
+    let (before, exemption_before) = (counts(s).await, s.exemption(&beta).await.unwrap());
+    let err = s
+        .set_exemption(&ctx(), &beta, t0 + Duration::days(5), &reason("wind-down"))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("tenant_not_mutable"), "{err}");
+    assert_eq!(counts(s).await, before);
+    assert_eq!(s.exemption(&beta).await.unwrap(), exemption_before);
 
     for sql in [
         "update enforcement_exemptions set until = until + interval '1 year'",

@@ -403,6 +403,131 @@ async fn the_database_enforces_the_ledger_invariants() {
         .unwrap();
 }
 
+/// What the API refuses (issue 9), the tables refuse too: a budget of zero, and free text
+/// that is not one line (control characters, line separators, bidi controls).
+#[tokio::test]
+async fn the_database_refuses_zero_budgets_and_text_that_is_not_one_line() {
+    let db = fresh_database().await;
+    tenant(&db.store, "acme").await;
+    let budget = |amount: &str| {
+        format!(
+            "insert into budgets (tenant_id, amount, currency, period, thresholds, \
+             effective_from, created_at, created_by) \
+             values ('acme', {amount}, 'EUR', 'monthly', '{{50,80,100}}', now(), now(), 'sql')"
+        )
+    };
+    for amount in ["0", "-0.00", "-1"] {
+        expect_sql_error(&db, &budget(amount), "23514").await;
+    }
+    for text in [
+        r"E'a\nb'",
+        r"E'a\rb'",
+        r"E'\u001b[2J'",
+        r"E'bell\u0007'",
+        r"E'nel\u0085'",
+        r"E'ls\u2028'",
+        r"E'rlo\u202e'",
+        r"E'pdi\u2069'",
+    ] {
+        for column in ["display_name", "owner"] {
+            expect_sql_error(
+                &db,
+                &format!("update tenants set {column} = {text} where id = 'acme'"),
+                "23514",
+            )
+            .await;
+        }
+        expect_sql_error(
+            &db,
+            &format!(
+                "insert into enforcement_exemptions (tenant_id, until, reason, created_by, \
+                 created_at) values ('acme', now(), {text}, 'sql', now())"
+            ),
+            "23514",
+        )
+        .await;
+    }
+    // One line of any script is fine.
+    sqlx::query("update tenants set display_name = 'Café – 東京 ✓ =1+1' where id = 'acme'")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    sqlx::query(&budget("0.01"))
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+}
+
+/// The input-rules migration checks the tenants now (the store reads every tenant row with
+/// the one-line rule): it stops and names the tenants to fix, and runs once they are fixed.
+/// Budgets and exemptions are history: the rules hold for new rows only.
+#[tokio::test]
+async fn the_input_rules_migration_names_the_tenants_to_fix_and_keeps_history() {
+    use ledger::store::MIGRATOR;
+    use sqlx::migrate::Migrator;
+    use testkit::db::with_database;
+
+    const INPUT_RULES: i64 = 20261201173000;
+    assert!(MIGRATOR.iter().any(|m| m.version == INPUT_RULES));
+    let admin = testkit::db::admin_url();
+    let name = format!(
+        "budgetd_test_input_rules_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap()
+    );
+    let mut conn = PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut conn = PgConnection::connect(&with_database(&admin, &name))
+        .await
+        .unwrap();
+    let before = Migrator {
+        migrations: MIGRATOR
+            .iter()
+            .filter(|m| m.version < INPUT_RULES)
+            .cloned()
+            .collect(),
+        ..Migrator::DEFAULT
+    };
+    before.run(&mut conn).await.unwrap();
+    sqlx::raw_sql(
+        r"insert into tenants (id, display_name, owner, data_residency, state, created_at,
+                              updated_at, state_changed_at)
+             values ('acme', E'Acme\u2028Corp', 'o', 'eu', 'active', now(), now(), now()),
+                    ('beta', 'Beta', 'o', 'eu', 'active', now(), now(), now()),
+                    ('globex', 'Globex', E'\u202eops', 'eu', 'active', now(), now(), now());
+         insert into budgets (tenant_id, amount, currency, period, thresholds, effective_from,
+                              created_at, created_by)
+             values ('beta', 0, 'EUR', 'monthly', '{50,80,100}', now(), now(), 'old');
+         insert into enforcement_exemptions (tenant_id, until, reason, created_by, created_at)
+             values ('beta', now(), E'two\nlines', 'old', now());",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let error = MIGRATOR.run(&mut conn).await.unwrap_err().to_string();
+    assert!(error.contains("tenants acme, globex"), "{error}");
+    sqlx::raw_sql(
+        "update tenants set display_name = 'Acme Corp' where id = 'acme';
+         update tenants set owner = 'ops' where id = 'globex';",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    MIGRATOR.run(&mut conn).await.unwrap();
+    let kept: (i64, i64) = sqlx::query_as(
+        "select (select count(*) from budgets where amount = 0), \
+                (select count(*) from enforcement_exemptions where reason like E'%\n%')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(kept, (1, 1));
+}
+
 #[tokio::test]
 async fn price_book_version_at_picks_the_latest_valid_version() {
     let db = fresh_database().await;

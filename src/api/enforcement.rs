@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger::enforcement::{ActionRecord, ActionState, Exemption};
+use ledger::names::Reason;
 use ledger::store::ActionFilter;
 use ledger::tenant::TenantId;
 use serde::Deserialize;
@@ -113,17 +114,6 @@ struct Decision {
     reason: String,
 }
 
-fn reason(reason: &str) -> Result<&str, ApiError> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > 1000 {
-        return Err(ApiError::invalid(
-            "reason",
-            "give a reason of 1 to 1000 characters",
-        ));
-    }
-    Ok(reason)
-}
-
 async fn decide(
     state: AppState,
     caller: Caller,
@@ -136,9 +126,10 @@ async fn decide(
     let action = visible_action(&state, &caller, id).await?;
     caller.require_for(&action.tenant, Permission::DecideEnforcement)?;
     let req: Decision = body.parse()?;
+    let reason = Reason::parse("reason", &req.reason)?;
     let decided = state
         .store
-        .decide_action(&caller.audit(), id, approve, reason(&req.reason)?)
+        .decide_action(&caller.audit(), id, approve, &reason)
         .await?;
     Ok(Json(decided.to_json()))
 }
@@ -164,7 +155,7 @@ pub async fn reject(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutExemption {
-    until: DateTime<Utc>,
+    until: String,
     reason: String,
 }
 
@@ -179,8 +170,10 @@ pub async fn put_exemption(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_for(&id, Permission::DecideEnforcement)?;
     let req: PutExemption = body.parse()?;
+    let until = ledger::time::parse_instant("until", &req.until)?;
+    let reason = Reason::parse("reason", &req.reason)?;
     let now = (state.clock)();
-    if req.until > now + chrono::Duration::days(MAX_EXEMPTION_DAYS) {
+    if until > now + chrono::Duration::days(MAX_EXEMPTION_DAYS) {
         return Err(ApiError::invalid(
             "until",
             format!("at most {MAX_EXEMPTION_DAYS} days ahead"),
@@ -188,7 +181,7 @@ pub async fn put_exemption(
     }
     let exemption = state
         .store
-        .set_exemption(&caller.audit(), &id, req.until, reason(&req.reason)?)
+        .set_exemption(&caller.audit(), &id, until, &reason)
         .await?;
     Ok(Json(exemption_json(&exemption, now)))
 }

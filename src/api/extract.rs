@@ -89,26 +89,23 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
     }
 }
 
-/// A JSON body of at most `MAX_BODY_BYTES`, parsed only when the handler asks for it, so that
-/// authentication and authorisation answer before any body validation.
-pub struct JsonBody(Bytes);
+/// A JSON body of at most `MAX_BODY_BYTES`, checked and parsed only when the handler asks for
+/// it, so that authentication and authorisation answer before any body validation (its media
+/// type included).
+pub struct JsonBody {
+    json_media_type: bool,
+    bytes: Bytes,
+}
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let content_type = req
+        let json_media_type = req
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json");
-        if !content_type.starts_with("application/json") {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as application/json",
-            ));
-        }
+            .is_some_and(is_json_media_type);
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
             .await
             .map_err(|_| {
@@ -118,14 +115,58 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                     format!("the body must be at most {MAX_BODY_BYTES} bytes"),
                 )
             })?;
-        Ok(JsonBody(bytes))
+        Ok(JsonBody {
+            json_media_type,
+            bytes,
+        })
+    }
+}
+
+/// `application/json`, alone or with `charset=utf-8` (the only charset JSON has, RFC 8259);
+/// type, subtype, parameter name and value are case-insensitive (RFC 9110 §8.3.1). Anything
+/// else, `application/json-patch+json` or `application/jsonx` included, is another format.
+fn is_json_media_type(value: &str) -> bool {
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    match (parts.next(), parts.next()) {
+        (None, _) => true,
+        (Some(parameter), None) => parameter.split_once('=').is_some_and(|(name, value)| {
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            name.trim().eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8")
+        }),
+        (Some(_), Some(_)) => false,
     }
 }
 
 impl JsonBody {
-    /// Parses the body; unknown fields and wrong types are errors naming the field.
+    /// Parses the body, which must be one JSON object sent as `application/json`; unknown
+    /// fields and wrong types are errors naming the field.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        let mut de = serde_json::Deserializer::from_slice(&self.0);
+        if !self.json_media_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json (optionally with charset=utf-8)",
+            ));
+        }
+        // serde reads a struct from a JSON array too (its fields in order); every body is an
+        // object, so anything else is refused before it can be read that way.
+        let first = self.bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|&b| b != b'{') {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the body must be a JSON object",
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&self.bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;
         de.end().map_err(|e| ApiError {
             status: StatusCode::BAD_REQUEST,
@@ -221,4 +262,37 @@ pub fn query_params(
         }
     }
     Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_media_type;
+
+    #[test]
+    fn only_json_is_json() {
+        for json in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json ; charset=\"utf-8\"",
+        ] {
+            assert!(is_json_media_type(json), "{json}");
+        }
+        for other in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "application/json-patch+json",
+            "application/json+evil",
+            "application/x-www-form-urlencoded",
+            "application/json; charset=latin1",
+            "application/json; charset=utf-8; boundary=x",
+            "application/json; version=2",
+            "application/json;",
+            "application",
+        ] {
+            assert!(!is_json_media_type(other), "{other}");
+        }
+    }
 }

@@ -21,7 +21,7 @@ use crate::auth::Permission;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewVersion {
-    valid_from: DateTime<Utc>,
+    valid_from: String,
     currency: String,
     rates: BTreeMap<String, String>,
 }
@@ -89,6 +89,7 @@ pub async fn add(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Permission::ManagePriceBook)?;
     let req: NewVersion = body.parse()?;
+    let valid_from = ledger::time::parse_instant("valid_from", &req.valid_from)?;
     let currency = Currency::parse("currency", &req.currency)?;
     let mut rates = BTreeMap::new();
     for (meter, rate) in &req.rates {
@@ -101,7 +102,7 @@ pub async fn add(
             format!("the collector prices meter {missing}; every version needs its rate"),
         ));
     }
-    let new = NewPriceBookVersion::new(req.valid_from, currency, rates)?;
+    let new = NewPriceBookVersion::new(valid_from, currency, rates)?;
     let version = state
         .store
         .add_price_book_version(&caller.audit(), &new)

@@ -7,9 +7,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
-use ledger::budget::{Budget, BudgetPeriod, NewBudget, Thresholds};
+use ledger::budget::{parse_budget_amount, Budget, BudgetPeriod, NewBudget, Thresholds};
 use ledger::currency::Currency;
-use ledger::money::parse_amount;
 use ledger::tenant::{
     DataResidency, DisplayName, Labels, NewTenant, Owner, Tenant, TenantId, TenantPatch,
     TenantState,
@@ -210,7 +209,7 @@ struct PutBudget {
     currency: String,
     period: Option<String>,
     thresholds: Option<Vec<u32>>,
-    effective_from: Option<DateTime<Utc>>,
+    effective_from: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -262,9 +261,14 @@ pub async fn put_budget(
     let req: PutBudget = body.parse()?;
     let currency = Currency::parse("currency", &req.currency)?;
     let now = (state.clock)();
-    let effective_from = req.effective_from.unwrap_or(now);
+    let effective_from = req
+        .effective_from
+        .as_deref()
+        .map(|t| ledger::time::parse_instant("effective_from", t))
+        .transpose()?
+        .unwrap_or(now);
     let new = NewBudget {
-        amount: parse_amount("amount", &req.amount, currency)?,
+        amount: parse_budget_amount("amount", &req.amount, currency)?,
         period: req
             .period
             .as_deref()
@@ -343,8 +347,7 @@ pub fn date_range(
 ) -> Result<(NaiveDate, NaiveDate), ApiError> {
     let day = |field: &str, value: Option<&String>| -> Result<NaiveDate, ApiError> {
         let value = value.ok_or_else(|| ApiError::invalid(field, "is required (YYYY-MM-DD)"))?;
-        NaiveDate::parse_from_str(value, "%Y-%m-%d")
-            .map_err(|_| ApiError::invalid(field, format!("{value:?} is not a date (YYYY-MM-DD)")))
+        Ok(ledger::time::parse_day(field, value)?)
     };
     let (from, to) = (day("from", from)?, day("to", to)?);
     if to < from {

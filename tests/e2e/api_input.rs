@@ -1,7 +1,10 @@
 //! Bad input gets a 4xx naming the field and changes nothing; good input round-trips.
 
-use axum::http::{Method, StatusCode};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use tower::ServiceExt;
 
 use crate::support::*;
 
@@ -244,6 +247,11 @@ async fn budget_input_is_validated() {
             "effective_from",
         ),
         (with(ok.clone(), "limit", json!("1")), "limit"),
+        // A zero budget would be exceeded before anything is spent (issue 9).
+        (with(ok.clone(), "amount", json!("0")), "amount"),
+        (with(ok.clone(), "amount", json!("-0")), "amount"),
+        (with(ok.clone(), "amount", json!("0.00")), "amount"),
+        (with(ok.clone(), "amount", json!("-0.00")), "amount"),
     ];
     for (body, field) in cases {
         rejects(&app, Method::PUT, path, body, 400, field).await;
@@ -724,4 +732,440 @@ async fn enforcement_input_is_validated() {
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["in_force"], true);
     assert_eq!(reply.body["created_by"], "operator-user");
+}
+
+/// A tenant `acme` and one pending enforcement action on it: every route that takes a body
+/// has something to act on.
+async fn app_with_pending_action() -> (TestApp, i64) {
+    let app = app().await;
+    seed_tenants(&app, &["acme"]).await;
+    let lock = ledger::store::LeaderLock::try_acquire(
+        &app.db.url,
+        "test",
+        15,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let action = open_action(
+        &app.db.store,
+        lock.fence(),
+        "acme",
+        "actual:120:suspend",
+        ledger::enforcement::ActionState::Pending,
+    )
+    .await;
+    (app, action.id)
+}
+
+/// Issue 9, defect 3: dates beyond Postgres' range answered 500. Every date and time the API
+/// takes is strict (four-digit, zero-padded) and within 1970-01-01..9999-12-31 UTC: anything
+/// else is 400 naming the field and changes nothing.
+#[tokio::test]
+async fn dates_outside_1970_to_9999_or_not_zero_padded_are_400_naming_the_field() {
+    let (app, _) = app_with_pending_action().await;
+    let budget = "/api/v1/tenants/acme/budget";
+    let exemption = "/api/v1/tenants/acme/exemption";
+    let versions = "/api/v1/price-book/versions";
+    let bad_instants = [
+        "-5000-01-01T00:00:00Z",
+        "+10000-01-01T00:00:00Z",
+        "+002026-01-01T00:00:00Z",
+        "10000-01-01T00:00:00Z",
+        "0001-01-01T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "9999-12-31T23:00:00-01:00",
+        "2026-1-1T00:00:00Z",
+        "2026-01-01 00:00:00",
+    ];
+    for at in bad_instants {
+        let cases = [
+            (
+                Method::PUT,
+                budget,
+                json!({"amount": "100.00", "currency": "EUR", "effective_from": at}),
+                "effective_from",
+            ),
+            (
+                Method::PUT,
+                exemption,
+                json!({"until": at, "reason": "launch week"}),
+                "until",
+            ),
+            (
+                Method::POST,
+                versions,
+                json!({"valid_from": at, "currency": "EUR", "rates": {"cpu": "0.031"}}),
+                "valid_from",
+            ),
+        ];
+        for (method, path, body, field) in cases {
+            rejects(&app, method, path, body, 400, field).await;
+        }
+    }
+    let before = app.snapshot().await;
+    for (query, field) in [
+        ("from=-5000-01-01&to=2026-01-01", "from"),
+        ("from=2026-01-01&to=10000-01-01", "to"),
+        ("from=2026-01-01&to=+10000-01-01", "to"),
+        ("from=1969-12-31&to=1970-01-01", "from"),
+        ("from=0001-01-01&to=0001-01-02", "from"),
+        ("from=2026-1-1&to=2026-01-02", "from"),
+        ("from=2026-01-01&to=2026-01-2", "to"),
+        ("from=2026-01-01T00:00:00Z&to=2026-01-02", "from"),
+    ] {
+        let reply = app
+            .call(
+                Method::GET,
+                &format!("/api/v1/tenants/acme/costs?{query}"),
+                Some(&token("viewer")),
+                None,
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {:?}",
+            reply.body
+        );
+        assert_eq!(
+            reply.body["error"]["field"], field,
+            "{query}: {:?}",
+            reply.body
+        );
+    }
+    assert_eq!(app.snapshot().await, before);
+
+    // The ends of the range are in it.
+    let reply = app
+        .call(
+            Method::GET,
+            "/api/v1/tenants/acme/costs?from=9999-12-01&to=9999-12-31",
+            Some(&token("viewer")),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = app
+        .call(
+            Method::PUT,
+            budget,
+            Some(&token("finance")),
+            Some(json!({"amount": "100.00", "currency": "EUR", "effective_from": "1970-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["effective_from"], "1970-01-01T00:00:00Z");
+    let reply = app
+        .call(
+            Method::PUT,
+            budget,
+            Some(&token("finance")),
+            Some(json!({"amount": "100.00", "currency": "EUR", "effective_from": "9999-12-31T23:59:59Z"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["effective_from"], "9999-12-31T23:59:59Z");
+    // An `until` in the past ends an exemption; 1970 is still a time.
+    let reply = app
+        .call(
+            Method::PUT,
+            exemption,
+            Some(&token("operator")),
+            Some(json!({"until": "1970-01-01T00:00:00Z", "reason": "ended"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["in_force"], false);
+}
+
+/// Issue 9, defect 3 and "Also": a NUL in a reason answered 500, and a line break or an
+/// escape in free text reached logs, alert annotations and CSV cells as it was. Every
+/// single-line text field refuses control characters, line separators and bidi controls.
+#[tokio::test]
+async fn control_characters_in_single_line_text_are_400_naming_the_field() {
+    let (app, pending) = app_with_pending_action().await;
+    let decide = |verb: &str| format!("/api/v1/enforcement/actions/{pending}/{verb}");
+    let hostile = [
+        "nul \u{0} byte",
+        "bell \u{7}",
+        "\u{1b}[2J escape",
+        "forged\nINFO line",
+        "carriage\r return",
+        "crlf\r\n",
+        "tab\tinside",
+        "del \u{7f}",
+        "next line \u{85}",
+        "line separator \u{2028}",
+        "right-to-left override \u{202e}",
+        "isolate \u{2067}",
+    ];
+    for text in hostile {
+        let cases = [
+            (
+                Method::POST,
+                decide("approve"),
+                json!({"reason": text}),
+                "reason",
+            ),
+            (
+                Method::POST,
+                decide("reject"),
+                json!({"reason": text}),
+                "reason",
+            ),
+            (
+                Method::PUT,
+                "/api/v1/tenants/acme/exemption".to_owned(),
+                json!({"until": "2026-01-01T00:00:00Z", "reason": text}),
+                "reason",
+            ),
+            (
+                Method::POST,
+                "/api/v1/tenants".to_owned(),
+                with(tenant_body("globex"), "display_name", json!(text)),
+                "display_name",
+            ),
+            (
+                Method::POST,
+                "/api/v1/tenants".to_owned(),
+                with(tenant_body("globex"), "owner", json!(text)),
+                "owner",
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/tenants/acme".to_owned(),
+                json!({"display_name": text}),
+                "display_name",
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/tenants/acme".to_owned(),
+                json!({"owner": text}),
+                "owner",
+            ),
+        ];
+        for (method, path, body, field) in cases {
+            rejects(&app, method, &path, body, 400, field).await;
+        }
+    }
+    // Text that only looks dangerous elsewhere is text: stored and shown as given.
+    let reply = app
+        .call(
+            Method::POST,
+            &decide("approve"),
+            Some(&token("operator")),
+            Some(json!({"reason": "=HYPERLINK(\"x\") – Café 東京, \"quoted\""})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(
+        reply.body["decision_reason"],
+        "=HYPERLINK(\"x\") – Café 東京, \"quoted\""
+    );
+}
+
+/// Issue 9, defect 7: an offboarding tenant no longer changes, and an exemption is a change.
+#[tokio::test]
+async fn an_offboarding_tenant_cannot_be_exempted() {
+    let app = app().await;
+    seed_tenants(&app, &["acme"]).await;
+    let reply = app
+        .call(
+            Method::DELETE,
+            "/api/v1/tenants/acme",
+            Some(&token("admin")),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    let before = app.snapshot().await;
+    let until = (chrono::Utc::now() + chrono::Duration::days(3)).to_rfc3339();
+    for role in ["admin", "operator"] {
+        let reply = app
+            .call(
+                Method::PUT,
+                "/api/v1/tenants/acme/exemption",
+                Some(&token(role)),
+                Some(json!({"until": until, "reason": "wind-down"})),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CONFLICT,
+            "{role}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["code"], "tenant_not_mutable");
+    }
+    assert_eq!(app.snapshot().await, before);
+}
+
+/// Sends `body` with exactly these headers (no defaults) and returns the status and the
+/// error code, if any.
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let response = app
+        .router
+        .clone()
+        .oneshot(req.body(Body::from(body.to_vec())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, body["error"]["code"].clone())
+}
+
+/// Issue 9, defect 7: any `application/json…` media type and a JSON array (read by serde as
+/// the struct's fields in order) were accepted. Only `application/json` (with `charset=utf-8`
+/// at most) is JSON (else 415), and every body is one object (else 400); neither changes
+/// anything, and the caller's permission is still checked first.
+#[tokio::test]
+async fn bodies_are_json_objects_sent_as_application_json() {
+    let (app, pending) = app_with_pending_action().await;
+    let admin = format!("Bearer {}", token("admin"));
+    let approve = format!("/api/v1/enforcement/actions/{pending}/approve");
+    let until = (chrono::Utc::now() + chrono::Duration::days(3)).to_rfc3339();
+    let routes: Vec<(Method, &str, Value)> = vec![
+        (Method::POST, "/api/v1/tenants", tenant_body("globex")),
+        (
+            Method::PATCH,
+            "/api/v1/tenants/acme",
+            json!({"owner": "x@example.com"}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/tenants/acme/budget",
+            json!({"amount": "100.00", "currency": "EUR"}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/tenants/acme/exemption",
+            json!({"until": until, "reason": "launch"}),
+        ),
+        (Method::POST, &approve, json!({"reason": "ok"})),
+        (
+            Method::POST,
+            "/api/v1/price-book/versions",
+            json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031"}}),
+        ),
+    ];
+    let before = app.snapshot().await;
+    for (method, path, object) in &routes {
+        // The object's values as an array: what serde would have read positionally.
+        let values: Vec<Value> = object.as_object().unwrap().values().cloned().collect();
+        for body in [
+            json!(values).to_string(),
+            "[]".to_owned(),
+            "null".to_owned(),
+            "\"text\"".to_owned(),
+            "42".to_owned(),
+        ] {
+            let headers = [
+                ("authorization", admin.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let (status, code) = send(&app, method.clone(), path, &headers, body.as_bytes()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path} {body}");
+            assert_eq!(code, "invalid_json", "{method} {path} {body}");
+        }
+        let body = object.to_string();
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/jsonx"),
+            Some("application/json-patch+json"),
+            Some("application/json; charset=latin1"),
+            Some("application/json; charset=utf-8; q=1"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+        ] {
+            let mut headers = vec![("authorization", admin.as_str())];
+            headers.extend(content_type.map(|c| ("content-type", c)));
+            let (status, code) = send(&app, method.clone(), path, &headers, body.as_bytes()).await;
+            assert_eq!(
+                status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{method} {path} {content_type:?}"
+            );
+            assert_eq!(
+                code, "unsupported_media_type",
+                "{method} {path} {content_type:?}"
+            );
+        }
+        // Permission first: a viewer learns nothing about the body's form.
+        let viewer = format!("Bearer {}", token("viewer"));
+        let headers = [
+            ("authorization", viewer.as_str()),
+            ("content-type", "text/plain"),
+        ];
+        let (status, _) = send(&app, method.clone(), path, &headers, body.as_bytes()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+    }
+    assert_eq!(app.snapshot().await, before);
+
+    // The forms of application/json that are JSON.
+    for (content_type, id) in [
+        ("application/json; charset=utf-8", "one"),
+        ("Application/JSON;Charset=\"UTF-8\"", "two"),
+    ] {
+        let headers = [
+            ("authorization", admin.as_str()),
+            ("content-type", content_type),
+        ];
+        let body = tenant_body(id).to_string();
+        let (status, code) = send(
+            &app,
+            Method::POST,
+            "/api/v1/tenants",
+            &headers,
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{content_type}: {code}");
+    }
+}
+
+/// Issue 9, defect 7: the authentication scheme is case-insensitive (RFC 9110 §11.1).
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = app().await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let header = format!("{scheme} {}", token("viewer"));
+        let (status, code) = send(
+            &app,
+            Method::GET,
+            "/api/v1/tenants",
+            &[("authorization", header.as_str())],
+            b"",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {code}");
+    }
+    for header in [
+        format!("Basic {}", token("viewer")),
+        format!("Bearer{}", token("viewer")),
+        token("viewer"),
+    ] {
+        let (status, _) = send(
+            &app,
+            Method::GET,
+            "/api/v1/tenants",
+            &[("authorization", header.as_str())],
+            b"",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{header}");
+    }
 }

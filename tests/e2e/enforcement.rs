@@ -970,7 +970,12 @@ async fn when_the_leader_dies_the_other_daemon_takes_over_and_nothing_is_applied
             .await
             .unwrap();
     store
-        .decide_action(&ctx(), pending, true, "approved after failover")
+        .decide_action(
+            &ctx(),
+            pending,
+            true,
+            &ledger::names::Reason::parse("reason", "approved after failover").unwrap(),
+        )
         .await
         .unwrap();
     wait_until(

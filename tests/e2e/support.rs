@@ -175,6 +175,8 @@ pub async fn snapshot(store: &Store) -> Vec<(String, String)> {
         "price_book_versions",
         "price_book_rates",
         "ledger_entries",
+        "enforcement_actions",
+        "enforcement_exemptions",
         "audit_log",
         "outbox",
     ] {

@@ -18,6 +18,7 @@ use crate::enforcement::{
 };
 use crate::error::Error;
 use crate::money::Money;
+use crate::names::Reason;
 use crate::tenant::{TenantId, TenantState};
 
 /// The name of the lease row whose token fences enforcement writes.
@@ -584,7 +585,7 @@ impl Store {
         ctx: &AuditContext,
         id: i64,
         approve: bool,
-        reason: &str,
+        reason: &Reason,
     ) -> Result<ActionRecord, Error> {
         self.run("decide_action", || async {
             let mut tx = self.begin().await?;
@@ -608,7 +609,7 @@ impl Store {
                 let row = query(&sql).bind(id).bind(to.as_str())
                         .bind(&ctx.actor.name)
                         .bind(now_micros())
-                        .bind(reason).fetch_one(&mut *tx).await?;
+                        .bind(reason.as_str()).fetch_one(&mut *tx).await?;
                 action_from_row(&row)?
             };
             let event = if approve {
@@ -624,25 +625,34 @@ impl Store {
     }
 
     /// Exempts a tenant from enforcement until `until` (a time in the past ends an exemption).
+    /// An offboarding or offboarded tenant can no longer change, so it cannot be exempted
+    /// either: that is a conflict, as for its budget and its descriptive fields.
     pub async fn set_exemption(
         &self,
         ctx: &AuditContext,
         tenant: &TenantId,
         until: DateTime<Utc>,
-        reason: &str,
+        reason: &Reason,
     ) -> Result<Exemption, Error> {
         self.run("set_exemption", || async {
             let mut tx = self.begin().await?;
-            let exists: Option<String> =
-                query_scalar("select id from tenants where id = $1 for share")
+            let state: Option<String> =
+                query_scalar("select state from tenants where id = $1 for share")
                     .bind(tenant.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
-            if exists.is_none() {
-                return Err(Error::NotFound {
-                    what: "tenant",
-                    id: tenant.to_string(),
-                });
+            let state = state.ok_or_else(|| Error::NotFound {
+                what: "tenant",
+                id: tenant.to_string(),
+            })?;
+            if !TenantState::parse(&state).is_ok_and(TenantState::is_mutable) {
+                return Err(Error::conflict(
+                    "tenant_not_mutable",
+                    format!(
+                        "tenant {:?} is {state}; it can no longer be exempted",
+                        tenant.as_str()
+                    ),
+                ));
             }
             let before = exemption_of(&mut tx, tenant).await?;
             let now = now_micros();
@@ -652,7 +662,7 @@ impl Store {
             )
             .bind(tenant.as_str())
             .bind(until)
-            .bind(reason)
+            .bind(reason.as_str())
             .bind(&ctx.actor.name)
             .bind(now)
             .execute(&mut *tx)
@@ -660,7 +670,7 @@ impl Store {
             let exemption = Exemption {
                 tenant: tenant.clone(),
                 until,
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
                 created_by: ctx.actor.name.clone(),
                 created_at: now,
             };
