@@ -10,7 +10,7 @@
 //! - a request that is refused (4xx) or only reads (GET) leaves every table as it was.
 //!
 //! The cases come from a fixed seed, so a run is reproducible and a failure shrinks to a
-//! small request. `BUDGETD_FUZZ_CASES` (default 600) and `BUDGETD_FUZZ_SEED` (a number)
+//! small request. `BUDGETD_FUZZ_CASES` (default 1000) and `BUDGETD_FUZZ_SEED` (a number)
 //! explore further.
 
 use std::collections::BTreeSet;
@@ -25,14 +25,14 @@ use tower::ServiceExt;
 
 use crate::support::*;
 
-const DEFAULT_CASES: u32 = 600;
+const DEFAULT_CASES: u32 = 1000;
 
 /// A route as the router declares it: method, path template, query keys, valid body.
 struct Route {
     method: Method,
     path: &'static str,
     query: &'static [&'static str],
-    body: Option<fn() -> Value>,
+    body: Option<fn(usize) -> Value>,
 }
 
 const fn get(path: &'static str, query: &'static [&'static str]) -> Route {
@@ -44,7 +44,7 @@ const fn get(path: &'static str, query: &'static [&'static str]) -> Route {
     }
 }
 
-const fn with_body(method: Method, path: &'static str, body: fn() -> Value) -> Route {
+const fn with_body(method: Method, path: &'static str, body: fn(usize) -> Value) -> Route {
     Route {
         method,
         path,
@@ -56,9 +56,11 @@ const fn with_body(method: Method, path: &'static str, body: fn() -> Value) -> R
 fn routes() -> Vec<Route> {
     vec![
         get("/api/v1/tenants", &["state"]),
-        with_body(Method::POST, "/api/v1/tenants", || tenant_body("fuzzco")),
+        with_body(Method::POST, "/api/v1/tenants", |n| {
+            tenant_body(&format!("fuzz-{}", n % 100))
+        }),
         get("/api/v1/tenants/{id}", &[]),
-        with_body(Method::PATCH, "/api/v1/tenants/{id}", || {
+        with_body(Method::PATCH, "/api/v1/tenants/{id}", |_| {
             json!({"display_name": "Renamed", "owner": "new@example.com",
                    "labels": {"team": "core"}})
         }),
@@ -69,14 +71,14 @@ fn routes() -> Vec<Route> {
             body: None,
         },
         get("/api/v1/tenants/{id}/budget", &[]),
-        with_body(Method::PUT, "/api/v1/tenants/{id}/budget", || {
+        with_body(Method::PUT, "/api/v1/tenants/{id}/budget", |_| {
             json!({"amount": "250.00", "currency": "EUR", "period": "monthly",
                    "thresholds": [50, 80, 100], "effective_from": "2026-11-01T00:00:00Z"})
         }),
         get("/api/v1/tenants/{id}/budget/status", &[]),
         get("/api/v1/tenants/{id}/costs", &["from", "to"]),
         get("/api/v1/tenants/{id}/exemption", &[]),
-        with_body(Method::PUT, "/api/v1/tenants/{id}/exemption", || {
+        with_body(Method::PUT, "/api/v1/tenants/{id}/exemption", |_| {
             let until = chrono::Utc::now() + chrono::Duration::days(7);
             json!({"until": until.to_rfc3339(), "reason": "incident 4711"})
         }),
@@ -88,16 +90,18 @@ fn routes() -> Vec<Route> {
         with_body(
             Method::POST,
             "/api/v1/enforcement/actions/{id}/approve",
-            || json!({"reason": "approved by the on-call"}),
+            |_| json!({"reason": "approved by the on-call"}),
         ),
         with_body(
             Method::POST,
             "/api/v1/enforcement/actions/{id}/reject",
-            || json!({"reason": "customer paid"}),
+            |_| json!({"reason": "customer paid"}),
         ),
         get("/api/v1/price-book", &[]),
-        with_body(Method::POST, "/api/v1/price-book/versions", || {
-            json!({"valid_from": "2027-01-01T00:00:00Z", "currency": "EUR",
+        with_body(Method::POST, "/api/v1/price-book/versions", |n| {
+            let from = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).expect("a date")
+                + chrono::Days::new((n % 1000) as u64);
+            json!({"valid_from": format!("{from}T00:00:00Z"), "currency": "EUR",
                    "rates": {"cpu": "0.031", "memory": "0.004"}})
         }),
         get("/healthz", &[]),
@@ -272,10 +276,12 @@ fn query_plan() -> impl Strategy<Value = QueryPlan> {
 }
 
 const TENANT_IDS: &[&str] = &[
-    "acme", "acme", "globex", "initech", "umbrella", "fuzzco", "nope", "ACME", "a%20b",
-    "%00", "acme%0A", "..", "%2F", "-x", "x-", "ab", "a--b",
+    "acme", "acme", "globex", "initech", "umbrella", "fuzzco", "nope", "ACME", "a%20b", "%00",
+    "acme%0A", "..", "%2F", "-x", "x-", "ab", "a--b",
 ];
-const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "FUZZ"];
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "FUZZ",
+];
 const CONTENT_TYPES: &[Option<&str>] = &[
     Some("text/plain"),
     Some("application/json-patch+json"),
@@ -420,15 +426,15 @@ fn request(fx: &Fixture, routes: &[Route], case: &Case) -> (Request<Body>, Strin
     let body: Option<Vec<u8>> = match (route.body, &case.body) {
         (_, BodyPlan::Absent) => None,
         (None, BodyPlan::Valid) => None,
-        (Some(valid), BodyPlan::Valid) => Some(valid().to_string().into_bytes()),
+        (Some(valid), BodyPlan::Valid) => Some(valid(case.id).to_string().into_bytes()),
         (valid, BodyPlan::Edited(edits)) => {
-            let base = valid.map_or_else(|| json!({}), |v| v());
+            let base = valid.map_or_else(|| json!({}), |v| v(case.id));
             Some(apply(base, edits).to_string().into_bytes())
         }
         (_, BodyPlan::Whole(v)) => Some(v.to_string().into_bytes()),
         (_, BodyPlan::Bytes(b)) => Some(b.clone()),
         (valid, BodyPlan::Truncated(at)) => {
-            let full = valid.map_or_else(|| json!({}), |v| v()).to_string();
+            let full = valid.map_or_else(|| json!({}), |v| v(case.id)).to_string();
             let cut = at % full.len().max(1);
             Some(full.as_bytes()[..cut].to_vec())
         }
@@ -441,7 +447,9 @@ fn request(fx: &Fixture, routes: &[Route], case: &Case) -> (Request<Body>, Strin
             "wrong" => req = req.header("authorization", "Bearer not-a-token-0123456789"),
             "basic" => req = req.header("authorization", "Basic YWRtaW46YWRtaW4="),
             "empty-bearer" => req = req.header("authorization", "Bearer "),
-            "lower-bearer" => req = req.header("authorization", format!("bearer {}", token("admin"))),
+            "lower-bearer" => {
+                req = req.header("authorization", format!("bearer {}", token("admin")))
+            }
             other => unreachable!("credential {other}"),
         },
     }
@@ -485,7 +493,10 @@ async fn digest_sql(app: &TestApp) -> String {
     .fetch_all(app.db.store.pool())
     .await
     .expect("list tables");
-    assert!(tables.len() >= 8, "expected the ledger's tables: {tables:?}");
+    assert!(
+        tables.len() >= 8,
+        "expected the ledger's tables: {tables:?}"
+    );
     let parts: Vec<String> = tables
         .iter()
         .map(|t| {
@@ -507,7 +518,10 @@ async fn digest(fx: &Fixture) -> String {
 
 async fn fixture() -> Fixture {
     let db = testkit::db::fresh_database().await;
-    let router = router_pricing(db.store.clone(), &[("cpu", "core_hour"), ("memory", "gib_hour")]);
+    let router = router_pricing(
+        db.store.clone(),
+        &[("cpu", "core_hour"), ("memory", "gib_hour")],
+    );
     let app = TestApp { router, db };
     seed_tenants(&app, &["acme", "globex", "initech", "umbrella"]).await;
     let admin = token("admin");
@@ -537,7 +551,10 @@ async fn fixture() -> Fixture {
     .expect("the leader lock")
     .expect("nobody else leads");
     let mut action_ids = Vec::new();
-    for (tenant, step) in [("acme", "actual:120:suspend"), ("globex", "actual:100:quota")] {
+    for (tenant, step) in [
+        ("acme", "actual:120:suspend"),
+        ("globex", "actual:100:quota"),
+    ] {
         let action = open_action(
             &app.db.store,
             lock.fence(),
@@ -548,9 +565,8 @@ async fn fixture() -> Fixture {
         .await;
         action_ids.push(action.id.to_string());
     }
-    action_ids.extend(
-        ["0", "-1", "18446744073709551616", "abc", "1e3", "%00", "01"].map(str::to_owned),
-    );
+    action_ids
+        .extend(["0", "-1", "18446744073709551616", "abc", "1e3", "%00", "01"].map(str::to_owned));
     let digest_sql = digest_sql(&app).await;
     Fixture {
         app,
@@ -593,7 +609,13 @@ fn no_request_answers_5xx_and_a_refused_one_changes_nothing() {
         let method = req.method().clone();
         rt.block_on(async {
             let before = digest(&fx).await;
-            let response = fx.app.router.clone().oneshot(req).await.expect("infallible");
+            let response = fx
+                .app
+                .router
+                .clone()
+                .oneshot(req)
+                .await
+                .expect("infallible");
             let status = response.status();
             let body = response
                 .into_body()
@@ -620,7 +642,9 @@ fn no_request_answers_5xx_and_a_refused_one_changes_nothing() {
             // (HEAD answers carry no body, by HTTP.)
             if status.is_client_error() && method != Method::HEAD && shown.contains(" /api/") {
                 prop_assert!(
-                    error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    error["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty()),
                     "{shown}\nanswered {status} without an error message: {body}"
                 );
             }
@@ -637,7 +661,10 @@ fn no_request_answers_5xx_and_a_refused_one_changes_nothing() {
     let refused: u32 = statuses.range(400..500).map(|(_, n)| n).sum();
     println!("statuses over {cases} cases: {statuses:?}");
     assert!(ok * 20 >= cases, "too few accepted requests: {statuses:?}");
-    assert!(refused * 2 >= cases, "too few refused requests: {statuses:?}");
+    assert!(
+        refused * 2 >= cases,
+        "too few refused requests: {statuses:?}"
+    );
 }
 
 /// The fuzz table covers every route and method the router declares.
