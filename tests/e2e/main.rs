@@ -7,5 +7,6 @@ mod cli;
 mod collector;
 mod dashboards;
 mod enforcement;
+mod fuzz;
 mod pgbouncer;
 mod support;
