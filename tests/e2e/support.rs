@@ -83,6 +83,7 @@ fn router_on(store: Store, meters: &[(&str, &str)], clock: Clock) -> Router {
                 })
                 .collect(),
         ),
+        rate_limits: Arc::new(ledger::price_book::RateLimits::default()),
         status: budgetd::api::VIEW_STATUS,
         clock,
     })
