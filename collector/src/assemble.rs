@@ -67,8 +67,15 @@ fn round_significant(q: Decimal) -> Decimal {
         .len() as i64;
     let excess = integer_digits - QUANTITY_SIGNIFICANT_DIGITS;
     if excess > 0 {
-        let factor = Decimal::from(10i64.pow(excess as u32));
-        return ((q / factor).round() * factor).normalize();
+        // A decimal has at most 29 integer digits, so the factor is at most 10^21 (an i128),
+        // and rounding up the largest values could leave the decimal range: those are cut.
+        let factor = Decimal::from_i128_with_scale(10i128.pow(excess as u32), 0);
+        let scaled = q / factor;
+        return scaled
+            .round()
+            .checked_mul(factor)
+            .unwrap_or_else(|| scaled.trunc() * factor)
+            .normalize();
     }
     let places = (QUANTITY_SIGNIFICANT_DIGITS - integer_digits).min(i64::from(QUANTITY_SCALE));
     q.round_dp(places as u32).normalize()
@@ -216,19 +223,22 @@ pub fn price_recorded(
 ) -> Result<NewEntry, Box<UnpricedUsage>> {
     let failure = match version {
         None => PricingFailure::NoVersion,
-        Some(version) => match version.pricing(&key.meter, price_unit.clone(), units_per_price_unit)
-        {
-            None => PricingFailure::NoRate {
-                version: version.id,
-            },
-            Some(pricing) => match NewEntry::new(key.clone(), quantity, unit.clone(), pricing) {
-                Ok(entry) => return Ok(entry),
-                Err(e) => PricingFailure::OutOfRange {
+        Some(version) => {
+            match version.pricing(&key.meter, price_unit.clone(), units_per_price_unit) {
+                None => PricingFailure::NoRate {
                     version: version.id,
-                    message: e.message,
                 },
-            },
-        },
+                Some(pricing) => {
+                    match NewEntry::new(key.clone(), quantity, unit.clone(), pricing) {
+                        Ok(entry) => return Ok(entry),
+                        Err(e) => PricingFailure::OutOfRange {
+                            version: version.id,
+                            message: e.message,
+                        },
+                    }
+                }
+            }
+        }
     };
     Err(Box::new(UnpricedUsage {
         key,
@@ -728,7 +738,10 @@ mod tests {
             .collect();
         assert_eq!(
             entries,
-            [("acme".into(), "cpu".into()), ("globex".into(), "cpu".into())]
+            [
+                ("acme".into(), "cpu".into()),
+                ("globex".into(), "cpu".into())
+            ]
         );
         assert_eq!(
             keys(&w.unpriced),
@@ -799,7 +812,10 @@ mod tests {
         let unpriced = keys(&w.unpriced);
         assert_eq!(unpriced[0].0, "acme");
         assert_eq!(unpriced[0].2, "out_of_range");
-        assert!(!w.complete, "a value that cannot be added up is missing usage");
+        assert!(
+            !w.complete,
+            "a value that cannot be added up is missing usage"
+        );
         assert!(
             w.problems.iter().any(|p| p.contains("add up beyond")),
             "{:?}",
@@ -826,7 +842,13 @@ mod tests {
         let (priced, failing) = reprice(&pending, &[version()]);
         let priced: Vec<(String, String, Option<String>)> = priced
             .iter()
-            .map(|(e, reason)| (e.key.tenant.to_string(), e.amount().to_string(), reason.clone()))
+            .map(|(e, reason)| {
+                (
+                    e.key.tenant.to_string(),
+                    e.amount().to_string(),
+                    reason.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             priced,
@@ -836,7 +858,10 @@ mod tests {
                 ("globex".into(), "0.00005".into(), None),
             ]
         );
-        assert!(failing.is_empty());
+        assert_eq!(
+            keys(&failing),
+            [("acme".into(), "gpu".into(), "no_rate", "3".into())]
+        );
         // No version at all any more.
         let (priced, failing) = reprice(&pending, &[]);
         assert!(priced.is_empty());
@@ -852,6 +877,17 @@ mod tests {
         assert_eq!(
             parse_quantity("299.99999999997").unwrap().to_string(),
             "300"
+        );
+        // The largest values keep 8 significant digits too, without leaving the decimal range.
+        assert_eq!(
+            parse_quantity("7.123456789e28").unwrap().to_string(),
+            "71234568000000000000000000000"
+        );
+        assert_eq!(
+            parse_quantity("79228162514264337593543950335")
+                .unwrap()
+                .to_string(),
+            "79228162000000000000000000000"
         );
         for bad in ["NaN", "+Inf", "-Inf", "-3", "abc"] {
             assert!(parse_quantity(bad).is_err(), "{bad}");

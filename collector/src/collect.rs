@@ -339,6 +339,7 @@ impl Collector {
             total.corrected += report.corrected;
             total.conflicts += report.conflicts;
             total.incomplete_windows += report.incomplete_windows;
+            total.unpriced += report.unpriced;
             progress(report.windows);
         }
         Ok(total)

@@ -29,13 +29,16 @@ struct NewVersion {
     replaces: Option<i64>,
 }
 
-/// A version id from the path or a body: a positive integer.
-fn version_id(field: &str, value: &str) -> Result<i64, ApiError> {
-    value
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::invalid(field, "a price-book version id is a positive integer"))
+/// A version id: a positive integer.
+fn version_id(field: &str, id: i64) -> Result<i64, ApiError> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "a price-book version id is a positive integer",
+        ))
+    }
 }
 
 #[derive(Serialize)]
@@ -117,7 +120,7 @@ pub async fn add(
     state.rate_limits.check(&new, "")?;
     let replaces = req
         .replaces
-        .map(|id| version_id("replaces", &id.to_string()))
+        .map(|id| version_id("replaces", id))
         .transpose()?;
     let version = match replaces {
         Some(old) => {
@@ -147,7 +150,10 @@ pub async fn withdraw(
     Path(id): Path<String>,
 ) -> Result<Json<VersionDto>, ApiError> {
     caller.require(Permission::ManagePriceBook)?;
-    let id = version_id("id", &id)?;
+    let id = id
+        .parse::<i64>()
+        .map_err(|_| ApiError::invalid("id", "a price-book version id is a positive integer"))
+        .and_then(|id| version_id("id", id))?;
     let version = state
         .store
         .withdraw_price_book_version(&caller.audit(), id)

@@ -8,4 +8,5 @@ mod collector;
 mod dashboards;
 mod enforcement;
 mod pgbouncer;
+mod price_book;
 mod support;

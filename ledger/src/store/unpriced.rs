@@ -49,8 +49,8 @@ fn record_from_row(row: &PgRow) -> Result<UnpricedRecord, Error> {
     let failure: String = row.try_get("failure")?;
     let version: Option<i64> = row.try_get("price_version")?;
     let message: String = row.try_get("message")?;
-    let window = Window::new(row.try_get("window_start")?, row.try_get("window_end")?)
-        .map_err(invalid)?;
+    let window =
+        Window::new(row.try_get("window_start")?, row.try_get("window_end")?).map_err(invalid)?;
     Ok(UnpricedRecord {
         usage: UnpricedUsage {
             key: EntryKey {
