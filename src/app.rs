@@ -67,6 +67,7 @@ impl Application {
                     })
                     .collect(),
             ),
+            rate_limits: Arc::new(config.rate_limits.clone()),
             status: config
                 .enforcement
                 .as_ref()

@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
-use ledger::entry::{EntryKey, NewEntry, Window};
+use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::price_book::PriceBookVersion;
 use ledger::tenant::TenantId;
-use ledger::usage::{CollectedWindow, UnallocatedReason, UnallocatedUsage};
+use ledger::usage::{
+    CollectedWindow, PricingFailure, UnallocatedReason, UnallocatedUsage, UnpricedUsage,
+};
 use rust_decimal::Decimal;
 
 use crate::meter::Meter;
@@ -65,14 +67,24 @@ fn round_significant(q: Decimal) -> Decimal {
         .len() as i64;
     let excess = integer_digits - QUANTITY_SIGNIFICANT_DIGITS;
     if excess > 0 {
-        let factor = Decimal::from(10i64.pow(excess as u32));
-        return ((q / factor).round() * factor).normalize();
+        // A decimal has at most 29 integer digits, so the factor is at most 10^21 (an i128),
+        // and rounding up the largest values could leave the decimal range: those are cut.
+        let factor = Decimal::from_i128_with_scale(10i128.pow(excess as u32), 0);
+        let scaled = q / factor;
+        return scaled
+            .round()
+            .checked_mul(factor)
+            .unwrap_or_else(|| scaled.trunc() * factor)
+            .normalize();
     }
     let places = (QUANTITY_SIGNIFICANT_DIGITS - integer_digits).min(i64::from(QUANTITY_SCALE));
     q.round_dp(places as u32).normalize()
 }
 
-/// Assembles one window. `answers[i]` are the samples of `meters[i]` at this window.
+/// Assembles one window. `answers[i]` are the samples of `meters[i]` at this window. A tenant's
+/// usage that `version` cannot price (no rate for the meter, or out of the range the ledger
+/// prices exactly) is returned as unpriced usage of its key, and the rest of the window as
+/// usual: one key never holds back the others.
 pub fn assemble(
     window: Window,
     meters: &[Meter],
@@ -113,47 +125,46 @@ pub fn assemble(
             let tenant = TenantId::parse(label)
                 .ok()
                 .filter(|t| ctx.known_tenants.contains(t));
-            match tenant {
-                Some(tenant) => *billed.entry((tenant, m)).or_default() += quantity,
-                None if label.is_empty() => {
-                    *unallocated
-                        .entry((namespace.to_owned(), UnallocatedReason::NoTenantLabel, m))
-                        .or_default() += quantity
-                }
+            let sum = match tenant {
+                Some(tenant) => billed.entry((tenant, m)).or_default(),
+                None if label.is_empty() => unallocated
+                    .entry((namespace.to_owned(), UnallocatedReason::NoTenantLabel, m))
+                    .or_default(),
+                None => unallocated
+                    .entry((label.to_owned(), UnallocatedReason::UnknownTenant, m))
+                    .or_default(),
+            };
+            // Values far beyond any usage (see `ledger::entry::MAX_QUANTITY`) are priced as
+            // out of range; a sum beyond what a decimal holds cannot even be kept.
+            match sum.checked_add(quantity) {
+                Some(total) => *sum = total,
                 None => {
-                    *unallocated
-                        .entry((label.to_owned(), UnallocatedReason::UnknownTenant, m))
-                        .or_default() += quantity
+                    unreadable = true;
+                    problems.push(format!(
+                        "{}: the values of namespace {namespace:?} add up beyond any quantity",
+                        meters[m].name
+                    ));
                 }
             }
         }
     }
 
     let mut entries = Vec::with_capacity(billed.len());
+    let mut unpriced = Vec::new();
     for ((tenant, m), quantity) in billed {
         if quantity.is_zero() {
             continue;
         }
         let meter = &meters[m];
-        let pricing = version
-            .pricing(
-                &meter.name,
-                meter.price_unit.clone(),
-                meter.units_per_price_unit,
-            )
-            .ok_or_else(|| Error::Unpriced {
-                meter: meter.name.to_string(),
-                version: version.id,
-            })?;
         let key = EntryKey {
             tenant,
             meter: meter.name.clone(),
             window,
         };
-        entries.push(
-            NewEntry::new(key, quantity, meter.unit.clone(), pricing)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", meter.name)))?,
-        );
+        match price_key(key, quantity, meter, version) {
+            Ok(entry) => entries.push(entry),
+            Err(usage) => unpriced.push(*usage),
+        }
     }
     let unallocated = unallocated
         .into_iter()
@@ -175,10 +186,100 @@ pub fn assemble(
         window,
         entries,
         unallocated,
+        unpriced,
         complete: complete && warnings.is_empty() && !unreadable,
         incomplete_tenants,
         problems,
     })
+}
+
+/// Prices `quantity` of `key`, measured by `meter`, with `version`: its entry, or the usage as
+/// unpriced with why.
+pub fn price_key(
+    key: EntryKey,
+    quantity: Decimal,
+    meter: &Meter,
+    version: &PriceBookVersion,
+) -> Result<NewEntry, Box<UnpricedUsage>> {
+    price_recorded(
+        key,
+        quantity,
+        meter.unit.clone(),
+        meter.price_unit.clone(),
+        meter.units_per_price_unit,
+        Some(version),
+    )
+}
+
+/// Prices usage of `key` as recorded (its unit, price unit and units per price unit) with
+/// `version`, the version in force at its window's start (`None`: there is none).
+pub fn price_recorded(
+    key: EntryKey,
+    quantity: Decimal,
+    unit: UnitName,
+    price_unit: UnitName,
+    units_per_price_unit: Decimal,
+    version: Option<&PriceBookVersion>,
+) -> Result<NewEntry, Box<UnpricedUsage>> {
+    let failure = match version {
+        None => PricingFailure::NoVersion,
+        Some(version) => {
+            match version.pricing(&key.meter, price_unit.clone(), units_per_price_unit) {
+                None => PricingFailure::NoRate {
+                    version: version.id,
+                },
+                Some(pricing) => {
+                    match NewEntry::new(key.clone(), quantity, unit.clone(), pricing) {
+                        Ok(entry) => return Ok(entry),
+                        Err(e) => PricingFailure::OutOfRange {
+                            version: version.id,
+                            message: e.message,
+                        },
+                    }
+                }
+            }
+        }
+    };
+    Err(Box::new(UnpricedUsage {
+        key,
+        quantity,
+        unit,
+        price_unit,
+        units_per_price_unit,
+        failure,
+        correction_reason: None,
+    }))
+}
+
+/// Prices recorded unpriced usage with the version now in force at each window's start (the
+/// latest of `versions` valid by then): the entries of what can be priced now, each with the
+/// reason of the correction it makes if a recollection measured it, and the rest with its new
+/// failure. Pure.
+#[allow(clippy::type_complexity)]
+pub fn reprice(
+    pending: &[UnpricedUsage],
+    versions: &[PriceBookVersion],
+) -> (Vec<(NewEntry, Option<String>)>, Vec<UnpricedUsage>) {
+    let mut priced = Vec::new();
+    let mut failing = Vec::new();
+    for usage in pending {
+        let version = crate::collect::version_at(versions, usage.key.window.start());
+        match price_recorded(
+            usage.key.clone(),
+            usage.quantity,
+            usage.unit.clone(),
+            usage.price_unit.clone(),
+            usage.units_per_price_unit,
+            version,
+        ) {
+            Ok(entry) => priced.push((entry, usage.correction_reason.clone())),
+            Err(still) => failing.push(UnpricedUsage {
+                correction_reason: usage.correction_reason.clone(),
+                ..*still
+            }),
+        }
+    }
+    (priced, failing)
 }
 
 /// Reads the probe: every scrape target up for the whole window with no gap beyond the jitter
@@ -578,14 +679,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_meter_without_a_rate_leaves_the_window_pending() {
+    /// The window, context and samples of the pricing tests: acme uses cpu and gpu, globex cpu,
+    /// and an unlabelled namespace cpu.
+    fn priced_window(version: &PriceBookVersion) -> CollectedWindow {
         let window = Window::new(
             Utc.timestamp_opt(600, 0).unwrap(),
             Utc.timestamp_opt(900, 0).unwrap(),
         )
         .unwrap();
-        let known = ids(&["acme"]);
+        let known = ids(&["acme", "globex"]);
         let ctx = Context {
             tenant_label: "label_tenant",
             known_tenants: &known,
@@ -593,18 +695,179 @@ mod tests {
             expected_samples: 20,
             interval_mismatches: &[],
         };
+        let cpu = [
+            sample(&[("namespace", "a"), ("label_tenant", "acme")], "300"),
+            sample(&[("namespace", "g"), ("label_tenant", "globex")], "0.5"),
+            sample(&[("namespace", "kube-system")], "40"),
+        ];
         let gpu = [sample(&[("namespace", "a"), ("label_tenant", "acme")], "3")];
-        let err = assemble(
+        assemble(
             window,
-            &[meter("gpu")],
-            &[&gpu],
+            &[meter("cpu"), meter("gpu")],
+            &[&cpu, &gpu],
+            &healthy_probe(),
+            &[],
+            version,
+            &ctx,
+        )
+        .unwrap()
+    }
+
+    fn keys(usage: &[UnpricedUsage]) -> Vec<(String, String, &'static str, String)> {
+        usage
+            .iter()
+            .map(|u| {
+                (
+                    u.key.tenant.to_string(),
+                    u.key.meter.to_string(),
+                    u.failure.kind(),
+                    u.quantity.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_meter_without_a_rate_is_unpriced_for_its_keys_and_the_rest_is_committed() {
+        // The version rates cpu only.
+        let w = priced_window(&version());
+        let entries: Vec<(String, String)> = w
+            .entries
+            .iter()
+            .map(|e| (e.key.tenant.to_string(), e.key.meter.to_string()))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("acme".into(), "cpu".into()),
+                ("globex".into(), "cpu".into())
+            ]
+        );
+        assert_eq!(
+            keys(&w.unpriced),
+            [("acme".into(), "gpu".into(), "no_rate", "3".into())]
+        );
+        assert_eq!(w.unpriced[0].failure, PricingFailure::NoRate { version: 7 });
+        assert_eq!(w.unallocated.len(), 1);
+        assert!(w.complete, "the inputs were complete: {:?}", w.problems);
+    }
+
+    #[test]
+    fn a_rate_too_large_to_price_with_is_unpriced_per_key() {
+        // The version of the issue: a cpu rate of rust_decimal's maximum, from before rates
+        // were bounded. 300 core-seconds overflow quantity × rate; 0.5 fit, but give an amount
+        // beyond any entry. Neither stops gpu, nor the unallocated usage.
+        let mut v = version();
+        let cpu = MeterName::parse("m", "cpu").unwrap();
+        v.rates.insert(cpu, Decimal::MAX);
+        v.rates
+            .insert(MeterName::parse("m", "gpu").unwrap(), Decimal::new(12, 1));
+        let w = priced_window(&v);
+        assert_eq!(
+            keys(&w.unpriced),
+            [
+                ("acme".into(), "cpu".into(), "out_of_range", "300".into()),
+                ("globex".into(), "cpu".into(), "out_of_range", "0.5".into()),
+            ]
+        );
+        let priced: Vec<String> = w.entries.iter().map(|e| e.key.meter.to_string()).collect();
+        assert_eq!(priced, ["gpu"]);
+        assert_eq!(w.unallocated.len(), 1);
+        let message = w.unpriced[0].failure.message(&w.unpriced[0].key.meter);
+        assert!(message.contains("out of range"), "{message}");
+    }
+
+    #[test]
+    fn an_absurd_quantity_is_unpriced_and_a_sum_beyond_a_decimal_is_unreadable() {
+        let window = Window::new(
+            Utc.timestamp_opt(600, 0).unwrap(),
+            Utc.timestamp_opt(900, 0).unwrap(),
+        )
+        .unwrap();
+        let known = ids(&["acme", "globex"]);
+        let ctx = Context {
+            tenant_label: "label_tenant",
+            known_tenants: &known,
+            expected_tenants: &known,
+            expected_samples: 20,
+            interval_mismatches: &[],
+        };
+        let cpu = [
+            // 10^21 core-seconds: more than any key measures (ledger::entry::MAX_QUANTITY)
+            sample(&[("namespace", "a"), ("label_tenant", "acme")], "1e21"),
+            // two values that no decimal can add up
+            sample(&[("namespace", "g1"), ("label_tenant", "globex")], "7e28"),
+            sample(&[("namespace", "g2"), ("label_tenant", "globex")], "7e28"),
+        ];
+        let w = assemble(
+            window,
+            &[meter("cpu")],
+            &[&cpu],
             &healthy_probe(),
             &[],
             &version(),
             &ctx,
         )
-        .unwrap_err();
-        assert!(matches!(err, Error::Unpriced { .. }), "{err}");
+        .unwrap();
+        let unpriced = keys(&w.unpriced);
+        assert_eq!(unpriced[0].0, "acme");
+        assert_eq!(unpriced[0].2, "out_of_range");
+        assert!(
+            !w.complete,
+            "a value that cannot be added up is missing usage"
+        );
+        assert!(
+            w.problems.iter().any(|p| p.contains("add up beyond")),
+            "{:?}",
+            w.problems
+        );
+    }
+
+    #[test]
+    fn recorded_usage_is_priced_by_the_version_now_in_force() {
+        let mut bad = version();
+        bad.id = 8;
+        bad.valid_from = Utc.timestamp_opt(300, 0).unwrap();
+        bad.rates
+            .insert(MeterName::parse("m", "cpu").unwrap(), Decimal::MAX);
+        let w = priced_window(&bad);
+        let mut pending = w.unpriced.clone();
+        pending[0].correction_reason = Some("recollected".into());
+        // The bad version still in force: nothing changes but nothing is lost.
+        let (priced, failing) = reprice(&pending, &[version(), bad.clone()]);
+        assert!(priced.is_empty());
+        assert_eq!(keys(&failing), keys(&pending));
+        assert_eq!(failing[0].correction_reason.as_deref(), Some("recollected"));
+        // Withdrawn: version 7 prices the cpu keys; gpu still has no rate in it.
+        let (priced, failing) = reprice(&pending, &[version()]);
+        let priced: Vec<(String, String, Option<String>)> = priced
+            .iter()
+            .map(|(e, reason)| {
+                (
+                    e.key.tenant.to_string(),
+                    e.amount().to_string(),
+                    reason.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            priced,
+            [
+                // 300 and 0.5 core-seconds at 0.36 per core-hour
+                ("acme".into(), "0.03".into(), Some("recollected".into())),
+                ("globex".into(), "0.00005".into(), None),
+            ]
+        );
+        assert_eq!(
+            keys(&failing),
+            [("acme".into(), "gpu".into(), "no_rate", "3".into())]
+        );
+        // No version at all any more.
+        let (priced, failing) = reprice(&pending, &[]);
+        assert!(priced.is_empty());
+        assert!(failing
+            .iter()
+            .all(|u| u.failure == PricingFailure::NoVersion));
     }
 
     #[test]
@@ -614,6 +877,17 @@ mod tests {
         assert_eq!(
             parse_quantity("299.99999999997").unwrap().to_string(),
             "300"
+        );
+        // The largest values keep 8 significant digits too, without leaving the decimal range.
+        assert_eq!(
+            parse_quantity("7.123456789e28").unwrap().to_string(),
+            "71234568000000000000000000000"
+        );
+        assert_eq!(
+            parse_quantity("79228162514264337593543950335")
+                .unwrap()
+                .to_string(),
+            "79228162000000000000000000000"
         );
         for bad in ["NaN", "+Inf", "-Inf", "-3", "abc"] {
             assert!(parse_quantity(bad).is_err(), "{bad}");

@@ -9,10 +9,10 @@ use chrono::{DateTime, Duration, Utc};
 use ledger::entry::Window;
 use ledger::price_book::PriceBookVersion;
 use ledger::tenant::TenantId;
-use ledger::usage::{CollectedWindow, CommitMode, CommitReport};
+use ledger::usage::{CollectedWindow, CommitMode, CommitReport, RepriceReport};
 use ledger::Store;
 
-use crate::assemble::{assemble, Context};
+use crate::assemble::{assemble, price_key, reprice, Context};
 use crate::meter::{probe_query, Meter};
 use crate::promql::{matchers, LabelName, TemplateContext};
 use crate::scrape::{check_config, data_mismatches, ConfigCheck, ScrapeIntervals};
@@ -50,7 +50,15 @@ pub struct Outcome {
     pub watermark: Option<DateTime<Utc>>,
     /// Windows skipped because they are older than the horizon.
     pub lost: usize,
+    /// Recorded unpriced usage priced (or found still unpriceable) in this step.
+    pub repriced: RepriceReport,
 }
+
+/// Recorded unpriced usage priced per commit, and commits per step: a step catches up on a
+/// large backlog (a whole day of every tenant's keys under a bad version) over a few windows
+/// rather than holding up collection.
+const REPRICE_BATCH: i64 = 20_000;
+const REPRICE_ROUNDS: usize = 10;
 
 pub struct Collector {
     source: Arc<dyn UsageSource>,
@@ -277,6 +285,7 @@ impl Collector {
                     metrics::counter!("budgetd_collector_incomplete_windows_total").increment(1);
                     tracing::warn!(window_start = %w.start(), problems = ?collected.problems, "incomplete window");
                 }
+                count_unpriced(&collected);
                 Ok(collected)
             })
             .collect()
@@ -330,6 +339,7 @@ impl Collector {
             total.corrected += report.corrected;
             total.conflicts += report.conflicts;
             total.incomplete_windows += report.incomplete_windows;
+            total.unpriced += report.unpriced;
             progress(report.windows);
         }
         Ok(total)
@@ -350,10 +360,13 @@ impl Collector {
             .live_keys(first.window.start(), last.window.end())
             .await?;
         for w in collected.iter_mut() {
+            // Usage measured but not priced is present too: its live entry must not be zeroed.
             let present: BTreeSet<(TenantId, String)> = w
                 .entries
                 .iter()
-                .map(|e| (e.key.tenant.clone(), e.key.meter.to_string()))
+                .map(|e| &e.key)
+                .chain(w.unpriced.iter().map(|u| &u.key))
+                .map(|k| (k.tenant.clone(), k.meter.to_string()))
                 .collect();
             for (tenant, meter, _) in live
                 .iter()
@@ -369,29 +382,57 @@ impl Collector {
                 let version = version_at(versions, w.window.start()).ok_or(Error::NoPriceBook {
                     at: w.window.start(),
                 })?;
-                let pricing = version
-                    .pricing(&m.name, m.price_unit.clone(), m.units_per_price_unit)
-                    .ok_or_else(|| Error::Unpriced {
-                        meter: meter.clone(),
-                        version: version.id,
-                    })?;
                 let key = ledger::entry::EntryKey {
                     tenant: tenant.clone(),
                     meter: m.name.clone(),
                     window: w.window,
                 };
-                w.entries.push(
-                    ledger::entry::NewEntry::new(
-                        key,
-                        rust_decimal::Decimal::ZERO,
-                        m.unit.clone(),
-                        pricing,
-                    )
-                    .map_err(|e| Error::Invalid(e.to_string()))?,
-                );
+                // Zero still needs a rate to be an entry; without one it waits as unpriced usage.
+                match price_key(key, rust_decimal::Decimal::ZERO, m, version) {
+                    Ok(entry) => w.entries.push(entry),
+                    Err(usage) => w.unpriced.push(*usage),
+                }
             }
         }
         Ok(())
+    }
+
+    /// Prices recorded unpriced usage whose window now has another price-book version in force
+    /// than the one that failed (a version withdrawn or replaced, or one added for the window),
+    /// from the record: no query to Prometheus, so also beyond its horizon. Usage that still
+    /// cannot be priced is recorded against the version now in force and waits for the next
+    /// change of the price book. Sets `budgetd_collector_unpriced_keys`.
+    pub async fn reprice(&self) -> Result<RepriceReport, Error> {
+        let mut total = RepriceReport::default();
+        for _ in 0..REPRICE_ROUNDS {
+            let pending = self.store.unpriced_to_retry(REPRICE_BATCH).await?;
+            if pending.is_empty() {
+                break;
+            }
+            let versions = self.store.list_price_book_versions().await?;
+            let (priced, failing) = reprice(&pending, &versions);
+            let report = self
+                .store
+                .commit_repriced(&priced, &failing, "reprice")
+                .await?;
+            metrics::counter!("budgetd_collector_repriced_keys_total")
+                .increment(report.priced as u64);
+            if report.priced > 0 {
+                tracing::info!(
+                    priced = report.priced,
+                    still_unpriced = report.still_unpriced,
+                    "priced usage that could not be priced when it was collected"
+                );
+            }
+            total.priced += report.priced;
+            total.still_unpriced += report.still_unpriced;
+            if (pending.len() as i64) < REPRICE_BATCH {
+                break;
+            }
+        }
+        let open = self.store.open_unpriced_count().await?;
+        metrics::gauge!("budgetd_collector_unpriced_keys").set(open as f64);
+        Ok(total)
     }
 
     /// One step of the daemon at `now`: collects every due window after the watermark, in
@@ -430,10 +471,12 @@ impl Collector {
         if let Some(w) = watermark {
             metrics::gauge!("budgetd_collector_lag_seconds").set((now - w).num_seconds() as f64);
         }
+        let repriced = self.reprice().await?;
         Ok(Outcome {
             report,
             watermark,
             lost,
+            repriced,
         })
     }
 
@@ -476,6 +519,28 @@ impl Collector {
             .windows(from, to)
             .filter(|w| !done.contains(&w.start()))
             .collect())
+    }
+}
+
+/// Counts and logs a window's unpriced usage.
+fn count_unpriced(w: &CollectedWindow) {
+    for u in &w.unpriced {
+        metrics::counter!(
+            "budgetd_collector_unpriced_keys_total",
+            "meter" => u.key.meter.to_string(),
+            "failure" => u.failure.kind()
+        )
+        .increment(1);
+    }
+    if let Some(first) = w.unpriced.first() {
+        tracing::warn!(
+            window_start = %w.window.start(),
+            keys = w.unpriced.len(),
+            tenant = %first.key.tenant,
+            meter = %first.key.meter,
+            error = %first.failure.message(&first.key.meter),
+            "usage that could not be priced is recorded per key (GET /api/v1/collector/pricing-errors); the rest of the window is committed"
+        );
     }
 }
 

@@ -38,8 +38,6 @@ pub enum Error {
     PrometheusConfig(source::SourceError),
     #[error("ledger: {0}")]
     Ledger(#[from] ledger::Error),
-    #[error("price-book version {version} has no rate for meter {meter}")]
-    Unpriced { meter: String, version: i64 },
     #[error("no price-book version is valid at {at}")]
     NoPriceBook { at: DateTime<Utc> },
     #[error("{0}")]
@@ -52,7 +50,6 @@ impl Error {
             Error::Config { .. } => "config",
             Error::Source { error, .. } | Error::PrometheusConfig(error) => error.class(),
             Error::Ledger(e) => e.metric_label(),
-            Error::Unpriced { .. } => "unpriced",
             Error::NoPriceBook { .. } => "no_price_book",
             Error::Invalid(_) => "invalid",
         }

@@ -1,6 +1,6 @@
 //! Configuration: the primitives every component's config section validates with (required
 //! values, bounded durations and counts, http and postgres URLs that are never echoed), and the
-//! ledger's own sections, `[database]` and `[price_book.seed]`.
+//! ledger's own sections, `[database]` and `[price_book]` (rate limits and the seed).
 //!
 //! A section is a serde type: unknown keys are errors, and every operational limit has its
 //! default in the section's `Default` impl, the one place it is defined (`budgetd config show`
@@ -22,7 +22,7 @@ use url::Url;
 use crate::currency::Currency;
 use crate::error::Invalid;
 use crate::money::{parse_decimal, parse_rate};
-use crate::price_book::{MeterName, NewPriceBookVersion};
+use crate::price_book::{MeterName, NewPriceBookVersion, RateLimits, DEFAULT_MAX_RATE};
 use crate::store::StoreConfig;
 
 // Primitives ----------------------------------------------------------------------------------
@@ -309,14 +309,29 @@ impl DatabaseSection {
     }
 }
 
-// [price_book.seed] ---------------------------------------------------------------------------
+// [price_book] -------------------------------------------------------------------------------
 
-/// `[price_book]`: only the seed so far.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// `[price_book]`: the largest rate a version may have (`max_rate`, and per meter
+/// `[price_book.max_rate_by_meter]`), and the seed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PriceBookSection {
+    /// A decimal string: the largest rate per price unit of any meter without its own limit.
+    pub max_rate: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub max_rate_by_meter: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<SeedSection>,
+}
+
+impl Default for PriceBookSection {
+    fn default() -> Self {
+        PriceBookSection {
+            max_rate: DEFAULT_MAX_RATE.to_string(),
+            max_rate_by_meter: BTreeMap::new(),
+            seed: None,
+        }
+    }
 }
 
 /// `[price_book.seed]`: the version written on the first start, when the book is empty.
@@ -328,10 +343,28 @@ pub struct SeedSection {
     pub rates: BTreeMap<String, String>,
 }
 
+/// The validated `[price_book]` section.
+#[derive(Debug, Clone)]
+pub struct PriceBookSettings {
+    /// What every new version's rates are checked against (the API, the seed).
+    pub limits: RateLimits,
+    pub seed: Option<NewPriceBookVersion>,
+}
+
 impl PriceBookSection {
-    pub fn validate(&self) -> Result<Option<NewPriceBookVersion>, Invalid> {
+    pub fn validate(&self) -> Result<PriceBookSettings, Invalid> {
+        let mut per_meter = BTreeMap::new();
+        for (meter, limit) in &self.max_rate_by_meter {
+            let key = format!("price_book.max_rate_by_meter.{meter}");
+            per_meter.insert(MeterName::parse(&key, meter)?, decimal(limit, &key)?);
+        }
+        let limits = RateLimits::new(
+            "price_book.max_rate",
+            decimal(&self.max_rate, "price_book.max_rate")?,
+            per_meter,
+        )?;
         let Some(seed) = &self.seed else {
-            return Ok(None);
+            return Ok(PriceBookSettings { limits, seed: None });
         };
         let key = |field: &str| format!("price_book.seed.{field}");
         let valid_from = rfc3339(&seed.valid_from, &key("valid_from"))?;
@@ -341,9 +374,13 @@ impl PriceBookSection {
             let field = key(&format!("rates.{meter}"));
             rates.insert(MeterName::parse(&field, meter)?, parse_rate(&field, rate)?);
         }
-        NewPriceBookVersion::new(valid_from, currency, rates)
-            .map(Some)
-            .map_err(|e| Invalid::new(key(&e.field), e.message))
+        let seed = NewPriceBookVersion::new(valid_from, currency, rates)
+            .map_err(|e| Invalid::new(key(&e.field), e.message))?;
+        limits.check(&seed, "price_book.seed.")?;
+        Ok(PriceBookSettings {
+            limits,
+            seed: Some(seed),
+        })
     }
 }
 

@@ -17,6 +17,28 @@ use crate::tenant::TenantId;
 /// billion entries' residues.
 pub const AMOUNT_SCALE: u32 = 12;
 
+/// The most one key (tenant, meter, window) can measure, in the meter's unit: 10^20, a PiB
+/// held for a whole day (86,400 s, the longest window) in byte-seconds. More is not usage but a
+/// broken exporter, and is not priced.
+pub const MAX_QUANTITY: Decimal = Decimal::from_parts(0x6310_0000, 0x6BC7_5E2D, 5, false, 0);
+
+/// The largest amount one entry may have: 10^15 in any currency.
+///
+/// Why these bounds make pricing exact. `rust_decimal` keeps a 96-bit mantissa (up to
+/// 7.9 × 10^28): a product or quotient with more digits is rounded to one with a mantissa of at
+/// least 7.9 × 10^27, a relative error below 1.3 × 10^-28, and fails only when its integer part
+/// does not fit. With a quantity of at most 10^20 units ([`MAX_QUANTITY`]) and a rate of at most
+/// 10^8 per price unit (`price_book::RATE_CEILING`), quantity × rate is at most 10^28: it never
+/// overflows. The amount is that product divided by the units per price unit; the two roundings
+/// are off by less than 2.6 × 10^-28 of it, which for an amount of at most 10^15 is below
+/// 0.26 × 10^-12. Rounded to 12 places (at most 0.5 × 10^-12 more), the amount stays within
+/// 10^-12 of the exact quotient, the relation the database checks on every entry in exact
+/// NUMERIC. Sums stay far inside `rust_decimal` too: 10,000 tenants × 8 meters × a year of
+/// 5-minute windows of such entries are below 10^25. Larger amounts (possible only with rates
+/// written before these bounds, or an absurd quantity for a small price unit) are refused,
+/// never rounded.
+pub const MAX_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x0003_8D7E, 0, false, 0);
+
 /// A unit name such as `core_seconds` or `core_hour`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UnitName(String);
@@ -119,20 +141,38 @@ impl NewEntry {
     }
 }
 
-/// The pricing rule; the database checks the same relation on every entry.
+/// The pricing rule; the database checks the same relation on every entry. Quantities above
+/// [`MAX_QUANTITY`] and amounts above [`MAX_AMOUNT`] are out of range: within them the result is
+/// exact to 12 places (see [`MAX_AMOUNT`]).
 pub fn price(quantity: Decimal, pricing: &Pricing) -> Result<Decimal, Invalid> {
     if pricing.units_per_price_unit <= Decimal::ZERO {
         return Err(Invalid::new("units_per_price_unit", "must be positive"));
     }
-    quantity
+    if quantity.abs() > MAX_QUANTITY {
+        return Err(Invalid::new(
+            "quantity",
+            format!("{quantity} is more than one key can measure in a window ({MAX_QUANTITY})"),
+        ));
+    }
+    let out_of_range = || {
+        Invalid::new(
+            "quantity",
+            format!(
+                "{quantity} × rate {} ÷ {} is out of range (an entry is at most {MAX_AMOUNT})",
+                pricing.rate, pricing.units_per_price_unit
+            ),
+        )
+    };
+    let amount = quantity
         .checked_mul(pricing.rate)
         .and_then(|gross| gross.checked_div(pricing.units_per_price_unit))
-        .map(|amount| {
-            amount
-                .round_dp_with_strategy(AMOUNT_SCALE, RoundingStrategy::MidpointNearestEven)
-                .normalize()
-        })
-        .ok_or_else(|| Invalid::new("quantity", "quantity × rate is out of range"))
+        .ok_or_else(out_of_range)?;
+    if amount.abs() > MAX_AMOUNT {
+        return Err(out_of_range());
+    }
+    Ok(amount
+        .round_dp_with_strategy(AMOUNT_SCALE, RoundingStrategy::MidpointNearestEven)
+        .normalize())
 }
 
 /// The outcome of writing a batch of entries.

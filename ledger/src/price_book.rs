@@ -33,8 +33,84 @@ impl fmt::Display for MeterName {
     }
 }
 
+/// The most decimal places a rate may have: those of the amounts it prices
+/// (`entry::AMOUNT_SCALE`). Finer rates would price nothing the ledger could keep.
+pub const RATE_SCALE: u32 = 12;
+
+/// The largest rate per price unit any version may have, and so the largest `max_rate` a
+/// configuration may allow: 10^8. With `entry::MAX_QUANTITY` it keeps quantity × rate inside
+/// `rust_decimal` (see `entry::MAX_AMOUNT` for the arithmetic).
+pub const RATE_CEILING: Decimal = Decimal::from_parts(100_000_000, 0, 0, false, 0);
+
+/// The default largest rate per price unit: 1,000,000, far above any real price of a core-hour,
+/// a GiB-hour or a GiB, even in currencies with small units.
+pub const DEFAULT_MAX_RATE: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
+
+/// The largest rate a new version may give each meter: a default, and overrides per meter.
+/// A rate above it is a mistake of units or a typo, and is refused before it can price
+/// anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    default: Decimal,
+    per_meter: BTreeMap<MeterName, Decimal>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            default: DEFAULT_MAX_RATE,
+            per_meter: BTreeMap::new(),
+        }
+    }
+}
+
+impl RateLimits {
+    /// Limits of at most [`RATE_CEILING`] each; `field` names where they were configured.
+    pub fn new(
+        field: &str,
+        default: Decimal,
+        per_meter: BTreeMap<MeterName, Decimal>,
+    ) -> Result<Self, Invalid> {
+        let check = |key: String, limit: Decimal| {
+            if limit <= Decimal::ZERO || limit > RATE_CEILING {
+                Err(Invalid::new(
+                    key,
+                    format!("must be greater than 0 and at most {RATE_CEILING}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        check(field.to_owned(), default)?;
+        for (meter, &limit) in &per_meter {
+            check(format!("{field}_by_meter.{meter}"), limit)?;
+        }
+        Ok(RateLimits { default, per_meter })
+    }
+
+    /// The largest rate `meter` may have.
+    pub fn max_rate(&self, meter: &MeterName) -> Decimal {
+        self.per_meter.get(meter).copied().unwrap_or(self.default)
+    }
+
+    /// Every rate of `version` within its meter's limit; an error names `<prefix>rates.<meter>`.
+    pub fn check(&self, version: &NewPriceBookVersion, prefix: &str) -> Result<(), Invalid> {
+        for (meter, &rate) in &version.rates {
+            let max = self.max_rate(meter);
+            if rate > max {
+                return Err(Invalid::new(
+                    format!("{prefix}rates.{meter}"),
+                    format!("{rate} is more than the largest rate allowed for {meter} ({max} per price unit)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A version to add. Rates are per price unit of each meter (per core-hour, per GiB-hour, per
-/// GiB, per GPU-hour) and kept at full precision.
+/// GiB, per GPU-hour), non-negative, at most [`RATE_CEILING`] and with at most [`RATE_SCALE`]
+/// decimal places; [`RateLimits`] may bound them further.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPriceBookVersion {
     pub valid_from: DateTime<Utc>,
@@ -51,14 +127,23 @@ impl NewPriceBookVersion {
         if rates.is_empty() {
             return Err(Invalid::new("rates", "give at least one meter's rate"));
         }
-        if let Some((meter, _)) = rates
-            .iter()
-            .find(|(_, r)| r.is_sign_negative() && !r.is_zero())
-        {
-            return Err(Invalid::new(
-                format!("rates.{meter}"),
-                "must not be negative",
-            ));
+        for (meter, rate) in &rates {
+            let field = || format!("rates.{meter}");
+            if rate.is_sign_negative() && !rate.is_zero() {
+                return Err(Invalid::new(field(), "must not be negative"));
+            }
+            if *rate > RATE_CEILING {
+                return Err(Invalid::new(
+                    field(),
+                    format!("{rate} is more than any rate can be ({RATE_CEILING} per price unit)"),
+                ));
+            }
+            if rate.normalize().scale() > RATE_SCALE {
+                return Err(Invalid::new(
+                    field(),
+                    format!("{rate} has more than {RATE_SCALE} decimal places"),
+                ));
+            }
         }
         if valid_from.timestamp_subsec_nanos() != 0 {
             return Err(Invalid::new("valid_from", "must be a whole second"));

@@ -113,6 +113,7 @@ fn collected(
             .map(|(t, a)| entry(version, t, w, a))
             .collect(),
         unallocated: Vec::new(),
+        unpriced: Vec::new(),
         complete: true,
         incomplete_tenants: Vec::new(),
         problems: Vec::new(),
@@ -553,6 +554,7 @@ async fn finance_budget_status_view_has_the_contract_columns_and_the_finance_rol
                 window: w,
                 entries: vec![entry(&v, &acme, w, "12.5"), entry(&v, &other, w, "7")],
                 unallocated: Vec::new(),
+                unpriced: Vec::new(),
                 complete: true,
                 incomplete_tenants: Vec::new(),
                 problems: Vec::new(),

@@ -887,6 +887,7 @@ async fn the_finance_unallocated_view_prices_usage_and_says_what_its_key_is() {
         window: w,
         entries: Vec::new(),
         unallocated,
+        unpriced: Vec::new(),
         complete: true,
         incomplete_tenants: Vec::new(),
         problems: Vec::new(),

@@ -5,6 +5,7 @@ mod enforcement;
 mod error;
 mod extract;
 mod price_book;
+mod pricing_errors;
 mod tenants;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,8 @@ pub struct AppState {
     /// new price-book version needs a rate for each, or the windows from its `valid_from` on
     /// could not be priced; the price book shows each rate's unit from here.
     pub priced_meters: Arc<BTreeMap<ledger::price_book::MeterName, ledger::entry::UnitName>>,
+    /// The largest rate each meter may have in a new price-book version (`[price_book]`).
+    pub rate_limits: Arc<ledger::price_book::RateLimits>,
     /// How budget status is computed for `GET .../budget/status`: the enforcer's settings.
     pub status: StatusParams,
     /// What "now" is for the handlers (a budget's default `effective_from`, the period a status
@@ -106,6 +109,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/price-book/versions",
             axum::routing::post(price_book::add),
+        )
+        .route(
+            "/api/v1/price-book/versions/{id}",
+            axum::routing::delete(price_book::withdraw),
+        )
+        .route(
+            "/api/v1/collector/pricing-errors",
+            get(pricing_errors::list),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -1,8 +1,9 @@
-//! Price-book routes: list versions, add one (roles `finance` and `admin`).
+//! Price-book routes: list versions; add one, or withdraw or replace one that priced nothing
+//! yet (roles `finance` and `admin`).
 
 use std::collections::BTreeMap;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -24,6 +25,20 @@ struct NewVersion {
     valid_from: String,
     currency: String,
     rates: BTreeMap<String, String>,
+    /// A version that priced nothing yet, withdrawn in the same transaction.
+    replaces: Option<i64>,
+}
+
+/// A version id: a positive integer.
+fn version_id(field: &str, id: i64) -> Result<i64, ApiError> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "a price-book version id is a positive integer",
+        ))
+    }
 }
 
 #[derive(Serialize)]
@@ -103,12 +118,46 @@ pub async fn add(
         ));
     }
     let new = NewPriceBookVersion::new(valid_from, currency, rates)?;
-    let version = state
-        .store
-        .add_price_book_version(&caller.audit(), &new)
-        .await?;
+    state.rate_limits.check(&new, "")?;
+    let replaces = req
+        .replaces
+        .map(|id| version_id("replaces", id))
+        .transpose()?;
+    let version = match replaces {
+        Some(old) => {
+            state
+                .store
+                .replace_price_book_version(&caller.audit(), old, &new)
+                .await?
+        }
+        None => {
+            state
+                .store
+                .add_price_book_version(&caller.audit(), &new)
+                .await?
+        }
+    };
     Ok((
         StatusCode::CREATED,
         Json(VersionDto::new(version, &state.priced_meters)),
     ))
+}
+
+/// Withdraws a version that priced nothing yet (see `Store::withdraw_price_book_version`):
+/// 200 with the version as it was; 404 for an unknown id; 409 if it priced an entry.
+pub async fn withdraw(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VersionDto>, ApiError> {
+    caller.require(Permission::ManagePriceBook)?;
+    let id = id
+        .parse::<i64>()
+        .map_err(|_| ApiError::invalid("id", "a price-book version id is a positive integer"))
+        .and_then(|id| version_id("id", id))?;
+    let version = state
+        .store
+        .withdraw_price_book_version(&caller.audit(), id)
+        .await?;
+    Ok(Json(VersionDto::new(version, &state.priced_meters)))
 }

@@ -278,23 +278,8 @@ pub async fn put_budget(
         thresholds: Thresholds::parse(req.thresholds.unwrap_or(DEFAULT_THRESHOLDS.to_vec()))?,
         effective_from,
     };
-    // Spend is summed in the price book's currency; a budget in another one could never be
-    // compared with it.
-    if let Some(version) = state
-        .store
-        .price_book_version_at(new.effective_from)
-        .await?
-    {
-        if version.currency != currency {
-            return Err(ApiError::invalid(
-                "currency",
-                format!(
-                    "the price book prices in {}; a budget in {currency} could not be compared with spend",
-                    version.currency
-                ),
-            ));
-        }
-    }
+    // The ledger keeps one currency; the store checks it with the budget's write, so that a
+    // budget in another one, which could never be compared with spend, is refused.
     let budget = state.store.set_budget(&caller.audit(), &id, &new).await?;
     Ok(Json(BudgetDto::new(budget, now)))
 }

@@ -1,6 +1,6 @@
 //! Configuration: an optional TOML file, overridden by environment variables ([`ENV`]), validated
 //! at start-up into typed settings. Each component owns its sections, their defaults and their
-//! validation (`ledger::config`: `[database]`, `[price_book.seed]`; `collector::config`:
+//! validation (`ledger::config`: `[database]`, `[price_book]`; `collector::config`:
 //! `[collector]`, `[[meters]]`, `[prometheus]`; `enforcer::config`: `[enforcement]`,
 //! `[kubernetes]`, `[alertmanager]`); the daemon owns `[api]`, `[leader]` and `[log]`, composes
 //! the sections, applies the environment and checks what spans sections. Every problem names
@@ -20,7 +20,7 @@ use enforcer::config::{
 use ledger::config::{
     seconds, timeout_millis, within, DatabaseSection, DatabaseSettings, PriceBookSection,
 };
-use ledger::price_book::NewPriceBookVersion;
+use ledger::price_book::{NewPriceBookVersion, RateLimits};
 use ledger::tenant::TenantId;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -137,7 +137,7 @@ struct File {
     leader: LeaderSection,
     #[serde(default)]
     log: LogSection,
-    #[serde(default, skip_serializing_if = "price_book_is_empty")]
+    #[serde(default)]
     price_book: PriceBookSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     collector: Option<CollectorSection>,
@@ -151,10 +151,6 @@ struct File {
     alertmanager: AlertmanagerSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     meters: Option<Vec<MeterSection>>,
-}
-
-fn price_book_is_empty(p: &PriceBookSection) -> bool {
-    p.seed.is_none()
 }
 
 /// `[api]`.
@@ -236,6 +232,8 @@ pub struct Config {
     pub leader: LeaderConfig,
     pub log: LogConfig,
     pub price_book_seed: Option<NewPriceBookVersion>,
+    /// The largest rate each meter may have in a new price-book version.
+    pub rate_limits: RateLimits,
     /// The collector, when `[collector]` is there and enabled.
     pub collector: Option<CollectorSettings>,
     /// The enforcer, when `[enforcement]` is there and enabled.
@@ -380,7 +378,8 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
     let api = validate_api(&file.api, &origin)?;
     let leader = validate_leader(&file.leader).map_err(invalid)?;
     let log = validate_log(&file.log, &origin)?;
-    let price_book_seed = file.price_book.validate().map_err(invalid)?;
+    let price_book = file.price_book.validate().map_err(invalid)?;
+    let price_book_seed = price_book.seed;
     let collector = match &file.collector {
         Some(c) if c.enabled => Some(
             c.validate(file.meters.as_deref(), &file.prometheus)
@@ -416,6 +415,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         leader,
         log,
         price_book_seed,
+        rate_limits: price_book.limits,
         collector,
         enforcement,
         source: Source {

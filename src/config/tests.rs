@@ -332,6 +332,16 @@ fn problems_name_the_key() {
             "price_book.seed.rates.cpu",
         ),
         (
+            "cpu = \"0.031\"",
+            "cpu = \"1000000.01\"",
+            "price_book.seed.rates.cpu",
+        ),
+        (
+            "max_rate = \"1000000\"",
+            "max_rate = \"100000001\"",
+            "price_book.max_rate",
+        ),
+        (
             "url = \"http://127.0.0.1:9090\"",
             "url = \"ftp://x\"",
             "prometheus.url",
@@ -356,6 +366,25 @@ fn problems_name_the_key() {
         let line = line_of(&text, to.lines().next().unwrap());
         assert_eq!(err.line, Some(line), "{to}: {err}");
     }
+    // A meter's own rate limit: within the ceiling, and binding the seed too.
+    let by_meter = |gpu: &str| {
+        EXAMPLE.replacen(
+            "# [price_book.max_rate_by_meter]\n# gpu = \"50000\"",
+            &format!("[price_book.max_rate_by_meter]\ngpu = \"{gpu}\""),
+            1,
+        )
+    };
+    for (gpu, key) in [
+        ("0", "price_book.max_rate_by_meter.gpu"),
+        ("1", "price_book.seed.rates.gpu"),
+    ] {
+        let err = load(&by_meter(gpu), &[]).unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+    }
+    let limits = load(&by_meter("1.2"), &[]).unwrap().rate_limits;
+    let meter = |m| ledger::price_book::MeterName::parse("m", m).unwrap();
+    assert_eq!(limits.max_rate(&meter("gpu")).to_string(), "1.2");
+    assert_eq!(limits.max_rate(&meter("cpu")).to_string(), "1000000");
     let err = load(EXAMPLE, &[("BUDGETD_DATABASE_URL", "mysql://x")]).unwrap_err();
     assert_eq!(err.key, "database.url");
     assert_eq!(err.line, None, "the value is not from the file");

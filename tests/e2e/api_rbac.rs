@@ -239,6 +239,20 @@ fn cases() -> Vec<Case> {
         },
         Case {
             method: Method::GET,
+            path: "/api/v1/collector/pricing-errors",
+            body: None,
+            target: Unscoped,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/collector/pricing-errors?tenant={t}",
+            body: None,
+            target: Other,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
             path: "/healthz",
             body: None,
             target: Unscoped,

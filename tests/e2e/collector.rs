@@ -1037,3 +1037,207 @@ async fn a_scrape_interval_the_data_do_not_have_marks_windows_incomplete_and_is_
         }
     }
 }
+
+/// The issue's rate, rust_decimal's largest value, given to `meters` of a version valid from
+/// `valid_from`, as a version written before rates were bounded could have it (the API and the
+/// seed refuse it now, so it is written behind their back).
+async fn unbounded_version(db: &TestDb, valid_from: DateTime<Utc>, meters: &str) -> i64 {
+    let mut version = config("http://127.0.0.1:1", &db.url)
+        .price_book_seed
+        .unwrap();
+    version.valid_from = valid_from;
+    let ctx = AuditContext {
+        actor: Actor::system("test"),
+        request_id: "unbounded".into(),
+    };
+    let id = db
+        .store
+        .add_price_book_version(&ctx, &version)
+        .await
+        .unwrap()
+        .id;
+    sqlx::query(
+        "update price_book_rates set rate = 79228162514264337593543950335 \
+         where version_id = $1 and meter ~ $2",
+    )
+    .bind(id)
+    .bind(meters)
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    id
+}
+
+/// (tenant, meter, window start, quantity) of `sql`'s rows.
+async fn keys(db: &TestDb, sql: &str, from: DateTime<Utc>) -> Vec<String> {
+    sqlx::query_scalar(&format!(
+        "select concat_ws('|', tenant_id, meter, window_start, quantity) from ({sql}) k \
+         where window_start >= $1 order by 1"
+    ))
+    .bind(from)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap()
+}
+
+const LIVE: &str = "select tenant_id, meter, window_start, quantity from ledger_live_entries";
+const OPEN_ERRORS: &str = "select tenant_id, meter, window_start, quantity from unpriced_usage \
+                           where resolved_at is null";
+
+#[tokio::test]
+async fn a_key_the_price_book_cannot_price_is_a_pricing_error_and_the_rest_is_committed() {
+    let start = Utc.with_ymd_and_hms(2026, 9, 1, 0, 0, 0).unwrap();
+    let f = fixture(2, start, start + Duration::hours(1), false);
+    let reference = collected_in_one_batch(&f).await;
+    let db = ledger_for(&f.cluster).await;
+    let half_past = start + Duration::minutes(30);
+    let bad = unbounded_version(&db, half_past, "^cpu$").await;
+    let mut s = settings(&config(&f.prometheus.url, &db.url));
+    s.collector.start = Some(start);
+    let c = budgetd::app::build_collector(&s, db.store.clone()).unwrap();
+    let metrics = budgetd::telemetry::metrics_handle();
+
+    // Before: every collection failed ("quantity × rate is out of range") and the watermark
+    // stayed for every tenant. Now the cpu keys from half past are pricing errors, and the
+    // rest of each window is committed.
+    let outcome = c.run_once(f.end + Duration::minutes(3)).await.unwrap();
+    assert_eq!(db.store.collector_watermark().await.unwrap(), Some(f.end));
+    let cpu_late = keys(
+        &reference,
+        &format!("{LIVE} where meter = 'cpu'"),
+        half_past,
+    )
+    .await;
+    let rest: Vec<String> = keys(&reference, LIVE, start)
+        .await
+        .into_iter()
+        .filter(|k| !cpu_late.contains(k))
+        .collect();
+    assert!(
+        cpu_late.len() >= 12,
+        "cpu of both tenants in six windows: {cpu_late:?}"
+    );
+    assert_eq!(outcome.report.unpriced, cpu_late.len());
+    assert_eq!(keys(&db, LIVE, start).await, rest);
+    assert_eq!(keys(&db, OPEN_ERRORS, start).await, cpu_late);
+    let counted = metric(
+        &metrics.render(),
+        "budgetd_collector_unpriced_keys_total{meter=\"cpu\",failure=\"out_of_range\"}",
+    );
+    assert!(counted >= cpu_late.len() as f64, "{counted}");
+
+    // Visible in the API, per key; a tenant filter shows one tenant's.
+    let router = crate::support::router_for(db.store.clone());
+    let errors = crate::support::call(
+        &router,
+        axum::http::Method::GET,
+        "/api/v1/collector/pricing-errors?limit=1000",
+        Some(&crate::support::token("viewer")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        errors.status,
+        axum::http::StatusCode::OK,
+        "{:?}",
+        errors.body
+    );
+    let listed = errors.body["pricing_errors"].as_array().unwrap();
+    assert_eq!(listed.len(), cpu_late.len());
+    assert!(listed.iter().all(|e| e["failure"] == "out_of_range"
+        && e["price_version"] == bad
+        && e["meter"] == "cpu"
+        && e["resolved_at"].is_null()));
+    let tenant = listed[0]["tenant_id"].as_str().unwrap();
+    let one = crate::support::call(
+        &router,
+        axum::http::Method::GET,
+        &format!("/api/v1/collector/pricing-errors?tenant={tenant}&limit=1000"),
+        Some(&crate::support::token("finance")),
+        None,
+    )
+    .await;
+    let one = one.body["pricing_errors"].as_array().unwrap();
+    assert!(!one.is_empty() && one.len() < listed.len());
+    assert!(one.iter().all(|e| e["tenant_id"] == tenant));
+
+    // The version priced the other meters: it can no longer be withdrawn.
+    let withdraw = crate::support::call(
+        &router,
+        axum::http::Method::DELETE,
+        &format!("/api/v1/price-book/versions/{bad}"),
+        Some(&crate::support::token("finance")),
+        None,
+    )
+    .await;
+    assert_eq!(withdraw.status, axum::http::StatusCode::CONFLICT);
+    assert_eq!(withdraw.body["error"]["code"], "version_in_use");
+}
+
+#[tokio::test]
+async fn a_withdrawn_version_s_pricing_errors_are_priced_by_the_version_in_force_without_it() {
+    let start = Utc.with_ymd_and_hms(2026, 9, 1, 0, 0, 0).unwrap();
+    let f = fixture(2, start, start + Duration::hours(1), false);
+    let reference = collected_in_one_batch(&f).await;
+    let db = ledger_for(&f.cluster).await;
+    let half_past = start + Duration::minutes(30);
+    let bad = unbounded_version(&db, half_past, ".").await;
+    let mut s = settings(&config(&f.prometheus.url, &db.url));
+    s.collector.start = Some(start);
+    let c = budgetd::app::build_collector(&s, db.store.clone()).unwrap();
+    let now = f.end + Duration::minutes(3);
+
+    c.run_once(now).await.unwrap();
+    assert_eq!(db.store.collector_watermark().await.unwrap(), Some(f.end));
+    let late = keys(&reference, LIVE, half_past).await;
+    assert_eq!(keys(&db, OPEN_ERRORS, start).await, late);
+    assert!(keys(&db, LIVE, half_past).await.is_empty());
+    // Nothing to price again while the version stands.
+    assert_eq!(c.run_once(now).await.unwrap().repriced.priced, 0);
+
+    // It priced nothing: finance withdraws it, and the next run prices the recorded usage
+    // with the version in force without it, from the record.
+    let router = crate::support::router_for(db.store.clone());
+    let withdraw = crate::support::call(
+        &router,
+        axum::http::Method::DELETE,
+        &format!("/api/v1/price-book/versions/{bad}"),
+        Some(&crate::support::token("finance")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        withdraw.status,
+        axum::http::StatusCode::OK,
+        "{:?}",
+        withdraw.body
+    );
+    let outcome = c.run_once(now).await.unwrap();
+    assert_eq!(outcome.repriced.priced, late.len());
+    assert_eq!(outcome.repriced.still_unpriced, 0);
+    assert!(keys(&db, OPEN_ERRORS, start).await.is_empty());
+    let entries =
+        "select concat_ws('|', tenant_id, meter, window_start, revision, kind, quantity, \
+                   amount, price_version) from ledger_entries order by 1";
+    let rows = |db: &TestDb| {
+        let pool = db.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>(entries)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_same_rows(rows(&db).await, rows(&reference).await);
+    let errors = crate::support::call(
+        &router,
+        axum::http::Method::GET,
+        "/api/v1/collector/pricing-errors?state=all&limit=1000",
+        Some(&crate::support::token("viewer")),
+        None,
+    )
+    .await;
+    let listed = errors.body["pricing_errors"].as_array().unwrap();
+    assert_eq!(listed.len(), late.len());
+    assert!(listed.iter().all(|e| !e["resolved_at"].is_null()));
+}

@@ -101,9 +101,23 @@ fn routes() -> Vec<Route> {
         with_body(Method::POST, "/api/v1/price-book/versions", |n| {
             let from = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).expect("a date")
                 + chrono::Days::new((n % 1000) as u64);
-            json!({"valid_from": format!("{from}T00:00:00Z"), "currency": "EUR",
-                   "rates": {"cpu": "0.031", "memory": "0.004"}})
+            let mut body = json!({"valid_from": format!("{from}T00:00:00Z"), "currency": "EUR",
+                                  "rates": {"cpu": "0.031", "memory": "0.004"}});
+            if n % 3 == 0 {
+                body["replaces"] = json!(n % 5);
+            }
+            body
         }),
+        Route {
+            method: Method::DELETE,
+            path: "/api/v1/price-book/versions/{id}",
+            query: &[],
+            body: None,
+        },
+        get(
+            "/api/v1/collector/pricing-errors",
+            &["tenant", "state", "limit"],
+        ),
         get("/healthz", &[]),
         get("/readyz", &[]),
         get("/metrics", &[]),
@@ -279,6 +293,17 @@ const TENANT_IDS: &[&str] = &[
     "acme", "acme", "globex", "initech", "umbrella", "fuzzco", "nope", "ACME", "a%20b", "%00",
     "acme%0A", "..", "%2F", "-x", "x-", "ab", "a--b",
 ];
+const VERSION_IDS: &[&str] = &[
+    "1",
+    "2",
+    "3",
+    "4",
+    "0",
+    "-1",
+    "99999999999999999999",
+    "x",
+    "1.0",
+];
 const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "FUZZ",
 ];
@@ -400,6 +425,8 @@ fn request(fx: &Fixture, routes: &[Route], case: &Case) -> (Request<Body>, Strin
     let route = &routes[case.route];
     let id = if route.path.starts_with("/api/v1/enforcement/actions/") {
         fx.action_ids[case.id % fx.action_ids.len()].clone()
+    } else if route.path.starts_with("/api/v1/price-book/versions/") {
+        VERSION_IDS[case.id % VERSION_IDS.len()].to_owned()
     } else {
         TENANT_IDS[case.id % TENANT_IDS.len()].to_owned()
     };

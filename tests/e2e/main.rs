@@ -9,4 +9,5 @@ mod dashboards;
 mod enforcement;
 mod fuzz;
 mod pgbouncer;
+mod price_book;
 mod support;

@@ -66,6 +66,21 @@ pub fn router_pricing(store: Store, meters: &[(&str, &str)]) -> Router {
 }
 
 fn router_on(store: Store, meters: &[(&str, &str)], clock: Clock) -> Router {
+    router_limiting_rates(
+        store,
+        meters,
+        clock,
+        ledger::price_book::RateLimits::default(),
+    )
+}
+
+/// The router of a daemon whose collector prices `meters`, with `[price_book]` rate limits.
+pub fn router_limiting_rates(
+    store: Store,
+    meters: &[(&str, &str)],
+    clock: Clock,
+    rate_limits: ledger::price_book::RateLimits,
+) -> Router {
     log_to_test_output();
     router(AppState {
         store,
@@ -83,6 +98,7 @@ fn router_on(store: Store, meters: &[(&str, &str)], clock: Clock) -> Router {
                 })
                 .collect(),
         ),
+        rate_limits: Arc::new(rate_limits),
         status: budgetd::api::VIEW_STATUS,
         clock,
     })

@@ -84,6 +84,24 @@ impl Store {
                     format!("tenant {:?} is {state}; its budget can no longer change", tenant.as_str()),
                 ));
             }
+            // Spend is summed in the price book's currency: a budget in another one could never
+            // be compared with it, whenever it takes effect.
+            if let Some(clash) =
+                super::price_book::currency_clash(&mut tx, new.amount.currency).await?
+            {
+                use super::price_book::CurrencyClash;
+                let message = match clash {
+                    CurrencyClash::Version { id, currency } => format!(
+                        "the price book prices in {currency} (version {id}); a budget in {} could not be compared with spend",
+                        new.amount.currency
+                    ),
+                    CurrencyClash::Budget { tenant, currency } => format!(
+                        "the ledger keeps one currency and the budget of tenant {tenant:?} is in {currency}; a budget in {} could not be compared with theirs or with spend",
+                        new.amount.currency
+                    ),
+                };
+                return Err(crate::error::Invalid::new("currency", message).into());
+            }
             let before = budget_at(&mut tx, tenant, new.effective_from).await?;
             let thresholds: Vec<i32> =
                 new.thresholds.as_slice().iter().map(|&t| t as i32).collect();

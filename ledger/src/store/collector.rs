@@ -1,5 +1,5 @@
-//! The collector's commits: entries, unallocated usage, the window record and the watermark,
-//! all in one transaction.
+//! The collector's commits: entries, unallocated usage, unpriced usage, the window record and
+//! the watermark, all in one transaction.
 
 use std::collections::BTreeSet;
 
@@ -86,7 +86,17 @@ async fn record_window(
     .bind(now_micros())
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    match mode {
+        CommitMode::Collect => super::unpriced::record_window(conn, w).await,
+        // Pricing the usage later corrects the key's live entry, as this recollection would.
+        CommitMode::Recollect { reason } => {
+            let mut w = w.clone();
+            for u in &mut w.unpriced {
+                u.correction_reason = Some(reason.clone());
+            }
+            super::unpriced::record_window(conn, &w).await
+        }
+    }
 }
 
 impl Store {
@@ -105,7 +115,7 @@ impl Store {
         // window record.
         let statements = windows
             .iter()
-            .map(|w| w.entries.len().div_ceil(10_000) as u32 + 3)
+            .map(|w| w.entries.len().div_ceil(10_000) as u32 + 5)
             .sum::<u32>()
             + 2;
         let report = self
@@ -141,6 +151,7 @@ impl Store {
                 for w in windows {
                     record_window(&mut tx, w, mode).await?;
                     report.windows += 1;
+                    report.unpriced += w.unpriced.len();
                     report.incomplete_windows +=
                         usize::from(!w.complete || !w.incomplete_tenants.is_empty());
                 }

@@ -12,6 +12,7 @@ mod leader;
 mod outbox;
 mod price_book;
 mod tenants;
+mod unpriced;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -25,6 +26,7 @@ pub use audit::ChainStatus;
 pub use costs::DailyCost;
 pub use enforcement::ActionFilter;
 pub use leader::LeaderLock;
+pub use unpriced::{UnpricedFilter, UnpricedRecord};
 
 use crate::error::Error;
 
