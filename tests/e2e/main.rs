@@ -7,5 +7,6 @@ mod cli;
 mod collector;
 mod dashboards;
 mod enforcement;
+mod http;
 mod pgbouncer;
 mod support;

@@ -72,6 +72,8 @@ fn router_on(store: Store, meters: &[(&str, &str)], clock: Clock) -> Router {
         auth: Arc::new(authenticator()),
         metrics: budgetd::telemetry::metrics_handle(),
         request_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(60),
+        readiness_timeout: Duration::from_secs(1),
         priced_meters: Arc::new(
             meters
                 .iter()
