@@ -14,6 +14,8 @@
 //!   in progress (one that has not sent a complete request head yet, or an idle keep-alive
 //!   one), which is closed. Slow clients therefore cannot crowd out a probe or an API call. If
 //!   every connection has a request in progress, the new one is answered `503` and closed.
+//!   While [`OVERFLOW_CONNECTIONS`] are being handled so, the server accepts no more: new
+//!   connections wait in the kernel's listen backlog rather than being dropped.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 pub const FD_MARGIN: u64 = 64;
 
 /// Connections over the limit handled at once (answered 503, or waiting for an evicted
-/// connection's place); any more are closed at once.
+/// connection's place); while there are this many, no connection is accepted: new ones wait in
+/// the listen backlog.
 pub const OVERFLOW_CONNECTIONS: usize = 32;
 
 /// The fewest connections the API needs; an open-file limit that leaves fewer is an error.
@@ -197,7 +200,11 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        match server.connections.admit(&shutdown) {
+        let Some(admission) = server.connections.admit(&shutdown).await else {
+            drop(stream);
+            break;
+        };
+        match admission {
             Admission::Serve(slot) => {
                 tokio::spawn(server.clone().serve_connection(stream, slot));
             }
@@ -215,10 +222,6 @@ pub async fn serve(
             }
             Admission::Refuse(overflow) => {
                 tokio::spawn(refuse(stream, overflow));
-            }
-            Admission::Close => {
-                closed("overflow");
-                drop(stream);
             }
         }
     }
@@ -350,8 +353,6 @@ enum Admission {
     Evicting(OwnedSemaphorePermit),
     /// Over the limit, and every connection has a request in progress.
     Refuse(OwnedSemaphorePermit),
-    /// Over the limit, with [`OVERFLOW_CONNECTIONS`] already being refused or waiting.
-    Close,
 }
 
 impl Connections {
@@ -364,13 +365,31 @@ impl Connections {
         }
     }
 
-    fn admit(&self, shutdown: &CancellationToken) -> Admission {
+    /// A place for a connection just accepted, or what to do with it. With
+    /// [`OVERFLOW_CONNECTIONS`] already over the limit this waits for one of them to be done,
+    /// and the accept loop with it: further connections wait in the listen backlog, unaccepted,
+    /// instead of being dropped. `None` on shutdown.
+    async fn admit(&self, shutdown: &CancellationToken) -> Option<Admission> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Admission::Serve(self.register(permit, shutdown));
+            return Some(Admission::Serve(self.register(permit, shutdown)));
         }
-        let Ok(overflow) = self.overflow.clone().try_acquire_owned() else {
-            return Admission::Close;
+        let overflow = match self.overflow.clone().try_acquire_owned() {
+            Ok(overflow) => overflow,
+            Err(_) => {
+                metrics::counter!("budgetd_http_accept_paused_total").increment(1);
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return None,
+                    permit = self.overflow.clone().acquire_owned() => {
+                        permit.expect("the overflow semaphore is never closed")
+                    }
+                }
+            }
         };
+        // A place may have come free meanwhile.
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(Admission::Serve(self.register(permit, shutdown)));
+        }
         let open = self
             .open
             .lock()
@@ -379,13 +398,13 @@ impl Connections {
             .entries
             .values()
             .find(|e| !e.close.is_cancelled() && e.busy.load(Ordering::Acquire) == 0);
-        match idle {
+        Some(match idle {
             Some(entry) => {
                 entry.close.cancel();
                 Admission::Evicting(overflow)
             }
             None => Admission::Refuse(overflow),
-        }
+        })
     }
 
     /// A place freed by an evicted connection, if one frees up in time.
