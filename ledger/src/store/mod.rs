@@ -170,7 +170,7 @@ impl Store {
 
     /// Why the database cannot be used, if this store knows it cannot: the last connection
     /// attempt was refused or not answered, and none has succeeded since.
-    pub fn known_unreachable(&self) -> Option<Error> {
+    fn known_unreachable(&self) -> Option<Error> {
         self.health.unreachable(&self.target)
     }
 
@@ -385,6 +385,8 @@ impl Store {
         // within `timeout`.
         tokio::spawn(async move {
             let outcome = connect_once(&options, &target, timeout).await;
+            let label = outcome.as_ref().map_or_else(Error::metric_label, |_| "ok");
+            metrics::counter!("budgetd_db_probes_total", "outcome" => label).increment(1);
             health.record(&outcome);
             health.probing.store(false, Ordering::Release);
             if let Ok(conn) = outcome {
