@@ -12,7 +12,8 @@
 //!   connection and the process' own files.
 //! - A connection over the limit takes the place of the oldest connection that has no request
 //!   in progress (one that has not sent a complete request head yet, or an idle keep-alive
-//!   one), which is closed. Slow clients therefore cannot crowd out a probe or an API call. If
+//!   one) and has been open for at least [`EVICTION_GRACE`], which is closed; while every such
+//!   connection is younger, no connection is accepted. Slow clients therefore cannot crowd out a probe or an API call. If
 //!   every connection has a request in progress, the new one is answered `503` and closed.
 //!   While [`OVERFLOW_CONNECTIONS`] are being handled so, the server accepts no more: new
 //!   connections wait in the kernel's listen backlog rather than being dropped.
@@ -35,6 +36,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// File descriptors kept beyond the database's connections: for connections being refused or
@@ -54,6 +56,11 @@ pub const MIN_CONNECTIONS: u64 = 8;
 /// How long a connection over the limit waits for the place of the connection it evicted (an
 /// idle one closes at once; one that just started a request finishes it first).
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a new connection is safe from eviction: long enough for its task to be polled and
+/// read a request head that is already there, however busy the machine. Without it, a flood of
+/// reconnecting slow clients could evict a probe's connection before it is read.
+const EVICTION_GRACE: Duration = Duration::from_millis(250);
 
 /// How long a refused connection is given to read its 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
@@ -335,6 +342,7 @@ struct Registry {
 }
 
 struct Entry {
+    opened: Instant,
     busy: Arc<AtomicUsize>,
     close: CancellationToken,
 }
@@ -386,25 +394,43 @@ impl Connections {
                 }
             }
         };
-        // A place may have come free meanwhile.
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Some(Admission::Serve(self.register(permit, shutdown)));
-        }
-        let open = self
-            .open
-            .lock()
-            .expect("the registry lock is never poisoned");
-        let idle = open
-            .entries
-            .values()
-            .find(|e| !e.close.is_cancelled() && e.busy.load(Ordering::Acquire) == 0);
-        Some(match idle {
-            Some(entry) => {
-                entry.close.cancel();
-                Admission::Evicting(overflow)
+        loop {
+            // A place may have come free meanwhile.
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return Some(Admission::Serve(self.register(permit, shutdown)));
             }
-            None => Admission::Refuse(overflow),
-        })
+            let wait = {
+                let open = self
+                    .open
+                    .lock()
+                    .expect("the registry lock is never poisoned");
+                // By id: the oldest first.
+                let oldest_idle = open
+                    .entries
+                    .values()
+                    .find(|e| !e.close.is_cancelled() && e.busy.load(Ordering::Acquire) == 0);
+                match oldest_idle {
+                    None => return Some(Admission::Refuse(overflow)),
+                    Some(entry) if entry.opened.elapsed() >= EVICTION_GRACE => {
+                        entry.close.cancel();
+                        return Some(Admission::Evicting(overflow));
+                    }
+                    Some(entry) => EVICTION_GRACE - entry.opened.elapsed(),
+                }
+            };
+            // Every idle connection is in its grace period: accept nothing until the oldest
+            // has passed it, or a place comes free.
+            metrics::counter!("budgetd_http_accept_paused_total").increment(1);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                permit = self.slots.clone().acquire_owned() => {
+                    let permit = permit.expect("the connection semaphore is never closed");
+                    return Some(Admission::Serve(self.register(permit, shutdown)));
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// A place freed by an evicted connection, if one frees up in time.
@@ -429,6 +455,7 @@ impl Connections {
         open.entries.insert(
             id,
             Entry {
+                opened: Instant::now(),
                 busy: busy.clone(),
                 close: close.clone(),
             },
