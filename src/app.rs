@@ -1,7 +1,7 @@
 //! Wiring: the application built from a validated config, with its listener bound, so tests
 //! can start the real thing on port 0.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
+use crate::serve::{self, ConnectionLimit, ServeSettings};
 use crate::{leader, telemetry};
 use chrono::Utc;
 use collector::config::CollectorSettings;
@@ -30,6 +31,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     config: Config,
+    connections: ConnectionLimit,
 }
 
 impl Application {
@@ -47,6 +49,20 @@ impl Application {
                 },
             )
         }));
+        let connections = ConnectionLimit::for_this_process(
+            config.api.max_connections,
+            config.database.max_connections,
+        )
+        .map_err(anyhow::Error::msg)?;
+        if connections.effective < connections.configured as usize {
+            tracing::warn!(
+                max_connections = connections.effective,
+                configured = connections.configured,
+                open_files = connections.open_files,
+                reserved = connections.reserved,
+                "the open-file limit lowers api.max_connections: files are kept for the database pool, the leader and the process' own"
+            );
+        }
         let listener = TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.api.listen))?;
@@ -55,6 +71,8 @@ impl Application {
             auth: Arc::new(auth),
             metrics: telemetry::metrics_handle(),
             request_timeout: config.api.request_timeout,
+            body_timeout: config.api.body_timeout,
+            readiness_timeout: config.api.readiness_timeout,
             priced_meters: Arc::new(
                 config
                     .collector
@@ -78,7 +96,13 @@ impl Application {
             listener,
             state,
             config,
+            connections,
         })
+    }
+
+    /// How many connections the API serves at once.
+    pub fn connection_limit(&self) -> ConnectionLimit {
+        self.connections
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -166,23 +190,26 @@ impl Application {
             }
         });
         let router = api::router(self.state);
-        let drain = stop.clone();
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            drain.cancel();
-        });
-        let mut served = tokio::spawn(serve.into_future());
+        let settings = ServeSettings {
+            max_connections: self.connections.effective,
+            header_timeout: self.config.api.header_timeout,
+        };
+        let mut served = tokio::spawn(serve::serve(self.listener, router, settings, stop.clone()));
         let shutdown_timeout = self.config.api.shutdown_timeout;
+        tokio::pin!(shutdown);
         let result = tokio::select! {
-            joined = &mut served => joined.context("API server task")?.context("API server"),
-            _ = stop.cancelled() => match tokio::time::timeout(shutdown_timeout, served).await {
-                Ok(joined) => joined.context("API server task")?.context("API server"),
-                Err(_) => {
-                    tracing::warn!(?shutdown_timeout, "in-flight requests did not finish in time");
-                    Ok(())
+            joined = &mut served => joined.context("API server task"),
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                stop.cancel();
+                match tokio::time::timeout(shutdown_timeout, served).await {
+                    Ok(joined) => joined.context("API server task"),
+                    Err(_) => {
+                        tracing::warn!(?shutdown_timeout, "in-flight requests did not finish in time");
+                        Ok(())
+                    }
                 }
-            },
+            }
         };
         stop.cancel();
         if tokio::time::timeout(shutdown_timeout, workers)

@@ -231,9 +231,10 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     if config.collector.is_none() && config.enforcement.is_none() {
         tracing::info!("no enabled [collector] or [enforcement] section: serving the API only");
     }
+    let shutdown = shutdown_signal()?;
     let app = Application::build(config).await?;
     tracing::info!(listen = %app.local_addr(), "budgetd API listening");
-    app.run(shutdown_signal()).await?;
+    app.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -461,27 +462,17 @@ impl Progress {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Installs the SIGINT and SIGTERM handlers now, and returns what completes on either. Now,
+/// not when first polled: a SIGTERM that comes as soon as the API answers must not kill the
+/// process with the default action instead of shutting it down.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
+    })
 }

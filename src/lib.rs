@@ -9,4 +9,5 @@ pub mod config;
 pub mod leader;
 pub mod plan_table;
 pub mod report;
+pub mod serve;
 pub mod telemetry;

@@ -231,6 +231,7 @@ pub struct DatabaseSection {
     pub statement_timeout_ms: u64,
     pub migrate_timeout_ms: u64,
     pub max_retries: u32,
+    pub probe_timeout_ms: u64,
 }
 
 impl Default for DatabaseSection {
@@ -243,6 +244,7 @@ impl Default for DatabaseSection {
             statement_timeout_ms: 30_000,
             migrate_timeout_ms: 120_000,
             max_retries: 3,
+            probe_timeout_ms: 500,
         }
     }
 }
@@ -258,6 +260,8 @@ pub struct DatabaseSettings {
     pub statement_timeout: Duration,
     pub migrate_timeout: Duration,
     pub max_retries: u32,
+    /// The limit of the direct attempt that tells a database that is down from a busy pool.
+    pub probe_timeout: Duration,
 }
 
 impl DatabaseSettings {
@@ -268,6 +272,7 @@ impl DatabaseSettings {
             acquire_timeout: self.acquire_timeout,
             statement_timeout: self.statement_timeout,
             max_retries: self.max_retries,
+            probe_timeout: self.probe_timeout,
         }
     }
 }
@@ -296,6 +301,7 @@ impl DatabaseSection {
                 "database.migrate_timeout_ms",
             )?,
             max_retries: within(self.max_retries, 0..=10, "database.max_retries")?,
+            probe_timeout: timeout_millis(self.probe_timeout_ms, "database.probe_timeout_ms")?,
         })
     }
 

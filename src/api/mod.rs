@@ -9,15 +9,21 @@ mod pricing_errors;
 mod tenants;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::body::{Frame, SizeHint};
 use ledger::enforcement::StatusParams;
 use ledger::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -34,7 +40,13 @@ pub struct AppState {
     pub store: Store,
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
+    /// A request's deadline, from its head to its response (503 past it).
     pub request_timeout: Duration,
+    /// How long a request's body may take to arrive after its head (408 past it, and the
+    /// connection is closed).
+    pub body_timeout: Duration,
+    /// The longest `/readyz` waits for the database before it answers 503.
+    pub readiness_timeout: Duration,
     /// Meters the collector prices, with the unit their rates are quoted in (`core_hour`): every
     /// new price-book version needs a rate for each, or the windows from its `valid_from` on
     /// could not be priced; the price book shows each rate's unit from here.
@@ -65,10 +77,44 @@ pub const VIEW_STATUS: StatusParams = StatusParams {
     lookback_seconds: Some(3600),
 };
 
-/// The request id: the caller's `x-request-id` if it is sane, otherwise a new one. It is
-/// echoed in the response and recorded in audit entries.
+/// The request id: the caller's `x-request-id` if it is 1 to [`MAX_REQUEST_ID_LEN`] characters
+/// of `A-Z a-z 0-9 . _ : -`, otherwise a new UUID. It is echoed in the response and recorded in
+/// audit entries and logs, so nothing else a caller sends gets there this way.
 #[derive(Clone)]
 pub struct RequestId(pub String);
+
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+impl RequestId {
+    /// The caller's id when it is one we keep as given.
+    fn from_caller(value: &HeaderValue) -> Option<RequestId> {
+        let bytes = value.as_bytes();
+        let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
+        (!bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(allowed))
+            .then(|| RequestId(String::from_utf8_lossy(bytes).into_owned()))
+    }
+
+    fn generate() -> RequestId {
+        RequestId(uuid::Uuid::new_v4().to_string())
+    }
+}
+
+/// The `method` label of the HTTP metrics: the methods of RFC 9110 and PATCH by name, anything
+/// else `other`, so that invented methods cannot add series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -133,27 +179,37 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Request id, tracing span, deadline and metrics for every request.
+/// Request id, tracing span, deadlines and metrics for every request.
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = req
         .headers()
         .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    req.extensions_mut().insert(RequestId(request_id.clone()));
-    // Bounded label: the route template, never the raw path.
+        .and_then(RequestId::from_caller)
+        .unwrap_or_else(RequestId::generate);
+    req.extensions_mut().insert(request_id.clone());
+    // Bounded labels: the route template, never the raw path; a known method or `other`.
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
-    let span = tracing::info_span!("request", %request_id, %method, %route);
+    let method = method_label(req.method());
+    let span = tracing::info_span!("request", request_id = %request_id.0, method, %route);
     let started = Instant::now();
+    let body_expired = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| {
+        if body.is_end_stream() {
+            body
+        } else {
+            Body::new(DeadlineBody {
+                inner: body,
+                deadline: Box::pin(tokio::time::sleep(state.body_timeout)),
+                expired: body_expired.clone(),
+            })
+        }
+    });
     let response = async {
-        match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        let response = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
             Ok(response) => response,
             Err(_) => {
                 tracing::warn!("request timed out");
@@ -164,29 +220,101 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
                 )
                 .into_response()
             }
+        };
+        if body_expired.load(Ordering::Relaxed) {
+            tracing::info!("request body timed out");
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    state.body_timeout.as_millis()
+                ),
+            )
+            .into_response();
+            // The rest of the body is not read: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
+        response
     }
     .instrument(span)
     .await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("budgetd_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("budgetd_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("budgetd_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     let mut response = response;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// A request body that fails once its deadline has passed, setting `expired` so that
+/// `observe` answers 408 whatever the handler made of the failed read.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimedOut;
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready once the database answers and every migration this binary knows is applied.
+/// Ready once the database answers and every migration this binary knows is applied. Answers
+/// within `readiness_timeout`: at once while the store knows the database is unreachable, and
+/// 503 when the database does not answer in time.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.is_ready().await {
+    let Ok(ready) = tokio::time::timeout(state.readiness_timeout, state.store.is_ready()).await
+    else {
+        tracing::warn!(
+            timeout_ms = state.readiness_timeout.as_millis() as u64,
+            "readiness check: the database did not answer in time"
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": "the database did not answer in time" })),
+        )
+            .into_response();
+    };
+    match ready {
         Ok(true) => Json(json!({ "status": "ready" })).into_response(),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,

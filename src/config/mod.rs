@@ -160,6 +160,10 @@ struct ApiSection {
     listen: String,
     request_timeout_ms: u64,
     shutdown_timeout_ms: u64,
+    max_connections: u32,
+    header_timeout_ms: u64,
+    body_timeout_ms: u64,
+    readiness_timeout_ms: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tokens: Vec<TokenSection>,
 }
@@ -170,6 +174,10 @@ impl Default for ApiSection {
             listen: "127.0.0.1:8080".to_owned(),
             request_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            max_connections: 512,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 5_000,
+            readiness_timeout_ms: 1_000,
             tokens: Vec::new(),
         }
     }
@@ -257,6 +265,16 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// The most connections served at once, before the open-file limit lowers it (see
+    /// `serve::ConnectionLimit`).
+    pub max_connections: u32,
+    /// A connection must send a complete request head within this of opening, or of its
+    /// previous response.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this of its head.
+    pub body_timeout: Duration,
+    /// The longest `/readyz` waits for the database.
+    pub readiness_timeout: Duration,
     pub tokens: Vec<TokenConfig>,
 }
 
@@ -460,11 +478,31 @@ fn validate_api(api: &ApiSection, origin: &Origin) -> Result<ApiConfig, ConfigEr
         });
     }
     let invalid = |e| origin.invalid(e);
+    let request_timeout =
+        timeout_millis(api.request_timeout_ms, "api.request_timeout_ms").map_err(invalid)?;
+    let body_timeout =
+        timeout_millis(api.body_timeout_ms, "api.body_timeout_ms").map_err(invalid)?;
+    // A body still arriving when the request's deadline passes would get 503, not 408.
+    if body_timeout > request_timeout {
+        return Err(origin.error(
+            "api.body_timeout_ms",
+            format!(
+                "{} is more than api.request_timeout_ms ({}), which bounds the whole request",
+                api.body_timeout_ms, api.request_timeout_ms
+            ),
+        ));
+    }
     Ok(ApiConfig {
         listen,
-        request_timeout: timeout_millis(api.request_timeout_ms, "api.request_timeout_ms")
-            .map_err(invalid)?,
+        request_timeout,
         shutdown_timeout: timeout_millis(api.shutdown_timeout_ms, "api.shutdown_timeout_ms")
+            .map_err(invalid)?,
+        max_connections: within(api.max_connections, 1..=65_536, "api.max_connections")
+            .map_err(invalid)?,
+        header_timeout: timeout_millis(api.header_timeout_ms, "api.header_timeout_ms")
+            .map_err(invalid)?,
+        body_timeout,
+        readiness_timeout: timeout_millis(api.readiness_timeout_ms, "api.readiness_timeout_ms")
             .map_err(invalid)?,
         tokens,
     })

@@ -779,3 +779,31 @@ fn the_readme_states_every_default() {
     }
     assert!(checked > 40, "{checked} defaults checked");
 }
+
+#[test]
+fn the_api_limits_have_defaults_and_bounds() {
+    let config = from_env(&[DB]).unwrap();
+    assert_eq!(config.api.max_connections, 512);
+    assert_eq!(config.api.header_timeout, Duration::from_secs(5));
+    assert_eq!(config.api.body_timeout, Duration::from_secs(5));
+    assert_eq!(config.api.readiness_timeout, Duration::from_secs(1));
+    assert_eq!(config.database.probe_timeout, Duration::from_millis(500));
+
+    let with = |from: &str, to: &str| {
+        assert!(EXAMPLE.contains(from), "the example has {from:?}");
+        load(&EXAMPLE.replacen(from, to, 1), &[]).unwrap_err()
+    };
+    let err = with("max_connections = 512", "max_connections = 0");
+    assert_eq!(err.key, "api.max_connections");
+    // Seconds written as milliseconds.
+    let err = with("header_timeout_ms = 5000", "header_timeout_ms = 5");
+    assert_eq!(err.key, "api.header_timeout_ms");
+    let err = with("readiness_timeout_ms = 1000", "readiness_timeout_ms = 1");
+    assert_eq!(err.key, "api.readiness_timeout_ms");
+    let err = with("probe_timeout_ms = 500", "probe_timeout_ms = 5");
+    assert_eq!(err.key, "database.probe_timeout_ms");
+    // A body may not take longer than the whole request may.
+    let err = with("body_timeout_ms = 5000", "body_timeout_ms = 20000");
+    assert_eq!(err.key, "api.body_timeout_ms");
+    assert!(err.message.contains("api.request_timeout_ms"), "{err}");
+}

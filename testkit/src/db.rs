@@ -63,6 +63,7 @@ pub fn store_config(url: &str) -> StoreConfig {
         acquire_timeout: Duration::from_secs(30),
         statement_timeout: Duration::from_secs(120),
         max_retries: 2,
+        probe_timeout: Duration::from_millis(500),
     }
 }
 

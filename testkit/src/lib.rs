@@ -8,6 +8,7 @@
 //! - `prometheus`: promtool blocks and a Prometheus process serving them;
 //! - `alertmanager`: a real Alertmanager process;
 //! - `fake_kube`: a stateful fake Kubernetes API server;
+//! - `tcp_proxy`: a TCP proxy that forwards, refuses or swallows connections on command;
 //! - `bench_sql`: the benchmarks' SQL besides the store (bulk loads, COPY, baseline queries).
 
 pub mod alertmanager;
@@ -17,3 +18,4 @@ pub mod db;
 pub mod fake_kube;
 pub mod prometheus;
 pub mod synthetic;
+pub mod tcp_proxy;

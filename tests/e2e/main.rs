@@ -8,6 +8,7 @@ mod collector;
 mod dashboards;
 mod enforcement;
 mod fuzz;
+mod http;
 mod pgbouncer;
 mod price_book;
 mod support;

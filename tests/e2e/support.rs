@@ -87,6 +87,8 @@ pub fn router_limiting_rates(
         auth: Arc::new(authenticator()),
         metrics: budgetd::telemetry::metrics_handle(),
         request_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(60),
+        readiness_timeout: Duration::from_secs(1),
         priced_meters: Arc::new(
             meters
                 .iter()

@@ -16,11 +16,14 @@ mod unpriced;
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Postgres, Transaction};
+use tokio::sync::watch;
 
 pub use audit::ChainStatus;
 pub use costs::DailyCost;
@@ -42,6 +45,9 @@ pub struct StoreConfig {
     pub statement_timeout: Duration,
     /// Retries of a transient failure (connection loss, serialization failure, deadlock).
     pub max_retries: u32,
+    /// The limit of one direct connection attempt that tells a database that is down from a
+    /// pool that is only busy, and the least time between two such attempts (see `Health`).
+    pub probe_timeout: Duration,
 }
 
 /// Where a database URL points, for messages: user, host, port and database, never the
@@ -105,6 +111,9 @@ pub struct Store {
     acquire_timeout: Duration,
     statement_timeout: Duration,
     max_retries: u32,
+    probe_timeout: Duration,
+    /// Whether the database takes connections, as far as this store knows; shared by clones.
+    health: Arc<Health>,
 }
 
 // By hand: the connect options hold the password.
@@ -141,6 +150,8 @@ impl Store {
             acquire_timeout: config.acquire_timeout,
             statement_timeout: config.statement_timeout,
             max_retries: config.max_retries,
+            probe_timeout: config.probe_timeout,
+            health: Arc::new(Health::new()),
         })
     }
 
@@ -153,9 +164,16 @@ impl Store {
     /// if the database takes it, otherwise [`Error::Unreachable`] naming the target and the
     /// cause at once (a refused port fails in milliseconds, not after the pool's retries).
     pub async fn check_connection(&self) -> Result<(), Error> {
-        let conn = connect_once(&self.options, &self.target, self.acquire_timeout).await?;
-        conn.close().await.ok();
+        let outcome = connect_once(&self.options, &self.target, self.acquire_timeout).await;
+        self.health.record(&outcome);
+        outcome?.close().await.ok();
         Ok(())
+    }
+
+    /// Why the database cannot be used, if this store knows it cannot: the last connection
+    /// attempt was refused or not answered, and none has succeeded since.
+    fn known_unreachable(&self) -> Option<Error> {
+        self.health.unreachable(&self.target)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -293,11 +311,91 @@ impl Store {
 
 impl Store {
     /// A transaction from the pool, or an error that says where and why there is none.
+    ///
+    /// While the database is known to be unreachable this answers at once, unless a direct
+    /// attempt is due (at most one per `probe_timeout`), which it waits for. A pool that has
+    /// not given a connection within [`SUSPECT_AFTER`] may be unable to make one: a direct
+    /// attempt (shared by every waiter) tells, and if the database is down every waiter
+    /// fails at once instead of waiting out `acquire_timeout`.
     pub(crate) async fn pool_begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
-        match self.pool.begin().await {
-            Ok(tx) => Ok(tx),
-            Err(e) => Err(self.acquisition_error(e).await),
+        let mut health = self.health.state.subscribe();
+        if health.borrow().down.is_some() {
+            let attempts = health.borrow().attempts;
+            if self.start_probe() || self.health.probing.load(Ordering::Acquire) {
+                let finished = health.wait_for(|s| s.attempts > attempts);
+                // The attempt ends within `probe_timeout`; the margin is for the task's start.
+                let _ = tokio::time::timeout(self.probe_timeout * 2, async {
+                    finished.await.map(|_| ())
+                })
+                .await;
+            }
+            if let Some(e) = self.known_unreachable() {
+                return Err(e);
+            }
         }
+        let begin = self.pool.begin();
+        tokio::pin!(begin);
+        let suspect = tokio::time::sleep(SUSPECT_AFTER);
+        tokio::pin!(suspect);
+        let (mut suspected, mut watching) = (false, true);
+        loop {
+            tokio::select! {
+                result = &mut begin => {
+                    return match result {
+                        Ok(tx) => {
+                            self.health.record_up();
+                            Ok(tx)
+                        }
+                        Err(e) => {
+                            let e = self.acquisition_error(e).await;
+                            if let Error::Unreachable { cause, .. } = &e {
+                                self.health.record_down(cause);
+                            }
+                            Err(e)
+                        }
+                    };
+                }
+                () = &mut suspect, if !suspected => {
+                    suspected = true;
+                    self.start_probe();
+                }
+                changed = health.changed(), if watching => {
+                    watching = changed.is_ok();
+                    if let Some(e) = self.known_unreachable() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts one direct connection attempt unless one is under way or the last one ended
+    /// less than `probe_timeout` ago; its outcome goes into the health state. True if started.
+    fn start_probe(&self) -> bool {
+        if !self.health.probe_due(self.probe_timeout)
+            || self.health.probing.swap(true, Ordering::AcqRel)
+        {
+            return false;
+        }
+        let (options, target, timeout) = (
+            self.options.clone(),
+            self.target.clone(),
+            self.probe_timeout,
+        );
+        let health = self.health.clone();
+        // A task of its own, so that a caller that stops waiting does not cancel it; it ends
+        // within `timeout`.
+        tokio::spawn(async move {
+            let outcome = connect_once(&options, &target, timeout).await;
+            let label = outcome.as_ref().map_or_else(Error::metric_label, |_| "ok");
+            metrics::counter!("budgetd_db_probes_total", "outcome" => label).increment(1);
+            health.record(&outcome);
+            health.probing.store(false, Ordering::Release);
+            if let Ok(conn) = outcome {
+                conn.close().await.ok();
+            }
+        });
+        true
     }
 
     // Boxed: awaited inside the generic `run_within`, an `async fn` here trips rustc's
@@ -345,6 +443,109 @@ impl Store {
                 other => Error::Database(other),
             }
         })
+    }
+}
+
+/// How long a pooled connection may take before the store checks, with one direct attempt,
+/// whether the database takes connections at all. Getting an idle connection takes
+/// microseconds and opening one a few milliseconds; a pool that is only busy is told apart
+/// by the attempt succeeding.
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(100);
+
+/// What a store knows about its database taking connections: set unreachable by a connection
+/// attempt that failed (the pool's, or a direct one), cleared by one that succeeded. While it
+/// is unreachable, transactions fail at once with [`Error::Unreachable`] instead of waiting
+/// for the pool, and at most one direct attempt per `probe_timeout` checks whether it is back.
+struct Health {
+    state: watch::Sender<HealthState>,
+    /// A direct attempt is under way.
+    probing: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// Why the database is unreachable, while it is.
+    down: Option<String>,
+    /// Direct attempts finished so far, so that a waiter sees the one it waited for end.
+    attempts: u64,
+    last_attempt: Option<Instant>,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            state: watch::Sender::new(HealthState::default()),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    fn unreachable(&self, target: &DbTarget) -> Option<Error> {
+        self.state
+            .borrow()
+            .down
+            .as_ref()
+            .map(|cause| Error::Unreachable {
+                target: target.clone(),
+                cause: cause.clone(),
+            })
+    }
+
+    fn probe_due(&self, interval: Duration) -> bool {
+        self.state
+            .borrow()
+            .last_attempt
+            .is_none_or(|at| at.elapsed() >= interval)
+    }
+
+    /// The outcome of a direct attempt.
+    fn record<T>(&self, outcome: &Result<T, Error>) {
+        let mut change = None;
+        self.state.send_modify(|s| {
+            s.attempts += 1;
+            s.last_attempt = Some(Instant::now());
+            change = match outcome {
+                Ok(_) => s.down.take().map(|_| None),
+                Err(Error::Unreachable { cause, .. }) => s
+                    .down
+                    .replace(cause.clone())
+                    .is_none()
+                    .then_some(Some(cause.as_str())),
+                Err(_) => None,
+            };
+        });
+        match change {
+            Some(None) => Self::recovered(),
+            Some(Some(cause)) => Self::went_down(cause),
+            None => {}
+        }
+    }
+
+    fn record_up(&self) {
+        if self.state.send_if_modified(|s| s.down.take().is_some()) {
+            Self::recovered();
+        }
+    }
+
+    fn record_down(&self, cause: &str) {
+        if self
+            .state
+            .send_if_modified(|s| s.down.replace(cause.to_owned()).is_none())
+        {
+            Self::went_down(cause);
+        }
+    }
+
+    fn recovered() {
+        metrics::gauge!("budgetd_db_unreachable").set(0.0);
+        tracing::info!("the database takes connections again");
+    }
+
+    fn went_down(cause: &str) {
+        metrics::gauge!("budgetd_db_unreachable").set(1.0);
+        tracing::warn!(
+            cause,
+            "the database is unreachable: transactions fail at once until a connection succeeds"
+        );
     }
 }
 

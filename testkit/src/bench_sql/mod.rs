@@ -108,6 +108,7 @@ pub async fn scratch_ledger(
         acquire_timeout: Duration::from_secs(60),
         statement_timeout,
         max_retries: 0,
+        probe_timeout: Duration::from_millis(500),
     })
     .await?;
     let conn = BenchConnection::connect(url).await?;
