@@ -7,17 +7,13 @@ use chrono::{DateTime, Utc};
 use ledger::enforcement::{ActionRecord, ActionState, Exemption};
 use ledger::names::Reason;
 use ledger::store::ActionFilter;
-use ledger::tenant::TenantId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::extract::{query_params, Caller, JsonBody, TenantPath};
+use super::extract::{page_limit, query_params, tenant_filter, Caller, JsonBody, TenantPath};
 use super::AppState;
-use crate::auth::{Permission, Role};
-
-const DEFAULT_LIMIT: i64 = 100;
-const MAX_LIMIT: i64 = 1000;
+use crate::auth::Permission;
 
 fn action_path(id: &str) -> Result<i64, ApiError> {
     id.parse::<i64>()
@@ -62,28 +58,12 @@ pub async fn list(
         .get("state")
         .map(|s| ActionState::parse(s))
         .transpose()?;
-    let mut tenant = params
-        .get("tenant")
-        .map(|t| TenantId::parse_field("tenant", t))
-        .transpose()?;
-    if let Role::Tenant(own) = &caller.principal.role {
-        match &tenant {
-            Some(asked) if asked != own => return Err(ApiError::tenant_not_found(asked.as_str())),
-            _ => tenant = Some(own.clone()),
-        }
-    }
+    let tenant = tenant_filter(&caller, &params)?;
     let before_id = params
         .get("before")
         .map(|b| action_path(b).map_err(|_| ApiError::invalid("before", "an action id")))
         .transpose()?;
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::invalid("limit", format!("an integer in 1..={MAX_LIMIT}")))?,
-    };
+    let limit = page_limit(&params)?;
     let actions = state
         .store
         .list_actions(&ActionFilter {

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::{AppState, RequestId};
-use crate::auth::{Permission, Principal};
+use crate::auth::{Permission, Principal, Role};
 
 /// Request bodies are limited to 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -262,6 +262,39 @@ pub fn query_params(
         }
     }
     Ok(params)
+}
+
+/// The `tenant` filter of a list: the tenant asked for, if any; a tenant token sees only its
+/// own tenant (another one is 404, as if it did not exist).
+pub fn tenant_filter(
+    caller: &Caller,
+    params: &BTreeMap<String, String>,
+) -> Result<Option<TenantId>, ApiError> {
+    let asked = params
+        .get("tenant")
+        .map(|t| TenantId::parse_field("tenant", t))
+        .transpose()?;
+    match (&caller.principal.role, asked) {
+        (Role::Tenant(own), Some(asked)) if &asked != own => {
+            Err(ApiError::tenant_not_found(asked.as_str()))
+        }
+        (Role::Tenant(own), _) => Ok(Some(own.clone())),
+        (_, asked) => Ok(asked),
+    }
+}
+
+/// A list's `limit`: 1..=1000, 100 when not given.
+pub fn page_limit(params: &BTreeMap<String, String>) -> Result<i64, ApiError> {
+    const DEFAULT_LIMIT: i64 = 100;
+    const MAX_LIMIT: i64 = 1000;
+    match params.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::invalid("limit", format!("an integer in 1..={MAX_LIMIT}"))),
+    }
 }
 
 #[cfg(test)]

@@ -6,16 +6,12 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger::store::{UnpricedFilter, UnpricedRecord};
-use ledger::tenant::TenantId;
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::extract::{query_params, Caller};
+use super::extract::{page_limit, query_params, tenant_filter, Caller};
 use super::AppState;
-use crate::auth::{Permission, Role};
-
-const DEFAULT_LIMIT: i64 = 100;
-const MAX_LIMIT: i64 = 1000;
+use crate::auth::Permission;
 
 #[derive(Serialize)]
 pub struct PricingErrorDto {
@@ -70,16 +66,7 @@ pub async fn list(
 ) -> Result<Json<PricingErrors>, ApiError> {
     caller.require(Permission::ReadCosts)?;
     let params = query_params(query.as_deref(), &["tenant", "state", "limit"])?;
-    let mut tenant = params
-        .get("tenant")
-        .map(|t| TenantId::parse_field("tenant", t))
-        .transpose()?;
-    if let Role::Tenant(own) = &caller.principal.role {
-        match &tenant {
-            Some(asked) if asked != own => return Err(ApiError::tenant_not_found(asked.as_str())),
-            _ => tenant = Some(own.clone()),
-        }
-    }
+    let tenant = tenant_filter(&caller, &params)?;
     let open_only = match params.get("state").map(String::as_str) {
         None | Some("open") => true,
         Some("all") => false,
@@ -90,14 +77,7 @@ pub async fn list(
             ))
         }
     };
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::invalid("limit", format!("an integer in 1..={MAX_LIMIT}")))?,
-    };
+    let limit = page_limit(&params)?;
     let records = state
         .store
         .list_unpriced(&UnpricedFilter {
