@@ -409,13 +409,16 @@ impl Connections {
                     .entries
                     .values()
                     .find(|e| !e.close.is_cancelled() && e.busy.load(Ordering::Acquire) == 0);
-                match oldest_idle {
-                    None => return Some(Admission::Refuse(overflow)),
-                    Some(entry) if entry.opened.elapsed() >= EVICTION_GRACE => {
+                let Some(entry) = oldest_idle else {
+                    return Some(Admission::Refuse(overflow));
+                };
+                // One reading of the clock: a second one could be past the grace period.
+                match EVICTION_GRACE.checked_sub(entry.opened.elapsed()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => {
                         entry.close.cancel();
                         return Some(Admission::Evicting(overflow));
                     }
-                    Some(entry) => EVICTION_GRACE - entry.opened.elapsed(),
                 }
             };
             // Every idle connection is in its grace period: accept nothing until the oldest
