@@ -636,11 +636,11 @@ pub fn kubernetes_quantity(text: &str, key: &str) -> Result<(), Invalid> {
             format!("{text:?} is not a Kubernetes quantity (such as 500m, 4Gi, 100)"),
         )
     };
-    let digits_end = text
+    let unsigned = text.strip_prefix('+').unwrap_or(text);
+    let digits_end = unsigned
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(digits_end);
-    let number = number.strip_prefix('+').unwrap_or(number);
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(digits_end);
     let mut parts = number.split('.');
     let whole = parts.next().unwrap_or("");
     let fraction = parts.next();

@@ -22,7 +22,7 @@ async fn decide(app: &TestApp, role: &str, id: &str, verb: &str) -> Reply {
         Method::POST,
         &format!("/api/v1/tenant-requests/{id}/{verb}"),
         Some(&token(role)),
-        Some(json!({"reason": format!("{verb}d by the platform board")})),
+        Some(json!({"reason": format!("{} by the platform board", verb.replace("approve", "approved").replace("reject", "rejected"))})),
     )
     .await
 }
@@ -111,7 +111,7 @@ async fn an_approved_request_becomes_an_active_tenant_with_its_budget_in_one_ste
     assert_eq!(payload["budget"]["currency"], "EUR");
     assert_eq!(payload["previous_state"], "requested");
     let actions: Vec<String> =
-        sqlx::query_scalar("select action from audit_log where target_id = 'shop' order by id")
+        sqlx::query_scalar("select action from audit_log where target_id = 'shop' order by seq")
             .fetch_all(app.db.store.pool())
             .await
             .unwrap();
