@@ -91,6 +91,7 @@ impl Application {
                 .as_ref()
                 .map_or(api::VIEW_STATUS, |e| e.settings.status_params()),
             clock: api::wall_clock(),
+            lifecycle: Arc::new(config.lifecycle.clone()),
         };
         Ok(Application {
             listener,

@@ -81,6 +81,10 @@ pub enum Permission {
     ReadEnforcement,
     /// Approve or reject enforcement actions; exempt tenants.
     DecideEnforcement,
+    /// Ask for a new tenant (a self-service request).
+    RequestTenant,
+    /// Approve or reject tenant requests.
+    DecideTenantRequests,
 }
 
 /// An authenticated caller.
@@ -105,13 +109,22 @@ impl Principal {
                     | ReadPriceBook
                     | ManagePriceBook
                     | ReadEnforcement
+                    | RequestTenant
             ),
-            Role::Viewer | Role::Tenant(_) => {
-                matches!(
-                    permission,
-                    ReadTenants | ReadBudget | ReadCosts | ReadPriceBook | ReadEnforcement
-                )
-            }
+            Role::Viewer => matches!(
+                permission,
+                ReadTenants
+                    | ReadBudget
+                    | ReadCosts
+                    | ReadPriceBook
+                    | ReadEnforcement
+                    | RequestTenant
+            ),
+            // A tenant token speaks for its tenant, not for a person who may ask for another.
+            Role::Tenant(_) => matches!(
+                permission,
+                ReadTenants | ReadBudget | ReadCosts | ReadPriceBook | ReadEnforcement
+            ),
         }
     }
 
@@ -205,5 +218,10 @@ mod tests {
         assert!(principal(Role::Viewer).sees(&other));
         assert!(!p.may(Permission::ManageTenants));
         assert!(p.may(Permission::ReadCosts));
+        assert!(!p.may(Permission::RequestTenant));
+        assert!(principal(Role::Viewer).may(Permission::RequestTenant));
+        assert!(!principal(Role::Viewer).may(Permission::DecideTenantRequests));
+        assert!(!principal(Role::Finance).may(Permission::DecideTenantRequests));
+        assert!(principal(Role::Operator).may(Permission::DecideTenantRequests));
     }
 }

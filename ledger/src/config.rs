@@ -24,6 +24,7 @@ use crate::error::Invalid;
 use crate::money::{parse_decimal, parse_rate};
 use crate::price_book::{MeterName, NewPriceBookVersion, RateLimits, DEFAULT_MAX_RATE};
 use crate::store::StoreConfig;
+use crate::tenant::{DataResidency, QuotaProfileName};
 
 // Primitives ----------------------------------------------------------------------------------
 
@@ -390,6 +391,291 @@ impl PriceBookSection {
     }
 }
 
+// [lifecycle] --------------------------------------------------------------------------------
+
+/// `[lifecycle]`: the regions a tenant's data may live in, with the clusters of each
+/// (`[lifecycle.residencies.<region>] clusters = [...]`: API URLs, kubeconfig context names, or
+/// `kubernetes` for the cluster `[kubernetes]` connects to), and the quota profiles a tenant may
+/// have (`[lifecycle.quota_profiles.<name>]`, resource → Kubernetes quantity, the
+/// ResourceQuota's `hard` limits). A request names one of each; the API refuses others.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleSection {
+    pub residencies: BTreeMap<String, ResidencySection>,
+    pub quota_profiles: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// `[lifecycle.residencies.<region>]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencySection {
+    /// API server URLs (`https://...`) or kubeconfig context names.
+    pub clusters: Vec<String>,
+}
+
+/// The cluster entry that stands for the cluster `[kubernetes]` connects to (its `api_url`, or
+/// the kubeconfig's current context, or the in-cluster account): the default region's only
+/// cluster, so a single-cluster install and the local demo work unchanged.
+pub const CONFIGURED_CLUSTER: &str = "kubernetes";
+
+impl Default for LifecycleSection {
+    fn default() -> Self {
+        let profile = |cpu: &str, memory: &str, pods: &str| {
+            BTreeMap::from([
+                ("cpu".to_owned(), cpu.to_owned()),
+                ("memory".to_owned(), memory.to_owned()),
+                ("pods".to_owned(), pods.to_owned()),
+            ])
+        };
+        LifecycleSection {
+            residencies: BTreeMap::from([(
+                "eu".to_owned(),
+                ResidencySection {
+                    clusters: vec![CONFIGURED_CLUSTER.to_owned()],
+                },
+            )]),
+            quota_profiles: BTreeMap::from([
+                ("small".to_owned(), profile("2", "4Gi", "20")),
+                ("standard".to_owned(), profile("8", "32Gi", "100")),
+                ("large".to_owned(), profile("32", "128Gi", "500")),
+            ]),
+        }
+    }
+}
+
+/// Where a tenant may be provisioned: a Kubernetes API server, or a context of the kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterRef {
+    /// The cluster `[kubernetes]` connects to ([`CONFIGURED_CLUSTER`]).
+    Configured,
+    ApiUrl(Url),
+    Context(String),
+}
+
+impl ClusterRef {
+    fn parse(text: &str, key: &str) -> Result<ClusterRef, Invalid> {
+        if text == CONFIGURED_CLUSTER {
+            return Ok(ClusterRef::Configured);
+        }
+        if text.contains("://") {
+            let url = http_url(&ConfigUrl::new(text), key)?;
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(Invalid::new(
+                    key,
+                    "a cluster URL carries no credentials (use a kubeconfig context)",
+                ));
+            }
+            return Ok(ClusterRef::ApiUrl(url));
+        }
+        let valid = !text.is_empty()
+            && text.len() <= 253
+            && text.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':' | b'/')
+            });
+        if valid {
+            Ok(ClusterRef::Context(text.to_owned()))
+        } else {
+            Err(Invalid::new(
+                key,
+                format!("{text:?} is neither an http(s) URL nor a kubeconfig context name"),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ClusterRef::Configured => CONFIGURED_CLUSTER,
+            ClusterRef::ApiUrl(url) => url.as_str(),
+            ClusterRef::Context(name) => name,
+        }
+    }
+}
+
+/// A quota profile: ResourceQuota `hard` limits, resource name → quantity as written.
+pub type QuotaProfile = BTreeMap<String, String>;
+
+/// The validated `[lifecycle]` section.
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    pub residencies: BTreeMap<DataResidency, Vec<ClusterRef>>,
+    pub quota_profiles: BTreeMap<QuotaProfileName, QuotaProfile>,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSection::default()
+            .validate()
+            .expect("the default [lifecycle] is valid")
+    }
+}
+
+impl LifecycleSettings {
+    /// `value` if it names a configured region; otherwise an error naming `field` and the
+    /// regions there are.
+    pub fn residency(&self, field: &str, value: &str) -> Result<DataResidency, Invalid> {
+        let residency = DataResidency::parse_field(field, value)?;
+        if self.residencies.contains_key(&residency) {
+            return Ok(residency);
+        }
+        let known: Vec<&str> = self.residencies.keys().map(DataResidency::as_str).collect();
+        Err(Invalid::new(
+            field,
+            format!(
+                "{value:?} is not a configured data residency ({})",
+                known.join(", ")
+            ),
+        ))
+    }
+
+    /// `value` if it names a configured quota profile.
+    pub fn quota_profile(&self, field: &str, value: &str) -> Result<QuotaProfileName, Invalid> {
+        let name = QuotaProfileName::parse(field, value)?;
+        if self.quota_profiles.contains_key(&name) {
+            return Ok(name);
+        }
+        let known: Vec<&str> = self
+            .quota_profiles
+            .keys()
+            .map(QuotaProfileName::as_str)
+            .collect();
+        Err(Invalid::new(
+            field,
+            format!(
+                "{value:?} is not a configured quota profile ({})",
+                known.join(", ")
+            ),
+        ))
+    }
+}
+
+impl LifecycleSection {
+    pub fn validate(&self) -> Result<LifecycleSettings, Invalid> {
+        if self.residencies.is_empty() {
+            return Err(Invalid::new(
+                "lifecycle.residencies",
+                "at least one region is needed: every tenant has a data residency",
+            ));
+        }
+        let mut residencies = BTreeMap::new();
+        for (region, section) in &self.residencies {
+            let key = format!("lifecycle.residencies.{region}");
+            let residency = DataResidency::parse_field(&key, region)?;
+            let key = format!("{key}.clusters");
+            if section.clusters.is_empty() {
+                return Err(Invalid::new(
+                    key,
+                    "at least one cluster (an API URL or a kubeconfig context)",
+                ));
+            }
+            let mut clusters = Vec::new();
+            for (i, cluster) in section.clusters.iter().enumerate() {
+                let cluster = ClusterRef::parse(cluster, &format!("{key}[{i}]"))?;
+                if clusters.contains(&cluster) {
+                    return Err(Invalid::new(
+                        format!("{key}[{i}]"),
+                        "the same cluster is listed twice",
+                    ));
+                }
+                clusters.push(cluster);
+            }
+            residencies.insert(residency, clusters);
+        }
+        if self.quota_profiles.is_empty() {
+            return Err(Invalid::new(
+                "lifecycle.quota_profiles",
+                "at least one profile is needed: every request names one",
+            ));
+        }
+        let mut quota_profiles = BTreeMap::new();
+        for (name, limits) in &self.quota_profiles {
+            let key = format!("lifecycle.quota_profiles.{name}");
+            let profile = QuotaProfileName::parse(&key, name)?;
+            if limits.is_empty() {
+                return Err(Invalid::new(key, "a profile sets at least one limit"));
+            }
+            for (resource, quantity) in limits {
+                let key = format!("{key}.{resource}");
+                quota_resource(resource, &key)?;
+                kubernetes_quantity(quantity, &key)?;
+            }
+            quota_profiles.insert(profile, limits.clone());
+        }
+        Ok(LifecycleSettings {
+            residencies,
+            quota_profiles,
+        })
+    }
+}
+
+/// A ResourceQuota resource name: `cpu`, `requests.memory`, `count/deployments.apps`,
+/// `requests.nvidia.com/gpu`.
+fn quota_resource(name: &str, key: &str) -> Result<(), Invalid> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'/')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            key,
+            format!("{name:?} is not a ResourceQuota resource name (cpu, memory, pods, requests.cpu ...)"),
+        ))
+    }
+}
+
+/// A Kubernetes quantity (`500m`, `4Gi`, `1e3`, `100`): a non-negative decimal with at most
+/// one suffix, binary (`Ki`..`Ei`), decimal (`n`, `u`, `m`, `k`, `M`..`E`) or an exponent.
+pub fn kubernetes_quantity(text: &str, key: &str) -> Result<(), Invalid> {
+    let bad = || {
+        Invalid::new(
+            key,
+            format!("{text:?} is not a Kubernetes quantity (such as 500m, 4Gi, 100)"),
+        )
+    };
+    let unsigned = text.strip_prefix('+').unwrap_or(text);
+    let digits_end = unsigned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(digits_end);
+    let mut parts = number.split('.');
+    let whole = parts.next().unwrap_or("");
+    let fraction = parts.next();
+    if parts.next().is_some() || (whole.is_empty() && fraction.is_none_or(str::is_empty)) {
+        return Err(bad());
+    }
+    let suffix_ok = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .map(|exp| exp.strip_prefix(['+', '-']).unwrap_or(exp))
+        .is_some_and(|exp| {
+            !exp.is_empty() && exp.len() <= 3 && exp.bytes().all(|b| b.is_ascii_digit())
+        });
+    if text.len() > 64 || !suffix_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,5 +754,57 @@ mod tests {
             "x.max_attempts"
         );
         assert!(seconds(0, 1..=86_400, "x.s").is_err());
+    }
+
+    #[test]
+    fn lifecycle_defaults_serve_the_local_demo_and_bad_values_name_their_key() {
+        let settings = LifecycleSection::default().validate().unwrap();
+        assert!(settings.residency("data_residency", "eu").is_ok());
+        let err = settings.residency("data_residency", "mars").unwrap_err();
+        assert_eq!(err.field, "data_residency");
+        assert!(err.message.contains("eu"), "{}", err.message);
+        assert!(settings.quota_profile("quota_profile", "standard").is_ok());
+        assert_eq!(
+            settings
+                .quota_profile("quota_profile", "huge")
+                .unwrap_err()
+                .field,
+            "quota_profile"
+        );
+        for ok in ["500m", "4Gi", "100", "1.5", ".5", "1e3", "2E-2", "+1k", "0"] {
+            assert!(kubernetes_quantity(ok, "k").is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "4GB", "-1", "1..2", "abc", "4 Gi", ".", "1e", "Gi", "1e1234",
+        ] {
+            assert!(kubernetes_quantity(bad, "k").is_err(), "{bad}");
+        }
+        let mut section = LifecycleSection::default();
+        section
+            .quota_profiles
+            .get_mut("small")
+            .unwrap()
+            .insert("memory".into(), "4GB".into());
+        assert_eq!(
+            section.validate().unwrap_err().field,
+            "lifecycle.quota_profiles.small.memory"
+        );
+        let mut section = LifecycleSection::default();
+        section.residencies.insert(
+            "us".into(),
+            ResidencySection {
+                clusters: vec!["https://k8s.us.example:6443".into(), "bad context".into()],
+            },
+        );
+        assert_eq!(
+            section.validate().unwrap_err().field,
+            "lifecycle.residencies.us.clusters[1]"
+        );
+        let mut section = LifecycleSection::default();
+        section.residencies.clear();
+        assert_eq!(
+            section.validate().unwrap_err().field,
+            "lifecycle.residencies"
+        );
     }
 }

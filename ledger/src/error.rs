@@ -40,6 +40,17 @@ pub enum Error {
     /// lifecycle transition that is not allowed).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// A lifecycle transition the table (`tenant::TRANSITIONS`) does not allow: the tenant's
+    /// state and what may follow it.
+    #[error("tenant {id:?}: {refused}")]
+    Transition {
+        id: String,
+        refused: crate::tenant::TransitionRefused,
+    },
+    /// The caller may not do this to this resource whatever its role (a requester approving
+    /// their own request).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     /// An enforcement write with a fencing token that is no longer the leader's: another
     /// daemon leads, and this one must stop enforcing at once. A variant of its own (not a
     /// conflict code) because the enforcer decides on it.
@@ -75,7 +86,8 @@ impl Error {
         match self {
             Error::Invalid(_) => "invalid",
             Error::NotFound { .. } => "not_found",
-            Error::Conflict { .. } => "conflict",
+            Error::Conflict { .. } | Error::Transition { .. } => "conflict",
+            Error::Forbidden { .. } => "forbidden",
             Error::Fenced { .. } => "fenced",
             Error::Timeout { .. } => "timeout",
             Error::Unreachable { .. } => "unreachable",

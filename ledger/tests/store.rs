@@ -580,16 +580,14 @@ async fn tenant_lifecycle_writes_audit_and_outbox_in_the_same_transaction() {
         .transition_tenant(&ctx(), &acme, TenantState::Active, "undo")
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Conflict {
-                code: "invalid_transition",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    match &err {
+        Error::Transition { id, refused } => {
+            assert_eq!(id, "acme");
+            assert_eq!(refused.current, TenantState::Offboarding);
+            assert_eq!(refused.allowed, [TenantState::Offboarded]);
+        }
+        other => panic!("{other}"),
+    }
     let events: Vec<String> = sqlx::query_scalar("select event_type from outbox order by id")
         .fetch_all(s.pool())
         .await
@@ -1326,4 +1324,150 @@ async fn a_store_names_its_database_and_why_an_operation_cannot_run() {
     );
     drop(held);
     assert!(store.is_ready().await.unwrap());
+}
+
+fn new_request(id: &str) -> ledger::tenant::NewTenantRequest {
+    use ledger::tenant::*;
+    NewTenantRequest {
+        tenant: NewTenant {
+            id: TenantId::parse(id).unwrap(),
+            display_name: DisplayName::parse(id).unwrap(),
+            owner: Owner::parse_email("owner@example.com").unwrap(),
+            data_residency: DataResidency::parse("eu").unwrap(),
+            labels: Default::default(),
+            owner_group: Some(OwnerGroup::parse("team-a").unwrap()),
+            quota_profile: Some(QuotaProfileName::parse("quota_profile", "standard").unwrap()),
+        },
+        budget: Money {
+            amount: dec("500.00"),
+            currency: eur(),
+        },
+        period: BudgetPeriod::Monthly,
+        justification: Justification::parse("a new service").unwrap(),
+    }
+}
+
+fn as_actor(name: &str) -> AuditContext {
+    AuditContext {
+        actor: Actor {
+            name: name.into(),
+            role: "operator".into(),
+        },
+        request_id: format!("req-{name}"),
+    }
+}
+
+/// A random sequence of lifecycle calls through the store ends where the pure table says, and
+/// every state change it recorded in the outbox is a row of the table.
+#[test]
+fn store_follows_the_transition_table() {
+    use ledger::names::Reason;
+    use ledger::tenant::{LifecycleOp, TRANSITIONS};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(fresh_database());
+    let thresholds = Thresholds::parse(vec![50, 80, 100]).unwrap();
+    let reason = Reason::parse("reason", "checked").unwrap();
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 12,
+        ..ProptestConfig::default()
+    });
+    let ops = proptest::collection::vec(0..LifecycleOp::ALL.len(), 0..12);
+    runner
+        .run(&ops, |ops| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = TenantId::parse(&format!("t{n}")).unwrap();
+            let s = &db.store;
+            rt.block_on(async {
+                s.request_tenant(&as_actor("alice"), &new_request(id.as_str()))
+                    .await
+                    .unwrap();
+                let mut model = TenantState::Requested;
+                for i in ops {
+                    let op = LifecycleOp::ALL[i];
+                    let result = match op {
+                        LifecycleOp::Approve => s
+                            .approve_tenant_request(
+                                &as_actor("bob"),
+                                &id,
+                                &reason,
+                                &thresholds,
+                                Utc::now(),
+                            )
+                            .await
+                            .map(|r| r.tenant.state),
+                        LifecycleOp::Reject => s
+                            .reject_tenant_request(&as_actor("bob"), &id, &reason)
+                            .await
+                            .map(|r| r.tenant.state),
+                        op => s
+                            .operate_tenant(&as_actor("bob"), &id, op, "test")
+                            .await
+                            .map(|t| t.state),
+                    };
+                    match (model.decide(op), result) {
+                        (Ok(next), Ok(state)) => {
+                            model = next.unwrap_or(model);
+                            assert_eq!(state, model);
+                        }
+                        (Err(_), Err(Error::Transition { refused, .. })) => {
+                            assert_eq!(refused.current, model)
+                        }
+                        (want, got) => panic!("{op:?} from {model}: model {want:?}, store {got:?}"),
+                    }
+                }
+                let stored = s.get_tenant(&id).await.unwrap().state;
+                assert_eq!(stored, model);
+                let events: Vec<serde_json::Value> = sqlx::query_scalar(
+                    "select payload from outbox where aggregate_id = $1 and payload ? 'previous_state' order by id",
+                )
+                .bind(id.as_str())
+                .fetch_all(s.pool())
+                .await
+                .unwrap();
+                for e in events {
+                    let from = TenantState::parse(e["previous_state"].as_str().unwrap()).unwrap();
+                    let to = TenantState::parse(e["tenant"]["state"].as_str().unwrap()).unwrap();
+                    assert!(
+                        TRANSITIONS.iter().any(|&(f, _, t)| f == from && t == to),
+                        "{from} -> {to}"
+                    );
+                }
+            });
+            Ok(())
+        })
+        .unwrap();
+    // Approval wrote the budget; a requester cannot approve their own request.
+    rt.block_on(async {
+        let s = &db.store;
+        let id = TenantId::parse("self").unwrap();
+        s.request_tenant(&as_actor("alice"), &new_request("self"))
+            .await
+            .unwrap();
+        let err = s
+            .approve_tenant_request(&as_actor("alice"), &id, &reason, &thresholds, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Forbidden {
+                    code: "self_approval",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let approved = s
+            .approve_tenant_request(&as_actor("bob"), &id, &reason, &thresholds, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(approved.tenant.state, TenantState::Active);
+        let budget = s.budget_at(&id, Utc::now()).await.unwrap().unwrap();
+        assert_eq!(budget.amount.amount, dec("500.00"));
+        assert!(matches!(
+            s.verify_audit_chain().await.unwrap(),
+            ChainStatus::Intact { .. }
+        ));
+    });
 }

@@ -1,5 +1,6 @@
 //! API errors: a status, a stable code, a message and the field at fault, as
-//! `{"error":{"code":"...","message":"...","field":"..."}}`. Database and internal error text is
+//! `{"error":{"code":"...","message":"...","field":"..."}}`, with more members where a code has
+//! them (`invalid_transition`: `current_state`, `allowed`). Database and internal error text is
 //! logged with the request id, never sent to the client.
 
 use axum::http::StatusCode;
@@ -13,6 +14,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// More members of the error object (`current_state` and `allowed` of a refused
+    /// transition).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -26,6 +30,8 @@ struct Inner<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(flatten)]
+    details: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -35,6 +41,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            details: serde_json::Map::new(),
         }
     }
 
@@ -44,6 +51,7 @@ impl ApiError {
             code: "invalid_field",
             message: message.into(),
             field: Some(field.into()),
+            details: serde_json::Map::new(),
         }
     }
 
@@ -89,6 +97,26 @@ impl From<ledger::Error> for ApiError {
                 format!("{what} {id:?} not found"),
             ),
             Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            Transition { id, refused } => {
+                let mut error = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "invalid_transition",
+                    format!("tenant {id:?}: {refused}"),
+                );
+                error
+                    .details
+                    .insert("current_state".into(), refused.current.as_str().into());
+                error.details.insert(
+                    "allowed".into(),
+                    refused
+                        .allowed
+                        .iter()
+                        .map(|s| serde_json::Value::from(s.as_str()))
+                        .collect(),
+                );
+                error
+            }
+            Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
             // Only enforcement writes are fenced; kept as the conflict it was for any caller.
             Fenced { .. } => ApiError::new(StatusCode::CONFLICT, "fenced", e.to_string()),
             Timeout { .. } | Unreachable { .. } | PoolExhausted { .. } => {
@@ -118,6 +146,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                details: &self.details,
             },
         };
         (self.status, Json(body)).into_response()

@@ -173,6 +173,7 @@ impl JsonBody {
             code: "invalid_json",
             message: strip_position(&e.to_string()),
             field: None,
+            details: Default::default(),
         })?;
         Ok(value)
     }
@@ -198,6 +199,7 @@ fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             code: "unknown_field",
             message: format!("unknown field {unknown:?}"),
             field: Some(field),
+            details: Default::default(),
         };
     }
     // "missing field `x`": the path ends at the object that lacks it.
@@ -215,6 +217,7 @@ fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             code: "invalid_field",
             message: format!("{missing:?} is required"),
             field: Some(field),
+            details: Default::default(),
         };
     }
     let field = (path != ".").then_some(path);
@@ -228,6 +231,7 @@ fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         code,
         message: strip_position(&message),
         field,
+        details: Default::default(),
     }
 }
 
@@ -252,6 +256,7 @@ pub fn query_params(
                 code: "unknown_field",
                 message: format!("unknown query parameter {key:?}"),
                 field: Some(key.into_owned()),
+                details: Default::default(),
             });
         }
         if params

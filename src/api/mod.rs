@@ -1,4 +1,4 @@
-//! The HTTP API: tenants, budgets, costs and the price book under `/api/v1`, plus `/healthz`,
+//! The HTTP API: tenants, tenant requests, budgets, costs and the price book under `/api/v1`, plus `/healthz`,
 //! `/readyz` and `/metrics`. Every route answers errors in one JSON shape (see `error`).
 
 mod enforcement;
@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod price_book;
 mod pricing_errors;
+mod tenant_requests;
 mod tenants;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,9 @@ pub struct AppState {
     /// is for, how far ahead an exemption may reach). The daemon reads the wall clock; tests
     /// inject one so that they do not depend on the day they run.
     pub clock: Clock,
+    /// The configured data residencies and quota profiles (`[lifecycle]`) requests and
+    /// creates are checked against.
+    pub lifecycle: Arc<ledger::config::LifecycleSettings>,
 }
 
 /// A source of the current instant.
@@ -137,6 +141,22 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/tenants/{id}/exemption",
             get(enforcement::get_exemption).put(enforcement::put_exemption),
+        )
+        .route(
+            "/api/v1/tenant-requests",
+            get(tenant_requests::list).post(tenant_requests::create),
+        )
+        .route(
+            "/api/v1/tenant-requests/{id}",
+            get(tenant_requests::get_one),
+        )
+        .route(
+            "/api/v1/tenant-requests/{id}/approve",
+            axum::routing::post(tenant_requests::approve),
+        )
+        .route(
+            "/api/v1/tenant-requests/{id}/reject",
+            axum::routing::post(tenant_requests::reject),
         )
         .route("/api/v1/enforcement/actions", get(enforcement::list))
         .route(

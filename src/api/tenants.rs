@@ -1,4 +1,5 @@
-//! Tenant routes: create, list, read, update, offboard; budgets; costs.
+//! Tenant routes: create (an operator's create is its own approval; see `tenant_requests`),
+//! list, read, update, offboard; budgets; costs.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use ledger::budget::{parse_budget_amount, Budget, BudgetPeriod, NewBudget, Thresholds};
 use ledger::currency::Currency;
 use ledger::tenant::{
-    DataResidency, DisplayName, Labels, NewTenant, Owner, Tenant, TenantId, TenantPatch,
+    DisplayName, Labels, LifecycleOp, NewTenant, Owner, OwnerGroup, Tenant, TenantId, TenantPatch,
     TenantState,
 };
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ pub struct TenantDto {
     owner: String,
     data_residency: String,
     labels: BTreeMap<String, String>,
+    owner_group: Option<String>,
+    quota_profile: Option<String>,
     state: &'static str,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -46,6 +49,8 @@ impl From<Tenant> for TenantDto {
                 .iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            owner_group: t.owner_group.map(|g| g.as_str().to_owned()),
+            quota_profile: t.quota_profile.map(|p| p.as_str().to_owned()),
             state: t.state.as_str(),
             created_at: t.created_at,
             updated_at: t.updated_at,
@@ -63,6 +68,8 @@ struct CreateTenant {
     data_residency: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    owner_group: Option<String>,
+    quota_profile: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -88,8 +95,20 @@ pub async fn create(
         id: TenantId::parse(&req.id)?,
         display_name: DisplayName::parse(&req.display_name)?,
         owner: Owner::parse(&req.owner)?,
-        data_residency: DataResidency::parse(&req.data_residency)?,
+        data_residency: state
+            .lifecycle
+            .residency("data_residency", &req.data_residency)?,
         labels: Labels::parse(req.labels)?,
+        owner_group: req
+            .owner_group
+            .as_deref()
+            .map(OwnerGroup::parse)
+            .transpose()?,
+        quota_profile: req
+            .quota_profile
+            .as_deref()
+            .map(|p| state.lifecycle.quota_profile("quota_profile", p))
+            .transpose()?,
     };
     let tenant = state.store.create_tenant(&caller.audit(), &new).await?;
     let location = format!("/api/v1/tenants/{}", tenant.id);
@@ -180,8 +199,10 @@ pub async fn patch(
     Ok(Json(tenant.into()))
 }
 
-/// Starts offboarding. The full procedure (cluster clean-up, final report) follows the
-/// `offboarding` state; asking again while it runs is a no-op.
+/// Starts offboarding an active or suspended tenant. The full procedure (cluster clean-up,
+/// final report) follows the `offboarding` state; asking again while it runs is a no-op; from
+/// any other state it is a 409 naming the state and what may follow (a request is rejected,
+/// not offboarded).
 pub async fn offboard(
     State(state): State<AppState>,
     caller: Caller,
@@ -190,10 +211,10 @@ pub async fn offboard(
     caller.require_for(&id, Permission::ManageTenants)?;
     let tenant = state
         .store
-        .transition_tenant(
+        .operate_tenant(
             &caller.audit(),
             &id,
-            TenantState::Offboarding,
+            LifecycleOp::Offboard,
             "offboarding requested through the API",
         )
         .await?;

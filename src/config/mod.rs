@@ -1,6 +1,6 @@
 //! Configuration: an optional TOML file, overridden by environment variables ([`ENV`]), validated
 //! at start-up into typed settings. Each component owns its sections, their defaults and their
-//! validation (`ledger::config`: `[database]`, `[price_book]`; `collector::config`:
+//! validation (`ledger::config`: `[database]`, `[price_book]`, `[lifecycle]`; `collector::config`:
 //! `[collector]`, `[[meters]]`, `[prometheus]`; `enforcer::config`: `[enforcement]`,
 //! `[kubernetes]`, `[alertmanager]`); the daemon owns `[api]`, `[leader]` and `[log]`, composes
 //! the sections, applies the environment and checks what spans sections. Every problem names
@@ -18,7 +18,8 @@ use enforcer::config::{
     AlertmanagerSection, EnforcementSection, EnforcementSettings, KubernetesSection,
 };
 use ledger::config::{
-    seconds, timeout_millis, within, DatabaseSection, DatabaseSettings, PriceBookSection,
+    seconds, timeout_millis, within, DatabaseSection, DatabaseSettings, LifecycleSection,
+    LifecycleSettings, PriceBookSection,
 };
 use ledger::price_book::{NewPriceBookVersion, RateLimits};
 use ledger::tenant::TenantId;
@@ -151,6 +152,8 @@ struct File {
     alertmanager: AlertmanagerSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     meters: Option<Vec<MeterSection>>,
+    #[serde(default)]
+    lifecycle: LifecycleSection,
 }
 
 /// `[api]`.
@@ -246,6 +249,8 @@ pub struct Config {
     pub collector: Option<CollectorSettings>,
     /// The enforcer, when `[enforcement]` is there and enabled.
     pub enforcement: Option<EnforcementSettings>,
+    /// Data residencies and quota profiles tenants may have (`[lifecycle]`).
+    pub lifecycle: LifecycleSettings,
     /// What it was made of, for `config show`.
     source: Source,
 }
@@ -398,6 +403,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
     let log = validate_log(&file.log, &origin)?;
     let price_book = file.price_book.validate().map_err(invalid)?;
     let price_book_seed = price_book.seed;
+    let lifecycle = file.lifecycle.validate().map_err(invalid)?;
     let collector = match &file.collector {
         Some(c) if c.enabled => Some(
             c.validate(file.meters.as_deref(), &file.prometheus)
@@ -436,6 +442,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         rate_limits: price_book.limits,
         collector,
         enforcement,
+        lifecycle,
         source: Source {
             path: path.map(Path::to_owned),
             file,

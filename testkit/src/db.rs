@@ -75,6 +75,8 @@ pub async fn create_tenant(store: &Store, id: &str) -> TenantId {
         owner: Owner::parse("ops@example.com").expect("valid"),
         data_residency: DataResidency::parse("eu").expect("valid"),
         labels: Labels::default(),
+        owner_group: None,
+        quota_profile: None,
     };
     let ctx = AuditContext {
         actor: Actor::system("test"),

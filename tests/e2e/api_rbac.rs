@@ -67,6 +67,7 @@ fn cases() -> Vec<Case> {
         json!({"valid_from": format!("2027-01-{day:02}T00:00:00Z"), "currency": "EUR", "rates": {"cpu": "0.03"}})
     };
     let create = |who: &str| tenant_body(&format!("new-{who}"));
+    let ask = |who: &str| request_body(&format!("req-{who}"));
     let exempt = |who: &str| json!({"until": chrono::Utc::now() + chrono::Duration::days(30), "reason": format!("exempted by {who}")});
     vec![
         Case {
@@ -183,6 +184,34 @@ fn cases() -> Vec<Case> {
         },
         Case {
             method: Method::GET,
+            path: "/api/v1/tenant-requests",
+            body: None,
+            target: Unscoped,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenant-requests?state=requested",
+            body: None,
+            target: Unscoped,
+            expect: [200, 200, 200, 200, 200, 401, 401],
+        },
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenant-requests",
+            body: Some(ask),
+            target: Unscoped,
+            expect: [201, 201, 201, 201, 403, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenant-requests/asked",
+            body: None,
+            target: Unscoped,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
             path: "/api/v1/enforcement/actions",
             body: None,
             target: Unscoped,
@@ -295,6 +324,7 @@ async fn every_route_and_role_gets_the_expected_status() {
             .map(String::as_str),
     );
     seed_tenants(&app, &ids).await;
+    seed_requests(&app, "viewer", &["asked"]).await;
     // Budgets exist, so that GET budget answers 200 where allowed.
     for t in [OWN_TENANT, "globex"] {
         let reply = app
@@ -402,7 +432,7 @@ async fn every_route_and_role_gets_the_expected_status() {
         .fetch_one(app.db.store.pool())
         .await
         .unwrap();
-    assert_eq!(audited as usize, ids.len() + 4 + mutations);
+    assert_eq!(audited as usize, ids.len() + 1 + 4 + mutations);
     assert!(matches!(
         app.db.store.verify_audit_chain().await.unwrap(),
         ledger::store::ChainStatus::Intact { .. }
@@ -480,6 +510,57 @@ async fn only_operators_and_admins_decide_enforcement_actions() {
                     );
                     assert_eq!(app.snapshot().await, before);
                 }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
+}
+
+/// Approving and rejecting tenant requests: operators and admins decide; a tenant token learns
+/// nothing about requests for other tenants. Each caller decides a request of its own, made by
+/// the viewer, so that no decision is a self-approval.
+#[tokio::test]
+async fn only_operators_and_admins_decide_tenant_requests() {
+    let app = app().await;
+    let mut failures = Vec::new();
+    for verb in ["approve", "reject"] {
+        let expect = [200, 200, 403, 403, 404, 401, 401];
+        for (i, &who) in CALLERS.iter().enumerate() {
+            let id = format!("{verb}-{}", label(who));
+            seed_requests(&app, "viewer", &[&id]).await;
+            let token = match who {
+                Who::Role(role) => Some(token(role)),
+                Who::NoToken => None,
+                Who::WrongToken => Some("not-a-configured-token".to_owned()),
+            };
+            let path = format!("/api/v1/tenant-requests/{id}/{verb}");
+            let before = app.snapshot().await;
+            let reply = app
+                .call(
+                    Method::POST,
+                    &path,
+                    token.as_deref(),
+                    Some(json!({"reason": "checked"})),
+                )
+                .await;
+            if reply.status.as_u16() != expect[i] {
+                failures.push(format!(
+                    "{path} as {}: got {} {:?}",
+                    label(who),
+                    reply.status,
+                    reply.body
+                ));
+            }
+            if reply.status.is_success() {
+                let want = if verb == "approve" {
+                    "active"
+                } else {
+                    "rejected"
+                };
+                assert_eq!(reply.body["tenant_state"], want, "{:?}", reply.body);
+            } else {
+                assert_eq!(app.snapshot().await, before, "{path} as {}", label(who));
+                assert!(reply.body["error"]["code"].is_string());
             }
         }
     }

@@ -82,6 +82,21 @@ fn routes() -> Vec<Route> {
             let until = chrono::Utc::now() + chrono::Duration::days(7);
             json!({"until": until.to_rfc3339(), "reason": "incident 4711"})
         }),
+        get("/api/v1/tenant-requests", &["state"]),
+        with_body(Method::POST, "/api/v1/tenant-requests", |n| {
+            request_body(&format!("fuzzreq-{}", n % 100))
+        }),
+        get("/api/v1/tenant-requests/{id}", &[]),
+        with_body(
+            Method::POST,
+            "/api/v1/tenant-requests/{id}/approve",
+            |_| json!({"reason": "the platform board agreed"}),
+        ),
+        with_body(
+            Method::POST,
+            "/api/v1/tenant-requests/{id}/reject",
+            |_| json!({"reason": "use the shared tenant"}),
+        ),
         get(
             "/api/v1/enforcement/actions",
             &["state", "tenant", "before", "limit"],
@@ -290,8 +305,8 @@ fn query_plan() -> impl Strategy<Value = QueryPlan> {
 }
 
 const TENANT_IDS: &[&str] = &[
-    "acme", "acme", "globex", "initech", "umbrella", "fuzzco", "nope", "ACME", "a%20b", "%00",
-    "acme%0A", "..", "%2F", "-x", "x-", "ab", "a--b",
+    "acme", "acme", "globex", "initech", "umbrella", "pending", "fuzzco", "nope", "ACME", "a%20b",
+    "%00", "acme%0A", "..", "%2F", "-x", "x-", "ab", "a--b",
 ];
 const VERSION_IDS: &[&str] = &[
     "1",
@@ -551,6 +566,8 @@ async fn fixture() -> Fixture {
     );
     let app = TestApp { router, db };
     seed_tenants(&app, &["acme", "globex", "initech", "umbrella"]).await;
+    // A request to approve or reject, made by someone other than the deciders.
+    seed_requests(&app, "viewer", &["pending"]).await;
     let admin = token("admin");
     for (method, path, body) in [
         (

@@ -12,3 +12,4 @@ mod http;
 mod pgbouncer;
 mod price_book;
 mod support;
+mod tenant_requests;

@@ -103,6 +103,7 @@ pub fn router_limiting_rates(
         rate_limits: Arc::new(rate_limits),
         status: budgetd::api::VIEW_STATUS,
         clock,
+        lifecycle: Arc::new(ledger::config::LifecycleSettings::default()),
     })
 }
 
@@ -189,6 +190,7 @@ pub async fn snapshot(store: &Store) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for table in [
         "tenants",
+        "tenant_requests",
         "budgets",
         "price_book_versions",
         "price_book_rates",
@@ -216,6 +218,36 @@ pub fn tenant_body(id: &str) -> Value {
         "data_residency": "eu",
         "labels": {"team": "payments"}
     })
+}
+
+/// A valid self-service request for tenant `id`.
+pub fn request_body(id: &str) -> Value {
+    serde_json::json!({
+        "id": id,
+        "display_name": format!("Tenant {id}"),
+        "owner": "owner@example.com",
+        "owner_group": "team-payments",
+        "data_residency": "eu",
+        "labels": {"team": "payments"},
+        "quota_profile": "standard",
+        "budget": {"amount": "500.00", "currency": "EUR", "period": "monthly"},
+        "justification": "the payments team needs a staging environment"
+    })
+}
+
+/// Requests tenants as `role`.
+pub async fn seed_requests(app: &TestApp, role: &str, ids: &[&str]) {
+    for id in ids {
+        let reply = app
+            .call(
+                Method::POST,
+                "/api/v1/tenant-requests",
+                Some(&token(role)),
+                Some(request_body(id)),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{id}: {:?}", reply.body);
+    }
 }
 
 /// Creates tenants with the admin token.

@@ -59,6 +59,60 @@ async fn budget_at(
     row.as_ref().map(budget_from_row).transpose()
 }
 
+/// Writes a budget in the caller's transaction, after checking its currency against the
+/// ledger's: the budget before it (at its `effective_from`) and the new one. The caller audits.
+pub(crate) async fn insert_budget(
+    conn: &mut PgConnection,
+    ctx: &AuditContext,
+    tenant: &TenantId,
+    new: &NewBudget,
+) -> Result<(Option<Budget>, Budget), Error> {
+    // Spend is summed in the price book's currency: a budget in another one could never
+    // be compared with it, whenever it takes effect.
+    if let Some(clash) = super::price_book::currency_clash(&mut *conn, new.amount.currency).await? {
+        use super::price_book::CurrencyClash;
+        let message = match clash {
+            CurrencyClash::Version { id, currency } => format!(
+                "the price book prices in {currency} (version {id}); a budget in {} could not be compared with spend",
+                new.amount.currency
+            ),
+            CurrencyClash::Budget { tenant, currency } => format!(
+                "the ledger keeps one currency and the budget of tenant {tenant:?} is in {currency}; a budget in {} could not be compared with theirs or with spend",
+                new.amount.currency
+            ),
+        };
+        return Err(crate::error::Invalid::new("currency", message).into());
+    }
+    let before = budget_at(&mut *conn, tenant, new.effective_from).await?;
+    let thresholds: Vec<i32> = new
+        .thresholds
+        .as_slice()
+        .iter()
+        .map(|&t| t as i32)
+        .collect();
+    let row = query(&format!(
+        "insert into budgets (tenant_id, amount, currency, period, thresholds, \
+         effective_from, created_at, created_by) values ($1, $2, $3, $4, $5, $6, $7, $8) \
+         returning {BUDGET_COLUMNS}"
+    ))
+    .bind(tenant.as_str())
+    .bind(new.amount.amount)
+    .bind(new.amount.currency.code())
+    .bind(new.period.as_str())
+    .bind(&thresholds)
+    .bind(new.effective_from)
+    .bind(now_micros())
+    .bind(&ctx.actor.name)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| {
+        unique_violation(e, "already_exists", || {
+            "a budget with this effective time already exists".to_owned()
+        })
+    })?;
+    Ok((before, budget_from_row(&row)?))
+}
+
 impl Store {
     /// Sets a tenant's budget from `new.effective_from` on. Earlier budgets stay in the ledger.
     pub async fn set_budget(
@@ -84,48 +138,7 @@ impl Store {
                     format!("tenant {:?} is {state}; its budget can no longer change", tenant.as_str()),
                 ));
             }
-            // Spend is summed in the price book's currency: a budget in another one could never
-            // be compared with it, whenever it takes effect.
-            if let Some(clash) =
-                super::price_book::currency_clash(&mut tx, new.amount.currency).await?
-            {
-                use super::price_book::CurrencyClash;
-                let message = match clash {
-                    CurrencyClash::Version { id, currency } => format!(
-                        "the price book prices in {currency} (version {id}); a budget in {} could not be compared with spend",
-                        new.amount.currency
-                    ),
-                    CurrencyClash::Budget { tenant, currency } => format!(
-                        "the ledger keeps one currency and the budget of tenant {tenant:?} is in {currency}; a budget in {} could not be compared with theirs or with spend",
-                        new.amount.currency
-                    ),
-                };
-                return Err(crate::error::Invalid::new("currency", message).into());
-            }
-            let before = budget_at(&mut tx, tenant, new.effective_from).await?;
-            let thresholds: Vec<i32> =
-                new.thresholds.as_slice().iter().map(|&t| t as i32).collect();
-            let row = query(&format!(
-                "insert into budgets (tenant_id, amount, currency, period, thresholds, \
-                 effective_from, created_at, created_by) values ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 returning {BUDGET_COLUMNS}"
-            ))
-            .bind(tenant.as_str())
-            .bind(new.amount.amount)
-            .bind(new.amount.currency.code())
-            .bind(new.period.as_str())
-            .bind(&thresholds)
-            .bind(new.effective_from)
-            .bind(now_micros())
-            .bind(&ctx.actor.name)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| {
-                unique_violation(e, "already_exists", || {
-                    "a budget with this effective time already exists".to_owned()
-                })
-            })?;
-            let budget = budget_from_row(&row)?;
+            let (before, budget) = insert_budget(&mut tx, ctx, tenant, new).await?;
             audit::append(
                 &mut tx,
                 ctx,

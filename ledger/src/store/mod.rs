@@ -11,6 +11,7 @@ mod entries;
 mod leader;
 mod outbox;
 mod price_book;
+mod tenant_requests;
 mod tenants;
 mod unpriced;
 

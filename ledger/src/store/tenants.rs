@@ -13,14 +13,14 @@ use super::{outbox, unique_violation, Store};
 use crate::audit::{now_micros, AuditContext};
 use crate::error::Error;
 use crate::tenant::{
-    DataResidency, DisplayName, Labels, NewTenant, Owner, Tenant, TenantId, TenantPatch,
-    TenantState,
+    DataResidency, DisplayName, Labels, LifecycleOp, NewTenant, Owner, OwnerGroup,
+    QuotaProfileName, Tenant, TenantId, TenantPatch, TenantState, TransitionRefused,
 };
 
-const TENANT_COLUMNS: &str = "id, display_name, owner, data_residency, labels, state, \
-                              created_at, updated_at, state_changed_at";
+pub(super) const TENANT_COLUMNS: &str = "id, display_name, owner, data_residency, labels, state, \
+                              created_at, updated_at, state_changed_at, owner_group, quota_profile";
 
-fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
+pub(super) fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
     let labels: sqlx::types::Json<BTreeMap<String, String>> = row.try_get("labels")?;
     let state: String = row.try_get("state")?;
     // Rows passed the same validation on the way in (and the table's checks); a failure here
@@ -34,6 +34,16 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
         owner: Owner::parse(row.try_get("owner")?).map_err(corrupt)?,
         data_residency: DataResidency::parse(row.try_get("data_residency")?).map_err(corrupt)?,
         labels: Labels::parse(labels.0).map_err(corrupt)?,
+        owner_group: row
+            .try_get::<Option<&str>, _>("owner_group")?
+            .map(OwnerGroup::parse)
+            .transpose()
+            .map_err(corrupt)?,
+        quota_profile: row
+            .try_get::<Option<&str>, _>("quota_profile")?
+            .map(|p| QuotaProfileName::parse("quota_profile", p))
+            .transpose()
+            .map_err(corrupt)?,
         state: TenantState::parse(&state).map_err(corrupt)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -41,7 +51,7 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
     })
 }
 
-async fn lock_tenant(conn: &mut PgConnection, id: &TenantId) -> Result<Tenant, Error> {
+pub(super) async fn lock_tenant(conn: &mut PgConnection, id: &TenantId) -> Result<Tenant, Error> {
     let row = query(&format!(
         "select {TENANT_COLUMNS} from tenants where id = $1 for update"
     ))
@@ -57,21 +67,38 @@ async fn lock_tenant(conn: &mut PgConnection, id: &TenantId) -> Result<Tenant, E
     }
 }
 
-/// The outbox event type announcing that a tenant entered `state`.
-fn state_event(from: TenantState, to: TenantState) -> &'static str {
-    match (from, to) {
-        (TenantState::Suspended, TenantState::Active) => "tenant.resumed",
-        (_, TenantState::Active) => "tenant.activated",
-        (_, TenantState::Suspended) => "tenant.suspended",
-        (_, TenantState::Offboarding) => "tenant.offboarding",
-        (_, TenantState::Offboarded) => "tenant.offboarded",
-        (_, TenantState::Requested) => "tenant.requested",
-    }
+/// Inserts a tenant in `state` (a request's `requested`, an operator's `active`).
+pub(super) async fn insert_tenant(
+    conn: &mut PgConnection,
+    new: &NewTenant,
+    state: TenantState,
+) -> Result<Tenant, Error> {
+    let row = query(&format!(
+        "insert into tenants ({TENANT_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9) \
+         returning {TENANT_COLUMNS}"
+    ))
+    .bind(new.id.as_str())
+    .bind(new.display_name.as_str())
+    .bind(new.owner.as_str())
+    .bind(new.data_residency.as_str())
+    .bind(new.labels.to_json())
+    .bind(state.as_str())
+    .bind(now_micros())
+    .bind(new.owner_group.as_ref().map(OwnerGroup::as_str))
+    .bind(new.quota_profile.as_ref().map(QuotaProfileName::as_str))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| {
+        unique_violation(e, "already_exists", || {
+            format!("tenant {:?} already exists", new.id.as_str())
+        })
+    })?;
+    tenant_from_row(&row)
 }
 
 impl Store {
-    /// Creates an active tenant. (Requests with approval arrive with the lifecycle core; until
-    /// then an operator's create is the approval.)
+    /// Creates an active tenant: an operator's create is its own approval (self-service
+    /// requests go through [`Store::request_tenant`]).
     pub async fn create_tenant(
         &self,
         ctx: &AuditContext,
@@ -79,26 +106,7 @@ impl Store {
     ) -> Result<Tenant, Error> {
         self.run("create_tenant", || async {
             let mut tx = self.begin().await?;
-            let now = now_micros();
-            let row = query(&format!(
-                "insert into tenants ({TENANT_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $7, $7) \
-                 returning {TENANT_COLUMNS}"
-            ))
-            .bind(new.id.as_str())
-            .bind(new.display_name.as_str())
-            .bind(new.owner.as_str())
-            .bind(new.data_residency.as_str())
-            .bind(new.labels.to_json())
-            .bind(TenantState::Active.as_str())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| {
-                unique_violation(e, "already_exists", || {
-                    format!("tenant {:?} already exists", new.id.as_str())
-                })
-            })?;
-            let tenant = tenant_from_row(&row)?;
+            let tenant = insert_tenant(&mut tx, new, TenantState::Active).await?;
             let record = tenant.to_json();
             audit::append(
                 &mut tx,
@@ -112,7 +120,14 @@ impl Store {
                 },
             )
             .await?;
-            outbox::enqueue(&mut tx, "tenant", tenant.id.as_str(), "tenant.created", record).await?;
+            outbox::enqueue(
+                &mut tx,
+                "tenant",
+                tenant.id.as_str(),
+                "tenant.created",
+                record,
+            )
+            .await?;
             tx.commit().await?;
             Ok(tenant)
         })
@@ -219,9 +234,27 @@ impl Store {
         .await
     }
 
-    /// Moves a tenant through its lifecycle. Asking for the state it is already in is a no-op,
-    /// so retried requests are harmless; a transition the lifecycle does not allow is a
-    /// conflict.
+    /// Asks for a lifecycle operation (offboard, suspend, resume): a retried one is a no-op;
+    /// one the table does not allow from the tenant's state is [`Error::Transition`].
+    pub async fn operate_tenant(
+        &self,
+        ctx: &AuditContext,
+        id: &TenantId,
+        op: LifecycleOp,
+        reason: &str,
+    ) -> Result<Tenant, Error> {
+        self.run("operate_tenant", || async {
+            let mut tx = self.begin().await?;
+            let after = operate_in(&mut tx, ctx, id, op, reason).await?;
+            tx.commit().await?;
+            Ok(after)
+        })
+        .await
+    }
+
+    /// Moves a tenant to the state `to` (the enforcer asks by target state). Asking for the
+    /// state it is already in is a no-op, so retried requests are harmless; a transition the
+    /// table does not allow is [`Error::Transition`].
     pub async fn transition_tenant(
         &self,
         ctx: &AuditContext,
@@ -239,8 +272,8 @@ impl Store {
     }
 }
 
-/// A lifecycle transition in the caller's transaction: the state, its audit record and its
-/// outbox event.
+/// A lifecycle transition to `to` in the caller's transaction: the state, its audit record and
+/// its outbox event.
 pub(crate) async fn transition_in(
     conn: &mut PgConnection,
     ctx: &AuditContext,
@@ -249,30 +282,64 @@ pub(crate) async fn transition_in(
     reason: &str,
 ) -> Result<Tenant, Error> {
     let before = lock_tenant(&mut *conn, id).await?;
-    if before.state == to {
-        return Ok(before);
+    match before.state.decide_target(to) {
+        Ok(None) => Ok(before),
+        Ok(Some((op, to))) => write_transition(conn, ctx, before, op, to, reason).await,
+        Err(refused) => Err(refused_error(id, refused)),
     }
-    if !before.state.can_become(to) {
-        return Err(Error::conflict(
-            "invalid_transition",
-            format!(
-                "tenant {:?} is {} and cannot become {to}",
-                id.as_str(),
-                before.state
-            ),
-        ));
+}
+
+/// A lifecycle operation in the caller's transaction.
+async fn operate_in(
+    conn: &mut PgConnection,
+    ctx: &AuditContext,
+    id: &TenantId,
+    op: LifecycleOp,
+    reason: &str,
+) -> Result<Tenant, Error> {
+    let before = lock_tenant(&mut *conn, id).await?;
+    match before.state.decide(op) {
+        Ok(None) => Ok(before),
+        Ok(Some(to)) => write_transition(conn, ctx, before, op, to, reason).await,
+        Err(refused) => Err(refused_error(id, refused)),
     }
-    let now = now_micros();
+}
+
+pub(super) fn refused_error(id: &TenantId, refused: TransitionRefused) -> Error {
+    Error::Transition {
+        id: id.to_string(),
+        refused,
+    }
+}
+
+pub(super) async fn set_state(
+    conn: &mut PgConnection,
+    id: &TenantId,
+    to: TenantState,
+) -> Result<Tenant, Error> {
     let row = query(&format!(
         "update tenants set state = $2, updated_at = $3, state_changed_at = $3 \
          where id = $1 returning {TENANT_COLUMNS}"
     ))
     .bind(id.as_str())
     .bind(to.as_str())
-    .bind(now)
+    .bind(now_micros())
     .fetch_one(&mut *conn)
     .await?;
-    let after = tenant_from_row(&row)?;
+    tenant_from_row(&row)
+}
+
+/// Writes a transition the table allowed: the state, its audit record and its outbox event.
+async fn write_transition(
+    conn: &mut PgConnection,
+    ctx: &AuditContext,
+    before: Tenant,
+    op: LifecycleOp,
+    to: TenantState,
+    reason: &str,
+) -> Result<Tenant, Error> {
+    let id = &before.id;
+    let after = set_state(&mut *conn, id, to).await?;
     audit::append(
         &mut *conn,
         ctx,
@@ -290,13 +357,6 @@ pub(crate) async fn transition_in(
         "previous_state": before.state.as_str(),
         "reason": reason,
     });
-    outbox::enqueue(
-        &mut *conn,
-        "tenant",
-        id.as_str(),
-        state_event(before.state, to),
-        event,
-    )
-    .await?;
+    outbox::enqueue(&mut *conn, "tenant", id.as_str(), op.event_type(), event).await?;
     Ok(after)
 }
