@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use ledger::enforcement::Fence;
 use ledger::store::{OutboxEvent, PendingAggregate};
+use ledger::tenant::TenantId;
 use ledger::Store;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,25 @@ use crate::{check_name, Error, HandlerError, Reconciler, RunnerSettings};
 pub fn backoff(attempts: u32, base: Duration, cap: Duration) -> Duration {
     let doublings = attempts.saturating_sub(1).min(31);
     base.saturating_mul(1u32 << doublings).min(cap)
+}
+
+/// Runs `futures` with at most `limit` at a time; their outputs in completion order.
+async fn at_most<F: std::future::Future>(limit: usize, futures: Vec<F>) -> Vec<F::Output> {
+    let mut outputs = Vec::with_capacity(futures.len());
+    let mut queued = futures.into_iter();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < limit.max(1) {
+            match queued.next() {
+                Some(future) => running.push(future),
+                None => break,
+            }
+        }
+        match running.next().await {
+            Some(output) => outputs.push(output),
+            None => return outputs,
+        }
+    }
 }
 
 /// What one step did.
@@ -119,11 +139,11 @@ impl Runner {
             .store
             .reconciler_pending(name, now, i64::from(self.settings.max_events_per_step))
             .await?;
-        let deliveries: Vec<Result<Delivery, Error>> = stream::iter(pending)
-            .map(|aggregate| self.deliver(fence, now, aggregate))
-            .buffer_unordered(self.settings.concurrency)
-            .collect()
-            .await;
+        let mut deliveries = Vec::with_capacity(pending.len());
+        for aggregate in pending {
+            deliveries.push(self.deliver(fence, now, aggregate));
+        }
+        let deliveries = at_most(self.settings.concurrency, deliveries).await;
         let mut report = StepReport {
             scanned,
             ..StepReport::default()
@@ -249,17 +269,11 @@ impl Runner {
     pub async fn resync(&self) -> Result<ResyncReport, Error> {
         let name = self.name();
         let tenants = self.store.list_tenants(None).await?;
-        let outcomes: Vec<Result<(), HandlerError>> = stream::iter(&tenants)
-            .map(|tenant| async move {
-                let outcome = self.within(self.reconciler.converge(&tenant.id)).await;
-                if let Err(failure) = &outcome {
-                    tracing::warn!(reconciler = name, tenant = %tenant.id.as_str(), error = %failure, "converge failed");
-                }
-                outcome
-            })
-            .buffer_unordered(self.settings.concurrency)
-            .collect()
-            .await;
+        let mut calls = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            calls.push(self.converge_one(tenant.id));
+        }
+        let outcomes = at_most(self.settings.concurrency, calls).await;
         let mut report = ResyncReport::default();
         for outcome in outcomes {
             match outcome {
@@ -274,6 +288,17 @@ impl Runner {
         metrics::counter!("budgetd_reconciler_converged_total", "reconciler" => name)
             .increment(report.converged);
         Ok(report)
+    }
+
+    async fn converge_one(&self, tenant: TenantId) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let outcome = self.within(self.reconciler.converge(&tenant)).await;
+        metrics::histogram!("budgetd_reconciler_call_duration_seconds", "reconciler" => self.name(), "call" => "converge")
+            .record(started.elapsed().as_secs_f64());
+        if let Err(failure) = &outcome {
+            tracing::warn!(reconciler = self.name(), tenant = %tenant.as_str(), error = %failure, "converge failed");
+        }
+        outcome
     }
 
     /// The loop: while this daemon leads (`leader` holds its fence), steps until there is
