@@ -180,7 +180,7 @@ impl Default for ApiSection {
             max_connections: 512,
             header_timeout_ms: 5_000,
             body_timeout_ms: 5_000,
-            readiness_timeout_ms: 1_000,
+            readiness_timeout_ms: 800,
             tokens: Vec::new(),
         }
     }

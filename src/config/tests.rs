@@ -786,7 +786,7 @@ fn the_api_limits_have_defaults_and_bounds() {
     assert_eq!(config.api.max_connections, 512);
     assert_eq!(config.api.header_timeout, Duration::from_secs(5));
     assert_eq!(config.api.body_timeout, Duration::from_secs(5));
-    assert_eq!(config.api.readiness_timeout, Duration::from_secs(1));
+    assert_eq!(config.api.readiness_timeout, Duration::from_millis(800));
     assert_eq!(config.database.probe_timeout, Duration::from_millis(500));
 
     let with = |from: &str, to: &str| {
@@ -798,7 +798,7 @@ fn the_api_limits_have_defaults_and_bounds() {
     // Seconds written as milliseconds.
     let err = with("header_timeout_ms = 5000", "header_timeout_ms = 5");
     assert_eq!(err.key, "api.header_timeout_ms");
-    let err = with("readiness_timeout_ms = 1000", "readiness_timeout_ms = 1");
+    let err = with("readiness_timeout_ms = 800", "readiness_timeout_ms = 1");
     assert_eq!(err.key, "api.readiness_timeout_ms");
     let err = with("probe_timeout_ms = 500", "probe_timeout_ms = 5");
     assert_eq!(err.key, "database.probe_timeout_ms");

@@ -88,7 +88,7 @@ pub fn router_limiting_rates(
         metrics: budgetd::telemetry::metrics_handle(),
         request_timeout: Duration::from_secs(60),
         body_timeout: Duration::from_secs(60),
-        readiness_timeout: Duration::from_secs(1),
+        readiness_timeout: Duration::from_millis(800),
         priced_meters: Arc::new(
             meters
                 .iter()

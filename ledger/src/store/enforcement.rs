@@ -101,7 +101,7 @@ fn status_from_row(row: &PgRow) -> Result<BudgetStatus, Error> {
 
 /// Fails unless `fence` is the current leader's token. The row lock (`for share`) holds off a
 /// new leader's token bump until this transaction ends.
-async fn check_fence(conn: &mut PgConnection, fence: Fence) -> Result<(), Error> {
+pub(crate) async fn check_fence(conn: &mut PgConnection, fence: Fence) -> Result<(), Error> {
     let token: Option<i64> =
         query_scalar("select token from leader_lease where name = $1 for share")
             .bind(LEASE)

@@ -11,6 +11,7 @@ mod entries;
 mod leader;
 mod outbox;
 mod price_book;
+mod reconcilers;
 mod tenant_requests;
 mod tenants;
 mod unpriced;
@@ -30,6 +31,9 @@ pub use audit::ChainStatus;
 pub use costs::DailyCost;
 pub use enforcement::ActionFilter;
 pub use leader::LeaderLock;
+pub use reconcilers::{
+    AggregateKey, OutboxEvent, ParkedAggregate, PendingAggregate, ReconcilerStatus,
+};
 pub use unpriced::{UnpricedFilter, UnpricedRecord};
 
 use crate::error::Error;

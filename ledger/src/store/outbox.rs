@@ -1,4 +1,6 @@
-//! Writing events to the outbox, in the transaction of the change they announce.
+//! Writing events to the outbox, in the transaction of the change they announce. The database
+//! fills in `txid` (this transaction) and `seq` (the aggregate's next number, under a lock held to
+//! commit): what reconcilers order by (see `reconcilers.rs`).
 
 use serde_json::Value;
 use sqlx::PgConnection;
