@@ -120,7 +120,13 @@ impl From<ledger::Error> for ApiError {
             // Only enforcement writes are fenced; kept as the conflict it was for any caller.
             Fenced { .. } => ApiError::new(StatusCode::CONFLICT, "fenced", e.to_string()),
             Timeout { .. } | Unreachable { .. } | PoolExhausted { .. } => {
-                tracing::error!(error = %e, "database unavailable");
+                if matches!(e, Unreachable { .. }) {
+                    // The store logged the database going down once (and sets
+                    // `budgetd_db_unreachable`); a line per refused request would flood the log.
+                    tracing::debug!(error = %e, "database unreachable");
+                } else {
+                    tracing::error!(error = %e, "database unavailable");
+                }
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
