@@ -186,28 +186,37 @@ pub async fn call(
     }
 }
 
+/// Every table of the ledger's schemas, each with its row count and an md5 of its rows, read
+/// in one query: equal snapshots mean no request changed anything.
 pub async fn snapshot(store: &Store) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for table in [
-        "tenants",
-        "tenant_requests",
-        "budgets",
-        "price_book_versions",
-        "price_book_rates",
-        "ledger_entries",
-        "enforcement_actions",
-        "enforcement_exemptions",
-        "audit_log",
-        "outbox",
-    ] {
-        let sql = format!("select count(*)::text || ':' || coalesce(md5(string_agg(t::text, ',' order by t::text)), '') from {table} t");
-        let digest: String = sqlx::query_scalar(&sql)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        out.push((table.to_owned(), digest));
-    }
-    out
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select format('%I.%I', table_schema, table_name) from information_schema.tables \
+         where table_type = 'BASE TABLE' \
+           and table_schema not in ('pg_catalog', 'information_schema') \
+           and table_name <> '_sqlx_migrations' \
+         order by 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("list tables");
+    assert!(
+        tables.len() >= 8,
+        "expected the ledger's tables: {tables:?}"
+    );
+    let digests = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "select '{t}' as name, count(*) || ':' || \
+                 coalesce(md5(string_agg(r::text, ',' order by r::text)), '') as digest from {t} r"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" union all ");
+    sqlx::query_as(&digests)
+        .fetch_all(store.pool())
+        .await
+        .expect("digest the tables")
 }
 
 pub fn tenant_body(id: &str) -> Value {
