@@ -27,7 +27,7 @@ _STACK_DIRS=()
 # How long (seconds) each service may take to become ready.
 : "${STACK_START_TIMEOUT:=30}"
 
-_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime ca-certificates curl)
+_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl)
 
 export PGBOUNCER_BIN=/usr/sbin/pgbouncer
 export PROMETHEUS_BIN=/usr/bin/prometheus
@@ -73,7 +73,7 @@ _stack_missing_binaries() {
       [[ -x "$pgb/$b" ]] || echo "$pgb/$b"
     done
   fi
-  for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" /usr/bin/faketime /usr/bin/curl; do
+  for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" /usr/bin/faketime /usr/bin/cc /usr/bin/curl; do
     [[ -x "$b" ]] || echo "$b"
   done
 }

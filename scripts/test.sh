@@ -66,6 +66,8 @@ rc=0
 # Nothing may depend on the day the suite runs. Run it twice more with the wall clock of the
 # test processes, the budgetd processes they start and a Postgres of their own shifted by
 # libfaketime: to the first seconds of this month, and to the last day of the previous one.
+# Postgres gets scripts/clockshift.c instead of libfaketime (see there: under libfaketime its
+# lock waits time out at once and deadlocks go undetected).
 # Alertmanager reads the clock without libc, so libfaketime cannot shift it: the tests that
 # talk to it stay out of these passes (they decide at a fixed instant mid-month, so they do not
 # depend on the day either). Nextest runs the test binaries through the runner; cargo and
@@ -74,11 +76,13 @@ if [[ $# -eq 0 && "${runner[1]}" == nextest ]]; then
   faketime_lib=$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -n 1)
   triple=$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')
   shifted_filter='not ((binary_id(enforcer::it) & test(/^alertmanager::/)) | (binary_id(budgetd::e2e) & test(/^enforcement::/) & not test(/leader_dies|dry_run_prints/)))'
+  clockshift_lib="$STACK_DIR/clockshift.so"
+  cc -shared -fPIC -O2 -o "$clockshift_lib" scripts/clockshift.c -ldl
   month_start=$(date -u +%Y-%m-01)
   for at in "$month_start 00:00:05" "$(date -u -d "$month_start - 1 day" +%F) 23:00:00"; do
     offset=$(($(date -u -d "$at" +%s) - $(date -u +%s)))
     shifted_dir="$STACK_DIR/shifted-$offset"
-    LD_PRELOAD=$faketime_lib FAKETIME=$offset start_postgres "$shifted_dir"
+    LD_PRELOAD=$clockshift_lib CLOCKSHIFT_SECONDS=$offset start_postgres "$shifted_dir"
     start_pgbouncer "$shifted_dir"
     echo "[stack] the suite with the wall clock at $at UTC (offset ${offset}s), Postgres $BUDGETD_TEST_DATABASE_URL"
     env "CARGO_TARGET_${triple}_RUNNER=env LD_PRELOAD=$faketime_lib FAKETIME=$offset" \
