@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -68,13 +68,16 @@ impl Answer {
 impl ApiClient {
     /// Checks the URL and the token before anything is sent.
     pub fn new(target: Target) -> Result<Self, Failure> {
-        let raw = target.api_url.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-            Failure::Usage(
-                "no API URL: set BUDGETD_API_URL or pass --api-url (the daemon's api.listen, \
+        let raw = target
+            .api_url
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| {
+                Failure::Usage(
+                    "no API URL: set BUDGETD_API_URL or pass --api-url (the daemon's api.listen, \
                  e.g. http://127.0.0.1:8080)"
-                    .to_owned(),
-            )
-        })?;
+                        .to_owned(),
+                )
+            })?;
         let base = parse_base_url(raw.trim())?;
         let token = target
             .token
@@ -86,16 +89,14 @@ impl ApiClient {
                         .to_owned(),
                 )
             })?;
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose_secret().trim())).map_err(
-                |_| {
-                    Failure::Usage(
-                        "BUDGETD_TOKEN (or --token) holds characters a token cannot have \
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret().trim()))
+            .map_err(|_| {
+            Failure::Usage(
+                "BUDGETD_TOKEN (or --token) holds characters a token cannot have \
                          (control characters or non-ASCII); copy the token again"
-                            .to_owned(),
-                    )
-                },
-            )?;
+                    .to_owned(),
+            )
+        })?;
         auth.set_sensitive(true);
         let http = reqwest::Client::builder()
             .connect_timeout(target.timeout)
@@ -466,10 +467,7 @@ mod tests {
             timeout: Duration::from_secs(1),
         })
         .unwrap();
-        let url = client.url(
-            &["api", "v1", "tenants", "a/b?c"],
-            &[("state", "active&x")],
-        );
+        let url = client.url(&["api", "v1", "tenants", "a/b?c"], &[("state", "active&x")]);
         assert_eq!(
             url.as_str(),
             "http://proxy.example/budgetd/api/v1/tenants/a%2Fb%3Fc?state=active%26x"

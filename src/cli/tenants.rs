@@ -260,7 +260,11 @@ async fn decide(
 ) -> Result<(), Failure> {
     let url = client.url(&["api", "v1", "tenant-requests", &decision.id, op], &[]);
     let answer = client
-        .write(Method::POST, url, Some(&json!({ "reason": decision.reason })))
+        .write(
+            Method::POST,
+            url,
+            Some(&json!({ "reason": decision.reason })),
+        )
         .await?;
     print(output, &answer, render_request)
 }
@@ -274,7 +278,11 @@ async fn operate(
 ) -> Result<(), Failure> {
     let url = client.url(&["api", "v1", "tenants", &decision.id, op], &[]);
     let answer = client
-        .write(Method::POST, url, Some(&json!({ "reason": decision.reason })))
+        .write(
+            Method::POST,
+            url,
+            Some(&json!({ "reason": decision.reason })),
+        )
         .await?;
     print(output, &answer, render_tenant)
 }
@@ -603,7 +611,10 @@ mod tests {
         assert_eq!(cell(tenant.get("labels")), "-");
         assert_eq!(cell(tenant.get("namespaces")), "a,b");
         assert_eq!(cell(tenant.get("isolated")), "no");
-        assert_eq!(cell(Some(&json!({"team": "x", "tier": "1"}))), "team=x,tier=1");
+        assert_eq!(
+            cell(Some(&json!({"team": "x", "tier": "1"}))),
+            "team=x,tier=1"
+        );
     }
 
     #[test]

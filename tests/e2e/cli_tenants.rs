@@ -270,13 +270,7 @@ async fn tenants_cli_requests_approves_lists_shows_and_rejects_against_a_running
     assert_eq!(listed.len(), 1, "{out}");
     assert_eq!(
         listed[0][..5],
-        [
-            "acme",
-            "active",
-            "Acme Corp",
-            "owner@example.com",
-            "eu"
-        ]
+        ["acme", "active", "Acme Corp", "owner@example.com", "eu"]
     );
     for (args, path) in [
         (&["list", "--output", "json"][..], "/api/v1/tenants"),
@@ -302,7 +296,12 @@ async fn tenants_cli_requests_approves_lists_shows_and_rejects_against_a_running
     let (code, out, stderr) = tenants(
         &url,
         Some(ADMIN),
-        &["reject", "globex", "--reason", "use the shared staging tenant"],
+        &[
+            "reject",
+            "globex",
+            "--reason",
+            "use the shared staging tenant",
+        ],
     );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(shown(&out, "state"), "rejected");
@@ -390,12 +389,8 @@ async fn tenants_cli_requests_approves_lists_shows_and_rejects_against_a_running
         "{stderr}"
     );
     assert!(!stderr.contains(wrong) && !out.contains(wrong), "{stderr}");
-    let (code, _, stderr) = run(budgetd(&[("BUDGETD_API_URL", &url)]).args([
-        "tenants",
-        "list",
-        "--token",
-        wrong,
-    ]));
+    let (code, _, stderr) =
+        run(budgetd(&[("BUDGETD_API_URL", &url)]).args(["tenants", "list", "--token", wrong]));
     assert_eq!(code, 1);
     assert!(
         stderr.contains("(401 unauthorized)") && !stderr.contains(wrong),
