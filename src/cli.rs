@@ -45,7 +45,7 @@ enum Command {
     ///
     /// Talks to a running daemon's API at BUDGETD_API_URL with BUDGETD_TOKEN; needs no
     /// configuration file and no database.
-    Tenants(tenants::TenantsArgs),
+    Tenants(Box<tenants::TenantsArgs>),
 }
 
 /// The commands that work on the daemon's configuration and ledger.
@@ -214,7 +214,7 @@ fn parse_args() -> Cli {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // A client of the API: no configuration file, database or logging of the daemon's.
     let command = match cli.command {
-        Command::Tenants(args) => return Ok(tenants::run(args).await),
+        Command::Tenants(args) => return Ok(tenants::run(*args).await),
         Command::Daemon(command) => command,
     };
     let config = Config::load(cli.config.as_deref(), |name| std::env::var(name).ok())?;

@@ -63,7 +63,7 @@ impl ReportFormat {
 #[derive(Debug, Subcommand)]
 enum TenantsCommand {
     /// Ask for a new tenant (a self-service request an operator or admin approves).
-    Request(RequestArgs),
+    Request(Box<RequestArgs>),
     /// Approve a request: the tenant becomes active with its budget (not your own request).
     Approve(Decision),
     /// Reject a request (the requester may withdraw their own this way).
@@ -190,7 +190,7 @@ async fn execute(args: TenantsArgs) -> Result<(), Failure> {
     })?;
     match command {
         TenantsCommand::Request(r) => {
-            let body = request_body(r);
+            let body = request_body(*r);
             let url = client.url(&["api", "v1", "tenant-requests"], &[]);
             let answer = client.write(Method::POST, url, Some(&body)).await?;
             print(output, &answer, render_request)
