@@ -67,6 +67,10 @@ KUBE_PORT=$(free_port)
 _stack_record "$STACK_DIR" demo-kube "$!" budgetd-dev
 
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# A second person, an operator, so that a request (by one) can be approved (by the other): the
+# API refuses a requester approving their own request.
+OPERATOR_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+OPERATOR_SHA256=$(printf '%s' "$OPERATOR_TOKEN" | sha256sum | cut -d' ' -f1)
 API_PORT=$(free_port)
 API="http://127.0.0.1:$API_PORT"
 
@@ -81,6 +85,11 @@ url = "$DATABASE_URL"
 
 [api]
 listen = "127.0.0.1:$API_PORT"
+
+[[api.tokens]]
+name = "dev-operator"
+role = "operator"
+sha256 = "$OPERATOR_SHA256"
 
 [prometheus]
 url = "$BUDGETD_TEST_PROMETHEUS_URL"
@@ -142,15 +151,37 @@ for i in 0 1 2; do
     "$API/api/v1/tenants/tenant-00$i/budget" >/dev/null
 done
 
+# What the runbooks (docs/runbooks/) start with: "source .stack/cli.env" gives a shell the
+# API's URL and both tokens, a budgetd function (this build, with this configuration) and a
+# ledger function (psql on the ledger database).
+(
+  umask 077
+  cat >"$STACK_DIR/cli.env" <<ENV
+export BUDGETD_API_URL=$API
+export ADMIN_TOKEN=$TOKEN
+export OPERATOR_TOKEN=$OPERATOR_TOKEN
+export BUDGETD_TOKEN=\$OPERATOR_TOKEN
+export BUDGETD_CONFIG=$CONFIG
+export KUBE_API=http://127.0.0.1:$KUBE_PORT
+budgetd() { "$(realpath "$BUDGETD")" "\$@"; }
+ledger() { "$PG_BIN/psql" -X -h 127.0.0.1 -p $PGPORT_STACK -U postgres -d $DB_NAME "\$@"; }
+ENV
+)
+
 cat <<BANNER
 
 budgetd dev stack
   API            $API
   admin token    $TOKEN
+  operator token $OPERATOR_TOKEN (dev-operator)
   Prometheus     $BUDGETD_TEST_PROMETHEUS_URL
   Alertmanager   $BUDGETD_TEST_ALERTMANAGER_URL
   Kubernetes     http://127.0.0.1:$KUBE_PORT (the tests' stateful fake, see README)
   state and logs $STACK_DIR
+
+  The CLI and the runbooks (docs/runbooks/), in another shell:
+    source .stack/cli.env    # BUDGETD_API_URL, BUDGETD_TOKEN (the operator), ADMIN_TOKEN, budgetd, ledger
+    budgetd tenants list
 
   List tenants:
     curl -H "Authorization: Bearer $TOKEN" $API/api/v1/tenants

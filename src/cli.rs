@@ -1,5 +1,8 @@
 //! The command line: `budgetd [--config FILE] <command>`.
 
+mod api_client;
+mod tenants;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +39,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Daemon(DaemonCommand),
+    /// Tenant lifecycle over the API: request, approve, list, show, suspend, isolate, offboard
+    ///
+    /// Talks to a running daemon's API at BUDGETD_API_URL with BUDGETD_TOKEN; needs no
+    /// configuration file and no database.
+    Tenants(Box<tenants::TenantsArgs>),
+}
+
+/// The commands that work on the daemon's configuration and ledger.
+#[derive(Debug, Subcommand)]
+enum DaemonCommand {
     /// Apply the ledger's migrations (BUDGETD_DATABASE_URL alone is enough)
     ///
     /// Migrations run over database.migrate_url, a direct connection; without it, over the
@@ -183,7 +198,13 @@ fn parse_args() -> Cli {
         names
             .iter()
             .fold(command.after_help(env.to_owned()), |c, name| {
-                c.mut_subcommand(name, |sub| with_env(sub, env))
+                // The API client reads none of the daemon's variables: its own help says
+                // what it does read.
+                if name == "tenants" {
+                    c.mut_subcommand(name, |sub| with_env(sub, tenants::AFTER_HELP))
+                } else {
+                    c.mut_subcommand(name, |sub| with_env(sub, env))
+                }
             })
     }
     let matches = with_env(Cli::command(), &env).get_matches();
@@ -191,23 +212,28 @@ fn parse_args() -> Cli {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // A client of the API: no configuration file, database or logging of the daemon's.
+    let command = match cli.command {
+        Command::Tenants(args) => return Ok(tenants::run(*args).await),
+        Command::Daemon(command) => command,
+    };
     let config = Config::load(cli.config.as_deref(), |name| std::env::var(name).ok())?;
     telemetry::init_logging(&config.log);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    match cli.command {
-        Command::Migrate => migrate(&config).await,
-        Command::Run => run(config).await,
-        Command::Collect(args) => collect(&config, args).await,
-        Command::Enforce { once, dry_run } => enforce(&config, once, dry_run).await,
-        Command::Report {
+    match command {
+        DaemonCommand::Migrate => migrate(&config).await,
+        DaemonCommand::Run => run(config).await,
+        DaemonCommand::Collect(args) => collect(&config, args).await,
+        DaemonCommand::Enforce { once, dry_run } => enforce(&config, once, dry_run).await,
+        DaemonCommand::Report {
             report: ReportCommand::Costs(args),
         } => report_costs(&config, args).await,
-        Command::Audit {
+        DaemonCommand::Audit {
             audit: AuditCommand::Verify,
         } => audit_verify(&config).await,
-        Command::Config {
+        DaemonCommand::Config {
             config: ConfigCommand::Show,
         } => {
             print!("{}", config.show());

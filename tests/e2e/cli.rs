@@ -31,7 +31,7 @@ fn budgetd(db_url: &str) -> Command {
     cmd
 }
 
-fn run(cmd: &mut Command) -> (i32, String, String) {
+pub(crate) fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
         status,
         stdout,
@@ -223,7 +223,7 @@ fn migrate_names_an_unreachable_database_and_the_cause_within_seconds() {
 }
 
 /// Minimal HTTP/1.1 client over a plain TCP connection.
-fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -244,7 +244,7 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Stri
 }
 
 /// Reads the daemon's log lines on a thread and hands them over a channel.
-fn log_lines(stderr: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+pub(crate) fn log_lines(stderr: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -257,7 +257,7 @@ fn log_lines(stderr: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 /// Waits (at most 60 s) for a log line containing `needle`.
-fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+pub(crate) fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -270,7 +270,7 @@ fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
 }
 
 /// The address in the daemon's `budgetd API listening ... listen=<addr>` log line.
-fn listen_addr(listening: &str) -> String {
+pub(crate) fn listen_addr(listening: &str) -> String {
     listening
         .split("listen=")
         .nth(1)
@@ -452,7 +452,9 @@ fn help_lists_the_operator_commands_and_nothing_for_developers() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    for operator in ["migrate", "run", "collect", "enforce", "report", "audit"] {
+    for operator in [
+        "migrate", "run", "collect", "enforce", "report", "audit", "config", "tenants",
+    ] {
         assert!(
             commands.contains(&operator),
             "no {operator} in {commands:?}"

@@ -4,6 +4,7 @@
 mod api_input;
 mod api_rbac;
 mod cli;
+mod cli_tenants;
 mod collector;
 mod dashboards;
 mod enforcement;
