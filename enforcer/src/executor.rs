@@ -385,7 +385,11 @@ impl Enforcer {
                 .cloned()
                 .collect();
             if !drifted.is_empty() {
-                tracing::warn!(suspension = suspension.id, changes = drifted.len(), "drift: re-applying an operator's suspension");
+                tracing::warn!(
+                    suspension = suspension.id,
+                    changes = drifted.len(),
+                    "drift: re-applying an operator's suspension"
+                );
                 self.cluster.apply(&drifted).await?;
                 metrics::counter!("budgetd_enforcement_drift_repairs_total").increment(1);
             }

@@ -117,7 +117,10 @@ impl NamespaceName {
             .map_err(|e| {
                 Invalid::new(
                     "namespaces",
-                    format!("the tenant id cannot name its namespace ({}); give namespaces", e.message),
+                    format!(
+                        "the tenant id cannot name its namespace ({}); give namespaces",
+                        e.message
+                    ),
                 )
             })
     }

@@ -13,8 +13,8 @@ use ledger::budget::{parse_budget_amount, BudgetPeriod, Thresholds};
 use ledger::currency::Currency;
 use ledger::names::Reason;
 use ledger::tenant::{
-    DisplayName, Justification, Labels, NamespaceName, NewTenant, NewTenantRequest, Owner, OwnerGroup,
-    RequestState, TenantId, TenantRequest,
+    DisplayName, Justification, Labels, NamespaceName, NewTenant, NewTenantRequest, Owner,
+    OwnerGroup, RequestState, TenantId, TenantRequest,
 };
 use serde::{Deserialize, Serialize};
 

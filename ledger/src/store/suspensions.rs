@@ -266,9 +266,7 @@ impl Store {
 
     /// The suspensions the enforcer still has work on: every one not yet restored (to apply,
     /// keep applied, or restore), oldest first.
-    pub async fn unrestored_operator_suspensions(
-        &self,
-    ) -> Result<Vec<OperatorSuspension>, Error> {
+    pub async fn unrestored_operator_suspensions(&self) -> Result<Vec<OperatorSuspension>, Error> {
         self.run("unrestored_operator_suspensions", || async {
             let mut tx = self.begin().await?;
             let rows = query(&format!(

@@ -24,8 +24,8 @@ use crate::error::{Error, Invalid};
 use crate::money::Money;
 use crate::names::Reason;
 use crate::tenant::{
-    Decision, Justification, LifecycleOp, NamespaceName, NewTenantRequest, RequestState, TenantId, TenantRequest,
-    TenantState,
+    Decision, Justification, LifecycleOp, NamespaceName, NewTenantRequest, RequestState, TenantId,
+    TenantRequest, TenantState,
 };
 
 const REQUEST_COLUMNS: &str = "budget_amount, budget_currency, budget_period, justification, \

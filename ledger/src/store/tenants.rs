@@ -9,8 +9,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::audit::{self, AuditEvent};
-use super::{query, query_scalar};
 use super::{outbox, unique_violation, Store};
+use super::{query, query_scalar};
 use crate::audit::{now_micros, AuditContext};
 use crate::error::Error;
 use crate::names::Reason;
