@@ -926,6 +926,57 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_are_labels_and_not_the_clusters_own() {
+        for good in [
+            "acme",
+            "acme-prod",
+            "a",
+            &"a".repeat(63),
+            "kube",
+            "defaults",
+        ] {
+            assert!(NamespaceName::parse("ns", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "default",
+            "kube-system",
+            "kube-public",
+            "openshift-x",
+            "Acme",
+            "a_b",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(
+                NamespaceName::parse("ns", bad).unwrap_err().field,
+                "ns",
+                "{bad}"
+            );
+        }
+        let list = |v: &[&str]| {
+            NamespaceName::parse_list(
+                "namespaces",
+                &v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let sorted = list(&["b", "a"]).unwrap();
+        assert_eq!(
+            sorted.iter().map(NamespaceName::as_str).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(list(&[]).unwrap_err().field, "namespaces");
+        assert_eq!(list(&["a", "a"]).unwrap_err().field, "namespaces[1]");
+        assert_eq!(list(&["a", "kube-x"]).unwrap_err().field, "namespaces[1]");
+        let id = TenantId::parse("acme").unwrap();
+        assert_eq!(NamespaceName::default_for(&id).unwrap()[0].as_str(), "acme");
+        let system = TenantId::parse("default").unwrap();
+        assert_eq!(
+            NamespaceName::default_for(&system).unwrap_err().field,
+            "namespaces"
+        );
+    }
+
+    #[test]
     fn states_round_trip() {
         for s in TenantState::ALL {
             assert_eq!(TenantState::parse(s.as_str()).unwrap(), s);
