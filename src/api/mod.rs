@@ -130,6 +130,22 @@ pub fn router(state: AppState) -> Router {
                 .delete(tenants::offboard),
         )
         .route(
+            "/api/v1/tenants/{id}/suspend",
+            axum::routing::post(tenants::suspend),
+        )
+        .route(
+            "/api/v1/tenants/{id}/resume",
+            axum::routing::post(tenants::resume),
+        )
+        .route(
+            "/api/v1/tenants/{id}/isolate",
+            axum::routing::post(tenants::isolate),
+        )
+        .route(
+            "/api/v1/tenants/{id}/release",
+            axum::routing::post(tenants::release),
+        )
+        .route(
             "/api/v1/tenants/{id}/budget",
             get(tenants::get_budget).put(tenants::put_budget),
         )

@@ -57,6 +57,7 @@ fn cases() -> Vec<Case> {
     use Target::*;
     let budget = |_: &str| json!({"amount": "1000.00", "currency": "EUR", "period": "monthly", "thresholds": [50, 80, 100]});
     let patch = |who: &str| json!({"display_name": format!("renamed by {who}")});
+    let reason = |who: &str| json!({"reason": format!("incident handled by {who}")});
     let version = |who: &str| {
         let day = 1 + [
             "admin", "operator", "finance", "viewer", "tenant", "none", "wrong",
@@ -109,6 +110,70 @@ fn cases() -> Vec<Case> {
             method: Method::PATCH,
             path: "/api/v1/tenants/{t}",
             body: Some(patch),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        // Operators' suspend: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/suspend",
+            body: Some(reason),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        // Operators' suspend: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/suspend",
+            body: Some(reason),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        // Operators' resume: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/resume",
+            body: Some(reason),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        // Operators' resume: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/resume",
+            body: Some(reason),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        // Operators' isolate: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/isolate",
+            body: Some(reason),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        // Operators' isolate: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/isolate",
+            body: Some(reason),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        // Operators' release: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/release",
+            body: Some(reason),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        // Operators' release: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/release",
+            body: Some(reason),
             target: Other,
             expect: [200, 200, 403, 403, 404, 401, 401],
         },

@@ -62,7 +62,8 @@ fn routes() -> Vec<Route> {
         get("/api/v1/tenants/{id}", &[]),
         with_body(Method::PATCH, "/api/v1/tenants/{id}", |_| {
             json!({"display_name": "Renamed", "owner": "new@example.com",
-                   "labels": {"team": "core"}})
+                   "labels": {"team": "core"}, "owner_group": null,
+                   "quota_profile": "standard"})
         }),
         Route {
             method: Method::DELETE,
@@ -70,6 +71,26 @@ fn routes() -> Vec<Route> {
             query: &[],
             body: None,
         },
+        with_body(
+            Method::POST,
+            "/api/v1/tenants/{id}/suspend",
+            |_| json!({"reason": "incident 4711"}),
+        ),
+        with_body(
+            Method::POST,
+            "/api/v1/tenants/{id}/resume",
+            |_| json!({"reason": "incident 4711"}),
+        ),
+        with_body(
+            Method::POST,
+            "/api/v1/tenants/{id}/isolate",
+            |_| json!({"reason": "incident 4711"}),
+        ),
+        with_body(
+            Method::POST,
+            "/api/v1/tenants/{id}/release",
+            |_| json!({"reason": "incident 4711"}),
+        ),
         get("/api/v1/tenants/{id}/budget", &[]),
         with_body(Method::PUT, "/api/v1/tenants/{id}/budget", |_| {
             json!({"amount": "250.00", "currency": "EUR", "period": "monthly",

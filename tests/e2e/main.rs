@@ -13,4 +13,5 @@ mod http;
 mod pgbouncer;
 mod price_book;
 mod support;
+mod tenant_operations;
 mod tenant_requests;

@@ -12,6 +12,7 @@ mod leader;
 mod outbox;
 mod price_book;
 mod reconcilers;
+mod suspensions;
 mod tenant_requests;
 mod tenants;
 mod unpriced;
@@ -34,6 +35,7 @@ pub use leader::LeaderLock;
 pub use reconcilers::{
     AggregateKey, OutboxEvent, ParkedAggregate, PendingAggregate, ReconcilerStatus,
 };
+pub use suspensions::OperatorSuspension;
 pub use unpriced::{UnpricedFilter, UnpricedRecord};
 
 use crate::error::Error;
