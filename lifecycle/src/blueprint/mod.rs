@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ledger::tenant::{DataResidency, TenantId};
 
-pub use provisioner::{DeleteReport, Provisioner};
+pub use provisioner::{DeleteReport, DesiredObject, Observed, Provisioner, Snapshot, Step};
 pub use reconciler::{BlueprintReconciler, Desired, TenantSource};
 pub use template::{Blueprint, TemplateError};
 
@@ -164,5 +164,71 @@ impl ProvisionError {
             ProvisionError::Refused { .. } => "refused",
             ProvisionError::Client(_) => "client",
         }
+    }
+}
+
+/// The Kubernetes request limits the provisioner uses (the daemon passes `[kubernetes]`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Why the blueprint reconciler cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+}
+
+/// Loads and validates the configured blueprint (`[lifecycle] blueprint_dir`, or the built-in
+/// one); an error names the file and line.
+pub fn load_blueprint(
+    settings: &ledger::config::BlueprintSettings,
+) -> Result<Blueprint, TemplateError> {
+    match &settings.dir {
+        Some(dir) => BlueprintSource::Dir(dir.clone()).load(),
+        None => BlueprintSource::Builtin.load(),
+    }
+}
+
+/// Start-up: the blueprint reconciler for `[lifecycle]`, over `client` and `source`.
+pub fn build_reconciler(
+    settings: &ledger::config::LifecycleSettings,
+    limits: RequestLimits,
+    client: kube::Client,
+    source: std::sync::Arc<dyn TenantSource>,
+) -> Result<BlueprintReconciler, StartError> {
+    let blueprint = load_blueprint(&settings.blueprint)?;
+    let provisioner = Provisioner::new(
+        client,
+        std::sync::Arc::new(blueprint),
+        ProvisionerSettings {
+            ingress_namespace: settings.blueprint.ingress_namespace.clone(),
+            namespace_role: settings.blueprint.namespace_role.clone(),
+            request_timeout: limits.request_timeout,
+            max_attempts: limits.max_attempts,
+            initial_backoff: limits.initial_backoff,
+            max_backoff: limits.max_backoff,
+        },
+    )?;
+    Ok(BlueprintReconciler::new(provisioner, source))
+}
+
+/// The runner settings of `[lifecycle.reconciler]`.
+pub fn runner_settings(timing: &ledger::config::ReconcilerTiming) -> crate::RunnerSettings {
+    crate::RunnerSettings {
+        scan_batch: timing.scan_batch,
+        max_events_per_step: timing.max_events_per_step,
+        concurrency: timing.concurrency,
+        call_timeout: timing.call_timeout,
+        backoff_base: timing.backoff_base,
+        backoff_cap: timing.backoff_cap,
+        poll_interval: timing.poll_interval,
+        resync_interval: timing.resync_interval,
     }
 }
