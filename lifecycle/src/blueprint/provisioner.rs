@@ -195,9 +195,11 @@ fn reference_of(object: &Value, kind: &str) -> ObjectRef {
 }
 
 /// Whether `live` holds everything `desired` says (an empty map or list in `desired` also
-/// matches a missing field: the API server may drop them).
+/// matches a missing field: the API server may drop them; `null` asks for nothing).
 fn contains(live: Option<&Value>, desired: &Value) -> bool {
     match (live, desired) {
+        // nothing asked for
+        (_, Value::Null) => true,
         (None, Value::Object(d)) => d.is_empty(),
         (None, Value::Array(d)) => d.is_empty(),
         (None, _) => false,
@@ -819,6 +821,10 @@ mod tests {
         let live =
             json!({ "spec": { "ports": [{ "port": 53, "protocol": "TCP" }] }, "status": {} });
         assert!(contains(Some(&live), &desired));
+        assert!(matches(
+            &live,
+            &json!({ "metadata": { "name": "x" }, "spec": {} })
+        ));
         let fewer = json!({ "spec": { "ports": [] } });
         assert!(!contains(Some(&fewer), &desired));
         let other = json!({ "spec": { "ports": [{ "port": 54 }] } });

@@ -455,7 +455,7 @@ mod tests {
     fn errors_name_the_file_and_line() {
         let cases = [
             ("# c\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{tenant}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{tennant}}\n", 10, "unknown placeholder {{tennant}}"),
-            ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata: [x\n", 5, "not valid YAML"),
+            ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata: [x\n", 6, "not valid YAML"),
             ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\nkind: ConfigMap\nmetadata:\n  name: b\n", 6, "apiVersion is missing"),
             ("apiVersion: v1\nmetadata:\n  name: b\n", 1, "kind is missing"),
             ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {}\n", 1, "metadata.name is missing"),
