@@ -7,6 +7,7 @@
 //! tenants go on, and can re-converge any tenant from its current state (drift repair). It
 //! runs only while this daemon leads; a crash anywhere resumes from the cursor.
 
+pub mod blueprint;
 mod runner;
 
 use std::time::Duration;
