@@ -22,6 +22,7 @@ use url::Url;
 use crate::currency::Currency;
 use crate::error::Invalid;
 use crate::money::{parse_decimal, parse_rate};
+use crate::offboarding::OffboardingSettings;
 use crate::price_book::{MeterName, NewPriceBookVersion, RateLimits, DEFAULT_MAX_RATE};
 use crate::store::StoreConfig;
 use crate::tenant::{DataResidency, QuotaProfileName};
@@ -403,6 +404,13 @@ impl PriceBookSection {
 pub struct LifecycleSection {
     pub residencies: BTreeMap<String, ResidencySection>,
     pub quota_profiles: BTreeMap<String, BTreeMap<String, String>>,
+    /// Days between the start of a tenant's offboarding and the deletion of its namespaces
+    /// (0 allowed).
+    pub offboarding_grace_days: u32,
+    /// Years the ledger keeps an offboarded tenant's entries and audit records.
+    pub retention_years: u32,
+    /// Whether an offboarded tenant's display name is pseudonymised too (the owner always is).
+    pub pseudonymise_display_name: bool,
 }
 
 /// `[lifecycle.residencies.<region>]`.
@@ -439,6 +447,9 @@ impl Default for LifecycleSection {
                 ("standard".to_owned(), profile("8", "32Gi", "100")),
                 ("large".to_owned(), profile("32", "128Gi", "500")),
             ]),
+            offboarding_grace_days: OffboardingSettings::default().grace_days,
+            retention_years: OffboardingSettings::default().retention_years,
+            pseudonymise_display_name: OffboardingSettings::default().pseudonymise_display_name,
         }
     }
 }
@@ -499,6 +510,8 @@ pub type QuotaProfile = BTreeMap<String, String>;
 pub struct LifecycleSettings {
     pub residencies: BTreeMap<DataResidency, Vec<ClusterRef>>,
     pub quota_profiles: BTreeMap<QuotaProfileName, QuotaProfile>,
+    /// Grace period, retention and what is pseudonymised.
+    pub offboarding: OffboardingSettings,
 }
 
 impl Default for LifecycleSettings {
@@ -600,9 +613,16 @@ impl LifecycleSection {
             }
             quota_profiles.insert(profile, limits.clone());
         }
+        let offboarding = OffboardingSettings {
+            grace_days: self.offboarding_grace_days,
+            retention_years: self.retention_years,
+            pseudonymise_display_name: self.pseudonymise_display_name,
+        }
+        .validate()?;
         Ok(LifecycleSettings {
             residencies,
             quota_profiles,
+            offboarding,
         })
     }
 }

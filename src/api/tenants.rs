@@ -11,8 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use ledger::budget::{parse_budget_amount, Budget, BudgetPeriod, NewBudget, Thresholds};
 use ledger::currency::Currency;
 use ledger::tenant::{
-    DisplayName, Labels, LifecycleOp, NewTenant, Owner, OwnerGroup, Tenant, TenantId, TenantPatch,
-    TenantState,
+    DisplayName, Labels, NewTenant, Owner, OwnerGroup, Tenant, TenantId, TenantPatch, TenantState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -197,28 +196,6 @@ pub async fn patch(
         .update_tenant(&caller.audit(), &id, &patch)
         .await?;
     Ok(Json(tenant.into()))
-}
-
-/// Starts offboarding an active or suspended tenant. The full procedure (cluster clean-up,
-/// final report) follows the `offboarding` state; asking again while it runs is a no-op; from
-/// any other state it is a 409 naming the state and what may follow (a request is rejected,
-/// not offboarded).
-pub async fn offboard(
-    State(state): State<AppState>,
-    caller: Caller,
-    TenantPath(id): TenantPath,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_for(&id, Permission::ManageTenants)?;
-    let tenant = state
-        .store
-        .operate_tenant(
-            &caller.audit(),
-            &id,
-            LifecycleOp::Offboard,
-            "offboarding requested through the API",
-        )
-        .await?;
-    Ok((StatusCode::ACCEPTED, Json(TenantDto::from(tenant))))
 }
 
 // Budgets

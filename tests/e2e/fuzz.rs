@@ -64,12 +64,13 @@ fn routes() -> Vec<Route> {
             json!({"display_name": "Renamed", "owner": "new@example.com",
                    "labels": {"team": "core"}})
         }),
-        Route {
-            method: Method::DELETE,
-            path: "/api/v1/tenants/{id}",
-            query: &[],
-            body: None,
-        },
+        with_body(
+            Method::DELETE,
+            "/api/v1/tenants/{id}",
+            |_| json!({"reason": "the contract ended"}),
+        ),
+        get("/api/v1/tenants/{id}/offboarding", &[]),
+        get("/api/v1/tenants/{id}/final-report", &["format"]),
         get("/api/v1/tenants/{id}/budget", &[]),
         with_body(Method::PUT, "/api/v1/tenants/{id}/budget", |_| {
             json!({"amount": "250.00", "currency": "EUR", "period": "monthly",

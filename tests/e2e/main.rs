@@ -9,6 +9,7 @@ mod dashboards;
 mod enforcement;
 mod fuzz;
 mod http;
+mod offboarding;
 mod pgbouncer;
 mod price_book;
 mod support;
