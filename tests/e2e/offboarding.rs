@@ -634,7 +634,7 @@ async fn offboarding_refuses_what_it_cannot_do_and_changes_nothing() {
             "/api/v1/tenants/globex/final-report?since=1",
             None,
             StatusCode::BAD_REQUEST,
-            "unknown_parameter",
+            "unknown_field",
             Some("since"),
         ),
         (
