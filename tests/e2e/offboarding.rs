@@ -541,6 +541,16 @@ async fn the_display_name_is_pseudonymised_when_configured() {
     ));
 }
 
+/// A refused request: method, path, body, and the status, code and field of its answer.
+type Refusal = (
+    Method,
+    &'static str,
+    Option<Value>,
+    StatusCode,
+    &'static str,
+    Option<&'static str>,
+);
+
 #[tokio::test]
 async fn offboarding_refuses_what_it_cannot_do_and_changes_nothing() {
     // The default grace period: 7 days.
@@ -548,7 +558,7 @@ async fn offboarding_refuses_what_it_cannot_do_and_changes_nothing() {
     seed_tenants(&app, &["globex"]).await;
     seed_requests(&app, "viewer", &["asked"]).await;
 
-    let refusals: Vec<(Method, &str, Option<Value>, StatusCode, &str, Option<&str>)> = vec![
+    let refusals: Vec<Refusal> = vec![
         (
             Method::DELETE,
             "/api/v1/tenants/asked",
