@@ -39,7 +39,11 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = Store::connect(&config.database.store_config())
             .await
-            .context("database configuration")?;
+            .context("database configuration")?
+            .with_pseudonymisation_key(config.pseudonymisation_key.as_ref().map(|key| {
+                use secrecy::ExposeSecret;
+                key.expose_secret().as_bytes().to_vec().into()
+            }));
         let auth = Authenticator::new(config.api.tokens.iter().map(|t| {
             (
                 t.hash,

@@ -22,6 +22,7 @@ use url::Url;
 use crate::currency::Currency;
 use crate::error::Invalid;
 use crate::money::{parse_decimal, parse_rate};
+use crate::offboarding::OffboardingSettings;
 use crate::price_book::{MeterName, NewPriceBookVersion, RateLimits, DEFAULT_MAX_RATE};
 use crate::store::StoreConfig;
 use crate::tenant::{DataResidency, QuotaProfileName};
@@ -409,6 +410,13 @@ pub struct LifecycleSection {
     pub ingress_namespace: String,
     /// The ClusterRole the owner group is bound to in each namespace (`{{namespace_role}}`).
     pub namespace_role: String,
+    /// Days between the start of a tenant's offboarding and the deletion of its namespaces
+    /// (0 allowed).
+    pub offboarding_grace_days: u32,
+    /// Years the ledger keeps an offboarded tenant's entries and audit records.
+    pub retention_years: u32,
+    /// Whether an offboarded tenant's display name is pseudonymised too (the owner always is).
+    pub pseudonymise_display_name: bool,
     /// `[lifecycle.reconciler]`: how the outbox reconcilers (the blueprint) are paced.
     pub reconciler: ReconcilerSection,
 }
@@ -541,6 +549,9 @@ impl Default for LifecycleSection {
             ingress_namespace: "ingress-nginx".to_owned(),
             namespace_role: "edit".to_owned(),
             reconciler: ReconcilerSection::default(),
+            offboarding_grace_days: OffboardingSettings::default().grace_days,
+            retention_years: OffboardingSettings::default().retention_years,
+            pseudonymise_display_name: OffboardingSettings::default().pseudonymise_display_name,
         }
     }
 }
@@ -603,6 +614,8 @@ pub struct LifecycleSettings {
     pub quota_profiles: BTreeMap<QuotaProfileName, QuotaProfile>,
     pub blueprint: BlueprintSettings,
     pub reconciler: ReconcilerTiming,
+    /// Grace period, retention and what is pseudonymised.
+    pub offboarding: OffboardingSettings,
 }
 
 impl Default for LifecycleSettings {
@@ -753,6 +766,16 @@ impl LifecycleSection {
                 namespace_role: self.namespace_role.clone(),
             },
             reconciler: self.reconciler.validate()?,
+        let offboarding = OffboardingSettings {
+            grace_days: self.offboarding_grace_days,
+            retention_years: self.retention_years,
+            pseudonymise_display_name: self.pseudonymise_display_name,
+        }
+        .validate()?;
+        Ok(LifecycleSettings {
+            residencies,
+            quota_profiles,
+            offboarding,
         })
     }
 }

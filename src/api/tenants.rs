@@ -239,28 +239,6 @@ pub async fn patch(
     Ok(Json(tenant.into()))
 }
 
-/// Starts offboarding an active or suspended tenant. The full procedure (cluster clean-up,
-/// final report) follows the `offboarding` state; asking again while it runs is a no-op; from
-/// any other state it is a 409 naming the state and what may follow (a request is rejected,
-/// not offboarded).
-pub async fn offboard(
-    State(state): State<AppState>,
-    caller: Caller,
-    TenantPath(id): TenantPath,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require_for(&id, Permission::ManageTenants)?;
-    let tenant = state
-        .store
-        .operate_tenant(
-            &caller.audit(),
-            &id,
-            LifecycleOp::Offboard,
-            "offboarding requested through the API",
-        )
-        .await?;
-    Ok((StatusCode::ACCEPTED, Json(TenantDto::from(tenant))))
-}
-
 /// A field that may be given as null (`Some(None)`), unlike one left out (`None`).
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)

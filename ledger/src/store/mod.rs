@@ -9,6 +9,7 @@ mod costs;
 mod enforcement;
 mod entries;
 mod leader;
+mod offboarding;
 mod outbox;
 mod price_book;
 mod reconcilers;
@@ -121,6 +122,8 @@ pub struct Store {
     probe_timeout: Duration,
     /// Whether the database takes connections, as far as this store knows; shared by clones.
     health: Arc<Health>,
+    /// The configured pseudonymisation key; without one, the database's per-installation key.
+    pseudonymisation_key: Option<Arc<secrecy::SecretSlice<u8>>>,
 }
 
 // By hand: the connect options hold the password.
@@ -159,6 +162,7 @@ impl Store {
             max_retries: config.max_retries,
             probe_timeout: config.probe_timeout,
             health: Arc::new(Health::new()),
+            pseudonymisation_key: None,
         })
     }
 
