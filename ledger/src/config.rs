@@ -757,15 +757,6 @@ impl LifecycleSection {
                 "empty: leave it out for the built-in blueprint",
             ));
         }
-        Ok(LifecycleSettings {
-            residencies,
-            quota_profiles,
-            blueprint: BlueprintSettings {
-                dir: self.blueprint_dir.clone(),
-                ingress_namespace: self.ingress_namespace.clone(),
-                namespace_role: self.namespace_role.clone(),
-            },
-            reconciler: self.reconciler.validate()?,
         let offboarding = OffboardingSettings {
             grace_days: self.offboarding_grace_days,
             retention_years: self.retention_years,
@@ -775,6 +766,12 @@ impl LifecycleSection {
         Ok(LifecycleSettings {
             residencies,
             quota_profiles,
+            blueprint: BlueprintSettings {
+                dir: self.blueprint_dir.clone(),
+                ingress_namespace: self.ingress_namespace.clone(),
+                namespace_role: self.namespace_role.clone(),
+            },
+            reconciler: self.reconciler.validate()?,
             offboarding,
         })
     }
