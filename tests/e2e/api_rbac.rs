@@ -508,10 +508,11 @@ async fn every_route_and_role_gets_the_expected_status() {
                     "error body: {:?}",
                     reply.body
                 );
-            } else if case.method == Method::DELETE {
+            } else if case.method == Method::DELETE && app.snapshot().await != before {
                 // Offboarding's start and its final report: one audit record per step.
                 mutations += 2;
-            } else if case.method != Method::GET {
+            } else if case.method != Method::GET && app.snapshot().await != before {
+                // (A retried suspend, resume, isolate, release or DELETE is a no-op: no record.)
                 mutations += 1;
             }
         }

@@ -1266,7 +1266,7 @@ fn seed_cluster(s: &Stack) {
 }
 
 async fn audit_actions(store: &Store) -> Vec<String> {
-    sqlx::query_scalar("select action from audit_log where target_id = 'acme' order by id")
+    sqlx::query_scalar("select action from audit_log where target_id = 'acme' order by seq")
         .fetch_all(store.pool())
         .await
         .unwrap()

@@ -265,12 +265,14 @@ impl Store {
     }
 
     /// The suspensions the enforcer still has work on: every one not yet restored (to apply,
-    /// keep applied, or restore), oldest first.
+    /// keep applied, or restore), oldest first; none of an offboarded tenant, whose namespaces
+    /// are gone.
     pub async fn unrestored_operator_suspensions(&self) -> Result<Vec<OperatorSuspension>, Error> {
         self.run("unrestored_operator_suspensions", || async {
             let mut tx = self.begin().await?;
             let rows = query(&format!(
                 "select {COLUMNS} from operator_suspensions where restored_at is null \
+                 and tenant_id not in (select id from tenants where state = 'offboarded') \
                  order by suspension_id"
             ))
             .fetch_all(&mut *tx)
