@@ -12,8 +12,8 @@ use ledger::budget::{parse_budget_amount, Budget, BudgetPeriod, NewBudget, Thres
 use ledger::currency::Currency;
 use ledger::names::Reason;
 use ledger::tenant::{
-    DisplayName, Labels, LifecycleOp, NamespaceName, NewTenant, Owner, OwnerGroup, SuspendedBy,
-    Tenant, TenantId, TenantPatch, TenantState,
+    DisplayName, Labels, NamespaceName, NewTenant, Owner, OwnerGroup, SuspendedBy, Tenant,
+    TenantId, TenantPatch, TenantState,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
