@@ -3,6 +3,7 @@
 //! PgBouncer), a client-side deadline, bounded retries of transient failures, and metrics.
 
 mod audit;
+mod blueprint;
 mod budgets;
 mod collector;
 mod costs;
