@@ -635,8 +635,10 @@ async fn start_up_builds_the_reconciler_from_the_lifecycle_settings() {
     let dir = std::env::temp_dir().join(format!("budgetd-blueprint-start-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("a.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{tenant}}\n---\napiVersion: v1\nkind: ConfigMap\n").unwrap();
-    let mut section = ledger::config::LifecycleSection::default();
-    section.blueprint_dir = Some(dir.clone());
+    let section = ledger::config::LifecycleSection {
+        blueprint_dir: Some(dir.clone()),
+        ..Default::default()
+    };
     let settings = section.validate().unwrap();
     match build_reconciler(&settings, limits, client(), source) {
         Err(StartError::Template(e)) => {

@@ -6,6 +6,7 @@
 //! (`budgetd_kubernetes_requests_total{op,outcome}`,
 //! `budgetd_kubernetes_request_duration_seconds{op}`).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
@@ -509,8 +510,7 @@ impl Provisioner {
                 if missing.contains(&r.namespace) {
                     continue;
                 }
-                let key = namespace_key(&r.namespace);
-                if !observed.objects.contains_key(&key) {
+                if let Entry::Vacant(slot) = observed.objects.entry(namespace_key(&r.namespace)) {
                     let api = self.api("v1", "Namespace", "");
                     let target = format!("Namespace/{}", r.namespace);
                     match self
@@ -518,7 +518,7 @@ impl Provisioner {
                         .await?
                     {
                         Some(live) => {
-                            observed.objects.insert(key, to_value(live)?);
+                            slot.insert(to_value(live)?);
                         }
                         None => {
                             missing.insert(r.namespace.clone());

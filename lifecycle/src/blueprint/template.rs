@@ -323,10 +323,7 @@ impl Template {
                 "apiVersion and kind cannot hold placeholders".to_owned(),
             ));
         }
-        if !doc["metadata"]["name"]
-            .as_str()
-            .is_some_and(|n| !n.is_empty())
-        {
+        if doc["metadata"]["name"].as_str().is_none_or(str::is_empty) {
             return Err(fail(first_line, "metadata.name is missing".to_owned()));
         }
         Ok(Some(Template {
