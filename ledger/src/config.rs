@@ -404,6 +404,9 @@ impl PriceBookSection {
 pub struct LifecycleSection {
     pub residencies: BTreeMap<String, ResidencySection>,
     pub quota_profiles: BTreeMap<String, BTreeMap<String, String>>,
+    /// Whether the leader applies the blueprint to the cluster (`[kubernetes]`): provisioning,
+    /// updates, isolation and offboarding's deletions.
+    pub provision: bool,
     /// A directory of `*.yaml` blueprint templates; unset: the built-in blueprint.
     pub blueprint_dir: Option<std::path::PathBuf>,
     /// The ingress controller's namespace (`{{ingress_namespace}}`).
@@ -506,6 +509,8 @@ impl ReconcilerSection {
 /// checked by the lifecycle crate at start-up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlueprintSettings {
+    /// `[lifecycle] provision`.
+    pub enabled: bool,
     pub dir: Option<std::path::PathBuf>,
     pub ingress_namespace: String,
     pub namespace_role: String,
@@ -545,6 +550,7 @@ impl Default for LifecycleSection {
                 ("standard".to_owned(), profile("8", "32Gi", "100")),
                 ("large".to_owned(), profile("32", "128Gi", "500")),
             ]),
+            provision: true,
             blueprint_dir: None,
             ingress_namespace: "ingress-nginx".to_owned(),
             namespace_role: "edit".to_owned(),
@@ -767,6 +773,7 @@ impl LifecycleSection {
             residencies,
             quota_profiles,
             blueprint: BlueprintSettings {
+                enabled: self.provision,
                 dir: self.blueprint_dir.clone(),
                 ingress_namespace: self.ingress_namespace.clone(),
                 namespace_role: self.namespace_role.clone(),

@@ -257,6 +257,8 @@ pub struct Config {
     pub collector: Option<CollectorSettings>,
     /// The enforcer, when `[enforcement]` is there and enabled.
     pub enforcement: Option<EnforcementSettings>,
+    /// The cluster (`[kubernetes]`): the enforcer's actuator and the lifecycle blueprint.
+    pub kubernetes: enforcer::kubernetes::KubernetesSettings,
     /// Data residencies and quota profiles tenants may have (`[lifecycle]`).
     pub lifecycle: LifecycleSettings,
     /// `BUDGETD_PSEUDONYMISATION_KEY`: the key of offboarded tenants' pseudonyms; without it, the
@@ -447,6 +449,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         }
     }
     let default_api_url = derived_api_url(api.listen);
+    let kubernetes = file.kubernetes.validate().map_err(invalid)?;
     let enforcement = match &file.enforcement {
         Some(e) if e.enabled => Some(
             e.validate(&file.kubernetes, &file.alertmanager, &default_api_url)
@@ -463,6 +466,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         rate_limits: price_book.limits,
         collector,
         enforcement,
+        kubernetes,
         lifecycle,
         pseudonymisation_key: None,
         source: Source {

@@ -8,6 +8,7 @@
 
 mod provisioner;
 mod reconciler;
+mod store_source;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use ledger::tenant::{DataResidency, TenantId};
 
 pub use provisioner::{DeleteReport, DesiredObject, Observed, Provisioner, Snapshot, Step};
 pub use reconciler::{BlueprintReconciler, Desired, TenantSource};
+pub use store_source::StoreSource;
 pub use template::{Blueprint, TemplateError};
 
 /// `app.kubernetes.io/managed-by=budgetd` marks what budgetd provisioned.
