@@ -550,7 +550,7 @@ impl Default for LifecycleSection {
                 ("standard".to_owned(), profile("8", "32Gi", "100")),
                 ("large".to_owned(), profile("32", "128Gi", "500")),
             ]),
-            provision: true,
+            provision: false,
             blueprint_dir: None,
             ingress_namespace: "ingress-nginx".to_owned(),
             namespace_role: "edit".to_owned(),

@@ -10,6 +10,7 @@ mod dashboards;
 mod enforcement;
 mod fuzz;
 mod http;
+mod lifecycle;
 mod offboarding;
 mod pgbouncer;
 mod price_book;

@@ -91,7 +91,9 @@ impl TenantSource for StoreSource {
         };
         Ok(match tenant.state {
             TenantState::Requested | TenantState::Rejected => Desired::Absent,
-            TenantState::Active | TenantState::Suspended => Desired::Provisioned(self.spec(&tenant)?),
+            TenantState::Active | TenantState::Suspended => {
+                Desired::Provisioned(self.spec(&tenant)?)
+            }
             TenantState::Offboarding => {
                 let spec = self.spec(&tenant)?;
                 match self.store.offboarding(id).await.map_err(store_failure)? {
