@@ -650,3 +650,38 @@ async fn start_up_builds_the_reconciler_from_the_lifecycle_settings() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A resync reads the cluster once (`begin_resync`: one LIST per kind), converges each tenant
+/// without another read and, with nothing drifted, without a write; drift found there is still
+/// repaired and reported.
+#[tokio::test]
+async fn a_resync_reads_one_snapshot_and_writes_nothing_without_drift() {
+    let fake = FakeKube::start().await;
+    let source = Arc::new(Source::default());
+    let reconciler = BlueprintReconciler::new(provisioner(&fake), source.clone());
+    let tenants = ["acme", "globex", "initech"];
+    for (i, tenant) in tenants.iter().enumerate() {
+        source.set(tenant, Desired::Provisioned(spec(tenant, &[tenant])));
+        reconciler.handle(&event(i as i64 + 1, tenant)).await.unwrap();
+    }
+    fake.clear_requests();
+    reconciler.begin_resync().await.unwrap();
+    let lists = fake.requests().len();
+    for tenant in tenants {
+        reconciler.converge(&id(tenant)).await.unwrap();
+    }
+    reconciler.end_resync().await;
+    let log = fake.requests();
+    assert_eq!(log.len(), lists, "converging read or wrote after the snapshot: {log:?}");
+    assert!(source.calls().is_empty(), "{:?}", source.calls());
+
+    // someone deletes globex's RoleBinding: the next resync repairs and reports it
+    fake.delete_object(bindings(), "globex", "budgetd-owners");
+    reconciler.begin_resync().await.unwrap();
+    for tenant in tenants {
+        reconciler.converge(&id(tenant)).await.unwrap();
+    }
+    reconciler.end_resync().await;
+    assert_eq!(source.calls(), ["drift_repaired globex"]);
+    assert!(fake.object(bindings(), "globex", "budgetd-owners").is_some());
+}

@@ -1,12 +1,12 @@
 //! The `blueprint` reconciler: level-triggered, it reads the tenant's desired state from a
 //! [`TenantSource`] and converges the cluster to it, whatever event woke it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ledger::tenant::TenantId;
 
-use super::{ConvergeReport, ProvisionError, Provisioner, TenantSpec};
+use super::{ConvergeReport, ProvisionError, Provisioner, Snapshot, TenantSpec};
 use crate::{HandlerError, OutboxEvent, Reconciler};
 
 /// What a tenant should have in the cluster, from its lifecycle state.
@@ -48,6 +48,9 @@ pub trait TenantSource: Send + Sync {
 pub struct BlueprintReconciler {
     provisioner: Provisioner,
     source: Arc<dyn TenantSource>,
+    /// During a resync: every owned object, read once (`begin_resync`), so that converging a
+    /// tenant reads nothing. An object changed since is applied again, which is harmless.
+    resync_snapshot: Mutex<Option<Arc<Snapshot>>>,
 }
 
 /// The aggregate type of tenant events; events about anything else are not the blueprint's.
@@ -62,6 +65,7 @@ impl BlueprintReconciler {
         BlueprintReconciler {
             provisioner,
             source,
+            resync_snapshot: Mutex::new(None),
         }
     }
 
@@ -71,9 +75,26 @@ impl BlueprintReconciler {
 
     /// Converges `tenant` to its desired state; the changes a provisioned tenant needed.
     pub async fn reconcile(&self, tenant: &TenantId) -> Result<ConvergeReport, HandlerError> {
+        self.reconcile_with(tenant, None).await
+    }
+
+    /// As [`BlueprintReconciler::reconcile`]; a provisioned tenant is compared with `snapshot`
+    /// when there is one instead of being read.
+    async fn reconcile_with(
+        &self,
+        tenant: &TenantId,
+        snapshot: Option<Arc<Snapshot>>,
+    ) -> Result<ConvergeReport, HandlerError> {
         match self.source.desired(tenant).await? {
             Desired::Absent => Ok(ConvergeReport::default()),
-            Desired::Provisioned(spec) => self.provisioner.converge(&spec).await.map_err(failure),
+            Desired::Provisioned(spec) => match snapshot {
+                Some(snapshot) => self
+                    .provisioner
+                    .converge_in(&spec, &snapshot)
+                    .await
+                    .map_err(failure),
+                None => self.provisioner.converge(&spec).await.map_err(failure),
+            },
             Desired::Offboarding {
                 spec,
                 access_revoked,
@@ -134,12 +155,33 @@ impl Reconciler for BlueprintReconciler {
     }
 
     async fn converge(&self, tenant: &TenantId) -> Result<(), HandlerError> {
-        let report = self.reconcile(tenant).await?;
+        let snapshot = self
+            .resync_snapshot
+            .lock()
+            .expect("the snapshot lock is never poisoned")
+            .clone();
+        let report = self.reconcile_with(tenant, snapshot).await?;
         if report.changed() {
             tracing::warn!(tenant = %tenant, %report, "blueprint drift repaired");
             metrics::counter!("budgetd_blueprint_drift_repaired_total").increment(1);
             self.source.drift_repaired(tenant, &report).await?;
         }
         Ok(())
+    }
+
+    async fn begin_resync(&self) -> Result<(), HandlerError> {
+        let snapshot = self.provisioner.snapshot().await.map_err(failure)?;
+        *self
+            .resync_snapshot
+            .lock()
+            .expect("the snapshot lock is never poisoned") = Some(Arc::new(snapshot));
+        Ok(())
+    }
+
+    async fn end_resync(&self) {
+        self.resync_snapshot
+            .lock()
+            .expect("the snapshot lock is never poisoned")
+            .take();
     }
 }
