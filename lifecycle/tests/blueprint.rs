@@ -662,7 +662,10 @@ async fn a_resync_reads_one_snapshot_and_writes_nothing_without_drift() {
     let tenants = ["acme", "globex", "initech"];
     for (i, tenant) in tenants.iter().enumerate() {
         source.set(tenant, Desired::Provisioned(spec(tenant, &[tenant])));
-        reconciler.handle(&event(i as i64 + 1, tenant)).await.unwrap();
+        reconciler
+            .handle(&event(i as i64 + 1, tenant))
+            .await
+            .unwrap();
     }
     fake.clear_requests();
     reconciler.begin_resync().await.unwrap();
@@ -672,7 +675,11 @@ async fn a_resync_reads_one_snapshot_and_writes_nothing_without_drift() {
     }
     reconciler.end_resync().await;
     let log = fake.requests();
-    assert_eq!(log.len(), lists, "converging read or wrote after the snapshot: {log:?}");
+    assert_eq!(
+        log.len(),
+        lists,
+        "converging read or wrote after the snapshot: {log:?}"
+    );
     assert!(source.calls().is_empty(), "{:?}", source.calls());
 
     // someone deletes globex's RoleBinding: the next resync repairs and reports it
@@ -683,5 +690,7 @@ async fn a_resync_reads_one_snapshot_and_writes_nothing_without_drift() {
     }
     reconciler.end_resync().await;
     assert_eq!(source.calls(), ["drift_repaired globex"]);
-    assert!(fake.object(bindings(), "globex", "budgetd-owners").is_some());
+    assert!(fake
+        .object(bindings(), "globex", "budgetd-owners")
+        .is_some());
 }
