@@ -100,6 +100,10 @@ urls = ["$BUDGETD_TEST_ALERTMANAGER_URL"]
 [kubernetes]
 api_url = "http://127.0.0.1:$KUBE_PORT"
 
+[lifecycle]
+# Approved tenants get the blueprint in the demo Kubernetes API.
+provision = true
+
 [leader]
 
 [enforcement]

@@ -39,7 +39,11 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = Store::connect(&config.database.store_config())
             .await
-            .context("database configuration")?;
+            .context("database configuration")?
+            .with_pseudonymisation_key(config.pseudonymisation_key.as_ref().map(|key| {
+                use secrecy::ExposeSecret;
+                key.expose_secret().as_bytes().to_vec().into()
+            }));
         let auth = Authenticator::new(config.api.tokens.iter().map(|t| {
             (
                 t.hash,
@@ -136,6 +140,11 @@ impl Application {
             )),
             None => None,
         };
+        let provisioning = if self.config.lifecycle.blueprint.enabled {
+            Some(build_provisioning(&self.config).await?)
+        } else {
+            None
+        };
         let store = self.state.store.clone();
         let config = self.config.clone();
         let background = stop.clone();
@@ -143,9 +152,9 @@ impl Application {
             if !prepare_ledger(&store, &config, &background).await {
                 return;
             }
-            // Only the leader collects and enforces; a daemon that does neither does not run
-            // for leader.
-            if collector.is_none() && enforcer.is_none() {
+            // Only the leader collects, enforces and provisions; a daemon that does none of it
+            // does not run for leader.
+            if collector.is_none() && enforcer.is_none() && provisioning.is_none() {
                 return;
             }
             let leader_config = config.leader.clone();
@@ -185,6 +194,35 @@ impl Application {
                     leader_rx.clone(),
                     background.clone(),
                 )));
+            }
+            if let Some(client) = provisioning {
+                let source = Arc::new(lifecycle::blueprint::StoreSource::new(
+                    store.clone(),
+                    config.lifecycle.quota_profiles.clone(),
+                    leader_rx.clone(),
+                ));
+                match lifecycle::blueprint::build_reconciler(
+                    &config.lifecycle,
+                    request_limits(&config.kubernetes),
+                    client,
+                    source,
+                )
+                .map_err(anyhow::Error::from)
+                .and_then(|reconciler| {
+                    Ok(lifecycle::Runner::new(
+                        store.clone(),
+                        Arc::new(reconciler),
+                        lifecycle::blueprint::runner_settings(&config.lifecycle.reconciler),
+                    )?)
+                }) {
+                    Ok(runner) => {
+                        let leader = leader_rx.clone();
+                        let stop = background.clone();
+                        tasks.push(tokio::spawn(async move { runner.run(leader, stop).await }));
+                    }
+                    // The blueprint was checked at start; this is a bug, not a configuration.
+                    Err(e) => tracing::error!(error = %e, "the blueprint reconciler cannot start"),
+                }
             }
             for task in tasks {
                 let _ = task.await;
@@ -255,6 +293,28 @@ async fn check_scrape_interval(collector: Arc<Collector>) {
             error = %e,
             "could not read Prometheus' configuration; collector.scrape_interval_seconds is checked against the data only"
         ),
+    }
+}
+
+/// Start-up checks of provisioning: the blueprint loads and validates (an error names the file
+/// and line) and the Kubernetes client can be made. Returns the client.
+async fn build_provisioning(config: &Config) -> anyhow::Result<kube::Client> {
+    lifecycle::blueprint::load_blueprint(&config.lifecycle.blueprint)?;
+    let cluster = KubernetesActuator::new(config.kubernetes.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("Kubernetes client for the blueprint: {e}"))?;
+    Ok(cluster.client())
+}
+
+/// The provisioner's request limits: `[kubernetes]`'s.
+fn request_limits(
+    settings: &enforcer::kubernetes::KubernetesSettings,
+) -> lifecycle::blueprint::RequestLimits {
+    lifecycle::blueprint::RequestLimits {
+        request_timeout: settings.request_timeout,
+        max_attempts: settings.max_attempts,
+        initial_backoff: settings.initial_backoff,
+        max_backoff: settings.max_backoff,
     }
 }
 

@@ -92,6 +92,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
+    /// The blueprint's provisioner against the fake Kubernetes API: provisioning rate, then a
+    /// resync of many tenants with no drift (seconds and writes, per tenant and from one
+    /// snapshot).
+    Lifecycle {
+        /// Tenants provisioned in the timed run.
+        #[arg(long, default_value_t = 1_000)]
+        tenants: usize,
+        /// Tenants resynced.
+        #[arg(long, default_value_t = 10_000)]
+        resync_tenants: usize,
+        /// Tenants converged at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 /// Runs the command; 1 on failure (2 for bad arguments, from clap).
@@ -153,6 +167,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             } => {
                 let options = bench::enforcer::EnforcerBenchOptions { tenants, rounds };
                 bench::enforcer::run_enforcer_bench(&database_url, &options).await
+            }
+            BenchCommand::Lifecycle {
+                tenants,
+                resync_tenants,
+                concurrency,
+            } => {
+                let options = bench::lifecycle::LifecycleBenchOptions {
+                    tenants,
+                    resync_tenants,
+                    concurrency,
+                };
+                bench::lifecycle::run_lifecycle_bench(&options).await
             }
         },
         Command::DemoExporter { listen, tenants } => demo::serve(listen, tenants).await,

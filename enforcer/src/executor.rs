@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::alerts::{Alert, AlertName, AlertSink, Severity};
 use crate::cluster::{ChangeSet, ClusterActuator, ClusterError, CorruptChanges, FootprintError};
 use crate::plan::{effect, plan, Action, ClusterState};
-use crate::policy::{Ladder, Policy, Step};
+use crate::policy::{Ladder, Policy, Step, StepAction};
 
 /// How the enforcer reads budgets and talks to Alertmanager.
 #[derive(Debug, Clone)]
@@ -172,10 +172,15 @@ impl Enforcer {
         now: DateTime<Utc>,
     ) -> Result<CycleReport, EnforceError> {
         let started = Instant::now();
-        let statuses = self
+        // Operators' suspensions and resumes first, so that a budget step planned below
+        // observes a resumed tenant's restored cluster, not the suspension's zeros.
+        let mut report = CycleReport::default();
+        let resuming = self.operator_suspensions(fence, &mut report).await?;
+        let mut statuses = self
             .store
             .budget_statuses(now, &self.settings.status_params())
             .await?;
+        hold_resuming(&mut statuses, &resuming);
         let records = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;
 
@@ -205,10 +210,7 @@ impl Enforcer {
         let status_of: BTreeMap<&TenantId, &BudgetStatus> =
             statuses.iter().map(|s| (&s.tenant, s)).collect();
 
-        let mut report = CycleReport {
-            tenants: statuses.len(),
-            ..CycleReport::default()
-        };
+        report.tenants = statuses.len();
         for action in &actions {
             let span = tracing::info_span!("enforce", tenant = %action.tenant());
             let _guard = span.enter();
@@ -302,6 +304,131 @@ impl Enforcer {
         metrics::histogram!("budgetd_enforcement_cycle_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(report)
+    }
+
+    /// Carries out operators' suspensions: applies new ones as a budget suspension is applied
+    /// (observe, record the effect before the first write, scale to zero), re-applies their
+    /// recorded changes where someone undid them, and writes the prior values back once the
+    /// operator resumed. Returns the tenants whose restore is still outstanding (it failed).
+    async fn operator_suspensions(
+        &self,
+        fence: Fence,
+        report: &mut CycleReport,
+    ) -> Result<BTreeSet<TenantId>, EnforceError> {
+        let mut resuming = BTreeSet::new();
+        for suspension in self.store.unrestored_operator_suspensions().await? {
+            let span = tracing::info_span!("operator_suspension", tenant = %suspension.tenant);
+            let _guard = span.enter();
+            let result = if suspension.is_resuming() {
+                self.restore_operator_suspension(fence, &suspension).await
+            } else {
+                self.apply_operator_suspension(fence, &suspension).await
+            };
+            if let Err(e) = result {
+                if e.is_fenced() {
+                    return Err(e);
+                }
+                if suspension.is_resuming() {
+                    resuming.insert(suspension.tenant.clone());
+                }
+                let message = e.to_string();
+                tracing::warn!(suspension = suspension.id, error = %message, "operator suspension step failed; retrying next cycle");
+                metrics::counter!(
+                    "budgetd_enforcement_actions_total",
+                    "kind" => "operator_suspend",
+                    "outcome" => "failed"
+                )
+                .increment(1);
+                self.store
+                    .record_suspension_failure(fence, suspension.id, &message)
+                    .await?;
+                report.failed.push((suspension.id, message));
+            }
+        }
+        Ok(resuming)
+    }
+
+    async fn apply_operator_suspension(
+        &self,
+        fence: Fence,
+        suspension: &ledger::store::OperatorSuspension,
+    ) -> Result<(), EnforceError> {
+        let forward = match &suspension.forward {
+            Some(recorded) => ChangeSet::decode("forward", recorded)?,
+            None => {
+                let observed = self.cluster.observe(&suspension.tenant).await?;
+                let effect = effect(&StepAction::Suspend, &observed)?;
+                let stored = self
+                    .store
+                    .record_suspension_effect(
+                        fence,
+                        suspension.id,
+                        &effect.forward.to_json(),
+                        &effect.backward.to_json(),
+                    )
+                    .await?;
+                match &stored.forward {
+                    Some(recorded) if stored.resumed_at.is_none() => {
+                        ChangeSet::decode("forward", recorded)?
+                    }
+                    // Resumed meanwhile: the next cycle restores whatever was recorded.
+                    _ => return Ok(()),
+                }
+            }
+        };
+        if suspension.applied_at.is_some() {
+            // Applied: repair only what someone undid.
+            let observed = self.cluster.observe(&suspension.tenant).await?;
+            let drifted: Vec<_> = forward
+                .iter()
+                .filter(|c| !c.is_satisfied_by(&observed))
+                .cloned()
+                .collect();
+            if !drifted.is_empty() {
+                tracing::warn!(
+                    suspension = suspension.id,
+                    changes = drifted.len(),
+                    "drift: re-applying an operator's suspension"
+                );
+                self.cluster.apply(&drifted).await?;
+                metrics::counter!("budgetd_enforcement_drift_repairs_total").increment(1);
+            }
+            return Ok(());
+        }
+        let applied = self.cluster.apply(&forward).await?;
+        let outcome = json!({
+            "changes": forward.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "missing": applied.missing,
+        });
+        self.store
+            .mark_suspension_applied(fence, &ctx(), suspension.id, &outcome)
+            .await?;
+        count_operator("applied");
+        tracing::info!(suspension = suspension.id, "operator suspension applied");
+        Ok(())
+    }
+
+    async fn restore_operator_suspension(
+        &self,
+        fence: Fence,
+        suspension: &ledger::store::OperatorSuspension,
+    ) -> Result<(), EnforceError> {
+        let backward = ChangeSet::recorded(
+            "backward",
+            ActionKind::Suspend,
+            suspension.backward.as_ref(),
+        )?;
+        let applied = self.cluster.apply(&backward).await?;
+        let outcome = json!({
+            "changes": backward.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "missing": applied.missing,
+        });
+        self.store
+            .mark_suspension_restored(fence, &ctx(), suspension.id, &outcome)
+            .await?;
+        count_operator("restored");
+        tracing::info!(suspension = suspension.id, "operator suspension restored");
+        Ok(())
     }
 
     /// Applies `record`, the ledger's action for `step`: observes the tenant, records the
@@ -573,6 +700,26 @@ impl Enforcer {
             generator_url: link,
         }))
     }
+}
+
+/// A tenant whose operator resume is not yet restored in the cluster counts as suspended for
+/// the budget: no budget suspension opens on top of the zeros it would observe as "prior".
+fn hold_resuming(statuses: &mut [BudgetStatus], resuming: &BTreeSet<TenantId>) {
+    for status in statuses
+        .iter_mut()
+        .filter(|s| resuming.contains(&s.tenant) && s.tenant_state == TenantState::Active)
+    {
+        status.tenant_state = TenantState::Suspended;
+    }
+}
+
+fn count_operator(outcome: &str) {
+    metrics::counter!(
+        "budgetd_enforcement_actions_total",
+        "kind" => "operator_suspend",
+        "outcome" => outcome.to_owned()
+    )
+    .increment(1);
 }
 
 fn count(kind: ActionKind, outcome: &str) {

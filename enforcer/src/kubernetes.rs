@@ -313,6 +313,11 @@ impl KubernetesActuator {
         &self.settings
     }
 
+    /// The client, for other writers to the same cluster (the lifecycle blueprint).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// Runs one request with a deadline and retries; `Ok(None)` is a 404.
     async fn call<T, F, Fut>(
         &self,

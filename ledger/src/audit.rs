@@ -92,6 +92,14 @@ pub fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).expect("now is in range")
 }
 
+/// `value` as canonical JSON: keys sorted at every level, no whitespace (what the audit chain and
+/// the final report's SHA-256 hash).
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
 /// JSON with object keys sorted at every level, independent of serde_json's map features.
 fn write_canonical(value: &Value, out: &mut String) {
     match value {

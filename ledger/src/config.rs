@@ -22,6 +22,7 @@ use url::Url;
 use crate::currency::Currency;
 use crate::error::Invalid;
 use crate::money::{parse_decimal, parse_rate};
+use crate::offboarding::OffboardingSettings;
 use crate::price_book::{MeterName, NewPriceBookVersion, RateLimits, DEFAULT_MAX_RATE};
 use crate::store::StoreConfig;
 use crate::tenant::{DataResidency, QuotaProfileName};
@@ -403,6 +404,116 @@ impl PriceBookSection {
 pub struct LifecycleSection {
     pub residencies: BTreeMap<String, ResidencySection>,
     pub quota_profiles: BTreeMap<String, BTreeMap<String, String>>,
+    /// Whether the leader applies the blueprint to the cluster (`[kubernetes]`): provisioning,
+    /// updates, isolation and offboarding's deletions.
+    pub provision: bool,
+    /// A directory of `*.yaml` blueprint templates; unset: the built-in blueprint.
+    pub blueprint_dir: Option<std::path::PathBuf>,
+    /// The ingress controller's namespace (`{{ingress_namespace}}`).
+    pub ingress_namespace: String,
+    /// The ClusterRole the owner group is bound to in each namespace (`{{namespace_role}}`).
+    pub namespace_role: String,
+    /// Days between the start of a tenant's offboarding and the deletion of its namespaces
+    /// (0 allowed).
+    pub offboarding_grace_days: u32,
+    /// Years the ledger keeps an offboarded tenant's entries and audit records.
+    pub retention_years: u32,
+    /// Whether an offboarded tenant's display name is pseudonymised too (the owner always is).
+    pub pseudonymise_display_name: bool,
+    /// `[lifecycle.reconciler]`: how the outbox reconcilers (the blueprint) are paced.
+    pub reconciler: ReconcilerSection,
+}
+
+/// `[lifecycle.reconciler]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcilerSection {
+    pub scan_batch: u32,
+    pub max_events_per_step: u32,
+    pub concurrency: u32,
+    pub call_timeout_ms: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    pub poll_interval_ms: u64,
+    pub resync_interval_seconds: u64,
+}
+
+impl Default for ReconcilerSection {
+    fn default() -> Self {
+        ReconcilerSection {
+            scan_batch: 500,
+            max_events_per_step: 200,
+            concurrency: 8,
+            call_timeout_ms: 60_000,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 300_000,
+            poll_interval_ms: 1_000,
+            resync_interval_seconds: 600,
+        }
+    }
+}
+
+/// The validated `[lifecycle.reconciler]` (the lifecycle crate turns it into its runner's
+/// settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcilerTiming {
+    pub scan_batch: u32,
+    pub max_events_per_step: u32,
+    pub concurrency: usize,
+    pub call_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub poll_interval: Duration,
+    pub resync_interval: Duration,
+}
+
+impl ReconcilerSection {
+    pub fn validate(&self) -> Result<ReconcilerTiming, Invalid> {
+        let key = |field: &str| format!("lifecycle.reconciler.{field}");
+        let positive = [
+            ("scan_batch", u64::from(self.scan_batch)),
+            ("max_events_per_step", u64::from(self.max_events_per_step)),
+            ("concurrency", u64::from(self.concurrency)),
+            ("call_timeout_ms", self.call_timeout_ms),
+            ("backoff_base_ms", self.backoff_base_ms),
+            ("backoff_cap_ms", self.backoff_cap_ms),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("resync_interval_seconds", self.resync_interval_seconds),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Invalid::new(key(field), "must be more than zero"));
+        }
+        if self.concurrency > 1_000 {
+            return Err(Invalid::new(key("concurrency"), "at most 1000"));
+        }
+        if self.backoff_cap_ms < self.backoff_base_ms {
+            return Err(Invalid::new(
+                key("backoff_cap_ms"),
+                "must be at least backoff_base_ms",
+            ));
+        }
+        Ok(ReconcilerTiming {
+            scan_batch: self.scan_batch,
+            max_events_per_step: self.max_events_per_step,
+            concurrency: self.concurrency as usize,
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            backoff_base: Duration::from_millis(self.backoff_base_ms),
+            backoff_cap: Duration::from_millis(self.backoff_cap_ms),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            resync_interval: Duration::from_secs(self.resync_interval_seconds),
+        })
+    }
+}
+
+/// The validated blueprint settings of `[lifecycle]` (the directory is read and its templates
+/// checked by the lifecycle crate at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlueprintSettings {
+    /// `[lifecycle] provision`.
+    pub enabled: bool,
+    pub dir: Option<std::path::PathBuf>,
+    pub ingress_namespace: String,
+    pub namespace_role: String,
 }
 
 /// `[lifecycle.residencies.<region>]`.
@@ -439,6 +550,14 @@ impl Default for LifecycleSection {
                 ("standard".to_owned(), profile("8", "32Gi", "100")),
                 ("large".to_owned(), profile("32", "128Gi", "500")),
             ]),
+            provision: false,
+            blueprint_dir: None,
+            ingress_namespace: "ingress-nginx".to_owned(),
+            namespace_role: "edit".to_owned(),
+            reconciler: ReconcilerSection::default(),
+            offboarding_grace_days: OffboardingSettings::default().grace_days,
+            retention_years: OffboardingSettings::default().retention_years,
+            pseudonymise_display_name: OffboardingSettings::default().pseudonymise_display_name,
         }
     }
 }
@@ -499,6 +618,10 @@ pub type QuotaProfile = BTreeMap<String, String>;
 pub struct LifecycleSettings {
     pub residencies: BTreeMap<DataResidency, Vec<ClusterRef>>,
     pub quota_profiles: BTreeMap<QuotaProfileName, QuotaProfile>,
+    pub blueprint: BlueprintSettings,
+    pub reconciler: ReconcilerTiming,
+    /// Grace period, retention and what is pseudonymised.
+    pub offboarding: OffboardingSettings,
 }
 
 impl Default for LifecycleSettings {
@@ -600,9 +723,63 @@ impl LifecycleSection {
             }
             quota_profiles.insert(profile, limits.clone());
         }
+        let dns_label = |text: &str| {
+            !text.is_empty()
+                && text.len() <= 63
+                && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && text.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if !dns_label(&self.ingress_namespace) {
+            return Err(Invalid::new(
+                "lifecycle.ingress_namespace",
+                format!(
+                    "{:?} is not a namespace name (a DNS-1123 label)",
+                    self.ingress_namespace
+                ),
+            ));
+        }
+        // a ClusterRole name is a path segment: `system:aggregate-to-edit` is one
+        let role_ok = !self.namespace_role.is_empty()
+            && self.namespace_role.len() <= 253
+            && self.namespace_role.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b':')
+            });
+        if !role_ok {
+            return Err(Invalid::new(
+                "lifecycle.namespace_role",
+                format!("{:?} is not a ClusterRole name", self.namespace_role),
+            ));
+        }
+        if self
+            .blueprint_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(Invalid::new(
+                "lifecycle.blueprint_dir",
+                "empty: leave it out for the built-in blueprint",
+            ));
+        }
+        let offboarding = OffboardingSettings {
+            grace_days: self.offboarding_grace_days,
+            retention_years: self.retention_years,
+            pseudonymise_display_name: self.pseudonymise_display_name,
+        }
+        .validate()?;
         Ok(LifecycleSettings {
             residencies,
             quota_profiles,
+            blueprint: BlueprintSettings {
+                enabled: self.provision,
+                dir: self.blueprint_dir.clone(),
+                ingress_namespace: self.ingress_namespace.clone(),
+                namespace_role: self.namespace_role.clone(),
+            },
+            reconciler: self.reconciler.validate()?,
+            offboarding,
         })
     }
 }
@@ -806,5 +983,58 @@ mod tests {
             section.validate().unwrap_err().field,
             "lifecycle.residencies"
         );
+    }
+
+    #[test]
+    fn blueprint_and_reconciler_settings_default_and_name_their_key() {
+        let settings = LifecycleSection::default().validate().unwrap();
+        assert_eq!(settings.blueprint.dir, None);
+        assert_eq!(settings.blueprint.ingress_namespace, "ingress-nginx");
+        assert_eq!(settings.blueprint.namespace_role, "edit");
+        assert_eq!(
+            settings.reconciler.resync_interval,
+            Duration::from_secs(600)
+        );
+        let parsed: LifecycleSection = serde_json::from_value(serde_json::json!({
+            "blueprint_dir": "/etc/budgetd/blueprint",
+            "namespace_role": "system:aggregate-to-edit",
+            "reconciler": { "concurrency": 4 },
+        }))
+        .unwrap();
+        let settings = parsed.validate().unwrap();
+        assert_eq!(
+            settings.blueprint.dir.as_deref(),
+            Some(std::path::Path::new("/etc/budgetd/blueprint"))
+        );
+        assert_eq!(settings.reconciler.concurrency, 4);
+        assert_eq!(settings.reconciler.scan_batch, 500);
+
+        let field = |edit: &dyn Fn(&mut LifecycleSection)| {
+            let mut section = LifecycleSection::default();
+            edit(&mut section);
+            section.validate().unwrap_err().field
+        };
+        assert_eq!(
+            field(&|s| s.ingress_namespace = "Ingress".into()),
+            "lifecycle.ingress_namespace"
+        );
+        assert_eq!(
+            field(&|s| s.namespace_role = "a/b".into()),
+            "lifecycle.namespace_role"
+        );
+        assert_eq!(
+            field(&|s| s.blueprint_dir = Some("".into())),
+            "lifecycle.blueprint_dir"
+        );
+        assert_eq!(
+            field(&|s| s.reconciler.scan_batch = 0),
+            "lifecycle.reconciler.scan_batch"
+        );
+        assert_eq!(
+            field(&|s| s.reconciler.backoff_cap_ms = 10),
+            "lifecycle.reconciler.backoff_cap_ms"
+        );
+        let typo = serde_json::json!({ "reconciler": { "scan_btach": 1 } });
+        assert!(serde_json::from_value::<LifecycleSection>(typo).is_err());
     }
 }

@@ -12,6 +12,7 @@ pub mod entry;
 pub mod error;
 pub mod money;
 pub mod names;
+pub mod offboarding;
 pub mod price_book;
 pub mod store;
 pub mod tenant;

@@ -63,6 +63,98 @@ impl DataResidency {
     }
 }
 
+/// A Kubernetes namespace a tenant owns: a DNS-1123 label (at most 63 characters) that is not
+/// a namespace of the cluster itself (`default`, `kube-*`, `openshift-*`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamespaceName(String);
+
+impl NamespaceName {
+    pub fn parse(field: &str, value: &str) -> Result<Self, Invalid> {
+        names::dns1123_label(field, value)?;
+        if value == "default" || value.starts_with("kube-") || value.starts_with("openshift-") {
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "{value:?} is a namespace of the cluster itself (default, kube-*, \
+                     openshift-*) and cannot belong to a tenant"
+                ),
+            ));
+        }
+        Ok(NamespaceName(value.to_owned()))
+    }
+
+    /// A list of namespaces: at least one, at most [`NamespaceName::MAX`], no duplicates;
+    /// sorted. Each is named `field[i]` in an error.
+    pub fn parse_list(field: &str, values: &[String]) -> Result<Vec<Self>, Invalid> {
+        if values.is_empty() {
+            return Err(Invalid::new(field, "give at least one namespace"));
+        }
+        if values.len() > Self::MAX {
+            return Err(Invalid::new(
+                field,
+                format!("a tenant owns at most {} namespaces", Self::MAX),
+            ));
+        }
+        let mut out = Vec::with_capacity(values.len());
+        for (i, value) in values.iter().enumerate() {
+            let name = Self::parse(&format!("{field}[{i}]"), value)?;
+            if out.contains(&name) {
+                return Err(Invalid::new(
+                    format!("{field}[{i}]"),
+                    format!("namespace {value:?} is listed twice"),
+                ));
+            }
+            out.push(name);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The namespace a tenant created without naming any owns: its id.
+    pub fn default_for(id: &TenantId) -> Result<Vec<Self>, Invalid> {
+        Self::parse("namespaces", id.as_str())
+            .map(|n| vec![n])
+            .map_err(|e| {
+                Invalid::new(
+                    "namespaces",
+                    format!(
+                        "the tenant id cannot name its namespace ({}); give namespaces",
+                        e.message
+                    ),
+                )
+            })
+    }
+
+    pub const MAX: usize = 32;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NamespaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who suspended a suspended tenant: an operator (`POST .../suspend`; only an operator's
+/// resume lifts it) or budget enforcement (only the budget, or an exemption, lifts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SuspendedBy {
+    Operator,
+    Budget,
+}
+
+impl SuspendedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspendedBy::Operator => "operator",
+            SuspendedBy::Budget => "budget",
+        }
+    }
+}
+
 /// A human-readable name: one line of 1 to 256 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(SingleLine);
@@ -493,6 +585,8 @@ pub struct NewTenant {
     pub owner_group: Option<OwnerGroup>,
     /// The quota profile the blueprint applies; none for tenants created before profiles.
     pub quota_profile: Option<QuotaProfileName>,
+    /// The namespaces the tenant owns (sorted); empty: one named like its id.
+    pub namespaces: Vec<NamespaceName>,
 }
 
 /// A partial update. Data residency is fixed at creation: moving a tenant's data between
@@ -502,11 +596,22 @@ pub struct TenantPatch {
     pub display_name: Option<DisplayName>,
     pub owner: Option<Owner>,
     pub labels: Option<Labels>,
+    /// `Some(None)` clears the owner group.
+    pub owner_group: Option<Option<OwnerGroup>>,
+    /// Checked against the configured profiles by the caller.
+    pub quota_profile: Option<QuotaProfileName>,
+    /// The full new list (at least one, sorted).
+    pub namespaces: Option<Vec<NamespaceName>>,
 }
 
 impl TenantPatch {
     pub fn is_empty(&self) -> bool {
-        self.display_name.is_none() && self.owner.is_none() && self.labels.is_none()
+        self.display_name.is_none()
+            && self.owner.is_none()
+            && self.labels.is_none()
+            && self.owner_group.is_none()
+            && self.quota_profile.is_none()
+            && self.namespaces.is_none()
     }
 }
 
@@ -523,6 +628,21 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub state_changed_at: DateTime<Utc>,
+    /// Sorted. Empty for a requested or rejected tenant (a request's namespaces are claimed
+    /// when it is approved).
+    pub namespaces: Vec<NamespaceName>,
+    /// Set while the tenant is isolated for an incident (deny-all NetworkPolicy).
+    pub isolation: Option<Isolation>,
+    /// Who suspended it, while it is suspended.
+    pub suspended_by: Option<SuspendedBy>,
+}
+
+/// Why and since when a tenant is isolated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolation {
+    pub at: DateTime<Utc>,
+    pub by: String,
+    pub reason: String,
 }
 
 impl Tenant {
@@ -537,6 +657,9 @@ impl Tenant {
             "owner_group": self.owner_group.as_ref().map(OwnerGroup::as_str),
             "quota_profile": self.quota_profile.as_ref().map(QuotaProfileName::as_str),
             "state": self.state.as_str(),
+            "namespaces": self.namespaces.iter().map(NamespaceName::as_str).collect::<Vec<_>>(),
+            "isolated": self.isolation.is_some(),
+            "suspended_by": self.suspended_by.map(SuspendedBy::as_str),
         })
     }
 
@@ -549,6 +672,15 @@ impl Tenant {
         }
         if let Some(labels) = &patch.labels {
             self.labels = labels.clone();
+        }
+        if let Some(group) = &patch.owner_group {
+            self.owner_group = group.clone();
+        }
+        if let Some(profile) = &patch.quota_profile {
+            self.quota_profile = Some(profile.clone());
+        }
+        if let Some(namespaces) = &patch.namespaces {
+            self.namespaces = namespaces.clone();
         }
     }
 }
@@ -630,6 +762,9 @@ pub struct TenantRequest {
     pub budget: Money,
     pub period: BudgetPeriod,
     pub justification: Justification,
+    /// The namespaces asked for (sorted; claimed on approval): the tenant's own list stays
+    /// empty until then.
+    pub namespaces: Vec<NamespaceName>,
     /// The actor (token name) who asked: the one who may not approve it.
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
@@ -654,6 +789,7 @@ impl TenantRequest {
                 "period": self.period.as_str(),
             },
             "justification": self.justification.as_str(),
+            "namespaces": self.namespaces.iter().map(NamespaceName::as_str).collect::<Vec<_>>(),
             "requested_by": self.requested_by,
             "state": self.state().as_str(),
         })
@@ -787,6 +923,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn namespaces_are_labels_and_not_the_clusters_own() {
+        for good in [
+            "acme",
+            "acme-prod",
+            "a",
+            &"a".repeat(63),
+            "kube",
+            "defaults",
+        ] {
+            assert!(NamespaceName::parse("ns", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "default",
+            "kube-system",
+            "kube-public",
+            "openshift-x",
+            "Acme",
+            "a_b",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(
+                NamespaceName::parse("ns", bad).unwrap_err().field,
+                "ns",
+                "{bad}"
+            );
+        }
+        let list = |v: &[&str]| {
+            NamespaceName::parse_list(
+                "namespaces",
+                &v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let sorted = list(&["b", "a"]).unwrap();
+        assert_eq!(
+            sorted.iter().map(NamespaceName::as_str).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(list(&[]).unwrap_err().field, "namespaces");
+        assert_eq!(list(&["a", "a"]).unwrap_err().field, "namespaces[1]");
+        assert_eq!(list(&["a", "kube-x"]).unwrap_err().field, "namespaces[1]");
+        let id = TenantId::parse("acme").unwrap();
+        assert_eq!(NamespaceName::default_for(&id).unwrap()[0].as_str(), "acme");
+        let system = TenantId::parse("default").unwrap();
+        assert_eq!(
+            NamespaceName::default_for(&system).unwrap_err().field,
+            "namespaces"
+        );
     }
 
     #[test]

@@ -1337,6 +1337,7 @@ fn new_request(id: &str) -> ledger::tenant::NewTenantRequest {
             labels: Default::default(),
             owner_group: Some(OwnerGroup::parse("team-a").unwrap()),
             quota_profile: Some(QuotaProfileName::parse("quota_profile", "standard").unwrap()),
+            namespaces: Vec::new(),
         },
         budget: Money {
             amount: dec("500.00"),

@@ -7,6 +7,7 @@
 //! tenants go on, and can re-converge any tenant from its current state (drift repair). It
 //! runs only while this daemon leads; a crash anywhere resumes from the cursor.
 
+pub mod blueprint;
 mod runner;
 
 use std::time::Duration;
@@ -33,6 +34,16 @@ pub trait Reconciler: Send + Sync {
     /// Brings the system in line with `tenant`'s current state, whatever events it missed:
     /// drift repair and recovery.
     async fn converge(&self, tenant: &TenantId) -> Result<(), HandlerError>;
+
+    /// Called before a resync converges every tenant: a reconciler may read the whole system
+    /// once here (one LIST per kind) so that each `converge` reads nothing. An error is logged
+    /// and the resync goes on without.
+    async fn begin_resync(&self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    /// Called after a resync (also after a failed `begin_resync`): drop what it read.
+    async fn end_resync(&self) {}
 }
 
 /// Why a reconciler's call failed: `kind` is a bounded metric label ("timeout", "rejected",

@@ -269,11 +269,17 @@ impl Runner {
     pub async fn resync(&self) -> Result<ResyncReport, Error> {
         let name = self.name();
         let tenants = self.store.list_tenants(None).await?;
+        if let Err(failure) = self.within(self.reconciler.begin_resync()).await {
+            metrics::counter!("budgetd_reconciler_converge_failed_total", "reconciler" => name, "kind" => failure.kind)
+                .increment(1);
+            tracing::warn!(reconciler = name, error = %failure, "resync preparation failed; converging tenant by tenant");
+        }
         let mut calls = Vec::with_capacity(tenants.len());
         for tenant in tenants {
             calls.push(self.converge_one(tenant.id));
         }
         let outcomes = at_most(self.settings.concurrency, calls).await;
+        self.reconciler.end_resync().await;
         let mut report = ResyncReport::default();
         for outcome in outcomes {
             match outcome {

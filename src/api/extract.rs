@@ -10,7 +10,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use ledger::audit::AuditContext;
-use ledger::tenant::TenantId;
+use ledger::tenant::{TenantId, TenantState};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -63,6 +63,23 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| state.auth.authenticate(v))
             .cloned()
             .ok_or_else(ApiError::unauthorized)?;
+        if let Role::Tenant(tenant) = &principal.role {
+            // Read with every request: a token is refused from the commit that starts its
+            // tenant's offboarding, on every replica, with no cache to invalidate.
+            let tenant_state = state.store.tenant_state(tenant).await?;
+            if tenant_state
+                .is_some_and(|s| matches!(s, TenantState::Offboarding | TenantState::Offboarded))
+            {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_disabled",
+                    format!(
+                        "this token's tenant {:?} is being offboarded: its tokens are disabled",
+                        tenant.as_str()
+                    ),
+                ));
+            }
+        }
         let request_id = parts
             .extensions
             .get::<RequestId>()
@@ -146,6 +163,14 @@ fn is_json_media_type(value: &str) -> bool {
 }
 
 impl JsonBody {
+    /// Like [`JsonBody::parse`] for a body that may be left out: an empty body is `None`.
+    pub fn parse_optional<T: DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
+        if self.bytes.is_empty() {
+            return Ok(None);
+        }
+        self.parse().map(Some)
+    }
+
     /// Parses the body, which must be one JSON object sent as `application/json`; unknown
     /// fields and wrong types are errors naming the field.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {

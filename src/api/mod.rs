@@ -4,6 +4,7 @@
 mod enforcement;
 mod error;
 mod extract;
+mod offboarding;
 mod price_book;
 mod pricing_errors;
 mod tenant_requests;
@@ -127,7 +128,31 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/tenants/{id}",
             get(tenants::get_one)
                 .patch(tenants::patch)
-                .delete(tenants::offboard),
+                .delete(offboarding::start),
+        )
+        .route(
+            "/api/v1/tenants/{id}/offboarding",
+            get(offboarding::progress),
+        )
+        .route(
+            "/api/v1/tenants/{id}/final-report",
+            get(offboarding::final_report),
+        )
+        .route(
+            "/api/v1/tenants/{id}/suspend",
+            axum::routing::post(tenants::suspend),
+        )
+        .route(
+            "/api/v1/tenants/{id}/resume",
+            axum::routing::post(tenants::resume),
+        )
+        .route(
+            "/api/v1/tenants/{id}/isolate",
+            axum::routing::post(tenants::isolate),
+        )
+        .route(
+            "/api/v1/tenants/{id}/release",
+            axum::routing::post(tenants::release),
         )
         .route(
             "/api/v1/tenants/{id}/budget",

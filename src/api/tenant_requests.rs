@@ -13,8 +13,8 @@ use ledger::budget::{parse_budget_amount, BudgetPeriod, Thresholds};
 use ledger::currency::Currency;
 use ledger::names::Reason;
 use ledger::tenant::{
-    DisplayName, Justification, Labels, NewTenant, NewTenantRequest, Owner, OwnerGroup,
-    RequestState, TenantId, TenantRequest,
+    DisplayName, Justification, Labels, NamespaceName, NewTenant, NewTenantRequest, Owner,
+    OwnerGroup, RequestState, TenantId, TenantRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,8 @@ struct CreateRequest {
     quota_profile: String,
     budget: RequestedBudget,
     justification: String,
+    /// Default: one namespace named like the id. Claimed when the request is approved.
+    namespaces: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +73,8 @@ pub struct RequestDto {
     quota_profile: Option<String>,
     budget: BudgetDto,
     justification: String,
+    /// The namespaces asked for, claimed on approval.
+    namespaces: Vec<String>,
     /// `requested` until decided, then `approved` or `rejected`.
     state: &'static str,
     /// The tenant's lifecycle state (it moves on after approval: suspended, offboarding ...).
@@ -104,6 +108,7 @@ impl From<TenantRequest> for RequestDto {
                 period: r.period.as_str(),
             },
             justification: r.justification.as_str().to_owned(),
+            namespaces: r.namespaces.iter().map(|n| n.as_str().to_owned()).collect(),
             state,
             tenant_state: t.state.as_str(),
             requested_by: r.requested_by,
@@ -143,6 +148,11 @@ pub async fn create(
             labels: Labels::parse(req.labels)?,
             owner_group: Some(OwnerGroup::parse(&req.owner_group)?),
             quota_profile: Some(lifecycle.quota_profile("quota_profile", &req.quota_profile)?),
+            namespaces: req
+                .namespaces
+                .map(|n| NamespaceName::parse_list("namespaces", &n))
+                .transpose()?
+                .unwrap_or_default(),
         },
         budget: parse_budget_amount("amount", &req.budget.amount, currency)
             .map_err(budget_field)?,

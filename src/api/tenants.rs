@@ -10,11 +10,12 @@ use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger::budget::{parse_budget_amount, Budget, BudgetPeriod, NewBudget, Thresholds};
 use ledger::currency::Currency;
+use ledger::names::Reason;
 use ledger::tenant::{
-    DisplayName, Labels, LifecycleOp, NewTenant, Owner, OwnerGroup, Tenant, TenantId, TenantPatch,
-    TenantState,
+    DisplayName, Labels, NamespaceName, NewTenant, Owner, OwnerGroup, SuspendedBy, Tenant,
+    TenantId, TenantPatch, TenantState,
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::ApiError;
 use super::extract::{query_params, Caller, JsonBody, TenantPath};
@@ -35,6 +36,13 @@ pub struct TenantDto {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     state_changed_at: DateTime<Utc>,
+    namespaces: Vec<String>,
+    /// `operator` or `budget` while suspended, otherwise null.
+    suspended_by: Option<&'static str>,
+    isolated: bool,
+    isolated_at: Option<DateTime<Utc>>,
+    isolated_by: Option<String>,
+    isolation_reason: Option<String>,
 }
 
 impl From<Tenant> for TenantDto {
@@ -55,6 +63,12 @@ impl From<Tenant> for TenantDto {
             created_at: t.created_at,
             updated_at: t.updated_at,
             state_changed_at: t.state_changed_at,
+            namespaces: t.namespaces.iter().map(|n| n.as_str().to_owned()).collect(),
+            suspended_by: t.suspended_by.map(SuspendedBy::as_str),
+            isolated: t.isolation.is_some(),
+            isolated_at: t.isolation.as_ref().map(|i| i.at),
+            isolated_by: t.isolation.as_ref().map(|i| i.by.clone()),
+            isolation_reason: t.isolation.map(|i| i.reason),
         }
     }
 }
@@ -70,6 +84,8 @@ struct CreateTenant {
     labels: BTreeMap<String, String>,
     owner_group: Option<String>,
     quota_profile: Option<String>,
+    /// Default: one namespace named like the id.
+    namespaces: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +94,11 @@ struct PatchTenant {
     display_name: Option<String>,
     owner: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    /// Absent: unchanged; null: cleared.
+    #[serde(default, deserialize_with = "present")]
+    owner_group: Option<Option<String>>,
+    quota_profile: Option<String>,
+    namespaces: Option<Vec<String>>,
     // Named so that the error can say why rather than "unknown field".
     data_residency: Option<serde_json::Value>,
     id: Option<serde_json::Value>,
@@ -109,6 +130,11 @@ pub async fn create(
             .as_deref()
             .map(|p| state.lifecycle.quota_profile("quota_profile", p))
             .transpose()?,
+        namespaces: req
+            .namespaces
+            .map(|n| NamespaceName::parse_list("namespaces", &n))
+            .transpose()?
+            .unwrap_or_default(),
     };
     let tenant = state.store.create_tenant(&caller.audit(), &new).await?;
     let location = format!("/api/v1/tenants/{}", tenant.id);
@@ -184,12 +210,26 @@ pub async fn patch(
             .transpose()?,
         owner: req.owner.as_deref().map(Owner::parse).transpose()?,
         labels: req.labels.map(Labels::parse).transpose()?,
+        owner_group: req
+            .owner_group
+            .map(|g| g.as_deref().map(OwnerGroup::parse).transpose())
+            .transpose()?,
+        quota_profile: req
+            .quota_profile
+            .as_deref()
+            .map(|p| state.lifecycle.quota_profile("quota_profile", p))
+            .transpose()?,
+        namespaces: req
+            .namespaces
+            .map(|n| NamespaceName::parse_list("namespaces", &n))
+            .transpose()?,
     };
     if patch.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "empty_patch",
-            "give at least one of display_name, owner, labels",
+            "give at least one of display_name, owner, labels, owner_group, quota_profile, \
+             namespaces",
         ));
     }
     let tenant = state
@@ -199,26 +239,89 @@ pub async fn patch(
     Ok(Json(tenant.into()))
 }
 
-/// Starts offboarding an active or suspended tenant. The full procedure (cluster clean-up,
-/// final report) follows the `offboarding` state; asking again while it runs is a no-op; from
-/// any other state it is a 409 naming the state and what may follow (a request is rejected,
-/// not offboarded).
-pub async fn offboard(
+/// A field that may be given as null (`Some(None)`), unlike one left out (`None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// The body of an operator's operation: why, in one line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: String,
+}
+
+fn reason(body: &JsonBody) -> Result<Reason, ApiError> {
+    let req: ReasonBody = body.parse()?;
+    Ok(Reason::parse("reason", &req.reason)?)
+}
+
+/// An operator suspends an active tenant; the leader's enforcer scales it to zero, recording
+/// the prior values. Retried: a no-op. Budget-suspended: 409 `suspended_by_budget`.
+pub async fn suspend(
     State(state): State<AppState>,
     caller: Caller,
     TenantPath(id): TenantPath,
-) -> Result<impl IntoResponse, ApiError> {
+    body: JsonBody,
+) -> Result<Json<TenantDto>, ApiError> {
     caller.require_for(&id, Permission::ManageTenants)?;
+    let reason = reason(&body)?;
     let tenant = state
         .store
-        .operate_tenant(
-            &caller.audit(),
-            &id,
-            LifecycleOp::Offboard,
-            "offboarding requested through the API",
-        )
+        .operator_suspend(&caller.audit(), &id, &reason)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(TenantDto::from(tenant))))
+    Ok(Json(tenant.into()))
+}
+
+/// An operator resumes a tenant they suspended; the enforcer restores the prior values
+/// exactly. A budget suspension is lifted by an exemption, not here (409
+/// `suspended_by_budget`).
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    body: JsonBody,
+) -> Result<Json<TenantDto>, ApiError> {
+    caller.require_for(&id, Permission::ManageTenants)?;
+    let reason = reason(&body)?;
+    let tenant = state
+        .store
+        .operator_resume(&caller.audit(), &id, &reason)
+        .await?;
+    Ok(Json(tenant.into()))
+}
+
+/// Isolates a tenant for an incident (the blueprint reconciler applies a deny-all
+/// NetworkPolicy); nothing is scaled down.
+pub async fn isolate(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    body: JsonBody,
+) -> Result<Json<TenantDto>, ApiError> {
+    caller.require_for(&id, Permission::ManageTenants)?;
+    let reason = reason(&body)?;
+    let tenant = state
+        .store
+        .isolate_tenant(&caller.audit(), &id, &reason)
+        .await?;
+    Ok(Json(tenant.into()))
+}
+
+/// Ends an isolation (the reason is audited with the release).
+pub async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    TenantPath(id): TenantPath,
+    body: JsonBody,
+) -> Result<Json<TenantDto>, ApiError> {
+    caller.require_for(&id, Permission::ManageTenants)?;
+    let reason = reason(&body)?;
+    let tenant = state
+        .store
+        .release_isolation(&caller.audit(), &id, &reason)
+        .await?;
+    Ok(Json(tenant.into()))
 }
 
 // Budgets

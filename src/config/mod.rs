@@ -123,6 +123,14 @@ pub const ENV: &[EnvVar] = &[
         needs_section: false,
         help: "adds an admin token named bootstrap-admin (16+ characters; never printed)",
     },
+    EnvVar {
+        name: "BUDGETD_PSEUDONYMISATION_KEY",
+        key: None,
+        list: false,
+        needs_section: false,
+        help: "the HMAC key of offboarded tenants' pseudonyms (32+ characters; never printed); \
+               without it, a key generated once into the database",
+    },
 ];
 
 // The file's shape: each section is its owner's type. Unknown keys are errors, so a typo never
@@ -249,8 +257,13 @@ pub struct Config {
     pub collector: Option<CollectorSettings>,
     /// The enforcer, when `[enforcement]` is there and enabled.
     pub enforcement: Option<EnforcementSettings>,
+    /// The cluster (`[kubernetes]`): the enforcer's actuator and the lifecycle blueprint.
+    pub kubernetes: enforcer::kubernetes::KubernetesSettings,
     /// Data residencies and quota profiles tenants may have (`[lifecycle]`).
     pub lifecycle: LifecycleSettings,
+    /// `BUDGETD_PSEUDONYMISATION_KEY`: the key of offboarded tenants' pseudonyms; without it, the
+    /// database's per-installation key.
+    pub pseudonymisation_key: Option<secrecy::SecretString>,
     /// What it was made of, for `config show`.
     source: Source,
 }
@@ -329,7 +342,17 @@ impl Config {
         };
         let (file, origin) = file::read::<File>(&text, &env)?;
         let bootstrap = env("BUDGETD_BOOTSTRAP_ADMIN_TOKEN");
+        let pseudonymisation_key = env("BUDGETD_PSEUDONYMISATION_KEY");
         let mut config = validate(file, origin, path)?;
+        if let Some(key) = pseudonymisation_key {
+            if key.len() < 32 {
+                return Err(ConfigError::new(
+                    "BUDGETD_PSEUDONYMISATION_KEY",
+                    "must be at least 32 characters",
+                ));
+            }
+            config.pseudonymisation_key = Some(key.into());
+        }
         if let Some(token) = bootstrap {
             if token.len() < 16 {
                 return Err(ConfigError::new(
@@ -426,6 +449,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         }
     }
     let default_api_url = derived_api_url(api.listen);
+    let kubernetes = file.kubernetes.validate().map_err(invalid)?;
     let enforcement = match &file.enforcement {
         Some(e) if e.enabled => Some(
             e.validate(&file.kubernetes, &file.alertmanager, &default_api_url)
@@ -442,7 +466,9 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         rate_limits: price_book.limits,
         collector,
         enforcement,
+        kubernetes,
         lifecycle,
+        pseudonymisation_key: None,
         source: Source {
             path: path.map(Path::to_owned),
             file,

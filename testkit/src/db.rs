@@ -77,6 +77,7 @@ pub async fn create_tenant(store: &Store, id: &str) -> TenantId {
         labels: Labels::default(),
         owner_group: None,
         quota_profile: None,
+        namespaces: Vec::new(),
     };
     let ctx = AuditContext {
         actor: Actor::system("test"),

@@ -1,12 +1,20 @@
-//! A stateful fake Kubernetes API server for the actuator's tests: the real `kube::Client`
-//! talks HTTP to it on 127.0.0.1. It holds the kinds budgetd reads and writes (namespaces,
-//! resourcequotas, deployments and statefulsets with their `scale` subresource, cronjobs,
-//! horizontalpodautoscalers) as JSON, with resource versions, merge patches, server-side apply
-//! with field ownership of `spec` fields, Kubernetes `Status` errors, injected faults and a log
-//! of the requests it served.
+//! A stateful fake Kubernetes API server for the actuator's and the blueprint's tests: the real
+//! `kube::Client` talks HTTP to it on 127.0.0.1. It stores objects of any kind (any
+//! group/version/plural, namespaced under `.../namespaces/<ns>/<plural>` or cluster-scoped under
+//! `.../<plural>`) as JSON, with resource versions, label-selector lists, merge patches,
+//! server-side apply with field ownership of the top-level fields other than `metadata` and
+//! `status` (`spec`, `subjects`, `roleRef`, ...), the `scale` subresource of Deployments and
+//! StatefulSets, Kubernetes `Status` errors, injected faults and a log of every call (method,
+//! path, field manager, status and what it did to the object: created, updated, unchanged,
+//! deleted). A write that leaves an object as it was is `unchanged` and keeps its resource
+//! version, as the API server does.
 //!
-//! Not modelled: watches, strategic merge and JSON patches, YAML bodies other than JSON,
-//! ownership of fields outside `spec`, controllers (nothing converges `status`), finalizers.
+//! Not modelled: discovery (clients name the plural and scope themselves), watches, strategic
+//! merge and JSON patches, YAML bodies other than JSON, field ownership of labels and
+//! annotations (an apply merges them in and never removes one), list-map merge keys (an array
+//! is one field), validation and defaulting beyond `replicas`/`suspend`, controllers (nothing
+//! converges `status`), finalizers and graceful deletion (a deleted namespace and its objects
+//! are gone at once).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -28,7 +36,8 @@ pub const SEED_MANAGER: &str = "kubectl";
 /// The field manager of writes that name none.
 pub const UNKNOWN_MANAGER: &str = "unknown";
 
-/// The kinds the fake serves.
+/// The built-in kinds the fake's seeding helpers create (any other kind is stored too; name it
+/// with a [`ResourceType`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Resource {
     Namespace,
@@ -79,14 +88,53 @@ impl Resource {
             Resource::HorizontalPodAutoscaler => "autoscaling/v2",
         }
     }
+}
 
-    fn namespaced(self) -> bool {
-        self != Resource::Namespace
+/// A resource type the fake stores: `apiVersion` (`v1`, `networking.k8s.io/v1`) and plural.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceType {
+    pub api_version: String,
+    pub plural: String,
+}
+
+impl ResourceType {
+    pub fn new(api_version: &str, plural: &str) -> ResourceType {
+        ResourceType {
+            api_version: api_version.to_owned(),
+            plural: plural.to_owned(),
+        }
     }
 
-    fn has_scale(self) -> bool {
-        matches!(self, Resource::Deployment | Resource::StatefulSet)
+    fn is_namespace(&self) -> bool {
+        self.api_version == "v1" && self.plural == "namespaces"
     }
+
+    fn has_scale(&self) -> bool {
+        self.api_version == "apps/v1"
+            && matches!(self.plural.as_str(), "deployments" | "statefulsets")
+    }
+}
+
+impl From<Resource> for ResourceType {
+    fn from(r: Resource) -> ResourceType {
+        ResourceType::new(r.api_version(), r.plural())
+    }
+}
+
+impl From<&ResourceType> for ResourceType {
+    fn from(r: &ResourceType) -> ResourceType {
+        r.clone()
+    }
+}
+
+/// What a served call did to the object it named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    /// A write that left the object as it was (its resource version did not move).
+    Unchanged,
+    Deleted,
 }
 
 /// One served request, for assertions.
@@ -97,7 +145,21 @@ pub struct RequestRecord {
     pub query: String,
     /// Without parameters (`application/apply-patch+yaml`).
     pub content_type: Option<String>,
+    /// The `fieldManager` query parameter.
+    pub field_manager: Option<String>,
     pub status: u16,
+    /// What a successful write did (none for reads and refused calls).
+    pub outcome: Option<Outcome>,
+}
+
+impl RequestRecord {
+    /// Whether the call changed anything (created, updated or deleted an object).
+    pub fn changed(&self) -> bool {
+        matches!(
+            self.outcome,
+            Some(Outcome::Created | Outcome::Updated | Outcome::Deleted)
+        )
+    }
 }
 
 /// Makes matching requests fail with `status` before they reach the objects.
@@ -166,25 +228,25 @@ impl ApiError {
         }
     }
 
-    fn not_found(resource: Resource, name: &str) -> ApiError {
+    fn not_found(resource: &ResourceType, name: &str) -> ApiError {
         ApiError {
-            details: Some(json!({ "name": name, "kind": resource.plural() })),
+            details: Some(json!({ "name": name, "kind": resource.plural })),
             ..ApiError::new(
                 404,
                 "NotFound",
-                format!("{} \"{name}\" not found", resource.plural()),
+                format!("{} \"{name}\" not found", resource.plural),
             )
         }
     }
 
-    fn stale(resource: Resource, name: &str) -> ApiError {
+    fn stale(resource: &ResourceType, name: &str) -> ApiError {
         ApiError::new(
             409,
             "Conflict",
             format!(
                 "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
                  please apply your changes to the latest version and try again",
-                resource.plural()
+                resource.plural
             ),
         )
     }
@@ -230,9 +292,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Key = (Resource, String, String);
+type Key = (ResourceType, String, String);
 
-/// The fields of an object's `spec` one field manager owns.
+/// The fields of an object (leaves under its top-level fields but `metadata` and `status`)
+/// one field manager owns.
 #[derive(Debug, Clone)]
 struct Managed {
     manager: String,
@@ -245,6 +308,10 @@ struct Managed {
 struct Cluster {
     objects: BTreeMap<Key, Value>,
     managed: BTreeMap<Key, Vec<Managed>>,
+    /// The kind of each resource type, learned from the first object written.
+    kinds: BTreeMap<ResourceType, String>,
+    /// What the call being served did.
+    outcome: Option<Outcome>,
     resource_version: u64,
     uids: u64,
     faults: Vec<Fault>,
@@ -273,7 +340,13 @@ impl FakeKube {
     pub async fn start_on(listen: std::net::SocketAddr) -> std::io::Result<FakeKube> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr().expect("local address");
-        let cluster = Shared::default();
+        let cluster = Shared::new(Mutex::new(Cluster {
+            kinds: Resource::ALL
+                .into_iter()
+                .map(|r| (r.into(), r.kind().to_owned()))
+                .collect(),
+            ..Cluster::default()
+        }));
         let app = Router::new().fallback(serve).with_state(cluster.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -393,26 +466,76 @@ impl FakeKube {
     }
 
     fn seed(&self, resource: Resource, namespace: &str, body: Value) {
+        self.create_object(resource, namespace, body);
+    }
+
+    /// Creates an object of any kind as someone else would ([`SEED_MANAGER`]); `body` needs
+    /// `kind` and `metadata.name`. Panics if it cannot be created.
+    pub fn create_object(&self, resource: impl Into<ResourceType>, namespace: &str, body: Value) {
+        let resource = resource.into();
         let mut cluster = self.lock();
-        if let Err(e) = cluster.create(resource, namespace, body, SEED_MANAGER) {
+        if let Err(e) = cluster.create(&resource, namespace, body, SEED_MANAGER) {
             panic!(
                 "seeding {} in {namespace:?}: {}",
-                resource.plural(),
-                e.message
+                resource.plural, e.message
             );
         }
     }
 
     /// The object's current JSON, as a GET would return it.
-    pub fn object(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
-        let key = (resource, namespace.to_owned(), name.to_owned());
+    pub fn object(
+        &self,
+        resource: impl Into<ResourceType>,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let key = (resource.into(), namespace.to_owned(), name.to_owned());
         self.lock().objects.get(&key).cloned()
+    }
+
+    /// Every object of a type (in all namespaces), ordered by namespace and name.
+    pub fn objects(&self, resource: impl Into<ResourceType>) -> Vec<Value> {
+        let resource = resource.into();
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((r, _, _), _)| *r == resource)
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    /// How many objects the fake holds, of every type.
+    pub fn object_count(&self) -> usize {
+        self.lock().objects.len()
     }
 
     /// Deletes an object as someone else would; a namespace takes its objects with it.
     /// Whether it existed.
-    pub fn delete_object(&self, resource: Resource, namespace: &str, name: &str) -> bool {
-        self.lock().delete(resource, namespace, name).is_ok()
+    pub fn delete_object(
+        &self,
+        resource: impl Into<ResourceType>,
+        namespace: &str,
+        name: &str,
+    ) -> bool {
+        self.lock()
+            .delete(&resource.into(), namespace, name)
+            .is_ok()
+    }
+
+    /// Changes an object with a JSON merge patch as an update by `manager` would (`kubectl
+    /// edit`, another controller): the fields it changes move to `manager`.
+    pub fn patch_as(
+        &self,
+        manager: &str,
+        resource: impl Into<ResourceType>,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) {
+        let mut cluster = self.lock();
+        if let Err(e) = cluster.merge_patch(&resource.into(), namespace, name, patch, manager) {
+            panic!("patch {namespace}/{name}: {}", e.message);
+        }
     }
 
     /// Sets `spec.replicas` of a Deployment or StatefulSet as an update by `manager` would
@@ -426,21 +549,18 @@ impl FakeKube {
         replicas: i32,
     ) {
         let patch = json!({ "spec": { "replicas": replicas } });
-        let mut cluster = self.lock();
-        if let Err(e) = cluster.merge_patch(resource, namespace, name, &patch, manager) {
-            panic!("set replicas of {namespace}/{name}: {}", e.message);
-        }
+        self.patch_as(manager, resource, namespace, name, &patch);
     }
 
-    /// The field managers of an object's `spec` fields: manager → dotted paths
-    /// (`spec.hard.cpu`).
+    /// The field managers of an object's owned fields: manager → dotted paths
+    /// (`spec.hard.cpu`, `roleRef.name`).
     pub fn field_owners(
         &self,
-        resource: Resource,
+        resource: impl Into<ResourceType>,
         namespace: &str,
         name: &str,
     ) -> BTreeMap<String, BTreeSet<String>> {
-        let key = (resource, namespace.to_owned(), name.to_owned());
+        let key = (resource.into(), namespace.to_owned(), name.to_owned());
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for m in self.lock().managed.get(&key).into_iter().flatten() {
             out.entry(m.manager.clone())
@@ -465,7 +585,7 @@ impl FakeKube {
         self.lock().requests.clone()
     }
 
-    /// The requests that wrote (everything but GET).
+    /// The requests that tried to write (everything but GET), whatever they did.
     pub fn writes(&self) -> Vec<RequestRecord> {
         self.requests()
             .into_iter()
@@ -496,9 +616,10 @@ fn pod_template(name: &str) -> Value {
     })
 }
 
-/// Where a request goes.
+/// Where a request goes. `namespace` is empty for cluster-scoped objects and for lists over
+/// all namespaces.
 struct Target {
-    resource: Resource,
+    resource: ResourceType,
     namespace: String,
     name: Option<String>,
     subresource: Option<String>,
@@ -513,41 +634,43 @@ fn route(path: &str) -> Result<Target, ApiError> {
         )
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group_version, rest) = match segments.as_slice() {
+    let (api_version, rest) = match segments.as_slice() {
         ["api", "v1", rest @ ..] => ("v1".to_owned(), rest),
         ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
         _ => return Err(not_found()),
     };
-    let resource_of = |plural: &str| {
-        Resource::ALL
-            .into_iter()
-            .find(|r| r.plural() == plural && r.api_version() == group_version)
-            .ok_or_else(not_found)
-    };
+    if rest.iter().any(|s| s.is_empty()) {
+        return Err(not_found());
+    }
+    let resource = |plural: &str| ResourceType::new(&api_version, plural);
     let owned = |s: &&str| (*s).to_owned();
+    let core_namespaces = api_version == "v1";
     let (resource, namespace, name, subresource) = match rest {
-        ["namespaces"] => (resource_of("namespaces")?, String::new(), None, None),
-        ["namespaces", name] => (
-            resource_of("namespaces")?,
+        ["namespaces"] if core_namespaces => (resource("namespaces"), String::new(), None, None),
+        ["namespaces", name] if core_namespaces => (
+            resource("namespaces"),
             String::new(),
             Some(owned(name)),
             None,
         ),
-        ["namespaces", ns, plural] => (resource_of(plural)?, owned(ns), None, None),
-        ["namespaces", ns, plural, name] => {
-            (resource_of(plural)?, owned(ns), Some(owned(name)), None)
-        }
+        ["namespaces", ns, plural] => (resource(plural), owned(ns), None, None),
+        ["namespaces", ns, plural, name] => (resource(plural), owned(ns), Some(owned(name)), None),
         ["namespaces", ns, plural, name, sub] => (
-            resource_of(plural)?,
+            resource(plural),
             owned(ns),
+            Some(owned(name)),
+            Some(owned(sub)),
+        ),
+        [plural] => (resource(plural), String::new(), None, None),
+        [plural, name] => (resource(plural), String::new(), Some(owned(name)), None),
+        [plural, name, sub] => (
+            resource(plural),
+            String::new(),
             Some(owned(name)),
             Some(owned(sub)),
         ),
         _ => return Err(not_found()),
     };
-    if resource.namespaced() == namespace.is_empty() {
-        return Err(not_found());
-    }
     Ok(Target {
         resource,
         namespace,
@@ -570,6 +693,7 @@ async fn serve(
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
     let path = uri.path().to_owned();
     let mut cluster = cluster.lock().expect("fake cluster lock");
+    cluster.outcome = None;
     let fault = cluster
         .faults
         .iter_mut()
@@ -585,12 +709,19 @@ async fn serve(
         Ok((status, value)) => (status, value),
         Err(e) => (e.code, e.body()),
     };
+    let outcome = if status < 300 {
+        cluster.outcome.take()
+    } else {
+        None
+    };
     cluster.requests.push(RequestRecord {
         method: method.to_string(),
         path,
         query: uri.query().unwrap_or_default().to_owned(),
         content_type,
+        field_manager: query.get("fieldManager").cloned(),
         status,
+        outcome,
     });
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(body)).into_response()
@@ -608,7 +739,7 @@ impl Cluster {
         body: &[u8],
     ) -> Answer {
         let t = route(path)?;
-        let (resource, ns) = (t.resource, t.namespace.as_str());
+        let (resource, ns) = (&t.resource, t.namespace.as_str());
         let manager = query
             .get("fieldManager")
             .map_or(UNKNOWN_MANAGER, String::as_str);
@@ -630,7 +761,10 @@ impl Cluster {
             (None, &Method::PUT) => self
                 .replace(resource, ns, name, parse()?, manager)
                 .map(|v| (200, v)),
-            (None, &Method::DELETE) => self.delete(resource, ns, name).map(|v| (200, v)),
+            (None, &Method::DELETE) => self.delete(resource, ns, name).map(|v| {
+                self.outcome = Some(Outcome::Deleted);
+                (200, v)
+            }),
             (None, &Method::PATCH) => match content_type {
                 Some("application/merge-patch+json") => self
                     .merge_patch(resource, ns, name, &parse()?, manager)
@@ -697,24 +831,34 @@ impl Cluster {
         }
     }
 
-    fn key(resource: Resource, namespace: &str, name: &str) -> Key {
-        (resource, namespace.to_owned(), name.to_owned())
+    fn key(resource: &ResourceType, namespace: &str, name: &str) -> Key {
+        (resource.clone(), namespace.to_owned(), name.to_owned())
     }
 
-    fn get(&self, resource: Resource, namespace: &str, name: &str) -> Result<&Value, ApiError> {
+    fn kind_of(&self, resource: &ResourceType) -> String {
+        self.kinds.get(resource).cloned().unwrap_or_default()
+    }
+
+    fn get(
+        &self,
+        resource: &ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> Result<&Value, ApiError> {
         self.objects
             .get(&Self::key(resource, namespace, name))
             .ok_or_else(|| ApiError::not_found(resource, name))
     }
 
-    fn list(&self, resource: Resource, namespace: &str, selector: Option<&String>) -> Answer {
+    fn list(&self, resource: &ResourceType, namespace: &str, selector: Option<&String>) -> Answer {
         let selector = parse_selector(selector.map_or("", String::as_str))?;
+        let first = (resource.clone(), String::new(), String::new());
         let items: Vec<Value> = self
             .objects
-            .iter()
-            .filter(|((r, ns, _), object)| {
-                *r == resource
-                    && (namespace.is_empty() || ns == namespace)
+            .range(first..)
+            .take_while(|((r, _, _), _)| r == resource)
+            .filter(|((_, ns, _), object)| {
+                (namespace.is_empty() || ns == namespace)
                     && selector
                         .iter()
                         .all(|term| term.matches(&object["metadata"]["labels"]))
@@ -724,81 +868,82 @@ impl Cluster {
         Ok((
             200,
             json!({
-                "apiVersion": resource.api_version(),
-                "kind": format!("{}List", resource.kind()),
+                "apiVersion": resource.api_version,
+                "kind": format!("{}List", self.kind_of(resource)),
                 "metadata": { "resourceVersion": self.resource_version.to_string() },
                 "items": items,
             }),
         ))
     }
 
-    fn namespace_exists(&self, resource: Resource, namespace: &str) -> Result<(), ApiError> {
-        if resource.namespaced()
+    fn namespace_exists(&self, namespace: &str) -> Result<(), ApiError> {
+        let namespaces = ResourceType::from(Resource::Namespace);
+        if !namespace.is_empty()
             && !self
                 .objects
-                .contains_key(&Self::key(Resource::Namespace, "", namespace))
+                .contains_key(&Self::key(&namespaces, "", namespace))
         {
-            return Err(ApiError::not_found(Resource::Namespace, namespace));
+            return Err(ApiError::not_found(&namespaces, namespace));
         }
         Ok(())
     }
 
     fn create(
         &mut self,
-        resource: Resource,
+        resource: &ResourceType,
         namespace: &str,
         mut body: Value,
         manager: &str,
     ) -> Result<Value, ApiError> {
-        check_type(&body, resource)?;
+        let kind = self.check_type(&body, resource)?;
         let name = body["metadata"]["name"]
             .as_str()
             .filter(|n| !n.is_empty())
             .ok_or_else(|| ApiError::new(422, "Invalid", "metadata.name: Required value"))?
             .to_owned();
-        self.namespace_exists(resource, namespace)?;
+        self.namespace_exists(namespace)?;
         let key = Self::key(resource, namespace, &name);
         if self.objects.contains_key(&key) {
             return Err(ApiError::new(
                 409,
                 "AlreadyExists",
-                format!("{} \"{name}\" already exists", resource.plural()),
+                format!("{} \"{name}\" already exists", resource.plural),
             ));
         }
         // the API server's defaults for the fields budgetd reads
-        match resource {
-            Resource::Deployment | Resource::StatefulSet if body["spec"]["replicas"].is_null() => {
-                body["spec"]["replicas"] = json!(1);
-            }
-            Resource::CronJob if body["spec"]["suspend"].is_null() => {
-                body["spec"]["suspend"] = json!(false)
-            }
-            _ => {}
+        if resource.has_scale() && body["spec"]["replicas"].is_null() {
+            body["spec"]["replicas"] = json!(1);
         }
-        body["apiVersion"] = json!(resource.api_version());
-        body["kind"] = json!(resource.kind());
+        if *resource == ResourceType::from(Resource::CronJob) && body["spec"]["suspend"].is_null() {
+            body["spec"]["suspend"] = json!(false)
+        }
+        body["apiVersion"] = json!(resource.api_version);
+        body["kind"] = json!(kind);
+        self.kinds.insert(resource.clone(), kind);
         self.uids += 1;
         let metadata = &mut body["metadata"];
         metadata["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uids));
         metadata["creationTimestamp"] =
             json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string());
-        if resource.namespaced() {
+        if !namespace.is_empty() {
             metadata["namespace"] = json!(namespace);
         }
         let before = Value::Null;
         self.record_update(&key, &before, &body, manager);
-        Ok(self.store(key, body))
+        let stored = self.store(key, body);
+        self.outcome = Some(Outcome::Created);
+        Ok(stored)
     }
 
     fn replace(
         &mut self,
-        resource: Resource,
+        resource: &ResourceType,
         namespace: &str,
         name: &str,
         mut body: Value,
         manager: &str,
     ) -> Result<Value, ApiError> {
-        check_type(&body, resource)?;
+        self.check_type(&body, resource)?;
         let current = self.get(resource, namespace, name)?.clone();
         check_version(&body, &current, resource, name)?;
         keep_identity(&mut body, &current);
@@ -809,7 +954,7 @@ impl Cluster {
 
     fn merge_patch(
         &mut self,
-        resource: Resource,
+        resource: &ResourceType,
         namespace: &str,
         name: &str,
         patch: &Value,
@@ -827,7 +972,7 @@ impl Cluster {
 
     fn delete(
         &mut self,
-        resource: Resource,
+        resource: &ResourceType,
         namespace: &str,
         name: &str,
     ) -> Result<Value, ApiError> {
@@ -837,30 +982,28 @@ impl Cluster {
             .remove(&key)
             .ok_or_else(|| ApiError::not_found(resource, name))?;
         self.managed.remove(&key);
-        if resource == Resource::Namespace {
-            self.objects
-                .retain(|(r, ns, _), _| !r.namespaced() || ns != name);
-            self.managed
-                .retain(|(r, ns, _), _| !r.namespaced() || ns != name);
+        if resource.is_namespace() {
+            self.objects.retain(|(_, ns, _), _| ns != name);
+            self.managed.retain(|(_, ns, _), _| ns != name);
         }
         self.resource_version += 1;
         Ok(object)
     }
 
-    /// Server-side apply, with field ownership of the `spec` leaves: a field another manager
+    /// Server-side apply, with field ownership of the owned leaves: a field another manager
     /// owns with a different value is a conflict unless forced (then ownership moves); the
     /// fields this manager applied before and does not send now are removed unless another
     /// manager owns them too. Labels and annotations in the body are merged in, unowned.
     fn apply(
         &mut self,
-        resource: Resource,
+        resource: &ResourceType,
         namespace: &str,
         name: &str,
         body: Value,
         manager: &str,
         force: bool,
     ) -> Answer {
-        check_type(&body, resource)?;
+        self.check_type(&body, resource)?;
         if body["metadata"]["name"].as_str() != Some(name) {
             return Err(ApiError::bad_request(
                 "metadata.name must match the name in the path",
@@ -873,14 +1016,14 @@ impl Cluster {
                 (current.clone(), false)
             }
             None => {
-                self.namespace_exists(resource, namespace)?;
-                let skeleton = json!({ "apiVersion": resource.api_version(), "kind": resource.kind(), "metadata": { "name": name } });
+                self.namespace_exists(namespace)?;
+                let skeleton = json!({ "apiVersion": resource.api_version, "kind": body["kind"], "metadata": { "name": name } });
                 self.create(resource, namespace, skeleton, manager)?;
                 self.managed.remove(&key);
                 (self.objects[&key].clone(), true)
             }
         };
-        let applied = leaves(&body["spec"], vec!["spec".to_owned()]);
+        let applied = owned_leaves(&body);
         let entries = self.managed.entry(key.clone()).or_default();
 
         let mut conflicts = Vec::new();
@@ -905,7 +1048,7 @@ impl Cluster {
                 .map(|(m, p)| format!("conflict with \"{m}\": .{}", p.join(".")))
                 .collect();
             return Err(ApiError {
-                details: Some(json!({ "name": name, "kind": resource.plural(), "causes": causes })),
+                details: Some(json!({ "name": name, "kind": resource.plural, "causes": causes })),
                 ..ApiError::new(
                     409,
                     "Conflict",
@@ -952,13 +1095,16 @@ impl Cluster {
             fields: applied.into_keys().collect(),
         });
         let stored = self.store(key, object);
+        if created {
+            self.outcome = Some(Outcome::Created);
+        }
         Ok((if created { 201 } else { 200 }, stored))
     }
 
-    /// An update by `manager` takes the `spec` leaves it changed from everyone else.
+    /// An update by `manager` takes the owned leaves it changed from everyone else.
     fn record_update(&mut self, key: &Key, before: &Value, after: &Value, manager: &str) {
-        let before = leaves(&before["spec"], vec!["spec".to_owned()]);
-        let after = leaves(&after["spec"], vec!["spec".to_owned()]);
+        let before = owned_leaves(before);
+        let after = owned_leaves(after);
         let entries = self.managed.entry(key.clone()).or_default();
         for path in before.keys().filter(|p| !after.contains_key(*p)) {
             for m in entries.iter_mut() {
@@ -991,12 +1137,12 @@ impl Cluster {
         }
     }
 
-    /// Bumps the resource version, renders `managedFields` and stores the object.
+    /// Renders `managedFields` and stores the object with a new resource version, unless it
+    /// is what is stored already (then the call was `unchanged`).
     fn store(&mut self, key: Key, mut object: Value) -> Value {
-        self.resource_version += 1;
         let entries = self.managed.entry(key.clone()).or_default();
         entries.retain(|m| !m.fields.is_empty());
-        let api_version = key.0.api_version();
+        let api_version = key.0.api_version.clone();
         let managed: Vec<Value> = entries
             .iter()
             .map(|m| {
@@ -1014,19 +1160,55 @@ impl Cluster {
             })
             .collect();
         let metadata = &mut object["metadata"];
-        metadata["resourceVersion"] = json!(self.resource_version.to_string());
         metadata["managedFields"] = json!(managed);
         for field in ["labels", "annotations"] {
             if metadata[field].as_object().is_some_and(Map::is_empty) {
                 metadata.as_object_mut().map(|m| m.remove(field));
             }
         }
+        if let Some(current) = self.objects.get(&key) {
+            object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            if *current == object {
+                self.outcome = Some(Outcome::Unchanged);
+                return object;
+            }
+        }
+        self.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        self.outcome = Some(Outcome::Updated);
         self.objects.insert(key, object.clone());
         object
     }
 
+    /// The body's kind: as named, and the kind this type was first stored as (if it was).
+    fn check_type(&self, body: &Value, resource: &ResourceType) -> Result<String, ApiError> {
+        let known = self.kinds.get(resource);
+        let kind = body["kind"].as_str().or(known.map(String::as_str));
+        let api_version = body["apiVersion"].as_str();
+        match kind {
+            Some(kind)
+                if body.is_object()
+                    && !kind.is_empty()
+                    && known.is_none_or(|k| k == kind)
+                    && api_version.is_none_or(|v| v == resource.api_version) =>
+            {
+                Ok(kind.to_owned())
+            }
+            _ => Err(ApiError::bad_request(format!(
+                "the body is not a {} {}",
+                resource.api_version,
+                known.map_or("object with a kind", String::as_str)
+            ))),
+        }
+    }
+
     /// The autoscaling/v1 Scale of a Deployment or StatefulSet.
-    fn scale(&self, resource: Resource, namespace: &str, name: &str) -> Result<Value, ApiError> {
+    fn scale(
+        &self,
+        resource: &ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let object = self.get(resource, namespace, name)?;
         let meta = &object["metadata"];
         let selector: Vec<String> = object["spec"]["selector"]["matchLabels"]
@@ -1049,26 +1231,11 @@ impl Cluster {
     }
 }
 
-fn check_type(body: &Value, resource: Resource) -> Result<(), ApiError> {
-    let matches = |field: &str, expected: &str| body[field].as_str().is_none_or(|v| v == expected);
-    if !body.is_object()
-        || !matches("kind", resource.kind())
-        || !matches("apiVersion", resource.api_version())
-    {
-        return Err(ApiError::bad_request(format!(
-            "the body is not a {} {}",
-            resource.api_version(),
-            resource.kind()
-        )));
-    }
-    Ok(())
-}
-
 /// A write naming a resource version must name the current one (optimistic concurrency).
 fn check_version(
     body: &Value,
     current: &Value,
-    resource: Resource,
+    resource: &ResourceType,
     name: &str,
 ) -> Result<(), ApiError> {
     match body["metadata"]["resourceVersion"].as_str() {
@@ -1110,6 +1277,18 @@ fn merge(target: &mut Value, patch: &Value) {
             merge(target.entry(key.clone()).or_insert(Value::Null), value);
         }
     }
+}
+
+/// The fields field managers own: the leaves under every top-level field but `apiVersion`,
+/// `kind`, `metadata` and `status`.
+fn owned_leaves(object: &Value) -> BTreeMap<Vec<String>, Value> {
+    let mut out = BTreeMap::new();
+    for (key, child) in object.as_object().into_iter().flatten() {
+        if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+            out.extend(leaves(child, vec![key.clone()]));
+        }
+    }
+    out
 }
 
 /// The leaf fields under `value` (objects are descended, arrays and scalars are leaves).
@@ -1224,25 +1403,26 @@ mod tests {
     #[test]
     fn a_write_with_a_stale_resource_version_conflicts() {
         let mut cluster = Cluster::default();
-        let ns = json!({ "metadata": { "name": "a" } });
-        let created = cluster.create(Resource::Namespace, "", ns, "t").unwrap();
+        let namespaces = ResourceType::from(Resource::Namespace);
+        let ns = json!({ "kind": "Namespace", "metadata": { "name": "a" } });
+        let created = cluster.create(&namespaces, "", ns, "t").unwrap();
         let rv = created["metadata"]["resourceVersion"].clone();
         let label = |rv: &Value, v: &str| json!({ "metadata": { "resourceVersion": rv, "labels": { "x": v } } });
 
         let patched = cluster
-            .merge_patch(Resource::Namespace, "", "a", &label(&rv, "1"), "t")
+            .merge_patch(&namespaces, "", "a", &label(&rv, "1"), "t")
             .unwrap();
         assert_ne!(patched["metadata"]["resourceVersion"], rv);
         let stale = cluster
-            .merge_patch(Resource::Namespace, "", "a", &label(&rv, "2"), "t")
+            .merge_patch(&namespaces, "", "a", &label(&rv, "2"), "t")
             .unwrap_err();
         assert_eq!((stale.code, stale.reason), (409, "Conflict"));
         let stale = cluster
-            .replace(Resource::Namespace, "", "a", label(&rv, "3"), "t")
+            .replace(&namespaces, "", "a", label(&rv, "3"), "t")
             .unwrap_err();
         assert_eq!(stale.code, 409);
         assert_eq!(
-            cluster.get(Resource::Namespace, "", "a").unwrap()["metadata"]["labels"],
+            cluster.get(&namespaces, "", "a").unwrap()["metadata"]["labels"],
             json!({ "x": "1" })
         );
     }
@@ -1271,9 +1451,86 @@ mod tests {
     }
 
     #[test]
+    fn any_kind_is_stored_listed_by_label_and_deleted_with_its_namespace() {
+        let mut cluster = Cluster::default();
+        let namespaces = ResourceType::from(Resource::Namespace);
+        let policies = ResourceType::new("networking.k8s.io/v1", "networkpolicies");
+        let claims = ResourceType::new("example.org/v1alpha1", "buckets");
+        let ns = json!({ "kind": "Namespace", "metadata": { "name": "a" } });
+        cluster.create(&namespaces, "", ns, "t").unwrap();
+        let policy = |name: &str, owner: &str| json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": { "name": name, "labels": { "owner": owner } }, "spec": { "podSelector": {} } });
+        cluster
+            .create(&policies, "a", policy("p1", "x"), "t")
+            .unwrap();
+        cluster
+            .create(&policies, "a", policy("p2", "y"), "t")
+            .unwrap();
+        let wrong = json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Other", "metadata": { "name": "p3" } });
+        assert_eq!(
+            cluster.create(&policies, "a", wrong, "t").unwrap_err().code,
+            400
+        );
+        let missing_ns = cluster
+            .create(&policies, "b", policy("p", "x"), "t")
+            .unwrap_err();
+        assert_eq!(missing_ns.code, 404);
+        // cluster-scoped: no namespace needed
+        let bucket = json!({ "apiVersion": "example.org/v1alpha1", "kind": "Bucket", "metadata": { "name": "b1" } });
+        cluster.create(&claims, "", bucket, "t").unwrap();
+
+        let selector = "owner=x".to_owned();
+        let (_, listed) = cluster.list(&policies, "", Some(&selector)).unwrap();
+        assert_eq!(listed["kind"], "NetworkPolicyList");
+        let names: Vec<&Value> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| &i["metadata"]["name"])
+            .collect();
+        assert_eq!(names, [&json!("p1")]);
+
+        cluster.delete(&namespaces, "", "a").unwrap();
+        let (_, listed) = cluster.list(&policies, "", None).unwrap();
+        assert_eq!(listed["items"], json!([]));
+        assert!(cluster.get(&claims, "", "b1").is_ok());
+    }
+
+    #[test]
+    fn an_apply_that_changes_nothing_keeps_the_resource_version() {
+        let mut cluster = Cluster::default();
+        let namespaces = ResourceType::from(Resource::Namespace);
+        let bindings = ResourceType::new("rbac.authorization.k8s.io/v1", "rolebindings");
+        let ns = json!({ "kind": "Namespace", "metadata": { "name": "a" } });
+        cluster.create(&namespaces, "", ns, "t").unwrap();
+        let binding = |role: &str| json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": { "name": "owners" }, "roleRef": { "kind": "ClusterRole", "name": role } });
+        let (code, first) = cluster
+            .apply(&bindings, "a", "owners", binding("edit"), "m", true)
+            .unwrap();
+        assert_eq!((code, cluster.outcome), (201, Some(Outcome::Created)));
+        cluster
+            .apply(&bindings, "a", "owners", binding("edit"), "m", true)
+            .unwrap();
+        assert_eq!(cluster.outcome, Some(Outcome::Unchanged));
+        let again = cluster.get(&bindings, "a", "owners").unwrap();
+        assert_eq!(
+            again["metadata"]["resourceVersion"],
+            first["metadata"]["resourceVersion"]
+        );
+        let (_, changed) = cluster
+            .apply(&bindings, "a", "owners", binding("view"), "m", true)
+            .unwrap();
+        assert_eq!(cluster.outcome, Some(Outcome::Updated));
+        assert_eq!(changed["roleRef"]["name"], "view");
+        assert_ne!(
+            changed["metadata"]["resourceVersion"],
+            first["metadata"]["resourceVersion"]
+        );
+    }
+
+    #[test]
     fn routes_name_resource_namespace_and_subresource() {
         let t = route("/apis/apps/v1/namespaces/a/deployments/web/scale").unwrap();
-        assert_eq!(t.resource, Resource::Deployment);
+        assert_eq!(t.resource, Resource::Deployment.into());
         assert_eq!(
             (
                 t.namespace.as_str(),
@@ -1284,9 +1541,17 @@ mod tests {
         );
         assert_eq!(
             route("/api/v1/namespaces/a").unwrap().resource,
-            Resource::Namespace
+            Resource::Namespace.into()
         );
-        assert!(route("/apis/apps/v2/namespaces/a/deployments").is_err());
-        assert!(route("/api/v1/deployments").is_err());
+        let cluster_scoped = route("/apis/rbac.authorization.k8s.io/v1/clusterroles/edit").unwrap();
+        assert_eq!(
+            (cluster_scoped.resource, cluster_scoped.namespace.as_str()),
+            (
+                ResourceType::new("rbac.authorization.k8s.io/v1", "clusterroles"),
+                ""
+            )
+        );
+        assert!(route("/apis/apps").is_err());
+        assert!(route("/api/v2/pods").is_err());
     }
 }

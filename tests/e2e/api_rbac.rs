@@ -51,12 +51,18 @@ enum Target {
     PerCaller,
     /// Another tenant than the tenant token's; one per caller for the other roles.
     OtherPerCaller,
+    /// A tenant being offboarded (not the tenant token's).
+    Offboarding,
 }
+
+/// The tenant offboarded before the matrix runs.
+const LEAVING: &str = "leaving";
 
 fn cases() -> Vec<Case> {
     use Target::*;
     let budget = |_: &str| json!({"amount": "1000.00", "currency": "EUR", "period": "monthly", "thresholds": [50, 80, 100]});
     let patch = |who: &str| json!({"display_name": format!("renamed by {who}")});
+    let reason = |who: &str| json!({"reason": format!("incident handled by {who}")});
     let version = |who: &str| {
         let day = 1 + [
             "admin", "operator", "finance", "viewer", "tenant", "none", "wrong",
@@ -68,6 +74,7 @@ fn cases() -> Vec<Case> {
     };
     let create = |who: &str| tenant_body(&format!("new-{who}"));
     let ask = |who: &str| request_body(&format!("req-{who}"));
+    let offboard = |who: &str| json!({"reason": format!("offboarded by {who}")});
     let exempt = |who: &str| json!({"until": chrono::Utc::now() + chrono::Duration::days(30), "reason": format!("exempted by {who}")});
     vec![
         Case {
@@ -112,6 +119,70 @@ fn cases() -> Vec<Case> {
             target: Other,
             expect: [200, 200, 403, 403, 404, 401, 401],
         },
+        // Operators' suspend: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/suspend",
+            body: Some(reason),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        // Operators' suspend: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/suspend",
+            body: Some(reason),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        // Operators' resume: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/resume",
+            body: Some(reason),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        // Operators' resume: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/resume",
+            body: Some(reason),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        // Operators' isolate: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/isolate",
+            body: Some(reason),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        // Operators' isolate: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/isolate",
+            body: Some(reason),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
+        // Operators' release: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/release",
+            body: Some(reason),
+            target: Own,
+            expect: [200, 200, 403, 403, 403, 401, 401],
+        },
+        // Operators' release: admin, then operator (a retried call, a no-op).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tenants/{t}/release",
+            body: Some(reason),
+            target: Other,
+            expect: [200, 200, 403, 403, 404, 401, 401],
+        },
         Case {
             method: Method::DELETE,
             path: "/api/v1/tenants/{t}",
@@ -122,9 +193,30 @@ fn cases() -> Vec<Case> {
         Case {
             method: Method::DELETE,
             path: "/api/v1/tenants/{t}",
-            body: None,
+            body: Some(offboard),
             target: OtherPerCaller,
             expect: [202, 202, 403, 403, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/offboarding",
+            body: None,
+            target: Offboarding,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/final-report",
+            body: None,
+            target: Offboarding,
+            expect: [200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tenants/{t}/final-report?format=csv",
+            body: None,
+            target: Offboarding,
+            expect: [200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::PUT,
@@ -316,7 +408,7 @@ async fn every_route_and_role_gets_the_expected_status() {
         .iter()
         .map(|&w| format!("del2-{}", label(w)))
         .collect();
-    let mut ids = vec![OWN_TENANT, "globex"];
+    let mut ids = vec![OWN_TENANT, "globex", LEAVING];
     ids.extend(
         per_caller
             .iter()
@@ -347,6 +439,16 @@ async fn every_route_and_role_gets_the_expected_status() {
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
 
+    let reply = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tenants/{LEAVING}"),
+            Some(&token("operator")),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+
     let mut failures = Vec::new();
     let mut mutations = 0;
     for case in cases() {
@@ -355,6 +457,7 @@ async fn every_route_and_role_gets_the_expected_status() {
                 Target::Unscoped => String::new(),
                 Target::Own => OWN_TENANT.to_owned(),
                 Target::Other => "globex".to_owned(),
+                Target::Offboarding => LEAVING.to_owned(),
                 Target::PerCaller => {
                     // the tenant token's own tenant, so its DELETE is refused by role
                     if label(who) == "tenant" {
@@ -405,7 +508,11 @@ async fn every_route_and_role_gets_the_expected_status() {
                     "error body: {:?}",
                     reply.body
                 );
-            } else if case.method != Method::GET {
+            } else if case.method == Method::DELETE && app.snapshot().await != before {
+                // Offboarding's start and its final report: one audit record per step.
+                mutations += 2;
+            } else if case.method != Method::GET && app.snapshot().await != before {
+                // (A retried suspend, resume, isolate, release or DELETE is a no-op: no record.)
                 mutations += 1;
             }
         }
@@ -432,7 +539,7 @@ async fn every_route_and_role_gets_the_expected_status() {
         .fetch_one(app.db.store.pool())
         .await
         .unwrap();
-    assert_eq!(audited as usize, ids.len() + 1 + 4 + mutations);
+    assert_eq!(audited as usize, ids.len() + 1 + 4 + 2 + mutations);
     assert!(matches!(
         app.db.store.verify_audit_chain().await.unwrap(),
         ledger::store::ChainStatus::Intact { .. }

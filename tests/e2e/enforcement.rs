@@ -1241,3 +1241,203 @@ async fn enforce_once_dry_run_prints_the_plan_and_changes_nothing() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--once"));
 }
+
+/// acme's namespace as in the ladder test: a quota, two plain workloads, an autoscaled one and
+/// a CronJob; globex's namespace beside it.
+fn seed_cluster(s: &Stack) {
+    s.kube
+        .create_namespace("acme-prod", &[("tenant", "acme"), ("team", "payments")]);
+    s.kube.create_quota(
+        "acme-prod",
+        &[
+            ("requests.cpu", "8"),
+            ("requests.memory", "16Gi"),
+            ("pods", "20"),
+        ],
+    );
+    s.kube.create_deployment("acme-prod", "web", 3);
+    s.kube.create_deployment("acme-prod", "api", 4);
+    s.kube.create_hpa("acme-prod", "api", "Deployment", "api");
+    s.kube.create_statefulset("acme-prod", "db", 1);
+    s.kube.create_cronjob("acme-prod", "report", false);
+    s.kube
+        .create_namespace("globex-prod", &[("tenant", "globex")]);
+    s.kube.create_quota("globex-prod", &[("pods", "7")]);
+}
+
+async fn audit_actions(store: &Store) -> Vec<String> {
+    sqlx::query_scalar("select action from audit_log where target_id = 'acme' order by seq")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+/// An operator's suspension goes through a real enforcer cycle: scaled to zero with the prior
+/// values recorded, kept while the budget is fine (budget logic never resumes it), repaired
+/// when someone scales back up, and restored exactly after the operator's resume.
+#[tokio::test]
+async fn an_operator_suspension_is_applied_by_the_enforcer_and_restored_exactly() {
+    let s = Stack::start().await;
+    seed_cluster(&s);
+    let prior = s.spec();
+    s.set_budget("100").await;
+    spend(&s.app.db.store, &s.version, &s.tenant, s.minute(10), "10").await;
+
+    let body = json!({"reason": "security incident 4711"});
+    let tenant = s
+        .api(
+            Method::POST,
+            "/api/v1/tenants/acme/suspend",
+            "operator",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(tenant["state"], "suspended");
+    assert_eq!(tenant["suspended_by"], "operator");
+    assert_eq!(
+        s.spec(),
+        prior,
+        "the API records the intent; the enforcer acts"
+    );
+
+    s.cycle().await;
+    let suspended = s.spec();
+    assert_eq!(suspended["web"], 0);
+    assert_eq!(suspended["db"], 0);
+    assert_eq!(
+        suspended["api"], 4,
+        "the autoscaled deployment is not fought"
+    );
+    assert_eq!(suspended["report"], true);
+    assert_eq!(suspended["quota"]["pods"], "0");
+    assert_eq!(suspended["other_quota"], prior["other_quota"]);
+
+    // The budget is fine: budget logic leaves the operator's suspension alone.
+    let report = s.cycle().await;
+    assert!(report.actions.is_empty(), "{:?}", report.actions);
+    assert_eq!(s.spec(), suspended);
+    let tenant = s
+        .api(Method::GET, "/api/v1/tenants/acme", "viewer", None)
+        .await;
+    assert_eq!(
+        (&tenant["state"], &tenant["suspended_by"]),
+        (&json!("suspended"), &json!("operator"))
+    );
+
+    // A retried suspend is a no-op.
+    let again = s
+        .api(
+            Method::POST,
+            "/api/v1/tenants/acme/suspend",
+            "admin",
+            Some(body),
+        )
+        .await;
+    assert_eq!(again["state"], "suspended");
+
+    // Someone scales web back up: the next cycle puts the suspension back.
+    s.kube
+        .set_replicas_as("kubectl", Resource::Deployment, "acme-prod", "web", 5);
+    s.cycle().await;
+    assert_eq!(s.spec()["web"], 0);
+
+    let tenant = s
+        .api(
+            Method::POST,
+            "/api/v1/tenants/acme/resume",
+            "operator",
+            Some(json!({"reason": "incident 4711 closed"})),
+        )
+        .await;
+    assert_eq!(tenant["state"], "active");
+    assert_eq!(tenant["suspended_by"], Value::Null);
+    s.cycle().await;
+    assert_eq!(s.spec(), prior, "restored exactly to the prior values");
+    s.cycle().await;
+    assert_eq!(s.spec(), prior);
+
+    let actions = audit_actions(&s.app.db.store).await;
+    for want in [
+        "tenant.suspended",
+        "tenant.suspension_applied",
+        "tenant.active",
+        "tenant.suspension_restored",
+    ] {
+        assert_eq!(
+            actions.iter().filter(|a| *a == want).count(),
+            1,
+            "{want}: {actions:?}"
+        );
+    }
+    let events: Vec<String> = sqlx::query_scalar(
+        "select event_type from outbox where aggregate_id = 'acme' \
+         and event_type in ('tenant.suspended', 'tenant.resumed') order by seq",
+    )
+    .fetch_all(s.app.db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(events, ["tenant.suspended", "tenant.resumed"]);
+}
+
+/// A budget suspension is lifted by the budget (or an exemption), never by an operator's
+/// resume; nor can an operator's suspend be layered on it.
+#[tokio::test]
+async fn an_operator_resume_does_not_lift_a_budget_suspension() {
+    let s = Stack::start().await;
+    seed_cluster(&s);
+    s.set_budget("100").await;
+    spend(&s.app.db.store, &s.version, &s.tenant, s.minute(7), "125").await;
+    s.cycle().await;
+    let pending: Vec<Value> = s
+        .actions()
+        .await
+        .into_iter()
+        .filter(|a| a["state"] == "pending" && a["kind"] == "suspend")
+        .collect();
+    let id = pending[0]["id"].as_i64().unwrap();
+    s.api(
+        Method::POST,
+        &format!("/api/v1/enforcement/actions/{id}/approve"),
+        "operator",
+        Some(json!({"reason": "confirmed with the owner"})),
+    )
+    .await;
+    s.cycle().await;
+    let suspended = s.spec();
+    assert_eq!(suspended["web"], 0);
+    let tenant = s
+        .api(Method::GET, "/api/v1/tenants/acme", "viewer", None)
+        .await;
+    assert_eq!(tenant["suspended_by"], "budget");
+
+    let before = s.app.snapshot().await;
+    for verb in ["resume", "suspend"] {
+        let reply = s
+            .app
+            .call(
+                Method::POST,
+                &format!("/api/v1/tenants/acme/{verb}"),
+                Some(&token("admin")),
+                Some(json!({"reason": "the owner asked"})),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CONFLICT,
+            "{verb}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["code"], "suspended_by_budget");
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("/api/v1/tenants/acme/exemption"),
+            "{:?}",
+            reply.body
+        );
+    }
+    assert_eq!(s.app.snapshot().await, before);
+    s.cycle().await;
+    assert_eq!(s.spec(), suspended, "still suspended by the budget");
+}

@@ -62,14 +62,36 @@ fn routes() -> Vec<Route> {
         get("/api/v1/tenants/{id}", &[]),
         with_body(Method::PATCH, "/api/v1/tenants/{id}", |_| {
             json!({"display_name": "Renamed", "owner": "new@example.com",
-                   "labels": {"team": "core"}})
+                   "labels": {"team": "core"}, "owner_group": null,
+                   "quota_profile": "standard"})
         }),
-        Route {
-            method: Method::DELETE,
-            path: "/api/v1/tenants/{id}",
-            query: &[],
-            body: None,
-        },
+        with_body(
+            Method::POST,
+            "/api/v1/tenants/{id}/suspend",
+            |_| json!({"reason": "incident 4711"}),
+        ),
+        with_body(
+            Method::POST,
+            "/api/v1/tenants/{id}/resume",
+            |_| json!({"reason": "incident 4711"}),
+        ),
+        with_body(
+            Method::POST,
+            "/api/v1/tenants/{id}/isolate",
+            |_| json!({"reason": "incident 4711"}),
+        ),
+        with_body(
+            Method::POST,
+            "/api/v1/tenants/{id}/release",
+            |_| json!({"reason": "incident 4711"}),
+        ),
+        with_body(
+            Method::DELETE,
+            "/api/v1/tenants/{id}",
+            |_| json!({"reason": "the contract ended"}),
+        ),
+        get("/api/v1/tenants/{id}/offboarding", &[]),
+        get("/api/v1/tenants/{id}/final-report", &["format"]),
         get("/api/v1/tenants/{id}/budget", &[]),
         with_body(Method::PUT, "/api/v1/tenants/{id}/budget", |_| {
             json!({"amount": "250.00", "currency": "EUR", "period": "monthly",

@@ -81,6 +81,35 @@ pub fn router_limiting_rates(
     clock: Clock,
     rate_limits: ledger::price_book::RateLimits,
 ) -> Router {
+    router_full(
+        store,
+        meters,
+        clock,
+        rate_limits,
+        ledger::config::LifecycleSettings::default(),
+    )
+}
+
+/// The app on the wall clock with `[lifecycle]` settings `lifecycle`.
+pub async fn app_with_lifecycle(lifecycle: ledger::config::LifecycleSettings) -> TestApp {
+    let db = testkit::db::fresh_database().await;
+    let router = router_full(
+        db.store.clone(),
+        &[],
+        budgetd::api::wall_clock(),
+        ledger::price_book::RateLimits::default(),
+        lifecycle,
+    );
+    TestApp { router, db }
+}
+
+fn router_full(
+    store: Store,
+    meters: &[(&str, &str)],
+    clock: Clock,
+    rate_limits: ledger::price_book::RateLimits,
+    lifecycle: ledger::config::LifecycleSettings,
+) -> Router {
     log_to_test_output();
     router(AppState {
         store,
@@ -103,7 +132,7 @@ pub fn router_limiting_rates(
         rate_limits: Arc::new(rate_limits),
         status: budgetd::api::VIEW_STATUS,
         clock,
-        lifecycle: Arc::new(ledger::config::LifecycleSettings::default()),
+        lifecycle: Arc::new(lifecycle),
     })
 }
 

@@ -4,6 +4,7 @@
 pub mod collector;
 pub mod enforcer;
 pub mod ledger;
+pub mod lifecycle;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

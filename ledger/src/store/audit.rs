@@ -1,11 +1,11 @@
 //! Appending to and verifying the audit chain.
 
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::{PgConnection, Row};
 
 use super::Store;
-use super::{query, query_as};
+use super::{query, query_as, query_scalar};
 use crate::audit::{
     now_micros, AuditContext, AuditRecord, BrokenLink, ChainVerifier, GENESIS_HASH,
 };
@@ -23,12 +23,77 @@ pub(crate) struct AuditEvent<'a> {
     pub after: Option<Value>,
 }
 
-/// Appends one record in the caller's transaction.
+/// The members of a tenant's records that hold personal data: kept in `personal_data`, and
+/// referred to from audit records by id, so that pseudonymising them leaves the chain intact.
+pub(crate) const PERSONAL_FIELDS: [&str; 2] = ["owner", "display_name"];
+
+/// Calls `f` with every string under a [`PERSONAL_FIELDS`] key, at any depth.
+fn personal_values(value: &mut Value, f: &mut impl FnMut(&'static str, &mut Value)) {
+    match value {
+        Value::Object(map) => {
+            for (key, member) in map.iter_mut() {
+                match PERSONAL_FIELDS.iter().find(|&&f| f == key) {
+                    Some(&field) if member.is_string() => f(field, member),
+                    _ => personal_values(member, f),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| personal_values(item, f)),
+        _ => {}
+    }
+}
+
+/// Replaces the personal values of a tenant's record by `{"personal_data": <id>}`, storing each
+/// value once per tenant and field in `personal_data`.
+async fn refer_to_personal_data(
+    conn: &mut PgConnection,
+    tenant: &str,
+    record: &mut Option<Value>,
+) -> Result<(), Error> {
+    let Some(record) = record else {
+        return Ok(());
+    };
+    let mut found: Vec<(&'static str, String)> = Vec::new();
+    personal_values(record, &mut |field, value| {
+        let value = value.as_str().unwrap_or_default().to_owned();
+        if !found.contains(&(field, value.clone())) {
+            found.push((field, value));
+        }
+    });
+    let mut ids = Vec::with_capacity(found.len());
+    for (field, value) in &found {
+        let id: i64 = query_scalar(
+            "insert into personal_data (tenant_id, field, value) values ($1, $2, $3) \
+             on conflict (tenant_id, field, value) do update set value = excluded.value \
+             returning id",
+        )
+        .bind(tenant)
+        .bind(field)
+        .bind(value)
+        .fetch_one(&mut *conn)
+        .await?;
+        ids.push(id);
+    }
+    personal_values(record, &mut |field, value| {
+        let text = value.as_str().unwrap_or_default();
+        if let Some(i) = found.iter().position(|(f, v)| *f == field && v == text) {
+            *value = json!({ "personal_data": ids[i] });
+        }
+    });
+    Ok(())
+}
+
+/// Appends one record in the caller's transaction. A tenant's personal data (owner, display
+/// name) is stored beside the chain and referred to by id (see [`PERSONAL_FIELDS`]).
 pub(crate) async fn append(
     conn: &mut PgConnection,
     ctx: &AuditContext,
-    event: AuditEvent<'_>,
+    mut event: AuditEvent<'_>,
 ) -> Result<(), Error> {
+    if event.target_type == "tenant" {
+        refer_to_personal_data(&mut *conn, event.target_id, &mut event.before).await?;
+        refer_to_personal_data(&mut *conn, event.target_id, &mut event.after).await?;
+    }
     query("select pg_advisory_xact_lock($1)")
         .bind(AUDIT_CHAIN_LOCK)
         .execute(&mut *conn)

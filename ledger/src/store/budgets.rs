@@ -43,7 +43,7 @@ fn budget_from_row(row: &PgRow) -> Result<Budget, Error> {
     })
 }
 
-async fn budget_at(
+pub(super) async fn budget_at(
     conn: &mut PgConnection,
     tenant: &TenantId,
     at: DateTime<Utc>,

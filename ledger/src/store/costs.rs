@@ -2,7 +2,7 @@
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 
 use super::query;
 use super::Store;
@@ -39,39 +39,51 @@ impl Store {
     ) -> Result<Vec<DailyCost>, Error> {
         self.run("daily_costs", || async {
             let mut tx = self.begin().await?;
-            let rows = query(
-                "select tenant_id, day, meter, quantity, unit, amount, currency, price_unit, \
-                        budgetd_priced_quantity(quantity, units_per_price_unit) as priced_quantity \
-                 from ledger_rollup_daily \
-                 where day >= $1 and day < $2 and ($3::text is null or tenant_id = $3) \
-                 order by tenant_id, day, meter, unit, currency, price_unit, units_per_price_unit",
-            )
-            .bind(from)
-            .bind(to)
-            .bind(tenant.map(TenantId::as_str))
-            .fetch_all(&mut *tx)
-            .await?;
+            let costs = daily_costs_in(&mut tx, tenant, from, to).await?;
             tx.commit().await?;
-            rows.iter()
-                .map(|row| {
-                    let corrupt = |e: crate::error::Invalid| {
-                        Error::Database(sqlx::Error::Decode(e.to_string().into()))
-                    };
-                    let currency: String = row.try_get("currency")?;
-                    Ok(DailyCost {
-                        tenant: TenantId::parse(row.try_get("tenant_id")?).map_err(corrupt)?,
-                        day: row.try_get("day")?,
-                        meter: row.try_get("meter")?,
-                        quantity: row.try_get("quantity")?,
-                        unit: row.try_get("unit")?,
-                        amount: row.try_get("amount")?,
-                        currency: Currency::parse("currency", &currency).map_err(corrupt)?,
-                        priced_quantity: row.try_get("priced_quantity")?,
-                        price_unit: row.try_get("price_unit")?,
-                    })
-                })
-                .collect()
+            Ok(costs)
         })
         .await
     }
+}
+
+/// [`Store::daily_costs`] in the caller's transaction (the final report reads them with the
+/// offboarding's write, so it closes the period at that instant).
+pub(super) async fn daily_costs_in(
+    conn: &mut PgConnection,
+    tenant: Option<&TenantId>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<DailyCost>, Error> {
+    let rows = query(
+        "select tenant_id, day, meter, quantity, unit, amount, currency, price_unit, \
+                budgetd_priced_quantity(quantity, units_per_price_unit) as priced_quantity \
+         from ledger_rollup_daily \
+         where day >= $1 and day < $2 and ($3::text is null or tenant_id = $3) \
+         order by tenant_id, day, meter, unit, currency, price_unit, units_per_price_unit",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(tenant.map(TenantId::as_str))
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let corrupt = |e: crate::error::Invalid| {
+                Error::Database(sqlx::Error::Decode(e.to_string().into()))
+            };
+            let currency: String = row.try_get("currency")?;
+            Ok(DailyCost {
+                tenant: TenantId::parse(row.try_get("tenant_id")?).map_err(corrupt)?,
+                day: row.try_get("day")?,
+                meter: row.try_get("meter")?,
+                quantity: row.try_get("quantity")?,
+                unit: row.try_get("unit")?,
+                amount: row.try_get("amount")?,
+                currency: Currency::parse("currency", &currency).map_err(corrupt)?,
+                priced_quantity: row.try_get("priced_quantity")?,
+                price_unit: row.try_get("price_unit")?,
+            })
+        })
+        .collect()
 }

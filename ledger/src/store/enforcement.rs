@@ -7,7 +7,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::audit::{self, AuditEvent};
-use super::tenants::transition_in;
+use super::suspensions::operator_holds;
+use super::tenants::{lock_tenant, transition_in};
 use super::{outbox, query, query_scalar, Store};
 use crate::audit::{now_micros, AuditContext};
 use crate::budget::{BudgetPeriod, Thresholds};
@@ -494,7 +495,12 @@ impl Store {
                 return Ok(before);
             }
             if let Some(t) = transition {
-                transition_in(&mut tx, ctx, &before.tenant, t.to, &t.reason).await?;
+                // A budget suspension lifted while an operator's holds the tenant: the budget
+                // restores its own changes and leaves the tenant suspended.
+                let tenant = lock_tenant(&mut tx, &before.tenant).await?;
+                if !(t.to == TenantState::Active && operator_holds(&tenant)) {
+                    transition_in(&mut tx, ctx, &before.tenant, t.to, &t.reason).await?;
+                }
             }
             let to = if before.state == ActionState::Applied {
                 ActionState::Restored

@@ -3,15 +3,18 @@
 //! PgBouncer), a client-side deadline, bounded retries of transient failures, and metrics.
 
 mod audit;
+mod blueprint;
 mod budgets;
 mod collector;
 mod costs;
 mod enforcement;
 mod entries;
 mod leader;
+mod offboarding;
 mod outbox;
 mod price_book;
 mod reconcilers;
+mod suspensions;
 mod tenant_requests;
 mod tenants;
 mod unpriced;
@@ -34,6 +37,7 @@ pub use leader::LeaderLock;
 pub use reconcilers::{
     AggregateKey, OutboxEvent, ParkedAggregate, PendingAggregate, ReconcilerStatus,
 };
+pub use suspensions::OperatorSuspension;
 pub use unpriced::{UnpricedFilter, UnpricedRecord};
 
 use crate::error::Error;
@@ -119,6 +123,8 @@ pub struct Store {
     probe_timeout: Duration,
     /// Whether the database takes connections, as far as this store knows; shared by clones.
     health: Arc<Health>,
+    /// The configured pseudonymisation key; without one, the database's per-installation key.
+    pseudonymisation_key: Option<Arc<secrecy::SecretSlice<u8>>>,
 }
 
 // By hand: the connect options hold the password.
@@ -157,6 +163,7 @@ impl Store {
             max_retries: config.max_retries,
             probe_timeout: config.probe_timeout,
             health: Arc::new(Health::new()),
+            pseudonymisation_key: None,
         })
     }
 

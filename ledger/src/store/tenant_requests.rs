@@ -13,7 +13,8 @@ use super::audit::{self, AuditEvent};
 use super::budgets::insert_budget;
 use super::query;
 use super::tenants::{
-    insert_tenant, lock_tenant, refused_error, set_state, tenant_from_row, TENANT_COLUMNS,
+    claim_namespaces, insert_tenant, lock_tenant, namespaces_of, refused_error, set_state,
+    tenant_from_row, TENANT_COLUMNS,
 };
 use super::{outbox, Store};
 use crate::audit::{now_micros, AuditContext};
@@ -23,13 +24,13 @@ use crate::error::{Error, Invalid};
 use crate::money::Money;
 use crate::names::Reason;
 use crate::tenant::{
-    Decision, Justification, LifecycleOp, NewTenantRequest, RequestState, TenantId, TenantRequest,
-    TenantState,
+    Decision, Justification, LifecycleOp, NamespaceName, NewTenantRequest, RequestState, TenantId,
+    TenantRequest, TenantState,
 };
 
 const REQUEST_COLUMNS: &str = "budget_amount, budget_currency, budget_period, justification, \
                                requested_by, requested_at, decision, decided_by, decided_at, \
-                               decision_reason";
+                               decision_reason, requested_namespaces";
 
 fn request_from_row(row: &PgRow) -> Result<TenantRequest, Error> {
     let corrupt = |e: Invalid| {
@@ -50,7 +51,13 @@ fn request_from_row(row: &PgRow) -> Result<TenantRequest, Error> {
             reason: row.try_get("decision_reason")?,
         }),
     };
+    let namespaces: Vec<String> = row.try_get("requested_namespaces")?;
     Ok(TenantRequest {
+        namespaces: namespaces
+            .iter()
+            .map(|n| NamespaceName::parse("namespaces", n))
+            .collect::<Result<_, _>>()
+            .map_err(corrupt)?,
         tenant: tenant_from_row(row)?,
         budget: Money {
             amount,
@@ -126,8 +133,8 @@ impl Store {
             let tenant = insert_tenant(&mut tx, &new.tenant, TenantState::Requested).await?;
             query(
                 "insert into tenant_requests (tenant_id, budget_amount, budget_currency, \
-                 budget_period, justification, requested_by, requested_at) \
-                 values ($1, $2, $3, $4, $5, $6, $7)",
+                 budget_period, justification, requested_by, requested_at, \
+                 requested_namespaces) values ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(tenant.id.as_str())
             .bind(new.budget.amount)
@@ -136,6 +143,12 @@ impl Store {
             .bind(new.justification.as_str())
             .bind(&ctx.actor.name)
             .bind(tenant.created_at)
+            .bind(
+                namespaces_of(&new.tenant)?
+                    .iter()
+                    .map(NamespaceName::as_str)
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *tx)
             .await?;
             let request = load_request(&mut tx, &tenant.id).await?;
@@ -254,6 +267,10 @@ impl Store {
                         id.as_str()
                     ),
                 });
+            }
+            if op == LifecycleOp::Approve {
+                // Checked when the request was filed; another tenant may have taken one since.
+                claim_namespaces(&mut tx, id, &before.namespaces).await?;
             }
             let now = now_micros();
             let after_tenant = set_state(&mut tx, id, to).await?;
