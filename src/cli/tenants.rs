@@ -569,32 +569,45 @@ fn render_request_list(value: &Value, out: &mut String) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The offboarding's known steps in their order, then any other member the API adds.
-const OFFBOARDING_STEPS: &[(&str, &str)] = &[
+/// The offboarding record's fields shown above its steps.
+const OFFBOARDING_FIELDS: &[(&str, &str)] = &[
     ("tenant", "tenant_id"),
     ("state", "state"),
     ("started at", "started_at"),
+    ("requested by", "requested_by"),
+    ("reason", "reason"),
     ("grace until", "grace_until"),
-    ("access revoked at", "access_revoked_at"),
-    ("final report at", "final_report_at"),
-    ("resources deleted at", "resources_deleted_at"),
-    ("completed at", "completed_at"),
+    ("retain until", "retain_until"),
+    ("final report", "final_report"),
 ];
 
+/// The record's fields, then its steps (`GET .../offboarding`: `steps` is a list of
+/// `{step, done, at}` in their order; for a step not done, `at` is when it is due, if known).
 fn render_offboarding(value: &Value, out: &mut String) -> Result<(), Failure> {
     let object = value
         .as_object()
         .ok_or_else(|| unexpected("offboarding object"))?;
-    let mut rows: Vec<(&str, String)> = OFFBOARDING_STEPS
+    let rows: Vec<(&str, String)> = OFFBOARDING_FIELDS
         .iter()
         .map(|(name, key)| (*name, cell(object.get(*key))))
         .collect();
-    for (key, v) in object {
-        if !OFFBOARDING_STEPS.iter().any(|(_, known)| known == key) {
-            rows.push((key.as_str(), cell(Some(v))));
-        }
-    }
     write_fields(&rows, out);
+    let steps = object
+        .get("steps")
+        .and_then(Value::as_array)
+        .ok_or_else(|| unexpected("offboarding steps"))?;
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|step| {
+            vec![
+                cell(step.get("step")),
+                cell(step.get("done")),
+                cell(step.get("at")),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    write_table(&["STEP", "DONE", "AT (OR DUE)"], &rows, out);
     Ok(())
 }
 
@@ -615,6 +628,35 @@ mod tests {
             cell(Some(&json!({"team": "x", "tier": "1"}))),
             "team=x,tier=1"
         );
+    }
+
+    #[test]
+    fn offboarding_shows_its_steps_as_the_api_lists_them() {
+        let answer = json!({
+            "tenant_id": "acme", "state": "offboarding", "started_at": "2026-12-01T10:00:00Z",
+            "requested_by": "ops", "reason": "contract ended",
+            "grace_until": "2026-12-08T10:00:00Z", "retain_until": "2036-12-01T10:00:00Z",
+            "steps": [
+                {"step": "started", "done": true, "at": "2026-12-01T10:00:00Z"},
+                {"step": "access_revoked", "done": true, "at": "2026-12-01T10:00:01Z"},
+                {"step": "grace_period", "done": false, "at": "2026-12-08T10:00:00Z"},
+                {"step": "resources_deleted", "done": false, "at": null}
+            ]
+        });
+        let mut out = String::new();
+        render_offboarding(&answer, &mut out).unwrap();
+        assert!(out.contains("grace until:"), "{out}");
+        let steps: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("STEP")).collect();
+        assert_eq!(steps.len(), 5, "{out}");
+        assert!(
+            steps[2].starts_with("access_revoked") && steps[2].contains("yes"),
+            "{out}"
+        );
+        assert!(
+            steps[3].contains("no") && steps[3].contains("2026-12-08"),
+            "{out}"
+        );
+        assert!(steps[4].trim_end().ends_with('-'), "{out}");
     }
 
     #[test]
