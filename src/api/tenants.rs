@@ -256,6 +256,34 @@ fn reason(body: &JsonBody) -> Result<Reason, ApiError> {
     Ok(Reason::parse("reason", &req.reason)?)
 }
 
+/// The four operator operations on a tenant: operator or admin, a one-line reason.
+#[derive(Clone, Copy)]
+enum OperatorOp {
+    Suspend,
+    Resume,
+    Isolate,
+    Release,
+}
+
+async fn operate(
+    state: AppState,
+    caller: Caller,
+    id: TenantId,
+    body: JsonBody,
+    op: OperatorOp,
+) -> Result<Json<TenantDto>, ApiError> {
+    caller.require_for(&id, Permission::ManageTenants)?;
+    let reason = reason(&body)?;
+    let (ctx, store) = (caller.audit(), &state.store);
+    let tenant = match op {
+        OperatorOp::Suspend => store.operator_suspend(&ctx, &id, &reason).await?,
+        OperatorOp::Resume => store.operator_resume(&ctx, &id, &reason).await?,
+        OperatorOp::Isolate => store.isolate_tenant(&ctx, &id, &reason).await?,
+        OperatorOp::Release => store.release_isolation(&ctx, &id, &reason).await?,
+    };
+    Ok(Json(tenant.into()))
+}
+
 /// An operator suspends an active tenant; the leader's enforcer scales it to zero, recording
 /// the prior values. Retried: a no-op. Budget-suspended: 409 `suspended_by_budget`.
 pub async fn suspend(
@@ -264,13 +292,7 @@ pub async fn suspend(
     TenantPath(id): TenantPath,
     body: JsonBody,
 ) -> Result<Json<TenantDto>, ApiError> {
-    caller.require_for(&id, Permission::ManageTenants)?;
-    let reason = reason(&body)?;
-    let tenant = state
-        .store
-        .operator_suspend(&caller.audit(), &id, &reason)
-        .await?;
-    Ok(Json(tenant.into()))
+    operate(state, caller, id, body, OperatorOp::Suspend).await
 }
 
 /// An operator resumes a tenant they suspended; the enforcer restores the prior values
@@ -282,13 +304,7 @@ pub async fn resume(
     TenantPath(id): TenantPath,
     body: JsonBody,
 ) -> Result<Json<TenantDto>, ApiError> {
-    caller.require_for(&id, Permission::ManageTenants)?;
-    let reason = reason(&body)?;
-    let tenant = state
-        .store
-        .operator_resume(&caller.audit(), &id, &reason)
-        .await?;
-    Ok(Json(tenant.into()))
+    operate(state, caller, id, body, OperatorOp::Resume).await
 }
 
 /// Isolates a tenant for an incident (the blueprint reconciler applies a deny-all
@@ -299,13 +315,7 @@ pub async fn isolate(
     TenantPath(id): TenantPath,
     body: JsonBody,
 ) -> Result<Json<TenantDto>, ApiError> {
-    caller.require_for(&id, Permission::ManageTenants)?;
-    let reason = reason(&body)?;
-    let tenant = state
-        .store
-        .isolate_tenant(&caller.audit(), &id, &reason)
-        .await?;
-    Ok(Json(tenant.into()))
+    operate(state, caller, id, body, OperatorOp::Isolate).await
 }
 
 /// Ends an isolation (the reason is audited with the release).
@@ -315,13 +325,7 @@ pub async fn release(
     TenantPath(id): TenantPath,
     body: JsonBody,
 ) -> Result<Json<TenantDto>, ApiError> {
-    caller.require_for(&id, Permission::ManageTenants)?;
-    let reason = reason(&body)?;
-    let tenant = state
-        .store
-        .release_isolation(&caller.audit(), &id, &reason)
-        .await?;
-    Ok(Json(tenant.into()))
+    operate(state, caller, id, body, OperatorOp::Release).await
 }
 
 // Budgets
