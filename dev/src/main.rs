@@ -92,17 +92,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
-    /// The blueprint's provisioner against the fake Kubernetes API: provisioning rate, then a
-    /// resync of many tenants with no drift (seconds and writes, per tenant and from one
-    /// snapshot).
+    /// The lifecycle against the fake Kubernetes API: approvals through the ledger until every
+    /// blueprint is applied (tenants/s), then a resync of many tenants with no drift (seconds
+    /// and writes). Needs a superuser URL: it creates and drops its own scratch database.
     Lifecycle {
-        /// Tenants provisioned in the timed run.
+        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
+        database_url: String,
+        /// Requests approved in the timed run.
         #[arg(long, default_value_t = 1_000)]
         tenants: usize,
         /// Tenants resynced.
         #[arg(long, default_value_t = 10_000)]
         resync_tenants: usize,
-        /// Tenants converged at once.
+        /// Approvals at once, and tenants the runner converges at once.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
@@ -169,6 +171,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 bench::enforcer::run_enforcer_bench(&database_url, &options).await
             }
             BenchCommand::Lifecycle {
+                database_url,
                 tenants,
                 resync_tenants,
                 concurrency,
@@ -178,7 +181,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     resync_tenants,
                     concurrency,
                 };
-                bench::lifecycle::run_lifecycle_bench(&options).await
+                bench::lifecycle::run_lifecycle_bench(&database_url, &options).await
             }
         },
         Command::DemoExporter { listen, tenants } => demo::serve(listen, tenants).await,

@@ -91,3 +91,43 @@ fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
         );
     }
 }
+
+#[test]
+fn bench_lifecycle_approves_provisions_and_resyncs_without_writes() {
+    let stdout = run_bench(&[
+        "lifecycle",
+        "--tenants",
+        "20",
+        "--resync-tenants",
+        "50",
+        "--concurrency",
+        "4",
+    ]);
+    let line = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("missing {label:?} in:\n{stdout}"))
+            .to_owned()
+    };
+    let provision = line("approve+provision");
+    for figure in [
+        "20 tenants",
+        "tenants/s",
+        "approvals alone",
+        "baseline 20 GETs",
+    ] {
+        assert!(
+            provision.contains(figure),
+            "{figure:?} not in {provision:?}"
+        );
+    }
+    // The bench itself fails unless every blueprint was applied and every tenant converged;
+    // a resync without drift writes nothing.
+    let resync = line("resync");
+    assert!(
+        resync.contains("50 tenants") && resync.contains(" 0 writes"),
+        "{resync}"
+    );
+    assert!(resync.contains("baseline ledger reads"), "{resync}");
+}

@@ -24,8 +24,11 @@ use crate::quantity::{same_quantity, Quantity};
 pub const QUOTA_NAME: &str = "budgetd-quota";
 /// Set to `"true"` on the namespaces of a suspended tenant.
 pub const SUSPENDED_LABEL: &str = "budgetd.io/suspended";
-/// The server-side-apply field manager of every budgetd write.
-pub const FIELD_MANAGER: &str = "budgetd";
+/// The field manager of every enforcer write. Not the blueprint's (`budgetd`): an apply
+/// removes the fields its manager applied before and does not send now, so sharing one manager
+/// would strip the labels and annotation the blueprint put on the quota whenever the enforcer
+/// tightens it. The blueprint keeps the limits this manager owns.
+pub const FIELD_MANAGER: &str = "budgetd-enforcer";
 
 /// Hard limits of a ResourceQuota: resource name → quantity, as the API spelled it.
 pub type QuotaHard = BTreeMap<String, String>;

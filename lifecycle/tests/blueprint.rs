@@ -10,6 +10,7 @@ use ledger::tenant::{DataResidency, TenantId};
 use lifecycle::blueprint::{
     Blueprint, BlueprintReconciler, ConvergeReport, Desired, ObjectRef, Provisioner,
     ProvisionerSettings, TenantSource, TenantSpec, ISOLATION_POLICY, QUOTA_NAME,
+    QUOTA_PROFILE_ANNOTATION,
 };
 use lifecycle::{HandlerError, OutboxEvent, Reconciler};
 use serde_json::{json, Value};
@@ -136,8 +137,13 @@ fn template_errors_name_the_file_and_line() {
 fn the_quota_is_the_object_the_enforcer_tightens() {
     assert_eq!(QUOTA_NAME, enforcer::cluster::QUOTA_NAME);
     assert_eq!(
-        lifecycle::blueprint::FIELD_MANAGER,
+        lifecycle::blueprint::ENFORCER_FIELD_MANAGER,
         enforcer::cluster::FIELD_MANAGER
+    );
+    assert_ne!(
+        lifecycle::blueprint::FIELD_MANAGER,
+        enforcer::cluster::FIELD_MANAGER,
+        "one manager would strip the blueprint's labels whenever the enforcer applies"
     );
     assert_eq!(
         lifecycle::blueprint::NAMESPACE_TENANT_LABEL,
@@ -314,7 +320,8 @@ async fn drift_is_repaired_and_reported_but_the_enforcers_tightening_is_not_drif
         "an event's changes are not drift"
     );
 
-    // the enforcer tightens the quota with budgetd's field manager: not drift
+    // the enforcer tightens the quota (its own field manager, only the limits): not drift, and
+    // the blueprint's labels and annotation stay (one shared manager would remove them)
     let client = kube::Client::try_from(kube::Config::new(fake.url().parse().unwrap())).unwrap();
     let quotas: kube::Api<k8s_openapi::api::core::v1::ResourceQuota> =
         kube::Api::namespaced(client, "acme");
@@ -322,7 +329,7 @@ async fn drift_is_repaired_and_reported_but_the_enforcers_tightening_is_not_drif
     quotas
         .patch(
             QUOTA_NAME,
-            &kube::api::PatchParams::apply("budgetd").force(),
+            &kube::api::PatchParams::apply(enforcer::cluster::FIELD_MANAGER).force(),
             &kube::api::Patch::Apply(&tightened),
         )
         .await
@@ -337,6 +344,11 @@ async fn drift_is_repaired_and_reported_but_the_enforcers_tightening_is_not_drif
             .clone()
     };
     assert_eq!(hard(&fake)["pods"], "0");
+    let quota = fake
+        .object(Resource::ResourceQuota, "acme", QUOTA_NAME)
+        .unwrap();
+    assert_eq!(labels(&quota)["app.kubernetes.io/managed-by"], "budgetd");
+    assert!(quota["metadata"]["annotations"][QUOTA_PROFILE_ANNOTATION].is_string());
 
     // someone edits the quota and deletes the RoleBinding: repaired and reported
     fake.patch_as(

@@ -993,7 +993,8 @@ impl Cluster {
     /// Server-side apply, with field ownership of the owned leaves: a field another manager
     /// owns with a different value is a conflict unless forced (then ownership moves); the
     /// fields this manager applied before and does not send now are removed unless another
-    /// manager owns them too. Labels and annotations in the body are merged in, unowned.
+    /// manager owns them too. Labels and annotations are owned key by key: a label this manager
+    /// applied before and no longer sends is removed, as a real API server does.
     fn apply(
         &mut self,
         resource: &ResourceType,
@@ -1082,11 +1083,6 @@ impl Cluster {
         }
         for (path, value) in &applied {
             set_path(&mut object, path, value.clone());
-        }
-        for field in ["labels", "annotations"] {
-            if body["metadata"][field].is_object() {
-                merge(&mut object["metadata"][field], &body["metadata"][field]);
-            }
         }
         entries.retain(|m| !(m.manager == manager && m.operation == "Apply"));
         entries.push(Managed {
@@ -1286,6 +1282,15 @@ fn owned_leaves(object: &Value) -> BTreeMap<Vec<String>, Value> {
     for (key, child) in object.as_object().into_iter().flatten() {
         if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
             out.extend(leaves(child, vec![key.clone()]));
+        }
+    }
+    // Labels and annotations are owned one key at a time, like any other map entry.
+    for field in ["labels", "annotations"] {
+        for (key, value) in object["metadata"][field].as_object().into_iter().flatten() {
+            out.insert(
+                vec!["metadata".to_owned(), field.to_owned(), key.clone()],
+                value.clone(),
+            );
         }
     }
     out

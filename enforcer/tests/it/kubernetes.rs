@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use enforcer::cluster::{
     diff, Change, ClusterActuator, ClusterError, Footprint, NamespaceFootprint, Tighten, Workload,
-    WorkloadKind, QUOTA_NAME, SUSPENDED_LABEL,
+    WorkloadKind, FIELD_MANAGER, QUOTA_NAME, SUSPENDED_LABEL,
 };
 use enforcer::kubernetes::{KubernetesActuator, KubernetesSettings};
 use k8s_openapi::api::core::v1::ResourceQuota;
@@ -280,7 +280,10 @@ async fn suspending_and_restoring_returns_every_object_to_its_prior_spec() {
         Some("application/merge-patch+json")
     );
     let owners = fake.field_owners(Resource::ResourceQuota, "acme-prod", QUOTA_NAME);
-    assert!(owners["budgetd"].contains("spec.hard.pods"), "{owners:?}");
+    assert!(
+        owners[FIELD_MANAGER].contains("spec.hard.pods"),
+        "{owners:?}"
+    );
 
     let backward = diff(&suspended, &prior);
     let report = actuator.apply(&backward).await.unwrap();
@@ -396,7 +399,7 @@ async fn budgetd_wins_quota_fields_by_force_and_other_managers_get_conflicts() {
     let owners = fake.field_owners(Resource::ResourceQuota, "acme-prod", QUOTA_NAME);
     assert!(!owners.contains_key("helm"), "{owners:?}");
     assert_eq!(
-        owners["budgetd"],
+        owners[FIELD_MANAGER],
         ["spec.hard.cpu", "spec.hard.memory", "spec.hard.pods"]
             .map(String::from)
             .into()
@@ -410,7 +413,7 @@ async fn budgetd_wins_quota_fields_by_force_and_other_managers_get_conflicts() {
     match refused {
         kube::Error::Api(e) => {
             assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"), "{e:?}");
-            assert!(e.message.contains("budgetd"), "{}", e.message);
+            assert!(e.message.contains(FIELD_MANAGER), "{}", e.message);
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
@@ -492,7 +495,10 @@ async fn drift_is_overwritten_by_the_next_apply() {
         0
     );
     let owners = fake.field_owners(Resource::Deployment, "acme-prod", "web");
-    assert!(owners["budgetd"].contains("spec.replicas"), "{owners:?}");
+    assert!(
+        owners[FIELD_MANAGER].contains("spec.replicas"),
+        "{owners:?}"
+    );
 }
 
 #[tokio::test]

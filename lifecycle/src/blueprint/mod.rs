@@ -38,8 +38,11 @@ pub const ISOLATION_POLICY: &str = "budgetd-isolation";
 pub const QUOTA_NAME: &str = "budgetd-quota";
 /// On the quota: the profile values the blueprint last applied (`cpu=2,memory=4Gi`).
 pub const QUOTA_PROFILE_ANNOTATION: &str = "budgetd.io/quota-profile";
-/// The server-side-apply field manager of every budgetd write.
+/// The server-side-apply field manager of every blueprint write.
 pub const FIELD_MANAGER: &str = "budgetd";
+/// The enforcer's field manager (`enforcer::cluster::FIELD_MANAGER`): the quota limits it owns
+/// are its tightening (or its restore), which the blueprint keeps.
+pub const ENFORCER_FIELD_MANAGER: &str = "budgetd-enforcer";
 /// The ingress controller's namespace unless configured.
 pub const DEFAULT_INGRESS_NAMESPACE: &str = "ingress-nginx";
 /// The ClusterRole the owner group is bound to unless configured.

@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 
 use super::template::{Blueprint, Values};
 use super::{
-    ConvergeReport, ObjectRef, ProvisionError, ProvisionerSettings, TenantSpec, FIELD_MANAGER,
-    ISOLATION_POLICY, MANAGED_BY, MANAGED_BY_LABEL, NAMESPACE_TENANT_LABEL, QUOTA_NAME,
-    QUOTA_PROFILE_ANNOTATION, RESIDENCY_LABEL, TENANT_LABEL,
+    ConvergeReport, ObjectRef, ProvisionError, ProvisionerSettings, TenantSpec,
+    ENFORCER_FIELD_MANAGER, FIELD_MANAGER, ISOLATION_POLICY, MANAGED_BY, MANAGED_BY_LABEL,
+    NAMESPACE_TENANT_LABEL, QUOTA_NAME, QUOTA_PROFILE_ANNOTATION, RESIDENCY_LABEL, TENANT_LABEL,
 };
 
 /// Kinds that are not namespaced (the provisioner does not use discovery; any other kind is
@@ -229,7 +229,7 @@ fn matches(live: &Value, desired: &Value) -> bool {
     })
 }
 
-/// The quota resources a field manager other than budgetd owns (someone edited them).
+/// The quota resources a field manager other than budgetd's two owns (someone edited them).
 fn foreign_quota_fields(live: &Value) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for entry in live["metadata"]["managedFields"]
@@ -237,7 +237,10 @@ fn foreign_quota_fields(live: &Value) -> BTreeSet<String> {
         .into_iter()
         .flatten()
     {
-        if entry["manager"].as_str() == Some(FIELD_MANAGER) {
+        if matches!(
+            entry["manager"].as_str(),
+            Some(FIELD_MANAGER | ENFORCER_FIELD_MANAGER)
+        ) {
             continue;
         }
         if let Some(hard) = entry["fieldsV1"]["f:spec"]["f:hard"].as_object() {
@@ -252,9 +255,9 @@ fn foreign_quota_fields(live: &Value) -> BTreeSet<String> {
 }
 
 /// The quota as it should be applied given the live one. The enforcer tightens and restores
-/// `budgetd-quota`'s limits with the same field manager: while the profile is the one last
-/// applied (the annotation says so), a limit budgetd owns keeps its live value; a limit someone
-/// else changed, a missing limit or a changed profile gets the profile's value.
+/// `budgetd-quota`'s limits (as [`ENFORCER_FIELD_MANAGER`]): while the profile is the one last
+/// applied (the annotation says so), a limit budgetd or the enforcer owns keeps its live value;
+/// a limit someone else changed, a missing limit or a changed profile gets the profile's value.
 fn effective_quota(desired: &DesiredObject, live: &Value) -> DesiredObject {
     let mut effective = desired.clone();
     let annotation = |v: &Value| v["metadata"]["annotations"][QUOTA_PROFILE_ANNOTATION].clone();
@@ -842,10 +845,11 @@ mod tests {
             },
             body: json!({ "metadata": { "annotations": { QUOTA_PROFILE_ANNOTATION: "cpu=2,pods=20" } }, "spec": { "hard": { "cpu": "2", "pods": "20" } } }),
         };
-        // tightened by the enforcer (same manager): kept
+        // tightened by the enforcer (its own manager): kept
         let tightened = json!({
             "metadata": { "annotations": { QUOTA_PROFILE_ANNOTATION: "cpu=2,pods=20" }, "managedFields": [
-                { "manager": "budgetd", "fieldsV1": { "f:spec": { "f:hard": { "f:cpu": {}, "f:pods": {} } } } },
+                { "manager": "budgetd", "fieldsV1": { "f:metadata": { "f:annotations": { "f:budgetd.io/quota-profile": {} } } } },
+                { "manager": "budgetd-enforcer", "fieldsV1": { "f:spec": { "f:hard": { "f:cpu": {}, "f:pods": {} } } } },
             ] },
             "spec": { "hard": { "cpu": "1", "pods": "0" } },
         });
@@ -855,7 +859,7 @@ mod tests {
         // edited by someone else: repaired
         let mut edited = tightened.clone();
         edited["metadata"]["managedFields"] = json!([
-            { "manager": "budgetd", "fieldsV1": { "f:spec": { "f:hard": { "f:pods": {} } } } },
+            { "manager": "budgetd-enforcer", "fieldsV1": { "f:spec": { "f:hard": { "f:pods": {} } } } },
             { "manager": "kubectl-edit", "fieldsV1": { "f:spec": { "f:hard": { "f:cpu": {} } } } },
         ]);
         let e = effective_quota(&desired, &edited);
