@@ -164,6 +164,9 @@ impl Runner {
         if let Some(e) = first_error {
             return Err(e);
         }
+        if report.handled > 0 {
+            self.store.reconciler_succeeded(fence, name, now).await?;
+        }
         let status = self.store.reconciler_status(name).await?;
         report.lag = status.lag();
         report.parked = status.parked;
@@ -198,7 +201,7 @@ impl Runner {
             match self.call_handle(event).await {
                 Ok(()) => {
                     self.store
-                        .reconciler_handled(fence, name, key, event.seq, now)
+                        .reconciler_handled(fence, name, key, event.seq)
                         .await?;
                     metrics::counter!("budgetd_reconciler_events_handled_total", "reconciler" => name)
                         .increment(1);

@@ -232,7 +232,6 @@ impl Store {
         reconciler: &str,
         key: &AggregateKey,
         seq: i64,
-        now: DateTime<Utc>,
     ) -> Result<(), Error> {
         self.run_within("reconciler_handled", 4, || async {
             let mut tx = self.begin().await?;
@@ -270,11 +269,31 @@ impl Store {
                     ),
                 ));
             }
-            query("update reconcilers set last_success_at = $2 where name = $1")
-                .bind(reconciler)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records that `reconciler` handled events at `now` (once per step: one row that every
+    /// handled event updated would serialise the tenants handled at once).
+    pub async fn reconciler_succeeded(
+        &self,
+        fence: Fence,
+        reconciler: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.run("reconciler_succeeded", || async {
+            let mut tx = self.begin().await?;
+            check_fence(&mut tx, fence).await?;
+            query(
+                "update reconcilers set last_success_at = $2 \
+                 where name = $1 and (last_success_at is null or last_success_at < $2)",
+            )
+            .bind(reconciler)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(())
         })
