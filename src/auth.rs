@@ -147,12 +147,7 @@ impl Principal {
             ),
             Role::Auditor => matches!(
                 permission,
-                ReadTenants
-                    | ReadBudget
-                    | ReadCosts
-                    | ReadPriceBook
-                    | ReadEnforcement
-                    | ReadTokens
+                ReadTenants | ReadBudget | ReadCosts | ReadPriceBook | ReadEnforcement | ReadTokens
             ),
             // A tenant token speaks for its tenant, not for a person who may ask for another.
             Role::Tenant(_) => matches!(
@@ -200,7 +195,10 @@ pub enum AuthError {
     Unknown,
     /// A known token that no longer works: revoked, expired, the retired bootstrap token, a
     /// JWT that did not pass (401, with the reason).
-    Refused { code: &'static str, message: String },
+    Refused {
+        code: &'static str,
+        message: String,
+    },
     /// A valid identity without a budgetd role (403).
     NoRole(String),
     /// The identity provider's keys cannot be fetched (503).
@@ -291,8 +289,8 @@ impl Authenticator {
     }
 
     async fn bootstrap_principal(&self, store: &Store) -> Result<Principal, AuthError> {
-        let retired = self.bootstrap_retired.load(Ordering::Relaxed)
-            || store.admin_token_created().await?;
+        let retired =
+            self.bootstrap_retired.load(Ordering::Relaxed) || store.admin_token_created().await?;
         if retired {
             if !self.bootstrap_retired.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -409,7 +407,10 @@ mod tests {
         assert_eq!(TokenHash::from_hex("abcd"), None);
         let (a, b) = (generate_managed_token(), generate_managed_token());
         assert_ne!(a, b);
-        assert!(a.starts_with(MANAGED_TOKEN_PREFIX) && a.len() == 4 + 64, "{a}");
+        assert!(
+            a.starts_with(MANAGED_TOKEN_PREFIX) && a.len() == 4 + 64,
+            "{a}"
+        );
     }
 
     #[test]

@@ -157,11 +157,13 @@ pub struct OidcSettings {
 fn usable_url(url: &Url) -> bool {
     match url.scheme() {
         "https" => true,
-        "http" => matches!(
-            url.host(),
-            Some(url::Host::Ipv4(ip)) if ip.is_loopback()
-        ) || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
-            || url.host_str() == Some("localhost"),
+        "http" => {
+            matches!(
+                url.host(),
+                Some(url::Host::Ipv4(ip)) if ip.is_loopback()
+            ) || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+                || url.host_str() == Some("localhost")
+        }
         _ => false,
     }
 }
@@ -213,7 +215,10 @@ impl OidcSection {
                     )
                 })?;
             if issuers.iter().any(|o| o.issuer == s.issuer) {
-                return Err(invalid("issuer", "the same issuer is configured twice".into()));
+                return Err(invalid(
+                    "issuer",
+                    "the same issuer is configured twice".into(),
+                ));
             }
             let discovery_url = Url::parse(&format!(
                 "{}/.well-known/openid-configuration",
@@ -224,7 +229,10 @@ impl OidcSection {
                 return Err(invalid("audience", "must not be empty".into()));
             }
             if s.algorithms.is_empty() {
-                return Err(invalid("algorithms", "name at least one, e.g. [\"RS256\"]".into()));
+                return Err(invalid(
+                    "algorithms",
+                    "name at least one, e.g. [\"RS256\"]".into(),
+                ));
             }
             let algorithms = s
                 .algorithms
@@ -298,7 +306,10 @@ impl OidcSection {
 pub enum OidcError {
     /// Not a valid token of a configured issuer (401): a bounded reason code for the metric and
     /// a message for the caller.
-    Rejected { reason: &'static str, message: String },
+    Rejected {
+        reason: &'static str,
+        message: String,
+    },
     /// A valid token that maps to no budgetd role (403).
     NoRole(String),
     /// The issuer's keys cannot be fetched (503).
@@ -635,7 +646,10 @@ impl Oidc {
         let Some(kid) = header.kid.as_deref() else {
             return (
                 label,
-                Err(OidcError::rejected("no_kid", "the token's header has no kid")),
+                Err(OidcError::rejected(
+                    "no_kid",
+                    "the token's header has no kid",
+                )),
             );
         };
         let key = match self.key(state, kid).await {
@@ -651,7 +665,11 @@ impl Oidc {
                 label,
                 Err(OidcError::rejected(
                     "algorithm",
-                    format!("algorithm {:?} does not fit key {}", header.alg, quoted(kid)),
+                    format!(
+                        "algorithm {:?} does not fit key {}",
+                        header.alg,
+                        quoted(kid)
+                    ),
                 )),
             );
         }
@@ -677,7 +695,10 @@ impl Oidc {
         kid: &str,
     ) -> Result<std::sync::Arc<CachedKey>, OidcError> {
         let cached = |state: &IssuerState| {
-            let cache = state.cache.lock().expect("the key cache lock is not poisoned");
+            let cache = state
+                .cache
+                .lock()
+                .expect("the key cache lock is not poisoned");
             let fresh = cache
                 .fetched_at
                 .is_some_and(|at| at.elapsed() < self.settings.keys_max_age);
@@ -694,7 +715,10 @@ impl Oidc {
                 return Ok(key.clone());
             }
             let due = {
-                let cache = state.cache.lock().expect("the key cache lock is not poisoned");
+                let cache = state
+                    .cache
+                    .lock()
+                    .expect("the key cache lock is not poisoned");
                 let last = if cache.fetched_at.is_none() {
                     cache.last_attempt
                 } else {
@@ -712,7 +736,10 @@ impl Oidc {
                 .increment(1);
             }
         }
-        let cache = state.cache.lock().expect("the key cache lock is not poisoned");
+        let cache = state
+            .cache
+            .lock()
+            .expect("the key cache lock is not poisoned");
         if let Some(key) = cache.keys.get(kid) {
             return Ok(key.clone());
         }
@@ -737,7 +764,10 @@ impl Oidc {
     /// out callers whose keys are known) and is logged.
     async fn refresh(&self, state: &IssuerState) {
         let known_uri = {
-            let mut cache = state.cache.lock().expect("the key cache lock is not poisoned");
+            let mut cache = state
+                .cache
+                .lock()
+                .expect("the key cache lock is not poisoned");
             let now = Instant::now();
             cache.last_attempt = Some(now);
             if cache.fetched_at.is_some() {
@@ -755,7 +785,10 @@ impl Oidc {
             Ok::<_, String>((jwks_uri, signing_keys(doc)))
         }
         .await;
-        let mut cache = state.cache.lock().expect("the key cache lock is not poisoned");
+        let mut cache = state
+            .cache
+            .lock()
+            .expect("the key cache lock is not poisoned");
         match result {
             Ok((jwks_uri, keys)) => {
                 tracing::info!(issuer = %issuer.issuer, keys = keys.len(), "fetched the issuer's signing keys");
@@ -852,7 +885,11 @@ impl Oidc {
             .await
             .map_err(|e| {
                 let outcome = if e.is_timeout() { "timeout" } else { "connect" };
-                failure(outcome, format!("request failed: {}", error_chain(&e)), true)
+                failure(
+                    outcome,
+                    format!("request failed: {}", error_chain(&e)),
+                    true,
+                )
             })?;
         let status = response.status();
         if !status.is_success() {
@@ -906,8 +943,12 @@ fn rejection(kind: &jsonwebtoken::errors::ErrorKind) -> OidcError {
     use jsonwebtoken::errors::ErrorKind::*;
     match kind {
         ExpiredSignature => OidcError::rejected("expired", "the token has expired"),
-        ImmatureSignature => OidcError::rejected("not_yet_valid", "the token is not valid yet (nbf)"),
-        InvalidIssuer => OidcError::rejected("issuer", "the token's issuer is not the configured one"),
+        ImmatureSignature => {
+            OidcError::rejected("not_yet_valid", "the token is not valid yet (nbf)")
+        }
+        InvalidIssuer => {
+            OidcError::rejected("issuer", "the token's issuer is not the configured one")
+        }
         InvalidAudience => OidcError::rejected(
             "audience",
             "the token is not for budgetd (aud does not name the configured audience)",
@@ -933,7 +974,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn issuer(roles_claim: &str, roles: &[(&str, &str)], tenant_claim: Option<&str>) -> IssuerSettings {
+    fn issuer(
+        roles_claim: &str,
+        roles: &[(&str, &str)],
+        tenant_claim: Option<&str>,
+    ) -> IssuerSettings {
         let section = OidcSection {
             issuers: vec![IssuerSection {
                 issuer: "https://idp.example.com/realms/platform".into(),
@@ -975,41 +1020,128 @@ mod tests {
             }
             c
         };
-        let p = map_claims(&kc, &claims(json!(["offline_access", "budgetd-auditor"]), json!({}))).unwrap();
+        let p = map_claims(
+            &kc,
+            &claims(json!(["offline_access", "budgetd-auditor"]), json!({})),
+        )
+        .unwrap();
         assert_eq!((p.name.as_str(), p.role), ("alice", Role::Auditor));
         // The most privileged role counts; a tenant role only alone.
-        let p = map_claims(&kc, &claims(json!(["budgetd-auditor", "budgetd-admin", "acme-owners"]), json!({}))).unwrap();
+        let p = map_claims(
+            &kc,
+            &claims(
+                json!(["budgetd-auditor", "budgetd-admin", "acme-owners"]),
+                json!({}),
+            ),
+        )
+        .unwrap();
         assert_eq!(p.role, Role::Admin);
         let p = map_claims(&kc, &claims(json!(["acme-owners"]), json!({}))).unwrap();
         assert_eq!(p.role, tenant("acme"));
-        let p = map_claims(&kc, &claims(json!(["budgetd-tenant"]), json!({"tenant": "globex"}))).unwrap();
+        let p = map_claims(
+            &kc,
+            &claims(json!(["budgetd-tenant"]), json!({"tenant": "globex"})),
+        )
+        .unwrap();
         assert_eq!(p.role, tenant("globex"));
         // The same tenant twice is one tenant; two tenants are refused.
-        let p = map_claims(&kc, &claims(json!(["budgetd-tenant", "acme-owners"]), json!({"tenant": "acme"}))).unwrap();
+        let p = map_claims(
+            &kc,
+            &claims(
+                json!(["budgetd-tenant", "acme-owners"]),
+                json!({"tenant": "acme"}),
+            ),
+        )
+        .unwrap();
         assert_eq!(p.role, tenant("acme"));
-        let e = map_claims(&kc, &claims(json!(["budgetd-tenant", "acme-owners"]), json!({"tenant": "globex"}))).unwrap_err();
-        assert!(matches!(e, OidcError::NoRole(ref m) if m.contains("2 tenants")), "{e:?}");
+        let e = map_claims(
+            &kc,
+            &claims(
+                json!(["budgetd-tenant", "acme-owners"]),
+                json!({"tenant": "globex"}),
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, OidcError::NoRole(ref m) if m.contains("2 tenants")),
+            "{e:?}"
+        );
         let e = map_claims(&kc, &claims(json!(["budgetd-tenant"]), json!({}))).unwrap_err();
-        assert!(matches!(e, OidcError::NoRole(ref m) if m.contains("claim tenant")), "{e:?}");
-        let e = map_claims(&kc, &claims(json!(["budgetd-tenant"]), json!({"tenant": "Not A Tenant"}))).unwrap_err();
+        assert!(
+            matches!(e, OidcError::NoRole(ref m) if m.contains("claim tenant")),
+            "{e:?}"
+        );
+        let e = map_claims(
+            &kc,
+            &claims(json!(["budgetd-tenant"]), json!({"tenant": "Not A Tenant"})),
+        )
+        .unwrap_err();
         assert!(matches!(e, OidcError::NoRole(_)), "{e:?}");
         let e = map_claims(&kc, &claims(json!(["offline_access"]), json!({}))).unwrap_err();
-        assert!(matches!(e, OidcError::NoRole(ref m) if m.contains("realm_access.roles")), "{e:?}");
-        let e = map_claims(&kc, &json!({"realm_access": {"roles": ["budgetd-admin"]}})).unwrap_err();
-        assert!(matches!(e, OidcError::Rejected { reason: "claims", .. }), "{e:?}");
-        let e = map_claims(&kc, &json!({"preferred_username": "a\nb", "realm_access": {"roles": ["budgetd-admin"]}})).unwrap_err();
-        assert!(matches!(e, OidcError::Rejected { reason: "claims", .. }), "{e:?}");
+        assert!(
+            matches!(e, OidcError::NoRole(ref m) if m.contains("realm_access.roles")),
+            "{e:?}"
+        );
+        let e =
+            map_claims(&kc, &json!({"realm_access": {"roles": ["budgetd-admin"]}})).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OidcError::Rejected {
+                    reason: "claims",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = map_claims(
+            &kc,
+            &json!({"preferred_username": "a\nb", "realm_access": {"roles": ["budgetd-admin"]}}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OidcError::Rejected {
+                    reason: "claims",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn entra_app_roles_and_group_ids_map_to_roles() {
-        let roles = issuer("roles", &[("Budgetd.Operator", "operator"), ("Budgetd.Finance", "finance")], None);
-        let p = map_claims(&roles, &json!({"preferred_username": "bob@contoso.com", "roles": ["Budgetd.Finance"]})).unwrap();
-        assert_eq!((p.name.as_str(), p.role), ("bob@contoso.com", Role::Finance));
+        let roles = issuer(
+            "roles",
+            &[
+                ("Budgetd.Operator", "operator"),
+                ("Budgetd.Finance", "finance"),
+            ],
+            None,
+        );
+        let p = map_claims(
+            &roles,
+            &json!({"preferred_username": "bob@contoso.com", "roles": ["Budgetd.Finance"]}),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.role),
+            ("bob@contoso.com", Role::Finance)
+        );
         // A single string is a list of one.
-        let p = map_claims(&roles, &json!({"preferred_username": "bob@contoso.com", "roles": "Budgetd.Operator"})).unwrap();
+        let p = map_claims(
+            &roles,
+            &json!({"preferred_username": "bob@contoso.com", "roles": "Budgetd.Operator"}),
+        )
+        .unwrap();
         assert_eq!(p.role, Role::Operator);
-        let groups = issuer("groups", &[("5f6c6a9e-0000-4000-8000-000000000001", "viewer")], None);
+        let groups = issuer(
+            "groups",
+            &[("5f6c6a9e-0000-4000-8000-000000000001", "viewer")],
+            None,
+        );
         let p = map_claims(&groups, &json!({"preferred_username": "c", "groups": ["00000000-0000-0000-0000-000000000000", "5f6c6a9e-0000-4000-8000-000000000001"]})).unwrap();
         assert_eq!(p.role, Role::Viewer);
         let e = map_claims(&groups, &json!({"preferred_username": "c"})).unwrap_err();
@@ -1038,30 +1170,106 @@ mod tests {
         };
         assert_eq!(
             check(base()),
-            Ok("https://login.microsoftonline.com/0000/v2.0/.well-known/openid-configuration".to_owned())
+            Ok(
+                "https://login.microsoftonline.com/0000/v2.0/.well-known/openid-configuration"
+                    .to_owned()
+            )
         );
         for (bad, field) in [
-            (IssuerSection { issuer: "http://idp.example.com".into(), ..base() }, "oidc.issuers[0].issuer"),
-            (IssuerSection { issuer: "not a url".into(), ..base() }, "oidc.issuers[0].issuer"),
-            (IssuerSection { audience: " ".into(), ..base() }, "oidc.issuers[0].audience"),
-            (IssuerSection { algorithms: vec!["HS256".into()], ..base() }, "oidc.issuers[0].algorithms"),
-            (IssuerSection { algorithms: vec!["none".into()], ..base() }, "oidc.issuers[0].algorithms"),
-            (IssuerSection { algorithms: vec![], ..base() }, "oidc.issuers[0].algorithms"),
-            (IssuerSection { roles_claim: "realm_access..roles".into(), ..base() }, "oidc.issuers[0].roles_claim"),
-            (IssuerSection { roles: BTreeMap::new(), ..base() }, "oidc.issuers[0].roles"),
-            (IssuerSection { roles: [("x".to_owned(), "root".to_owned())].into(), ..base() }, "oidc.issuers[0].roles.x"),
-            (IssuerSection { roles: [("x".to_owned(), "tenant".to_owned())].into(), ..base() }, "oidc.issuers[0].roles.x"),
-            (IssuerSection { roles: [("x".to_owned(), "tenant:Bad_Id".to_owned())].into(), ..base() }, "oidc.issuers[0].roles.x"),
+            (
+                IssuerSection {
+                    issuer: "http://idp.example.com".into(),
+                    ..base()
+                },
+                "oidc.issuers[0].issuer",
+            ),
+            (
+                IssuerSection {
+                    issuer: "not a url".into(),
+                    ..base()
+                },
+                "oidc.issuers[0].issuer",
+            ),
+            (
+                IssuerSection {
+                    audience: " ".into(),
+                    ..base()
+                },
+                "oidc.issuers[0].audience",
+            ),
+            (
+                IssuerSection {
+                    algorithms: vec!["HS256".into()],
+                    ..base()
+                },
+                "oidc.issuers[0].algorithms",
+            ),
+            (
+                IssuerSection {
+                    algorithms: vec!["none".into()],
+                    ..base()
+                },
+                "oidc.issuers[0].algorithms",
+            ),
+            (
+                IssuerSection {
+                    algorithms: vec![],
+                    ..base()
+                },
+                "oidc.issuers[0].algorithms",
+            ),
+            (
+                IssuerSection {
+                    roles_claim: "realm_access..roles".into(),
+                    ..base()
+                },
+                "oidc.issuers[0].roles_claim",
+            ),
+            (
+                IssuerSection {
+                    roles: BTreeMap::new(),
+                    ..base()
+                },
+                "oidc.issuers[0].roles",
+            ),
+            (
+                IssuerSection {
+                    roles: [("x".to_owned(), "root".to_owned())].into(),
+                    ..base()
+                },
+                "oidc.issuers[0].roles.x",
+            ),
+            (
+                IssuerSection {
+                    roles: [("x".to_owned(), "tenant".to_owned())].into(),
+                    ..base()
+                },
+                "oidc.issuers[0].roles.x",
+            ),
+            (
+                IssuerSection {
+                    roles: [("x".to_owned(), "tenant:Bad_Id".to_owned())].into(),
+                    ..base()
+                },
+                "oidc.issuers[0].roles.x",
+            ),
         ] {
             assert_eq!(check(bad), Err(field.to_owned()));
         }
         // Plain HTTP is for loopback only.
-        assert!(check(IssuerSection { issuer: "http://127.0.0.1:8081/realms/x".into(), ..base() }).is_ok());
+        assert!(check(IssuerSection {
+            issuer: "http://127.0.0.1:8081/realms/x".into(),
+            ..base()
+        })
+        .is_ok());
         let twice = OidcSection {
             issuers: vec![base(), base()],
             ..OidcSection::default()
         };
-        assert_eq!(twice.validate().unwrap_err().field, "oidc.issuers[1].issuer");
+        assert_eq!(
+            twice.validate().unwrap_err().field,
+            "oidc.issuers[1].issuer"
+        );
         let zero = OidcSection {
             http_attempts: 0,
             ..OidcSection::default()
@@ -1073,7 +1281,14 @@ mod tests {
     fn only_jwt_shaped_tokens_are_checked_as_jwts() {
         assert!(Oidc::looks_like_jwt("eyJh.eyJz.sig-_"));
         assert!(Oidc::looks_like_jwt("eyJh.eyJz."));
-        for other in ["bdt_abc", "a.b", "a.b.c.d", ".b.c", "a b.c.d", "admin-token-0123456789"] {
+        for other in [
+            "bdt_abc",
+            "a.b",
+            "a.b.c.d",
+            ".b.c",
+            "a b.c.d",
+            "admin-token-0123456789",
+        ] {
             assert!(!Oidc::looks_like_jwt(other), "{other}");
         }
     }

@@ -211,10 +211,7 @@ pub fn router(state: AppState) -> Router {
             get(pricing_errors::list),
         )
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
-        .route(
-            "/api/v1/tokens/{id}",
-            axum::routing::delete(tokens::revoke),
-        )
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -155,14 +155,30 @@ fn render_list(value: &Value, out: &mut String) -> Result<(), Failure> {
     let rows: Vec<Vec<String>> = tokens
         .iter()
         .map(|t| {
-            ["id", "name", "role", "tenant", "state", "expires_at", "last_used_at"]
-                .iter()
-                .map(|k| cell(t.get(*k)))
-                .collect()
+            [
+                "id",
+                "name",
+                "role",
+                "tenant",
+                "state",
+                "expires_at",
+                "last_used_at",
+            ]
+            .iter()
+            .map(|k| cell(t.get(*k)))
+            .collect()
         })
         .collect();
     write_table(
-        &["ID", "NAME", "ROLE", "TENANT", "STATE", "EXPIRES AT", "LAST USED AT"],
+        &[
+            "ID",
+            "NAME",
+            "ROLE",
+            "TENANT",
+            "STATE",
+            "EXPIRES AT",
+            "LAST USED AT",
+        ],
         &rows,
         out,
     );

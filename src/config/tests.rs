@@ -834,17 +834,17 @@ fn oidc_issuers_are_read_checked_and_shown() {
             "oidc.issuers[0].issuer",
         ),
         (
-            text.replace("audience = \"budgetd\"\n", "audience = \"budgetd\"\nalgorithms = [\"HS256\"]\n"),
+            text.replace(
+                "audience = \"budgetd\"\n",
+                "audience = \"budgetd\"\nalgorithms = [\"HS256\"]\n",
+            ),
             "oidc.issuers[0].algorithms",
         ),
         (
             text.replace("leeway_seconds = 30", "leeway_seconds = 3600"),
             "oidc.leeway_seconds",
         ),
-        (
-            text.replace("roles_claim", "role_claim"),
-            "oidc.issuers",
-        ),
+        (text.replace("roles_claim", "role_claim"), "oidc.issuers"),
     ] {
         let err = load(&bad, &[DB]).unwrap_err();
         assert!(err.key.starts_with(key), "{bad}\n{err}");

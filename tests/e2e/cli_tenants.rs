@@ -509,7 +509,14 @@ async fn tokens_cli_creates_lists_and_revokes_against_a_running_daemon() {
 
     let (code, stdout, stderr) = tokens(
         ADMIN,
-        &["create", "platform-admin", "--role", "admin", "--expires-at", "2099-01-01T00:00:00Z"],
+        &[
+            "create",
+            "platform-admin",
+            "--role",
+            "admin",
+            "--expires-at",
+            "2099-01-01T00:00:00Z",
+        ],
     );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(shown(&stdout, "name"), "platform-admin");
@@ -522,7 +529,8 @@ async fn tokens_cli_creates_lists_and_revokes_against_a_running_daemon() {
     let (code, _, stderr) = tokens(ADMIN, &["list"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("bootstrap_retired"), "{stderr}");
-    let (code, stdout, stderr) = tokens(&secret, &["create", "nightly-report", "--role", "auditor"]);
+    let (code, stdout, stderr) =
+        tokens(&secret, &["create", "nightly-report", "--role", "auditor"]);
     assert_eq!(code, 0, "{stderr}");
     let auditor = shown(&stdout, "secret").to_owned();
     let auditor_id = shown(&stdout, "id").to_owned();
@@ -530,8 +538,15 @@ async fn tokens_cli_creates_lists_and_revokes_against_a_running_daemon() {
     assert_eq!(code, 0, "{stderr}");
     let listed = rows(&stdout);
     assert_eq!(listed.len(), 2, "{stdout}");
-    assert_eq!(listed[1][1..4], ["nightly-report", "auditor", "live"], "{stdout}");
-    assert!(!stdout.contains(&secret) && !stdout.contains(&auditor), "{stdout}");
+    assert_eq!(
+        listed[1][1..5],
+        ["nightly-report", "auditor", "-", "live"],
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(&secret) && !stdout.contains(&auditor),
+        "{stdout}"
+    );
     // An auditor may not create; bad input names the option.
     let (code, _, stderr) = tokens(&auditor, &["create", "x", "--role", "viewer"]);
     assert_eq!(code, 1);

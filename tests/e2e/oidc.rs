@@ -166,7 +166,11 @@ fn b64(value: &Value) -> String {
 #[tokio::test]
 async fn oidc_tokens_are_verified_against_the_issuers_keys() {
     let (k1, k2, k3) = tokio::task::spawn_blocking(|| {
-        (Key::generate("k1"), Key::generate("k2"), Key::generate("k3"))
+        (
+            Key::generate("k1"),
+            Key::generate("k2"),
+            Key::generate("k3"),
+        )
     })
     .await
     .unwrap();
@@ -176,7 +180,10 @@ async fn oidc_tokens_are_verified_against_the_issuers_keys() {
     let iss = idp.issuer.as_str();
 
     // A valid token of an admin: 200, and its mutations are audited under its name.
-    let admin = k1.sign("k1", &claims(iss, "alice", &["offline_access", "budgetd-admin"]));
+    let admin = k1.sign(
+        "k1",
+        &claims(iss, "alice", &["offline_access", "budgetd-admin"]),
+    );
     let reply = app
         .call(Method::GET, "/api/v1/tokens", Some(&admin), None)
         .await;
@@ -257,10 +264,7 @@ async fn oidc_tokens_are_verified_against_the_issuers_keys() {
         ),
         (
             "wrong issuer",
-            k1.sign(
-                "k1",
-                &with(base(), "iss", json!(format!("{iss}-other"))),
-            ),
+            k1.sign("k1", &with(base(), "iss", json!(format!("{iss}-other")))),
             "is not configured",
         ),
         (
@@ -280,28 +284,39 @@ async fn oidc_tokens_are_verified_against_the_issuers_keys() {
         ),
         (
             "expiry of the wrong type",
-            k1.sign("k1", &with(base(), "exp", json!(format!("{}", now() + 600)))),
+            k1.sign(
+                "k1",
+                &with(base(), "exp", json!(format!("{}", now() + 600))),
+            ),
             "\"exp\"",
         ),
-        (
-            "signed by another key",
-            k2.sign("k1", &base()),
-            "signature",
-        ),
+        ("signed by another key", k2.sign("k1", &base()), "signature"),
         ("tampered claims", tampered, "signature"),
         ("alg none", unsigned("none"), "alg \"none\""),
         ("alg None", unsigned("None"), "alg \"none\""),
-        ("HS256 with the public key (PEM) as secret", hs256(public_pem.as_bytes()), "algorithm"),
-        ("HS256 with the public key (DER) as secret", hs256(public_der.as_bytes()), "algorithm"),
-        ("no kid", {
-            let der = k1.private.to_pkcs1_der().unwrap();
-            jsonwebtoken::encode(
-                &Header::new(Algorithm::RS256),
-                &base(),
-                &EncodingKey::from_rsa_der(der.as_bytes()),
-            )
-            .unwrap()
-        }, "kid"),
+        (
+            "HS256 with the public key (PEM) as secret",
+            hs256(public_pem.as_bytes()),
+            "algorithm",
+        ),
+        (
+            "HS256 with the public key (DER) as secret",
+            hs256(public_der.as_bytes()),
+            "algorithm",
+        ),
+        (
+            "no kid",
+            {
+                let der = k1.private.to_pkcs1_der().unwrap();
+                jsonwebtoken::encode(
+                    &Header::new(Algorithm::RS256),
+                    &base(),
+                    &EncodingKey::from_rsa_der(der.as_bytes()),
+                )
+                .unwrap()
+            },
+            "kid",
+        ),
     ];
     for (what, token, says) in cases {
         let before = app.snapshot().await;
@@ -313,9 +328,17 @@ async fn oidc_tokens_are_verified_against_the_issuers_keys() {
                 Some(tenant_body("not-created")),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}: {:?}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: {:?}",
+            reply.body
+        );
         let message = reply.body["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(says), "{what}: {message:?} should say {says:?}");
+        assert!(
+            message.contains(says),
+            "{what}: {message:?} should say {says:?}"
+        );
         assert_eq!(app.snapshot().await, before, "{what} changed something");
     }
     assert_eq!(idp.jwks_hits.load(Ordering::SeqCst), 1, "no refetch so far");
@@ -410,20 +433,35 @@ async fn an_unreachable_or_foreign_issuer_is_not_trusted() {
     // The served realm's discovery says `issuer` is idp.issuer; configured under another name
     // (`localhost` instead of 127.0.0.1) it is someone else's document.
     let alias = idp.issuer.replace("127.0.0.1", "localhost");
-    let app = app_with_auth(|a| a.with_oidc(Some(oidc(vec![section(&down), section(&alias)])))).await;
+    let app =
+        app_with_auth(|a| a.with_oidc(Some(oidc(vec![section(&down), section(&alias)])))).await;
 
     let token = key.sign("k1", &claims(&down, "alice", &["budgetd-admin"]));
     let reply = app
         .call(Method::GET, "/api/v1/tenants", Some(&token), None)
         .await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        reply.body
+    );
     assert_eq!(reply.body["error"]["code"], "identity_provider_unavailable");
 
     let token = key.sign("k1", &claims(&alias, "alice", &["budgetd-admin"]));
     let reply = app
         .call(Method::GET, "/api/v1/tenants", Some(&token), None)
         .await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        reply.body
+    );
     assert_eq!(idp.discovery_hits.load(Ordering::SeqCst), 1);
-    assert_eq!(idp.jwks_hits.load(Ordering::SeqCst), 0, "keys of a foreign issuer are not read");
+    assert_eq!(
+        idp.jwks_hits.load(Ordering::SeqCst),
+        0,
+        "keys of a foreign issuer are not read"
+    );
 }

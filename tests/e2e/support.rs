@@ -17,7 +17,9 @@ use testkit::db::TestDb;
 use tower::ServiceExt;
 
 /// The test tokens: each role's token is its name with a suffix.
-pub const ROLES: &[&str] = &["admin", "operator", "finance", "viewer", "auditor", "tenant"];
+pub const ROLES: &[&str] = &[
+    "admin", "operator", "finance", "viewer", "auditor", "tenant",
+];
 
 pub fn token(role: &str) -> String {
     format!("{role}-token-0123456789")

@@ -86,7 +86,11 @@ async fn managed_tokens_are_created_used_and_revoked_without_a_restart() {
             .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
-    assert_eq!(app.snapshot().await, before, "uses within a minute write nothing");
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "uses within a minute write nothing"
+    );
     assert_eq!(stored(&app, id).await.1, Some(first_use));
     let reply = app
         .call(
@@ -104,7 +108,12 @@ async fn managed_tokens_are_created_used_and_revoked_without_a_restart() {
 
     // Revoked: refused at once by the same running router; a second revoke changes nothing.
     let reply = app
-        .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), Some(&admin), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["state"], "revoked");
@@ -116,7 +125,12 @@ async fn managed_tokens_are_created_used_and_revoked_without_a_restart() {
     assert_eq!(reply.body["error"]["code"], "token_revoked");
     let before = app.snapshot().await;
     let reply = app
-        .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), Some(&admin), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(app.snapshot().await, before);
@@ -145,7 +159,12 @@ async fn managed_tokens_are_created_used_and_revoked_without_a_restart() {
         .collect();
     assert_eq!(listed, ["acme"]);
     let reply = app
-        .call(Method::GET, "/api/v1/tenants/globex", Some(&tenant_secret), None)
+        .call(
+            Method::GET,
+            "/api/v1/tenants/globex",
+            Some(&tenant_secret),
+            None,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 
@@ -194,18 +213,54 @@ async fn bad_token_requests_name_the_field_and_change_nothing() {
         (json!({"role": "viewer"}), 400, "name"),
         (json!({"name": "", "role": "viewer"}), 400, "name"),
         (json!({"name": "has space", "role": "viewer"}), 400, "name"),
-        (json!({"name": "line\nbreak", "role": "viewer"}), 400, "name"),
-        (json!({"name": "x".repeat(65), "role": "viewer"}), 400, "name"),
+        (
+            json!({"name": "line\nbreak", "role": "viewer"}),
+            400,
+            "name",
+        ),
+        (
+            json!({"name": "x".repeat(65), "role": "viewer"}),
+            400,
+            "name",
+        ),
         (json!({"name": "ok"}), 400, "role"),
         (json!({"name": "ok", "role": "root"}), 400, "role"),
         (json!({"name": "ok", "role": "tenant"}), 400, "tenant"),
-        (json!({"name": "ok", "role": "viewer", "tenant": "acme"}), 400, "tenant"),
-        (json!({"name": "ok", "role": "tenant", "tenant": "Not_A_Tenant"}), 400, "tenant"),
-        (json!({"name": "ok", "role": "tenant", "tenant": "nobody"}), 400, "tenant"),
-        (json!({"name": "ok", "role": "viewer", "expires_at": "2020-01-01T00:00:00Z"}), 400, "expires_at"),
-        (json!({"name": "ok", "role": "viewer", "expires_at": "tomorrow"}), 400, "expires_at"),
-        (json!({"name": "ok", "role": "viewer", "expires_at": 1}), 400, "expires_at"),
-        (json!({"name": "ok", "role": "viewer", "secret": "mine"}), 400, "secret"),
+        (
+            json!({"name": "ok", "role": "viewer", "tenant": "acme"}),
+            400,
+            "tenant",
+        ),
+        (
+            json!({"name": "ok", "role": "tenant", "tenant": "Not_A_Tenant"}),
+            400,
+            "tenant",
+        ),
+        (
+            json!({"name": "ok", "role": "tenant", "tenant": "nobody"}),
+            400,
+            "tenant",
+        ),
+        (
+            json!({"name": "ok", "role": "viewer", "expires_at": "2020-01-01T00:00:00Z"}),
+            400,
+            "expires_at",
+        ),
+        (
+            json!({"name": "ok", "role": "viewer", "expires_at": "tomorrow"}),
+            400,
+            "expires_at",
+        ),
+        (
+            json!({"name": "ok", "role": "viewer", "expires_at": 1}),
+            400,
+            "expires_at",
+        ),
+        (
+            json!({"name": "ok", "role": "viewer", "secret": "mine"}),
+            400,
+            "secret",
+        ),
         (json!({"name": "taken", "role": "viewer"}), 409, ""),
         // A configuration token's name.
         (json!({"name": "operator-user", "role": "viewer"}), 409, ""),
@@ -214,11 +269,20 @@ async fn bad_token_requests_name_the_field_and_change_nothing() {
     for (body, status, field) in cases {
         let before = app.snapshot().await;
         let reply = app
-            .call(Method::POST, "/api/v1/tokens", Some(&admin), Some(body.clone()))
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(&admin),
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(reply.status.as_u16(), status, "{body}: {:?}", reply.body);
         if status == 400 {
-            assert_eq!(reply.body["error"]["field"], field, "{body}: {:?}", reply.body);
+            assert_eq!(
+                reply.body["error"]["field"], field,
+                "{body}: {:?}",
+                reply.body
+            );
         } else {
             assert_eq!(reply.body["error"]["code"], "token_name_taken");
         }
@@ -226,13 +290,23 @@ async fn bad_token_requests_name_the_field_and_change_nothing() {
     }
     for (id, status) in [("abc", 400), ("0", 400), ("-1", 400), ("999", 404)] {
         let reply = app
-            .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), Some(&admin), None)
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/tokens/{id}"),
+                Some(&admin),
+                None,
+            )
             .await;
         assert_eq!(reply.status.as_u16(), status, "{id}: {:?}", reply.body);
     }
     // A secret-shaped value nobody issued is just unknown.
     let reply = app
-        .call(Method::GET, "/api/v1/tenants", Some(&format!("bdt_{}", "0".repeat(64))), None)
+        .call(
+            Method::GET,
+            "/api/v1/tenants",
+            Some(&format!("bdt_{}", "0".repeat(64))),
+            None,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply.body["error"]["code"], "unauthorized");
@@ -246,7 +320,8 @@ async fn an_expired_token_is_refused() {
         Arc::new(move || chrono::DateTime::from_timestamp(now.load(Ordering::SeqCst), 0).unwrap())
     };
     let app = app_with_clock(clock).await;
-    let in_an_hour = chrono::DateTime::from_timestamp(now.load(Ordering::SeqCst) + 3600, 0).unwrap();
+    let in_an_hour =
+        chrono::DateTime::from_timestamp(now.load(Ordering::SeqCst) + 3600, 0).unwrap();
     let reply = app
         .call(
             Method::POST,
@@ -280,7 +355,12 @@ async fn the_bootstrap_token_works_until_the_first_admin_token_exists() {
     let app = app_with_auth(|a| a.with_bootstrap(Some(TokenHash::of(BOOTSTRAP)))).await;
     let create = |name: &str, role: &str| json!({"name": name, "role": role});
     let reply = app
-        .call(Method::POST, "/api/v1/tokens", Some(BOOTSTRAP), Some(create("reader", "viewer")))
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(BOOTSTRAP),
+            Some(create("reader", "viewer")),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(reply.body["created_by"], "bootstrap-admin");
@@ -290,7 +370,12 @@ async fn the_bootstrap_token_works_until_the_first_admin_token_exists() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     let reply = app
-        .call(Method::POST, "/api/v1/tokens", Some(BOOTSTRAP), Some(create("platform-admin", "admin")))
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(BOOTSTRAP),
+            Some(create("platform-admin", "admin")),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     let admin_secret = reply.body["secret"].as_str().unwrap().to_owned();
@@ -302,7 +387,12 @@ async fn the_bootstrap_token_works_until_the_first_admin_token_exists() {
     assert_eq!(reply.body["error"]["code"], "bootstrap_retired");
     // The managed admin token works; revoking it does not bring the bootstrap token back.
     let reply = app
-        .call(Method::DELETE, &format!("/api/v1/tokens/{admin_id}"), Some(&admin_secret), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{admin_id}"),
+            Some(&admin_secret),
+            None,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let reply = app
@@ -310,11 +400,22 @@ async fn the_bootstrap_token_works_until_the_first_admin_token_exists() {
         .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     // A fresh authenticator (another replica, a restart) over the same database agrees.
-    let other = budgetd::auth::Authenticator::new([]).with_bootstrap(Some(TokenHash::of(BOOTSTRAP)));
+    let other =
+        budgetd::auth::Authenticator::new([]).with_bootstrap(Some(TokenHash::of(BOOTSTRAP)));
     let refused = other
-        .authenticate(&format!("Bearer {BOOTSTRAP}"), &app.db.store, chrono::Utc::now())
+        .authenticate(
+            &format!("Bearer {BOOTSTRAP}"),
+            &app.db.store,
+            chrono::Utc::now(),
+        )
         .await;
-    assert!(matches!(refused, Err(budgetd::auth::AuthError::Refused { code: "bootstrap_retired", .. })));
+    assert!(matches!(
+        refused,
+        Err(budgetd::auth::AuthError::Refused {
+            code: "bootstrap_retired",
+            ..
+        })
+    ));
     // Configuration-file tokens keep working throughout.
     let reply = app
         .call(Method::GET, "/api/v1/tokens", Some(&token("admin")), None)
