@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
+use crate::oidc::Oidc;
 use crate::serve::{self, ConnectionLimit, ServeSettings};
 use crate::{leader, telemetry};
 use chrono::Utc;
@@ -44,6 +45,19 @@ impl Application {
                 use secrecy::ExposeSecret;
                 key.expose_secret().as_bytes().to_vec().into()
             }));
+        let oidc = if config.oidc.issuers.is_empty() {
+            None
+        } else {
+            for issuer in &config.oidc.issuers {
+                tracing::info!(issuer = %issuer.issuer, audience = %issuer.audience, "accepting JWTs of the OIDC issuer");
+            }
+            Some(Oidc::new(config.oidc.clone()).context("the OIDC client")?)
+        };
+        if config.api.bootstrap_token.is_some() {
+            tracing::info!(
+                "BUDGETD_BOOTSTRAP_ADMIN_TOKEN is set: it is the admin token bootstrap-admin until the first admin token is created (POST /api/v1/tokens), then it is refused"
+            );
+        }
         let auth = Authenticator::new(config.api.tokens.iter().map(|t| {
             (
                 t.hash,
@@ -52,7 +66,9 @@ impl Application {
                     role: t.role.clone(),
                 },
             )
-        }));
+        }))
+        .with_bootstrap(config.api.bootstrap_token)
+        .with_oidc(oidc);
         let connections = ConnectionLimit::for_this_process(
             config.api.max_connections,
             config.database.max_connections,

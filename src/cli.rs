@@ -2,6 +2,7 @@
 
 mod api_client;
 mod tenants;
+mod tokens;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -46,6 +47,11 @@ enum Command {
     /// Talks to a running daemon's API at BUDGETD_API_URL with BUDGETD_TOKEN; needs no
     /// configuration file and no database.
     Tenants(Box<tenants::TenantsArgs>),
+    /// Managed API tokens over the API: create (the secret once), list, revoke
+    ///
+    /// Talks to a running daemon's API at BUDGETD_API_URL with BUDGETD_TOKEN (an admin's);
+    /// needs no configuration file and no database.
+    Tokens(Box<tokens::TokensArgs>),
 }
 
 /// The commands that work on the daemon's configuration and ledger.
@@ -200,7 +206,7 @@ fn parse_args() -> Cli {
             .fold(command.after_help(env.to_owned()), |c, name| {
                 // The API client reads none of the daemon's variables: its own help says
                 // what it does read.
-                if name == "tenants" {
+                if name == "tenants" || name == "tokens" {
                     c.mut_subcommand(name, |sub| with_env(sub, tenants::AFTER_HELP))
                 } else {
                     c.mut_subcommand(name, |sub| with_env(sub, env))
@@ -215,6 +221,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // A client of the API: no configuration file, database or logging of the daemon's.
     let command = match cli.command {
         Command::Tenants(args) => return Ok(tenants::run(*args).await),
+        Command::Tokens(args) => return Ok(tokens::run(*args).await),
         Command::Daemon(command) => command,
     };
     let config = Config::load(cli.config.as_deref(), |name| std::env::var(name).ok())?;

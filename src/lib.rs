@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod leader;
+pub mod oidc;
 pub mod plan_table;
 pub mod report;
 pub mod serve;

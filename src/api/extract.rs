@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::{AppState, RequestId};
-use crate::auth::{Permission, Principal, Role};
+use crate::auth::{AuthError, Permission, Principal, Role};
 
 /// Request bodies are limited to 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -56,13 +56,33 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = parts
+        let authorization = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| state.auth.authenticate(v))
-            .cloned()
             .ok_or_else(ApiError::unauthorized)?;
+        let principal = state
+            .auth
+            .authenticate(authorization, &state.store, (state.clock)())
+            .await
+            .map_err(|e| match e {
+                AuthError::Unknown => ApiError::unauthorized(),
+                AuthError::Refused { code, message } => {
+                    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+                }
+                AuthError::NoRole(message) => {
+                    ApiError::new(StatusCode::FORBIDDEN, "no_role", message)
+                }
+                AuthError::Unavailable(message) => {
+                    tracing::warn!(error = %message, "identity provider unavailable");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "identity_provider_unavailable",
+                        "the identity provider's signing keys cannot be fetched; retry later",
+                    )
+                }
+                AuthError::Store(e) => e.into(),
+            })?;
         if let Role::Tenant(tenant) = &principal.role {
             // Read with every request: a token is refused from the commit that starts its
             // tenant's offboarding, on every replica, with no cache to invalidate.

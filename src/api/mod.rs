@@ -1,4 +1,4 @@
-//! The HTTP API: tenants, tenant requests, budgets, costs and the price book under `/api/v1`, plus `/healthz`,
+//! The HTTP API: tenants, tenant requests, budgets, costs, the price book and managed tokens under `/api/v1`, plus `/healthz`,
 //! `/readyz` and `/metrics`. Every route answers errors in one JSON shape (see `error`).
 
 mod enforcement;
@@ -9,6 +9,7 @@ mod price_book;
 mod pricing_errors;
 mod tenant_requests;
 mod tenants;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -209,6 +210,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/collector/pricing-errors",
             get(pricing_errors::list),
         )
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

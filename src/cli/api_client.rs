@@ -239,9 +239,10 @@ impl ApiClient {
             message.push_str(&format!("\n  allowed next states: {allowed}"));
         }
         match status {
-            StatusCode::UNAUTHORIZED => message.push_str(
+            StatusCode::UNAUTHORIZED if error.code == "unauthorized" => message.push_str(
                 "\n  the daemon does not know this token: check BUDGETD_TOKEN (or --token); it \
-                 must be one of the daemon's [[api.tokens]] or its BUDGETD_BOOTSTRAP_ADMIN_TOKEN",
+                 must be one of the daemon's [[api.tokens]], a token of `budgetd tokens create` \
+                 or its BUDGETD_BOOTSTRAP_ADMIN_TOKEN",
             ),
             StatusCode::FORBIDDEN if error.code == "forbidden" => message.push_str(
                 "\n  this token's role may not do this: use an operator's or an admin's token",
@@ -335,16 +336,9 @@ pub fn parse_base_url(raw: &str) -> Result<Url, Failure> {
         ))
     };
     let url = Url::parse(raw).map_err(|e| bad(&format!("is not a URL ({e})")))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "is https, which this build does not speak (it has no TLS); reach the API over \
-                 http, e.g. through `kubectl port-forward` or a TLS-terminating proxy on \
-                 loopback",
-            ))
-        }
-        _ => return Err(bad("is not an http:// URL")),
+    // https with the system's CA roots (the build has TLS for the OIDC issuers' keys).
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("is not an http:// or https:// URL"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("has no host"));
@@ -406,6 +400,9 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
         "reason" => "--reason",
         "state" => "--state",
         "format" => "--format",
+        "role" => "--role",
+        "tenant" => "--tenant",
+        "expires_at" => "--expires-at",
         "budget" => match field {
             "budget.amount" => "--budget-amount",
             "budget.currency" => "--budget-currency",
@@ -440,14 +437,14 @@ mod tests {
             "http://127.0.0.1:8080",
             "http://127.0.0.1:8080/",
             "http://proxy.example/budgetd/",
+            "https://budgetd.example",
         ] {
             assert!(parse_base_url(good).is_ok(), "{good}");
         }
         for (bad, why) in [
-            ("localhost:8080", "not an http:// URL"),
+            ("localhost:8080", "not an http:// or https:// URL"),
             ("127.0.0.1:8080", "not a URL"),
-            ("https://budgetd.example", "no TLS"),
-            ("ftp://x", "not an http:// URL"),
+            ("ftp://x", "not an http:// or https:// URL"),
             ("http://u:p@127.0.0.1:8080", "credentials"),
             ("http://127.0.0.1:8080/?a=b", "query"),
             ("http://127.0.0.1:8080/api/v1", "/api/v1"),

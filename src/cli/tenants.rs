@@ -40,7 +40,7 @@ pub struct TenantsArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(super) enum Output {
     Table,
     Json,
 }
@@ -163,7 +163,12 @@ fn parse_label(value: &str) -> Result<(String, String), String> {
 /// Runs a `tenants` command; messages go to stderr, results to stdout. Exit 2 for what must
 /// be fixed before anything is sent (URL, token), 1 for a refusal or an unreachable API.
 pub async fn run(args: TenantsArgs) -> ExitCode {
-    match execute(args).await {
+    exit_code(execute(args).await)
+}
+
+/// A command's exit: 0, 2 for a usage failure, 1 for any other (its message on stderr).
+pub(super) fn exit_code(result: Result<(), Failure>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("budgetd: {}", failure.message());
@@ -318,7 +323,7 @@ fn request_body(r: RequestArgs) -> Value {
 }
 
 /// The answer as JSON unchanged, or rendered for people.
-fn print(
+pub(super) fn print(
     output: Output,
     answer: &Answer,
     render: fn(&Value, &mut String) -> Result<(), Failure>,
@@ -351,7 +356,7 @@ fn write_raw(body: &[u8]) -> Result<(), Failure> {
 }
 
 /// A field for a table: `-` when absent or null, lists comma-separated, maps `k=v`.
-fn cell(value: Option<&Value>) -> String {
+pub(super) fn cell(value: Option<&Value>) -> String {
     let text = match value {
         None | Some(Value::Null) => return "-".to_owned(),
         Some(Value::String(s)) if s.is_empty() => return "-".to_owned(),
@@ -379,7 +384,7 @@ fn field<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// `name: value` lines, the names aligned.
-fn write_fields(rows: &[(&str, String)], out: &mut String) {
+pub(super) fn write_fields(rows: &[(&str, String)], out: &mut String) {
     let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 1;
     for (name, value) in rows {
         out.push_str(&format!("{:<width$} {value}\n", format!("{name}:")));
@@ -387,7 +392,7 @@ fn write_fields(rows: &[(&str, String)], out: &mut String) {
 }
 
 /// A table: a header row and aligned columns (the last one unpadded).
-fn write_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
+pub(super) fn write_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -414,7 +419,7 @@ fn write_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
     }
 }
 
-fn unexpected(what: &str) -> Failure {
+pub(super) fn unexpected(what: &str) -> Failure {
     Failure::Failed(format!(
         "the API's answer has no {what}; is BUDGETD_API_URL the budgetd API?"
     ))

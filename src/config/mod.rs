@@ -2,7 +2,7 @@
 //! at start-up into typed settings. Each component owns its sections, their defaults and their
 //! validation (`ledger::config`: `[database]`, `[price_book]`, `[lifecycle]`; `collector::config`:
 //! `[collector]`, `[[meters]]`, `[prometheus]`; `enforcer::config`: `[enforcement]`,
-//! `[kubernetes]`, `[alertmanager]`); the daemon owns `[api]`, `[leader]` and `[log]`, composes
+//! `[kubernetes]`, `[alertmanager]`; `oidc`: `[oidc]`); the daemon owns `[api]`, `[leader]` and `[log]`, composes
 //! the sections, applies the environment and checks what spans sections. Every problem names
 //! its key, and its line when the file has it. `budgetd config show` prints the result.
 
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::{Role, TokenHash};
+use crate::oidc::{OidcSection, OidcSettings};
 use file::Origin;
 
 /// A configuration problem: the key, the line of the file it is on (when it is there), and
@@ -121,7 +122,7 @@ pub const ENV: &[EnvVar] = &[
         key: None,
         list: false,
         needs_section: false,
-        help: "adds an admin token named bootstrap-admin (16+ characters; never printed)",
+        help: "an admin token named bootstrap-admin until the first admin token is created through the API (16+ characters; never printed)",
     },
     EnvVar {
         name: "BUDGETD_PSEUDONYMISATION_KEY",
@@ -162,6 +163,8 @@ struct File {
     meters: Option<Vec<MeterSection>>,
     #[serde(default)]
     lifecycle: LifecycleSection,
+    #[serde(default)]
+    oidc: OidcSection,
 }
 
 /// `[api]`.
@@ -261,6 +264,8 @@ pub struct Config {
     pub kubernetes: enforcer::kubernetes::KubernetesSettings,
     /// Data residencies and quota profiles tenants may have (`[lifecycle]`).
     pub lifecycle: LifecycleSettings,
+    /// OIDC issuers whose JWTs are accepted (`[oidc]`).
+    pub oidc: OidcSettings,
     /// `BUDGETD_PSEUDONYMISATION_KEY`: the key of offboarded tenants' pseudonyms; without it, the
     /// database's per-installation key.
     pub pseudonymisation_key: Option<secrecy::SecretString>,
@@ -294,6 +299,9 @@ pub struct ApiConfig {
     /// The longest `/readyz` waits for the database.
     pub readiness_timeout: Duration,
     pub tokens: Vec<TokenConfig>,
+    /// `BUDGETD_BOOTSTRAP_ADMIN_TOKEN`: an admin token until the first admin token is created
+    /// through the API.
+    pub bootstrap_token: Option<TokenHash>,
 }
 
 #[derive(Debug, Clone)]
@@ -360,11 +368,14 @@ impl Config {
                     "must be at least 16 characters",
                 ));
             }
-            config.api.tokens.push(TokenConfig {
-                name: "bootstrap-admin".to_owned(),
-                role: Role::Admin,
-                hash: TokenHash::of(&token),
-            });
+            let hash = TokenHash::of(&token);
+            if config.api.tokens.iter().any(|t| t.hash == hash) {
+                return Err(ConfigError::new(
+                    "BUDGETD_BOOTSTRAP_ADMIN_TOKEN",
+                    "is also a token of [[api.tokens]]",
+                ));
+            }
+            config.api.bootstrap_token = Some(hash);
             config.source.bootstrap_token = true;
         }
         Ok(config)
@@ -427,6 +438,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
     let price_book = file.price_book.validate().map_err(invalid)?;
     let price_book_seed = price_book.seed;
     let lifecycle = file.lifecycle.validate().map_err(invalid)?;
+    let oidc = file.oidc.validate().map_err(invalid)?;
     let collector = match &file.collector {
         Some(c) if c.enabled => Some(
             c.validate(file.meters.as_deref(), &file.prometheus)
@@ -468,6 +480,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         enforcement,
         kubernetes,
         lifecycle,
+        oidc,
         pseudonymisation_key: None,
         source: Source {
             path: path.map(Path::to_owned),
@@ -491,6 +504,9 @@ fn validate_api(api: &ApiSection, origin: &Origin) -> Result<ApiConfig, ConfigEr
         let key = |field: &str| format!("api.tokens[{i}].{field}");
         if t.name.trim().is_empty() || t.name.len() > 64 {
             return Err(origin.error(key("name"), "must be 1 to 64 characters"));
+        }
+        if t.name == crate::auth::BOOTSTRAP_NAME {
+            return Err(origin.error(key("name"), "is the bootstrap token's name"));
         }
         let hash = TokenHash::from_hex(&t.sha256).ok_or_else(|| {
             origin.error(key("sha256"), "must be 64 hex digits (sha256 of the token)")
@@ -538,6 +554,7 @@ fn validate_api(api: &ApiSection, origin: &Origin) -> Result<ApiConfig, ConfigEr
         readiness_timeout: timeout_millis(api.readiness_timeout_ms, "api.readiness_timeout_ms")
             .map_err(invalid)?,
         tokens,
+        bootstrap_token: None,
     })
 }
 

@@ -91,7 +91,7 @@ pub(super) fn render(config: &Config) -> String {
     out.push_str("# Values from the environment are marked; passwords are shown as ***.\n");
     if source.bootstrap_token {
         out.push_str(
-            "# BUDGETD_BOOTSTRAP_ADMIN_TOKEN adds the admin token bootstrap-admin (not shown).\n",
+            "# BUDGETD_BOOTSTRAP_ADMIN_TOKEN adds the admin token bootstrap-admin (not shown), until the first admin token is created.\n",
         );
     }
     for warning in config.warnings() {

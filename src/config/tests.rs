@@ -100,12 +100,10 @@ fn environment_overrides_the_file() {
         2
     );
     assert_eq!(config.log.format, LogFormat::Json);
-    let bootstrap = config.api.tokens.last().unwrap();
     assert_eq!(
-        (bootstrap.name.as_str(), &bootstrap.role),
-        ("bootstrap-admin", &Role::Admin)
+        config.api.bootstrap_token,
+        Some(TokenHash::of("0123456789abcdef0123"))
     );
-    assert_eq!(bootstrap.hash, TokenHash::of("0123456789abcdef0123"));
     // BUDGETD_COLLECTOR_START does not switch the collector on.
     let config = from_env(&[DB, ("BUDGETD_COLLECTOR_START", "2026-11-01T00:00:00Z")]).unwrap();
     assert!(config.collector.is_none());
@@ -806,4 +804,49 @@ fn the_api_limits_have_defaults_and_bounds() {
     let err = with("body_timeout_ms = 5000", "body_timeout_ms = 20000");
     assert_eq!(err.key, "api.body_timeout_ms");
     assert!(err.message.contains("api.request_timeout_ms"), "{err}");
+}
+
+#[test]
+fn oidc_issuers_are_read_checked_and_shown() {
+    let text = "[oidc]\nleeway_seconds = 30\n\n[[oidc.issuers]]\nissuer = \"https://kc.example.com/realms/platform\"\naudience = \"budgetd\"\nroles_claim = \"realm_access.roles\"\ntenant_claim = \"tenant\"\n\n[oidc.issuers.roles]\nbudgetd-admin = \"admin\"\nbudgetd-tenant = \"tenant\"\nacme-owners = \"tenant:acme\"\n";
+    let config = load(text, &[DB]).unwrap();
+    assert_eq!(config.oidc.leeway_seconds, 30);
+    assert_eq!(config.oidc.refetch_interval, Duration::from_secs(60));
+    let issuer = &config.oidc.issuers[0];
+    assert_eq!(
+        issuer.discovery_url.as_str(),
+        "https://kc.example.com/realms/platform/.well-known/openid-configuration"
+    );
+    assert_eq!(issuer.roles.len(), 3);
+    // `config show` prints the issuers as given, and what it prints loads again.
+    let shown = config.show();
+    assert!(shown.contains("[[oidc.issuers]]"), "{shown}");
+    let reloaded = load(&shown, &[DB]).unwrap();
+    assert_eq!(reloaded.oidc.issuers[0].roles, issuer.roles);
+
+    for (bad, key) in [
+        (
+            text.replace("\"tenant:acme\"", "\"root\""),
+            "oidc.issuers[0].roles.acme-owners",
+        ),
+        (
+            text.replace("https://kc.example.com", "http://kc.example.com"),
+            "oidc.issuers[0].issuer",
+        ),
+        (
+            text.replace(
+                "audience = \"budgetd\"\n",
+                "audience = \"budgetd\"\nalgorithms = [\"HS256\"]\n",
+            ),
+            "oidc.issuers[0].algorithms",
+        ),
+        (
+            text.replace("leeway_seconds = 30", "leeway_seconds = 3600"),
+            "oidc.leeway_seconds",
+        ),
+        (text.replace("roles_claim", "role_claim"), "oidc.issuers"),
+    ] {
+        let err = load(&bad, &[DB]).unwrap_err();
+        assert!(err.key.starts_with(key), "{bad}\n{err}");
+    }
 }

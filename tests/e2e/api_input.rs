@@ -1060,6 +1060,11 @@ async fn bodies_are_json_objects_sent_as_application_json() {
             "/api/v1/price-book/versions",
             json!({"valid_from": "2026-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031"}}),
         ),
+        (
+            Method::POST,
+            "/api/v1/tokens",
+            json!({"name": "ci", "role": "viewer"}),
+        ),
     ];
     let before = app.snapshot().await;
     for (method, path, object) in &routes {

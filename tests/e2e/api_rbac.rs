@@ -1,4 +1,5 @@
-//! Every route × every role, plus no token and a wrong token.
+//! Every route × every role, plus no token and a wrong token. The `auditor` reads everything
+//! and changes nothing.
 
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -13,11 +14,12 @@ enum Who {
     WrongToken,
 }
 
-const CALLERS: [Who; 7] = [
+const CALLERS: [Who; 8] = [
     Who::Role("admin"),
     Who::Role("operator"),
     Who::Role("finance"),
     Who::Role("viewer"),
+    Who::Role("auditor"),
     Who::Role("tenant"),
     Who::NoToken,
     Who::WrongToken,
@@ -39,8 +41,8 @@ struct Case {
     /// Target tenant for tenant-scoped routes: the tenant token's own, another, or one per
     /// caller (for DELETE, which changes the target's state).
     target: Target,
-    /// Expected statuses for admin, operator, finance, viewer, tenant, none, wrong.
-    expect: [u16; 7],
+    /// Expected statuses for admin, operator, finance, viewer, auditor, tenant, none, wrong.
+    expect: [u16; 8],
 }
 
 #[derive(Clone, Copy)]
@@ -53,6 +55,8 @@ enum Target {
     OtherPerCaller,
     /// A tenant being offboarded (not the tenant token's).
     Offboarding,
+    /// The managed token made before the matrix runs.
+    Token,
 }
 
 /// The tenant offboarded before the matrix runs.
@@ -65,7 +69,7 @@ fn cases() -> Vec<Case> {
     let reason = |who: &str| json!({"reason": format!("incident handled by {who}")});
     let version = |who: &str| {
         let day = 1 + [
-            "admin", "operator", "finance", "viewer", "tenant", "none", "wrong",
+            "admin", "operator", "finance", "viewer", "auditor", "tenant", "none", "wrong",
         ]
         .iter()
         .position(|w| *w == who)
@@ -75,6 +79,7 @@ fn cases() -> Vec<Case> {
     let create = |who: &str| tenant_body(&format!("new-{who}"));
     let ask = |who: &str| request_body(&format!("req-{who}"));
     let offboard = |who: &str| json!({"reason": format!("offboarded by {who}")});
+    let new_token = |who: &str| json!({"name": format!("tok-{who}"), "role": "viewer"});
     let exempt = |who: &str| json!({"until": chrono::Utc::now() + chrono::Duration::days(30), "reason": format!("exempted by {who}")});
     vec![
         Case {
@@ -82,42 +87,42 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants",
             body: None,
             target: Unscoped,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::POST,
             path: "/api/v1/tenants",
             body: Some(create),
             target: Unscoped,
-            expect: [201, 201, 403, 403, 403, 401, 401],
+            expect: [201, 201, 403, 403, 403, 403, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}",
             body: None,
             target: Own,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}",
             body: None,
             target: Other,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::PATCH,
             path: "/api/v1/tenants/{t}",
             body: Some(patch),
             target: Own,
-            expect: [200, 200, 403, 403, 403, 401, 401],
+            expect: [200, 200, 403, 403, 403, 403, 401, 401],
         },
         Case {
             method: Method::PATCH,
             path: "/api/v1/tenants/{t}",
             body: Some(patch),
             target: Other,
-            expect: [200, 200, 403, 403, 404, 401, 401],
+            expect: [200, 200, 403, 403, 403, 404, 401, 401],
         },
         // Operators' suspend: admin, then operator (a retried call, a no-op).
         Case {
@@ -125,7 +130,7 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants/{t}/suspend",
             body: Some(reason),
             target: Own,
-            expect: [200, 200, 403, 403, 403, 401, 401],
+            expect: [200, 200, 403, 403, 403, 403, 401, 401],
         },
         // Operators' suspend: admin, then operator (a retried call, a no-op).
         Case {
@@ -133,7 +138,7 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants/{t}/suspend",
             body: Some(reason),
             target: Other,
-            expect: [200, 200, 403, 403, 404, 401, 401],
+            expect: [200, 200, 403, 403, 403, 404, 401, 401],
         },
         // Operators' resume: admin, then operator (a retried call, a no-op).
         Case {
@@ -141,7 +146,7 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants/{t}/resume",
             body: Some(reason),
             target: Own,
-            expect: [200, 200, 403, 403, 403, 401, 401],
+            expect: [200, 200, 403, 403, 403, 403, 401, 401],
         },
         // Operators' resume: admin, then operator (a retried call, a no-op).
         Case {
@@ -149,7 +154,7 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants/{t}/resume",
             body: Some(reason),
             target: Other,
-            expect: [200, 200, 403, 403, 404, 401, 401],
+            expect: [200, 200, 403, 403, 403, 404, 401, 401],
         },
         // Operators' isolate: admin, then operator (a retried call, a no-op).
         Case {
@@ -157,7 +162,7 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants/{t}/isolate",
             body: Some(reason),
             target: Own,
-            expect: [200, 200, 403, 403, 403, 401, 401],
+            expect: [200, 200, 403, 403, 403, 403, 401, 401],
         },
         // Operators' isolate: admin, then operator (a retried call, a no-op).
         Case {
@@ -165,7 +170,7 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants/{t}/isolate",
             body: Some(reason),
             target: Other,
-            expect: [200, 200, 403, 403, 404, 401, 401],
+            expect: [200, 200, 403, 403, 403, 404, 401, 401],
         },
         // Operators' release: admin, then operator (a retried call, a no-op).
         Case {
@@ -173,7 +178,7 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants/{t}/release",
             body: Some(reason),
             target: Own,
-            expect: [200, 200, 403, 403, 403, 401, 401],
+            expect: [200, 200, 403, 403, 403, 403, 401, 401],
         },
         // Operators' release: admin, then operator (a retried call, a no-op).
         Case {
@@ -181,217 +186,239 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/tenants/{t}/release",
             body: Some(reason),
             target: Other,
-            expect: [200, 200, 403, 403, 404, 401, 401],
+            expect: [200, 200, 403, 403, 403, 404, 401, 401],
         },
         Case {
             method: Method::DELETE,
             path: "/api/v1/tenants/{t}",
             body: None,
             target: PerCaller,
-            expect: [202, 202, 403, 403, 403, 401, 401],
+            expect: [202, 202, 403, 403, 403, 403, 401, 401],
         },
         Case {
             method: Method::DELETE,
             path: "/api/v1/tenants/{t}",
             body: Some(offboard),
             target: OtherPerCaller,
-            expect: [202, 202, 403, 403, 404, 401, 401],
+            expect: [202, 202, 403, 403, 403, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/offboarding",
             body: None,
             target: Offboarding,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/final-report",
             body: None,
             target: Offboarding,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/final-report?format=csv",
             body: None,
             target: Offboarding,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::PUT,
             path: "/api/v1/tenants/{t}/budget",
             body: Some(budget),
             target: Own,
-            expect: [200, 200, 200, 403, 403, 401, 401],
+            expect: [200, 200, 200, 403, 403, 403, 401, 401],
         },
         Case {
             method: Method::PUT,
             path: "/api/v1/tenants/{t}/budget",
             body: Some(budget),
             target: Other,
-            expect: [200, 200, 200, 403, 404, 401, 401],
+            expect: [200, 200, 200, 403, 403, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/budget",
             body: None,
             target: Own,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/budget",
             body: None,
             target: Other,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/costs?from=2026-01-01&to=2026-01-31",
             body: None,
             target: Own,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/costs?from=2026-01-01&to=2026-01-31",
             body: None,
             target: Other,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/budget/status",
             body: None,
             target: Own,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/budget/status",
             body: None,
             target: Other,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenant-requests",
             body: None,
             target: Unscoped,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenant-requests?state=requested",
             body: None,
             target: Unscoped,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::POST,
             path: "/api/v1/tenant-requests",
             body: Some(ask),
             target: Unscoped,
-            expect: [201, 201, 201, 201, 403, 401, 401],
+            expect: [201, 201, 201, 201, 403, 403, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenant-requests/asked",
             body: None,
             target: Unscoped,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/enforcement/actions",
             body: None,
             target: Unscoped,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/enforcement/actions?tenant=globex",
             body: None,
             target: Unscoped,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/exemption",
             body: None,
             target: Own,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/tenants/{t}/exemption",
             body: None,
             target: Other,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
         },
         Case {
             method: Method::PUT,
             path: "/api/v1/tenants/{t}/exemption",
             body: Some(exempt),
             target: Own,
-            expect: [200, 200, 403, 403, 403, 401, 401],
+            expect: [200, 200, 403, 403, 403, 403, 401, 401],
         },
         Case {
             method: Method::PUT,
             path: "/api/v1/tenants/{t}/exemption",
             body: Some(exempt),
             target: Other,
-            expect: [200, 200, 403, 403, 404, 401, 401],
+            expect: [200, 200, 403, 403, 403, 404, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/price-book",
             body: None,
             target: Unscoped,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::POST,
             path: "/api/v1/price-book/versions",
             body: Some(version),
             target: Unscoped,
-            expect: [201, 403, 201, 403, 403, 401, 401],
+            expect: [201, 403, 201, 403, 403, 403, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/collector/pricing-errors",
             body: None,
             target: Unscoped,
-            expect: [200, 200, 200, 200, 200, 401, 401],
+            expect: [200, 200, 200, 200, 200, 200, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/api/v1/collector/pricing-errors?tenant={t}",
             body: None,
             target: Other,
-            expect: [200, 200, 200, 200, 404, 401, 401],
+            expect: [200, 200, 200, 200, 200, 404, 401, 401],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/tokens",
+            body: None,
+            target: Unscoped,
+            expect: [200, 403, 403, 403, 200, 403, 401, 401],
+        },
+        Case {
+            method: Method::POST,
+            path: "/api/v1/tokens",
+            body: Some(new_token),
+            target: Unscoped,
+            expect: [201, 403, 403, 403, 403, 403, 401, 401],
+        },
+        // Revoking: the admin, then a retried revoke (refused by role for everyone else).
+        Case {
+            method: Method::DELETE,
+            path: "/api/v1/tokens/{t}",
+            body: None,
+            target: Token,
+            expect: [200, 403, 403, 403, 403, 403, 401, 401],
         },
         Case {
             method: Method::GET,
             path: "/healthz",
             body: None,
             target: Unscoped,
-            expect: [200; 7],
+            expect: [200; 8],
         },
         Case {
             method: Method::GET,
             path: "/readyz",
             body: None,
             target: Unscoped,
-            expect: [200; 7],
+            expect: [200; 8],
         },
         Case {
             method: Method::GET,
             path: "/metrics",
             body: None,
             target: Unscoped,
-            expect: [200; 7],
+            expect: [200; 8],
         },
     ]
 }
@@ -448,6 +475,17 @@ async fn every_route_and_role_gets_the_expected_status() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    // A managed token to revoke.
+    let reply = app
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&token("admin")),
+            Some(json!({"name": "to-revoke", "role": "tenant", "tenant": OWN_TENANT})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let managed = reply.body["id"].to_string();
 
     let mut failures = Vec::new();
     let mut mutations = 0;
@@ -458,6 +496,7 @@ async fn every_route_and_role_gets_the_expected_status() {
                 Target::Own => OWN_TENANT.to_owned(),
                 Target::Other => "globex".to_owned(),
                 Target::Offboarding => LEAVING.to_owned(),
+                Target::Token => managed.clone(),
                 Target::PerCaller => {
                     // the tenant token's own tenant, so its DELETE is refused by role
                     if label(who) == "tenant" {
@@ -508,7 +547,10 @@ async fn every_route_and_role_gets_the_expected_status() {
                     "error body: {:?}",
                     reply.body
                 );
-            } else if case.method == Method::DELETE && app.snapshot().await != before {
+            } else if case.method == Method::DELETE
+                && case.path.starts_with("/api/v1/tenants/")
+                && app.snapshot().await != before
+            {
                 // Offboarding's start and its final report: one audit record per step.
                 mutations += 2;
             } else if case.method != Method::GET && app.snapshot().await != before {
@@ -539,7 +581,7 @@ async fn every_route_and_role_gets_the_expected_status() {
         .fetch_one(app.db.store.pool())
         .await
         .unwrap();
-    assert_eq!(audited as usize, ids.len() + 1 + 4 + 2 + mutations);
+    assert_eq!(audited as usize, ids.len() + 1 + 4 + 2 + 1 + mutations);
     assert!(matches!(
         app.db.store.verify_audit_chain().await.unwrap(),
         ledger::store::ChainStatus::Intact { .. }
@@ -564,8 +606,8 @@ async fn only_operators_and_admins_decide_enforcement_actions() {
     .unwrap();
     let mut failures = Vec::new();
     for (tenant, expect) in [
-        (OWN_TENANT, [200, 200, 403, 403, 403, 401, 401]),
-        ("globex", [200, 200, 403, 403, 404, 401, 401]),
+        (OWN_TENANT, [200, 200, 403, 403, 403, 403, 401, 401]),
+        ("globex", [200, 200, 403, 403, 403, 404, 401, 401]),
     ] {
         for verb in ["approve", "reject"] {
             for (i, &who) in CALLERS.iter().enumerate() {
@@ -631,7 +673,7 @@ async fn only_operators_and_admins_decide_tenant_requests() {
     let app = app().await;
     let mut failures = Vec::new();
     for verb in ["approve", "reject"] {
-        let expect = [200, 200, 403, 403, 404, 401, 401];
+        let expect = [200, 200, 403, 403, 403, 404, 401, 401];
         for (i, &who) in CALLERS.iter().enumerate() {
             let id = format!("{verb}-{}", label(who));
             seed_requests(&app, "viewer", &[&id]).await;

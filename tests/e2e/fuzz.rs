@@ -155,6 +155,17 @@ fn routes() -> Vec<Route> {
             "/api/v1/collector/pricing-errors",
             &["tenant", "state", "limit"],
         ),
+        get("/api/v1/tokens", &[]),
+        with_body(Method::POST, "/api/v1/tokens", |n| {
+            json!({"name": format!("fuzz-{}", n % 50), "role": "viewer",
+                   "expires_at": "2099-01-01T00:00:00Z"})
+        }),
+        Route {
+            method: Method::DELETE,
+            path: "/api/v1/tokens/{id}",
+            query: &[],
+            body: None,
+        },
         get("/healthz", &[]),
         get("/readyz", &[]),
         get("/metrics", &[]),
@@ -461,7 +472,9 @@ fn request(fx: &Fixture, routes: &[Route], case: &Case) -> (Request<Body>, Strin
     let route = &routes[case.route];
     let id = if route.path.starts_with("/api/v1/enforcement/actions/") {
         fx.action_ids[case.id % fx.action_ids.len()].clone()
-    } else if route.path.starts_with("/api/v1/price-book/versions/") {
+    } else if route.path.starts_with("/api/v1/price-book/versions/")
+        || route.path.starts_with("/api/v1/tokens/")
+    {
         VERSION_IDS[case.id % VERSION_IDS.len()].to_owned()
     } else {
         TENANT_IDS[case.id % TENANT_IDS.len()].to_owned()

@@ -17,7 +17,9 @@ use testkit::db::TestDb;
 use tower::ServiceExt;
 
 /// The test tokens: each role's token is its name with a suffix.
-pub const ROLES: &[&str] = &["admin", "operator", "finance", "viewer", "tenant"];
+pub const ROLES: &[&str] = &[
+    "admin", "operator", "finance", "viewer", "auditor", "tenant",
+];
 
 pub fn token(role: &str) -> String {
     format!("{role}-token-0123456789")
@@ -87,6 +89,7 @@ pub fn router_limiting_rates(
         clock,
         rate_limits,
         ledger::config::LifecycleSettings::default(),
+        authenticator(),
     )
 }
 
@@ -99,6 +102,22 @@ pub async fn app_with_lifecycle(lifecycle: ledger::config::LifecycleSettings) ->
         budgetd::api::wall_clock(),
         ledger::price_book::RateLimits::default(),
         lifecycle,
+        authenticator(),
+    );
+    TestApp { router, db }
+}
+
+/// The app on the wall clock whose authenticator also takes what `extend` adds to the test
+/// tokens (a bootstrap token, OIDC issuers).
+pub async fn app_with_auth(extend: impl FnOnce(Authenticator) -> Authenticator) -> TestApp {
+    let db = testkit::db::fresh_database().await;
+    let router = router_full(
+        db.store.clone(),
+        &[],
+        budgetd::api::wall_clock(),
+        ledger::price_book::RateLimits::default(),
+        ledger::config::LifecycleSettings::default(),
+        extend(authenticator()),
     );
     TestApp { router, db }
 }
@@ -109,11 +128,12 @@ fn router_full(
     clock: Clock,
     rate_limits: ledger::price_book::RateLimits,
     lifecycle: ledger::config::LifecycleSettings,
+    auth: Authenticator,
 ) -> Router {
     log_to_test_output();
     router(AppState {
         store,
-        auth: Arc::new(authenticator()),
+        auth: Arc::new(auth),
         metrics: budgetd::telemetry::metrics_handle(),
         request_timeout: Duration::from_secs(60),
         body_timeout: Duration::from_secs(60),

@@ -2,6 +2,7 @@
 //! timeout (`SET LOCAL`, so it is safe behind a transaction-mode pooler such as Neon's or
 //! PgBouncer), a client-side deadline, bounded retries of transient failures, and metrics.
 
+mod api_tokens;
 mod audit;
 mod blueprint;
 mod budgets;
@@ -30,6 +31,7 @@ use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
+pub use api_tokens::{ApiTokenRecord, NewApiToken, LAST_USED_RESOLUTION_SECONDS};
 pub use audit::ChainStatus;
 pub use costs::DailyCost;
 pub use enforcement::ActionFilter;
