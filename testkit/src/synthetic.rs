@@ -25,8 +25,13 @@
 //! ∫requested GPUs in GPU-seconds; per PVC, storage = ∫requested bytes in byte-seconds; per pod,
 //! network_egress = bytes transmitted. The pause container is not billed. A window is attributed
 //! to the UTC day of its start.
+//!
+//! A caller can add namespaces of its own ([`ClusterSpec::with_namespace`]): one that appears at
+//! a given instant with the labels its Namespace object has (e.g. as a tenant's blueprint created
+//! it), exported on `kube_namespace_labels` as kube-state-metrics does, and whose workload starts
+//! later. The rest of the model does not change when one is added.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io::{self, BufWriter, Write};
 use std::str::FromStr;
@@ -54,6 +59,8 @@ pub const KSM_JOB: &str = "kube-state-metrics";
 pub const KSM_INSTANCE: &str = "kube-state-metrics:8080";
 /// Number of nodes (kubelets) in the model; each has its own `up{job="kubelet"}` series.
 pub const NODES: usize = 3;
+/// The namespace label that names a namespace's tenant (exported as `label_tenant`).
+pub const TENANT_LABEL_KEY: &str = "tenant";
 
 const HOUR_MS: i64 = 3_600_000;
 const MIB: i64 = 1 << 20;
@@ -84,6 +91,25 @@ pub struct ClusterSpec {
     /// With `traps`: the namespace labelled with a tenant that is not one of the model's, and
     /// that tenant (default [`GHOST_NAMESPACE`], [`GHOST_TENANT`]).
     pub unknown_tenant: (String, String),
+    /// The caller's namespaces, after the generated ones (none by default).
+    pub added_namespaces: Vec<AddedNamespace>,
+}
+
+/// A namespace the caller adds to the model, e.g. one a tenant's blueprint created, with the
+/// labels its Namespace object has. Its usage belongs to the tenant its `tenant` label names
+/// (whether or not that is one of the generated tenants, which [`Cluster::tenant_ids`] lists
+/// alone), or is unallocated without that label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedNamespace {
+    pub name: String,
+    /// The Namespace object's labels, exported on `kube_namespace_labels` as kube-state-metrics
+    /// does with `--metric-labels-allowlist=namespaces=[*]` ([`kube_state_metrics_labels`]).
+    pub labels: BTreeMap<String, String>,
+    /// The namespace exists from here (its `kube_namespace_labels` series starts).
+    pub created: DateTime<Utc>,
+    /// Its workload (pods and PVCs, generated from its name like a tenant namespace's) starts
+    /// here, not before `created`.
+    pub workload_from: DateTime<Utc>,
 }
 
 impl ClusterSpec {
@@ -98,7 +124,14 @@ impl ClusterSpec {
             end,
             traps: true,
             unknown_tenant: (GHOST_NAMESPACE.to_owned(), GHOST_TENANT.to_owned()),
+            added_namespaces: Vec::new(),
         }
+    }
+
+    /// Adds the caller's namespace `namespace` (see [`AddedNamespace`]).
+    pub fn with_namespace(mut self, namespace: AddedNamespace) -> Self {
+        self.added_namespaces.push(namespace);
+        self
     }
 
     /// Labels the unknown tenant's namespace `namespace` with `tenant` (the demo uses the
@@ -517,6 +550,13 @@ struct Pvc {
 struct Namespace {
     name: String,
     label_tenant: Option<String>,
+    /// The labels of its `kube_namespace_labels` series besides `namespace`, `job` and
+    /// `instance`, in order.
+    ksm_labels: Vec<(String, String)>,
+    /// Its `kube_namespace_labels` series exists from here (ms).
+    created: i64,
+    /// Its PVCs exist from here (ms).
+    pvcs_from: i64,
     owner: Owner,
     pods: Vec<Pod>,
     pvcs: Vec<Pvc>,
@@ -771,11 +811,92 @@ fn generate_namespace(
     }
     Namespace {
         name: name.to_owned(),
+        ksm_labels: label_tenant
+            .iter()
+            .map(|t| ("label_tenant".to_owned(), t.clone()))
+            .collect(),
         label_tenant,
+        created: start,
+        pvcs_from: start,
         owner,
         pods,
         pvcs,
     }
+}
+
+/// The labels kube-state-metrics puts on `kube_namespace_labels` for a Namespace object's
+/// `labels` (all of them, as with `--metric-labels-allowlist=namespaces=[*]`), by key: every
+/// character outside `[a-zA-Z0-9_]` replaced by `_`, camel case turned into snake case,
+/// lower-cased and prefixed with `label_`; keys that end up with the same name are told apart
+/// by `_conflict1`, `_conflict2`, ... in key order.
+pub fn kube_state_metrics_labels(labels: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    fn name(key: &str) -> String {
+        let sanitised: Vec<char> = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut snake = String::from("label_");
+        for (i, c) in sanitised.iter().enumerate() {
+            if i > 0
+                && c.is_ascii_uppercase()
+                && (sanitised[i - 1].is_ascii_lowercase() || sanitised[i - 1].is_ascii_digit())
+            {
+                snake.push('_');
+            }
+            snake.push(c.to_ascii_lowercase());
+        }
+        snake
+    }
+    let names: Vec<String> = labels.keys().map(|k| name(k)).collect();
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for n in &names {
+        *uses.entry(n.as_str()).or_insert(0) += 1;
+    }
+    let mut numbered: HashMap<&str, usize> = HashMap::new();
+    names
+        .iter()
+        .zip(labels.values())
+        .map(|(n, value)| {
+            let label = if uses[n.as_str()] > 1 {
+                let k = numbered.entry(n.as_str()).or_insert(0);
+                *k += 1;
+                format!("{n}_conflict{k}")
+            } else {
+                n.clone()
+            };
+            (label, value.clone())
+        })
+        .collect()
+}
+
+/// The model's namespace for the caller's `added`.
+fn added_namespace(seed: u64, added: &AddedNamespace, start: i64, end: i64) -> Namespace {
+    let created = added.created.timestamp_millis();
+    let workload_from = added.workload_from.timestamp_millis();
+    assert!(
+        start <= created && created <= workload_from && workload_from < end,
+        "AddedNamespace {:?}: need start <= created <= workload_from < end",
+        added.name
+    );
+    let label_tenant = added.labels.get(TENANT_LABEL_KEY).cloned();
+    let owner = match &label_tenant {
+        Some(t) => Owner::Tenant(t.clone()),
+        None => Owner::Unallocated {
+            namespace: added.name.clone(),
+            label_tenant: None,
+        },
+    };
+    let mut ns = generate_namespace(seed, &added.name, label_tenant, owner, workload_from, end);
+    ns.ksm_labels = kube_state_metrics_labels(&added.labels);
+    ns.created = created;
+    ns.pvcs_from = workload_from;
+    ns
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
@@ -993,6 +1114,22 @@ impl Cluster {
                 });
             }
         }
+
+        // The caller's namespaces come last, so that nothing generated depends on them.
+        let mut names: BTreeSet<&str> = namespaces.iter().map(|ns| ns.name.as_str()).collect();
+        for added in &spec.added_namespaces {
+            assert!(
+                names.insert(&added.name),
+                "AddedNamespace {:?}: the model has a namespace of that name",
+                added.name
+            );
+        }
+        let added: Vec<Namespace> = spec
+            .added_namespaces
+            .iter()
+            .map(|added| added_namespace(spec.seed, added, start, end))
+            .collect();
+        namespaces.extend(added);
 
         let jitter = if spec.traps {
             (spec.jitter_s * 1000).min((interval - 1) / 2)
@@ -1361,7 +1498,7 @@ impl Cluster {
                 }
                 row[Meter::NetworkEgress.index()] += pod.net_tx.integral(a, b);
             }
-            let alive = i128::from(b0 - a0);
+            let alive = i128::from(b0 - a0.max(ns.pvcs_from)).max(0);
             for pvc in &ns.pvcs {
                 row[Meter::Storage.index()] += i128::from(pvc.bytes) * alive;
             }
@@ -1634,7 +1771,7 @@ fn build_series(spec: &ClusterSpec, start: i64, end: i64, namespaces: &[Namespac
                     ("job", KSM_JOB),
                     ("instance", KSM_INSTANCE),
                 ]),
-                start,
+                ns.pvcs_from,
                 end,
                 SeriesValue::Gauge {
                     parts: vec![Profile::Const(pvc.bytes)],
@@ -1642,23 +1779,13 @@ fn build_series(spec: &ClusterSpec, start: i64, end: i64, namespaces: &[Namespac
                 },
             );
         }
-        let ns_labels = match &ns.label_tenant {
-            Some(t) => labels(&[
-                ("namespace", &ns.name),
-                ("label_tenant", t),
-                ("job", KSM_JOB),
-                ("instance", KSM_INSTANCE),
-            ]),
-            None => labels(&[
-                ("namespace", &ns.name),
-                ("job", KSM_JOB),
-                ("instance", KSM_INSTANCE),
-            ]),
-        };
+        let mut ns_labels: Vec<(&str, &str)> = vec![("namespace", &ns.name)];
+        ns_labels.extend(ns.ksm_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        ns_labels.extend([("job", KSM_JOB), ("instance", KSM_INSTANCE)]);
         push(
             Family::NamespaceLabels,
-            ns_labels,
-            start,
+            labels(&ns_labels),
+            ns.created,
             end,
             SeriesValue::Gauge {
                 parts: vec![Profile::Const(1)],
@@ -2038,6 +2165,9 @@ mod tests {
         let ns = Namespace {
             name: "tenant-000-main".into(),
             label_tenant: Some("tenant-000".into()),
+            ksm_labels: vec![("label_tenant".into(), "tenant-000".into())],
+            created: start,
+            pvcs_from: start,
             owner: Owner::Tenant("tenant-000".into()),
             pods: vec![Pod {
                 name: "api-x-y".into(),
@@ -2173,6 +2303,126 @@ mod tests {
             // max() per window: smaller windows bill at least as much.
             assert!(t300.tenant_total(id, Meter::Cpu) >= truth.tenant_total(id, Meter::Cpu));
         }
+    }
+
+    #[test]
+    fn namespace_labels_are_named_as_kube_state_metrics_names_them() {
+        let labels: BTreeMap<String, String> = [
+            ("tenant", "shop"),
+            ("budgetd.io/residency", "eu"),
+            ("app.kubernetes.io/managed-by", "budgetd"),
+            ("teamName", "payments"),
+            ("a.b", "1"),
+            ("a_b", "2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let exported = kube_state_metrics_labels(&labels);
+        let exported: Vec<(&str, &str)> = exported
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            exported,
+            [
+                ("label_a_b_conflict1", "1"),
+                ("label_a_b_conflict2", "2"),
+                ("label_app_kubernetes_io_managed_by", "budgetd"),
+                ("label_budgetd_io_residency", "eu"),
+                ("label_team_name", "payments"),
+                ("label_tenant", "shop"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_added_namespace_changes_nothing_else_and_starts_when_it_is_created() {
+        let start = t("2024-03-01T00:00:00Z");
+        let end = start + chrono::Duration::hours(2);
+        let created = start + chrono::Duration::minutes(40);
+        let workload_from = start + chrono::Duration::minutes(52);
+        let base_spec = ClusterSpec::new(3, 17, start, end);
+        let base = Cluster::generate(&base_spec);
+        let added = AddedNamespace {
+            name: "shop".to_owned(),
+            labels: [("tenant", "shop"), ("budgetd.io/residency", "eu")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            created,
+            workload_from,
+        };
+        let cluster = Cluster::generate(&base_spec.clone().with_namespace(added));
+        let range = |c: &Cluster, from, to| {
+            let mut out = Vec::new();
+            c.write_openmetrics_range(&mut out, from, to).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            range(&cluster, start, created),
+            range(&base, start, created)
+        );
+        assert_eq!(cluster.tenant_ids(), base.tenant_ids());
+        assert_eq!(cluster.traps(), base.traps());
+
+        // Its namespace series from `created`, labelled as the object is; its workload from
+        // `workload_from`.
+        let (_, samples) = parse_samples(&om(&cluster));
+        let ns_series = "kube_namespace_labels{namespace=\"shop\",label_budgetd_io_residency=\"eu\",label_tenant=\"shop\",job=\"kube-state-metrics\",instance=\"kube-state-metrics:8080\"}";
+        // The first scrape at or after it (jittered by up to 2 s with traps).
+        let first_scrape = |series: &str, from: DateTime<Utc>| {
+            let after = samples[series][0].0 - from.timestamp_millis();
+            (0..17_000).contains(&after)
+        };
+        assert!(
+            samples.contains_key(ns_series) && first_scrape(ns_series, created),
+            "{:?}",
+            samples
+                .keys()
+                .filter(|k| k.contains("shop"))
+                .collect::<Vec<_>>()
+        );
+        let workload: Vec<&String> = samples
+            .keys()
+            .filter(|k| k.contains("namespace=\"shop\"") && !k.starts_with("kube_namespace_labels"))
+            .collect();
+        assert!(!workload.is_empty());
+        for k in workload {
+            assert!(first_scrape(k, workload_from), "{k}");
+        }
+
+        // Truth: the others' is unchanged; the new tenant has none before its workload.
+        let truth = cluster.truth(300);
+        let base_truth = base.truth(300);
+        let others: Vec<_> = truth
+            .rows()
+            .filter(|r| r.owner.tenant() != Some("shop"))
+            .map(|r| (r.owner.clone(), r.meter, r.day, r.quantity))
+            .collect();
+        let all_base: Vec<_> = base_truth
+            .rows()
+            .map(|r| (r.owner.clone(), r.meter, r.day, r.quantity))
+            .collect();
+        assert_eq!(others, all_base);
+        let shop = Owner::Tenant("shop".to_owned());
+        let before = cluster.window_truth(start + chrono::Duration::minutes(45), 300);
+        assert!(before.keys().all(|(o, _)| *o != shop), "{before:?}");
+        let first = cluster.window_truth(start + chrono::Duration::minutes(50), 300);
+        let whole = cluster.window_truth(start + chrono::Duration::minutes(55), 300);
+        // Alive 180 of the first window's 300 s (requests, gauges and PVCs are linear in time).
+        for meter in [Meter::Storage, Meter::Gpu] {
+            let (a, b) = (
+                first.get(&(shop.clone(), meter)),
+                whole.get(&(shop.clone(), meter)),
+            );
+            assert_eq!(
+                a.copied().map(|q| q * Decimal::from(5)),
+                b.copied().map(|q| q * Decimal::from(3)),
+                "{meter}"
+            );
+        }
+        assert!(first[&(shop.clone(), Meter::Cpu)] > Decimal::ZERO);
     }
 
     #[test]
