@@ -270,10 +270,11 @@ impl Collector {
                     metrics::counter!("budgetd_collector_scrape_interval_mismatches_total", "job" => m.job.clone())
                         .increment(1);
                 }
+                let expected = tenants.expected_at(w.start());
                 let ctx = Context {
                     tenant_label: self.config.tenant_label.as_str(),
                     known_tenants: &tenants.known,
-                    expected_tenants: &tenants.expected,
+                    expected_tenants: &expected,
                     expected_samples: self.config.window.seconds() / self.config.interval_seconds,
                     interval_mismatches: &mismatches,
                 };
@@ -544,29 +545,42 @@ fn count_unpriced(w: &CollectedWindow) {
     }
 }
 
-/// The tenants usage can be billed to, and those expected to have namespaces.
+/// The tenants usage can be billed to, and since when each live one is expected to have a
+/// labelled namespace.
 struct TenantSets {
+    /// Tenants that are or were live. A request (pending or rejected) is not a tenant: usage
+    /// labelled with its id is unallocated.
     known: BTreeSet<TenantId>,
-    expected: BTreeSet<TenantId>,
+    /// Active and suspended tenants, with the time they first owned one of their namespaces.
+    live_since: Vec<(TenantId, DateTime<Utc>)>,
 }
 
 impl TenantSets {
     async fn load(store: &Store) -> Result<Self, Error> {
-        let tenants = store.list_tenants(None).await?;
+        use ledger::tenant::TenantState;
+        let tenants = store.tenant_billing().await?;
         Ok(TenantSets {
-            known: tenants.iter().map(|t| t.id.clone()).collect(),
-            expected: tenants
+            known: tenants
                 .iter()
-                .filter(|t| {
-                    matches!(
-                        t.state,
-                        ledger::tenant::TenantState::Active
-                            | ledger::tenant::TenantState::Suspended
-                    )
-                })
+                .filter(|t| !matches!(t.state, TenantState::Requested | TenantState::Rejected))
                 .map(|t| t.id.clone())
                 .collect(),
+            live_since: tenants
+                .into_iter()
+                .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
+                .map(|t| (t.id, t.namespaces_since))
+                .collect(),
         })
+    }
+
+    /// The tenants a window starting at `start` must see a namespace of: live ones that owned
+    /// a namespace when it began (one approved during the window is not missing from it).
+    fn expected_at(&self, start: DateTime<Utc>) -> BTreeSet<TenantId> {
+        self.live_since
+            .iter()
+            .filter(|(_, since)| *since <= start)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 

@@ -90,6 +90,45 @@ pub async fn create_tenant(store: &Store, id: &str) -> TenantId {
         .id
 }
 
+/// Files a self-service request for tenant `id` (monthly EUR 100, owner group `team-<id>`,
+/// quota profile `standard`), left undecided: the id is reserved, the tenant is `requested`.
+pub async fn request_tenant(store: &Store, id: &str) -> TenantId {
+    use ledger::budget::BudgetPeriod;
+    use ledger::currency::Currency;
+    use ledger::money::Money;
+    use ledger::tenant::{Justification, NewTenantRequest, OwnerGroup, QuotaProfileName};
+    let request = NewTenantRequest {
+        tenant: NewTenant {
+            id: TenantId::parse(id).expect("a valid test tenant id"),
+            display_name: DisplayName::parse(id).expect("valid"),
+            owner: Owner::parse("ops@example.com").expect("valid"),
+            data_residency: DataResidency::parse("eu").expect("valid"),
+            labels: Labels::default(),
+            owner_group: Some(OwnerGroup::parse(&format!("team-{id}")).expect("valid")),
+            quota_profile: Some(
+                QuotaProfileName::parse("quota_profile", "standard").expect("valid"),
+            ),
+            namespaces: Vec::new(),
+        },
+        budget: Money {
+            amount: rust_decimal::Decimal::new(100, 0),
+            currency: Currency::parse("currency", "EUR").expect("valid"),
+        },
+        period: BudgetPeriod::Monthly,
+        justification: Justification::parse("a test request").expect("valid"),
+    };
+    let ctx = AuditContext {
+        actor: Actor::system("test"),
+        request_id: format!("test-request-{id}"),
+    };
+    store
+        .request_tenant(&ctx, &request)
+        .await
+        .expect("request test tenant")
+        .tenant
+        .id
+}
+
 fn template_name() -> String {
     let mut hasher = Sha256::new();
     for migration in MIGRATOR.iter() {

@@ -184,7 +184,23 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
     let f = fixture(6, start, start + Duration::days(1), true);
     let db = ledger_for(&f.cluster).await;
     // A tenant the ledger expects but no namespace is labelled for: its inputs are missing.
+    // It has owned its namespace since before the data start; `late` owns one from noon only
+    // (approved then): the windows before are not missing it.
     testkit::db::create_tenant(&db.store, "no-namespace").await;
+    testkit::db::create_tenant(&db.store, "late").await;
+    for (tenant, since) in [
+        ("no-namespace", start),
+        ("late", start + Duration::hours(12)),
+    ] {
+        sqlx::query("update tenant_namespaces set added_at = $2 where tenant_id = $1")
+            .bind(tenant)
+            .bind(since)
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+    }
+    // A request is not a tenant: usage labelled with a requested id is unallocated.
+    testkit::db::request_tenant(&db.store, GHOST_TENANT).await;
     let c = collector(&f, &db);
     let (planned, report) = c
         .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
@@ -200,8 +216,20 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
     .await
     .unwrap();
     assert_eq!(
-        flagged, 288,
-        "every window names the tenant whose inputs are missing"
+        flagged, 144,
+        "every window before noon names the tenant whose inputs are missing"
+    );
+    let flagged_both: i64 = sqlx::query_scalar(
+        "select count(*) from collected_windows where incomplete_tenants = '{late,no-namespace}' \
+         and window_start >= $1",
+    )
+    .bind(start + Duration::hours(12))
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        flagged_both, 144,
+        "from noon, when it owns a namespace, the late tenant is missing too"
     );
 
     let truth = f.cluster.truth(300);

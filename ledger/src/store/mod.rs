@@ -40,6 +40,7 @@ pub use reconcilers::{
     AggregateKey, OutboxEvent, ParkedAggregate, PendingAggregate, ReconcilerStatus,
 };
 pub use suspensions::OperatorSuspension;
+pub use tenants::TenantBilling;
 pub use unpriced::{UnpricedFilter, UnpricedRecord};
 
 use crate::error::Error;

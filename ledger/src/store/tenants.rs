@@ -35,6 +35,15 @@ pub(super) const TENANT_COLUMNS: &str = "id, display_name, owner, data_residency
      exists(select 1 from operator_suspensions s where s.tenant_id = id \
             and s.resumed_at is null) as operator_suspended";
 
+/// A tenant as the collector sees it ([`Store::tenant_billing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantBilling {
+    pub id: TenantId,
+    pub state: TenantState,
+    /// When it first owned one of its current namespaces (or was created, owning none).
+    pub namespaces_since: DateTime<Utc>,
+}
+
 pub(super) fn tenant_from_row(row: &PgRow) -> Result<Tenant, Error> {
     let labels: sqlx::types::Json<BTreeMap<String, String>> = row.try_get("labels")?;
     let state: String = row.try_get("state")?;
@@ -301,6 +310,37 @@ impl Store {
             .await?;
             tx.commit().await?;
             rows.iter().map(tenant_from_row).collect()
+        })
+        .await
+    }
+
+    /// Every tenant's id and state, with the time it first owned one of its current namespaces
+    /// (its creation time if it owns none): what the collector attributes usage by.
+    pub async fn tenant_billing(&self) -> Result<Vec<TenantBilling>, Error> {
+        self.run("tenant_billing", || async {
+            let mut tx = self.begin().await?;
+            let rows = query(
+                "select t.id, t.state, coalesce((select min(n.added_at) from tenant_namespaces n \
+                 where n.tenant_id = t.id), t.created_at) as namespaces_since \
+                 from tenants t order by t.id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.iter()
+                .map(|row| {
+                    let corrupt = |e: crate::error::Invalid| {
+                        Error::Database(sqlx::Error::Decode(format!("tenants row: {e}").into()))
+                    };
+                    let id: String = row.try_get("id")?;
+                    let state: String = row.try_get("state")?;
+                    Ok(TenantBilling {
+                        id: TenantId::parse(&id).map_err(corrupt)?,
+                        state: TenantState::parse(&state).map_err(corrupt)?,
+                        namespaces_since: row.try_get("namespaces_since")?,
+                    })
+                })
+                .collect()
         })
         .await
     }
