@@ -17,15 +17,17 @@ use ledger::tenant::{
     OwnerGroup, RequestState, TenantId, TenantRequest,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{query_params, Caller, JsonBody, TenantPath};
 use super::tenants::DEFAULT_THRESHOLDS;
 use super::AppState;
 use crate::auth::Permission;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "initech", "display_name": "Initech", "owner": "lead@example.com", "owner_group": "platform", "data_residency": "eu", "quota_profile": "standard", "budget": {"amount": "500.00", "currency": "EUR"}, "justification": "the new billing service"}))]
 struct CreateRequest {
     id: String,
     display_name: String,
@@ -41,7 +43,7 @@ struct CreateRequest {
     namespaces: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RequestedBudget {
     amount: String,
@@ -49,20 +51,21 @@ struct RequestedBudget {
     period: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "the platform board agreed"}))]
 struct DecisionBody {
     reason: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct BudgetDto {
     amount: String,
     currency: String,
     period: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RequestDto {
     id: String,
     display_name: String,
@@ -130,6 +133,20 @@ fn budget_field(e: ledger::Invalid) -> ledger::Invalid {
     ledger::Invalid::new(field, e.message)
 }
 
+/// Asks for a new tenant with its budget; an operator or admin other than the requester
+/// decides.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenant-requests",
+    tag = "tenant-requests",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Requested; `Location` names it", body = RequestDto,
+         headers(("location" = String, description = "The request's URL"))),
+        (status = 409, description = "The id or a namespace is taken (`conflict` ...)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer"])))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,11 +192,23 @@ pub async fn create(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RequestList {
     requests: Vec<RequestDto>,
 }
 
+/// Lists tenant requests (a tenant token: its own tenant's only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenant-requests",
+    tag = "tenant-requests",
+    params(("state" = Option<String>, Query, description = "`requested`, `approved` or `rejected`")),
+    responses(
+        (status = 200, description = "The requests", body = RequestList),
+        (status = 400, description = "An invalid state or an unknown parameter", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "tenant"])))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -202,6 +231,19 @@ pub async fn list(
     Ok(Json(RequestList { requests }))
 }
 
+/// Reads a tenant request (by the tenant id it asks for).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenant-requests/{id}",
+    tag = "tenant-requests",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The request", body = RequestDto),
+        (status = 400, description = "The id is not a tenant id (`invalid_field`)", body = ErrorBody),
+        (status = 404, description = "No such request (`not_found`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "tenant"])))
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -211,6 +253,21 @@ pub async fn get_one(
     Ok(Json(state.store.get_tenant_request(&id).await?.into()))
 }
 
+/// Approves a request: the tenant becomes active with its budget. Not by its requester.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenant-requests/{id}/approve",
+    tag = "tenant-requests",
+    params(TenantPath),
+    request_body = DecisionBody,
+    responses(
+        (status = 200, description = "The request as decided", body = RequestDto),
+        (status = 403, description = "The role may not decide, or the caller made the request", body = ErrorBody),
+        (status = 404, description = "No such request (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Already decided, or a namespace is taken", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
@@ -228,6 +285,21 @@ pub async fn approve(
     Ok(Json(request.into()))
 }
 
+/// Rejects a request. Not by its requester.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenant-requests/{id}/reject",
+    tag = "tenant-requests",
+    params(TenantPath),
+    request_body = DecisionBody,
+    responses(
+        (status = 200, description = "The request as decided", body = RequestDto),
+        (status = 403, description = "The role may not decide, or the caller made the request", body = ErrorBody),
+        (status = 404, description = "No such request (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Already decided", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn reject(
     State(state): State<AppState>,
     caller: Caller,

@@ -12,6 +12,7 @@ mod fuzz;
 mod http;
 mod lifecycle;
 mod offboarding;
+mod openapi;
 mod pgbouncer;
 mod price_book;
 mod support;
