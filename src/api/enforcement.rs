@@ -54,7 +54,7 @@ async fn visible_action(
     path = "/api/v1/enforcement/actions",
     tag = "enforcement",
     params(
-        ("state" = Option<String>, Query, description = "`planned`, `pending`, `approved`, `scheduled`, `applied`, `rejected`, `restored` or `cancelled`"),
+        ("state" = Option<String>, Query, pattern = "^(planned|pending|approved|scheduled|applied|rejected|restored|cancelled)$", description = "`planned`, `pending`, `approved`, `scheduled`, `applied`, `rejected`, `restored` or `cancelled`"),
         ("tenant" = Option<String>, Query, description = "Only this tenant's actions"),
         ("before" = Option<i64>, Query, minimum = 1, description = "Only actions with a smaller id (the next page)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
@@ -197,6 +197,7 @@ pub async fn reject(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"until": "2026-12-31T00:00:00Z", "reason": "quarter-end load test"}))]
 struct PutExemption {
+    #[schema(format = DateTime)]
     until: String,
     reason: String,
 }

@@ -195,7 +195,7 @@ struct FinalReportDto {
     tag = "tenants",
     params(
         TenantPath,
-        ("format" = Option<String>, Query, description = "`json` (default) or `csv`"),
+        ("format" = Option<String>, Query, pattern = "^(json|csv)$", description = "`json` (default) or `csv`"),
     ),
     responses(
         (status = 200, description = "The final cost report", content(

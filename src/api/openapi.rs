@@ -178,7 +178,10 @@ fn add_cross_cutting(operation: &mut Operation) {
             "408",
             "The body did not arrive in time (`body_timeout`); the connection is closed.",
         );
-        add("413", "The body is larger than 1 MiB (`payload_too_large`).");
+        add(
+            "413",
+            "The body is larger than 1 MiB (`payload_too_large`).",
+        );
         add(
             "415",
             "The body is not `application/json` (`unsupported_media_type`).",

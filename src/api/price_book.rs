@@ -24,7 +24,9 @@ use crate::auth::Permission;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"valid_from": "2027-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031", "memory": "0.004"}}))]
 struct NewVersion {
+    #[schema(format = DateTime)]
     valid_from: String,
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
     rates: BTreeMap<String, String>,
     /// A version that priced nothing yet, withdrawn in the same transaction.

@@ -66,7 +66,7 @@ pub struct PricingErrors {
     tag = "collector",
     params(
         ("tenant" = Option<String>, Query, description = "Only this tenant's"),
-        ("state" = Option<String>, Query, description = "`open` (default) or `all`"),
+        ("state" = Option<String>, Query, pattern = "^(open|all)$", description = "`open` (default) or `all`"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
     ),
     responses(

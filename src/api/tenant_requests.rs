@@ -29,10 +29,13 @@ use crate::auth::Permission;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "initech", "display_name": "Initech", "owner": "lead@example.com", "owner_group": "platform", "data_residency": "eu", "quota_profile": "standard", "budget": {"amount": "500.00", "currency": "EUR"}, "justification": "the new billing service"}))]
 struct CreateRequest {
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     id: String,
     display_name: String,
+    #[schema(format = Email)]
     owner: String,
     owner_group: String,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     data_residency: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -46,8 +49,11 @@ struct CreateRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RequestedBudget {
+    #[schema(pattern = "^[0-9]{1,12}(\\.[0-9]{1,2})?$")]
     amount: String,
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    #[schema(pattern = "^(monthly|quarterly|yearly)$")]
     period: Option<String>,
 }
 
@@ -202,7 +208,7 @@ pub struct RequestList {
     get,
     path = "/api/v1/tenant-requests",
     tag = "tenant-requests",
-    params(("state" = Option<String>, Query, description = "`requested`, `approved` or `rejected`")),
+    params(("state" = Option<String>, Query, pattern = "^(requested|approved|rejected)$", description = "`requested`, `approved` or `rejected`")),
     responses(
         (status = 200, description = "The requests", body = RequestList),
         (status = 400, description = "An invalid state or an unknown parameter", body = ErrorBody),

@@ -78,9 +78,11 @@ impl From<Tenant> for TenantDto {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "globex", "display_name": "Globex", "owner": "ops@example.com", "data_residency": "eu", "labels": {"team": "core"}}))]
 struct CreateTenant {
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     id: String,
     display_name: String,
     owner: String,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     data_residency: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -175,7 +177,7 @@ pub struct TenantList {
     get,
     path = "/api/v1/tenants",
     tag = "tenants",
-    params(("state" = Option<String>, Query, description = "Only tenants in this state: `requested`, `active`, `suspended`, `offboarding`, `offboarded` or `rejected`")),
+    params(("state" = Option<String>, Query, pattern = "^(requested|active|suspended|offboarding|offboarded|rejected)$", description = "Only tenants in this state: `requested`, `active`, `suspended`, `offboarding`, `offboarded` or `rejected`")),
     responses(
         (status = 200, description = "The tenants", body = TenantList),
         (status = 400, description = "An unknown query parameter or state (`unknown_field`, `invalid_field`)", body = ErrorBody),
@@ -446,10 +448,14 @@ pub async fn release(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"amount": "1000.00", "currency": "EUR", "period": "monthly", "thresholds": [50, 80, 100]}))]
 struct PutBudget {
+    #[schema(pattern = "^[0-9]{1,12}(\\.[0-9]{1,2})?$")]
     amount: String,
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    #[schema(pattern = "^(monthly|quarterly|yearly)$")]
     period: Option<String>,
     thresholds: Option<Vec<u32>>,
+    #[schema(format = DateTime)]
     effective_from: Option<String>,
 }
 

@@ -393,6 +393,13 @@ pub(crate) fn cases() -> Vec<Case> {
             target: Unscoped,
             expect: [200; 7],
         },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/openapi.json",
+            body: None,
+            target: Unscoped,
+            expect: [200; 7],
+        },
     ]
 }
 

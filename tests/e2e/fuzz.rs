@@ -158,6 +158,7 @@ fn routes() -> Vec<Route> {
         get("/healthz", &[]),
         get("/readyz", &[]),
         get("/metrics", &[]),
+        get("/api/v1/openapi.json", &[]),
     ]
 }
 
