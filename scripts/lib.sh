@@ -639,7 +639,7 @@ EOF
 SCHEMATHESIS_VERSION=4.32.5
 # Test cases per operation and phase, and the seed (a fixed one, so that a run is
 # reproducible; set another to explore further).
-: "${SCHEMATHESIS_MAX_EXAMPLES:=30}"
+: "${SCHEMATHESIS_MAX_EXAMPLES:=100}"
 : "${SCHEMATHESIS_SEED:=20261202}"
 
 # run_schemathesis DIR: builds and starts budgetd (API only) on a database of its own on the
