@@ -12,6 +12,7 @@
 #   start_alertmanager DIR                          -> BUDGETD_TEST_ALERTMANAGER_URL
 #   stop_stack             stop everything the start_* functions started (use from an EXIT trap)
 #   stop_stack_dir DIR     stop whatever a (possibly earlier) run recorded in DIR
+#   run_schemathesis DIR   schemathesis against a budgetd daemon on the Postgres started above
 #
 # We never use or rely on the system services these packages ship. Each start_*
 # writes its own config, data and log files under DIR, and records the pids in
@@ -27,7 +28,7 @@ _STACK_DIRS=()
 # How long (seconds) each service may take to become ready.
 : "${STACK_START_TIMEOUT:=30}"
 
-_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl)
+_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl python3-venv)
 
 export PGBOUNCER_BIN=/usr/sbin/pgbouncer
 export PROMETHEUS_BIN=/usr/bin/prometheus
@@ -76,6 +77,8 @@ _stack_missing_binaries() {
   for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" /usr/bin/faketime /usr/bin/cc /usr/bin/curl; do
     [[ -x "$b" ]] || echo "$b"
   done
+  # Debian's python3 with venv and ensurepip (python3-venv), for schemathesis.
+  /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv
 }
 
 _stack_apt_install() {
@@ -628,4 +631,107 @@ EOF
     "--storage.path=$dir/am-data" || return 1
   export ALERTMANAGER_CONFIG_STACK="$dir/alertmanager.yml"
   export BUDGETD_TEST_ALERTMANAGER_URL="http://127.0.0.1:$_STACK_LAST_PORT"
+}
+
+# ---------------------------------------------------------------- schemathesis
+
+# The pinned schemathesis, installed from PyPI into a venv under the stack's directory.
+SCHEMATHESIS_VERSION=4.32.5
+# Test cases per operation and phase, and the seed (a fixed one, so that a run is
+# reproducible; set another to explore further).
+: "${SCHEMATHESIS_MAX_EXAMPLES:=100}"
+: "${SCHEMATHESIS_SEED:=20261202}"
+
+# run_schemathesis DIR: builds and starts budgetd (API only) on a database of its own on the
+# Postgres of start_postgres, seeds one tenant (`acme`, the document's example id) with a budget
+# and an exemption, and runs schemathesis against /api/v1/openapi.json with the admin token.
+# Fails on any 5xx, a status the document does not list for the operation, or a response whose
+# content type or body the document does not describe. Its report is in DIR/schemathesis.
+run_schemathesis() {
+  local dir=${1:?usage: run_schemathesis DIR}
+  local venv="$dir/schemathesis-venv" out="$dir/schemathesis" db=budgetd_schemathesis
+  local bin port api token config pid code rc=0 deadline
+  if [[ -z "${PGPORT_STACK:-}" ]]; then
+    _stack_err "run_schemathesis: start_postgres first (PGPORT_STACK is unset)"
+    return 1
+  fi
+  mkdir -p "$out"
+  _stack_log "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+  if ! { /usr/bin/python3 -m venv "$venv" \
+    && "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "schemathesis==$SCHEMATHESIS_VERSION"; } >"$out/pip.log" 2>&1; then
+    _stack_err "could not install schemathesis"
+    _stack_tail "$out/pip.log"
+    return 1
+  fi
+  cargo build --locked --quiet -p budgetd || return 1
+  bin="${CARGO_TARGET_DIR:-target}/debug/budgetd"
+
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$BUDGETD_TEST_DATABASE_URL" \
+    -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null || return 1
+  port=$(free_port)
+  api="http://127.0.0.1:$port"
+  token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  config="$out/budgetd.toml"
+  cat >"$config" <<TOML
+[database]
+url = "postgres://postgres@127.0.0.1:$PGPORT_STACK/$db"
+
+[api]
+listen = "127.0.0.1:$port"
+
+[log]
+filter = "warn"
+TOML
+  "$bin" --config "$config" migrate >"$out/migrate.log" 2>&1 || {
+    _stack_tail "$out/migrate.log"
+    return 1
+  }
+  BUDGETD_BOOTSTRAP_ADMIN_TOKEN=$token "$bin" --config "$config" run >"$out/budgetd.log" 2>&1 </dev/null &
+  pid=$!
+  _stack_record "$dir" budgetd "$pid" budgetd
+  deadline=$((SECONDS + STACK_START_TIMEOUT))
+  while code=$(_stack_http_status "$api/readyz") && [[ "$code" != 200 ]]; do
+    if ((SECONDS >= deadline)) || ! _stack_pid_alive "$pid"; then
+      _stack_err "budgetd was not ready on $api/readyz"
+      _stack_tail "$out/budgetd.log"
+      _stack_kill "$pid" budgetd
+      return 1
+    fi
+    sleep 0.2
+  done
+
+  local seed
+  for seed in \
+    "POST /api/v1/tenants {\"id\":\"acme\",\"display_name\":\"Acme\",\"owner\":\"ops@example.com\",\"data_residency\":\"eu\"}" \
+    "PUT /api/v1/tenants/acme/budget {\"amount\":\"1000.00\",\"currency\":\"EUR\"}" \
+    "PUT /api/v1/tenants/acme/exemption {\"until\":\"$(date -u -d '+7 days' +%FT%TZ)\",\"reason\":\"seed\"}"; do
+    read -r method path body <<<"$seed"
+    if ! curl --noproxy '*' -fsS -o /dev/null -X "$method" -H "Authorization: Bearer $token" \
+      -H 'Content-Type: application/json' -d "$body" "$api$path"; then
+      _stack_err "seeding $method $path failed"
+      _stack_kill "$pid" budgetd
+      return 1
+    fi
+  done
+
+  _stack_log "schemathesis: $SCHEMATHESIS_MAX_EXAMPLES examples per operation, seed $SCHEMATHESIS_SEED"
+  (
+    cd "$out" \
+      && NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost "$venv/bin/schemathesis" run \
+        "$api/api/v1/openapi.json" \
+        --header "Authorization: Bearer $token" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+        --phases examples,coverage,fuzzing \
+        --max-examples "$SCHEMATHESIS_MAX_EXAMPLES" \
+        --seed "$SCHEMATHESIS_SEED" \
+        --workers 2 \
+        --request-timeout 15 \
+        --report junit --report-dir "$out"
+  ) || rc=$?
+  _stack_kill "$pid" budgetd
+  if ((rc != 0)); then
+    _stack_err "schemathesis failed (exit $rc); the daemon's log: $out/budgetd.log"
+  fi
+  return "$rc"
 }

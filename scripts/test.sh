@@ -7,7 +7,8 @@
 # starts PostgreSQL, PgBouncer, Prometheus and Alertmanager on free loopback
 # ports under a temp dir, exports the BUDGETD_TEST_* URLs, then runs
 # `cargo nextest run --workspace --no-fail-fast` (or `cargo test ...` when
-# nextest is unavailable). The exit code is the test runner's.
+# nextest is unavailable), then schemathesis against a running daemon (the whole suite only,
+# or BUDGETD_SCHEMATHESIS=1). The exit code is non-zero if any step failed.
 # Set BUDGETD_KEEP_STACK=1 to keep the temp dir (configs, logs, data) afterwards.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -62,6 +63,13 @@ fi
 echo "[stack] running: ${runner[*]} $*"
 rc=0
 "${runner[@]}" "$@" || rc=$?
+
+# The API against its OpenAPI document (schemathesis, see run_schemathesis in scripts/lib.sh):
+# with the whole suite, or with BUDGETD_SCHEMATHESIS=1; BUDGETD_SCHEMATHESIS=0 skips it.
+if [[ "${BUDGETD_SCHEMATHESIS:-}" == 1 || ($# -eq 0 && "${BUDGETD_SCHEMATHESIS:-}" != 0) ]]; then
+  echo "[stack] running schemathesis against the daemon"
+  run_schemathesis "$STACK_DIR" || rc=$?
+fi
 
 # Nothing may depend on the day the suite runs. Run it twice more with the wall clock of the
 # test processes, the budgetd processes they start and a Postgres of their own shifted by

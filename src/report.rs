@@ -17,12 +17,13 @@ use ledger::money::round_to_minor_units;
 use ledger::store::DailyCost;
 use rust_decimal::Decimal;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// What the first column (`tenant_id`) of a CSV totals row holds. Tenant ids are lowercase
 /// DNS labels, so no tenant can be called this.
 pub const CSV_TOTAL_MARKER: &str = "TOTAL";
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct CostRow {
     pub tenant_id: String,
     pub day: NaiveDate,
@@ -36,7 +37,7 @@ pub struct CostRow {
     pub price_unit: String,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct CostTotal {
     pub tenant_id: String,
     pub currency: String,
@@ -44,13 +45,13 @@ pub struct CostTotal {
 }
 
 /// The total of all rows in one currency, whatever the tenant.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct CurrencyTotal {
     pub currency: String,
     pub amount: String,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct CostReport {
     /// First day, inclusive.
     pub from: NaiveDate,

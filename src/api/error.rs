@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -19,17 +20,22 @@ pub struct ApiError {
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The body of every error answer (its schema is the OpenAPI document's `ErrorBody`).
+#[derive(Serialize, ToSchema)]
+pub(super) struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
+#[derive(Serialize, ToSchema)]
+struct ErrorObject<'a> {
+    /// Stable and machine-readable: `invalid_field`, `not_found`, `invalid_transition` ...
     code: &'a str,
+    /// For people; its wording may change.
     message: &'a str,
+    /// The field at fault (`budget.amount`, `rates.cpu`), where one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// More members where a code has them (`invalid_transition`: `current_state`, `allowed`).
     #[serde(flatten)]
     details: &'a serde_json::Map<String, serde_json::Value>,
 }
@@ -147,8 +153,8 @@ impl From<ledger::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
+        let body = ErrorBody {
+            error: ErrorObject {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),

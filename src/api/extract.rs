@@ -126,6 +126,30 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
     }
 }
 
+/// The path parameter `{id}` of the tenant routes, for their OpenAPI annotations
+/// (`params(TenantPath)`).
+impl utoipa::IntoParams for TenantPath {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, Type};
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"));
+        vec![ParameterBuilder::new()
+            .name("id")
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .description(Some(
+                "The tenant id: a DNS-1123 label (lowercase letters, digits and `-`, at most 63)",
+            ))
+            .schema(Some(schema))
+            .example(Some("acme".into()))
+            .build()]
+    }
+}
+
 /// A JSON body of at most `MAX_BODY_BYTES`, checked and parsed only when the handler asks for
 /// it, so that authentication and authorisation answer before any body validation (its media
 /// type included).

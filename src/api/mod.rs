@@ -5,6 +5,7 @@ mod enforcement;
 mod error;
 mod extract;
 mod offboarding;
+mod openapi;
 mod price_book;
 mod pricing_errors;
 mod tenant_requests;
@@ -30,7 +31,6 @@ use hyper::body::{Frame, SizeHint};
 use ledger::enforcement::StatusParams;
 use ledger::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
 use tracing::Instrument;
 
 pub use error::ApiError;
@@ -212,6 +212,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -342,13 +343,53 @@ impl HttpBody for DeadlineBody {
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// `/healthz` and `/readyz` answer this: `ok` or `ready`, or `not_ready` with the reason.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok` (`/healthz`), `ready` or `not_ready` (`/readyz`).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+impl Health {
+    fn not_ready(reason: &'static str) -> Response {
+        let body = Health {
+            status: "not_ready",
+            reason: Some(reason),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses((status = 200, description = "Up", body = Health)),
+    extensions(("x-budgetd-roles" = json!([])))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        reason: None,
+    })
 }
 
 /// Ready once the database answers and every migration this binary knows is applied. Answers
 /// within `readiness_timeout`: at once while the store knows the database is unreachable, and
 /// 503 when the database does not answer in time.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready: the database is unreachable or slow, or migrations are not applied", body = Health),
+    ),
+    extensions(("x-budgetd-roles" = json!([])))
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let Ok(ready) = tokio::time::timeout(state.readiness_timeout, state.store.is_ready()).await
     else {
@@ -356,30 +397,30 @@ async fn readyz(State(state): State<AppState>) -> Response {
             timeout_ms = state.readiness_timeout.as_millis() as u64,
             "readiness check: the database did not answer in time"
         );
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": "the database did not answer in time" })),
-        )
-            .into_response();
+        return Health::not_ready("the database did not answer in time");
     };
     match ready {
-        Ok(true) => Json(json!({ "status": "ready" })).into_response(),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": "migrations are not applied" })),
-        )
-            .into_response(),
+        Ok(true) => Json(Health {
+            status: "ready",
+            reason: None,
+        })
+        .into_response(),
+        Ok(false) => Health::not_ready("migrations are not applied"),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not_ready", "reason": "database unreachable" })),
-            )
-                .into_response()
+            Health::not_ready("database unreachable")
         }
     }
 }
 
+/// The daemon's metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")),
+    extensions(("x-budgetd-roles" = json!([])))
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

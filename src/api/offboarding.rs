@@ -11,16 +11,18 @@ use chrono::{DateTime, NaiveDate, Utc};
 use ledger::names::Reason;
 use ledger::offboarding::Offboarding;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{query_params, Caller, JsonBody, TenantPath};
 use super::tenants::TenantDto;
 use super::AppState;
 use crate::auth::Permission;
 use crate::report::CostReport;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "the contract ended"}))]
 struct OffboardBody {
     reason: String,
 }
@@ -31,6 +33,19 @@ const DEFAULT_REASON: &str = "offboarding requested through the API";
 /// Starts offboarding an active or suspended tenant (202 with the tenant). Asking again while it
 /// runs answers the same (202, nothing written); from any other state it is a 409 naming the
 /// state and what may follow (a request is rejected, not offboarded).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{id}",
+    tag = "tenants",
+    params(TenantPath),
+    request_body(content = Option<OffboardBody>, description = "Optional: why (default: \"offboarding requested through the API\")"),
+    responses(
+        (status = 202, description = "Offboarding started (or already running)", body = TenantDto),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The tenant's state does not allow it (`invalid_transition`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -55,7 +70,7 @@ pub async fn start(
     Ok((StatusCode::ACCEPTED, Json(TenantDto::from(tenant))))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OffboardingDto {
     tenant_id: String,
     state: &'static str,
@@ -70,14 +85,14 @@ pub struct OffboardingDto {
     final_report: Option<FinalReportSummary>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct StepDto {
     step: &'static str,
     done: bool,
     at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct FinalReportSummary {
     from: NaiveDate,
     to: NaiveDate,
@@ -108,6 +123,18 @@ fn steps(o: &Offboarding, now: DateTime<Utc>) -> Vec<StepDto> {
 
 /// How far offboarding got: its record, each step with when it was done, the final report's
 /// summary. 404 `not_offboarding` for a tenant whose offboarding has not started.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/offboarding",
+    tag = "tenants",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The offboarding's record and steps", body = OffboardingDto),
+        (status = 400, description = "The id is not a tenant id (`invalid_field`)", body = ErrorBody),
+        (status = 404, description = "No such tenant (`not_found`), or not being offboarded (`not_offboarding`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn progress(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,7 +176,7 @@ fn not_offboarding(id: &ledger::tenant::TenantId) -> ApiError {
     )
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct FinalReportDto {
     tenant_id: String,
     /// The offboarding instant: the report holds the costs recorded until then.
@@ -162,6 +189,24 @@ struct FinalReportDto {
 /// The final report as JSON (default) or CSV (`format=csv`, the costs report's columns and
 /// formula escaping): the rows the costs route showed for its period at the offboarding
 /// instant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/final-report",
+    tag = "tenants",
+    params(
+        TenantPath,
+        ("format" = Option<String>, Query, pattern = "^(json|csv)$", description = "`json` (default) or `csv`"),
+    ),
+    responses(
+        (status = 200, description = "The final cost report", content(
+            (FinalReportDto = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "An invalid id or format, or an unknown parameter", body = ErrorBody),
+        (status = 404, description = "No such tenant (`not_found`), or not being offboarded (`not_offboarding`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn final_report(
     State(state): State<AppState>,
     caller: Caller,

@@ -13,16 +13,20 @@ use ledger::entry::UnitName;
 use ledger::money::parse_rate;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Caller, JsonBody};
 use super::AppState;
 use crate::auth::Permission;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"valid_from": "2027-01-01T00:00:00Z", "currency": "EUR", "rates": {"cpu": "0.031", "memory": "0.004"}}))]
 struct NewVersion {
+    #[schema(format = DateTime)]
     valid_from: String,
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
     rates: BTreeMap<String, String>,
     /// A version that priced nothing yet, withdrawn in the same transaction.
@@ -41,7 +45,7 @@ fn version_id(field: &str, id: i64) -> Result<i64, ApiError> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct VersionDto {
     version: i64,
     valid_from: DateTime<Utc>,
@@ -78,11 +82,19 @@ impl VersionDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct VersionList {
     versions: Vec<VersionDto>,
 }
 
+/// Lists the price-book versions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/price-book",
+    tag = "price-book",
+    responses((status = 200, description = "The versions", body = VersionList)),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -97,6 +109,19 @@ pub async fn list(
     }))
 }
 
+/// Adds a price-book version (or replaces one that priced nothing yet).
+#[utoipa::path(
+    post,
+    path = "/api/v1/price-book/versions",
+    tag = "price-book",
+    request_body = NewVersion,
+    responses(
+        (status = 201, description = "The version", body = VersionDto),
+        (status = 404, description = "`replaces` names no version (`not_found`)", body = ErrorBody),
+        (status = 409, description = "A version is valid from the same instant, or the replaced one priced entries", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "finance"])))
+)]
 pub async fn add(
     State(state): State<AppState>,
     caller: Caller,
@@ -145,6 +170,19 @@ pub async fn add(
 
 /// Withdraws a version that priced nothing yet (see `Store::withdraw_price_book_version`):
 /// 200 with the version as it was; 404 for an unknown id; 409 if it priced an entry.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/price-book/versions/{id}",
+    tag = "price-book",
+    params(("id" = i64, Path, minimum = 1, description = "The version id")),
+    responses(
+        (status = 200, description = "The version as it was", body = VersionDto),
+        (status = 400, description = "The id is not a positive integer (`invalid_field`)", body = ErrorBody),
+        (status = 404, description = "No such version (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The version priced an entry", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "finance"])))
+)]
 pub async fn withdraw(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,13 +7,14 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger::store::{UnpricedFilter, UnpricedRecord};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{page_limit, query_params, tenant_filter, Caller};
 use super::AppState;
 use crate::auth::Permission;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PricingErrorDto {
     tenant_id: String,
     meter: String,
@@ -53,12 +54,28 @@ impl From<UnpricedRecord> for PricingErrorDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PricingErrors {
     pricing_errors: Vec<PricingErrorDto>,
 }
 
 /// `?tenant=` (a tenant token: its own only), `?state=open|all` (default `open`), `?limit=`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/collector/pricing-errors",
+    tag = "collector",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant's"),
+        ("state" = Option<String>, Query, pattern = "^(open|all)$", description = "`open` (default) or `all`"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "The pricing errors", body = PricingErrors),
+        (status = 400, description = "An invalid or unknown parameter", body = ErrorBody),
+        (status = 404, description = "A tenant token asked for another tenant (`not_found`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -17,20 +17,25 @@ use ledger::tenant::{
     OwnerGroup, RequestState, TenantId, TenantRequest,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{query_params, Caller, JsonBody, TenantPath};
 use super::tenants::DEFAULT_THRESHOLDS;
 use super::AppState;
 use crate::auth::Permission;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "initech", "display_name": "Initech", "owner": "lead@example.com", "owner_group": "platform", "data_residency": "eu", "quota_profile": "standard", "budget": {"amount": "500.00", "currency": "EUR"}, "justification": "the new billing service"}))]
 struct CreateRequest {
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     id: String,
     display_name: String,
+    #[schema(format = Email)]
     owner: String,
     owner_group: String,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     data_residency: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -41,28 +46,32 @@ struct CreateRequest {
     namespaces: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RequestedBudget {
+    #[schema(pattern = "^[0-9]{1,12}(\\.[0-9]{1,2})?$")]
     amount: String,
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    #[schema(pattern = "^(monthly|quarterly|yearly)$")]
     period: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "the platform board agreed"}))]
 struct DecisionBody {
     reason: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct BudgetDto {
     amount: String,
     currency: String,
     period: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RequestDto {
     id: String,
     display_name: String,
@@ -130,6 +139,20 @@ fn budget_field(e: ledger::Invalid) -> ledger::Invalid {
     ledger::Invalid::new(field, e.message)
 }
 
+/// Asks for a new tenant with its budget; an operator or admin other than the requester
+/// decides.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenant-requests",
+    tag = "tenant-requests",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Requested; `Location` names it", body = RequestDto,
+         headers(("location" = String, description = "The request's URL"))),
+        (status = 409, description = "The id or a namespace is taken (`conflict` ...)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer"])))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,11 +198,23 @@ pub async fn create(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RequestList {
     requests: Vec<RequestDto>,
 }
 
+/// Lists tenant requests (a tenant token: its own tenant's only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenant-requests",
+    tag = "tenant-requests",
+    params(("state" = Option<String>, Query, pattern = "^(requested|approved|rejected)$", description = "`requested`, `approved` or `rejected`")),
+    responses(
+        (status = 200, description = "The requests", body = RequestList),
+        (status = 400, description = "An invalid state or an unknown parameter", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -202,6 +237,19 @@ pub async fn list(
     Ok(Json(RequestList { requests }))
 }
 
+/// Reads a tenant request (by the tenant id it asks for).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenant-requests/{id}",
+    tag = "tenant-requests",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The request", body = RequestDto),
+        (status = 400, description = "The id is not a tenant id (`invalid_field`)", body = ErrorBody),
+        (status = 404, description = "No such request (`not_found`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -211,6 +259,21 @@ pub async fn get_one(
     Ok(Json(state.store.get_tenant_request(&id).await?.into()))
 }
 
+/// Approves a request: the tenant becomes active with its budget. Not by its requester.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenant-requests/{id}/approve",
+    tag = "tenant-requests",
+    params(TenantPath),
+    request_body = DecisionBody,
+    responses(
+        (status = 200, description = "The request as decided", body = RequestDto),
+        (status = 403, description = "The role may not decide, or the caller made the request", body = ErrorBody),
+        (status = 404, description = "No such request (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Already decided, or a namespace is taken", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
@@ -228,6 +291,21 @@ pub async fn approve(
     Ok(Json(request.into()))
 }
 
+/// Rejects a request. Not by its requester.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenant-requests/{id}/reject",
+    tag = "tenant-requests",
+    params(TenantPath),
+    request_body = DecisionBody,
+    responses(
+        (status = 200, description = "The request as decided", body = RequestDto),
+        (status = 403, description = "The role may not decide, or the caller made the request", body = ErrorBody),
+        (status = 404, description = "No such request (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Already decided", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn reject(
     State(state): State<AppState>,
     caller: Caller,

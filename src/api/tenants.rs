@@ -16,14 +16,15 @@ use ledger::tenant::{
     TenantId, TenantPatch, TenantState,
 };
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{query_params, Caller, JsonBody, TenantPath};
 use super::AppState;
 use crate::auth::Permission;
 use crate::report::CostReport;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TenantDto {
     id: String,
     display_name: String,
@@ -73,12 +74,15 @@ impl From<Tenant> for TenantDto {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "globex", "display_name": "Globex", "owner": "ops@example.com", "data_residency": "eu", "labels": {"team": "core"}}))]
 struct CreateTenant {
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     id: String,
     display_name: String,
     owner: String,
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     data_residency: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -88,8 +92,9 @@ struct CreateTenant {
     namespaces: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"display_name": "Globex Corporation"}))]
 struct PatchTenant {
     display_name: Option<String>,
     owner: Option<String>,
@@ -99,12 +104,29 @@ struct PatchTenant {
     owner_group: Option<Option<String>>,
     quota_profile: Option<String>,
     namespaces: Option<Vec<String>>,
-    // Named so that the error can say why rather than "unknown field".
+    // Named so that the error can say why rather than "unknown field"; not in the document,
+    // since they are always refused.
+    #[schema(ignore)]
     data_residency: Option<serde_json::Value>,
+    #[schema(ignore)]
     id: Option<serde_json::Value>,
+    #[schema(ignore)]
     state: Option<serde_json::Value>,
 }
 
+/// Creates a tenant (an operator's create is its own approval).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created; `Location` names it", body = TenantDto,
+         headers(("location" = String, description = "The new tenant's URL"))),
+        (status = 409, description = "The id or a namespace is taken (`conflict`, `namespace_taken` ...)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -145,11 +167,23 @@ pub async fn create(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TenantList {
     tenants: Vec<TenantDto>,
 }
 
+/// Lists tenants (a tenant token: only its own).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    params(("state" = Option<String>, Query, pattern = "^(requested|active|suspended|offboarding|offboarded|rejected)$", description = "Only tenants in this state: `requested`, `active`, `suspended`, `offboarding`, `offboarded` or `rejected`")),
+    responses(
+        (status = 200, description = "The tenants", body = TenantList),
+        (status = 400, description = "An unknown query parameter or state (`unknown_field`, `invalid_field`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -170,6 +204,19 @@ pub async fn list(
     Ok(Json(TenantList { tenants }))
 }
 
+/// Reads a tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}",
+    tag = "tenants",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The tenant", body = TenantDto),
+        (status = 400, description = "The id is not a tenant id (`invalid_field`)", body = ErrorBody),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -179,6 +226,20 @@ pub async fn get_one(
     Ok(Json(state.store.get_tenant(&id).await?.into()))
 }
 
+/// Changes a tenant's display name, owner, labels, owner group, quota profile or namespaces.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/tenants/{id}",
+    tag = "tenants",
+    params(TenantPath),
+    request_body = PatchTenant,
+    responses(
+        (status = 200, description = "The tenant as changed", body = TenantDto),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The tenant's state does not allow it, or a namespace is taken", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -245,8 +306,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 }
 
 /// The body of an operator's operation: why, in one line.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "incident 4711"}))]
 struct ReasonBody {
     reason: String,
 }
@@ -286,6 +348,19 @@ async fn operate(
 
 /// An operator suspends an active tenant; the leader's enforcer scales it to zero, recording
 /// the prior values. Retried: a no-op. Budget-suspended: 409 `suspended_by_budget`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{id}/suspend",
+    tag = "tenants",
+    params(TenantPath),
+    request_body = ReasonBody,
+    responses(
+        (status = 200, description = "The tenant as suspended", body = TenantDto),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The tenant's state does not allow it (`invalid_transition`, `suspended_by_budget` ...)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn suspend(
     State(state): State<AppState>,
     caller: Caller,
@@ -298,6 +373,19 @@ pub async fn suspend(
 /// An operator resumes a tenant they suspended; the enforcer restores the prior values
 /// exactly. A budget suspension is lifted by an exemption, not here (409
 /// `suspended_by_budget`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{id}/resume",
+    tag = "tenants",
+    params(TenantPath),
+    request_body = ReasonBody,
+    responses(
+        (status = 200, description = "The tenant as resumed", body = TenantDto),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The tenant's state does not allow it (`invalid_transition`, `suspended_by_budget` ...)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -309,6 +397,19 @@ pub async fn resume(
 
 /// Isolates a tenant for an incident (the blueprint reconciler applies a deny-all
 /// NetworkPolicy); nothing is scaled down.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{id}/isolate",
+    tag = "tenants",
+    params(TenantPath),
+    request_body = ReasonBody,
+    responses(
+        (status = 200, description = "The tenant as isolated", body = TenantDto),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The tenant's state does not allow it (`invalid_transition`, `suspended_by_budget` ...)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn isolate(
     State(state): State<AppState>,
     caller: Caller,
@@ -319,6 +420,19 @@ pub async fn isolate(
 }
 
 /// Ends an isolation (the reason is audited with the release).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{id}/release",
+    tag = "tenants",
+    params(TenantPath),
+    request_body = ReasonBody,
+    responses(
+        (status = 200, description = "The tenant released from isolation", body = TenantDto),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The tenant's state does not allow it (`invalid_transition`, `suspended_by_budget` ...)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator"])))
+)]
 pub async fn release(
     State(state): State<AppState>,
     caller: Caller,
@@ -330,17 +444,22 @@ pub async fn release(
 
 // Budgets
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"amount": "1000.00", "currency": "EUR", "period": "monthly", "thresholds": [50, 80, 100]}))]
 struct PutBudget {
+    #[schema(pattern = "^[0-9]{1,12}(\\.[0-9]{1,2})?$")]
     amount: String,
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    #[schema(pattern = "^(monthly|quarterly|yearly)$")]
     period: Option<String>,
     thresholds: Option<Vec<u32>>,
+    #[schema(format = DateTime)]
     effective_from: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BudgetDto {
     tenant_id: String,
     amount: String,
@@ -353,7 +472,7 @@ pub struct BudgetDto {
     current_period: PeriodDto,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PeriodDto {
     start: NaiveDate,
     /// Exclusive.
@@ -379,6 +498,20 @@ impl BudgetDto {
 
 pub const DEFAULT_THRESHOLDS: [u32; 3] = [50, 80, 100];
 
+/// Sets the tenant's budget from `effective_from` (default: now) on.
+#[utoipa::path(
+    put,
+    path = "/api/v1/tenants/{id}/budget",
+    tag = "tenants",
+    params(TenantPath),
+    request_body = PutBudget,
+    responses(
+        (status = 200, description = "The budget", body = BudgetDto),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Another currency than the ledger's, or the tenant's state does not allow it", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance"])))
+)]
 pub async fn put_budget(
     State(state): State<AppState>,
     caller: Caller,
@@ -412,6 +545,19 @@ pub async fn put_budget(
     Ok(Json(BudgetDto::new(budget, now)))
 }
 
+/// The tenant's budget in force now.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/budget",
+    tag = "tenants",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The budget in force", body = BudgetDto),
+        (status = 400, description = "The id is not a tenant id (`invalid_field`)", body = ErrorBody),
+        (status = 404, description = "No such tenant (`not_found`), or none in force (`no_budget`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn get_budget(
     State(state): State<AppState>,
     caller: Caller,
@@ -436,6 +582,23 @@ pub async fn get_budget(
 /// The longest range one costs request may cover.
 const MAX_COST_DAYS: i64 = 366;
 
+/// The tenant's costs per day and meter over an inclusive range of UTC days (at most 366).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{id}/costs",
+    tag = "tenants",
+    params(
+        TenantPath,
+        ("from" = String, Query, format = Date, description = "First day, `YYYY-MM-DD`"),
+        ("to" = String, Query, format = Date, description = "Last day, inclusive"),
+    ),
+    responses(
+        (status = 200, description = "The costs", body = CostReport),
+        (status = 400, description = "A missing or invalid day, a range of more than 366 days, or an unknown parameter", body = ErrorBody),
+        (status = 404, description = "No such tenant (`not_found`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin", "operator", "finance", "viewer", "auditor", "tenant"])))
+)]
 pub async fn costs(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,14 +11,15 @@ use chrono::{DateTime, Utc};
 use ledger::store::{ApiTokenRecord, NewApiToken};
 use ledger::tenant::TenantId;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Caller, JsonBody};
 use super::AppState;
 use crate::auth::{generate_managed_token, Permission, Role, TokenHash};
 
 /// `POST /api/v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// 1 to 64 of `A-Z a-z 0-9 . _ @ -`; unique among live tokens and not a configuration
@@ -29,11 +30,12 @@ pub struct CreateTokenRequest {
     /// The tenant of a `tenant` token (only then).
     pub tenant: Option<String>,
     /// RFC 3339; in the future. Without it the token does not expire.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
 /// A token as listed: never its secret or hash.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TokenView {
     pub id: i64,
     pub name: String,
@@ -41,6 +43,7 @@ pub struct TokenView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// `live`, `expired` or `revoked`.
+    #[schema(value_type = String, pattern = "^(live|expired|revoked)$")]
     pub state: &'static str,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
@@ -77,7 +80,7 @@ impl TokenView {
 }
 
 /// The answer to a create: the token and, this once, its secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedToken {
     #[serde(flatten)]
     pub token: TokenView,
@@ -85,7 +88,7 @@ pub struct CreatedToken {
     pub secret: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenView>,
 }
@@ -108,6 +111,17 @@ fn token_id(id: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::invalid("id", "a token id is a positive integer"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    request_body = CreateTokenRequest,
+    responses(
+        (status = 201, description = "Created; the secret is answered this once", body = CreatedToken),
+        (status = 409, description = "A live token or a configuration token has the name (`token_name_taken`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin"])))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -173,6 +187,13 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    responses((status = 200, description = "Every managed token, without secrets", body = TokenList)),
+    extensions(("x-budgetd-roles" = json!(["admin", "auditor"])))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,6 +208,18 @@ pub async fn list(
 
 /// Revokes a token: 200 with it (again for a revoked one, changing nothing); 404 for an unknown
 /// id.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    params(("id" = i64, Path, minimum = 1, description = "The token id")),
+    responses(
+        (status = 200, description = "The token, revoked", body = TokenView),
+        (status = 400, description = "The id is not a positive integer (`invalid_field`)", body = ErrorBody),
+        (status = 404, description = "No such token (`not_found`)", body = ErrorBody),
+    ),
+    extensions(("x-budgetd-roles" = json!(["admin"])))
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -33,16 +33,16 @@ fn label(who: Who) -> &'static str {
     }
 }
 
-struct Case {
-    method: Method,
+pub(crate) struct Case {
+    pub(crate) method: Method,
     /// `{t}` is the target tenant, `{who}` the caller's label (for unique ids).
-    path: &'static str,
+    pub(crate) path: &'static str,
     body: Option<fn(&str) -> Value>,
     /// Target tenant for tenant-scoped routes: the tenant token's own, another, or one per
     /// caller (for DELETE, which changes the target's state).
     target: Target,
     /// Expected statuses for admin, operator, finance, viewer, auditor, tenant, none, wrong.
-    expect: [u16; 8],
+    pub(crate) expect: [u16; 8],
 }
 
 #[derive(Clone, Copy)]
@@ -62,7 +62,7 @@ enum Target {
 /// The tenant offboarded before the matrix runs.
 const LEAVING: &str = "leaving";
 
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     use Target::*;
     let budget = |_: &str| json!({"amount": "1000.00", "currency": "EUR", "period": "monthly", "thresholds": [50, 80, 100]});
     let patch = |who: &str| json!({"display_name": format!("renamed by {who}")});
@@ -416,6 +416,13 @@ fn cases() -> Vec<Case> {
         Case {
             method: Method::GET,
             path: "/metrics",
+            body: None,
+            target: Unscoped,
+            expect: [200; 8],
+        },
+        Case {
+            method: Method::GET,
+            path: "/api/v1/openapi.json",
             body: None,
             target: Unscoped,
             expect: [200; 8],

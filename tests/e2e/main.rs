@@ -13,6 +13,7 @@ mod http;
 mod lifecycle;
 mod offboarding;
 mod oidc;
+mod openapi;
 mod pgbouncer;
 mod price_book;
 mod support;

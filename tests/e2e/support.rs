@@ -366,3 +366,21 @@ fn log_to_test_output() {
             .try_init();
     });
 }
+
+/// Every (method, path template) the router declares, read from its route table in
+/// `src/api/mod.rs`.
+pub fn declared_routes() -> std::collections::BTreeSet<(String, String)> {
+    let source = include_str!("../../src/api/mod.rs");
+    let mut declared = std::collections::BTreeSet::new();
+    for chunk in source.split(".route(").skip(1) {
+        let path = chunk.split('"').nth(1).expect("a path literal");
+        let handlers = chunk.split(".route(").next().unwrap_or(chunk);
+        let handlers = handlers.split(".fallback(").next().unwrap_or(handlers);
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if handlers.contains(&format!("{method}(")) {
+                declared.insert((method.to_uppercase(), path.to_owned()));
+            }
+        }
+    }
+    declared
+}
