@@ -27,7 +27,9 @@ _STACK_DIRS=()
 # How long (seconds) each service may take to become ready.
 : "${STACK_START_TIMEOUT:=30}"
 
-_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl)
+# make, pkg-config and the zlib and OpenSSL headers build librdkafka from source (crate `relay`,
+# rdkafka's features `libz` and `ssl`).
+_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl make pkg-config zlib1g-dev libssl-dev)
 
 export PGBOUNCER_BIN=/usr/sbin/pgbouncer
 export PROMETHEUS_BIN=/usr/bin/prometheus
@@ -73,8 +75,11 @@ _stack_missing_binaries() {
       [[ -x "$pgb/$b" ]] || echo "$pgb/$b"
     done
   fi
-  for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" /usr/bin/faketime /usr/bin/cc /usr/bin/curl; do
+  for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" /usr/bin/faketime /usr/bin/cc /usr/bin/curl /usr/bin/make /usr/bin/pkg-config; do
     [[ -x "$b" ]] || echo "$b"
+  done
+  for h in /usr/include/zlib.h /usr/include/openssl/ssl.h; do
+    [[ -e "$h" ]] || echo "$h"
   done
 }
 

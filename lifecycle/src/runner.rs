@@ -14,7 +14,7 @@ use ledger::Store;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::{check_name, Error, HandlerError, Reconciler, RunnerSettings};
+use crate::{check_name, BatchOutcome, Error, HandlerError, Reconciler, RunnerSettings};
 
 /// The wait after a tenant's `attempts`-th consecutive failure (`attempts >= 1`): `base`,
 /// then doubling, never more than `cap`.
@@ -171,6 +171,11 @@ impl Runner {
             .set(status.lag() as f64);
         metrics::gauge!("budgetd_reconciler_parked_tenants", "reconciler" => name)
             .set(status.parked as f64);
+        let oldest_age = status
+            .oldest_pending_at
+            .map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1e3);
+        metrics::gauge!("budgetd_reconciler_oldest_pending_age_seconds", "reconciler" => name)
+            .set(oldest_age);
         if let Some(at) = status.last_success_at {
             metrics::gauge!("budgetd_reconciler_last_success_timestamp_seconds", "reconciler" => name)
                 .set(at.timestamp_micros() as f64 / 1e6);
@@ -186,6 +191,9 @@ impl Runner {
         now: DateTime<Utc>,
         aggregate: PendingAggregate,
     ) -> Result<Delivery, Error> {
+        if self.reconciler.batches() {
+            return self.deliver_batch(fence, now, aggregate).await;
+        }
         let name = self.name();
         let key = &aggregate.key;
         let mut delivery = Delivery::default();
@@ -206,41 +214,119 @@ impl Runner {
                     next += 1;
                 }
                 Err(failure) => {
-                    let delay = backoff(
-                        aggregate.attempts + 1,
-                        self.settings.backoff_base,
-                        self.settings.backoff_cap,
-                    );
-                    let retry_at = now
-                        + chrono::Duration::from_std(delay)
-                            .unwrap_or_else(|_| chrono::Duration::days(1));
-                    let attempts = self
-                        .store
-                        .reconciler_failed(fence, name, key, retry_at, &failure.to_string())
-                        .await?;
-                    metrics::counter!(
-                        "budgetd_reconciler_events_failed_total",
-                        "reconciler" => name,
-                        "kind" => failure.kind
-                    )
-                    .increment(1);
-                    tracing::warn!(
-                        reconciler = name,
-                        aggregate_type = %key.aggregate_type,
-                        tenant = %key.aggregate_id,
-                        event_id = event.id,
-                        seq = event.seq,
-                        attempts,
-                        retry_in_ms = delay.as_millis() as u64,
-                        error = %failure,
-                        "event failed; the tenant is parked until its retry"
-                    );
+                    self.park(fence, now, &aggregate, event, &failure).await?;
                     delivery.failed = 1;
                     break;
                 }
             }
         }
         Ok(delivery)
+    }
+
+    /// Hands one tenant's due events to a batching reconciler at once (those in seq order
+    /// from `delivered_seq + 1` on), records the done ones with one write and parks the
+    /// tenant at the first that failed.
+    async fn deliver_batch(
+        &self,
+        fence: Fence,
+        now: DateTime<Utc>,
+        aggregate: PendingAggregate,
+    ) -> Result<Delivery, Error> {
+        let name = self.name();
+        let mut delivery = Delivery::default();
+        let first = aggregate.delivered_seq + 1;
+        let consecutive = aggregate
+            .events
+            .iter()
+            .zip(first..)
+            .take_while(|(event, seq)| event.seq == *seq)
+            .count();
+        if consecutive < aggregate.events.len() {
+            delivery.waiting = 1;
+        }
+        let batch = &aggregate.events[..consecutive];
+        if batch.is_empty() {
+            return Ok(delivery);
+        }
+        let started = Instant::now();
+        let limit = self.settings.call_timeout;
+        let outcome = tokio::time::timeout(limit, self.reconciler.handle_batch(batch))
+            .await
+            .unwrap_or_else(|_| BatchOutcome {
+                done: 0,
+                failure: Some(HandlerError::new(
+                    "timeout",
+                    format!("no answer within {} ms", limit.as_millis()),
+                )),
+            });
+        metrics::histogram!("budgetd_reconciler_call_duration_seconds", "reconciler" => name, "call" => "handle_batch")
+            .record(started.elapsed().as_secs_f64());
+        let done = outcome.done.min(batch.len());
+        if done > 0 {
+            let last = batch[done - 1].seq;
+            self.store
+                .reconciler_handled_through(fence, name, &aggregate.key, first, last, now)
+                .await?;
+            metrics::counter!("budgetd_reconciler_events_handled_total", "reconciler" => name)
+                .increment(done as u64);
+            delivery.handled = done as u64;
+        }
+        if let Some(failure) = outcome.failure {
+            if let Some(event) = batch.get(done) {
+                // Only a tenant that failed before is retried with backoff from its count.
+                let attempts = if done > 0 { 0 } else { aggregate.attempts };
+                let parked = PendingAggregate {
+                    attempts,
+                    ..aggregate.clone()
+                };
+                self.park(fence, now, &parked, event, &failure).await?;
+                delivery.failed = 1;
+                delivery.waiting = 0;
+            }
+        }
+        Ok(delivery)
+    }
+
+    /// Records `event`'s failure: its tenant waits for the backoff of its next attempt.
+    async fn park(
+        &self,
+        fence: Fence,
+        now: DateTime<Utc>,
+        aggregate: &PendingAggregate,
+        event: &OutboxEvent,
+        failure: &HandlerError,
+    ) -> Result<(), Error> {
+        let name = self.name();
+        let key = &aggregate.key;
+        let delay = backoff(
+            aggregate.attempts + 1,
+            self.settings.backoff_base,
+            self.settings.backoff_cap,
+        );
+        let retry_at =
+            now + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1));
+        let attempts = self
+            .store
+            .reconciler_failed(fence, name, key, retry_at, &failure.to_string())
+            .await?;
+        metrics::counter!(
+            "budgetd_reconciler_events_failed_total",
+            "reconciler" => name,
+            "kind" => failure.kind
+        )
+        .increment(1);
+        tracing::warn!(
+            reconciler = name,
+            aggregate_type = %key.aggregate_type,
+            tenant = %key.aggregate_id,
+            event_id = event.id,
+            seq = event.seq,
+            attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %failure,
+            "event failed; the tenant is parked until its retry"
+        );
+        Ok(())
     }
 
     async fn call_handle(&self, event: &OutboxEvent) -> Result<(), HandlerError> {

@@ -162,6 +162,8 @@ struct File {
     meters: Option<Vec<MeterSection>>,
     #[serde(default)]
     lifecycle: LifecycleSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka: Option<relay::KafkaSection>,
 }
 
 /// `[api]`.
@@ -261,6 +263,8 @@ pub struct Config {
     pub kubernetes: enforcer::kubernetes::KubernetesSettings,
     /// Data residencies and quota profiles tenants may have (`[lifecycle]`).
     pub lifecycle: LifecycleSettings,
+    /// The Kafka relay, when `[kafka]` is there.
+    pub kafka: Option<relay::KafkaSettings>,
     /// `BUDGETD_PSEUDONYMISATION_KEY`: the key of offboarded tenants' pseudonyms; without it, the
     /// database's per-installation key.
     pub pseudonymisation_key: Option<secrecy::SecretString>,
@@ -427,6 +431,12 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
     let price_book = file.price_book.validate().map_err(invalid)?;
     let price_book_seed = price_book.seed;
     let lifecycle = file.lifecycle.validate().map_err(invalid)?;
+    let kafka = file
+        .kafka
+        .as_ref()
+        .map(relay::KafkaSection::validate)
+        .transpose()
+        .map_err(invalid)?;
     let collector = match &file.collector {
         Some(c) if c.enabled => Some(
             c.validate(file.meters.as_deref(), &file.prometheus)
@@ -468,6 +478,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         enforcement,
         kubernetes,
         lifecycle,
+        kafka,
         pseudonymisation_key: None,
         source: Source {
             path: path.map(Path::to_owned),

@@ -70,6 +70,8 @@ pub struct ReconcilerStatus {
     pub backlog: i64,
     pub parked: i64,
     pub last_success_at: Option<DateTime<Utc>>,
+    /// When the oldest event not handled yet was written (none when there is none).
+    pub oldest_pending_at: Option<DateTime<Utc>>,
 }
 
 impl ReconcilerStatus {
@@ -281,6 +283,75 @@ impl Store {
         .await
     }
 
+    /// Records `key`'s events `first..=last` handled at once (a reconciler that takes a
+    /// tenant's events as one batch): out of the backlog, the position moved to `last`, failures
+    /// cleared, in one transaction. A conflict (`reconciler_order`) unless `first` is the
+    /// aggregate's next event and every one of them is in the backlog.
+    pub async fn reconciler_handled_through(
+        &self,
+        fence: Fence,
+        reconciler: &str,
+        key: &AggregateKey,
+        first: i64,
+        last: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        if first > last {
+            return Err(Error::conflict(
+                "reconciler_order",
+                format!("no events between {first} and {last}"),
+            ));
+        }
+        self.run_within("reconciler_handled", 4, || async {
+            let mut tx = self.begin().await?;
+            check_fence(&mut tx, fence).await?;
+            let moved = query(
+                "update reconciler_aggregates \
+                 set delivered_seq = $5, attempts = 0, next_attempt_at = null, last_error = null \
+                 where reconciler = $1 and aggregate_type = $2 and aggregate_id = $3 \
+                   and delivered_seq = $4 - 1",
+            )
+            .bind(reconciler)
+            .bind(&key.aggregate_type)
+            .bind(&key.aggregate_id)
+            .bind(first)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let removed = query(
+                "delete from reconciler_backlog \
+                 where reconciler = $1 and aggregate_type = $2 and aggregate_id = $3 \
+                   and seq between $4 and $5",
+            )
+            .bind(reconciler)
+            .bind(&key.aggregate_type)
+            .bind(&key.aggregate_id)
+            .bind(first)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved != 1 || removed != (last - first + 1) as u64 {
+                return Err(Error::conflict(
+                    "reconciler_order",
+                    format!(
+                        "events {first}..={last} of {} {:?} are not {reconciler}'s next ones",
+                        key.aggregate_type, key.aggregate_id
+                    ),
+                ));
+            }
+            query("update reconcilers set last_success_at = $2 where name = $1")
+                .bind(reconciler)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Records a failed attempt at `key`'s next event: the aggregate is parked until
     /// `next_attempt_at`. Returns the failed attempts so far.
     pub async fn reconciler_failed(
@@ -317,10 +388,11 @@ impl Store {
     pub async fn reconciler_status(&self, reconciler: &str) -> Result<ReconcilerStatus, Error> {
         self.run("reconciler_status", || async {
             let mut tx = self.begin().await?;
-            let (unscanned, backlog, parked, last_success_at): (
+            let (unscanned, backlog, parked, last_success_at, oldest_pending_at): (
                 i64,
                 i64,
                 i64,
+                Option<DateTime<Utc>>,
                 Option<DateTime<Utc>>,
             ) = query_as(
                 "select \
@@ -329,7 +401,13 @@ impl Store {
                      (select count(*) from reconciler_backlog where reconciler = $1), \
                      (select count(*) from reconciler_aggregates \
                       where reconciler = $1 and attempts > 0), \
-                     (select last_success_at from reconcilers where name = $1)",
+                     (select last_success_at from reconcilers where name = $1), \
+                     least( \
+                         (select min(o.created_at) from reconciler_backlog b \
+                          join outbox o on o.id = b.event_id where b.reconciler = $1), \
+                         (select o.created_at from outbox o left join reconcilers r on r.name = $1 \
+                          where r.name is null or (o.txid, o.id) > (r.cursor_txid, r.cursor_id) \
+                          order by o.txid, o.id limit 1))",
             )
             .bind(reconciler)
             .fetch_one(&mut *tx)
@@ -340,6 +418,7 @@ impl Store {
                 backlog,
                 parked,
                 last_success_at,
+                oldest_pending_at,
             })
         })
         .await
