@@ -112,11 +112,19 @@ async fn metrics(daemon: &Daemon) -> String {
     }
 }
 
-/// The value of the sample `name{labels}` (`name` with `labels` as written), if exported.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+/// The value of the sample of `name` whose labels include every one of `labels`
+/// (`key="value"`), if exported.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        let set: Vec<&str> = set.split(',').collect();
+        if labels.iter().all(|label| set.contains(label)) {
+            value.trim().parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 /// Every message on the topic so far, as (headers, data).
@@ -236,14 +244,21 @@ async fn budgetd_run_publishes_tenant_events_to_kafka_and_waits_out_an_outage() 
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let lag = r#"budgetd_reconciler_lag_events{reconciler="kafka"}"#;
-    let age = r#"budgetd_reconciler_oldest_pending_age_seconds{reconciler="kafka"}"#;
-    let failed = r#"budgetd_reconciler_events_failed_total{reconciler="kafka",kind="timeout"}"#;
+    let kafka = r#"reconciler="kafka""#;
+    let lag = |m: &str| sample(m, "budgetd_reconciler_lag_events", &[kafka]);
+    let age = |m: &str| sample(m, "budgetd_reconciler_oldest_pending_age_seconds", &[kafka]);
+    let failed = |m: &str| {
+        sample(
+            m,
+            "budgetd_reconciler_events_failed_total",
+            &[kafka, r#"kind="timeout""#],
+        )
+    };
     wait_until(&daemon, Duration::from_secs(30), "a failed publish while Kafka is down", || async {
         let m = metrics(&daemon).await;
-        sample(&m, lag) == Some(1.0)
-            && sample(&m, failed).is_some_and(|n| n >= 1.0)
-            && sample(&m, age).is_some_and(|s| s > 0.0)
+        lag(&m) == Some(1.0)
+            && failed(&m).is_some_and(|n| n >= 1.0)
+            && age(&m).is_some_and(|s| s > 0.0)
     })
     .await;
     let ready = reqwest::get(format!("{}/readyz", daemon.api)).await.unwrap();
@@ -270,7 +285,7 @@ async fn budgetd_run_publishes_tenant_events_to_kafka_and_waits_out_an_outage() 
     );
     wait_until(&daemon, Duration::from_secs(30), "no lag", || async {
         let m = metrics(&daemon).await;
-        sample(&m, lag) == Some(0.0) && sample(&m, age) == Some(0.0)
+        lag(&m) == Some(0.0) && age(&m) == Some(0.0)
     })
     .await;
     drop(daemon);

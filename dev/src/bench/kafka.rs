@@ -64,13 +64,21 @@ pub async fn run_kafka_bench(admin_url: &str, opts: &KafkaBenchOptions) -> anyho
         bail!("events and tenants must be positive, and at least one event per tenant");
     }
     let opts = opts.clone();
+    // The mock cluster's brokers run on librdkafka's threads while it lives (it is not `Send`,
+    // so it stays here, outside the bench's future).
+    let mock = MockCluster::new(BROKERS).context("mock cluster")?;
+    for topic in [TOPIC, BASELINE_TOPIC] {
+        mock.create_topic(topic, PARTITIONS, BROKERS)
+            .context("mock topic")?;
+    }
+    let bootstrap = mock.bootstrap_servers();
     in_scratch_database(admin_url, "budgetd_kbench", move |url| async move {
-        bench(&url, &opts).await
+        bench(&url, &bootstrap, &opts).await
     })
     .await
 }
 
-async fn bench(url: &str, opts: &KafkaBenchOptions) -> anyhow::Result<()> {
+async fn bench(url: &str, bootstrap: &str, opts: &KafkaBenchOptions) -> anyhow::Result<()> {
     let (_, mut conn) = scratch_ledger(url, Duration::from_secs(120)).await?;
     // The relay's store as the daemon's: a pool of 8 (`database.max_connections` is 10).
     let store = Store::connect(&store_config(url)).await?;
@@ -85,12 +93,6 @@ async fn bench(url: &str, opts: &KafkaBenchOptions) -> anyhow::Result<()> {
     ensure!(events.len() as u64 == written, "the outbox holds what was written");
     conn.vacuum_analyze(&["outbox"]).await?;
 
-    let mock = MockCluster::new(BROKERS).context("mock cluster")?;
-    for topic in [TOPIC, BASELINE_TOPIC] {
-        mock.create_topic(topic, PARTITIONS, BROKERS)
-            .context("mock topic")?;
-    }
-    let bootstrap = mock.bootstrap_servers();
     let section: KafkaSection = serde_json::from_value(serde_json::json!({
         "bootstrap_servers": bootstrap,
         "topic": TOPIC,
@@ -99,7 +101,7 @@ async fn bench(url: &str, opts: &KafkaBenchOptions) -> anyhow::Result<()> {
     let settings = section.validate()?;
 
     eprintln!("baseline: raw produce of the same events ...");
-    let baseline = raw_produce(&bootstrap, &events, &settings.source).await?;
+    let baseline = raw_produce(bootstrap, &events, &settings.source).await?;
 
     eprintln!("the relay ...");
     let lock = LeaderLock::try_acquire(url, "bench", 30, Duration::from_secs(10))
@@ -120,7 +122,7 @@ async fn bench(url: &str, opts: &KafkaBenchOptions) -> anyhow::Result<()> {
     let relay_time = started.elapsed();
 
     eprintln!("consuming everything back ...");
-    let check = check_order(&bootstrap, &events)?;
+    let check = check_order(bootstrap, &events)?;
 
     let n = events.len() as f64;
     let rate = n / secs(relay_time);
