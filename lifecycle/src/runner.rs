@@ -139,11 +139,15 @@ impl Runner {
             .store
             .reconciler_pending(name, now, i64::from(self.settings.max_events_per_step))
             .await?;
-        let mut deliveries = Vec::with_capacity(pending.len());
-        for aggregate in pending {
-            deliveries.push(self.deliver(fence, now, aggregate));
-        }
-        let deliveries = at_most(self.settings.concurrency, deliveries).await;
+        let deliveries = if self.reconciler.batches() {
+            self.deliver_batches(fence, now, pending).await
+        } else {
+            let mut deliveries = Vec::with_capacity(pending.len());
+            for aggregate in pending {
+                deliveries.push(self.deliver(fence, now, aggregate));
+            }
+            at_most(self.settings.concurrency, deliveries).await
+        };
         let mut report = StepReport {
             scanned,
             ..StepReport::default()
@@ -191,9 +195,6 @@ impl Runner {
         now: DateTime<Utc>,
         aggregate: PendingAggregate,
     ) -> Result<Delivery, Error> {
-        if self.reconciler.batches() {
-            return self.deliver_batch(fence, now, aggregate).await;
-        }
         let name = self.name();
         let key = &aggregate.key;
         let mut delivery = Delivery::default();
@@ -223,17 +224,81 @@ impl Runner {
         Ok(delivery)
     }
 
-    /// Hands one tenant's due events to a batching reconciler at once (those in seq order
-    /// from `delivered_seq + 1` on), records the done ones with one write and parks the
-    /// tenant at the first that failed.
-    async fn deliver_batch(
+    /// Hands each tenant's due events to a batching reconciler at once (those in seq order
+    /// from `delivered_seq + 1` on; `concurrency` tenants at a time), records every tenant's
+    /// done events with one write, then parks each tenant at its first failed event.
+    async fn deliver_batches(
         &self,
         fence: Fence,
         now: DateTime<Utc>,
-        aggregate: PendingAggregate,
-    ) -> Result<Delivery, Error> {
+        pending: Vec<PendingAggregate>,
+    ) -> Vec<Result<Delivery, Error>> {
+        let mut calls = Vec::with_capacity(pending.len());
+        for (index, aggregate) in pending.iter().enumerate() {
+            calls.push(self.hand_over_batch(index, aggregate));
+        }
+        let outcomes = at_most(self.settings.concurrency, calls).await;
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        let mut deliveries = Vec::with_capacity(outcomes.len());
+        for (index, waiting, outcome) in outcomes {
+            let aggregate = &pending[index];
+            let mut delivery = Delivery {
+                waiting: u64::from(waiting),
+                ..Delivery::default()
+            };
+            if outcome.done > 0 {
+                let first = aggregate.delivered_seq + 1;
+                let last = aggregate.events[outcome.done - 1].seq;
+                done.push((aggregate.key.clone(), first, last));
+                delivery.handled = outcome.done as u64;
+            }
+            if let Some(failure) = outcome.failure {
+                if let Some(event) = aggregate.events.get(outcome.done) {
+                    failed.push((index, event, failure));
+                    delivery.failed = 1;
+                    delivery.waiting = 0;
+                }
+            }
+            deliveries.push(delivery);
+        }
         let name = self.name();
-        let mut delivery = Delivery::default();
+        if let Err(e) = self
+            .store
+            .reconciler_handled_batches(fence, name, &done, now)
+            .await
+        {
+            return vec![Err(e.into())];
+        }
+        let handled: u64 = deliveries.iter().map(|d| d.handled).sum();
+        metrics::counter!("budgetd_reconciler_events_handled_total", "reconciler" => name)
+            .increment(handled);
+        for (index, event, failure) in failed {
+            let aggregate = &pending[index];
+            // A tenant that got events through before failing starts its backoff afresh.
+            let attempts = if event.seq > aggregate.delivered_seq + 1 {
+                0
+            } else {
+                aggregate.attempts
+            };
+            let parked = PendingAggregate {
+                attempts,
+                ..aggregate.clone()
+            };
+            if let Err(e) = self.park(fence, now, &parked, event, &failure).await {
+                return vec![Err(e)];
+            }
+        }
+        deliveries.into_iter().map(Ok).collect()
+    }
+
+    /// One tenant's consecutive due events to the batching reconciler, within `call_timeout`:
+    /// (its index, whether a later event waits for an unscanned one, the outcome).
+    async fn hand_over_batch(
+        &self,
+        index: usize,
+        aggregate: &PendingAggregate,
+    ) -> (usize, bool, BatchOutcome) {
         let first = aggregate.delivered_seq + 1;
         let consecutive = aggregate
             .events
@@ -241,16 +306,21 @@ impl Runner {
             .zip(first..)
             .take_while(|(event, seq)| event.seq == *seq)
             .count();
-        if consecutive < aggregate.events.len() {
-            delivery.waiting = 1;
-        }
+        let waiting = consecutive < aggregate.events.len();
         let batch = &aggregate.events[..consecutive];
         if batch.is_empty() {
-            return Ok(delivery);
+            return (
+                index,
+                waiting,
+                BatchOutcome {
+                    done: 0,
+                    failure: None,
+                },
+            );
         }
         let started = Instant::now();
         let limit = self.settings.call_timeout;
-        let outcome = tokio::time::timeout(limit, self.reconciler.handle_batch(batch))
+        let mut outcome = tokio::time::timeout(limit, self.reconciler.handle_batch(batch))
             .await
             .unwrap_or_else(|_| BatchOutcome {
                 done: 0,
@@ -259,32 +329,10 @@ impl Runner {
                     format!("no answer within {} ms", limit.as_millis()),
                 )),
             });
-        metrics::histogram!("budgetd_reconciler_call_duration_seconds", "reconciler" => name, "call" => "handle_batch")
+        metrics::histogram!("budgetd_reconciler_call_duration_seconds", "reconciler" => self.name(), "call" => "handle_batch")
             .record(started.elapsed().as_secs_f64());
-        let done = outcome.done.min(batch.len());
-        if done > 0 {
-            let last = batch[done - 1].seq;
-            self.store
-                .reconciler_handled_through(fence, name, &aggregate.key, first, last, now)
-                .await?;
-            metrics::counter!("budgetd_reconciler_events_handled_total", "reconciler" => name)
-                .increment(done as u64);
-            delivery.handled = done as u64;
-        }
-        if let Some(failure) = outcome.failure {
-            if let Some(event) = batch.get(done) {
-                // Only a tenant that failed before is retried with backoff from its count.
-                let attempts = if done > 0 { 0 } else { aggregate.attempts };
-                let parked = PendingAggregate {
-                    attempts,
-                    ..aggregate.clone()
-                };
-                self.park(fence, now, &parked, event, &failure).await?;
-                delivery.failed = 1;
-                delivery.waiting = 0;
-            }
-        }
-        Ok(delivery)
+        outcome.done = outcome.done.min(batch.len());
+        (index, waiting, outcome)
     }
 
     /// Records `event`'s failure: its tenant waits for the backoff of its next attempt.

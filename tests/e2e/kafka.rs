@@ -230,7 +230,8 @@ async fn budgetd_run_publishes_tenant_events_to_kafka_and_waits_out_an_outage() 
     assert!(headers["ce_time"].ends_with('Z'), "{headers:?}");
     assert_eq!(data["version"], 1);
     assert_eq!(data["tenant_id"], "acme");
-    assert_eq!(data["payload"]["tenant"]["id"], "acme", "{data}");
+    assert_eq!(data["payload"]["id"], "acme", "{data}");
+    assert_eq!(data["payload"]["state"], "active", "{data}");
 
     // Every broker down: the next event waits, the metrics say so, the daemon stays ready.
     for broker in 1..=BROKERS {

@@ -283,61 +283,69 @@ impl Store {
         .await
     }
 
-    /// Records `key`'s events `first..=last` handled at once (a reconciler that takes a
-    /// tenant's events as one batch): out of the backlog, the position moved to `last`, failures
-    /// cleared, in one transaction. A conflict (`reconciler_order`) unless `first` is the
-    /// aggregate's next event and every one of them is in the backlog.
-    pub async fn reconciler_handled_through(
+    /// Records, for each `(key, first, last)`, the aggregate's events `first..=last` handled
+    /// (a reconciler that takes a tenant's events as one batch), all in one transaction: out
+    /// of the backlog, each position moved to its `last`, failures cleared. A conflict
+    /// (`reconciler_order`), recording nothing, unless each `first` is its aggregate's next
+    /// event and every one of the events is in the backlog.
+    pub async fn reconciler_handled_batches(
         &self,
         fence: Fence,
         reconciler: &str,
-        key: &AggregateKey,
-        first: i64,
-        last: i64,
+        batches: &[(AggregateKey, i64, i64)],
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        if first > last {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        if let Some((key, first, last)) = batches.iter().find(|(_, first, last)| first > last) {
             return Err(Error::conflict(
                 "reconciler_order",
-                format!("no events between {first} and {last}"),
+                format!("no events between {first} and {last} of {:?}", key.aggregate_id),
             ));
         }
+        let types: Vec<&str> = batches.iter().map(|b| b.0.aggregate_type.as_str()).collect();
+        let ids: Vec<&str> = batches.iter().map(|b| b.0.aggregate_id.as_str()).collect();
+        let firsts: Vec<i64> = batches.iter().map(|b| b.1).collect();
+        let lasts: Vec<i64> = batches.iter().map(|b| b.2).collect();
+        let events: i64 = batches.iter().map(|b| b.2 - b.1 + 1).sum();
         self.run_within("reconciler_handled", 4, || async {
             let mut tx = self.begin().await?;
             check_fence(&mut tx, fence).await?;
-            let moved = query(
-                "update reconciler_aggregates \
-                 set delivered_seq = $5, attempts = 0, next_attempt_at = null, last_error = null \
-                 where reconciler = $1 and aggregate_type = $2 and aggregate_id = $3 \
-                   and delivered_seq = $4 - 1",
+            let (moved, removed): (i64, i64) = query_as(
+                "with done as ( \
+                     select * from unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+                         as d(aggregate_type, aggregate_id, first, last) \
+                 ), moved as ( \
+                     update reconciler_aggregates a \
+                     set delivered_seq = d.last, attempts = 0, next_attempt_at = null, \
+                         last_error = null \
+                     from done d \
+                     where a.reconciler = $1 and a.aggregate_type = d.aggregate_type \
+                       and a.aggregate_id = d.aggregate_id and a.delivered_seq = d.first - 1 \
+                     returning 1 \
+                 ), removed as ( \
+                     delete from reconciler_backlog b using done d \
+                     where b.reconciler = $1 and b.aggregate_type = d.aggregate_type \
+                       and b.aggregate_id = d.aggregate_id and b.seq between d.first and d.last \
+                     returning 1 \
+                 ) \
+                 select (select count(*) from moved), (select count(*) from removed)",
             )
             .bind(reconciler)
-            .bind(&key.aggregate_type)
-            .bind(&key.aggregate_id)
-            .bind(first)
-            .bind(last)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let removed = query(
-                "delete from reconciler_backlog \
-                 where reconciler = $1 and aggregate_type = $2 and aggregate_id = $3 \
-                   and seq between $4 and $5",
-            )
-            .bind(reconciler)
-            .bind(&key.aggregate_type)
-            .bind(&key.aggregate_id)
-            .bind(first)
-            .bind(last)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if moved != 1 || removed != (last - first + 1) as u64 {
+            .bind(&types)
+            .bind(&ids)
+            .bind(&firsts)
+            .bind(&lasts)
+            .fetch_one(&mut *tx)
+            .await?;
+            if moved != batches.len() as i64 || removed != events {
                 return Err(Error::conflict(
                     "reconciler_order",
                     format!(
-                        "events {first}..={last} of {} {:?} are not {reconciler}'s next ones",
-                        key.aggregate_type, key.aggregate_id
+                        "{} batches of {events} events are not {reconciler}'s next ones \
+                         ({moved} positions, {removed} backlog events match)",
+                        batches.len()
                     ),
                 ));
             }
