@@ -1857,9 +1857,15 @@ async fn applying_a_notify_action_announces_the_threshold_crossed() {
     new.step = json!({ "at": 80, "on": "actual", "action": "notify", "severity": "warning" });
     let action = s.open_action(fence, &enforcer(), &new).await.unwrap();
     let (_, outbox_id) = last_ids(s).await;
-    s.mark_applied(fence, &enforcer(), action.id, &json!({"alert": "sent"}), None)
-        .await
-        .unwrap();
+    s.mark_applied(
+        fence,
+        &enforcer(),
+        action.id,
+        &json!({"alert": "sent"}),
+        None,
+    )
+    .await
+    .unwrap();
     let id = action.id.to_string();
     let events = outbox_since(s, outbox_id).await;
     let shape: Vec<(&str, &str)> = events

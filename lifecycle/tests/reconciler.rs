@@ -661,7 +661,13 @@ struct Batcher {
 
 impl Batcher {
     fn done(&self) -> Vec<OutboxEvent> {
-        self.batches.lock().unwrap().iter().flatten().cloned().collect()
+        self.batches
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 }
 
@@ -680,9 +686,11 @@ impl Reconciler for Batcher {
     }
 
     async fn handle_batch(&self, events: &[OutboxEvent]) -> BatchOutcome {
-        let failing = self.fail_at.lock().unwrap().take_if(|id| {
-            events.iter().any(|e| e.id == *id)
-        });
+        let failing = self
+            .fail_at
+            .lock()
+            .unwrap()
+            .take_if(|id| events.iter().any(|e| e.id == *id));
         let done = match failing {
             Some(id) => events.iter().position(|e| e.id == id).unwrap(),
             None => events.len(),
@@ -727,22 +735,27 @@ async fn a_batching_reconciler_gets_each_tenants_events_at_once_and_parks_at_a_f
     // One batch per tenant; b's first two are recorded, b parked at its third.
     assert_eq!(report.parked, 1);
     assert_eq!(report.lag, 4, "b's last four events wait");
-    let sizes: BTreeMap<String, Vec<usize>> =
-        rec.batches
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|b| !b.is_empty())
-            .fold(BTreeMap::new(), |mut m, b| {
-                m.entry(b[0].aggregate_id.clone()).or_default().push(b.len());
-                m
-            });
+    let sizes: BTreeMap<String, Vec<usize>> = rec
+        .batches
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| !b.is_empty())
+        .fold(BTreeMap::new(), |mut m, b| {
+            m.entry(b[0].aggregate_id.clone())
+                .or_default()
+                .push(b.len());
+            m
+        });
     assert_eq!(sizes["a"], [6]);
     assert_eq!(sizes["b"], [2]);
     assert_eq!(sizes["c"], [6]);
     let parked = db.store.reconciler_parked("batcher").await.unwrap();
     assert_eq!(
-        (parked[0].key.aggregate_id.as_str(), parked[0].waiting_events),
+        (
+            parked[0].key.aggregate_id.as_str(),
+            parked[0].waiting_events
+        ),
         ("b", 4)
     );
     // Not before its backoff; after it, the rest of b in one batch, from the failed one on.

@@ -198,7 +198,10 @@ impl KafkaSection {
                 ));
             }
             if key.is_empty() || value.chars().any(char::is_control) {
-                return Err(Invalid::new(field, "must be a non-empty key with a one-line value"));
+                return Err(Invalid::new(
+                    field,
+                    "must be a non-empty key with a one-line value",
+                ));
             }
         }
         let relay = &self.relay;
@@ -269,7 +272,10 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            (serde_json::json!({ "bootstrap_servers": "kafka" }), "kafka.bootstrap_servers"),
+            (
+                serde_json::json!({ "bootstrap_servers": "kafka" }),
+                "kafka.bootstrap_servers",
+            ),
             (
                 serde_json::json!({ "bootstrap_servers": "k:9092", "topic": "a b" }),
                 "kafka.topic",
@@ -312,7 +318,10 @@ mod tests {
             }
         }));
         let shown = serde_json::to_string(&s).unwrap();
-        assert!(shown.contains("SASL_SSL") && shown.contains("budgetd"), "{shown}");
+        assert!(
+            shown.contains("SASL_SSL") && shown.contains("budgetd"),
+            "{shown}"
+        );
         assert!(!shown.contains("hunter"), "{shown}");
         let debug = format!("{:?}", s.validate().unwrap());
         assert!(!debug.contains("hunter"), "{debug}");

@@ -77,7 +77,9 @@ impl CloudEvent {
             ("ce_type", ce_type(&event.event_type)),
             (
                 "ce_time",
-                event.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                event
+                    .created_at
+                    .to_rfc3339_opts(SecondsFormat::Micros, true),
             ),
             ("ce_subject", tenant.clone()),
             ("content-type", "application/json".to_owned()),
@@ -103,9 +105,7 @@ mod tests {
             seq: 3,
             event_type: "tenant.suspended".to_owned(),
             payload,
-            created_at: chrono::Utc
-                .with_ymd_and_hms(2026, 12, 2, 1, 2, 3)
-                .unwrap()
+            created_at: chrono::Utc.with_ymd_and_hms(2026, 12, 2, 1, 2, 3).unwrap()
                 + chrono::Duration::microseconds(456),
         }
     }
@@ -140,7 +140,11 @@ mod tests {
     #[test]
     fn an_action_event_is_keyed_by_the_action_tenant() {
         let e = CloudEvent::from_outbox(
-            &event("enforcement_action", "7", json!({"action": {"tenant_id": "globex"}})),
+            &event(
+                "enforcement_action",
+                "7",
+                json!({"action": {"tenant_id": "globex"}}),
+            ),
             "budgetd",
         )
         .unwrap();

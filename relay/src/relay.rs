@@ -67,9 +67,12 @@ pub fn error_class(error: &KafkaError) -> &'static str {
         ) => "unauthorized",
         Some(UnknownTopic | UnknownTopicOrPartition | UnknownTopicId) => "unknown_topic",
         Some(MessageSizeTooLarge) => "too_large",
-        Some(LeaderNotAvailable | NotLeaderForPartition | NotEnoughReplicas | NotEnoughReplicasAfterAppend) => {
-            "broker_unavailable"
-        }
+        Some(
+            LeaderNotAvailable
+            | NotLeaderForPartition
+            | NotEnoughReplicas
+            | NotEnoughReplicasAfterAppend,
+        ) => "broker_unavailable",
         Some(OutOfOrderSequenceNumber | Fatal) => "fatal",
         Some(PurgeQueue | PurgeInflight) => "purged",
         Some(_) => "broker_error",

@@ -226,7 +226,9 @@ async fn drain(db: &TestDb, runner: &Runner, fence: Fence, mut now: DateTime<Utc
 
 async fn backlog(db: &TestDb, tenants: usize, per_tenant: usize) {
     let mut conn = BenchConnection::connect(&db.url).await.unwrap();
-    conn.write_outbox_backlog(tenants, per_tenant).await.unwrap();
+    conn.write_outbox_backlog(tenants, per_tenant)
+        .await
+        .unwrap();
     conn.close().await;
 }
 
@@ -303,9 +305,10 @@ async fn while_the_brokers_are_down_events_wait_and_then_go_out_in_order() {
     assert!(status.oldest_pending_at.is_some());
     let parked = db.store.reconciler_parked("kafka").await.unwrap();
     assert!(
-        parked
-            .iter()
-            .all(|p| p.last_error.as_deref().is_some_and(|e| e.starts_with("timeout:"))),
+        parked.iter().all(|p| p
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("timeout:"))),
         "{parked:?}"
     );
     // Parked tenants are not retried before their backoff.

@@ -216,9 +216,12 @@ async fn budgetd_run_publishes_tenant_events_to_kafka_and_waits_out_an_outage() 
     .fetch_one(db.store.pool())
     .await
     .unwrap();
-    wait_until(&daemon, Duration::from_secs(30), "tenant.created on the topic", || async {
-        consume(&bootstrap).len() == 1
-    })
+    wait_until(
+        &daemon,
+        Duration::from_secs(30),
+        "tenant.created on the topic",
+        || async { consume(&bootstrap).len() == 1 },
+    )
     .await;
     let (headers, data) = consume(&bootstrap).remove(0);
     assert_eq!(headers["ce_specversion"], "1.0");
@@ -255,15 +258,26 @@ async fn budgetd_run_publishes_tenant_events_to_kafka_and_waits_out_an_outage() 
             &[kafka, r#"kind="timeout""#],
         )
     };
-    wait_until(&daemon, Duration::from_secs(30), "a failed publish while Kafka is down", || async {
-        let m = metrics(&daemon).await;
-        lag(&m) == Some(1.0)
-            && failed(&m).is_some_and(|n| n >= 1.0)
-            && age(&m).is_some_and(|s| s > 0.0)
-    })
+    wait_until(
+        &daemon,
+        Duration::from_secs(30),
+        "a failed publish while Kafka is down",
+        || async {
+            let m = metrics(&daemon).await;
+            lag(&m) == Some(1.0)
+                && failed(&m).is_some_and(|n| n >= 1.0)
+                && age(&m).is_some_and(|s| s > 0.0)
+        },
+    )
     .await;
-    let ready = reqwest::get(format!("{}/readyz", daemon.api)).await.unwrap();
-    assert_eq!(ready.status(), StatusCode::OK, "Kafka is not the daemon's lifeline");
+    let ready = reqwest::get(format!("{}/readyz", daemon.api))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "Kafka is not the daemon's lifeline"
+    );
     let log = std::fs::read_to_string(&daemon.log).unwrap();
     assert!(
         log.contains("event failed; the tenant is parked until its retry"),
@@ -273,15 +287,21 @@ async fn budgetd_run_publishes_tenant_events_to_kafka_and_waits_out_an_outage() 
     for broker in 1..=BROKERS {
         mock.broker_up(broker).unwrap();
     }
-    wait_until(&daemon, Duration::from_secs(60), "the waiting event on the topic", || async {
-        consume(&bootstrap).len() >= 2
-    })
+    wait_until(
+        &daemon,
+        Duration::from_secs(60),
+        "the waiting event on the topic",
+        || async { consume(&bootstrap).len() >= 2 },
+    )
     .await;
     let all = consume(&bootstrap);
     let types: Vec<&str> = all.iter().map(|(h, _)| h["ce_type"].as_str()).collect();
     assert_eq!(
         types,
-        ["io.budgetd.tenant.created.v1", "io.budgetd.tenant.updated.v1"],
+        [
+            "io.budgetd.tenant.created.v1",
+            "io.budgetd.tenant.updated.v1"
+        ],
         "once each, in order"
     );
     wait_until(&daemon, Duration::from_secs(30), "no lag", || async {

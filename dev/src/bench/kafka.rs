@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use chrono::Utc;
 use ledger::store::{LeaderLock, OutboxEvent};
+use ledger::Store;
 use lifecycle::Runner;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -30,7 +31,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use relay::{CloudEvent, KafkaRelay, KafkaSection};
 use testkit::bench_sql::scratch_ledger;
-use ledger::Store;
 use testkit::db::{in_scratch_database, store_config};
 
 use super::{secs, verdict};
@@ -90,7 +90,10 @@ async fn bench(url: &str, bootstrap: &str, opts: &KafkaBenchOptions) -> anyhow::
     );
     let written = conn.write_outbox_backlog(opts.tenants, per_tenant).await?;
     let events = conn.outbox_events().await?;
-    ensure!(events.len() as u64 == written, "the outbox holds what was written");
+    ensure!(
+        events.len() as u64 == written,
+        "the outbox holds what was written"
+    );
     conn.vacuum_analyze(&["outbox"]).await?;
 
     let section: KafkaSection = serde_json::from_value(serde_json::json!({
@@ -114,7 +117,10 @@ async fn bench(url: &str, bootstrap: &str, opts: &KafkaBenchOptions) -> anyhow::
     loop {
         let report = runner.step(lock.fence(), Utc::now()).await?;
         steps += 1;
-        ensure!(report.failed == 0, "the relay failed to publish: {report:?}");
+        ensure!(
+            report.failed == 0,
+            "the relay failed to publish: {report:?}"
+        );
         if report.lag == 0 {
             break;
         }

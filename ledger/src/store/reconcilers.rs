@@ -301,10 +301,16 @@ impl Store {
         if let Some((key, first, last)) = batches.iter().find(|(_, first, last)| first > last) {
             return Err(Error::conflict(
                 "reconciler_order",
-                format!("no events between {first} and {last} of {:?}", key.aggregate_id),
+                format!(
+                    "no events between {first} and {last} of {:?}",
+                    key.aggregate_id
+                ),
             ));
         }
-        let types: Vec<&str> = batches.iter().map(|b| b.0.aggregate_type.as_str()).collect();
+        let types: Vec<&str> = batches
+            .iter()
+            .map(|b| b.0.aggregate_type.as_str())
+            .collect();
         let ids: Vec<&str> = batches.iter().map(|b| b.0.aggregate_id.as_str()).collect();
         let firsts: Vec<i64> = batches.iter().map(|b| b.1).collect();
         let lasts: Vec<i64> = batches.iter().map(|b| b.2).collect();
