@@ -713,15 +713,18 @@ async fn a_batching_reconciler_gets_each_tenants_events_at_once_and_parks_at_a_f
     let lock = lead(&db).await;
     let fence = lock.fence();
     let mut conn = connect(&db).await;
+    // One transaction, so one scan takes them all (each tenant's events are then one batch).
+    let mut tx = conn.begin().await.unwrap();
     let mut b_ids = Vec::new();
     for _ in 0..6 {
         for tenant in ["a", "b", "c"] {
-            let id = write(&mut conn, tenant).await;
+            let id = write(&mut tx, tenant).await;
             if tenant == "b" {
                 b_ids.push(id);
             }
         }
     }
+    tx.commit().await.unwrap();
     let rec = Arc::new(Batcher::default());
     *rec.fail_at.lock().unwrap() = Some(b_ids[2]);
     let settings = RunnerSettings {

@@ -296,8 +296,20 @@ async fn while_the_brokers_are_down_events_wait_and_then_go_out_in_order() {
     }
     backlog(&db, 5, 6).await;
     // Each tenant's first waiting event times out (message_timeout_ms) and parks it; nothing
-    // of it is recorded.
-    let report = runner.step(fence, now).await.unwrap();
+    // of it is recorded. (The scan waits for transactions still open anywhere on the test
+    // cluster: step until the backlog is taken.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let report = runner.step(fence, now).await.unwrap();
+        if report.scanned > 0 {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not scanned in 60 s"
+        );
+        tokio::task::yield_now().await;
+    };
     assert_eq!(report.handled, 0, "{report:?}");
     assert_eq!(report.failed, 5, "{report:?}");
     let status = db.store.reconciler_status("kafka").await.unwrap();
