@@ -28,7 +28,9 @@ _STACK_DIRS=()
 # How long (seconds) each service may take to become ready.
 : "${STACK_START_TIMEOUT:=30}"
 
-_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl python3-venv)
+# make, pkg-config and the zlib and OpenSSL headers build librdkafka from source (crate `relay`,
+# rdkafka's features `libz` and `ssl`); python3-venv is for schemathesis.
+_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl make pkg-config zlib1g-dev libssl-dev python3-venv)
 
 export PGBOUNCER_BIN=/usr/sbin/pgbouncer
 export PROMETHEUS_BIN=/usr/bin/prometheus
@@ -74,11 +76,14 @@ _stack_missing_binaries() {
       [[ -x "$pgb/$b" ]] || echo "$pgb/$b"
     done
   fi
-  for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" /usr/bin/faketime /usr/bin/cc /usr/bin/curl; do
+  for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" /usr/bin/faketime /usr/bin/cc /usr/bin/curl /usr/bin/make /usr/bin/pkg-config; do
     [[ -x "$b" ]] || echo "$b"
   done
   # Debian's python3 with venv and ensurepip (python3-venv), for schemathesis.
   /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv
+  for h in /usr/include/zlib.h /usr/include/openssl/ssl.h; do
+    [[ -e "$h" ]] || echo "$h"
+  done
 }
 
 _stack_apt_install() {

@@ -161,6 +161,10 @@ impl Application {
         } else {
             None
         };
+        let relay = match &self.config.kafka {
+            Some(settings) => Some(build_relay(settings, self.state.store.clone())?),
+            None => None,
+        };
         let store = self.state.store.clone();
         let config = self.config.clone();
         let background = stop.clone();
@@ -170,7 +174,11 @@ impl Application {
             }
             // Only the leader collects, enforces and provisions; a daemon that does none of it
             // does not run for leader.
-            if collector.is_none() && enforcer.is_none() && provisioning.is_none() {
+            if collector.is_none()
+                && enforcer.is_none()
+                && provisioning.is_none()
+                && relay.is_none()
+            {
                 return;
             }
             let leader_config = config.leader.clone();
@@ -239,6 +247,21 @@ impl Application {
                     // The blueprint was checked at start; this is a bug, not a configuration.
                     Err(e) => tracing::error!(error = %e, "the blueprint reconciler cannot start"),
                 }
+            }
+            if let Some((runner, relay)) = relay {
+                let leader = leader_rx.clone();
+                let stop = background.clone();
+                tasks.push(tokio::spawn(async move {
+                    runner.run(leader, stop).await;
+                    // What librdkafka still holds was not recorded: it is sent again by the
+                    // next leader anyway; this only spares the duplicates.
+                    let flushed =
+                        tokio::task::spawn_blocking(move || relay.flush(Duration::from_secs(5)))
+                            .await;
+                    if let Ok(Err(e)) = flushed {
+                        tracing::info!(error = %e, "Kafka producer not flushed at shutdown");
+                    }
+                }));
             }
             for task in tasks {
                 let _ = task.await;
@@ -310,6 +333,18 @@ async fn check_scrape_interval(collector: Arc<Collector>) {
             "could not read Prometheus' configuration; collector.scrape_interval_seconds is checked against the data only"
         ),
     }
+}
+
+/// The Kafka relay (`[kafka]`): its producer (librdkafka checks `[kafka.properties]` here, so
+/// a bad one stops the start) and its runner. librdkafka connects in the background: a broker
+/// that is down delays the events, never the start.
+fn build_relay(
+    settings: &relay::KafkaSettings,
+    store: Store,
+) -> anyhow::Result<(lifecycle::Runner, Arc<relay::KafkaRelay>)> {
+    let relay = Arc::new(relay::KafkaRelay::new(settings)?);
+    let runner = lifecycle::Runner::new(store, relay.clone(), settings.runner.clone())?;
+    Ok((runner, relay))
 }
 
 /// Start-up checks of provisioning: the blueprint loads and validates (an error names the file

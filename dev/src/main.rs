@@ -92,6 +92,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
+    /// The Kafka relay draining an outbox backlog through librdkafka's mock cluster, against
+    /// raw produce of the same events; consumes everything back and checks each tenant's
+    /// order. Needs a superuser URL: it creates and drops its own scratch database.
+    Kafka {
+        #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
+        database_url: String,
+        /// Outbox events in the backlog.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Tenants they belong to.
+        #[arg(long, default_value_t = 1_000)]
+        tenants: usize,
+    },
     /// The lifecycle against the fake Kubernetes API: approvals through the ledger until every
     /// blueprint is applied (tenants/s), then a resync of many tenants with no drift (seconds
     /// and writes). Needs a superuser URL: it creates and drops its own scratch database.
@@ -169,6 +182,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             } => {
                 let options = bench::enforcer::EnforcerBenchOptions { tenants, rounds };
                 bench::enforcer::run_enforcer_bench(&database_url, &options).await
+            }
+            BenchCommand::Kafka {
+                database_url,
+                events,
+                tenants,
+            } => {
+                let options = bench::kafka::KafkaBenchOptions { events, tenants };
+                bench::kafka::run_kafka_bench(&database_url, &options).await
             }
             BenchCommand::Lifecycle {
                 database_url,

@@ -131,3 +131,16 @@ fn bench_lifecycle_approves_provisions_and_resyncs_without_writes() {
     );
     assert!(resync.contains("baseline ledger reads"), "{resync}");
 }
+
+#[test]
+fn bench_kafka_publishes_a_backlog_in_order_against_raw_produce() {
+    let stdout = run_bench(&["kafka", "--events", "2000", "--tenants", "50"]);
+    for figure in [
+        "raw produce (baseline)",
+        "relay (outbox → Kafka)",
+        "ratio relay/raw produce",
+        "per-tenant order          held: 50 tenants, 2000 events consumed",
+    ] {
+        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
+    }
+}

@@ -1837,3 +1837,83 @@ async fn budget_status_does_not_depend_on_the_session_time_zone() {
         wrong.join("\n")
     );
 }
+
+/// A notify action applied is a budget threshold crossed: `budget.threshold_crossed` follows
+/// `enforcement.action_applied` in the outbox, written by the same transaction; a suspension
+/// applied is not one.
+#[tokio::test]
+async fn applying_a_notify_action_announces_the_threshold_crossed() {
+    let db = fresh_database().await;
+    let s = &db.store;
+    let acme = tenant(s, "acme").await;
+    let leader = acquire(&db.url, "daemon-a").await.unwrap();
+    let fence = leader.fence();
+    let mut new = new_action(
+        &acme,
+        "actual:80:notify:warning",
+        ActionKind::Notify,
+        ActionState::Scheduled,
+    );
+    new.step = json!({ "at": 80, "on": "actual", "action": "notify", "severity": "warning" });
+    let action = s.open_action(fence, &enforcer(), &new).await.unwrap();
+    let (_, outbox_id) = last_ids(s).await;
+    s.mark_applied(
+        fence,
+        &enforcer(),
+        action.id,
+        &json!({"alert": "sent"}),
+        None,
+    )
+    .await
+    .unwrap();
+    let id = action.id.to_string();
+    let events = outbox_since(s, outbox_id).await;
+    let shape: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.0.as_str(), e.1.as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("enforcement.action_applied", id.as_str()),
+            ("budget.threshold_crossed", id.as_str())
+        ]
+    );
+    assert_eq!(events[0].2, events[1].2, "one transaction");
+    let payload: serde_json::Value = sqlx::query_scalar(
+        "select payload from outbox where event_type = 'budget.threshold_crossed'",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(payload["action"]["tenant_id"], "acme");
+    assert_eq!(payload["on"], "actual");
+    assert_eq!(payload["at_percent"], 80);
+    assert_eq!(
+        (&payload["spent"], &payload["budget"], &payload["currency"]),
+        (&json!("101.5"), &json!("100"), &json!("EUR"))
+    );
+
+    let suspend = s
+        .open_action(
+            fence,
+            &enforcer(),
+            &new_action(
+                &acme,
+                "actual:120:suspend",
+                ActionKind::Suspend,
+                ActionState::Scheduled,
+            ),
+        )
+        .await
+        .unwrap();
+    let (_, outbox_id) = last_ids(s).await;
+    s.mark_applied(fence, &enforcer(), suspend.id, &json!({}), None)
+        .await
+        .unwrap();
+    let events = outbox_since(s, outbox_id).await;
+    assert!(
+        events.iter().all(|e| e.0 != "budget.threshold_crossed"),
+        "{events:?}"
+    );
+}

@@ -31,6 +31,33 @@ pub trait Reconciler: Send + Sync {
     /// deduplicate on. An error parks the event's tenant.
     async fn handle(&self, event: &OutboxEvent) -> Result<(), HandlerError>;
 
+    /// Whether the runner hands this reconciler a tenant's due events at once
+    /// ([`Reconciler::handle_batch`], recorded with one write) instead of one by one, each
+    /// recorded before the next is handed over. For a system that takes many events in one
+    /// round trip (the Kafka relay pipelines them).
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Handles `events`: one aggregate's next events, consecutive and in seq order. Returns
+    /// how many of them, from the first, are done, and what stopped the rest. Called only
+    /// when [`Reconciler::batches`]; the same idempotence as `handle` applies (the runner
+    /// hands over again whatever it did not record).
+    async fn handle_batch(&self, events: &[OutboxEvent]) -> BatchOutcome {
+        for (done, event) in events.iter().enumerate() {
+            if let Err(failure) = self.handle(event).await {
+                return BatchOutcome {
+                    done,
+                    failure: Some(failure),
+                };
+            }
+        }
+        BatchOutcome {
+            done: events.len(),
+            failure: None,
+        }
+    }
+
     /// Brings the system in line with `tenant`'s current state, whatever events it missed:
     /// drift repair and recovery.
     async fn converge(&self, tenant: &TenantId) -> Result<(), HandlerError>;
@@ -44,6 +71,14 @@ pub trait Reconciler: Send + Sync {
 
     /// Called after a resync (also after a failed `begin_resync`): drop what it read.
     async fn end_resync(&self) {}
+}
+
+/// How a batch ended: the first `done` events are handled; `failure` stopped the one after
+/// them (none when every event is done).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub done: usize,
+    pub failure: Option<HandlerError>,
 }
 
 /// Why a reconciler's call failed: `kind` is a bounded metric label ("timeout", "rejected",

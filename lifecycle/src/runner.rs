@@ -14,7 +14,7 @@ use ledger::Store;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::{check_name, Error, HandlerError, Reconciler, RunnerSettings};
+use crate::{check_name, BatchOutcome, Error, HandlerError, Reconciler, RunnerSettings};
 
 /// The wait after a tenant's `attempts`-th consecutive failure (`attempts >= 1`): `base`,
 /// then doubling, never more than `cap`.
@@ -139,11 +139,15 @@ impl Runner {
             .store
             .reconciler_pending(name, now, i64::from(self.settings.max_events_per_step))
             .await?;
-        let mut deliveries = Vec::with_capacity(pending.len());
-        for aggregate in pending {
-            deliveries.push(self.deliver(fence, now, aggregate));
-        }
-        let deliveries = at_most(self.settings.concurrency, deliveries).await;
+        let deliveries = if self.reconciler.batches() {
+            self.deliver_batches(fence, now, pending).await
+        } else {
+            let mut deliveries = Vec::with_capacity(pending.len());
+            for aggregate in pending {
+                deliveries.push(self.deliver(fence, now, aggregate));
+            }
+            at_most(self.settings.concurrency, deliveries).await
+        };
         let mut report = StepReport {
             scanned,
             ..StepReport::default()
@@ -174,6 +178,11 @@ impl Runner {
             .set(status.lag() as f64);
         metrics::gauge!("budgetd_reconciler_parked_tenants", "reconciler" => name)
             .set(status.parked as f64);
+        let oldest_age = status
+            .oldest_pending_at
+            .map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1e3);
+        metrics::gauge!("budgetd_reconciler_oldest_pending_age_seconds", "reconciler" => name)
+            .set(oldest_age);
         if let Some(at) = status.last_success_at {
             metrics::gauge!("budgetd_reconciler_last_success_timestamp_seconds", "reconciler" => name)
                 .set(at.timestamp_micros() as f64 / 1e6);
@@ -209,41 +218,166 @@ impl Runner {
                     next += 1;
                 }
                 Err(failure) => {
-                    let delay = backoff(
-                        aggregate.attempts + 1,
-                        self.settings.backoff_base,
-                        self.settings.backoff_cap,
-                    );
-                    let retry_at = now
-                        + chrono::Duration::from_std(delay)
-                            .unwrap_or_else(|_| chrono::Duration::days(1));
-                    let attempts = self
-                        .store
-                        .reconciler_failed(fence, name, key, retry_at, &failure.to_string())
-                        .await?;
-                    metrics::counter!(
-                        "budgetd_reconciler_events_failed_total",
-                        "reconciler" => name,
-                        "kind" => failure.kind
-                    )
-                    .increment(1);
-                    tracing::warn!(
-                        reconciler = name,
-                        aggregate_type = %key.aggregate_type,
-                        tenant = %key.aggregate_id,
-                        event_id = event.id,
-                        seq = event.seq,
-                        attempts,
-                        retry_in_ms = delay.as_millis() as u64,
-                        error = %failure,
-                        "event failed; the tenant is parked until its retry"
-                    );
+                    self.park(fence, now, &aggregate, event, &failure).await?;
                     delivery.failed = 1;
                     break;
                 }
             }
         }
         Ok(delivery)
+    }
+
+    /// Hands each tenant's due events to a batching reconciler at once (those in seq order
+    /// from `delivered_seq + 1` on; `concurrency` tenants at a time), records every tenant's
+    /// done events with one write, then parks each tenant at its first failed event.
+    async fn deliver_batches(
+        &self,
+        fence: Fence,
+        now: DateTime<Utc>,
+        pending: Vec<PendingAggregate>,
+    ) -> Vec<Result<Delivery, Error>> {
+        let mut calls = Vec::with_capacity(pending.len());
+        for (index, aggregate) in pending.iter().enumerate() {
+            calls.push(self.hand_over_batch(index, aggregate));
+        }
+        let outcomes = at_most(self.settings.concurrency, calls).await;
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        let mut deliveries = Vec::with_capacity(outcomes.len());
+        for (index, waiting, outcome) in outcomes {
+            let aggregate = &pending[index];
+            let mut delivery = Delivery {
+                waiting: u64::from(waiting),
+                ..Delivery::default()
+            };
+            if outcome.done > 0 {
+                let first = aggregate.delivered_seq + 1;
+                let last = aggregate.events[outcome.done - 1].seq;
+                done.push((aggregate.key.clone(), first, last));
+                delivery.handled = outcome.done as u64;
+            }
+            if let Some(failure) = outcome.failure {
+                if let Some(event) = aggregate.events.get(outcome.done) {
+                    failed.push((index, event, failure));
+                    delivery.failed = 1;
+                    delivery.waiting = 0;
+                }
+            }
+            deliveries.push(delivery);
+        }
+        let name = self.name();
+        if let Err(e) = self
+            .store
+            .reconciler_handled_batches(fence, name, &done)
+            .await
+        {
+            return vec![Err(e.into())];
+        }
+        let handled: u64 = deliveries.iter().map(|d| d.handled).sum();
+        metrics::counter!("budgetd_reconciler_events_handled_total", "reconciler" => name)
+            .increment(handled);
+        for (index, event, failure) in failed {
+            let aggregate = &pending[index];
+            // A tenant that got events through before failing starts its backoff afresh.
+            let attempts = if event.seq > aggregate.delivered_seq + 1 {
+                0
+            } else {
+                aggregate.attempts
+            };
+            let parked = PendingAggregate {
+                attempts,
+                ..aggregate.clone()
+            };
+            if let Err(e) = self.park(fence, now, &parked, event, &failure).await {
+                return vec![Err(e)];
+            }
+        }
+        deliveries.into_iter().map(Ok).collect()
+    }
+
+    /// One tenant's consecutive due events to the batching reconciler, within `call_timeout`:
+    /// (its index, whether a later event waits for an unscanned one, the outcome).
+    async fn hand_over_batch(
+        &self,
+        index: usize,
+        aggregate: &PendingAggregate,
+    ) -> (usize, bool, BatchOutcome) {
+        let first = aggregate.delivered_seq + 1;
+        let consecutive = aggregate
+            .events
+            .iter()
+            .zip(first..)
+            .take_while(|(event, seq)| event.seq == *seq)
+            .count();
+        let waiting = consecutive < aggregate.events.len();
+        let batch = &aggregate.events[..consecutive];
+        if batch.is_empty() {
+            return (
+                index,
+                waiting,
+                BatchOutcome {
+                    done: 0,
+                    failure: None,
+                },
+            );
+        }
+        let started = Instant::now();
+        let limit = self.settings.call_timeout;
+        let mut outcome = tokio::time::timeout(limit, self.reconciler.handle_batch(batch))
+            .await
+            .unwrap_or_else(|_| BatchOutcome {
+                done: 0,
+                failure: Some(HandlerError::new(
+                    "timeout",
+                    format!("no answer within {} ms", limit.as_millis()),
+                )),
+            });
+        metrics::histogram!("budgetd_reconciler_call_duration_seconds", "reconciler" => self.name(), "call" => "handle_batch")
+            .record(started.elapsed().as_secs_f64());
+        outcome.done = outcome.done.min(batch.len());
+        (index, waiting, outcome)
+    }
+
+    /// Records `event`'s failure: its tenant waits for the backoff of its next attempt.
+    async fn park(
+        &self,
+        fence: Fence,
+        now: DateTime<Utc>,
+        aggregate: &PendingAggregate,
+        event: &OutboxEvent,
+        failure: &HandlerError,
+    ) -> Result<(), Error> {
+        let name = self.name();
+        let key = &aggregate.key;
+        let delay = backoff(
+            aggregate.attempts + 1,
+            self.settings.backoff_base,
+            self.settings.backoff_cap,
+        );
+        let retry_at =
+            now + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1));
+        let attempts = self
+            .store
+            .reconciler_failed(fence, name, key, retry_at, &failure.to_string())
+            .await?;
+        metrics::counter!(
+            "budgetd_reconciler_events_failed_total",
+            "reconciler" => name,
+            "kind" => failure.kind
+        )
+        .increment(1);
+        tracing::warn!(
+            reconciler = name,
+            aggregate_type = %key.aggregate_type,
+            tenant = %key.aggregate_id,
+            event_id = event.id,
+            seq = event.seq,
+            attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %failure,
+            "event failed; the tenant is parked until its retry"
+        );
+        Ok(())
     }
 
     async fn call_handle(&self, event: &OutboxEvent) -> Result<(), HandlerError> {

@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use ledger::enforcement::Fence;
 use ledger::store::LeaderLock;
 use ledger::tenant::TenantId;
-use lifecycle::{backoff, HandlerError, OutboxEvent, Reconciler, Runner, RunnerSettings};
+use lifecycle::{
+    backoff, BatchOutcome, HandlerError, OutboxEvent, Reconciler, Runner, RunnerSettings,
+};
 use proptest::prelude::*;
 use sqlx::{Connection, PgConnection};
 use testkit::db::{fresh_database, TestDb};
@@ -647,4 +649,133 @@ proptest! {
             }
         });
     }
+}
+
+/// A batching reconciler: takes a tenant's due events at once; fails at the event with id
+/// `fail_at` (once), reporting the events before it done.
+#[derive(Default)]
+struct Batcher {
+    batches: Mutex<Vec<Vec<OutboxEvent>>>,
+    fail_at: Mutex<Option<i64>>,
+}
+
+impl Batcher {
+    fn done(&self) -> Vec<OutboxEvent> {
+        self.batches
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Reconciler for Batcher {
+    fn name(&self) -> &'static str {
+        "batcher"
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    async fn handle(&self, _event: &OutboxEvent) -> Result<(), HandlerError> {
+        unreachable!("a batching reconciler is handed batches")
+    }
+
+    async fn handle_batch(&self, events: &[OutboxEvent]) -> BatchOutcome {
+        let failing = self
+            .fail_at
+            .lock()
+            .unwrap()
+            .take_if(|id| events.iter().any(|e| e.id == *id));
+        let done = match failing {
+            Some(id) => events.iter().position(|e| e.id == id).unwrap(),
+            None => events.len(),
+        };
+        self.batches.lock().unwrap().push(events[..done].to_vec());
+        BatchOutcome {
+            done,
+            failure: failing.map(|_| HandlerError::new("rejected", "the test says no")),
+        }
+    }
+
+    async fn converge(&self, _tenant: &TenantId) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_batching_reconciler_gets_each_tenants_events_at_once_and_parks_at_a_failure() {
+    let db = fresh_database().await;
+    let lock = lead(&db).await;
+    let fence = lock.fence();
+    let mut conn = connect(&db).await;
+    // One transaction, so one scan takes them all (each tenant's events are then one batch).
+    let mut tx = conn.begin().await.unwrap();
+    let mut b_ids = Vec::new();
+    for _ in 0..6 {
+        for tenant in ["a", "b", "c"] {
+            let id = write(&mut tx, tenant).await;
+            if tenant == "b" {
+                b_ids.push(id);
+            }
+        }
+    }
+    tx.commit().await.unwrap();
+    let rec = Arc::new(Batcher::default());
+    *rec.fail_at.lock().unwrap() = Some(b_ids[2]);
+    let settings = RunnerSettings {
+        scan_batch: 100,
+        max_events_per_step: 100,
+        ..settings(2)
+    };
+    let runner = Runner::new(db.store.clone(), rec.clone(), settings).unwrap();
+    let t0 = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let report = drain(&db, &runner, fence, t0).await;
+    // One batch per tenant; b's first two are recorded, b parked at its third.
+    assert_eq!(report.parked, 1);
+    assert_eq!(report.lag, 4, "b's last four events wait");
+    let sizes: BTreeMap<String, Vec<usize>> = rec
+        .batches
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| !b.is_empty())
+        .fold(BTreeMap::new(), |mut m, b| {
+            m.entry(b[0].aggregate_id.clone())
+                .or_default()
+                .push(b.len());
+            m
+        });
+    assert_eq!(sizes["a"], [6]);
+    assert_eq!(sizes["b"], [2]);
+    assert_eq!(sizes["c"], [6]);
+    let parked = db.store.reconciler_parked("batcher").await.unwrap();
+    assert_eq!(
+        (
+            parked[0].key.aggregate_id.as_str(),
+            parked[0].waiting_events
+        ),
+        ("b", 4)
+    );
+    // Not before its backoff; after it, the rest of b in one batch, from the failed one on.
+    drain(&db, &runner, fence, t0).await;
+    assert_eq!(rec.done().len(), 14);
+    let report = drain(&db, &runner, fence, t0 + chrono::Duration::seconds(2)).await;
+    assert_eq!((report.lag, report.parked), (0, 0));
+    let done = rec.done();
+    let ids: Vec<i64> = done.iter().map(|e| e.id).collect();
+    no_duplicates(&ids);
+    assert_eq!(ids.len(), 18);
+    let b: Vec<i64> = done
+        .iter()
+        .filter(|e| e.aggregate_id == "b")
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(b, [1, 2, 3, 4, 5, 6]);
+    let status = db.store.reconciler_status("batcher").await.unwrap();
+    assert_eq!(status.oldest_pending_at, None);
 }

@@ -165,6 +165,8 @@ struct File {
     lifecycle: LifecycleSection,
     #[serde(default)]
     oidc: OidcSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka: Option<relay::KafkaSection>,
 }
 
 /// `[api]`.
@@ -266,6 +268,8 @@ pub struct Config {
     pub lifecycle: LifecycleSettings,
     /// OIDC issuers whose JWTs are accepted (`[oidc]`).
     pub oidc: OidcSettings,
+    /// The Kafka relay, when `[kafka]` is there.
+    pub kafka: Option<relay::KafkaSettings>,
     /// `BUDGETD_PSEUDONYMISATION_KEY`: the key of offboarded tenants' pseudonyms; without it, the
     /// database's per-installation key.
     pub pseudonymisation_key: Option<secrecy::SecretString>,
@@ -439,6 +443,12 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
     let price_book_seed = price_book.seed;
     let lifecycle = file.lifecycle.validate().map_err(invalid)?;
     let oidc = file.oidc.validate().map_err(invalid)?;
+    let kafka = file
+        .kafka
+        .as_ref()
+        .map(relay::KafkaSection::validate)
+        .transpose()
+        .map_err(invalid)?;
     let collector = match &file.collector {
         Some(c) if c.enabled => Some(
             c.validate(file.meters.as_deref(), &file.prometheus)
@@ -481,6 +491,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         kubernetes,
         lifecycle,
         oidc,
+        kafka,
         pseudonymisation_key: None,
         source: Source {
             path: path.map(Path::to_owned),

@@ -748,7 +748,12 @@ fn the_readme_states_every_default() {
         ("BUDGETD_PROMETHEUS_URL", "http://prometheus:9090"),
         ("BUDGETD_ALERTMANAGER_URL", "http://alertmanager:9093"),
     ];
-    let shown = load("[collector]\n[enforcement]\n", &env).unwrap().show();
+    let shown = load(
+        "[collector]\n[enforcement]\n[kafka]\nbootstrap_servers = \"kafka:9092\"\n",
+        &env,
+    )
+    .unwrap()
+    .show();
     let shown: toml::Table = shown.parse().unwrap();
     let mut checked = 0;
     let mut check = |prefix: String, table: &toml::Table| {
@@ -757,6 +762,7 @@ fn the_readme_states_every_default() {
             if matches!(value, toml::Value::Table(_))
                 || key.ends_with("url")
                 || key.ends_with("urls")
+                || key == "kafka.bootstrap_servers"
             {
                 continue;
             }
@@ -772,6 +778,9 @@ fn the_readme_states_every_default() {
             check(name.clone(), table);
             if let Some(toml::Value::Table(retry)) = table.get("retry") {
                 check(format!("{name}.retry"), retry);
+            }
+            if let Some(toml::Value::Table(relay)) = table.get("relay") {
+                check(format!("{name}.relay"), relay);
             }
         }
     }

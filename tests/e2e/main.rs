@@ -10,6 +10,7 @@ mod dashboards;
 mod enforcement;
 mod fuzz;
 mod http;
+mod kafka;
 mod lifecycle;
 mod offboarding;
 mod oidc;

@@ -3,6 +3,7 @@
 
 pub mod collector;
 pub mod enforcer;
+pub mod kafka;
 pub mod ledger;
 pub mod lifecycle;
 

@@ -164,6 +164,29 @@ async fn announce(
     .await
 }
 
+/// `budget.threshold_crossed`: a notify action applied is a budget threshold crossed (by the
+/// spend, `on = actual`, or the forecast), announced with the action's event, in its
+/// transaction, on the action's aggregate (so it follows `enforcement.action_applied`).
+async fn announce_threshold(conn: &mut PgConnection, action: &ActionRecord) -> Result<(), Error> {
+    outbox::enqueue(
+        &mut *conn,
+        "enforcement_action",
+        &action.id.to_string(),
+        "budget.threshold_crossed",
+        json!({
+            "action": action.to_json(),
+            "on": action.step.get("on"),
+            "at_percent": action.step.get("at"),
+            "spent": action.spent.to_string(),
+            "forecast": action.forecast.to_string(),
+            "budget": action.budget.amount.to_string(),
+            "currency": action.budget.currency.code(),
+            "period_start": action.period_start.to_string(),
+        }),
+    )
+    .await
+}
+
 /// `update ... set <set> where id = $1 returning <columns>`: assignments use $2 and up.
 fn update_sql(set: &str) -> String {
     format!("update enforcement_actions set {set} where id = $1 returning {ACTION_COLUMNS}")
@@ -448,6 +471,9 @@ impl Store {
                 &after,
             )
             .await?;
+            if after.kind == ActionKind::Notify {
+                announce_threshold(&mut tx, &after).await?;
+            }
             tx.commit().await?;
             Ok(after)
         })

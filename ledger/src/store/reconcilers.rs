@@ -70,6 +70,8 @@ pub struct ReconcilerStatus {
     pub backlog: i64,
     pub parked: i64,
     pub last_success_at: Option<DateTime<Utc>>,
+    /// When the oldest event not handled yet was written (none when there is none).
+    pub oldest_pending_at: Option<DateTime<Utc>>,
 }
 
 impl ReconcilerStatus {
@@ -300,6 +302,83 @@ impl Store {
         .await
     }
 
+    /// Records, for each `(key, first, last)`, the aggregate's events `first..=last` handled
+    /// (a reconciler that takes a tenant's events as one batch), all in one transaction: out
+    /// of the backlog, each position moved to its `last`, failures cleared. A conflict
+    /// (`reconciler_order`), recording nothing, unless each `first` is its aggregate's next
+    /// event and every one of the events is in the backlog.
+    pub async fn reconciler_handled_batches(
+        &self,
+        fence: Fence,
+        reconciler: &str,
+        batches: &[(AggregateKey, i64, i64)],
+    ) -> Result<(), Error> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        if let Some((key, first, last)) = batches.iter().find(|(_, first, last)| first > last) {
+            return Err(Error::conflict(
+                "reconciler_order",
+                format!(
+                    "no events between {first} and {last} of {:?}",
+                    key.aggregate_id
+                ),
+            ));
+        }
+        let types: Vec<&str> = batches
+            .iter()
+            .map(|b| b.0.aggregate_type.as_str())
+            .collect();
+        let ids: Vec<&str> = batches.iter().map(|b| b.0.aggregate_id.as_str()).collect();
+        let firsts: Vec<i64> = batches.iter().map(|b| b.1).collect();
+        let lasts: Vec<i64> = batches.iter().map(|b| b.2).collect();
+        let events: i64 = batches.iter().map(|b| b.2 - b.1 + 1).sum();
+        self.run_within("reconciler_handled", 4, || async {
+            let mut tx = self.begin().await?;
+            check_fence(&mut tx, fence).await?;
+            let (moved, removed): (i64, i64) = query_as(
+                "with done as ( \
+                     select * from unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+                         as d(aggregate_type, aggregate_id, first, last) \
+                 ), moved as ( \
+                     update reconciler_aggregates a \
+                     set delivered_seq = d.last, attempts = 0, next_attempt_at = null, \
+                         last_error = null \
+                     from done d \
+                     where a.reconciler = $1 and a.aggregate_type = d.aggregate_type \
+                       and a.aggregate_id = d.aggregate_id and a.delivered_seq = d.first - 1 \
+                     returning 1 \
+                 ), removed as ( \
+                     delete from reconciler_backlog b using done d \
+                     where b.reconciler = $1 and b.aggregate_type = d.aggregate_type \
+                       and b.aggregate_id = d.aggregate_id and b.seq between d.first and d.last \
+                     returning 1 \
+                 ) \
+                 select (select count(*) from moved), (select count(*) from removed)",
+            )
+            .bind(reconciler)
+            .bind(&types)
+            .bind(&ids)
+            .bind(&firsts)
+            .bind(&lasts)
+            .fetch_one(&mut *tx)
+            .await?;
+            if moved != batches.len() as i64 || removed != events {
+                return Err(Error::conflict(
+                    "reconciler_order",
+                    format!(
+                        "{} batches of {events} events are not {reconciler}'s next ones \
+                         ({moved} positions, {removed} backlog events match)",
+                        batches.len()
+                    ),
+                ));
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Records a failed attempt at `key`'s next event: the aggregate is parked until
     /// `next_attempt_at`. Returns the failed attempts so far.
     pub async fn reconciler_failed(
@@ -336,10 +415,11 @@ impl Store {
     pub async fn reconciler_status(&self, reconciler: &str) -> Result<ReconcilerStatus, Error> {
         self.run("reconciler_status", || async {
             let mut tx = self.begin().await?;
-            let (unscanned, backlog, parked, last_success_at): (
+            let (unscanned, backlog, parked, last_success_at, oldest_pending_at): (
                 i64,
                 i64,
                 i64,
+                Option<DateTime<Utc>>,
                 Option<DateTime<Utc>>,
             ) = query_as(
                 "select \
@@ -348,7 +428,13 @@ impl Store {
                      (select count(*) from reconciler_backlog where reconciler = $1), \
                      (select count(*) from reconciler_aggregates \
                       where reconciler = $1 and attempts > 0), \
-                     (select last_success_at from reconcilers where name = $1)",
+                     (select last_success_at from reconcilers where name = $1), \
+                     least( \
+                         (select min(o.created_at) from reconciler_backlog b \
+                          join outbox o on o.id = b.event_id where b.reconciler = $1), \
+                         (select o.created_at from outbox o left join reconcilers r on r.name = $1 \
+                          where r.name is null or (o.txid, o.id) > (r.cursor_txid, r.cursor_id) \
+                          order by o.txid, o.id limit 1))",
             )
             .bind(reconciler)
             .fetch_one(&mut *tx)
@@ -359,6 +445,7 @@ impl Store {
                 backlog,
                 parked,
                 last_success_at,
+                oldest_pending_at,
             })
         })
         .await

@@ -9,6 +9,7 @@
 pub mod collector;
 pub mod enforcer;
 pub mod ledger;
+pub mod relay;
 
 use std::time::Duration;
 
