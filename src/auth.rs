@@ -110,6 +110,12 @@ pub enum Permission {
     ReadTokens,
     /// Create and revoke managed API tokens.
     ManageTokens,
+    /// Page through the audit trail (a tenant token: its own tenant's records).
+    ReadAudit,
+    /// The governance report (every tenant's owner, state, residency, budget and spend).
+    ReadReports,
+    /// The access review: every identity that can act, and what it did.
+    ReviewAccess,
 }
 
 /// An authenticated caller.
@@ -124,7 +130,15 @@ impl Principal {
         use Permission::*;
         match self.role {
             Role::Admin => true,
-            Role::Operator => !matches!(permission, ManagePriceBook | ReadTokens | ManageTokens),
+            Role::Operator => !matches!(
+                permission,
+                ManagePriceBook
+                    | ReadTokens
+                    | ManageTokens
+                    | ReadAudit
+                    | ReadReports
+                    | ReviewAccess
+            ),
             Role::Finance => matches!(
                 permission,
                 ReadTenants
@@ -135,6 +149,8 @@ impl Principal {
                     | ManagePriceBook
                     | ReadEnforcement
                     | RequestTenant
+                    | ReadAudit
+                    | ReadReports
             ),
             Role::Viewer => matches!(
                 permission,
@@ -147,12 +163,20 @@ impl Principal {
             ),
             Role::Auditor => matches!(
                 permission,
-                ReadTenants | ReadBudget | ReadCosts | ReadPriceBook | ReadEnforcement | ReadTokens
+                ReadTenants
+                    | ReadBudget
+                    | ReadCosts
+                    | ReadPriceBook
+                    | ReadEnforcement
+                    | ReadTokens
+                    | ReadAudit
+                    | ReadReports
+                    | ReviewAccess
             ),
             // A tenant token speaks for its tenant, not for a person who may ask for another.
             Role::Tenant(_) => matches!(
                 permission,
-                ReadTenants | ReadBudget | ReadCosts | ReadPriceBook | ReadEnforcement
+                ReadTenants | ReadBudget | ReadCosts | ReadPriceBook | ReadEnforcement | ReadAudit
             ),
         }
     }
@@ -246,6 +270,27 @@ impl Authenticator {
     pub fn with_oidc(mut self, oidc: Option<Oidc>) -> Self {
         self.oidc = oidc;
         self
+    }
+
+    /// The configuration-file tokens' principals, by name, and whether the bootstrap token is
+    /// configured and not yet retired (for the access review).
+    pub fn configured_principals(&self) -> Vec<Principal> {
+        let mut principals: Vec<Principal> = self.tokens.values().cloned().collect();
+        principals.sort_by(|a, b| a.name.cmp(&b.name));
+        principals
+    }
+
+    /// Whether a bootstrap token is configured.
+    pub fn has_bootstrap(&self) -> bool {
+        self.bootstrap.is_some()
+    }
+
+    /// The OIDC issuers' claim-to-role mappings (for the access review).
+    pub fn oidc_mappings(&self) -> Vec<crate::oidc::RoleMapping> {
+        self.oidc
+            .as_ref()
+            .map(Oidc::role_mappings)
+            .unwrap_or_default()
     }
 
     /// Whether `name` is a configuration-file token's or the bootstrap token's: a managed

@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod governance;
 pub mod leader;
 pub mod oidc;
 pub mod plan_table;

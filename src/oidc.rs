@@ -470,6 +470,18 @@ struct IssuerState {
 }
 
 /// The verifier: issuers, their key caches and the HTTP client.
+/// One configured mapping of a claim value to a role (the access review lists them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleMapping {
+    pub issuer: String,
+    /// The claim's dotted path and the value in it that grants the role.
+    pub claim: String,
+    pub value: String,
+    pub role: &'static str,
+    /// The tenant a `tenant` grant is for: the claim that names it.
+    pub tenant_claim: Option<String>,
+}
+
 pub struct Oidc {
     issuers: Vec<IssuerState>,
     client: reqwest::Client,
@@ -575,6 +587,31 @@ impl Oidc {
 
     /// Whether `token` has a JWT's shape (three base64url parts), so that it is worth checking
     /// here rather than as a static or managed token.
+    /// Every issuer's claim-value-to-role mappings, in configuration order.
+    pub fn role_mappings(&self) -> Vec<RoleMapping> {
+        self.settings
+            .issuers
+            .iter()
+            .flat_map(|issuer| {
+                issuer.roles.iter().map(|(value, grant)| {
+                    let (role, tenant_claim) = match grant {
+                        Grant::Role(role) => (role.name(), None),
+                        Grant::TenantFromClaim => {
+                            ("tenant", issuer.tenant_claim.as_ref().map(|c| c.to_string()))
+                        }
+                    };
+                    RoleMapping {
+                        issuer: issuer.issuer.clone(),
+                        claim: issuer.roles_claim.to_string(),
+                        value: value.clone(),
+                        role,
+                        tenant_claim,
+                    }
+                })
+            })
+            .collect()
+    }
+
     pub fn looks_like_jwt(token: &str) -> bool {
         let parts: Vec<&str> = token.split('.').collect();
         parts.len() == 3

@@ -155,7 +155,7 @@ impl CostReport {
 /// (OWASP, "CSV Injection"); then RFC 4180 quoting where needed. Every text cell goes through
 /// here, even those whose values cannot start so today (tenant ids, meter and unit names),
 /// so that a later, looser source does not open the hole.
-fn csv_text(value: &str) -> String {
+pub(crate) fn csv_text(value: &str) -> String {
     if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         quoted(&format!("'{value}"))
     } else {
@@ -165,7 +165,7 @@ fn csv_text(value: &str) -> String {
 
 /// A number cell: a decimal the report wrote itself (`-1.5` is a correction, not a formula),
 /// left as it is so that spreadsheets read it as a number.
-fn csv_number(value: &str) -> String {
+pub(crate) fn csv_number(value: &str) -> String {
     debug_assert!(
         value.parse::<Decimal>().is_ok(),
         "{value:?} is not a decimal"

@@ -4,6 +4,7 @@
 mod enforcement;
 mod error;
 mod extract;
+mod governance;
 mod offboarding;
 mod openapi;
 mod price_book;
@@ -212,6 +213,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/reports/governance", get(governance::governance))
+        .route("/api/v1/reports/access-review", get(governance::access))
+        .route("/api/v1/audit", get(governance::audit))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -195,3 +195,132 @@ impl Store {
         .await
     }
 }
+
+/// Which audit records to page through, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Records about this tenant: the tenant itself and its enforcement actions.
+    pub tenant: Option<crate::tenant::TenantId>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// `at >= from`.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// `at < to`.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only records with a smaller `seq` (the keyset cursor of the next page).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// What one actor did, from the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorActivity {
+    pub actor: String,
+    pub role: String,
+    /// Its latest record, at any time.
+    pub last_acted_at: chrono::DateTime<chrono::Utc>,
+    /// Its records in the period, by action (sorted by action).
+    pub actions_in_period: Vec<(String, i64)>,
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, actor, role, action, target_type, target_id, before, \
+                             after, request_id, prev_hash, hash";
+
+fn record_from_row(row: &sqlx::postgres::PgRow) -> Result<AuditRecord, Error> {
+    Ok(AuditRecord {
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        role: row.try_get("role")?,
+        action: row.try_get("action")?,
+        target_type: row.try_get("target_type")?,
+        target_id: row.try_get("target_id")?,
+        before: row.try_get("before")?,
+        after: row.try_get("after")?,
+        request_id: row.try_get("request_id")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+impl Store {
+    /// One page of the audit trail, newest first. Paging on `seq` (gapless, append-only) is
+    /// stable: records appended while a reader pages have larger numbers and never shift a page.
+    pub async fn audit_page(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error> {
+        self.run("audit_page", || async {
+            let mut tx = self.begin().await?;
+            let rows = query(&format!(
+                "select {AUDIT_COLUMNS} from audit_log \
+                 where ($1::text is null \
+                        or (target_type = 'tenant' and target_id = $1) \
+                        or (target_type = 'enforcement_action' and target_id in \
+                            (select id::text from enforcement_actions where tenant_id = $1))) \
+                   and ($2::text is null or actor = $2) \
+                   and ($3::text is null or action = $3) \
+                   and ($4::timestamptz is null or at >= $4) \
+                   and ($5::timestamptz is null or at < $5) \
+                   and ($6::bigint is null or seq < $6) \
+                 order by seq desc limit $7"
+            ))
+            .bind(filter.tenant.as_ref().map(|t| t.as_str()))
+            .bind(filter.actor.as_deref())
+            .bind(filter.action.as_deref())
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(filter.before_seq)
+            .bind(filter.limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.iter().map(record_from_row).collect()
+        })
+        .await
+    }
+
+    /// Every actor of the audit trail: when it last acted, and what it did in `[from, to)`.
+    pub async fn actor_activity(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ActorActivity>, Error> {
+        self.run("actor_activity", || async {
+            let mut tx = self.begin().await?;
+            let rows = query(
+                "select actor, role, action, max(at) as last_at, \
+                        count(*) filter (where at >= $1 and at < $2) as n \
+                 from audit_log group by actor, role, action order by actor, role, action",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let mut out: Vec<ActorActivity> = Vec::new();
+            for row in &rows {
+                let actor: String = row.try_get("actor")?;
+                let role: String = row.try_get("role")?;
+                let action: String = row.try_get("action")?;
+                let last_at: chrono::DateTime<chrono::Utc> = row.try_get("last_at")?;
+                let n: i64 = row.try_get("n")?;
+                let same = out
+                    .last()
+                    .is_some_and(|a| a.actor == actor && a.role == role);
+                if !same {
+                    out.push(ActorActivity {
+                        actor,
+                        role,
+                        last_acted_at: last_at,
+                        actions_in_period: Vec::new(),
+                    });
+                }
+                let current = out.last_mut().expect("pushed above");
+                current.last_acted_at = current.last_acted_at.max(last_at);
+                if n > 0 {
+                    current.actions_in_period.push((action, n));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

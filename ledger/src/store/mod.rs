@@ -32,7 +32,7 @@ use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
 pub use api_tokens::{ApiTokenRecord, NewApiToken, LAST_USED_RESOLUTION_SECONDS};
-pub use audit::ChainStatus;
+pub use audit::{ActorActivity, AuditFilter, ChainStatus};
 pub use costs::DailyCost;
 pub use enforcement::ActionFilter;
 pub use leader::LeaderLock;
