@@ -469,6 +469,9 @@ mod tests {
             ReadPriceBook,
             ReadEnforcement,
             ReadTokens,
+            ReadAudit,
+            ReadReports,
+            ReviewAccess,
         ] {
             assert!(auditor.may(read), "{read:?}");
         }
@@ -492,6 +495,22 @@ mod tests {
             assert!(!principal(role.clone()).may(ReadTokens), "{role:?}");
             assert!(!principal(role).may(ManageTokens));
         }
+    }
+
+    #[test]
+    fn governance_reports_are_for_admins_finance_and_auditors() {
+        use Permission::*;
+        let acme = TenantId::parse("acme").unwrap();
+        let may = |role: Role| {
+            [ReadAudit, ReadReports, ReviewAccess].map(|p| principal(role.clone()).may(p))
+        };
+        assert_eq!(may(Role::Admin), [true, true, true]);
+        assert_eq!(may(Role::Auditor), [true, true, true]);
+        assert_eq!(may(Role::Finance), [true, true, false]);
+        assert_eq!(may(Role::Operator), [false, false, false]);
+        assert_eq!(may(Role::Viewer), [false, false, false]);
+        // A tenant token reads its own tenant's audit records (the route scopes them).
+        assert_eq!(may(Role::Tenant(acme)), [true, false, false]);
     }
 
     #[test]

@@ -265,13 +265,27 @@ pub async fn access_review(
             _ => None,
         };
         let acted = take(&p.name, &role);
-        let unused = acted.as_ref().is_none_or(|a| a.last_acted_at < stale_before);
-        push("config_token", p.name, role, scope, None, acted, None, unused);
+        let unused = acted
+            .as_ref()
+            .is_none_or(|a| a.last_acted_at < stale_before);
+        push(
+            "config_token",
+            p.name,
+            role,
+            scope,
+            None,
+            acted,
+            None,
+            unused,
+        );
     }
     if auth.has_bootstrap() {
         let retired = store.admin_token_created().await?;
         let acted = take(BOOTSTRAP_NAME, "admin");
-        let unused = !retired && acted.as_ref().is_none_or(|a| a.last_acted_at < stale_before);
+        let unused = !retired
+            && acted
+                .as_ref()
+                .is_none_or(|a| a.last_acted_at < stale_before);
         let state = if retired { "retired" } else { "live" };
         push(
             "bootstrap_token",

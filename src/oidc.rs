@@ -596,9 +596,10 @@ impl Oidc {
                 issuer.roles.iter().map(|(value, grant)| {
                     let (role, tenant_claim) = match grant {
                         Grant::Role(role) => (role.name(), None),
-                        Grant::TenantFromClaim => {
-                            ("tenant", issuer.tenant_claim.as_ref().map(|c| c.to_string()))
-                        }
+                        Grant::TenantFromClaim => (
+                            "tenant",
+                            issuer.tenant_claim.as_ref().map(|c| c.to_string()),
+                        ),
                     };
                     RoleMapping {
                         issuer: issuer.issuer.clone(),

@@ -84,11 +84,7 @@ pub async fn governance(
                 "the report could not be written",
             )
         })?;
-        Ok((
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            out,
-        )
-            .into_response())
+        Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response())
     } else {
         Ok(Json(GovernanceReport {
             generated_at: now,
@@ -122,7 +118,10 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::invalid("cursor", "not a cursor this API returned"))
 }
 
-fn time_param(params: &BTreeMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+fn time_param(
+    params: &BTreeMap<String, String>,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     params
         .get(name)
         .map(|v| {
@@ -138,7 +137,10 @@ fn text_param(params: &BTreeMap<String, String>, name: &str) -> Result<Option<St
         .get(name)
         .map(|v| {
             if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
-                Err(ApiError::invalid(name, "1 to 256 characters, no control characters"))
+                Err(ApiError::invalid(
+                    name,
+                    "1 to 256 characters, no control characters",
+                ))
             } else {
                 Ok(v.clone())
             }
@@ -186,10 +188,7 @@ pub async fn audit(
             return Err(ApiError::invalid("to", "after `from`"));
         }
     }
-    let before_seq = params
-        .get("cursor")
-        .map(|c| decode_cursor(c))
-        .transpose()?;
+    let before_seq = params.get("cursor").map(|c| decode_cursor(c)).transpose()?;
     let limit = page_limit(&params)?;
     let mut records = state
         .store

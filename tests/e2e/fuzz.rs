@@ -166,6 +166,12 @@ fn routes() -> Vec<Route> {
             query: &[],
             body: None,
         },
+        get("/api/v1/reports/governance", &["format"]),
+        get("/api/v1/reports/access-review", &["from", "to"]),
+        get(
+            "/api/v1/audit",
+            &["tenant", "actor", "action", "from", "to", "cursor", "limit"],
+        ),
         get("/healthz", &[]),
         get("/readyz", &[]),
         get("/metrics", &[]),

@@ -9,6 +9,7 @@ mod collector;
 mod dashboards;
 mod enforcement;
 mod fuzz;
+mod governance;
 mod http;
 mod kafka;
 mod lifecycle;
