@@ -45,30 +45,7 @@ impl Application {
                 use secrecy::ExposeSecret;
                 key.expose_secret().as_bytes().to_vec().into()
             }));
-        let oidc = if config.oidc.issuers.is_empty() {
-            None
-        } else {
-            for issuer in &config.oidc.issuers {
-                tracing::info!(issuer = %issuer.issuer, audience = %issuer.audience, "accepting JWTs of the OIDC issuer");
-            }
-            Some(Oidc::new(config.oidc.clone()).context("the OIDC client")?)
-        };
-        if config.api.bootstrap_token.is_some() {
-            tracing::info!(
-                "BUDGETD_BOOTSTRAP_ADMIN_TOKEN is set: it is the admin token bootstrap-admin until the first admin token is created (POST /api/v1/tokens), then it is refused"
-            );
-        }
-        let auth = Authenticator::new(config.api.tokens.iter().map(|t| {
-            (
-                t.hash,
-                Principal {
-                    name: t.name.clone(),
-                    role: t.role.clone(),
-                },
-            )
-        }))
-        .with_bootstrap(config.api.bootstrap_token)
-        .with_oidc(oidc);
+        let auth = authenticator(&config)?;
         let connections = ConnectionLimit::for_this_process(
             config.api.max_connections,
             config.database.max_connections,
@@ -465,4 +442,33 @@ async fn prepare_ledger(store: &Store, config: &Config, stop: &CancellationToken
     }
     tracing::info!("ledger ready");
     true
+}
+
+/// The configured identities: configuration tokens, the bootstrap token and the OIDC issuers
+/// (the daemon's and `budgetd report audit`'s).
+pub fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    let oidc = if config.oidc.issuers.is_empty() {
+        None
+    } else {
+        for issuer in &config.oidc.issuers {
+            tracing::info!(issuer = %issuer.issuer, audience = %issuer.audience, "accepting JWTs of the OIDC issuer");
+        }
+        Some(Oidc::new(config.oidc.clone()).context("the OIDC client")?)
+    };
+    if config.api.bootstrap_token.is_some() {
+        tracing::info!(
+            "BUDGETD_BOOTSTRAP_ADMIN_TOKEN is set: it is the admin token bootstrap-admin until the first admin token is created (POST /api/v1/tokens), then it is refused"
+        );
+    }
+    Ok(Authenticator::new(config.api.tokens.iter().map(|t| {
+        (
+            t.hash,
+            Principal {
+                name: t.name.clone(),
+                role: t.role.clone(),
+            },
+        )
+    }))
+    .with_bootstrap(config.api.bootstrap_token)
+    .with_oidc(oidc))
 }

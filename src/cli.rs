@@ -124,6 +124,24 @@ enum ReportCommand {
     /// Daily costs per tenant and meter. Amounts are rounded to the currency's minor unit,
     /// half to even; totals round the exact sum.
     Costs(CostsArgs),
+    /// Governance and audit for a period: the governance report, the audit trail, the access
+    /// review, data residency and the enforcement history (see the README for the format).
+    Audit(AuditReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct AuditReportArgs {
+    /// The period's start (inclusive): RFC 3339 or YYYY-MM-DD (UTC midnight).
+    #[arg(long, value_parser = parse_instant)]
+    from: DateTime<Utc>,
+    /// The period's end (exclusive): RFC 3339 or YYYY-MM-DD (UTC midnight).
+    #[arg(long, value_parser = parse_instant)]
+    to: DateTime<Utc>,
+    /// Only this tenant (its governance row, audit records, residency and actions).
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +255,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         DaemonCommand::Report {
             report: ReportCommand::Costs(args),
         } => report_costs(&config, args).await,
+        DaemonCommand::Report {
+            report: ReportCommand::Audit(args),
+        } => report_audit(&config, args).await,
         DaemonCommand::Audit {
             audit: AuditCommand::Verify,
         } => audit_verify(&config).await,
@@ -291,6 +312,42 @@ async fn report_costs(config: &Config, args: CostsArgs) -> anyhow::Result<ExitCo
     let report = CostReport::new(from, to, &costs);
     let mut out = std::io::stdout().lock();
     match format {
+        Format::Csv => report.write_csv(&mut out)?,
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn report_audit(config: &Config, args: AuditReportArgs) -> anyhow::Result<ExitCode> {
+    let tenant = args
+        .tenant
+        .map(|t| TenantId::parse_field("--tenant", &t))
+        .transpose()
+        .map_err(|e| ConfigError::new(e.field, e.message))?;
+    if args.to <= args.from {
+        return Err(ConfigError::new("--to", "must be after --from").into());
+    }
+    let store = open_store(config).await?;
+    let auth = crate::app::authenticator(config)?;
+    let status = config
+        .enforcement
+        .as_ref()
+        .map_or(crate::api::VIEW_STATUS, |e| e.settings.status_params());
+    let report = crate::governance::audit_report(
+        &store,
+        &auth,
+        &status,
+        args.from,
+        args.to,
+        tenant.as_ref(),
+        Utc::now(),
+    )
+    .await?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
         Format::Csv => report.write_csv(&mut out)?,
         Format::Json => {
             serde_json::to_writer_pretty(&mut out, &report)?;

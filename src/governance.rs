@@ -361,3 +361,254 @@ pub async fn access_review(
         identities,
     })
 }
+
+/// One region's tenants and their namespaces.
+#[derive(Debug, Clone, Serialize)]
+pub struct Residency {
+    pub region: String,
+    pub tenants: Vec<ResidentTenant>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResidentTenant {
+    pub tenant_id: String,
+    pub namespaces: Vec<String>,
+}
+
+/// One enforcement action of the period's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnforcementEntry {
+    pub id: i64,
+    pub tenant_id: String,
+    pub period_start: chrono::NaiveDate,
+    pub step_key: String,
+    pub kind: String,
+    pub state: String,
+    pub reason: String,
+    pub currency: String,
+    pub budget: String,
+    pub spent: String,
+    pub forecast: String,
+    pub not_before: DateTime<Utc>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// `budgetd report audit`: the three API reports and data residency and enforcement history,
+/// for `[from, to)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub tenant: Option<String>,
+    pub governance: Vec<GovernanceRow>,
+    /// The period's audit records, oldest first.
+    pub audit: Vec<AuditRecordView>,
+    pub access_review: AccessReview,
+    pub residency: Vec<Residency>,
+    /// Actions whose `not_before` is in the period, oldest first.
+    pub enforcement: Vec<EnforcementEntry>,
+}
+
+const PAGE: i64 = 1000;
+
+/// Gathers the audit report (with `tenant`, that tenant's rows only; the access review is
+/// always whole: identities are not a tenant's).
+pub async fn audit_report(
+    store: &Store,
+    auth: &Authenticator,
+    params: &StatusParams,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    tenant: Option<&ledger::tenant::TenantId>,
+    now: DateTime<Utc>,
+) -> Result<AuditReport, ledger::Error> {
+    let mut governance = governance_rows(store, now, params).await?;
+    if let Some(t) = tenant {
+        governance.retain(|r| r.tenant_id == t.as_str());
+    }
+    let mut audit = Vec::new();
+    let mut before_seq = None;
+    loop {
+        let page = store
+            .audit_page(&ledger::store::AuditFilter {
+                tenant: tenant.cloned(),
+                from: Some(from),
+                to: Some(to),
+                before_seq,
+                limit: PAGE,
+                ..Default::default()
+            })
+            .await?;
+        let full = page.len() as i64 == PAGE;
+        before_seq = page.last().map(|r| r.seq);
+        audit.extend(page.into_iter().map(AuditRecordView::from));
+        if !full {
+            break;
+        }
+    }
+    audit.reverse();
+    let mut regions: BTreeMap<String, Vec<ResidentTenant>> = BTreeMap::new();
+    for row in &governance {
+        regions
+            .entry(row.data_residency.clone())
+            .or_default()
+            .push(ResidentTenant {
+                tenant_id: row.tenant_id.clone(),
+                namespaces: row.namespaces.clone(),
+            });
+    }
+    let mut enforcement = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = store
+            .list_actions(&ledger::store::ActionFilter {
+                state: None,
+                tenant: tenant.cloned(),
+                before_id,
+                limit: PAGE,
+            })
+            .await?;
+        let full = page.len() as i64 == PAGE;
+        before_id = page.last().map(|a| a.id);
+        enforcement.extend(
+            page.into_iter()
+                .filter(|a| a.not_before >= from && a.not_before < to)
+                .map(|a| EnforcementEntry {
+                    id: a.id,
+                    tenant_id: a.tenant.to_string(),
+                    period_start: a.period_start,
+                    step_key: a.step_key,
+                    kind: a.kind.as_str().to_owned(),
+                    state: a.state.as_str().to_owned(),
+                    reason: a.reason,
+                    currency: a.budget.currency.code().to_owned(),
+                    budget: a.budget.amount.to_string(),
+                    spent: a.spent.to_string(),
+                    forecast: a.forecast.to_string(),
+                    not_before: a.not_before,
+                    decided_by: a.decided_by,
+                    decided_at: a.decided_at,
+                }),
+        );
+        if !full {
+            break;
+        }
+    }
+    enforcement.reverse();
+    Ok(AuditReport {
+        from,
+        to,
+        tenant: tenant.map(|t| t.to_string()),
+        governance,
+        audit,
+        access_review: access_review(store, auth, from, to, now).await?,
+        residency: regions
+            .into_iter()
+            .map(|(region, tenants)| Residency { region, tenants })
+            .collect(),
+        enforcement,
+    })
+}
+
+fn time_cell(at: Option<DateTime<Utc>>) -> String {
+    at.map(|at| csv_text(&ledger::audit::timestamp(at)))
+        .unwrap_or_default()
+}
+
+impl AuditReport {
+    /// Five CSV tables, each after a `# <part>` line and followed by an empty line:
+    /// `governance`, `audit`, `access_review`, `residency`, `enforcement`.
+    pub fn write_csv(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(out, "# governance")?;
+        write_governance_csv(&self.governance, out)?;
+        writeln!(out)?;
+        writeln!(out, "# audit")?;
+        writeln!(
+            out,
+            "seq,at,actor,role,action,target_type,target_id,before,after,request_id,hash"
+        )?;
+        let json = |v: &Option<Value>| {
+            v.as_ref()
+                .map(|v| csv_text(&ledger::audit::canonical_json(v)))
+                .unwrap_or_default()
+        };
+        for r in &self.audit {
+            let cells = [
+                r.seq.to_string(),
+                time_cell(Some(r.at)),
+                csv_text(&r.actor),
+                csv_text(&r.role),
+                csv_text(&r.action),
+                csv_text(&r.target_type),
+                csv_text(&r.target_id),
+                json(&r.before),
+                json(&r.after),
+                csv_text(&r.request_id),
+                csv_text(&r.hash),
+            ];
+            writeln!(out, "{}", cells.join(","))?;
+        }
+        writeln!(out)?;
+        writeln!(out, "# access_review")?;
+        writeln!(out, "kind,name,role,scope,state,issuer,last_acted_at,last_used_at,mutations_in_period,unused_90_days")?;
+        let text = |v: &Option<String>| v.as_deref().map(csv_text).unwrap_or_default();
+        for i in &self.access_review.identities {
+            let mutations: Vec<String> = i
+                .mutations_in_period
+                .iter()
+                .map(|(action, n)| format!("{action}={n}"))
+                .collect();
+            let cells = [
+                csv_text(i.kind),
+                csv_text(&i.name),
+                csv_text(&i.role),
+                text(&i.scope),
+                text(&i.state),
+                text(&i.issuer),
+                time_cell(i.last_acted_at),
+                time_cell(i.last_used_at),
+                csv_text(&mutations.join(";")),
+                i.unused_90_days.to_string(),
+            ];
+            writeln!(out, "{}", cells.join(","))?;
+        }
+        writeln!(out)?;
+        writeln!(out, "# residency")?;
+        writeln!(out, "region,tenant_id,namespaces")?;
+        for region in &self.residency {
+            for t in &region.tenants {
+                writeln!(
+                    out,
+                    "{},{},{}",
+                    csv_text(&region.region),
+                    csv_text(&t.tenant_id),
+                    csv_text(&t.namespaces.join(";"))
+                )?;
+            }
+        }
+        writeln!(out)?;
+        writeln!(out, "# enforcement")?;
+        writeln!(out, "id,tenant_id,period_start,step_key,kind,state,reason,currency,budget,spent,forecast,not_before,decided_by,decided_at")?;
+        for a in &self.enforcement {
+            let cells = [
+                a.id.to_string(),
+                csv_text(&a.tenant_id),
+                a.period_start.to_string(),
+                csv_text(&a.step_key),
+                csv_text(&a.kind),
+                csv_text(&a.state),
+                csv_text(&a.reason),
+                csv_text(&a.currency),
+                csv_number(&a.budget),
+                csv_number(&a.spent),
+                csv_number(&a.forecast),
+                time_cell(Some(a.not_before)),
+                text(&a.decided_by),
+                time_cell(a.decided_at),
+            ];
+            writeln!(out, "{}", cells.join(","))?;
+        }
+        Ok(())
+    }
+}

@@ -693,3 +693,58 @@ fn every_help_lists_the_environment_variables_of_the_readme() {
     let (_, help, _) = run(budgetd_from_env(&[]).args(["run", "--help"]));
     assert!(help.contains("collect usage and enforce budgets"), "{help}");
 }
+
+#[tokio::test]
+async fn report_audit_writes_the_five_parts_in_json_and_csv() {
+    let db = testkit::db::fresh_database().await;
+    add_tenant(&db, "acme").await;
+    add_tenant(&db, "globex").await;
+    let from = (chrono::Utc::now() - chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let to = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let (code, stdout, stderr) = run(budgetd(&db.url).args([
+        "report", "audit", "--from", &from, "--to", &to, "--tenant", "acme", "--format", "json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let governance = report["governance"].as_array().unwrap();
+    assert_eq!(governance.len(), 1);
+    assert_eq!(governance[0]["tenant_id"], "acme");
+    let audit = report["audit"].as_array().unwrap();
+    assert!(!audit.is_empty());
+    assert!(audit.iter().all(|r| r["target_id"] == "acme"), "{audit:?}");
+    assert!(audit
+        .windows(2)
+        .all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
+    assert_eq!(report["residency"][0]["tenants"][0]["tenant_id"], "acme");
+    assert!(report["access_review"]["identities"].is_array());
+    assert!(report["enforcement"].as_array().unwrap().is_empty());
+
+    let (code, csv, stderr) = run(budgetd(&db.url).args([
+        "report", "audit", "--from", &from, "--to", &to, "--format", "csv",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let parts: Vec<&str> = csv.lines().filter(|l| l.starts_with("# ")).collect();
+    assert_eq!(
+        parts,
+        [
+            "# governance",
+            "# audit",
+            "# access_review",
+            "# residency",
+            "# enforcement"
+        ]
+    );
+    assert!(
+        csv.contains("\neu,acme,") && csv.contains("\neu,globex,"),
+        "{csv}"
+    );
+
+    let (code, _, stderr) =
+        run(budgetd(&db.url).args(["report", "audit", "--from", &to, "--to", &from]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--to"), "{stderr}");
+}
