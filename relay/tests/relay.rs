@@ -32,11 +32,17 @@ fn cluster() -> MockCluster<'static, DefaultProducerContext> {
 }
 
 fn settings(bootstrap: &str) -> KafkaSettings {
+    settings_with_timeout(bootstrap, 3000)
+}
+
+/// With librdkafka's `message.timeout.ms` at `message_timeout_ms`: retriable broker errors are
+/// retried inside it, so a test of those retries gives them time on a loaded machine.
+fn settings_with_timeout(bootstrap: &str, message_timeout_ms: u64) -> KafkaSettings {
     let section: KafkaSection = serde_json::from_value(json!({
         "bootstrap_servers": bootstrap,
         "topic": TOPIC,
         "source": "budgetd/test",
-        "message_timeout_ms": 3000,
+        "message_timeout_ms": message_timeout_ms,
         "relay": { "backoff_base_ms": 1000, "backoff_cap_ms": 4000, "poll_interval_ms": 100 },
     }))
     .unwrap();
@@ -274,7 +280,7 @@ async fn broker_errors_are_retried_in_order_without_duplicates() {
             RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
         ],
     );
-    let runner = runner(&db, &settings(&bootstrap));
+    let runner = runner(&db, &settings_with_timeout(&bootstrap, 30_000));
     drain(&db, &runner, lock.fence(), Utc::now()).await;
     check_topic(&consume_all(&bootstrap), &outbox(&db).await);
 }
