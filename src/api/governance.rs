@@ -57,8 +57,8 @@ fn wants_csv(params: &BTreeMap<String, String>, headers: &HeaderMap) -> Result<b
         ("format" = Option<String>, Query, pattern = "^(json|csv)$", description = "`json` (default) or `csv`; without it, `Accept: text/csv` asks for CSV"),
     ),
     responses(
-        (status = 200, description = "The report", body = GovernanceReport, content_type = "application/json"),
-        (status = 200, description = "The report as CSV (a header row, one row per tenant)", body = String, content_type = "text/csv"),
+        (status = 200, description = "The report: JSON, or CSV (a header row, one row per tenant)",
+         content((GovernanceReport = "application/json"), (String = "text/csv"))),
         (status = 400, description = "An invalid or unknown parameter", body = ErrorBody),
     ),
     extensions(("x-budgetd-roles" = json!(["admin", "finance", "auditor"])))
