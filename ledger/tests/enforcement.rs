@@ -904,7 +904,8 @@ async fn opening_an_action_audits_and_announces_it_in_one_transaction_and_occupi
     );
     assert_eq!(
         (events[0].0.as_str(), events[0].1.as_str()),
-        ("enforcement.action_opened", id.as_str())
+        ("enforcement.action_opened", "acme"),
+        "an action's events are on its tenant's aggregate"
     );
     let action_xmin: String =
         sqlx::query_scalar("select xmin::text from enforcement_actions where id = $1")
@@ -1200,7 +1201,7 @@ async fn applying_and_closing_a_suspension_moves_the_tenant_and_keeps_the_first_
         shape(&events),
         [
             pair("tenant.suspended", "acme"),
-            pair("enforcement.action_applied", &id)
+            pair("enforcement.action_applied", "acme")
         ]
     );
     assert!(
@@ -1248,8 +1249,32 @@ async fn applying_and_closing_a_suspension_moves_the_tenant_and_keeps_the_first_
         shape(&outbox_since(s, outbox_id).await),
         [
             pair("tenant.resumed", "acme"),
-            pair("enforcement.action_restored", &id)
+            pair("enforcement.action_restored", "acme")
         ]
+    );
+    // One order for all of the tenant's events, lifecycle and enforcement: what a consumer
+    // keyed by tenant relies on.
+    let stream: Vec<(i64, String)> = sqlx::query_as(
+        "select seq, event_type from outbox \
+         where aggregate_type = 'tenant' and aggregate_id = 'acme' order by id",
+    )
+    .fetch_all(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        stream,
+        [
+            "tenant.created",
+            "enforcement.action_opened",
+            "tenant.suspended",
+            "enforcement.action_applied",
+            "tenant.resumed",
+            "enforcement.action_restored",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as i64 + 1, (*t).to_owned()))
+        .collect::<Vec<_>>()
     );
     // Closing a closed action changes nothing.
     let before = counts(s).await;
@@ -1866,7 +1891,6 @@ async fn applying_a_notify_action_announces_the_threshold_crossed() {
     )
     .await
     .unwrap();
-    let id = action.id.to_string();
     let events = outbox_since(s, outbox_id).await;
     let shape: Vec<(&str, &str)> = events
         .iter()
@@ -1875,8 +1899,8 @@ async fn applying_a_notify_action_announces_the_threshold_crossed() {
     assert_eq!(
         shape,
         [
-            ("enforcement.action_applied", id.as_str()),
-            ("budget.threshold_crossed", id.as_str())
+            ("enforcement.action_applied", "acme"),
+            ("budget.threshold_crossed", "acme")
         ]
     );
     assert_eq!(events[0].2, events[1].2, "one transaction");

@@ -586,7 +586,7 @@ async fn offboarding_revokes_access_then_deletes_everything_once_due() {
 }
 
 #[tokio::test]
-async fn an_absent_tenant_and_other_aggregates_cause_no_calls() {
+async fn an_absent_tenant_other_aggregates_and_enforcement_events_cause_no_calls() {
     let fake = FakeKube::start().await;
     let source = Arc::new(Source::default());
     let reconciler = BlueprintReconciler::new(provisioner(&fake), source.clone());
@@ -596,6 +596,9 @@ async fn an_absent_tenant_and_other_aggregates_cause_no_calls() {
     let mut other = event(2, "acme");
     other.aggregate_type = "price_book".to_owned();
     reconciler.handle(&other).await.unwrap();
+    let mut enforcement = event(3, "acme");
+    enforcement.event_type = "enforcement.action_applied".to_owned();
+    reconciler.handle(&enforcement).await.unwrap();
     assert!(fake.requests().is_empty());
 }
 

@@ -33,8 +33,9 @@ pub struct EventError {
     pub message: String,
 }
 
-/// The tenant an event is about: the aggregate id of a tenant event, the action's
-/// `tenant_id` of an enforcement action's.
+/// The tenant an event is about: the aggregate id of a tenant's event (lifecycle, budget and,
+/// since they share the tenant's order, enforcement events), or the action's `tenant_id` of an
+/// event an older budgetd wrote on an `enforcement_action` aggregate.
 pub fn tenant_of(event: &OutboxEvent) -> Result<String, EventError> {
     let fail = |message: String| EventError {
         id: event.id,

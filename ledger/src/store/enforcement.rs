@@ -134,7 +134,9 @@ async fn lock_action(conn: &mut PgConnection, id: i64) -> Result<ActionRecord, E
     }
 }
 
-/// Audit record and outbox event of one action change, in the caller's transaction.
+/// Audit record and outbox event of one action change, in the caller's transaction. The event
+/// is on the tenant's aggregate, so it takes its place in the tenant's one `seq` order with the
+/// lifecycle events (a consumer keyed by tenant sees an action's events where they committed).
 async fn announce(
     conn: &mut PgConnection,
     ctx: &AuditContext,
@@ -156,8 +158,8 @@ async fn announce(
     .await?;
     outbox::enqueue(
         &mut *conn,
-        "enforcement_action",
-        &after.id.to_string(),
+        "tenant",
+        after.tenant.as_str(),
         event,
         json!({ "action": after.to_json(), "previous_state": before.map(|b| b.state.as_str()) }),
     )
@@ -166,12 +168,12 @@ async fn announce(
 
 /// `budget.threshold_crossed`: a notify action applied is a budget threshold crossed (by the
 /// spend, `on = actual`, or the forecast), announced with the action's event, in its
-/// transaction, on the action's aggregate (so it follows `enforcement.action_applied`).
+/// transaction (so it follows `enforcement.action_applied`).
 async fn announce_threshold(conn: &mut PgConnection, action: &ActionRecord) -> Result<(), Error> {
     outbox::enqueue(
         &mut *conn,
-        "enforcement_action",
-        &action.id.to_string(),
+        "tenant",
+        action.tenant.as_str(),
         "budget.threshold_crossed",
         json!({
             "action": action.to_json(),

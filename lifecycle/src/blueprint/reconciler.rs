@@ -146,7 +146,9 @@ impl Reconciler for BlueprintReconciler {
     }
 
     async fn handle(&self, event: &OutboxEvent) -> Result<(), HandlerError> {
-        if event.aggregate_type != TENANT_AGGREGATE {
+        // A tenant's aggregate also carries its enforcement and budget events; the enforcer,
+        // not the blueprint, acts on those.
+        if event.aggregate_type != TENANT_AGGREGATE || !event.event_type.starts_with("tenant.") {
             return Ok(());
         }
         let tenant = TenantId::parse(&event.aggregate_id)
