@@ -5,6 +5,7 @@
 //! broker acknowledged it (`acks=all`); the runner records that, and parks the tenant at the
 //! first event that failed, so no later event of the tenant is handed over before it.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -81,17 +82,26 @@ pub fn error_class(error: &KafkaError) -> &'static str {
     }
 }
 
-/// The relay: one idempotent producer for the daemon's life.
+type RelayProducer = FutureProducer<RelayContext>;
+
+/// The relay: one idempotent producer, replaced by a new one only after a fatal error (an
+/// idempotent producer that lost track of its sequence numbers refuses every later send).
 pub struct KafkaRelay {
-    producer: FutureProducer<RelayContext>,
-    topic: String,
-    source: String,
+    producer: RwLock<Arc<RelayProducer>>,
+    settings: KafkaSettings,
 }
 
 impl KafkaRelay {
     /// Creates the producer (no connection yet: librdkafka connects in the background and
     /// reconnects by itself). Fails on a property librdkafka refuses, naming it.
     pub fn new(settings: &KafkaSettings) -> Result<Self, Error> {
+        Ok(KafkaRelay {
+            producer: RwLock::new(Arc::new(Self::producer(settings)?)),
+            settings: settings.clone(),
+        })
+    }
+
+    fn producer(settings: &KafkaSettings) -> Result<RelayProducer, Error> {
         let mut config = ClientConfig::new();
         for (key, value) in &settings.properties {
             config.set(key, value);
@@ -105,19 +115,45 @@ impl KafkaRelay {
                 "message.timeout.ms",
                 settings.message_timeout.as_millis().to_string(),
             );
-        let producer = config
+        config
             .create_with_context(RelayContext)
-            .map_err(|e| Error::Producer(e.to_string()))?;
-        Ok(KafkaRelay {
-            producer,
-            topic: settings.topic.clone(),
-            source: settings.source.clone(),
-        })
+            .map_err(|e| Error::Producer(e.to_string()))
+    }
+
+    /// The producer to send with: the current one, or, if it raised a fatal error, a new one
+    /// (with a new producer id; what the old one held unacknowledged failed, its tenants are
+    /// parked and sent again by the new one, in order).
+    fn current(&self) -> Result<Arc<RelayProducer>, HandlerError> {
+        let producer = self
+            .producer
+            .read()
+            .expect("the producer lock is never poisoned")
+            .clone();
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return Ok(producer);
+        };
+        let mut slot = self
+            .producer
+            .write()
+            .expect("the producer lock is never poisoned");
+        if Arc::ptr_eq(&slot, &producer) {
+            let fresh = Self::producer(&self.settings)
+                .map_err(|e| HandlerError::new("client_error", e.to_string()))?;
+            *slot = Arc::new(fresh);
+            metrics::counter!("budgetd_kafka_producer_restarts_total").increment(1);
+            tracing::error!(%code, reason, "the Kafka producer raised a fatal error; a new producer replaces it");
+        }
+        Ok(slot.clone())
     }
 
     /// Waits up to `timeout` for what librdkafka still holds (at shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
-        self.producer
+        let producer = self
+            .producer
+            .read()
+            .expect("the producer lock is never poisoned")
+            .clone();
+        producer
             .flush(Timeout::After(timeout))
             .map_err(|e| Error::Producer(e.to_string()))
     }
@@ -130,7 +166,7 @@ impl KafkaRelay {
                 value: Some(value.as_bytes()),
             });
         }
-        FutureRecord::to(&self.topic)
+        FutureRecord::to(&self.settings.topic)
             .key(event.key.as_str())
             .payload(event.value.as_slice())
             .headers(headers)
@@ -167,10 +203,19 @@ impl Reconciler for KafkaRelay {
     /// after the failed one: a consumer sees it twice, and deduplicates on `ce_id`).
     async fn handle_batch(&self, events: &[OutboxEvent]) -> BatchOutcome {
         let started = Instant::now();
+        let producer = match self.current() {
+            Ok(producer) => producer,
+            Err(failure) => {
+                return BatchOutcome {
+                    done: 0,
+                    failure: Some(failure),
+                }
+            }
+        };
         let mut pending = Vec::with_capacity(events.len());
         let mut failure: Option<(usize, HandlerError)> = None;
         for (index, event) in events.iter().enumerate() {
-            let message = match CloudEvent::from_outbox(event, &self.source) {
+            let message = match CloudEvent::from_outbox(event, &self.settings.source) {
                 Ok(message) => message,
                 Err(e) => {
                     metrics::counter!("budgetd_kafka_publish_errors_total", "class" => "invalid_event")
@@ -179,7 +224,7 @@ impl Reconciler for KafkaRelay {
                     break;
                 }
             };
-            match self.producer.send_result(self.record(&message)) {
+            match producer.send_result(self.record(&message)) {
                 Ok(delivery) => pending.push(delivery),
                 Err((error, _)) => {
                     failure = Some((index, Self::failure(event, &error)));

@@ -341,3 +341,51 @@ async fn while_the_brokers_are_down_events_wait_and_then_go_out_in_order() {
     drain(&db, &runner, fence, later).await;
     check_topic(&consume_all(&bootstrap), &outbox(&db).await);
 }
+
+/// A broker's OutOfOrderSequenceNumber is fatal for an idempotent producer: librdkafka refuses
+/// every later send of that producer. The relay replaces it with a new one, so the tenants
+/// parked by the failure go out, in order and once, on the next attempt instead of never.
+#[tokio::test]
+async fn after_a_fatal_producer_error_a_new_producer_publishes_what_waits() {
+    let db = fresh_database().await;
+    let lock = lead(&db).await;
+    let fence = lock.fence();
+    let mock = cluster();
+    let bootstrap = mock.bootstrap_servers();
+    backlog(&db, 4, 5).await;
+    let runner = runner(&db, &settings_with_timeout(&bootstrap, 30_000));
+    let now = Utc::now();
+    drain(&db, &runner, fence, now).await;
+
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    backlog(&db, 4, 5).await;
+    let report = runner.step(fence, now).await.unwrap();
+    assert!(report.failed > 0, "{report:?}");
+    let parked = db.store.reconciler_parked("kafka").await.unwrap();
+    // The failed send is `fatal`; what the dead producer still queued is purged.
+    let errors: Vec<&str> = parked
+        .iter()
+        .map(|p| p.last_error.as_deref().unwrap_or(""))
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.starts_with("fatal:"))
+            && errors
+                .iter()
+                .all(|e| e.starts_with("fatal:") || e.starts_with("purged:")),
+        "{parked:?}"
+    );
+    // Past the backoff, one step publishes everything that waits.
+    let report = runner
+        .step(fence, now + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.failed, report.lag, report.parked),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    check_topic(&consume_all(&bootstrap), &outbox(&db).await);
+}
