@@ -358,11 +358,16 @@ impl FakeGrafana {
     }
 
     /// Replaces a folder's permission items as an administrator would. Panics on bad items.
-    pub fn set_folder_permissions(&self, uid: &str, items: Vec<FolderPermission>) {
-        let mut org = self.lock();
-        match org.folders.get_mut(uid) {
-            Some(folder) => folder.permissions = items,
-            None => panic!("set permissions of folder {uid:?}: no such folder"),
+    pub fn set_folder_permissions(&self, uid: &str, items: &[FolderPermission]) {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|p| json!({ "role": p.role, "teamId": p.team_id, "permission": p.permission }))
+            .collect();
+        let answer = self
+            .lock()
+            .set_folder_permissions(uid, &json!({ "items": items }));
+        if let Err(e) = answer {
+            panic!("set permissions of folder {uid:?}: {}", e.body);
         }
     }
 
@@ -538,6 +543,26 @@ fn slug(title: &str) -> String {
     out.trim_matches('-').to_owned()
 }
 
+/// Grafana's uid rule: at most 40 characters of `[a-zA-Z0-9_-]`.
+fn check_uid(uid: &str) -> Result<&str, ApiError> {
+    if uid.len() > 40 {
+        return Err(err(
+            400,
+            format!("uid {uid:?}: too long, max 40 characters"),
+        ));
+    }
+    if !uid
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(err(
+            400,
+            format!("uid {uid:?}: contains illegal characters"),
+        ));
+    }
+    Ok(uid)
+}
+
 fn not_found() -> ApiError {
     err(404, "Not found")
 }
@@ -697,8 +722,7 @@ impl Org {
         let id = self.folder_ids + 1;
         let uid = match str_field(body, "uid") {
             "" => format!("fgen{id:06}"),
-            uid if uid.len() > 40 => return Err(err(400, "uid too long, max 40 characters")),
-            uid => uid.to_owned(),
+            uid => check_uid(uid)?.to_owned(),
         };
         if self.folders.contains_key(&uid) || self.dashboards.contains_key(&uid) {
             return Err(err(409, "a folder with the same uid already exists"));
@@ -869,8 +893,7 @@ impl Org {
         }
         let mut uid = match str_field(&json, "uid") {
             "" => format!("dgen{:06}", self.dashboard_ids + 1),
-            uid if uid.len() > 40 => return Err(err(400, "uid too long, max 40 characters")),
-            uid => uid.to_owned(),
+            uid => check_uid(uid)?.to_owned(),
         };
         if let Some(same_title) = self.dashboards.values().find(|d| {
             d.uid != uid && d.folder_uid == folder_uid && d.title.eq_ignore_ascii_case(&title)
@@ -987,7 +1010,7 @@ impl Org {
     }
 
     fn search_teams(&self, query: &[(String, String)]) -> Answer {
-        let name = param(query, "name");
+        let name = param(query, "name").filter(|n| !n.is_empty());
         let text = param(query, "query").unwrap_or_default().to_lowercase();
         let mut teams: Vec<&Team> = self
             .teams
@@ -1082,9 +1105,7 @@ impl Org {
                 return Err(err(400, format!("{field}: required field is missing")));
             }
         }
-        if uid.len() > 40 {
-            return Err(err(400, "uid too long, max 40 characters"));
-        }
+        check_uid(uid)?;
         let others = || self.datasources.values().filter(|d| d.id != except_id);
         if others().any(|d| d.name == str_field(body, "name")) {
             return Err(err(409, "data source with the same name already exists"));

@@ -117,6 +117,18 @@ async fn folders_are_created_listed_updated_with_versions_and_unique() {
         .post("/api/folders", json!({ "uid": "t-x", "title": "" }))
         .await;
     assert_eq!(status, 400);
+    let (status, body) = api
+        .post("/api/folders", json!({ "uid": "t.x", "title": "X" }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = api
+        .post(
+            "/api/folders",
+            json!({ "uid": "x".repeat(41), "title": "X" }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(fake.folders().len(), 3, "refused creates change nothing");
 
     let (_, root) = api.get("/api/folders").await;
     let titles: Vec<&str> = root
@@ -238,8 +250,24 @@ async fn folder_permissions_start_with_the_role_defaults_and_a_post_replaces_the
     assert_eq!(listed[1]["team"], "acme-owners");
     assert_eq!(listed[1]["permissionName"], "View");
 
+    // Drift: an administrator grants Viewers access again behind the reconciler's back.
+    fake.set_folder_permissions(
+        "t-acme",
+        &[
+            FolderPermission::team(team, VIEW),
+            FolderPermission::role("Viewer", VIEW),
+        ],
+    );
+    let (_, listed) = api.get("/api/folders/t-acme/permissions").await;
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(listed[2]["role"], "Viewer");
+
     assert!(fake.delete_team(team));
-    assert_eq!(fake.folder_permissions("t-acme").unwrap(), []);
+    assert_eq!(
+        fake.folder_permissions("t-acme").unwrap(),
+        [FolderPermission::role("Viewer", VIEW)],
+        "a deleted team's entries go with it"
+    );
     fake.shutdown().await;
 }
 
