@@ -15,6 +15,9 @@
 //! 400), team members (`memberCount` is 0), dashboard versions history, library panels,
 //! alert rules (`forceDeleteRules` is accepted and ignored), folder moves, pagination of
 //! `/api/search`, the implicit `Admin` entry of a data source's permission list.
+//! Names compare exactly (as on Grafana's default SQLite store); team search by `query` ignores
+//! case. A team searched by an unknown `name` gets an empty list (200), as Grafana's handler
+//! answers, although the docs also list 404.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -695,11 +698,9 @@ impl Org {
     }
 
     fn title_taken(&self, title: &str, parent: Option<&str>, except: &str) -> bool {
-        self.folders.values().any(|f| {
-            f.uid != except
-                && f.parent_uid.as_deref() == parent
-                && f.title.eq_ignore_ascii_case(title)
-        })
+        self.folders
+            .values()
+            .any(|f| f.uid != except && f.parent_uid.as_deref() == parent && f.title == title)
     }
 
     fn create_folder(&mut self, body: &Value) -> Answer {
@@ -895,9 +896,11 @@ impl Org {
             "" => format!("dgen{:06}", self.dashboard_ids + 1),
             uid => check_uid(uid)?.to_owned(),
         };
-        if let Some(same_title) = self.dashboards.values().find(|d| {
-            d.uid != uid && d.folder_uid == folder_uid && d.title.eq_ignore_ascii_case(&title)
-        }) {
+        if let Some(same_title) = self
+            .dashboards
+            .values()
+            .find(|d| d.uid != uid && d.folder_uid == folder_uid && d.title == title)
+        {
             if !overwrite {
                 return Err(precondition(
                     "A dashboard with the same name in the folder already exists",
@@ -1032,11 +1035,7 @@ impl Org {
         if name.is_empty() {
             return Err(err(400, "name: a team name is required"));
         }
-        if self
-            .teams
-            .values()
-            .any(|t| t.name.eq_ignore_ascii_case(name))
-        {
+        if self.teams.values().any(|t| t.name == name) {
             return Err(err(409, "Team name taken"));
         }
         self.team_ids += 1;
