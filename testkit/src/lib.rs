@@ -8,6 +8,8 @@
 //! - `prometheus`: promtool blocks and a Prometheus process serving them;
 //! - `alertmanager`: a real Alertmanager process;
 //! - `fake_kube`: a stateful fake Kubernetes API server;
+//! - `fake_grafana`: a stateful fake of Grafana's HTTP API (folders, dashboards, teams, data
+//!   sources, permissions);
 //! - `tcp_proxy`: a TCP proxy that forwards, refuses or swallows connections on command;
 //! - `bench_sql`: the benchmarks' SQL besides the store (bulk loads, COPY, baseline queries).
 
@@ -15,6 +17,7 @@ pub mod alertmanager;
 pub mod bench_sql;
 pub mod clock;
 pub mod db;
+pub mod fake_grafana;
 pub mod fake_kube;
 pub mod prometheus;
 pub mod synthetic;
