@@ -28,8 +28,12 @@ begin
 end
 $$;
 
+-- Role names are global to a Postgres cluster, and one cluster may hold several budgetd
+-- databases (staging and production, the test suite's): a login's name carries 6 hex digits of
+-- its database's name, `budgetd_<db>_<tenant>` (`-` as `_`; ids longer than 48 characters keep
+-- their first 31 and 16 hex digits of their MD5).
 create table tenant_logins (
-    role_name  text primary key check (role_name ~ '^budgetd_t_[a-z0-9_]{1,53}$'),
+    role_name  text primary key check (role_name ~ '^budgetd_[0-9a-f]{6}_[a-z0-9_]{1,48}$'),
     tenant_id  text not null unique references tenants (id),
     created_at timestamptz not null
 );
@@ -55,27 +59,33 @@ where h.tenant_id = (select l.tenant_id from public.tenant_logins l where l.role
 grant usage on schema tenant_finance to budgetd_tenant_reader;
 grant select on all tables in schema tenant_finance to budgetd_tenant_reader;
 
--- Creates the tenant's login (member of budgetd_tenant_reader) or sets its password, and
--- records whose it is. Role names are checked by `tenant_logins`' constraint before any DDL.
-create function budgetd_tenant_login(p_tenant text, p_role text, p_password text, p_at timestamptz)
-returns void
+-- Creates the tenant's login (member of budgetd_tenant_reader) or sets its password, records
+-- whose it is, and returns its name.
+create function budgetd_tenant_login(p_tenant text, p_password text, p_at timestamptz)
+returns text
 language plpgsql as $$
+declare
+    v_id   text := replace(p_tenant, '-', '_');
+    v_role text;
 begin
-    insert into tenant_logins (role_name, tenant_id, created_at) values (p_role, p_tenant, p_at)
-    on conflict (tenant_id) do nothing;
-    if not exists (select 1 from tenant_logins where role_name = p_role and tenant_id = p_tenant) then
-        raise exception 'tenant % has another login than %', p_tenant, p_role
-            using errcode = 'unique_violation';
+    select role_name into v_role from tenant_logins where tenant_id = p_tenant;
+    if v_role is null then
+        if length(v_id) > 48 then
+            v_id := left(v_id, 31) || '_' || left(md5(p_tenant), 16);
+        end if;
+        v_role := 'budgetd_' || left(md5(current_database()), 6) || '_' || v_id;
+        insert into tenant_logins (role_name, tenant_id, created_at) values (v_role, p_tenant, p_at);
     end if;
-    if not exists (select 1 from pg_roles where rolname = p_role) then
+    if not exists (select 1 from pg_roles where rolname = v_role) then
         -- At most 10 sessions and 30 s per statement: a tenant's dashboards cannot load the
         -- ledger's database.
         execute format('create role %I login connection limit 10 password %L in role budgetd_tenant_reader',
-                       p_role, p_password);
-        execute format('alter role %I set statement_timeout = %L', p_role, '30s');
+                       v_role, p_password);
+        execute format('alter role %I set statement_timeout = %L', v_role, '30s');
     else
-        execute format('alter role %I login password %L', p_role, p_password);
+        execute format('alter role %I login password %L', v_role, p_password);
     end if;
+    return v_role;
 end
 $$;
 

@@ -142,6 +142,7 @@ impl Application {
             Some(settings) => Some(build_relay(settings, self.state.store.clone())?),
             None => None,
         };
+        let grafana = self.config.grafana.clone();
         let store = self.state.store.clone();
         let config = self.config.clone();
         let background = stop.clone();
@@ -155,6 +156,7 @@ impl Application {
                 && enforcer.is_none()
                 && provisioning.is_none()
                 && relay.is_none()
+                && grafana.is_none()
             {
                 return;
             }
@@ -223,6 +225,17 @@ impl Application {
                     }
                     // The blueprint was checked at start; this is a bug, not a configuration.
                     Err(e) => tracing::error!(error = %e, "the blueprint reconciler cannot start"),
+                }
+            }
+            if let Some(settings) = grafana {
+                match build_grafana(&settings, store.clone(), leader_rx.clone()) {
+                    Ok(runner) => {
+                        let leader = leader_rx.clone();
+                        let stop = background.clone();
+                        tasks.push(tokio::spawn(async move { runner.run(leader, stop).await }));
+                    }
+                    // Settings were validated at start; this is a bug, not a configuration.
+                    Err(e) => tracing::error!(error = %e, "the Grafana reconciler cannot start"),
                 }
             }
             if let Some((runner, relay)) = relay {
@@ -322,6 +335,35 @@ fn build_relay(
     let relay = Arc::new(relay::KafkaRelay::new(settings)?);
     let runner = lifecycle::Runner::new(store, relay.clone(), settings.runner.clone())?;
     Ok((runner, relay))
+}
+
+/// The Grafana reconciler (`[grafana]`) and its runner. Whether Grafana answers with the
+/// token is checked once in the background and logged: like Kafka, Grafana being down delays
+/// the folders, never the daemon.
+fn build_grafana(
+    settings: &grafana::GrafanaSettings,
+    store: Store,
+    leader: watch::Receiver<Option<ledger::enforcement::Fence>>,
+) -> anyhow::Result<lifecycle::Runner> {
+    let reconciler = Arc::new(grafana::GrafanaReconciler::new(
+        settings,
+        store.clone(),
+        leader,
+    )?);
+    let check = reconciler.clone();
+    tokio::spawn(async move {
+        match check.check().await {
+            Ok(()) => tracing::info!("Grafana answers with grafana.token"),
+            Err(e) => {
+                tracing::warn!(error = %e, "Grafana check failed; tenants' folders wait until it answers")
+            }
+        }
+    });
+    Ok(lifecycle::Runner::new(
+        store,
+        reconciler,
+        settings.runner.clone(),
+    )?)
 }
 
 /// Start-up checks of provisioning: the blueprint loads and validates (an error names the file

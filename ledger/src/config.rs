@@ -469,7 +469,12 @@ pub struct ReconcilerTiming {
 
 impl ReconcilerSection {
     pub fn validate(&self) -> Result<ReconcilerTiming, Invalid> {
-        let key = |field: &str| format!("lifecycle.reconciler.{field}");
+        self.validate_as("lifecycle.reconciler")
+    }
+
+    /// As `validate`, for the same section under another name (`grafana.reconciler`).
+    pub fn validate_as(&self, section: &str) -> Result<ReconcilerTiming, Invalid> {
+        let key = |field: &str| format!("{section}.{field}");
         let positive = [
             ("scan_batch", u64::from(self.scan_batch)),
             ("max_events_per_step", u64::from(self.max_events_per_step)),

@@ -362,7 +362,20 @@ async fn after_a_fatal_producer_error_a_new_producer_publishes_what_waits() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
     );
     backlog(&db, 4, 5).await;
-    let report = runner.step(fence, now).await.unwrap();
+    // (The scan waits for transactions still open anywhere on the test cluster: step until
+    // the backlog is taken.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let report = runner.step(fence, now).await.unwrap();
+        if report.scanned > 0 {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not scanned in 60 s"
+        );
+        tokio::task::yield_now().await;
+    };
     assert!(report.failed > 0, "{report:?}");
     let parked = db.store.reconciler_parked("kafka").await.unwrap();
     // The failed send is `fatal`; what the dead producer still queued is purged.

@@ -118,6 +118,14 @@ pub const ENV: &[EnvVar] = &[
         )
     },
     EnvVar {
+        needs_section: true,
+        ..var(
+            "BUDGETD_GRAFANA_TOKEN",
+            "grafana.token",
+            "grafana.token (a service account token), when the file has a [grafana] section; never printed",
+        )
+    },
+    EnvVar {
         name: "BUDGETD_BOOTSTRAP_ADMIN_TOKEN",
         key: None,
         list: false,
@@ -167,6 +175,8 @@ struct File {
     oidc: OidcSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     kafka: Option<relay::KafkaSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grafana: Option<grafana::GrafanaSection>,
 }
 
 /// `[api]`.
@@ -270,6 +280,8 @@ pub struct Config {
     pub oidc: OidcSettings,
     /// The Kafka relay, when `[kafka]` is there.
     pub kafka: Option<relay::KafkaSettings>,
+    /// The Grafana reconciler, when `[grafana]` is there.
+    pub grafana: Option<grafana::GrafanaSettings>,
     /// `BUDGETD_PSEUDONYMISATION_KEY`: the key of offboarded tenants' pseudonyms; without it, the
     /// database's per-installation key.
     pub pseudonymisation_key: Option<secrecy::SecretString>,
@@ -449,6 +461,12 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         .map(relay::KafkaSection::validate)
         .transpose()
         .map_err(invalid)?;
+    let grafana = file
+        .grafana
+        .as_ref()
+        .map(grafana::GrafanaSection::validate)
+        .transpose()
+        .map_err(invalid)?;
     let collector = match &file.collector {
         Some(c) if c.enabled => Some(
             c.validate(file.meters.as_deref(), &file.prometheus)
@@ -492,6 +510,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         lifecycle,
         oidc,
         kafka,
+        grafana,
         pseudonymisation_key: None,
         source: Source {
             path: path.map(Path::to_owned),

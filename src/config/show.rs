@@ -99,6 +99,11 @@ pub(super) fn render(config: &Config) -> String {
     }
     out.push('\n');
     out.push_str(&doc.to_string());
+    if source.file.grafana.is_none() {
+        out.push_str(
+            "\n# [grafana]: not in the configuration, so no Grafana folders are kept; url, token and datasource.host/database are required to switch it on.\n",
+        );
+    }
     if source.file.kafka.is_none() {
         out.push_str(
             "\n# [kafka]: not in the configuration, so no Kafka relay runs; bootstrap_servers is required to switch it on.\n",

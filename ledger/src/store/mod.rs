@@ -16,6 +16,7 @@ mod outbox;
 mod price_book;
 mod reconcilers;
 mod suspensions;
+mod tenant_logins;
 mod tenant_requests;
 mod tenants;
 mod unpriced;
