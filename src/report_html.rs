@@ -281,7 +281,7 @@ impl HtmlReport {
                     None => "<td colspan=\"6\" class=\"none\">no budget in force</td>".to_owned(),
                 };
                 out.push_str(&format!(
-                    "<tr {attrs}><td><a href=\"#tenant-{id}\">{name}</a></td>\
+                    "<tr class=\"summary-row\" {attrs}><td><a href=\"#tenant-{id}\">{name}</a></td>\
                      <td class=\"num\">{cost}</td>{budget_cells}<td>{currency}</td></tr>\n",
                     id = escape(tenant.id.as_str()),
                     name = tenant_label(tenant),
