@@ -29,14 +29,16 @@ _STACK_DIRS=()
 : "${STACK_START_TIMEOUT:=30}"
 
 # make, pkg-config and the zlib and OpenSSL headers build librdkafka from source (crate `relay`,
-# rdkafka's features `libz` and `ssl`); python3-venv is for schemathesis.
-_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl make pkg-config zlib1g-dev libssl-dev python3-venv)
+# rdkafka's features `libz` and `ssl`); python3-venv is for schemathesis; chromium renders the
+# HTML cost report headless in its test.
+_STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl make pkg-config zlib1g-dev libssl-dev python3-venv chromium)
 
 export PGBOUNCER_BIN=/usr/sbin/pgbouncer
 export PROMETHEUS_BIN=/usr/bin/prometheus
 export PROMTOOL_BIN=/usr/bin/promtool
 export ALERTMANAGER_BIN=/usr/bin/prometheus-alertmanager
 export AMTOOL_BIN=/usr/bin/amtool
+export CHROMIUM_BIN=/usr/bin/chromium
 
 _stack_log() { printf '[stack] %s\n' "$*" >&2; }
 _stack_err() { printf '[stack] ERROR: %s\n' "$*" >&2; }
@@ -76,7 +78,7 @@ _stack_missing_binaries() {
       [[ -x "$pgb/$b" ]] || echo "$pgb/$b"
     done
   fi
-  for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" /usr/bin/faketime /usr/bin/cc /usr/bin/curl /usr/bin/make /usr/bin/pkg-config; do
+  for b in "$PGBOUNCER_BIN" "$PROMETHEUS_BIN" "$PROMTOOL_BIN" "$ALERTMANAGER_BIN" "$AMTOOL_BIN" "$CHROMIUM_BIN" /usr/bin/faketime /usr/bin/cc /usr/bin/curl /usr/bin/make /usr/bin/pkg-config; do
     [[ -x "$b" ]] || echo "$b"
   done
   # Debian's python3 with venv and ensurepip (python3-venv), for schemathesis.

@@ -19,6 +19,7 @@ use secrecy::ExposeSecret;
 use crate::app::{build_collector, build_enforcer, Application};
 use crate::config::{Config, ConfigError, ENV};
 use crate::report::CostReport;
+use crate::report_html::HtmlReport;
 use crate::telemetry;
 use chrono::{DateTime, Utc};
 use ledger::usage::CommitMode;
@@ -155,14 +156,22 @@ struct CostsArgs {
     /// Only this tenant.
     #[arg(long)]
     tenant: Option<String>,
-    #[arg(long, value_enum, default_value_t = Format::Csv)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = CostsFormat::Csv)]
+    format: CostsFormat,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
     Csv,
     Json,
+}
+
+/// `report costs` also writes a self-contained HTML page (tables and SVG charts).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CostsFormat {
+    Csv,
+    Json,
+    Html,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +317,23 @@ async fn report_costs(config: &Config, args: CostsArgs) -> anyhow::Result<ExitCo
     }
     let store = open_store(config).await?;
     let next_day = to.succ_opt().context("--to is out of range")?;
+    let format = match format {
+        CostsFormat::Csv => Format::Csv,
+        CostsFormat::Json => Format::Json,
+        CostsFormat::Html => {
+            let status = config
+                .enforcement
+                .as_ref()
+                .map_or(crate::api::VIEW_STATUS, |e| e.settings.status_params());
+            let report =
+                HtmlReport::load(&store, tenant.as_ref(), from, to, &status, Utc::now()).await?;
+            // Written once it is complete: a failure leaves no half page behind.
+            std::io::stdout()
+                .lock()
+                .write_all(report.render().as_bytes())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let costs = store.daily_costs(tenant.as_ref(), from, next_day).await?;
     let report = CostReport::new(from, to, &costs);
     let mut out = std::io::stdout().lock();

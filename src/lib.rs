@@ -11,5 +11,6 @@ pub mod leader;
 pub mod oidc;
 pub mod plan_table;
 pub mod report;
+pub mod report_html;
 pub mod serve;
 pub mod telemetry;

@@ -18,6 +18,7 @@ mod oidc;
 mod openapi;
 mod pgbouncer;
 mod price_book;
+mod report_html;
 mod support;
 mod tenant_operations;
 mod tenant_requests;
