@@ -8,6 +8,9 @@
 //! - `prometheus`: promtool blocks and a Prometheus process serving them;
 //! - `alertmanager`: a real Alertmanager process;
 //! - `fake_kube`: a stateful fake Kubernetes API server;
+//! - `kube_calls`: the RBAC checks of budgetd's calls to it, recorded, and a ClusterRole
+//!   compared with them;
+//! - `kustomize`: `kubectl kustomize`, parsed (the deploy test, the ClusterRole check);
 //! - `tcp_proxy`: a TCP proxy that forwards, refuses or swallows connections on command;
 //! - `bench_sql`: the benchmarks' SQL besides the store (bulk loads, COPY, baseline queries).
 
@@ -16,6 +19,8 @@ pub mod bench_sql;
 pub mod clock;
 pub mod db;
 pub mod fake_kube;
+pub mod kube_calls;
+pub mod kustomize;
 pub mod prometheus;
 pub mod synthetic;
 pub mod tcp_proxy;
