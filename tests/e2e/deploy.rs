@@ -607,6 +607,17 @@ provision = true
 
 [lifecycle.reconciler]
 poll_interval_ms = 100
+
+[price_book.seed]
+valid_from = "2026-01-01T00:00:00Z"
+currency = "EUR"
+
+[price_book.seed.rates]
+cpu = "0.031"
+memory = "0.004"
+storage = "0.00014"
+network_egress = "0.05"
+gpu = "1.20"
 "#,
             prometheus = env("BUDGETD_TEST_PROMETHEUS_URL"),
             alertmanager = env("BUDGETD_TEST_ALERTMANAGER_URL"),
