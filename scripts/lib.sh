@@ -30,7 +30,8 @@ _STACK_DIRS=()
 
 # make, pkg-config and the zlib and OpenSSL headers build librdkafka from source (crate `relay`,
 # rdkafka's features `libz` and `ssl`); python3-venv is for schemathesis; chromium renders the
-# HTML cost report headless in its test.
+# HTML cost report headless in its test. kubernetes-client (kubectl, for deploy/) is added by
+# _stack_apt_install when no kubectl is installed.
 _STACK_APT_PACKAGES=(postgresql pgbouncer prometheus prometheus-alertmanager faketime gcc libc6-dev ca-certificates curl make pkg-config zlib1g-dev libssl-dev python3-venv chromium)
 
 export PGBOUNCER_BIN=/usr/sbin/pgbouncer
@@ -83,13 +84,20 @@ _stack_missing_binaries() {
   done
   # Debian's python3 with venv and ensurepip (python3-venv), for schemathesis.
   /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv
+  # kubectl renders deploy/ (`kubectl kustomize`); any kubectl will do.
+  command -v kubectl >/dev/null 2>&1 || echo kubectl
   for h in /usr/include/zlib.h /usr/include/openssl/ssl.h; do
     [[ -e "$h" ]] || echo "$h"
   done
 }
 
 _stack_apt_install() {
-  local sudo=() log rc=0 made_policy=0
+  local sudo=() log rc=0 made_policy=0 packages=("${_STACK_APT_PACKAGES[@]}")
+  # Debian's kubectl only where there is none: another package's /usr/bin/kubectl (the Cloud
+  # SDK's, upstream's) would conflict with it.
+  if ! command -v kubectl >/dev/null 2>&1; then
+    packages+=(kubernetes-client)
+  fi
   if [[ $(id -u) -ne 0 ]]; then
     if ! command -v sudo >/dev/null 2>&1; then
       _stack_err "packages are missing and we are not root (and sudo is unavailable)"
@@ -111,7 +119,7 @@ _stack_apt_install() {
       apt-get -q -o DPkg::Lock::Timeout=600 update \
       && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get -q -o DPkg::Lock::Timeout=600 install -y --no-install-recommends \
-        "${_STACK_APT_PACKAGES[@]}"
+        "${packages[@]}"
   } >"$log" 2>&1 || rc=$?
   if ((made_policy)); then
     "${sudo[@]}" rm -f /usr/sbin/policy-rc.d || true
@@ -137,7 +145,7 @@ ensure_packages() {
   missing=$(_stack_missing_binaries)
   if [[ -n "$missing" ]]; then
     _stack_log "missing: $(echo "$missing" | tr '\n' ' ')"
-    _stack_log "installing ${_STACK_APT_PACKAGES[*]} (apt-get, this can take a minute) ..."
+    _stack_log "installing ${_STACK_APT_PACKAGES[*]} (and kubernetes-client without a kubectl; apt-get, this can take a minute) ..."
     _stack_apt_install || return 1
     missing=$(_stack_missing_binaries)
     if [[ -n "$missing" ]]; then

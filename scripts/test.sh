@@ -3,12 +3,14 @@
 #
 #   bash scripts/test.sh [extra args for the test runner]
 #
-# First checks that the product's dependency tree holds no test kit or dev tools. Then
-# starts PostgreSQL, PgBouncer, Prometheus and Alertmanager on free loopback
+# First checks that the product's dependency tree holds no test kit or dev tools, and deploy/
+# (kubectl kustomize renders it; promtool check rules and test rules on budgetd's alert rules).
+# Then starts PostgreSQL, PgBouncer, Prometheus and Alertmanager on free loopback
 # ports under a temp dir, exports the BUDGETD_TEST_* URLs, then runs
 # `cargo nextest run --workspace --no-fail-fast` (or `cargo test ...` when
-# nextest is unavailable), then schemathesis against a running daemon (the whole suite only,
-# or BUDGETD_SCHEMATHESIS=1). The exit code is non-zero if any step failed.
+# nextest is unavailable) with the fake Kubernetes API's calls recorded, then (the whole suite
+# only) `budgetd-dev check-cluster-role` on them, then schemathesis against a running daemon
+# (the whole suite only, or BUDGETD_SCHEMATHESIS=1). The exit code is non-zero if any step failed.
 # Set BUDGETD_KEEP_STACK=1 to keep the temp dir (configs, logs, data) afterwards.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,6 +32,15 @@ fi
 echo "[ci] budgetd's normal dependencies hold no testkit and no budgetd-dev"
 
 ensure_packages
+
+# deploy/: the kustomization renders, and budgetd's alert rules are valid and pass their unit
+# tests (deploy/prometheus/budgetd-rules.test.yml). A failure fails the run; the suite still runs.
+rc=0
+echo "[ci] kubectl kustomize deploy/"
+kubectl kustomize deploy/ >/dev/null || rc=1
+echo "[ci] promtool check rules / test rules (deploy/prometheus)"
+"$PROMTOOL_BIN" check rules deploy/prometheus/budgetd-rules.yml || rc=1
+(cd deploy/prometheus && "$PROMTOOL_BIN" test rules budgetd-rules.test.yml) || rc=1
 
 STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/budgetd-test.XXXXXX")
 # shellcheck disable=SC2317 # invoked from the EXIT trap
@@ -61,8 +72,15 @@ else
   runner=(cargo test --workspace --no-fail-fast)
 fi
 echo "[stack] running: ${runner[*]} $*"
-rc=0
-"${runner[@]}" "$@" || rc=$?
+# The fake Kubernetes API servers record the calls budgetd makes (testkit::kube_calls). After
+# the whole suite, deploy/'s ClusterRole must grant exactly those.
+kube_calls="$STACK_DIR/kube-calls"
+mkdir -p "$kube_calls"
+BUDGETD_TEST_KUBE_CALLS_DIR=$kube_calls "${runner[@]}" "$@" || rc=$?
+if [[ $# -eq 0 ]]; then
+  echo "[ci] deploy/'s ClusterRole against the Kubernetes calls of the suite"
+  cargo run --quiet --locked -p budgetd-dev -- check-cluster-role --calls "$kube_calls" --deploy deploy || rc=$?
+fi
 
 # The API against its OpenAPI document (schemathesis, see run_schemathesis in scripts/lib.sh):
 # with the whole suite, or with BUDGETD_SCHEMATHESIS=1; BUDGETD_SCHEMATHESIS=0 skips it.

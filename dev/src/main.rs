@@ -1,11 +1,14 @@
 //! `budgetd-dev`: the developer's tools beside the daemon, never shipped with it. Benchmarks
-//! that print ratios against baselines measured in the same run, and the demo servers of README
-//! command 1 (a synthetic cluster's metrics, a stand-in Kubernetes API).
+//! that print ratios against baselines measured in the same run, the demo servers of README
+//! command 1 (a synthetic cluster's metrics, a stand-in Kubernetes API), and the check of
+//! `deploy/`'s ClusterRole against the test suite's Kubernetes calls.
 
 mod bench;
+mod cluster_role;
 mod demo;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +46,15 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value_t = 3)]
         tenants: usize,
+    },
+    /// Compare the ClusterRole `kubectl kustomize DEPLOY` renders with the Kubernetes calls the
+    /// fake API server recorded in CALLS (BUDGETD_TEST_KUBE_CALLS_DIR of a whole test run):
+    /// exit 1 unless every call is granted and every grant was used.
+    CheckClusterRole {
+        #[arg(long)]
+        calls: PathBuf,
+        #[arg(long, default_value = "deploy")]
+        deploy: PathBuf,
     },
 }
 
@@ -207,5 +219,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         },
         Command::DemoExporter { listen, tenants } => demo::serve(listen, tenants).await,
         Command::DemoKube { listen, tenants } => demo::serve_kube(listen, tenants).await,
+        Command::CheckClusterRole { calls, deploy } => cluster_role::check(&calls, &deploy),
     }
 }

@@ -214,6 +214,14 @@ impl Enforcer {
         for action in &actions {
             let span = tracing::info_span!("enforce", tenant = %action.tenant());
             let _guard = span.enter();
+            // what a failure is counted as: the action's kind, or a drift repair's
+            let failed_kind = match action {
+                Action::Open { step, .. } | Action::Apply { step, .. } => {
+                    step.action.kind().as_str()
+                }
+                Action::Close { kind, .. } | Action::Corrupt { kind, .. } => kind.as_str(),
+                Action::Repair { .. } => "drift_repair",
+            };
             let result = match action {
                 Action::Open {
                     tenant,
@@ -287,6 +295,12 @@ impl Enforcer {
                     metrics::counter!("budgetd_enforcement_corrupt_actions_total").increment(1);
                     tracing::warn!(action = id, error = %message, "an action's recorded changes cannot be read; it stays open until an operator repairs the record");
                 } else {
+                    metrics::counter!(
+                        "budgetd_enforcement_actions_total",
+                        "kind" => failed_kind,
+                        "outcome" => "failed"
+                    )
+                    .increment(1);
                     tracing::warn!(action = id, error = %message, "enforcement action failed; retrying next cycle");
                 }
                 self.store.record_failure(fence, id, &message).await?;

@@ -322,7 +322,10 @@ async fn drift_is_repaired_and_reported_but_the_enforcers_tightening_is_not_drif
 
     // the enforcer tightens the quota (its own field manager, only the limits): not drift, and
     // the blueprint's labels and annotation stay (one shared manager would remove them)
-    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().unwrap())).unwrap();
+    // the test's own client: its calls are not budgetd's (see testkit::kube_calls)
+    let mut config = kube::Config::new(fake.url().parse().unwrap());
+    config.headers.push(testkit::fake_kube::fixture_header());
+    let client = kube::Client::try_from(config).unwrap();
     let quotas: kube::Api<k8s_openapi::api::core::v1::ResourceQuota> =
         kube::Api::namespaced(client, "acme");
     let tightened = json!({ "apiVersion": "v1", "kind": "ResourceQuota", "metadata": { "name": QUOTA_NAME }, "spec": { "hard": { "cpu": "1", "memory": "2Gi", "pods": "0" } } });

@@ -9,6 +9,11 @@
 //! deleted). A write that leaves an object as it was is `unchanged` and keeps its resource
 //! version, as the API server does.
 //!
+//! With `BUDGETD_TEST_KUBE_CALLS_DIR` set, every request is also appended there as the RBAC
+//! checks it needs ([`crate::kube_calls`]), for the ClusterRole check after the whole suite;
+//! a test's own requests (fixtures, the deploy test's applies) carry [`fixture_header`] and are
+//! left out.
+//!
 //! Not modelled: discovery (clients name the plural and scope themselves), watches, strategic
 //! merge and JSON patches, YAML bodies other than JSON, field ownership of labels and
 //! annotations (an apply merges them in and never removes one), list-map merge keys (an array
@@ -31,10 +36,23 @@ use tokio::task::JoinHandle;
 
 use enforcer::cluster::QUOTA_NAME;
 
+use crate::kube_calls::{self, Call};
+
 /// The field manager of objects created through the seeding methods.
 pub const SEED_MANAGER: &str = "kubectl";
 /// The field manager of writes that name none.
 pub const UNKNOWN_MANAGER: &str = "unknown";
+
+/// The header a test's own client sends, so that its requests are not recorded as budgetd's.
+pub const FIXTURE_HEADER: &str = "x-budgetd-test-fixture";
+
+/// [`FIXTURE_HEADER`] for `kube::Config::headers` of a client a test sets up the cluster with.
+pub fn fixture_header() -> (axum::http::HeaderName, axum::http::HeaderValue) {
+    (
+        axum::http::HeaderName::from_static(FIXTURE_HEADER),
+        axum::http::HeaderValue::from_static("true"),
+    )
+}
 
 /// The built-in kinds the fake's seeding helpers create (any other kind is stored too; name it
 /// with a [`ResourceType`]).
@@ -316,6 +334,8 @@ struct Cluster {
     uids: u64,
     faults: Vec<Fault>,
     requests: Vec<RequestRecord>,
+    /// Where budgetd's calls are recorded (`BUDGETD_TEST_KUBE_CALLS_DIR`).
+    calls_dir: Option<std::path::PathBuf>,
 }
 
 type Shared = Arc<Mutex<Cluster>>;
@@ -345,6 +365,9 @@ impl FakeKube {
                 .into_iter()
                 .map(|r| (r.into(), r.kind().to_owned()))
                 .collect(),
+            calls_dir: std::env::var_os(kube_calls::CALLS_DIR_ENV)
+                .filter(|d| !d.is_empty())
+                .map(Into::into),
             ..Cluster::default()
         }));
         let app = Router::new().fallback(serve).with_state(cluster.clone());
@@ -693,6 +716,12 @@ async fn serve(
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
     let path = uri.path().to_owned();
     let mut cluster = cluster.lock().expect("fake cluster lock");
+    if let Some(dir) = &cluster.calls_dir {
+        if !headers.contains_key(FIXTURE_HEADER) {
+            let query = uri.query().unwrap_or_default();
+            kube_calls::record(dir, &Call::of_request(method.as_str(), &path, query, &body));
+        }
+    }
     cluster.outcome = None;
     let fault = cluster
         .faults

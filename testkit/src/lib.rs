@@ -10,6 +10,9 @@
 //! - `fake_kube`: a stateful fake Kubernetes API server;
 //! - `fake_grafana`: a stateful fake of Grafana's HTTP API (folders, dashboards, teams, data
 //!   sources, permissions);
+//! - `kube_calls`: the RBAC checks of budgetd's calls to it, recorded, and a ClusterRole
+//!   compared with them;
+//! - `kustomize`: `kubectl kustomize`, parsed (the deploy test, the ClusterRole check);
 //! - `tcp_proxy`: a TCP proxy that forwards, refuses or swallows connections on command;
 //! - `bench_sql`: the benchmarks' SQL besides the store (bulk loads, COPY, baseline queries).
 
@@ -19,6 +22,8 @@ pub mod clock;
 pub mod db;
 pub mod fake_grafana;
 pub mod fake_kube;
+pub mod kube_calls;
+pub mod kustomize;
 pub mod prometheus;
 pub mod synthetic;
 pub mod tcp_proxy;

@@ -7,6 +7,7 @@ mod cli;
 mod cli_tenants;
 mod collector;
 mod dashboards;
+mod deploy;
 mod enforcement;
 mod fuzz;
 mod governance;

@@ -5,7 +5,7 @@
 //! 1. File `tenants` self-service requests (untimed), then approve them `concurrency` at a time
 //!    while the runner steps, and time until the last approval's blueprint is applied (the
 //!    runner's lag is 0) → tenants/s (target ≥ 50/s). Baseline in the same run: one plain GET
-//!    per tenant, the cheapest round trip the same client and server can do.
+//!    per tenant, the cheapest round trip an equal client and the same server can do.
 //! 2. Create more tenants, untimed, up to `resync_tenants`, and let the runner provision them.
 //! 3. Resync every tenant with no drift (`Runner::resync`, as the daemon's loop does: the
 //!    ledger's tenant list, one snapshot of the owned objects, each tenant's desired state from
@@ -166,7 +166,7 @@ async fn bench(url: &str, options: &LifecycleBenchOptions) -> anyhow::Result<()>
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
         },
-        client.clone(),
+        client,
         Arc::new(source),
     )?;
     let mut timing = runner_settings(&settings.reconciler);
@@ -175,7 +175,14 @@ async fn bench(url: &str, options: &LifecycleBenchOptions) -> anyhow::Result<()>
 
     // baseline: one GET per tenant (404s: nothing is there yet)
     eprintln!("baseline: {} GETs", options.tenants);
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    // the baseline's GETs are the bench's, not budgetd's (see testkit::kube_calls)
+    let mut baseline_config = kube::Config::new(fake.url().parse().context("the fake's URL")?);
+    baseline_config
+        .headers
+        .push(testkit::fake_kube::fixture_header());
+    let baseline_client = kube::Client::try_from(baseline_config).context("kube client")?;
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(baseline_client);
     let started = Instant::now();
     stream::iter(0..options.tenants)
         .map(|i| {

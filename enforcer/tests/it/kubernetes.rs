@@ -365,7 +365,10 @@ fn quota_apply(cpu: &str) -> Patch<Value> {
 async fn budgetd_wins_quota_fields_by_force_and_other_managers_get_conflicts() {
     let fake = cluster().await;
     let actuator = actuator(&fake).await;
-    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().unwrap())).unwrap();
+    // the test's own client: its calls are not budgetd's (see testkit::kube_calls)
+    let mut config = kube::Config::new(fake.url().parse().unwrap());
+    config.headers.push(testkit::fake_kube::fixture_header());
+    let client = kube::Client::try_from(config).unwrap();
     let quotas: Api<ResourceQuota> = Api::namespaced(client, "acme-prod");
 
     // The platform's Helm release takes `cpu` from whoever created the quota.
