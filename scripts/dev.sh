@@ -240,7 +240,7 @@ budgetd dev stack
     curl -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
       -d '{"amount":"1000.00","currency":"EUR"}' $API/api/v1/tenants/tenant-002/budget
 
-  Dashboards (README "Dashboards"), in a Grafana 10 or later you run on this machine (none is
+  Dashboards (README "Dashboards"), in a Grafana 10.4 or later you run on this machine (none is
   started here): the data sources read $STACK_DIR/grafana.env (the ledger as
   budgetd_finance_login, password $FINANCE_PASSWORD, sslmode disable; this Prometheus, which
   also scrapes budgetd). With Grafana's Debian package:
