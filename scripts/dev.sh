@@ -254,9 +254,9 @@ budgetd dev stack
     sudo systemctl daemon-reload && sudo systemctl restart grafana-server
   (each run of this script writes new ports and a new password there: restart Grafana again)
   or with Docker (host network, so 127.0.0.1 is this machine):
-    docker run --rm --network host --env-file $STACK_DIR/grafana.env \
-      -v $PWD/dashboards/provisioning/datasources.yaml:/etc/grafana/provisioning/datasources/budgetd.yaml:ro \
-      -v $PWD/dashboards/provisioning/dashboards.yaml:/etc/grafana/provisioning/dashboards/budgetd.yaml:ro \
+    docker run --rm --network host --env-file $STACK_DIR/grafana.env \\
+      -v $PWD/dashboards/provisioning/datasources.yaml:/etc/grafana/provisioning/datasources/budgetd.yaml:ro \\
+      -v $PWD/dashboards/provisioning/dashboards.yaml:/etc/grafana/provisioning/dashboards/budgetd.yaml:ro \\
       -v $PWD/dashboards:/etc/grafana/dashboards/budgetd:ro grafana/grafana
   then open http://127.0.0.1:3000, folder "budgetd".
 
