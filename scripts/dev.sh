@@ -40,6 +40,9 @@ cargo build --release -p budgetd -p budgetd-dev
 BUDGETD="${CARGO_TARGET_DIR:-target}/release/budgetd"
 BUDGETD_DEV="${CARGO_TARGET_DIR:-target}/release/budgetd-dev"
 
+API_PORT=$(free_port)
+API="http://127.0.0.1:$API_PORT"
+
 # The demo workload: a synthetic cluster with three tenants, scraped by the local Prometheus
 # under the job names a kube-prometheus-stack uses.
 EXPORTER_PORT=$(free_port)
@@ -56,6 +59,9 @@ scrape_configs:
   - job_name: kube-state-metrics
     metrics_path: /metrics/kube-state-metrics
     static_configs: [{targets: ["127.0.0.1:$EXPORTER_PORT"]}]
+  # budgetd's own metrics, for the budgetd health dashboard (README "Dashboards").
+  - job_name: budgetd
+    static_configs: [{targets: ["127.0.0.1:$API_PORT"]}]
 PROM
 curl -fsS -X POST "$BUDGETD_TEST_PROMETHEUS_URL/-/reload"
 
@@ -71,8 +77,6 @@ TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 # API refuses a requester approving their own request.
 OPERATOR_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 OPERATOR_SHA256=$(printf '%s' "$OPERATOR_TOKEN" | sha256sum | cut -d' ' -f1)
-API_PORT=$(free_port)
-API="http://127.0.0.1:$API_PORT"
 
 # The dev stack's configuration: budgetd's defaults (`budgetd config show` prints them all)
 # with the local services, one-minute windows so that costs show up within a couple of minutes,
@@ -132,6 +136,23 @@ filter = "info,sqlx=warn"
 TOML
 
 "$BUDGETD" --config "$CONFIG" migrate
+
+# Grafana's PostgreSQL data source logs in as this role: a member of budgetd_finance, which can
+# read the finance views and nothing else. grafana.env holds what datasources.yaml reads.
+FINANCE_PASSWORD=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+"$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" \
+  -c "CREATE ROLE budgetd_finance_login LOGIN PASSWORD '$FINANCE_PASSWORD' IN ROLE budgetd_finance" >/dev/null
+(
+  umask 077
+  cat >"$STACK_DIR/grafana.env" <<ENV
+BUDGETD_FINANCE_HOST=127.0.0.1:$PGPORT_STACK
+BUDGETD_FINANCE_DATABASE=$DB_NAME
+BUDGETD_FINANCE_USER=budgetd_finance_login
+BUDGETD_FINANCE_PASSWORD=$FINANCE_PASSWORD
+BUDGETD_FINANCE_SSLMODE=disable
+BUDGETD_PROMETHEUS_URL=$BUDGETD_TEST_PROMETHEUS_URL
+ENV
+)
 
 BUDGETD_BOOTSTRAP_ADMIN_TOKEN=$TOKEN "$BUDGETD" --config "$CONFIG" run &
 BUDGETD_PID=$!
@@ -218,6 +239,26 @@ budgetd dev stack
       -d '{"reason":"demo"}' $API/api/v1/enforcement/actions/ID/approve
     curl -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
       -d '{"amount":"1000.00","currency":"EUR"}' $API/api/v1/tenants/tenant-002/budget
+
+  Dashboards (README "Dashboards"), in a Grafana 10.4 or later you run on this machine (none is
+  started here): the data sources read $STACK_DIR/grafana.env (the ledger as
+  budgetd_finance_login, password $FINANCE_PASSWORD, sslmode disable; this Prometheus, which
+  also scrapes budgetd). With Grafana's Debian package:
+    sudo mkdir -p /etc/grafana/dashboards/budgetd
+    sudo cp $PWD/dashboards/*.json /etc/grafana/dashboards/budgetd/
+    sudo cp $PWD/dashboards/provisioning/datasources.yaml /etc/grafana/provisioning/datasources/budgetd.yaml
+    sudo cp $PWD/dashboards/provisioning/dashboards.yaml /etc/grafana/provisioning/dashboards/budgetd.yaml
+    sudo mkdir -p /etc/systemd/system/grafana-server.service.d
+    printf '[Service]\\nEnvironmentFile=%s\\n' $STACK_DIR/grafana.env |
+      sudo tee /etc/systemd/system/grafana-server.service.d/budgetd.conf
+    sudo systemctl daemon-reload && sudo systemctl restart grafana-server
+  (each run of this script writes new ports and a new password there: restart Grafana again)
+  or with Docker (host network, so 127.0.0.1 is this machine):
+    docker run --rm --network host --env-file $STACK_DIR/grafana.env \\
+      -v $PWD/dashboards/provisioning/datasources.yaml:/etc/grafana/provisioning/datasources/budgetd.yaml:ro \\
+      -v $PWD/dashboards/provisioning/dashboards.yaml:/etc/grafana/provisioning/dashboards/budgetd.yaml:ro \\
+      -v $PWD/dashboards:/etc/grafana/dashboards/budgetd:ro grafana/grafana
+  then open http://127.0.0.1:3000, folder "budgetd".
 
 Press Ctrl-C to stop budgetd and the stack.
 
