@@ -831,18 +831,17 @@ async fn every_dashboard_query_runs_as_a_finance_login_and_returns_rows() {
 #[tokio::test]
 async fn the_tenant_dashboard_rewritten_to_tenant_finance_shows_a_tenant_login_its_own_rows() {
     let db = seeded_ledger().await;
-    // The tenant's login as the Grafana reconciler makes it (`budgetd_tenant_login`).
-    let role = format!("budgetd_t_{}", db.name.trim_start_matches("budgetd_test_"));
-    sqlx::query("select budgetd_tenant_login('acme', $1, 'secret', now())")
-        .bind(&role)
-        .execute(db.store.pool())
+    // The tenant's login as the Grafana reconciler makes it (`budgetd_tenant_login`; its name
+    // carries the database's, so parallel test databases do not share it).
+    let role: String = sqlx::query_scalar("select budgetd_tenant_login('acme', 'secret', now())")
+        .fetch_one(db.store.pool())
         .await
         .unwrap();
     let mut conn = PgConnection::connect(&db.url.replacen("postgres@", &format!("{role}@"), 1))
         .await
         .unwrap();
     let results = run_sql_queries(&mut conn, &["tenant-costs.json"], "acme", |sql| {
-        sql.replace("finance.", "tenant_finance.")
+        grafana::dashboard::tenant_schema(sql)
     })
     .await;
     assert!(results.len() >= 8);
