@@ -146,8 +146,9 @@ fn rewrite(value: &mut Value, datasource_uid: &str) -> Result<(), TemplateError>
     }
 }
 
+/// Queries, and the descriptions that name the views they read.
 fn is_sql_field(key: &str) -> bool {
-    matches!(key, "rawSql" | "query" | "definition")
+    matches!(key, "rawSql" | "query" | "definition" | "description")
 }
 
 fn retarget(ds: &mut Value, datasource_uid: &str) -> Result<(), TemplateError> {

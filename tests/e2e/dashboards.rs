@@ -815,7 +815,13 @@ async fn every_dashboard_query_runs_as_a_finance_login_and_returns_rows() {
             .1
     };
     assert_eq!(last("remaining"), remaining);
-    assert_eq!(last("forecast"), forecast);
+    // The forecast extrapolates to now(), which moved on between the two statements: in the
+    // first seconds of a month (the shifted-clock pass) a second changes it by thousands.
+    let (got, want) = (last("forecast"), forecast);
+    assert!(
+        (got - want).abs() <= want.abs() / Decimal::from(100) + dec("0.01"),
+        "forecast line ends at {got}, the budget status says {want}"
+    );
     assert_eq!(last("even pace"), Decimal::ZERO);
 
     // Unallocated cost is the platform's, never a tenant's: the stray hour is in the overview
