@@ -11,6 +11,7 @@ mod deploy;
 mod enforcement;
 mod fuzz;
 mod governance;
+mod grafana;
 mod http;
 mod kafka;
 mod lifecycle;
