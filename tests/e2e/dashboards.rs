@@ -16,9 +16,9 @@
 //!   `/metrics` of a running `budgetd run` (or, for the few that appear only after an event the
 //!   test does not cause, written in budgetd's source), or is read by the default meters.
 
+use crate::support::Daemon;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
@@ -1154,20 +1154,6 @@ fn meter_metrics(store: Store) -> BTreeSet<String> {
         .collect()
 }
 
-/// A `budgetd run` process, killed on drop.
-struct Daemon {
-    child: Child,
-    api: String,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const ADMIN: &str = "dashboards-admin-token-0123456789abcdef";
 
 /// `budgetd run` with the example configuration: collecting one-minute windows from the test
@@ -1195,42 +1181,23 @@ fn start_daemon(dir: &Path, db: &TestDb, kube_url: &str) -> Daemon {
     }
     let config = dir.join("budgetd.toml");
     std::fs::write(&config, text).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let (start, _) = testkit::clock::recent_window(Utc::now() - chrono::Duration::minutes(5), 60);
-    let log = dir.join("budgetd.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .env("BUDGETD_CONFIG", &config)
-        .env("BUDGETD_DATABASE_URL", &db.url)
-        .env("BUDGETD_MIGRATE_DATABASE_URL", &db.url)
-        .env(
-            "BUDGETD_PROMETHEUS_URL",
-            std::env::var("BUDGETD_TEST_PROMETHEUS_URL")
-                .expect("BUDGETD_TEST_PROMETHEUS_URL: run the tests with scripts/test.sh"),
-        )
-        .env(
-            "BUDGETD_ALERTMANAGER_URL",
-            std::env::var("BUDGETD_TEST_ALERTMANAGER_URL")
-                .expect("BUDGETD_TEST_ALERTMANAGER_URL: run the tests with scripts/test.sh"),
-        )
-        .env("BUDGETD_COLLECTOR_START", start.to_rfc3339())
-        .env("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", ADMIN)
-        .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BUDGETD_LOG", "info")
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Daemon {
-        child,
-        api: format!("http://127.0.0.1:{port}"),
-        log,
-    }
+    let prometheus = std::env::var("BUDGETD_TEST_PROMETHEUS_URL")
+        .expect("BUDGETD_TEST_PROMETHEUS_URL: run the tests with scripts/test.sh");
+    let alertmanager = std::env::var("BUDGETD_TEST_ALERTMANAGER_URL")
+        .expect("BUDGETD_TEST_ALERTMANAGER_URL: run the tests with scripts/test.sh");
+    Daemon::run(
+        dir,
+        &config,
+        &[
+            ("BUDGETD_DATABASE_URL", &db.url),
+            ("BUDGETD_MIGRATE_DATABASE_URL", &db.url),
+            ("BUDGETD_PROMETHEUS_URL", &prometheus),
+            ("BUDGETD_ALERTMANAGER_URL", &alertmanager),
+            ("BUDGETD_COLLECTOR_START", &start.to_rfc3339()),
+            ("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", ADMIN),
+        ],
+    )
 }
 
 /// A Prometheus expression as Grafana sends it, with the dashboard's variables given values.
@@ -1359,7 +1326,7 @@ async fn every_metric_a_dashboard_reads_is_exported_by_budgetd_or_read_by_the_de
         missing.is_empty(),
         "not on /metrics after 120 s: {missing:?}\n(read by {:?})\nthe daemon's log:\n{}",
         missing.iter().map(|m| budgetd[m]).collect::<Vec<_>>(),
-        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+        daemon.log_text()
     );
     eprintln!(
         "{} of budgetd's metrics the dashboards read were on /metrics after {:?}",

@@ -6,9 +6,10 @@
 //! metric they use is one a running `budgetd run` exports (or, for one that appears only after
 //! an event, one the code emits), with the labels it has.
 
+use crate::support::Daemon;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -553,21 +554,6 @@ fn exposition(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// A `budgetd run` leading with the collector, the enforcer and the blueprint reconciler, killed
-/// on drop.
-struct Daemon {
-    child: Child,
-    api: String,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_daemon(dir: &Path, db_url: &str, kube: &str) -> Daemon {
     let env = |name: &str| {
         std::env::var(name)
@@ -624,30 +610,7 @@ gpu = "1.20"
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = dir.join("budgetd.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .env("BUDGETD_CONFIG", &config)
-        .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BUDGETD_LOG", "info")
-        .env_remove("BUDGETD_DATABASE_URL")
-        .env_remove("BUDGETD_MIGRATE_DATABASE_URL")
-        .env_remove("BUDGETD_BOOTSTRAP_ADMIN_TOKEN")
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Daemon {
-        child,
-        api: format!("http://127.0.0.1:{port}"),
-        log,
-    }
+    Daemon::run(dir, &config, &[])
 }
 
 /// The metrics the rules evaluate all the time: a leading daemon exports them without any
@@ -682,7 +645,7 @@ async fn every_metric_in_the_alert_rules_is_one_budgetd_exports_with_its_labels(
         assert!(
             started.elapsed() < Duration::from_secs(90),
             "budgetd run did not export {ALWAYS_EXPORTED:?} while leading within 90 s; /metrics:\n{text}\nlog:\n{}",
-            std::fs::read_to_string(&daemon.log).unwrap_or_default()
+            daemon.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

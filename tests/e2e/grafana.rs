@@ -3,8 +3,7 @@
 //! can run here) gives a tenant created through the API its team, folder, data source and
 //! pinned dashboard, renames the folder on an update, and removes everything at offboarding.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -12,23 +11,10 @@ use serde_json::{json, Value};
 use testkit::db::fresh_database;
 use testkit::fake_grafana::{FakeGrafana, FolderPermission, VIEW};
 
-use crate::support::tenant_body;
+use crate::support::{tenant_body, Daemon};
 
 const ADMIN: &str = "grafana-admin-token-0123456789abcdef";
 const GRAFANA_TOKEN: &str = "glsa_e2e_0123456789";
-
-struct Daemon {
-    child: Child,
-    api: String,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start(dir: &Path, db_url: &str, grafana: &str) -> Daemon {
     let url = url::Url::parse(db_url).unwrap();
@@ -58,31 +44,14 @@ backoff_cap_ms = 400
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = dir.join("budgetd.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .env("BUDGETD_CONFIG", &config)
-        .env("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", ADMIN)
-        .env("BUDGETD_GRAFANA_TOKEN", GRAFANA_TOKEN)
-        .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BUDGETD_LOG", "info")
-        .env_remove("BUDGETD_DATABASE_URL")
-        .env_remove("BUDGETD_MIGRATE_DATABASE_URL")
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Daemon {
-        child,
-        api: format!("http://127.0.0.1:{port}"),
-        log,
-    }
+    Daemon::run(
+        dir,
+        &config,
+        &[
+            ("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", ADMIN),
+            ("BUDGETD_GRAFANA_TOKEN", GRAFANA_TOKEN),
+        ],
+    )
 }
 
 /// Polls `check` until it is true; panics with `what` and the daemon's log after 60 s.
@@ -92,7 +61,7 @@ async fn wait_until(daemon: &Daemon, what: &str, mut check: impl FnMut() -> bool
         if started.elapsed() > Duration::from_secs(60) {
             panic!(
                 "timed out waiting for {what}; the daemon's log:\n{}",
-                std::fs::read_to_string(&daemon.log).unwrap_or_default()
+                daemon.log_text()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -119,6 +88,18 @@ async fn budgetd_run_keeps_a_grafana_folder_per_tenant() {
     std::fs::create_dir_all(&dir).unwrap();
     let daemon = start(&dir, &db.url, &grafana.url());
 
+    let started = Instant::now();
+    while !reqwest::get(format!("{}/healthz", daemon.api))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the daemon did not answer in 60 s:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut body = tenant_body("acme");
     body["owner_group"] = json!("team-payments");
     assert_eq!(

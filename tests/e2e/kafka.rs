@@ -4,8 +4,7 @@
 //! `/readyz` stays ready), and it goes out once they are back.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,25 +15,12 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use testkit::db::fresh_database;
 
-use crate::support::tenant_body;
+use crate::support::{tenant_body, Daemon};
 
 const ADMIN: &str = "kafka-admin-token-0123456789abcdef";
 const TOPIC: &str = "tenants.events";
 const PARTITIONS: i32 = 3;
 const BROKERS: i32 = 3;
-
-struct Daemon {
-    child: Child,
-    api: String,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start(dir: &Path, db_url: &str, bootstrap: &str) -> Daemon {
     let config = dir.join("budgetd.toml");
@@ -61,30 +47,7 @@ backoff_cap_ms = 400
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = dir.join("budgetd.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .env("BUDGETD_CONFIG", &config)
-        .env("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", ADMIN)
-        .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BUDGETD_LOG", "info")
-        .env_remove("BUDGETD_DATABASE_URL")
-        .env_remove("BUDGETD_MIGRATE_DATABASE_URL")
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Daemon {
-        child,
-        api: format!("http://127.0.0.1:{port}"),
-        log,
-    }
+    Daemon::run(dir, &config, &[("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", ADMIN)])
 }
 
 /// Polls `check` until it is true; panics with `what` and the daemon's log after `limit`.
@@ -98,7 +61,7 @@ where
         if started.elapsed() > limit {
             panic!(
                 "timed out after {limit:?} waiting for {what}; the daemon's log:\n{}",
-                std::fs::read_to_string(&daemon.log).unwrap_or_default()
+                daemon.log_text()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

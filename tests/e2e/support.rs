@@ -384,3 +384,59 @@ pub fn declared_routes() -> std::collections::BTreeSet<(String, String)> {
     }
     declared
 }
+
+/// A `budgetd run` process serving on a free loopback port, its stderr in `budgetd.log` of its
+/// directory; killed on drop.
+pub struct Daemon {
+    child: std::process::Child,
+    pub api: String,
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// `budgetd run` with `BUDGETD_CONFIG=config` and info logs, and `env` on top. The test's
+    /// own database URL and bootstrap token variables are not passed on unless `env` sets them.
+    pub fn run(dir: &std::path::Path, config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join("budgetd.log");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_budgetd"));
+        command
+            .env_remove("BUDGETD_DATABASE_URL")
+            .env_remove("BUDGETD_MIGRATE_DATABASE_URL")
+            .env_remove("BUDGETD_BOOTSTRAP_ADMIN_TOKEN")
+            .env("BUDGETD_CONFIG", config)
+            .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
+            .env("BUDGETD_LOG", "info");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command
+            .arg("run")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            api: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// What the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
