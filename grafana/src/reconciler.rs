@@ -109,6 +109,13 @@ fn new_password() -> String {
     Alphanumeric.sample_string(&mut rand::rngs::OsRng, 40)
 }
 
+/// A SCRAM salt: 16 random bytes from the OS.
+fn new_salt() -> [u8; 16] {
+    let mut salt = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    salt
+}
+
 impl GrafanaReconciler {
     /// The reconciler over `settings`; it writes to the database with `leader`'s fence.
     pub fn new(
@@ -194,7 +201,7 @@ impl GrafanaReconciler {
             None => {
                 let role = self
                     .store
-                    .set_tenant_login(self.fence()?, &tenant.id, &new_password())
+                    .set_tenant_login(self.fence()?, &tenant.id, &new_password(), &new_salt())
                     .await
                     .map_err(store_failure)?;
                 changes.add(format!("login {role} created"));
@@ -471,7 +478,7 @@ impl GrafanaReconciler {
         }
         let password = new_password();
         self.store
-            .set_tenant_login(self.fence()?, tenant, &password)
+            .set_tenant_login(self.fence()?, tenant, &password, &new_salt())
             .await
             .map_err(store_failure)?;
         let mut body = wanted;

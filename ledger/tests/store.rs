@@ -1472,3 +1472,74 @@ fn store_follows_the_transition_table() {
         ));
     });
 }
+
+/// The verifier budgetd computes for a tenant's login is the one Postgres computes for the
+/// same password and salt: Postgres makes one from a plain password, the test recomputes it
+/// with Postgres' salt. And `set_tenant_login` stores a verifier, never the password.
+#[tokio::test]
+async fn tenant_login_passwords_reach_postgres_only_as_scram_verifiers() {
+    let db = fresh_database().await;
+    let role = format!("budgetd_scram_check_{}", std::process::id());
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("set password_encryption = 'scram-sha-256'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!("create role {role} login password 'Open5esame'"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let stored: String = sqlx::query_scalar("select rolpassword from pg_authid where rolname = $1")
+        .bind(&role)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!("drop role {role}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let salt_b64 = stored
+        .strip_prefix("SCRAM-SHA-256$4096:")
+        .and_then(|rest| rest.split('$').next())
+        .unwrap_or_else(|| panic!("not a SCRAM verifier: {stored}"));
+    use base64::Engine;
+    let salt = base64::engine::general_purpose::STANDARD
+        .decode(salt_b64)
+        .unwrap();
+    assert_eq!(
+        ledger::store::scram_sha256_verifier("Open5esame", &salt),
+        stored
+    );
+
+    let acme = tenant(&db.store, "acme").await;
+    let lock = ledger::store::LeaderLock::try_acquire(
+        &db.url,
+        "test",
+        30,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let login = db
+        .store
+        .set_tenant_login(lock.fence(), &acme, "Open5esame", &[7u8; 16])
+        .await
+        .unwrap();
+    let stored: String = sqlx::query_scalar("select rolpassword from pg_authid where rolname = $1")
+        .bind(&login)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        ledger::store::scram_sha256_verifier("Open5esame", &[7u8; 16])
+    );
+    assert!(db
+        .store
+        .drop_tenant_login(lock.fence(), &acme)
+        .await
+        .unwrap());
+    assert_eq!(db.store.tenant_login(&acme).await.unwrap(), None);
+    conn.close().await.unwrap();
+}

@@ -41,6 +41,7 @@ pub use reconcilers::{
     AggregateKey, OutboxEvent, ParkedAggregate, PendingAggregate, ReconcilerStatus,
 };
 pub use suspensions::OperatorSuspension;
+pub use tenant_logins::scram_sha256_verifier;
 pub use tenants::TenantBilling;
 pub use unpriced::{UnpricedFilter, UnpricedRecord};
 
