@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledger::enforcement::Fence;
 use ledger::store::LeaderLock;
-use lifecycle::Runner;
+use lifecycle::{Runner, StepReport};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -230,6 +230,23 @@ async fn drain(db: &TestDb, runner: &Runner, fence: Fence, mut now: DateTime<Utc
     }
 }
 
+/// One step that takes the new backlog: the scan waits for transactions still open anywhere
+/// on the test cluster, so step until it took some.
+async fn step_until_scanned(runner: &Runner, fence: Fence, now: DateTime<Utc>) -> StepReport {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = runner.step(fence, now).await.unwrap();
+        if report.scanned > 0 {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not scanned in 60 s"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn backlog(db: &TestDb, tenants: usize, per_tenant: usize) {
     let mut conn = BenchConnection::connect(&db.url).await.unwrap();
     conn.write_outbox_backlog(tenants, per_tenant)
@@ -302,20 +319,8 @@ async fn while_the_brokers_are_down_events_wait_and_then_go_out_in_order() {
     }
     backlog(&db, 5, 6).await;
     // Each tenant's first waiting event times out (message_timeout_ms) and parks it; nothing
-    // of it is recorded. (The scan waits for transactions still open anywhere on the test
-    // cluster: step until the backlog is taken.)
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let report = loop {
-        let report = runner.step(fence, now).await.unwrap();
-        if report.scanned > 0 {
-            break report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the backlog was not scanned in 60 s"
-        );
-        tokio::task::yield_now().await;
-    };
+    // of it is recorded.
+    let report = step_until_scanned(&runner, fence, now).await;
     assert_eq!(report.handled, 0, "{report:?}");
     assert_eq!(report.failed, 5, "{report:?}");
     let status = db.store.reconciler_status("kafka").await.unwrap();
@@ -362,20 +367,7 @@ async fn after_a_fatal_producer_error_a_new_producer_publishes_what_waits() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
     );
     backlog(&db, 4, 5).await;
-    // (The scan waits for transactions still open anywhere on the test cluster: step until
-    // the backlog is taken.)
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let report = loop {
-        let report = runner.step(fence, now).await.unwrap();
-        if report.scanned > 0 {
-            break report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the backlog was not scanned in 60 s"
-        );
-        tokio::task::yield_now().await;
-    };
+    let report = step_until_scanned(&runner, fence, now).await;
     assert!(report.failed > 0, "{report:?}");
     let parked = db.store.reconciler_parked("kafka").await.unwrap();
     // The failed send is `fatal`; what the dead producer still queued is purged.
