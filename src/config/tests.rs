@@ -749,7 +749,9 @@ fn the_readme_states_every_default() {
         ("BUDGETD_ALERTMANAGER_URL", "http://alertmanager:9093"),
     ];
     let shown = load(
-        "[collector]\n[enforcement]\n[kafka]\nbootstrap_servers = \"kafka:9092\"\n",
+        "[collector]\n[enforcement]\n[kafka]\nbootstrap_servers = \"kafka:9092\"\n\
+         [grafana]\nurl = \"http://grafana:3000\"\ntoken = \"glsa\"\n\
+         [grafana.datasource]\nhost = \"db:5432\"\ndatabase = \"budgetd\"\n",
         &env,
     )
     .unwrap()
@@ -763,6 +765,9 @@ fn the_readme_states_every_default() {
                 || key.ends_with("url")
                 || key.ends_with("urls")
                 || key == "kafka.bootstrap_servers"
+                || key == "grafana.token"
+                || key == "grafana.datasource.host"
+                || key == "grafana.datasource.database"
             {
                 continue;
             }
@@ -781,6 +786,9 @@ fn the_readme_states_every_default() {
             }
             if let Some(toml::Value::Table(relay)) = table.get("relay") {
                 check(format!("{name}.relay"), relay);
+            }
+            if let Some(toml::Value::Table(datasource)) = table.get("datasource") {
+                check(format!("{name}.datasource"), datasource);
             }
         }
     }
