@@ -128,52 +128,7 @@ pub struct RequestRecord {
     pub status: u16,
 }
 
-/// Makes matching requests fail with `status` before they reach the state.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    status: u16,
-    remaining: u32,
-    method: Option<String>,
-    path_contains: Option<String>,
-}
-
-impl Fault {
-    /// The next `times` matching requests fail with `status` (500, 502, 503, 429, ...).
-    pub fn next(times: u32, status: u16) -> Fault {
-        Fault {
-            status,
-            remaining: times,
-            method: None,
-            path_contains: None,
-        }
-    }
-
-    /// Every matching request fails with `status`.
-    pub fn always(status: u16) -> Fault {
-        Fault::next(u32::MAX, status)
-    }
-
-    /// Only requests with this method (`POST`).
-    pub fn method(mut self, method: &str) -> Fault {
-        self.method = Some(method.to_ascii_uppercase());
-        self
-    }
-
-    /// Only requests whose path contains this.
-    pub fn path_contains(mut self, part: &str) -> Fault {
-        self.path_contains = Some(part.to_owned());
-        self
-    }
-
-    fn matches(&self, method: &str, path: &str) -> bool {
-        self.remaining > 0
-            && self.method.as_deref().is_none_or(|m| m == method)
-            && self
-                .path_contains
-                .as_deref()
-                .is_none_or(|p| path.contains(p))
-    }
-}
+pub use crate::fault::Fault;
 
 /// An error answer: Grafana's `{"message": ...}` body, plus `status` for 412s.
 #[derive(Debug)]
@@ -448,16 +403,9 @@ async fn handle(
 ) -> Response {
     let path = uri.path().to_owned();
     let mut org = org.lock().expect("fake Grafana lock");
-    let fault = org
-        .faults
-        .iter_mut()
-        .find(|f| f.matches(method.as_str(), &path));
-    let answer = if let Some(fault) = fault {
-        fault.remaining -= 1;
-        Err(err(
-            fault.status,
-            format!("injected fault ({})", fault.status),
-        ))
+    let fault = crate::fault::fire(&mut org.faults, method.as_str(), &path);
+    let answer = if let Some(status) = fault {
+        Err(err(status, format!("injected fault ({status})")))
     } else if path == "/api/health" && method == Method::GET {
         Ok(json!({ "commit": "fake", "database": "ok", "version": VERSION }))
     } else if !authorized(&headers, &org.token) {

@@ -180,52 +180,7 @@ impl RequestRecord {
     }
 }
 
-/// Makes matching requests fail with `status` before they reach the objects.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    status: u16,
-    remaining: u32,
-    method: Option<String>,
-    path_contains: Option<String>,
-}
-
-impl Fault {
-    /// The next `times` requests fail with `status` (500, 409, 429, 503, ...).
-    pub fn next(times: u32, status: u16) -> Fault {
-        Fault {
-            status,
-            remaining: times,
-            method: None,
-            path_contains: None,
-        }
-    }
-
-    /// Every request fails with `status`.
-    pub fn always(status: u16) -> Fault {
-        Fault::next(u32::MAX, status)
-    }
-
-    /// Only requests with this method (`PATCH`).
-    pub fn method(mut self, method: &str) -> Fault {
-        self.method = Some(method.to_ascii_uppercase());
-        self
-    }
-
-    /// Only requests whose path contains this.
-    pub fn path_contains(mut self, part: &str) -> Fault {
-        self.path_contains = Some(part.to_owned());
-        self
-    }
-
-    fn matches(&self, method: &str, path: &str) -> bool {
-        self.remaining > 0
-            && self.method.as_deref().is_none_or(|m| m == method)
-            && self
-                .path_contains
-                .as_deref()
-                .is_none_or(|p| path.contains(p))
-    }
-}
+pub use crate::fault::Fault;
 
 /// A Kubernetes API error, answered as a `Status` object.
 #[derive(Debug, Clone, PartialEq)]
@@ -723,15 +678,8 @@ async fn serve(
         }
     }
     cluster.outcome = None;
-    let fault = cluster
-        .faults
-        .iter_mut()
-        .find(|f| f.matches(method.as_str(), &path));
-    let result = match fault {
-        Some(fault) => {
-            fault.remaining -= 1;
-            Err(ApiError::injected(fault.status))
-        }
+    let result = match crate::fault::fire(&mut cluster.faults, method.as_str(), &path) {
+        Some(status) => Err(ApiError::injected(status)),
         None => cluster.handle(&method, &path, &query, content_type.as_deref(), &body),
     };
     let (status, body) = match result {

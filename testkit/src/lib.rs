@@ -8,6 +8,7 @@
 //! - `prometheus`: promtool blocks and a Prometheus process serving them;
 //! - `alertmanager`: a real Alertmanager process;
 //! - `fake_kube`: a stateful fake Kubernetes API server;
+//! - `fault`: injected failures of the two fakes (`Fault`, re-exported by both);
 //! - `fake_grafana`: a stateful fake of Grafana's HTTP API (folders, dashboards, teams, data
 //!   sources, permissions);
 //! - `kube_calls`: the RBAC checks of budgetd's calls to it, recorded, and a ClusterRole
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod db;
 pub mod fake_grafana;
 pub mod fake_kube;
+pub mod fault;
 pub mod kube_calls;
 pub mod kustomize;
 pub mod prometheus;
