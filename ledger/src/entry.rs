@@ -60,6 +60,9 @@ impl fmt::Display for UnitName {
     }
 }
 
+/// The longest window an entry may cover: 366 days (the ledger stores a window's length).
+pub const MAX_WINDOW_SECONDS: i32 = 366 * 86_400;
+
 /// A half-open time window [start, end), in whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Window {
@@ -75,7 +78,15 @@ impl Window {
         if start.timestamp_subsec_nanos() != 0 || end.timestamp_subsec_nanos() != 0 {
             return Err(Invalid::new("window", "bounds must be whole seconds"));
         }
+        if (end - start).num_seconds() > MAX_WINDOW_SECONDS as i64 {
+            return Err(Invalid::new("window", "must be at most 366 days long"));
+        }
         Ok(Window { start, end })
+    }
+
+    /// The window's length in seconds (at most [`MAX_WINDOW_SECONDS`]).
+    pub fn seconds(&self) -> i32 {
+        (self.end - self.start).num_seconds() as i32
     }
 
     pub fn start(&self) -> DateTime<Utc> {
@@ -189,7 +200,7 @@ pub struct WriteReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryConflict {
     pub key: EntryKey,
-    pub live_entry_id: i64,
+    pub live_revision: i32,
     pub live_quantity: Decimal,
     pub live_price_version: i64,
     pub attempted_quantity: Decimal,

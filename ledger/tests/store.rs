@@ -10,7 +10,7 @@ use ledger::currency::Currency;
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::money::Money;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
-use ledger::store::ChainStatus;
+use ledger::store::{ChainStatus, MIGRATOR};
 use ledger::tenant::{TenantId, TenantState};
 use ledger::{Error, Store};
 use proptest::prelude::*;
@@ -108,7 +108,7 @@ async fn balances(db: &TestDb, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     for sql in [
         "select tenant_id || '|' || meter || '|' || window_start || '|' || sum(amount) || '|' || \
-         count(*) filter (where kind = 'usage') from ledger_entries where tenant_id like $1 \
+         count(*) filter (where kind = 'usage') from ledger_entry_details where tenant_id like $1 \
          group by tenant_id, meter, window_start order by 1",
         "select tenant_id || '|' || meter || '|' || window_start || '|' || amount || '|' || quantity \
          from ledger_live_entries where tenant_id like $1 order by 1",
@@ -137,7 +137,7 @@ async fn assert_rollups_match_entries(db: &TestDb) {
             select tenant_id, (window_start at time zone 'UTC')::date as day, meter, unit, currency,
                    price_unit, units_per_price_unit,
                    sum(quantity) as quantity, sum(amount) as amount, count(*) as entries
-            from ledger_entries group by 1, 2, 3, 4, 5, 6, 7
+            from ledger_entry_details group by 1, 2, 3, 4, 5, 6, 7
          ) e full join ledger_rollup_daily r
              using (tenant_id, day, meter, unit, currency, price_unit, units_per_price_unit)
          where e.amount is distinct from r.amount or e.quantity is distinct from r.quantity
@@ -151,7 +151,7 @@ async fn assert_rollups_match_entries(db: &TestDb) {
         "select count(*) from (
             select tenant_id, date_trunc('month', window_start at time zone 'UTC')::date as month,
                    currency, sum(amount) as amount, count(*) as entries
-            from ledger_entries group by 1, 2, 3
+            from ledger_entry_details group by 1, 2, 3
          ) e full join ledger_rollup_monthly r using (tenant_id, month, currency)
          where e.amount is distinct from r.amount or e.entries is distinct from r.entries",
     )
@@ -163,7 +163,7 @@ async fn assert_rollups_match_entries(db: &TestDb) {
         "select count(*) from (
             select tenant_id, (window_start at time zone 'UTC')::date as day, currency,
                    sum(amount) as amount, count(*) as entries
-            from ledger_entries group by 1, 2, 3
+            from ledger_entry_details group by 1, 2, 3
          ) e full join ledger_rollup_tenant_daily r using (tenant_id, day, currency)
          where e.amount is distinct from r.amount or e.entries is distinct from r.entries",
     )
@@ -300,7 +300,8 @@ async fn corrections_reverse_and_replace_so_each_key_sums_to_one_live_amount() {
     assert_eq!((again.corrected, again.unchanged), (0, 1));
 
     let rows = sqlx::query(
-        "select kind, revision, quantity, amount from ledger_entries where window_start = $1 order by id",
+        "select kind, revision, quantity, amount from ledger_entry_details where window_start = $1 \
+         order by revision, kind desc",
     )
     .bind(w1.start())
     .fetch_all(db.store.pool())
@@ -319,7 +320,7 @@ async fn corrections_reverse_and_replace_so_each_key_sums_to_one_live_amount() {
         ]
     );
     let (sum, live): (Decimal, Decimal) = sqlx::query_as(
-        "select (select sum(amount) from ledger_entries where window_start = $1), \
+        "select (select sum(amount) from ledger_entry_details where window_start = $1), \
                 (select amount from ledger_live_entries where window_start = $1)",
     )
     .bind(w1.start())
@@ -356,25 +357,102 @@ async fn the_database_enforces_the_ledger_invariants() {
         .await
         .unwrap();
     let ws = "'2027-01-15 08:00:00+00'"; // 1_800_000_000
-    let we = "'2027-01-15 08:05:00+00'";
-    let cols = "tenant_id, meter, window_start, window_end, revision, kind, quantity, unit, \
-                price_version, rate, price_unit, units_per_price_unit, amount, currency, source";
     let id = v.id;
+    // A row of the compact table for acme's cpu: window start, seq (2 × revision, + 1 for a
+    // reversal), quantity, amount, and optionally another meter.
+    let row = |table: &str, start: &str, seq: i32, quantity: &str, amount: &str, meter: &str| {
+        format!(
+            "insert into {table} (window_start, tenant_key, price_version, window_seconds, \
+                                  meter_key, unit_key, seq, source_key, quantity, amount) \
+             select {start}, t.tenant_key, {id}, 300, budgetd_meter_key('{meter}'), u.unit_key, \
+                    {seq}, budgetd_source_key('sql'), {quantity}, {amount} \
+             from tenants t, ledger_units u \
+             where t.id = 'acme' and u.unit = 'core_seconds' and u.price_unit = 'core_hour'"
+        )
+    };
+    let feb = "'2027-02-01 00:00:00+00'";
 
-    // entries are immutable
+    // entries are immutable, through the table and through a month's partition
     expect_sql_error(&db, "update ledger_entries set quantity = 1", "42501").await;
     expect_sql_error(&db, "delete from ledger_entries", "42501").await;
     expect_sql_error(&db, "truncate ledger_entries cascade", "42501").await;
+    expect_sql_error(
+        &db,
+        "update ledger_entries_p202701 set quantity = 1",
+        "42501",
+    )
+    .await;
+    expect_sql_error(&db, "delete from ledger_entries_p202701", "42501").await;
+    expect_sql_error(&db, "truncate ledger_entries_p202701", "42501").await;
     // a second live entry for the key
-    expect_sql_error(&db, &format!("insert into ledger_entries ({cols}) values ('acme', 'cpu', {ws}, {we}, 1, 'usage', 1, 'core_seconds', {id}, 0.031, 'core_hour', 3600, 0.000008611111, 'EUR', 'sql')"), "23505").await;
+    expect_sql_error(
+        &db,
+        &row("ledger_entries", ws, 2, "1", "0.000008611111", "cpu"),
+        "23505",
+    )
+    .await;
     // a new revision without reversing the live one
-    expect_sql_error(&db, &format!("insert into ledger_entries ({cols}) values ('acme', 'cpu', {ws}, {we}, 2, 'usage', 1, 'core_seconds', {id}, 0.031, 'core_hour', 3600, 0.000008611111, 'EUR', 'sql')"), "23000").await;
+    expect_sql_error(
+        &db,
+        &row("ledger_entries", ws, 4, "1", "0.000008611111", "cpu"),
+        "23000",
+    )
+    .await;
     // a reversal that does not negate the live entry exactly
-    expect_sql_error(&db, &format!("insert into ledger_entries ({cols}) values ('acme', 'cpu', {ws}, {we}, 1, 'reversal', -299, 'core_seconds', {id}, 0.031, 'core_hour', 3600, -0.002574722222, 'EUR', 'sql')"), "23000").await;
-    // an amount that is not quantity × rate
-    expect_sql_error(&db, &format!("insert into ledger_entries ({cols}) values ('acme', 'cpu', '2027-02-01', '2027-02-01 00:05', 1, 'usage', 3600, 'core_seconds', {id}, 0.031, 'core_hour', 3600, 0.032, 'EUR', 'sql')"), "23514").await;
-    // a rate that is not the price book's
-    expect_sql_error(&db, &format!("insert into ledger_entries ({cols}) values ('acme', 'cpu', '2027-02-01', '2027-02-01 00:05', 1, 'usage', 3600, 'core_seconds', {id}, 0.05, 'core_hour', 3600, 0.05, 'EUR', 'sql')"), "23503").await;
+    expect_sql_error(
+        &db,
+        &row("ledger_entries", ws, 3, "-299", "-0.002574722222", "cpu"),
+        "23000",
+    )
+    .await;
+    // an amount that is not quantity × the version's rate, also straight into a partition
+    expect_sql_error(
+        &db,
+        &row("ledger_entries", feb, 2, "3600", "0.032", "cpu"),
+        "23514",
+    )
+    .await;
+    expect_sql_error(
+        &db,
+        &row(
+            "ledger_entries_p202701",
+            "'2027-01-15 08:05:00+00'",
+            2,
+            "3600",
+            "0.032",
+            "cpu",
+        ),
+        "23514",
+    )
+    .await;
+    // a meter the version does not price
+    expect_sql_error(
+        &db,
+        &row("ledger_entries", feb, 2, "3600", "0.031", "ghost"),
+        "23503",
+    )
+    .await;
+    // a usage entry with a negative quantity
+    expect_sql_error(
+        &db,
+        &row("ledger_entries", feb, 2, "-3600", "-0.031", "cpu"),
+        "23514",
+    )
+    .await;
+    // a window whose month has no partition (the write path creates it first)
+    expect_sql_error(
+        &db,
+        &row("ledger_entries", "'2031-05-01'", 2, "3600", "0.031", "cpu"),
+        "23514",
+    )
+    .await;
+    // partitions start on the first of a month
+    expect_sql_error(
+        &db,
+        "select budgetd_ensure_ledger_partition('2027-03-02')",
+        "22023",
+    )
+    .await;
     // a price-book version that priced entries is immutable
     expect_sql_error(
         &db,
@@ -463,35 +541,8 @@ async fn the_database_refuses_zero_budgets_and_text_that_is_not_one_line() {
 /// Budgets and exemptions are history: the rules hold for new rows only.
 #[tokio::test]
 async fn the_input_rules_migration_names_the_tenants_to_fix_and_keeps_history() {
-    use ledger::store::MIGRATOR;
-    use sqlx::migrate::Migrator;
-    use testkit::db::with_database;
-
     const INPUT_RULES: i64 = 20261201173000;
-    assert!(MIGRATOR.iter().any(|m| m.version == INPUT_RULES));
-    let admin = testkit::db::admin_url();
-    let name = format!(
-        "budgetd_test_input_rules_{}_{}",
-        std::process::id(),
-        Utc::now().timestamp_nanos_opt().unwrap()
-    );
-    let mut conn = PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("create database {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let mut conn = PgConnection::connect(&with_database(&admin, &name))
-        .await
-        .unwrap();
-    let before = Migrator {
-        migrations: MIGRATOR
-            .iter()
-            .filter(|m| m.version < INPUT_RULES)
-            .cloned()
-            .collect(),
-        ..Migrator::DEFAULT
-    };
-    before.run(&mut conn).await.unwrap();
+    let (_, mut conn) = database_before(INPUT_RULES).await;
     sqlx::raw_sql(
         r"insert into tenants (id, display_name, owner, data_residency, state, created_at,
                               updated_at, state_changed_at)
@@ -738,6 +789,37 @@ async fn finance_connection(db: &TestDb) -> PgConnection {
 }
 
 /// The rows of `sql`, a query of one text column, in byte order.
+/// A new database migrated up to (not including) migration `version`: the schema an earlier
+/// budgetd left. Its URL and a connection.
+async fn database_before(version: i64) -> (String, PgConnection) {
+    use sqlx::migrate::Migrator;
+
+    assert!(MIGRATOR.iter().any(|m| m.version == version));
+    let admin = testkit::db::admin_url();
+    let name = format!(
+        "budgetd_test_before_{version}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap()
+    );
+    let mut conn = PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = testkit::db::with_database(&admin, &name);
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let before = Migrator {
+        migrations: MIGRATOR
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect(),
+        ..Migrator::DEFAULT
+    };
+    before.run(&mut conn).await.unwrap();
+    (url, conn)
+}
+
 async fn text_rows(conn: &mut PgConnection, sql: &str) -> Vec<String> {
     sqlx::query_scalar(&format!(
         "select r from ({sql}) as x(r) order by r collate \"C\""
@@ -956,38 +1038,12 @@ async fn the_finance_unallocated_view_prices_usage_and_says_what_its_key_is() {
 
 #[tokio::test]
 async fn the_price_unit_migration_rebuilds_the_rollups_and_prices_earlier_unallocated_usage() {
-    use ledger::store::MIGRATOR;
-    use sqlx::migrate::Migrator;
-    use testkit::db::with_database;
-
     const PRICE_UNITS: i64 = 20261201151000;
-    assert!(MIGRATOR.iter().any(|m| m.version == PRICE_UNITS));
-    let admin = testkit::db::admin_url();
-    let name = format!(
-        "budgetd_test_migration_{}_{}",
-        std::process::id(),
-        Utc::now().timestamp_nanos_opt().unwrap()
-    );
-    let mut conn = PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("create database {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = with_database(&admin, &name);
-    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let (url, mut conn) = database_before(PRICE_UNITS).await;
 
     // The schema before, with what its write path left: one meter's entries in two price
     // units on one day, a corrected key (usage, reversal, usage), their rollups by the old key,
     // and unallocated usage without price units.
-    let before = Migrator {
-        migrations: MIGRATOR
-            .iter()
-            .filter(|m| m.version < PRICE_UNITS)
-            .cloned()
-            .collect(),
-        ..Migrator::DEFAULT
-    };
-    before.run(&mut conn).await.unwrap();
     let gib_hour = GIB_HOUR.2;
     sqlx::raw_sql(&format!(
         "insert into tenants (id, display_name, owner, data_residency, state, created_at,
@@ -1220,7 +1276,7 @@ proptest! {
             let live: Vec<Decimal> = sqlx::query_scalar("select quantity from ledger_live_entries where tenant_id = $1")
                 .bind(t.as_str()).fetch_all(db.store.pool()).await.unwrap();
             assert_eq!(live, vec![Decimal::from(q1)]);
-            let recorded: Decimal = sqlx::query_scalar("select c.attempted_quantity from ledger_conflicts c join ledger_entries e on e.id = c.entry_id where e.tenant_id = $1")
+            let recorded: Decimal = sqlx::query_scalar("select attempted_quantity from ledger_conflicts where tenant_id = $1")
                 .bind(t.as_str()).fetch_one(db.store.pool()).await.unwrap();
             assert_eq!(recorded, Decimal::from(q2));
             db.store.pool().close().await;
@@ -1542,4 +1598,256 @@ async fn tenant_login_passwords_reach_postgres_only_as_scram_verifiers() {
         .unwrap());
     assert_eq!(db.store.tenant_login(&acme).await.unwrap(), None);
     conn.close().await.unwrap();
+}
+
+/// Windows on both sides of a month boundary land in their months' partitions, and the next
+/// month's partition exists before its first window: the write path creates it ahead.
+#[tokio::test]
+async fn entries_land_in_their_months_partitions_and_the_next_month_is_created_ahead() {
+    let db = fresh_database().await;
+    let acme = tenant(&db.store, "acme").await;
+    let v = price_book(&db.store, Utc.timestamp_opt(0, 0).unwrap()).await;
+    let partition_exists = |name: &'static str| {
+        let pool = db.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("select to_regclass($1) is not null")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!partition_exists("ledger_entries_p203101").await);
+
+    let last_of_december = Utc.with_ymd_and_hms(2030, 12, 31, 23, 55, 0).unwrap();
+    db.store
+        .write_entries(
+            &[entry(
+                &v,
+                &acme,
+                "cpu",
+                window(last_of_december.timestamp()),
+                "300",
+            )],
+            "test",
+        )
+        .await
+        .unwrap();
+    assert!(partition_exists("ledger_entries_p203012").await);
+    assert!(
+        partition_exists("ledger_entries_p203101").await,
+        "January's partition is made with December's first write"
+    );
+
+    let first_of_january = last_of_december + Duration::seconds(300);
+    db.store
+        .write_entries(
+            &[entry(
+                &v,
+                &acme,
+                "cpu",
+                window(first_of_january.timestamp()),
+                "600",
+            )],
+            "test",
+        )
+        .await
+        .unwrap();
+    let placed: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "select tableoid::regclass::text, window_start from ledger_entries order by window_start",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        placed,
+        vec![
+            ("ledger_entries_p203012".to_owned(), last_of_december),
+            ("ledger_entries_p203101".to_owned(), first_of_january),
+        ]
+    );
+    let monthly: Vec<(chrono::NaiveDate, Decimal)> = sqlx::query_as(
+        "select month, amount from finance.tenant_costs_monthly where tenant_id = 'acme' \
+         order by month",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        monthly,
+        vec![
+            (
+                chrono::NaiveDate::from_ymd_opt(2030, 12, 1).unwrap(),
+                dec("0.002583333333")
+            ),
+            (
+                chrono::NaiveDate::from_ymd_opt(2031, 1, 1).unwrap(),
+                dec("0.005166666667")
+            ),
+        ]
+    );
+    assert_rollups_match_entries(&db).await;
+}
+
+/// The compact-ledger migration moves a ledger written by the earlier schema: every entry
+/// (a corrected key's usage, reversal and replacement with their reason, entries in two months
+/// and two price units), its conflicts, and nothing changes for finance.
+#[tokio::test]
+async fn the_compact_ledger_migration_moves_every_entry_and_changes_no_total() {
+    const COMPACT: i64 = 20261202040000;
+    let (url, mut conn) = database_before(COMPACT).await;
+    let gib_hour = GIB_HOUR.2;
+    sqlx::raw_sql(&format!(
+        "insert into tenants (id, display_name, owner, data_residency, state, created_at,
+                              updated_at, state_changed_at)
+             values ('acme', 'acme', 'o', 'eu', 'active', now(), now(), now()),
+                    ('beta', 'beta', 'o', 'eu', 'active', now(), now(), now());
+         insert into price_book_versions (valid_from, currency, created_at, created_by)
+             values ('2026-01-01T00:00:00Z', 'EUR', now(), 'test');
+         insert into price_book_rates (version_id, meter, rate, currency)
+             values (1, 'cpu', 0.031, 'EUR'), (1, 'memory', 0.004, 'EUR');
+         insert into ledger_entries (tenant_id, meter, window_start, window_end, revision, kind,
+                                     quantity, unit, price_version, rate, price_unit,
+                                     units_per_price_unit, amount, currency, source, reason)
+         select tenant, meter, s, s + interval '5 minutes', revision, kind, quantity, unit, 1,
+                rate, price_unit, per, amount, 'EUR', source, reason
+         from (values
+             ('acme', 'cpu', '2026-02-28T23:55:00Z'::timestamptz, 1, 'usage', 7200,
+              'core_seconds', 0.031, 'core_hour', 3600, 0.062, 'collector', null),
+             ('acme', 'cpu', '2026-03-01T00:00:00Z', 1, 'usage', 120, 'core_seconds',
+              0.031, 'core_minute', 60, 0.062, 'collector', null),
+             ('acme', 'cpu', '2026-03-03T12:00:00Z', 1, 'usage', 3600, 'core_seconds',
+              0.031, 'core_hour', 3600, 0.031, 'collector', null),
+             ('acme', 'cpu', '2026-03-03T12:00:00Z', 1, 'reversal', -3600, 'core_seconds',
+              0.031, 'core_hour', 3600, -0.031, 'backfill', 'recollected'),
+             ('acme', 'cpu', '2026-03-03T12:00:00Z', 2, 'usage', 7200, 'core_seconds',
+              0.031, 'core_hour', 3600, 0.062, 'backfill', 'recollected'),
+             ('beta', 'memory', '2026-03-05T12:00:00Z', 1, 'usage', {gib_hour}, 'byte_seconds',
+              0.004, 'gib_hour', {gib_hour}, 0.004, 'collector', null)
+         ) as e(tenant, meter, s, revision, kind, quantity, unit, rate, price_unit, per, amount,
+                source, reason);
+         insert into ledger_rollup_daily (tenant_id, day, meter, unit, currency, price_unit,
+                                          units_per_price_unit, quantity, amount, entries)
+         select tenant_id, (window_start at time zone 'UTC')::date, meter, unit, currency,
+                price_unit, units_per_price_unit, sum(quantity), sum(amount), count(*)
+         from ledger_entries group by 1, 2, 3, 4, 5, 6, 7;
+         insert into ledger_rollup_monthly (month, tenant_id, currency, amount, entries)
+         select date_trunc('month', window_start at time zone 'UTC')::date, tenant_id, currency,
+                sum(amount), count(*)
+         from ledger_entries group by 1, 2, 3;
+         insert into ledger_conflicts (entry_id, attempted_quantity, attempted_unit,
+                                       attempted_price_version, attempted_amount, source)
+         select id, 1, 'core_seconds', 1, 0.000008611111, 'collector'
+         from ledger_entries where revision = 2;"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    const ENTRIES: &str = "select concat_ws(' | ', tenant_id, meter, window_start, window_end,
+                                           revision, kind, quantity || ' ' || unit, price_version,
+                                           rate || ' per ' || units_per_price_unit || ' ' || price_unit,
+                                           amount || ' ' || currency, source, reason)";
+    let entries_before = text_rows(&mut conn, &format!("{ENTRIES} from ledger_entries")).await;
+    let live_before = text_rows(
+        &mut conn,
+        "select concat_ws(' | ', tenant_id, meter, window_start, revision, quantity, amount)
+         from ledger_live_entries",
+    )
+    .await;
+    let monthly_before = text_rows(
+        &mut conn,
+        "select concat_ws(' | ', tenant_id, month, amount, currency) from finance.tenant_costs_monthly",
+    )
+    .await;
+    let daily_before = text_rows(&mut conn, DAILY_ROW).await;
+    assert_eq!(entries_before.len(), 6);
+
+    MIGRATOR.run(&mut conn).await.unwrap();
+
+    let entries_after = text_rows(&mut conn, &format!("{ENTRIES} from ledger_entry_details")).await;
+    assert_eq!(entries_after, entries_before);
+    let live_after = text_rows(
+        &mut conn,
+        "select concat_ws(' | ', tenant_id, meter, window_start, revision, quantity, amount)
+         from ledger_live_entries",
+    )
+    .await;
+    assert_eq!(live_after, live_before);
+    assert_eq!(live_after.len(), 4);
+    let monthly_after = text_rows(
+        &mut conn,
+        "select concat_ws(' | ', tenant_id, month, amount, currency) from finance.tenant_costs_monthly",
+    )
+    .await;
+    assert_eq!(monthly_after, monthly_before);
+    assert_eq!(text_rows(&mut conn, DAILY_ROW).await, daily_before);
+    let partitions = text_rows(
+        &mut conn,
+        "select concat_ws(' | ', tableoid::regclass, count(*)) from ledger_entries \
+         group by tableoid order by 1",
+    )
+    .await;
+    assert_eq!(
+        partitions,
+        ["ledger_entries_p202602 | 1", "ledger_entries_p202603 | 5"]
+    );
+    let conflicts = text_rows(
+        &mut conn,
+        "select concat_ws(' | ', tenant_id, meter, window_start, live_revision, attempted_quantity)
+         from ledger_conflicts",
+    )
+    .await;
+    assert_eq!(conflicts, ["acme | cpu | 2026-03-03 12:00:00+00 | 2 | 1"]);
+
+    // The write path goes on from the moved entries: the corrected key is at revision 2, and
+    // rewriting it is a no-op.
+    conn.close().await.ok();
+    let store = Store::connect(&testkit::db::store_config(&url))
+        .await
+        .unwrap();
+    let v = store
+        .price_book_version_at(Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let acme = TenantId::parse("acme").unwrap();
+    let key_window = window(
+        Utc.with_ymd_and_hms(2026, 3, 3, 12, 0, 0)
+            .unwrap()
+            .timestamp(),
+    );
+    let report = store
+        .write_entries(&[entry(&v, &acme, "cpu", key_window, "7200")], "test")
+        .await
+        .unwrap();
+    assert_eq!((report.inserted, report.unchanged), (0, 1));
+    let corrected = store
+        .correct_entries(
+            &[entry(&v, &acme, "cpu", key_window, "10800")],
+            "again",
+            "test",
+        )
+        .await
+        .unwrap();
+    assert_eq!(corrected.corrected, 1);
+    let revisions: Vec<(i32, String)> = sqlx::query_as(
+        "select revision, kind from ledger_entry_details where window_start = $1 \
+         order by revision, kind desc",
+    )
+    .bind(key_window.start())
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        revisions,
+        [
+            (1, "usage"),
+            (1, "reversal"),
+            (2, "usage"),
+            (2, "reversal"),
+            (3, "usage")
+        ]
+        .map(|(r, k)| (r, k.to_owned()))
+    );
+    store.pool().close().await;
 }

@@ -138,7 +138,7 @@ async fn collected_in_one_batch(f: &Fixture) -> TestDb {
 async fn ledger_rows(db: &TestDb) -> Vec<String> {
     let mut rows: Vec<String> = sqlx::query_scalar(
         "select concat_ws('|', tenant_id, meter, window_start, revision, kind, quantity, amount, price_version) \
-         from ledger_entries order by tenant_id, meter, window_start, revision, kind",
+         from ledger_entry_details order by tenant_id, meter, window_start, revision, kind",
     )
     .fetch_all(db.store.pool())
     .await
@@ -599,7 +599,7 @@ async fn label_values_reach_promql_escaped() {
 
     // Only the series of the escaped cluster: acme's "plain" namespace (1 core), not "elsewhere".
     let cpu: Decimal = sqlx::query_scalar(
-        "select quantity from ledger_entries where tenant_id = 'acme' and meter = 'cpu'",
+        "select quantity from ledger_entry_details where tenant_id = 'acme' and meter = 'cpu'",
     )
     .fetch_one(db.store.pool())
     .await
@@ -637,7 +637,7 @@ async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections()
         .await
         .unwrap();
     let before: Decimal =
-        sqlx::query_scalar("select sum(amount) from ledger_entries where meter = 'cpu'")
+        sqlx::query_scalar("select sum(amount) from ledger_entry_details where meter = 'cpu'")
             .fetch_one(db.store.pool())
             .await
             .unwrap();
@@ -701,11 +701,11 @@ async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections()
     .await
     .unwrap();
     assert_eq!(repriced, from_half_past);
-    let reversals: i64 = sqlx::query_scalar("select count(*) from ledger_entries where kind = 'reversal' and reason = 'cpu rate change'")
+    let reversals: i64 = sqlx::query_scalar("select count(*) from ledger_entry_details where kind = 'reversal' and reason = 'cpu rate change'")
         .fetch_one(db.store.pool()).await.unwrap();
     assert_eq!(reversals, from_half_past);
     let early_repriced: i64 = sqlx::query_scalar(
-        "select count(*) from ledger_entries where window_start < $1 and revision > 1",
+        "select count(*) from ledger_entry_details where window_start < $1 and revision > 1",
     )
     .bind(half_past)
     .fetch_one(db.store.pool())
@@ -713,7 +713,7 @@ async fn a_backdated_price_book_version_is_applied_by_recollect_as_corrections()
     .unwrap();
     assert_eq!(early_repriced, 0);
     let after: Decimal =
-        sqlx::query_scalar("select sum(amount) from ledger_entries where meter = 'cpu'")
+        sqlx::query_scalar("select sum(amount) from ledger_entry_details where meter = 'cpu'")
             .fetch_one(db.store.pool())
             .await
             .unwrap();
@@ -1246,7 +1246,7 @@ async fn a_withdrawn_version_s_pricing_errors_are_priced_by_the_version_in_force
     assert!(keys(&db, OPEN_ERRORS, start).await.is_empty());
     let entries =
         "select concat_ws('|', tenant_id, meter, window_start, revision, kind, quantity, \
-                   amount, price_version) from ledger_entries order by 1";
+                   amount, price_version) from ledger_entry_details order by 1";
     let rows = |db: &TestDb| {
         let pool = db.store.pool().clone();
         async move {

@@ -382,7 +382,6 @@ async fn write_path(
     for round in 0..WRITE_ROUNDS {
         let window = hour_window(base + chrono::Duration::hours(round as i64))?;
         let entries = build_entries(tenants, meters, window)?;
-        let csv = entries_csv(&entries, SOURCE);
         conn.vacuum_analyze(&[]).await?;
 
         conn.checkpoint().await?;
@@ -392,6 +391,9 @@ async fn write_path(
         if report.inserted != n || report.unchanged != 0 || !report.conflicts.is_empty() {
             bail!("the first write of round {round} was not all inserts: {report:?}");
         }
+        // The same rows as the write inserted, keyed as it keyed them.
+        let keys = conn.entry_keys().await?;
+        let csv = entries_csv(&entries, SOURCE, &keys)?;
 
         for (table, times) in [
             (COPY_INDEXED, &mut copy_indexed),

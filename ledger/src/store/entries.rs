@@ -5,14 +5,15 @@
 //! differing writes are recorded as conflicts and leave the live entry alone. Corrections
 //! reverse the live entry and insert its replacement, also in one statement.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, Row};
 
 use super::query;
 use super::Store;
-use crate::entry::{CorrectionReport, EntryConflict, EntryKey, NewEntry, WriteReport};
+use crate::entry::{CorrectionReport, EntryConflict, NewEntry, WriteReport};
 use crate::error::Error;
 
 /// Rows per statement. Larger batches are split, inside the same transaction.
@@ -21,39 +22,54 @@ const CHUNK: usize = 10_000;
 /// Rounds of re-classification for rows that raced with a concurrent writer of the same key.
 const MAX_ROUNDS: usize = 3;
 
-/// Unnests the batch and finds the latest entry of every key (highest revision; at equal
-/// revision the reversal, which means the key has no live entry).
+/// Unnests the batch ($1..$8, keys already resolved) and finds the latest entry of every key:
+/// its highest `seq` (odd: a reversal, so the key has no live entry).
 const CLASSIFY: &str = "
 input as (
-    select * from unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
-                         $5::numeric[], $6::text[], $7::bigint[], $8::numeric[], $9::text[],
-                         $10::numeric[], $11::numeric[], $12::text[])
-        with ordinality as i(tenant_id, meter, window_start, window_end, quantity, unit,
-                             price_version, rate, price_unit, units_per_price_unit, amount,
-                             currency, ord)
+    select i.ord, i.tenant_id, t.tenant_key, i.meter_key, i.window_start, i.window_seconds,
+           i.quantity, i.unit_key, i.price_version, i.amount
+    from unnest($1::text[], $2::int2[], $3::timestamptz[], $4::int4[], $5::numeric[],
+                $6::int2[], $7::int4[], $8::numeric[])
+        with ordinality as i(tenant_id, meter_key, window_start, window_seconds, quantity,
+                             unit_key, price_version, amount, ord)
+    left join tenants t on t.id = i.tenant_id
 ),
 classified as (
-    select i.*, l.id as latest_id, l.kind as latest_kind, l.revision as latest_revision,
-           l.quantity as latest_quantity, l.unit as latest_unit,
-           l.price_version as latest_price_version, l.rate as latest_rate,
-           l.price_unit as latest_price_unit, l.units_per_price_unit as latest_units_per_price_unit,
-           l.amount as latest_amount, l.currency as latest_currency,
-           (l.kind = 'usage' and (l.quantity <> i.quantity or l.unit <> i.unit
-                                  or l.price_version <> i.price_version)) as differs
+    select i.*, l.seq as latest_seq, l.quantity as latest_quantity,
+           l.unit_key as latest_unit_key, l.price_version as latest_price_version,
+           l.amount as latest_amount, l.window_seconds as latest_window_seconds,
+           (l.seq % 2 = 0 and (l.quantity <> i.quantity or l.unit_key <> i.unit_key
+                               or l.price_version <> i.price_version
+                               or l.window_seconds <> i.window_seconds)) as differs
     from input i
     left join lateral (
-        select e.id, e.kind, e.revision, e.quantity, e.unit, e.price_version, e.rate,
-               e.price_unit, e.units_per_price_unit, e.amount, e.currency
+        select e.seq, e.quantity, e.unit_key, e.price_version, e.amount, e.window_seconds
         from ledger_entries e
-        where e.tenant_id = i.tenant_id and e.meter = i.meter
-          and e.window_start = i.window_start and e.window_end = i.window_end
-        order by e.revision desc, e.kind asc
+        where e.window_start = i.window_start and e.tenant_key = i.tenant_key
+          and e.meter_key = i.meter_key
+        order by e.seq desc
         limit 1
     ) l on true
 )";
 
-/// Adds the rows of the CTE `written` to the daily, monthly and per-tenant daily rollups.
+const ENTRY_COLUMNS: &str = "window_start, tenant_key, price_version, window_seconds, meter_key, \
+                             unit_key, seq, source_key, quantity, amount";
+
+const INSERTED_COLUMNS: &str =
+    "window_start, tenant_key, meter_key, unit_key, seq, price_version, quantity, amount";
+
+/// Names the rows of the CTE `inserted` for the rollups (CTE `written`), and adds them to the
+/// daily, monthly and per-tenant daily rollups.
 const ROLLUP: &str = "
+written as (
+    select t.id as tenant_id, w.window_start, m.name as meter, u.unit, u.price_unit,
+           u.units_per_price_unit, v.currency, w.quantity, w.amount
+    from inserted w
+    join tenants t on t.tenant_key = w.tenant_key
+    join ledger_meters m on m.meter_key = w.meter_key
+    join ledger_units u on u.unit_key = w.unit_key
+    join price_book_versions v on v.id = w.price_version
+),
 daily as (
     insert into ledger_rollup_daily as r (tenant_id, day, meter, unit, currency, price_unit,
                                           units_per_price_unit, quantity, amount, entries)
@@ -80,37 +96,41 @@ tenant_daily as (
         set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries
 )";
 
-const ENTRY_COLUMNS: &str =
-    "tenant_id, meter, window_start, window_end, revision, kind, quantity, \
-     unit, price_version, rate, price_unit, units_per_price_unit, amount, currency, source, reason";
-
 fn write_sql() -> String {
     format!(
         "with {CLASSIFY},
-        written as (
+        inserted as (
             insert into ledger_entries ({ENTRY_COLUMNS})
-            select tenant_id, meter, window_start, window_end, coalesce(latest_revision, 0) + 1,
-                   'usage', quantity, unit, price_version, rate, price_unit, units_per_price_unit,
-                   amount, currency, $13, null
-            from classified where latest_id is null or latest_kind = 'reversal'
-            order by tenant_id, meter, window_start, window_end
-            on conflict (tenant_id, meter, window_start, window_end, revision, kind) do nothing
-            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency,
-                      price_unit, units_per_price_unit
+            select window_start, tenant_key, price_version, window_seconds, meter_key, unit_key,
+                   coalesce(latest_seq + 1, 2), $9, quantity, amount
+            from classified
+            where tenant_key is not null and (latest_seq is null or latest_seq % 2 = 1)
+            order by window_start, tenant_key, meter_key
+            on conflict do nothing
+            returning {INSERTED_COLUMNS}
         ),
         {ROLLUP},
         conflicts as (
-            insert into ledger_conflicts (entry_id, attempted_quantity, attempted_unit,
+            insert into ledger_conflicts (tenant_id, meter, window_start, window_end,
+                                          live_revision, attempted_quantity, attempted_unit,
                                           attempted_price_version, attempted_amount, source)
-            select latest_id, quantity, unit, price_version, amount, $13
-            from classified where differs
-            on conflict (entry_id, attempted_quantity, attempted_unit, attempted_price_version)
-                do nothing
+            select c.tenant_id, m.name, c.window_start,
+                   c.window_start + make_interval(secs => c.window_seconds), c.latest_seq / 2,
+                   c.quantity, u.unit, c.price_version, c.amount, s.name
+            from classified c
+            join ledger_meters m on m.meter_key = c.meter_key
+            join ledger_units u on u.unit_key = c.unit_key
+            join ledger_sources s on s.source_key = $9
+            where c.differs
+            on conflict (tenant_id, meter, window_start, live_revision, attempted_quantity,
+                         attempted_unit, attempted_price_version) do nothing
         )
-        select c.ord, (w.tenant_id is not null) as inserted, c.latest_kind, c.differs,
-               c.latest_id, c.latest_quantity, c.latest_price_version
+        select c.ord, (c.tenant_key is not null) as known_tenant,
+               (w.seq is not null) as inserted, c.latest_seq, c.differs,
+               c.latest_quantity, c.latest_price_version::bigint as latest_price_version
         from classified c
-        left join written w using (tenant_id, meter, window_start, window_end)"
+        left join inserted w on w.window_start = c.window_start and w.tenant_key = c.tenant_key
+                            and w.meter_key = c.meter_key"
     )
 }
 
@@ -119,84 +139,222 @@ fn correct_sql() -> String {
         "with {CLASSIFY},
         reversed as (
             insert into ledger_entries ({ENTRY_COLUMNS})
-            select tenant_id, meter, window_start, window_end, latest_revision, 'reversal',
-                   -latest_quantity, latest_unit, latest_price_version, latest_rate,
-                   latest_price_unit, latest_units_per_price_unit, -latest_amount,
-                   latest_currency, $13, $14
+            select window_start, tenant_key, latest_price_version, latest_window_seconds,
+                   meter_key, latest_unit_key, latest_seq + 1, $9, -latest_quantity,
+                   -latest_amount
             from classified where differs
-            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency,
-                      price_unit, units_per_price_unit
+            returning {INSERTED_COLUMNS}
         ),
         replaced as (
             insert into ledger_entries ({ENTRY_COLUMNS})
-            select tenant_id, meter, window_start, window_end, coalesce(latest_revision, 0) + 1,
-                   'usage', quantity, unit, price_version, rate, price_unit, units_per_price_unit,
-                   amount, currency, $13, $14
-            from classified where latest_id is null or latest_kind = 'reversal' or differs
-            order by tenant_id, meter, window_start, window_end
-            returning tenant_id, meter, window_start, window_end, quantity, unit, amount, currency,
-                      price_unit, units_per_price_unit
+            select window_start, tenant_key, price_version, window_seconds, meter_key, unit_key,
+                   case when differs then latest_seq + 2 else coalesce(latest_seq + 1, 2) end,
+                   $9, quantity, amount
+            from classified
+            where tenant_key is not null
+              and (latest_seq is null or latest_seq % 2 = 1 or differs)
+            order by window_start, tenant_key, meter_key
+            returning {INSERTED_COLUMNS}
         ),
-        written as (select * from reversed union all select * from replaced),
+        inserted as (select * from reversed union all select * from replaced),
+        reasons as (
+            insert into ledger_entry_reasons (window_start, tenant_key, meter_key, seq, reason)
+            select window_start, tenant_key, meter_key, seq, $10 from inserted
+        ),
         {ROLLUP}
         select count(*) filter (where differs) as corrected,
-               count(*) filter (where latest_id is null or latest_kind = 'reversal') as inserted,
-               count(*) filter (where latest_kind = 'usage' and not differs) as unchanged
+               count(*) filter (where tenant_key is not null
+                                  and (latest_seq is null or latest_seq % 2 = 1)) as inserted,
+               count(*) filter (where latest_seq % 2 = 0 and not differs) as unchanged,
+               min(tenant_id) filter (where tenant_key is null) as unknown_tenant
         from classified"
     )
 }
 
-/// Binds a batch as column arrays ($1..$12).
+/// The small keys of what a write names (meters, units, the source), made on first use, and
+/// the month partitions its windows need, created if missing.
+struct Keys {
+    meters: HashMap<String, i16>,
+    units: HashMap<(String, String, Decimal), i16>,
+    source: i16,
+}
+
+/// The first day of the month of `t` (UTC).
+fn month_of(t: DateTime<Utc>) -> NaiveDate {
+    t.date_naive()
+        .with_day(1)
+        .expect("every month has a first day")
+}
+
+/// Resolves the keys of `entries` and makes sure the partitions of their months exist, and
+/// the partition of the month after the latest, so a month's partition is there before its
+/// first window. Run first in the transaction: creating a partition locks the table.
+async fn prepare(
+    conn: &mut PgConnection,
+    entries: &[NewEntry],
+    source: &str,
+) -> Result<Keys, Error> {
+    let mut months: Vec<NaiveDate> = entries
+        .iter()
+        .map(|e| month_of(e.key.window.start()))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if let Some(next) = months
+        .iter()
+        .max()
+        .and_then(|m| m.checked_add_months(Months::new(1)))
+    {
+        months.push(next);
+    }
+    months.sort();
+    query("select budgetd_ensure_ledger_partition(m) from unnest($1::date[]) m")
+        .bind(&months)
+        .fetch_all(&mut *conn)
+        .await?;
+
+    let meters: Vec<String> = entries
+        .iter()
+        .map(|e| e.key.meter.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let rows = query("select name, budgetd_meter_key(name) as key from unnest($1::text[]) name")
+        .bind(&meters)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut meter_keys = HashMap::new();
+    for row in rows {
+        meter_keys.insert(
+            row.try_get::<String, _>("name")?,
+            row.try_get::<i16, _>("key")?,
+        );
+    }
+
+    let units: Vec<(String, String, Decimal)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.unit.as_str(),
+                e.pricing.price_unit.as_str(),
+                e.pricing.units_per_price_unit,
+            )
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .map(|(u, p, n)| (u.to_owned(), p.to_owned(), n))
+        .collect();
+    let rows = query(
+        "select u, p, n, budgetd_unit_key(u, p, n) as key \
+         from unnest($1::text[], $2::text[], $3::numeric[]) as x(u, p, n)",
+    )
+    .bind(units.iter().map(|u| u.0.clone()).collect::<Vec<_>>())
+    .bind(units.iter().map(|u| u.1.clone()).collect::<Vec<_>>())
+    .bind(units.iter().map(|u| u.2).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut unit_keys = HashMap::new();
+    for (unit, row) in units.into_iter().zip(rows) {
+        unit_keys.insert(unit, row.try_get::<i16, _>("key")?);
+    }
+
+    let source: i16 = sqlx::query_scalar("select budgetd_source_key($1)")
+        .bind(source)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Keys {
+        meters: meter_keys,
+        units: unit_keys,
+        source,
+    })
+}
+
+/// Binds a batch as column arrays ($1..$8) and the source key ($9).
 fn bind_batch<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     batch: &[&NewEntry],
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    let col = |f: &dyn Fn(&NewEntry) -> String| batch.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let dec = |f: &dyn Fn(&NewEntry) -> Decimal| batch.iter().map(|e| f(e)).collect::<Vec<_>>();
-    query
-        .bind(col(&|e| e.key.tenant.as_str().to_owned()))
-        .bind(col(&|e| e.key.meter.as_str().to_owned()))
-        .bind(
-            batch
-                .iter()
-                .map(|e| e.key.window.start())
-                .collect::<Vec<_>>(),
-        )
-        .bind(batch.iter().map(|e| e.key.window.end()).collect::<Vec<_>>())
-        .bind(dec(&|e| e.quantity))
-        .bind(col(&|e| e.unit.as_str().to_owned()))
-        .bind(batch.iter().map(|e| e.pricing.version).collect::<Vec<_>>())
-        .bind(dec(&|e| e.pricing.rate))
-        .bind(col(&|e| e.pricing.price_unit.as_str().to_owned()))
-        .bind(dec(&|e| e.pricing.units_per_price_unit))
-        .bind(dec(&|e| e.amount()))
-        .bind(col(&|e| e.pricing.currency.code().to_owned()))
+    keys: &Keys,
+) -> Result<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, Error> {
+    let missing = |what: &str| Error::Database(sqlx::Error::Protocol(format!("no key for {what}")));
+    let mut tenants = Vec::with_capacity(batch.len());
+    let mut meters = Vec::with_capacity(batch.len());
+    let mut starts = Vec::with_capacity(batch.len());
+    let mut seconds = Vec::with_capacity(batch.len());
+    let mut quantities = Vec::with_capacity(batch.len());
+    let mut units = Vec::with_capacity(batch.len());
+    let mut versions = Vec::with_capacity(batch.len());
+    let mut amounts = Vec::with_capacity(batch.len());
+    for e in batch {
+        tenants.push(e.key.tenant.as_str().to_owned());
+        meters.push(
+            *keys
+                .meters
+                .get(e.key.meter.as_str())
+                .ok_or_else(|| missing(e.key.meter.as_str()))?,
+        );
+        starts.push(e.key.window.start());
+        seconds.push(e.key.window.seconds());
+        quantities.push(e.quantity);
+        let unit = (
+            e.unit.as_str().to_owned(),
+            e.pricing.price_unit.as_str().to_owned(),
+            e.pricing.units_per_price_unit,
+        );
+        units.push(*keys.units.get(&unit).ok_or_else(|| missing(&unit.0))?);
+        versions.push(i32::try_from(e.pricing.version).map_err(|_| {
+            Error::Invalid(crate::error::Invalid::new(
+                "price_version",
+                "price-book version ids fit in 32 bits",
+            ))
+        })?);
+        amounts.push(e.amount());
+    }
+    Ok(query
+        .bind(tenants)
+        .bind(meters)
+        .bind(starts)
+        .bind(seconds)
+        .bind(quantities)
+        .bind(units)
+        .bind(versions)
+        .bind(amounts)
+        .bind(keys.source))
 }
 
-/// Splits a batch so that no key occurs twice in one statement: later occurrences of a key
-/// are written after the earlier ones, and so compared against them.
+/// Splits a batch so that no key (tenant, meter, window start) occurs twice in one statement:
+/// later occurrences of a key are written after the earlier ones, and so compared against them.
 fn rounds_without_duplicate_keys(entries: &[NewEntry]) -> Vec<Vec<&NewEntry>> {
-    let mut rounds: Vec<(HashSet<&EntryKey>, Vec<&NewEntry>)> = Vec::new();
+    let mut rounds: Vec<(HashSet<(&str, &str, DateTime<Utc>)>, Vec<&NewEntry>)> = Vec::new();
     for entry in entries {
-        match rounds
-            .iter_mut()
-            .find(|(keys, _)| !keys.contains(&entry.key))
-        {
+        let k = (
+            entry.key.tenant.as_str(),
+            entry.key.meter.as_str(),
+            entry.key.window.start(),
+        );
+        match rounds.iter_mut().find(|(keys, _)| !keys.contains(&k)) {
             Some((keys, batch)) => {
-                keys.insert(&entry.key);
+                keys.insert(k);
                 batch.push(entry);
             }
-            None => rounds.push(([&entry.key].into(), vec![entry])),
+            None => rounds.push(([k].into(), vec![entry])),
         }
     }
     rounds.into_iter().map(|(_, batch)| batch).collect()
+}
+
+fn unknown_tenant(id: &str) -> Error {
+    Error::NotFound {
+        what: "tenant",
+        id: id.to_owned(),
+    }
 }
 
 /// Writes one duplicate-free batch in the caller's transaction.
 async fn write_batch(
     conn: &mut PgConnection,
     batch: &[&NewEntry],
-    source: &str,
+    keys: &Keys,
     report: &mut WriteReport,
 ) -> Result<(), Error> {
     let sql = write_sql();
@@ -207,26 +365,28 @@ async fn write_batch(
         }
         let mut raced = Vec::new();
         for chunk in pending.chunks(CHUNK) {
-            let rows = bind_batch(query(&sql), chunk)
-                .bind(source)
+            let rows = bind_batch(query(&sql), chunk, keys)?
                 .fetch_all(&mut *conn)
                 .await?;
             for row in rows {
                 let ord: i64 = row.try_get("ord")?;
                 let entry = chunk[(ord - 1) as usize];
-                let latest_kind: Option<String> = row.try_get("latest_kind")?;
+                if !row.try_get::<bool, _>("known_tenant")? {
+                    return Err(unknown_tenant(entry.key.tenant.as_str()));
+                }
+                let latest_seq: Option<i16> = row.try_get("latest_seq")?;
                 if row.try_get("inserted")? {
                     report.inserted += 1;
                 } else if row.try_get::<Option<bool>, _>("differs")? == Some(true) {
                     report.conflicts.push(EntryConflict {
                         key: entry.key.clone(),
-                        live_entry_id: row.try_get("latest_id")?,
+                        live_revision: i32::from(latest_seq.unwrap_or_default() / 2),
                         live_quantity: row.try_get("latest_quantity")?,
                         live_price_version: row.try_get("latest_price_version")?,
                         attempted_quantity: entry.quantity,
                         attempted_price_version: entry.pricing.version,
                     });
-                } else if latest_kind.as_deref() == Some("usage") {
+                } else if latest_seq.is_some_and(|seq| seq % 2 == 0) {
                     report.unchanged += 1;
                 } else {
                     // Another writer inserted this key after our snapshot: classify it again.
@@ -249,20 +409,26 @@ async fn write_batch(
     }
 }
 
-/// Writes entries in the caller's transaction (see `Store::write_entries`).
+/// Writes entries in the caller's transaction (see `Store::write_entries`). Call it first in
+/// the transaction: it may create a month's partition, which locks the table.
 pub(crate) async fn write_entries_in(
     conn: &mut PgConnection,
     entries: &[NewEntry],
     source: &str,
 ) -> Result<WriteReport, Error> {
     let mut report = WriteReport::default();
+    if entries.is_empty() {
+        return Ok(report);
+    }
+    let keys = prepare(conn, entries, source).await?;
     for batch in rounds_without_duplicate_keys(entries) {
-        write_batch(conn, &batch, source, &mut report).await?;
+        write_batch(conn, &batch, &keys, &mut report).await?;
     }
     Ok(report)
 }
 
-/// Corrects entries in the caller's transaction (see `Store::correct_entries`).
+/// Corrects entries in the caller's transaction (see `Store::correct_entries`); like
+/// [`write_entries_in`], first in the transaction.
 pub(crate) async fn correct_entries_in(
     conn: &mut PgConnection,
     entries: &[NewEntry],
@@ -271,13 +437,19 @@ pub(crate) async fn correct_entries_in(
 ) -> Result<CorrectionReport, Error> {
     let sql = correct_sql();
     let mut report = CorrectionReport::default();
+    if entries.is_empty() {
+        return Ok(report);
+    }
+    let keys = prepare(conn, entries, source).await?;
     for batch in rounds_without_duplicate_keys(entries) {
         for chunk in batch.chunks(CHUNK) {
-            let row = bind_batch(query(&sql), chunk)
-                .bind(source)
+            let row = bind_batch(query(&sql), chunk, &keys)?
                 .bind(reason)
                 .fetch_one(&mut *conn)
                 .await?;
+            if let Some(id) = row.try_get::<Option<String>, _>("unknown_tenant")? {
+                return Err(unknown_tenant(&id));
+            }
             report.corrected += row.try_get::<i64, _>("corrected")? as usize;
             report.inserted += row.try_get::<i64, _>("inserted")? as usize;
             report.unchanged += row.try_get::<i64, _>("unchanged")? as usize;

@@ -29,7 +29,7 @@ pub async fn usage_by_meter(
     to: DateTime<Utc>,
 ) -> anyhow::Result<BTreeMap<String, Decimal>> {
     let rows: Vec<(String, Decimal)> = sqlx::query_as(
-        "select meter, sum(quantity) from ledger_entries where window_start >= $1 and window_start < $2 \
+        "select meter, sum(quantity) from ledger_entry_details where window_start >= $1 and window_start < $2 \
          and kind = 'usage' group by meter",
     )
     .bind(from)

@@ -1,10 +1,11 @@
 //! `budgetd-dev bench ledger`: the COPY baseline of the write path (tables like
 //! `ledger_entries`, the entries as COPY CSV) and the finance views as finance queries them.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use rust_decimal::Decimal;
 
 use ledger::entry::{NewEntry, Window};
@@ -12,46 +13,66 @@ use ledger::entry::{NewEntry, Window};
 use super::BenchConnection;
 
 /// The columns of `ledger_entries` that a first write fills, in the order of [`entries_csv`].
-const ENTRY_COLUMNS: &str =
-    "tenant_id, meter, window_start, window_end, revision, kind, quantity, \
-     unit, price_version, rate, price_unit, units_per_price_unit, amount, currency, source";
+const ENTRY_COLUMNS: &str = "window_start, tenant_key, price_version, window_seconds, meter_key, \
+                             unit_key, seq, source_key, quantity, amount";
 
 /// A row of `finance.tenant_costs_monthly`.
 pub type MonthlyCost = (String, NaiveDate, Decimal, String);
 /// A row of `finance.tenant_costs_daily`.
 pub type DailyCost = (String, NaiveDate, String, Decimal, String, Decimal, String);
 
+/// The small keys the ledger gave the names of a write (see [`BenchConnection::entry_keys`]).
+#[derive(Debug, Default)]
+pub struct EntryKeys {
+    tenants: HashMap<String, i32>,
+    meters: HashMap<String, i16>,
+    units: HashMap<(String, String, Decimal), i16>,
+    sources: HashMap<String, i16>,
+}
+
 /// The rows `write_entries` would insert for first writes of `entries` from `source`, as the
-/// COPY CSV of [`BenchConnection::copy_entries`].
-pub fn entries_csv(entries: &[NewEntry], source: &str) -> Vec<u8> {
-    let mut out = String::with_capacity(entries.len() * 192);
-    let mut last_window: Option<(Window, String, String)> = None;
+/// COPY CSV of [`BenchConnection::copy_entries`]. The names must have keys already (a write
+/// through the store made them).
+pub fn entries_csv(
+    entries: &[NewEntry],
+    source: &str,
+    keys: &EntryKeys,
+) -> anyhow::Result<Vec<u8>> {
+    let mut out = String::with_capacity(entries.len() * 64);
+    let mut last_window: Option<(Window, String)> = None;
+    let source = keys.sources.get(source).context("the source has no key")?;
     for e in entries {
         let w = e.key.window;
-        if last_window.as_ref().is_none_or(|(lw, _, _)| *lw != w) {
-            let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S+00").to_string();
-            last_window = Some((w, fmt(w.start()), fmt(w.end())));
+        if last_window.as_ref().is_none_or(|(lw, _)| *lw != w) {
+            last_window = Some((w, w.start().format("%Y-%m-%d %H:%M:%S+00").to_string()));
         }
-        let (_, start, end) = last_window.as_ref().expect("set above");
-        // Ids, meter and unit names and currency codes are validated: no CSV quoting needed.
+        let (_, start) = last_window.as_ref().expect("set above");
+        let tenant = keys
+            .tenants
+            .get(e.key.tenant.as_str())
+            .context("a tenant has no key")?;
+        let meter = keys
+            .meters
+            .get(e.key.meter.as_str())
+            .context("a meter has no key")?;
+        let unit = keys
+            .units
+            .get(&(
+                e.unit.as_str().to_owned(),
+                e.pricing.price_unit.as_str().to_owned(),
+                e.pricing.units_per_price_unit,
+            ))
+            .context("a unit has no key")?;
         let _ = writeln!(
             out,
-            "{},{},{},{},1,usage,{},{},{},{},{},{},{},{},{source}",
-            e.key.tenant,
-            e.key.meter,
-            start,
-            end,
-            e.quantity,
-            e.unit,
+            "{start},{tenant},{},{},{meter},{unit},2,{source},{},{}",
             e.pricing.version,
-            e.pricing.rate,
-            e.pricing.price_unit,
-            e.pricing.units_per_price_unit,
+            w.seconds(),
+            e.quantity,
             e.amount(),
-            e.pricing.currency,
         );
     }
-    out.into_bytes()
+    Ok(out.into_bytes())
 }
 
 impl BenchConnection {
@@ -69,6 +90,33 @@ impl BenchConnection {
         };
         self.simple(&format!("create table {name} (like ledger_entries {like})"))
             .await
+    }
+
+    /// The keys of every tenant, meter, unit and source the ledger knows.
+    pub async fn entry_keys(&mut self) -> anyhow::Result<EntryKeys> {
+        let mut keys = EntryKeys::default();
+        let tenants: Vec<(String, i32)> = sqlx::query_as("select id, tenant_key from tenants")
+            .fetch_all(&mut self.0)
+            .await?;
+        keys.tenants.extend(tenants);
+        let meters: Vec<(String, i16)> =
+            sqlx::query_as("select name, meter_key from ledger_meters")
+                .fetch_all(&mut self.0)
+                .await?;
+        keys.meters.extend(meters);
+        let units: Vec<(String, String, Decimal, i16)> = sqlx::query_as(
+            "select unit, price_unit, units_per_price_unit, unit_key from ledger_units",
+        )
+        .fetch_all(&mut self.0)
+        .await?;
+        keys.units
+            .extend(units.into_iter().map(|(u, p, n, k)| ((u, p, n), k)));
+        let sources: Vec<(String, i16)> =
+            sqlx::query_as("select name, source_key from ledger_sources")
+                .fetch_all(&mut self.0)
+                .await?;
+        keys.sources.extend(sources);
+        Ok(keys)
     }
 
     pub async fn drop_tables(&mut self, names: &[&str]) -> anyhow::Result<()> {
