@@ -6,7 +6,7 @@
 --   window_start    the partition key; partitions are UTC months `ledger_entries_pYYYYMM`,
 --                   created ahead by the daemon and on demand by the write path
 --                   (`budgetd_ensure_ledger_partition`), so none is missing at a month boundary;
---   window_seconds  the window's length (its end is derived);
+--   window_key      ledger_windows.window_key: the window's length (its end is derived);
 --   tenant_key      tenants.tenant_key (the text id stays in tenants);
 --   meter_key       ledger_meters.meter_key (the name);
 --   unit_key        ledger_units.unit_key (unit, price unit, units per price unit);
@@ -58,11 +58,18 @@ create table ledger_sources (
     name       text not null unique check (length(name) between 1 and 64)
 );
 
+create table ledger_windows (
+    window_key smallint generated always as identity primary key,
+    seconds    integer not null unique check (seconds between 1 and 31622400)
+);
+
 create trigger ledger_meters_immutable before update or delete on ledger_meters
     for each statement execute function budgetd_forbid_mutation();
 create trigger ledger_units_immutable before update or delete on ledger_units
     for each statement execute function budgetd_forbid_mutation();
 create trigger ledger_sources_immutable before update or delete on ledger_sources
+    for each statement execute function budgetd_forbid_mutation();
+create trigger ledger_windows_immutable before update or delete on ledger_windows
     for each statement execute function budgetd_forbid_mutation();
 
 -- The key of a name, made on first use. Keys are never reused or changed.
@@ -112,6 +119,20 @@ begin
 end
 $$;
 
+create function budgetd_window_key(seconds integer) returns smallint
+language plpgsql as $$
+declare
+    key smallint;
+begin
+    select w.window_key into key from ledger_windows w where w.seconds = $1;
+    if not found then
+        insert into ledger_windows (seconds) values ($1) on conflict do nothing;
+        select w.window_key into key from ledger_windows w where w.seconds = $1;
+    end if;
+    return key;
+end
+$$;
+
 -- Rates are referenced by (version, meter key).
 alter table price_book_rates add column meter_key smallint references ledger_meters (meter_key);
 -- Adding the key changes no rate: the immutability trigger is off for this one statement.
@@ -140,16 +161,16 @@ alter table ledger_entries rename to ledger_entries_v1;
 
 -- Columns in this order leave no alignment padding.
 create table ledger_entries (
-    window_start   timestamptz not null,
-    tenant_key     integer not null,
-    price_version  integer not null,
-    window_seconds integer not null check (window_seconds between 1 and 31622400),
-    meter_key      smallint not null,
-    unit_key       smallint not null,
-    seq            smallint not null check (seq >= 2),
-    source_key     smallint not null,
-    quantity       numeric not null,
-    amount         numeric not null check (scale(amount) <= 12),
+    window_start  timestamptz not null,
+    tenant_key    integer not null,
+    price_version integer not null,
+    meter_key     smallint not null,
+    unit_key      smallint not null,
+    window_key    smallint not null,
+    seq           smallint not null check (seq >= 2),
+    source_key    smallint not null,
+    quantity      numeric not null,
+    amount        numeric not null check (scale(amount) <= 12),
     check ((seq % 2 = 0 and quantity >= 0) or (seq % 2 = 1 and quantity <= 0)),
     constraint ledger_entries_key primary key (window_start, tenant_key, meter_key, seq)
 ) partition by range (window_start);
@@ -169,22 +190,25 @@ begin
     for key share;
     select n.window_start, n.tenant_key, n.meter_key, n.seq, n.price_version, n.quantity,
            n.amount, r.rate, u.units_per_price_unit, t.tenant_key as known_tenant,
-           s.source_key as known_source
+           s.source_key as known_source, w.window_key as known_window
     into bad
     from new_entries n
     left join price_book_rates r on r.version_id = n.price_version and r.meter_key = n.meter_key
     left join ledger_units u on u.unit_key = n.unit_key
     left join tenants t on t.tenant_key = n.tenant_key
     left join ledger_sources s on s.source_key = n.source_key
+    left join ledger_windows w on w.window_key = n.window_key
     where r.rate is null or u.unit_key is null or t.tenant_key is null or s.source_key is null
+       or w.window_key is null
        or abs(n.amount * u.units_per_price_unit - n.quantity * r.rate)
           > u.units_per_price_unit * 0.000000000001
     limit 1;
     if not found then
         return null;
     end if;
-    if bad.known_tenant is null or bad.units_per_price_unit is null or bad.known_source is null then
-        raise exception 'ledger entry (window %, tenant key %, meter key %) names an unknown tenant, unit or source',
+    if bad.known_tenant is null or bad.units_per_price_unit is null or bad.known_source is null
+       or bad.known_window is null then
+        raise exception 'ledger entry (window %, tenant key %, meter key %) names an unknown tenant, unit, window length or source',
             bad.window_start, bad.tenant_key, bad.meter_key
             using errcode = 'foreign_key_violation';
     elsif bad.rate is null then
@@ -212,7 +236,7 @@ begin
               and u.meter_key = new.meter_key and u.seq = new.seq - 1
               and u.quantity = -new.quantity and u.amount = -new.amount
               and u.unit_key = new.unit_key and u.price_version = new.price_version
-              and u.window_seconds = new.window_seconds
+              and u.window_key = new.window_key
         ) then
             raise exception 'reversal of revision % (window %, tenant key %, meter key %) does not exactly negate its usage entry',
                 new.seq / 2, new.window_start, new.tenant_key, new.meter_key
@@ -247,7 +271,7 @@ end
 $$;
 
 -- Creates the partition of `month` (its first day) unless it exists; true if it created it.
--- Serialised by an advisory lock, so concurrent writers of a new month do not collide.
+-- A writer that loses the race to create it waits for the winner's commit and returns false.
 create function budgetd_ensure_ledger_partition(month date) returns boolean
 language plpgsql as $$
 declare
@@ -261,12 +285,12 @@ begin
     if to_regclass(name) is not null then
         return false;
     end if;
-    perform pg_advisory_xact_lock(hashtext('budgetd_ledger_partitions'));
-    if to_regclass(name) is not null then
+    begin
+        execute format('create table %I partition of ledger_entries for values from (%L) to (%L)',
+                       name, from_ts, (month + interval '1 month')::timestamp at time zone 'UTC');
+    exception when duplicate_table or unique_violation then
         return false;
-    end if;
-    execute format('create table %I partition of ledger_entries for values from (%L) to (%L)',
-                   name, from_ts, (month + interval '1 month')::timestamp at time zone 'UTC');
+    end;
     perform budgetd_ledger_partition_triggers(name::regclass);
     return true;
 end
@@ -306,20 +330,23 @@ select budgetd_unit_key(unit, price_unit, units_per_price_unit)
 from (select distinct unit, price_unit, units_per_price_unit from ledger_entries_v1) u;
 select budgetd_source_key(source) from (select distinct source from ledger_entries_v1) s;
 select budgetd_meter_key(meter) from (select distinct meter from ledger_entries_v1) m;
+select budgetd_window_key(seconds)
+from (select distinct extract(epoch from window_end - window_start)::integer as seconds
+      from ledger_entries_v1) w;
 
-insert into ledger_entries (window_start, tenant_key, price_version, window_seconds, meter_key,
-                            unit_key, seq, source_key, quantity, amount)
-select e.window_start, t.tenant_key, e.price_version,
-       extract(epoch from e.window_end - e.window_start)::integer, m.meter_key, u.unit_key,
+insert into ledger_entries (window_start, tenant_key, price_version, meter_key, unit_key,
+                            window_key, seq, source_key, quantity, amount)
+select e.window_start, t.tenant_key, e.price_version, m.meter_key, u.unit_key, w.window_key,
        2 * e.revision + case e.kind when 'reversal' then 1 else 0 end, s.source_key,
        e.quantity, e.amount
 from ledger_entries_v1 e
+join ledger_windows w on w.seconds = extract(epoch from e.window_end - e.window_start)::integer
 join tenants t on t.id = e.tenant_id
 join ledger_meters m on m.name = e.meter
 join ledger_units u on u.unit = e.unit and u.price_unit = e.price_unit
                    and u.units_per_price_unit = e.units_per_price_unit
 join ledger_sources s on s.name = e.source
-order by 1, 2, 5, 7;
+order by 1, 2, 4, 7;
 
 insert into ledger_entry_reasons (window_start, tenant_key, meter_key, seq, reason)
 select e.window_start, t.tenant_key, m.meter_key,
@@ -368,7 +395,7 @@ drop table ledger_entries_v1;
 -- Every entry with its names, window end, revision and kind, rate, units and currency.
 create view ledger_entry_details as
 select t.id as tenant_id, m.name as meter, e.window_start,
-       e.window_start + make_interval(secs => e.window_seconds) as window_end,
+       e.window_start + make_interval(secs => w.seconds) as window_end,
        (e.seq / 2)::integer as revision,
        case e.seq % 2 when 0 then 'usage' else 'reversal' end as kind,
        e.quantity, u.unit, e.price_version::bigint as price_version, r.rate, u.price_unit,
@@ -377,6 +404,7 @@ from ledger_entries e
 join tenants t on t.tenant_key = e.tenant_key
 join ledger_meters m on m.meter_key = e.meter_key
 join ledger_units u on u.unit_key = e.unit_key
+join ledger_windows w on w.window_key = e.window_key
 join price_book_rates r on r.version_id = e.price_version and r.meter_key = e.meter_key
 join price_book_versions v on v.id = e.price_version
 join ledger_sources s on s.source_key = e.source_key
@@ -386,7 +414,7 @@ left join ledger_entry_reasons x on x.window_start = e.window_start
 -- The live entry of each key: its latest entry, when that is a usage entry.
 create view ledger_live_entries as
 select t.id as tenant_id, m.name as meter, e.window_start,
-       e.window_start + make_interval(secs => e.window_seconds) as window_end,
+       e.window_start + make_interval(secs => w.seconds) as window_end,
        (e.seq / 2)::integer as revision, e.quantity, u.unit,
        e.price_version::bigint as price_version, r.rate, u.price_unit, u.units_per_price_unit,
        e.amount, v.currency, s.name as source
@@ -394,6 +422,7 @@ from ledger_entries e
 join tenants t on t.tenant_key = e.tenant_key
 join ledger_meters m on m.meter_key = e.meter_key
 join ledger_units u on u.unit_key = e.unit_key
+join ledger_windows w on w.window_key = e.window_key
 join price_book_rates r on r.version_id = e.price_version and r.meter_key = e.meter_key
 join price_book_versions v on v.id = e.price_version
 join ledger_sources s on s.source_key = e.source_key

@@ -71,9 +71,13 @@ enum BenchCommand {
         /// Tenants in the finance-query data set.
         #[arg(long, default_value_t = 1_000)]
         finance_tenants: usize,
-        /// Days of hourly entries in the finance-query data set.
-        #[arg(long, default_value_t = 30)]
+        /// Days of hourly entries in the finance-query data set (June 1 on; at most 29: the
+        /// loaded-month write rounds go on the day after).
+        #[arg(long, default_value_t = 28)]
         finance_days: u32,
+        /// Tenants of the one large window written at the end.
+        #[arg(long, default_value_t = 100_000)]
+        big_window_tenants: usize,
     },
     /// One window for many tenants against the same queries over plain HTTP, and a long
     /// backfill, both from a real Prometheus loaded with synthetic data (needs promtool and
@@ -165,11 +169,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tenants,
                 finance_tenants,
                 finance_days,
+                big_window_tenants,
             } => {
                 let options = bench::ledger::LedgerBenchOptions {
                     tenants,
                     finance_tenants,
                     finance_days,
+                    big_window_tenants,
                     ..Default::default()
                 };
                 bench::ledger::run_ledger_bench(&database_url, &options).await

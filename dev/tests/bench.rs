@@ -35,10 +35,15 @@ fn bench_ledger_prints_its_figures_against_in_run_baselines() {
         "3",
         "--finance-days",
         "1",
+        "--big-window-tenants",
+        "60",
     ]);
     for figure in [
         "ratio write/COPY(indexes)",
         "rewrite (all no-ops)",
+        "bytes per entry",
+        "rate ratio loaded/empty",
+        "large window: 60 tenants",
         "finance.tenant_costs_monthly",
     ] {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");

@@ -362,10 +362,11 @@ async fn the_database_enforces_the_ledger_invariants() {
     // reversal), quantity, amount, and optionally another meter.
     let row = |table: &str, start: &str, seq: i32, quantity: &str, amount: &str, meter: &str| {
         format!(
-            "insert into {table} (window_start, tenant_key, price_version, window_seconds, \
-                                  meter_key, unit_key, seq, source_key, quantity, amount) \
-             select {start}, t.tenant_key, {id}, 300, budgetd_meter_key('{meter}'), u.unit_key, \
-                    {seq}, budgetd_source_key('sql'), {quantity}, {amount} \
+            "insert into {table} (window_start, tenant_key, price_version, meter_key, unit_key, \
+                                  window_key, seq, source_key, quantity, amount) \
+             select {start}, t.tenant_key, {id}, budgetd_meter_key('{meter}'), u.unit_key, \
+                    budgetd_window_key(300), {seq}, budgetd_source_key('sql'), {quantity}, \
+                    {amount} \
              from tenants t, ledger_units u \
              where t.id = 'acme' and u.unit = 'core_seconds' and u.price_unit = 'core_hour'"
         )

@@ -8,9 +8,15 @@
 //! ratio is what matters on a shared, noisy machine. Re-writing the same window (all no-ops)
 //! is timed as well.
 //!
+//! Storage: bytes per entry of the write-path rounds' partition, heap and indexes.
+//!
 //! Finance query: `finance_tenants` × `meters` × `finance_days` days of hourly entries are
 //! loaded through the real write path, one hour per `write_entries` call, then the monthly and
 //! daily finance views are queried and timed client-side, full fetch included.
+//!
+//! Loaded month: the write-path rounds again, into the month the finance load filled, against
+//! the rounds on the empty month. Large window: `big_window_tenants` × `meters` entries in one
+//! `write_entries` call.
 //!
 //! The report goes to stdout, progress to stderr. Targets are informative: the bench returns
 //! `Ok` whether they are met or not.
@@ -46,6 +52,8 @@ pub struct LedgerBenchOptions {
     pub finance_days: u32,
     /// Timed runs of the finance query, after one warm-up.
     pub finance_repeats: usize,
+    /// Tenants of the one large window written at the end (× `meters` entries).
+    pub big_window_tenants: usize,
 }
 
 impl Default for LedgerBenchOptions {
@@ -54,8 +62,9 @@ impl Default for LedgerBenchOptions {
             tenants: 10_000,
             meters: 8,
             finance_tenants: 1_000,
-            finance_days: 30,
+            finance_days: 28,
             finance_repeats: 21,
+            big_window_tenants: 100_000,
         }
     }
 }
@@ -63,6 +72,10 @@ impl Default for LedgerBenchOptions {
 /// Write-path rounds; each writes a new window, so medians are over this many samples.
 const WRITE_ROUNDS: usize = 5;
 const WRITE_TARGET_RATIO: f64 = 2.0;
+const BYTES_TARGET: f64 = 120.0;
+/// Write rate with the month's partition loaded vs empty.
+const LOADED_TARGET_RATIO: f64 = 0.9;
+const BIG_WINDOW_TARGET_SECS: f64 = 30.0;
 const REWRITE_TARGET_RATIO: f64 = 1.0;
 const FINANCE_TARGET_MS: f64 = 50.0;
 /// Timed runs of the (context-only, much larger) daily finance query.
@@ -85,8 +98,17 @@ fn validate(opts: &LedgerBenchOptions) -> anyhow::Result<()> {
     if opts.meters == 0 || opts.meters > METERS.len() {
         bail!("meters must be between 1 and {}", METERS.len());
     }
-    if opts.tenants == 0 || opts.finance_tenants == 0 || opts.finance_days == 0 {
-        bail!("tenants, finance_tenants and finance_days must be positive");
+    if opts.tenants == 0
+        || opts.finance_tenants == 0
+        || opts.finance_days == 0
+        || opts.big_window_tenants == 0
+    {
+        bail!("tenants, finance_tenants, finance_days and big_window_tenants must be positive");
+    }
+    if opts.finance_days > 29 {
+        bail!(
+            "finance_days must be at most 29: the loaded write rounds go on the day after, in June"
+        );
     }
     if opts.finance_repeats == 0 {
         bail!("finance_repeats must be positive");
@@ -261,7 +283,11 @@ async fn bench(url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
         println!("budgetd-dev bench ledger");
         print_server(&mut conn).await?;
 
-        let all_ids = numbered_tenant_ids(opts.tenants.max(opts.finance_tenants));
+        let all_ids = numbered_tenant_ids(
+            opts.tenants
+                .max(opts.finance_tenants)
+                .max(opts.big_window_tenants),
+        );
         let t = Instant::now();
         insert_numbered_tenants(
             &mut conn,
@@ -280,10 +306,15 @@ async fn bench(url: &str, opts: &LedgerBenchOptions) -> anyhow::Result<()> {
         );
 
         let write_tenants = tenants(&all_ids[..opts.tenants])?;
-        write_path(&store, &mut conn, &write_tenants, &meters).await?;
+        let empty = write_path(&store, &mut conn, &write_tenants, &meters).await?;
+        storage(&mut conn).await?;
 
         let finance_tenants = tenants(&all_ids[..opts.finance_tenants])?;
         finance(&store, &mut conn, &finance_tenants, &meters, opts).await?;
+        loaded_writes(&store, &mut conn, &write_tenants, &meters, opts, &empty).await?;
+
+        let big_tenants = tenants(&all_ids[..opts.big_window_tenants])?;
+        big_window(&store, &big_tenants, &meters).await?;
         println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
         anyhow::Ok(())
     }
@@ -345,16 +376,21 @@ async fn add_price_book(store: &Store, meters: usize) -> anyhow::Result<Vec<Mete
 const COPY_INDEXED: &str = "bench_copy_indexed";
 const COPY_PLAIN: &str = "bench_copy_plain";
 
+/// The write path against COPY on an empty month; returns the first writes' times.
 async fn write_path(
     store: &Store,
     conn: &mut BenchConnection,
     tenants: &[Tenant],
     meters: &[Meter],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Duration>> {
     let n = tenants.len() * meters.len();
+    let base = utc(2026, 5, 1)?;
     conn.create_table_like_entries(COPY_INDEXED, true).await?;
     conn.create_table_like_entries(COPY_PLAIN, false).await?;
-    conn.set_autovacuum(&WRITTEN_TABLES, false).await?;
+    conn.create_ledger_partition(base.date_naive()).await?;
+    let partition = BenchConnection::ledger_partition(base.date_naive());
+    let written = written_tables(&partition);
+    conn.set_autovacuum(&written, false).await?;
     println!(
         "write path: {n} entries ({} tenants x {} meters), one window, rollups included",
         tenants.len(),
@@ -378,7 +414,6 @@ async fn write_path(
     let mut copy_indexed = Vec::new();
     let mut copy_plain = Vec::new();
     let mut rewrite = Vec::new();
-    let base = utc(2026, 5, 1)?;
     for round in 0..WRITE_ROUNDS {
         let window = hour_window(base + chrono::Duration::hours(round as i64))?;
         let entries = build_entries(tenants, meters, window)?;
@@ -469,19 +504,110 @@ async fn write_path(
         spread(&rewrite_vs_first),
     );
     conn.drop_tables(&[COPY_INDEXED, COPY_PLAIN]).await?;
-    conn.set_autovacuum(&WRITTEN_TABLES, true).await?;
+    conn.set_autovacuum(&written, true).await?;
+    Ok(first)
+}
+
+/// Tables the write path writes into `partition` (and the COPY tables, while they exist).
+/// Autovacuum is off on them during the rounds, which vacuum explicitly instead.
+fn written_tables(partition: &str) -> [&str; 6] {
+    [
+        partition,
+        "ledger_rollup_daily",
+        "ledger_rollup_monthly",
+        "ledger_rollup_tenant_daily",
+        COPY_INDEXED,
+        COPY_PLAIN,
+    ]
+}
+
+/// Bytes per entry of what the write path stored, indexes included.
+async fn storage(conn: &mut BenchConnection) -> anyhow::Result<()> {
+    conn.vacuum_analyze(&[]).await?;
+    let (entries, heap, indexes) = conn.entry_storage().await?;
+    let per = |bytes: i64| bytes as f64 / entries.max(1) as f64;
+    let total = per(heap + indexes);
+    println!(
+        "storage: {entries} entries in ledger_entries' partitions: {total:.1} bytes per entry \
+         (heap {:.1}, indexes {:.1})  target <= {BYTES_TARGET:.0}  {}",
+        per(heap),
+        per(indexes),
+        verdict(total <= BYTES_TARGET),
+    );
     Ok(())
 }
 
-/// Tables the write path writes (and the COPY tables, while they exist). Autovacuum is off on
-/// them during the rounds, which vacuum explicitly instead.
-const WRITTEN_TABLES: [&str; 5] = [
-    "ledger_entries",
-    "ledger_rollup_daily",
-    "ledger_rollup_monthly",
-    COPY_INDEXED,
-    COPY_PLAIN,
-];
+/// The same write-path rounds as on the empty month, now into the month the finance load
+/// filled (its partition holds every loaded entry): partitioning and the window-first key
+/// keep the rate flat.
+async fn loaded_writes(
+    store: &Store,
+    conn: &mut BenchConnection,
+    tenants: &[Tenant],
+    meters: &[Meter],
+    opts: &LedgerBenchOptions,
+    empty: &[Duration],
+) -> anyhow::Result<()> {
+    let base = utc(2026, 6, 1)? + chrono::Duration::days(i64::from(opts.finance_days));
+    let partition = BenchConnection::ledger_partition(base.date_naive());
+    let written = written_tables(&partition);
+    let (existing, _, _) = conn.entry_storage().await?;
+    conn.set_autovacuum(&written, false).await?;
+    let mut loaded = Vec::new();
+    for round in 0..WRITE_ROUNDS {
+        let window = hour_window(base + chrono::Duration::hours(round as i64))?;
+        let entries = build_entries(tenants, meters, window)?;
+        conn.vacuum_analyze(&[]).await?;
+        conn.checkpoint().await?;
+        let t = Instant::now();
+        let report = store.write_entries(&entries, SOURCE).await?;
+        loaded.push(t.elapsed());
+        if report.inserted != entries.len() {
+            bail!(
+                "a loaded write round inserted {} of {}",
+                report.inserted,
+                entries.len()
+            );
+        }
+    }
+    conn.set_autovacuum(&written, true).await?;
+    let ratio = median_secs(empty) / median_secs(&loaded);
+    println!(
+        "loaded month: the write-path window into {partition} holding {existing} entries: \
+         {:.3} s vs {:.3} s empty; rate ratio loaded/empty {ratio:.2}  target >= \
+         {LOADED_TARGET_RATIO:.1}  {}",
+        median_secs(&loaded),
+        median_secs(empty),
+        verdict(ratio >= LOADED_TARGET_RATIO),
+    );
+    Ok(())
+}
+
+/// One window of `tenants` × meters entries in one `write_entries` call (one transaction).
+async fn big_window(store: &Store, tenants: &[Tenant], meters: &[Meter]) -> anyhow::Result<()> {
+    let window = hour_window(utc(2026, 7, 1)?)?;
+    let entries = build_entries(tenants, meters, window)?;
+    let t = Instant::now();
+    let report = store.write_entries(&entries, SOURCE).await?;
+    let took = t.elapsed().as_secs_f64();
+    if report.inserted != entries.len() {
+        bail!(
+            "the large window inserted {} of {}",
+            report.inserted,
+            entries.len()
+        );
+    }
+    println!(
+        "large window: {} tenants x {} meters = {} entries committed in {took:.1} s \
+         ({:.0} entries/s)  target <= {BIG_WINDOW_TARGET_SECS:.0} s  {}",
+        tenants.len(),
+        meters.len(),
+        entries.len(),
+        entries.len() as f64 / took,
+        verdict(took <= BIG_WINDOW_TARGET_SECS),
+    );
+    Ok(())
+}
 
 // Finance query ------------------------------------------------------------------------------------
 

@@ -22,28 +22,31 @@ const CHUNK: usize = 10_000;
 /// Rounds of re-classification for rows that raced with a concurrent writer of the same key.
 const MAX_ROUNDS: usize = 3;
 
-/// Unnests the batch ($1..$8, keys already resolved) and finds the latest entry of every key:
-/// its highest `seq` (odd: a reversal, so the key has no live entry).
-const CLASSIFY: &str = "
+/// Unnests the batch ($1..$8, keys already resolved) with its tenants' keys.
+const INPUT: &str = "
 input as (
-    select i.ord, i.tenant_id, t.tenant_key, i.meter_key, i.window_start, i.window_seconds,
+    select i.ord, i.tenant_id, t.tenant_key, i.meter_key, i.window_start, i.window_key,
            i.quantity, i.unit_key, i.price_version, i.amount
-    from unnest($1::text[], $2::int2[], $3::timestamptz[], $4::int4[], $5::numeric[],
+    from unnest($1::text[], $2::int2[], $3::timestamptz[], $4::int2[], $5::numeric[],
                 $6::int2[], $7::int4[], $8::numeric[])
-        with ordinality as i(tenant_id, meter_key, window_start, window_seconds, quantity,
+        with ordinality as i(tenant_id, meter_key, window_start, window_key, quantity,
                              unit_key, price_version, amount, ord)
     left join tenants t on t.id = i.tenant_id
-),
+)";
+
+/// [`INPUT`], and the latest entry of every key: its highest `seq` (odd: a reversal, so the
+/// key has no live entry).
+const CLASSIFY: &str = "
 classified as (
     select i.*, l.seq as latest_seq, l.quantity as latest_quantity,
            l.unit_key as latest_unit_key, l.price_version as latest_price_version,
-           l.amount as latest_amount, l.window_seconds as latest_window_seconds,
+           l.amount as latest_amount, l.window_key as latest_window_key,
            (l.seq % 2 = 0 and (l.quantity <> i.quantity or l.unit_key <> i.unit_key
                                or l.price_version <> i.price_version
-                               or l.window_seconds <> i.window_seconds)) as differs
+                               or l.window_key <> i.window_key)) as differs
     from input i
     left join lateral (
-        select e.seq, e.quantity, e.unit_key, e.price_version, e.amount, e.window_seconds
+        select e.seq, e.quantity, e.unit_key, e.price_version, e.amount, e.window_key
         from ledger_entries e
         where e.window_start = i.window_start and e.tenant_key = i.tenant_key
           and e.meter_key = i.meter_key
@@ -52,8 +55,8 @@ classified as (
     ) l on true
 )";
 
-const ENTRY_COLUMNS: &str = "window_start, tenant_key, price_version, window_seconds, meter_key, \
-                             unit_key, seq, source_key, quantity, amount";
+const ENTRY_COLUMNS: &str = "window_start, tenant_key, price_version, meter_key, unit_key, \
+                             window_key, seq, source_key, quantity, amount";
 
 const INSERTED_COLUMNS: &str =
     "window_start, tenant_key, meter_key, unit_key, seq, price_version, quantity, amount";
@@ -96,12 +99,38 @@ tenant_daily as (
         set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries
 )";
 
-fn write_sql() -> String {
+/// The write of a batch whose windows have no entries yet (the collector's common case):
+/// every row is a first write, so no key is looked up; a row that meets a key written
+/// meanwhile is not inserted, and the caller classifies it again.
+fn first_write_sql() -> String {
     format!(
-        "with {CLASSIFY},
+        "with {INPUT},
         inserted as (
             insert into ledger_entries ({ENTRY_COLUMNS})
-            select window_start, tenant_key, price_version, window_seconds, meter_key, unit_key,
+            select window_start, tenant_key, price_version, meter_key, unit_key, window_key,
+                   2, $9, quantity, amount
+            from input
+            where tenant_key is not null
+            order by window_start, tenant_key, meter_key
+            on conflict do nothing
+            returning {INSERTED_COLUMNS}
+        ),
+        {ROLLUP}
+        select i.ord, (i.tenant_key is not null) as known_tenant,
+               (w.seq is not null) as inserted, null::int2 as latest_seq, null::bool as differs,
+               null::numeric as latest_quantity, null::bigint as latest_price_version
+        from input i
+        left join inserted w on w.window_start = i.window_start and w.tenant_key = i.tenant_key
+                            and w.meter_key = i.meter_key"
+    )
+}
+
+fn write_sql() -> String {
+    format!(
+        "with {INPUT}, {CLASSIFY},
+        inserted as (
+            insert into ledger_entries ({ENTRY_COLUMNS})
+            select window_start, tenant_key, price_version, meter_key, unit_key, window_key,
                    coalesce(latest_seq + 1, 2), $9, quantity, amount
             from classified
             where tenant_key is not null and (latest_seq is null or latest_seq % 2 = 1)
@@ -115,12 +144,13 @@ fn write_sql() -> String {
                                           live_revision, attempted_quantity, attempted_unit,
                                           attempted_price_version, attempted_amount, source)
             select c.tenant_id, m.name, c.window_start,
-                   c.window_start + make_interval(secs => c.window_seconds), c.latest_seq / 2,
+                   c.window_start + make_interval(secs => w.seconds), c.latest_seq / 2,
                    c.quantity, u.unit, c.price_version, c.amount, s.name
             from classified c
             join ledger_meters m on m.meter_key = c.meter_key
             join ledger_units u on u.unit_key = c.unit_key
             join ledger_sources s on s.source_key = $9
+            join ledger_windows w on w.window_key = c.window_key
             where c.differs
             on conflict (tenant_id, meter, window_start, live_revision, attempted_quantity,
                          attempted_unit, attempted_price_version) do nothing
@@ -136,18 +166,17 @@ fn write_sql() -> String {
 
 fn correct_sql() -> String {
     format!(
-        "with {CLASSIFY},
+        "with {INPUT}, {CLASSIFY},
         reversed as (
             insert into ledger_entries ({ENTRY_COLUMNS})
-            select window_start, tenant_key, latest_price_version, latest_window_seconds,
-                   meter_key, latest_unit_key, latest_seq + 1, $9, -latest_quantity,
-                   -latest_amount
+            select window_start, tenant_key, latest_price_version, meter_key, latest_unit_key,
+                   latest_window_key, latest_seq + 1, $9, -latest_quantity, -latest_amount
             from classified where differs
             returning {INSERTED_COLUMNS}
         ),
         replaced as (
             insert into ledger_entries ({ENTRY_COLUMNS})
-            select window_start, tenant_key, price_version, window_seconds, meter_key, unit_key,
+            select window_start, tenant_key, price_version, meter_key, unit_key, window_key,
                    case when differs then latest_seq + 2 else coalesce(latest_seq + 1, 2) end,
                    $9, quantity, amount
             from classified
@@ -176,6 +205,7 @@ fn correct_sql() -> String {
 struct Keys {
     meters: HashMap<String, i16>,
     units: HashMap<(String, String, Decimal), i16>,
+    windows: HashMap<i32, i16>,
     source: i16,
 }
 
@@ -259,13 +289,26 @@ async fn prepare(
         unit_keys.insert(unit, row.try_get::<i16, _>("key")?);
     }
 
-    let source: i16 = sqlx::query_scalar("select budgetd_source_key($1)")
+    let lengths: Vec<i32> = entries
+        .iter()
+        .map(|e| e.key.window.seconds())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let windows: Vec<(i32, i16)> =
+        super::query_as("select s, budgetd_window_key(s) from unnest($1::int4[]) s")
+            .bind(&lengths)
+            .fetch_all(&mut *conn)
+            .await?;
+
+    let source: i16 = super::query_scalar("select budgetd_source_key($1)")
         .bind(source)
         .fetch_one(&mut *conn)
         .await?;
     Ok(Keys {
         meters: meter_keys,
         units: unit_keys,
+        windows: windows.into_iter().collect(),
         source,
     })
 }
@@ -294,7 +337,13 @@ fn bind_batch<'q>(
                 .ok_or_else(|| missing(e.key.meter.as_str()))?,
         );
         starts.push(e.key.window.start());
-        seconds.push(e.key.window.seconds());
+        let length = e.key.window.seconds();
+        seconds.push(
+            *keys
+                .windows
+                .get(&length)
+                .ok_or_else(|| missing(&format!("{length} s windows")))?,
+        );
         quantities.push(e.quantity);
         let unit = (
             e.unit.as_str().to_owned(),
@@ -325,7 +374,9 @@ fn bind_batch<'q>(
 /// Splits a batch so that no key (tenant, meter, window start) occurs twice in one statement:
 /// later occurrences of a key are written after the earlier ones, and so compared against them.
 fn rounds_without_duplicate_keys(entries: &[NewEntry]) -> Vec<Vec<&NewEntry>> {
-    let mut rounds: Vec<(HashSet<(&str, &str, DateTime<Utc>)>, Vec<&NewEntry>)> = Vec::new();
+    /// (tenant, meter, window start)
+    type Key<'a> = (&'a str, &'a str, DateTime<Utc>);
+    let mut rounds: Vec<(HashSet<Key<'_>>, Vec<&NewEntry>)> = Vec::new();
     for entry in entries {
         let k = (
             entry.key.tenant.as_str(),
@@ -357,7 +408,23 @@ async fn write_batch(
     keys: &Keys,
     report: &mut WriteReport,
 ) -> Result<(), Error> {
-    let sql = write_sql();
+    let starts: Vec<DateTime<Utc>> = batch
+        .iter()
+        .map(|e| e.key.window.start())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let written_before: bool = super::query_scalar(
+        "select exists (select 1 from ledger_entries where window_start = any($1))",
+    )
+    .bind(&starts)
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut sql = if written_before {
+        write_sql()
+    } else {
+        first_write_sql()
+    };
     let mut pending: Vec<&NewEntry> = batch.to_vec();
     for _ in 0..MAX_ROUNDS {
         if pending.is_empty() {
@@ -395,6 +462,7 @@ async fn write_batch(
             }
         }
         pending = raced;
+        sql = write_sql();
     }
     if pending.is_empty() {
         Ok(())

@@ -13,8 +13,8 @@ use ledger::entry::{NewEntry, Window};
 use super::BenchConnection;
 
 /// The columns of `ledger_entries` that a first write fills, in the order of [`entries_csv`].
-const ENTRY_COLUMNS: &str = "window_start, tenant_key, price_version, window_seconds, meter_key, \
-                             unit_key, seq, source_key, quantity, amount";
+const ENTRY_COLUMNS: &str = "window_start, tenant_key, price_version, meter_key, unit_key, \
+                             window_key, seq, source_key, quantity, amount";
 
 /// A row of `finance.tenant_costs_monthly`.
 pub type MonthlyCost = (String, NaiveDate, Decimal, String);
@@ -28,6 +28,7 @@ pub struct EntryKeys {
     meters: HashMap<String, i16>,
     units: HashMap<(String, String, Decimal), i16>,
     sources: HashMap<String, i16>,
+    windows: HashMap<i32, i16>,
 }
 
 /// The rows `write_entries` would insert for first writes of `entries` from `source`, as the
@@ -63,11 +64,14 @@ pub fn entries_csv(
                 e.pricing.units_per_price_unit,
             ))
             .context("a unit has no key")?;
+        let length = keys
+            .windows
+            .get(&w.seconds())
+            .context("a window length has no key")?;
         let _ = writeln!(
             out,
-            "{start},{tenant},{},{},{meter},{unit},2,{source},{},{}",
+            "{start},{tenant},{},{meter},{unit},{length},2,{source},{},{}",
             e.pricing.version,
-            w.seconds(),
             e.quantity,
             e.amount(),
         );
@@ -116,7 +120,40 @@ impl BenchConnection {
                 .fetch_all(&mut self.0)
                 .await?;
         keys.sources.extend(sources);
+        let windows: Vec<(i32, i16)> =
+            sqlx::query_as("select seconds, window_key from ledger_windows")
+                .fetch_all(&mut self.0)
+                .await?;
+        keys.windows.extend(windows);
         Ok(keys)
+    }
+
+    /// Creates the ledger's partition of `month` (its first day) if it is missing, as the
+    /// write path would.
+    pub async fn create_ledger_partition(&mut self, month: NaiveDate) -> anyhow::Result<()> {
+        sqlx::query("select budgetd_ensure_ledger_partition($1)")
+            .bind(month)
+            .execute(&mut self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// The name of the ledger's partition of `month`.
+    pub fn ledger_partition(month: NaiveDate) -> String {
+        format!("ledger_entries_p{}", month.format("%Y%m"))
+    }
+
+    /// What the ledger's entries take on disk: (entries, heap bytes, index bytes) summed over
+    /// every partition (heap includes TOAST, free space and visibility maps).
+    pub async fn entry_storage(&mut self) -> anyhow::Result<(i64, i64, i64)> {
+        Ok(sqlx::query_as(
+            "select (select count(*) from ledger_entries),
+                    coalesce(sum(pg_total_relation_size(inhrelid) - pg_indexes_size(inhrelid)), 0)::int8,
+                    coalesce(sum(pg_indexes_size(inhrelid)), 0)::int8
+             from pg_inherits where inhparent = 'ledger_entries'::regclass",
+        )
+        .fetch_one(&mut self.0)
+        .await?)
     }
 
     pub async fn drop_tables(&mut self, names: &[&str]) -> anyhow::Result<()> {
