@@ -183,44 +183,64 @@ language plpgsql as $$
 declare
     bad record;
 begin
+    -- What the rows name, once per distinct value: the rates (locked), units, windows, sources
+    -- and tenants exist.
+    create temporary table if not exists budgetd_priced_combos (
+        price_version integer, meter_key smallint, unit_key smallint, rate numeric,
+        per numeric, tolerance numeric
+    ) on commit drop;
+    truncate budgetd_priced_combos;
+    insert into budgetd_priced_combos
+    select c.price_version, c.meter_key, c.unit_key, r.rate, u.units_per_price_unit,
+           u.units_per_price_unit * 0.000000000001
+    from (select distinct n.price_version, n.meter_key, n.unit_key from new_entries n) c
+    left join price_book_rates r on r.version_id = c.price_version and r.meter_key = c.meter_key
+    left join ledger_units u on u.unit_key = c.unit_key;
     perform 1 from price_book_rates r
-    where (r.version_id, r.meter_key) in (select distinct n.price_version, n.meter_key
-                                          from new_entries n)
+    join budgetd_priced_combos c on r.version_id = c.price_version and r.meter_key = c.meter_key
     order by r.version_id, r.meter_key
-    for key share;
-    select n.window_start, n.tenant_key, n.meter_key, n.seq, n.price_version, n.quantity,
-           n.amount, r.rate, u.units_per_price_unit, t.tenant_key as known_tenant,
-           s.source_key as known_source, w.window_key as known_window
+    for key share of r;
+    select c.price_version, c.meter_key, c.unit_key, c.rate, c.per into bad
+    from budgetd_priced_combos c where c.rate is null or c.per is null limit 1;
+    if found then
+        if bad.rate is null then
+            raise exception 'ledger entries name no rate of meter key % in price-book version %',
+                bad.meter_key, bad.price_version using errcode = 'foreign_key_violation';
+        end if;
+        raise exception 'ledger entries name the unknown unit key %', bad.unit_key
+            using errcode = 'foreign_key_violation';
+    end if;
+    select x.what, x.key into bad
+    from (select 'tenant' as what, k.tenant_key::integer as key
+          from (select distinct tenant_key from new_entries) k
+          where not exists (select 1 from tenants t where t.tenant_key = k.tenant_key)
+          union all
+          select 'window length', k.window_key
+          from (select distinct window_key from new_entries) k
+          where not exists (select 1 from ledger_windows w where w.window_key = k.window_key)
+          union all
+          select 'source', k.source_key
+          from (select distinct source_key from new_entries) k
+          where not exists (select 1 from ledger_sources s where s.source_key = k.source_key)) x
+    limit 1;
+    if found then
+        raise exception 'ledger entries name the unknown % key %', bad.what, bad.key
+            using errcode = 'foreign_key_violation';
+    end if;
+    -- Every row: amount = quantity x rate per price unit, to 12 places.
+    select n.window_start, n.tenant_key, n.meter_key, n.quantity, n.amount, c.rate, c.per
     into bad
     from new_entries n
-    left join price_book_rates r on r.version_id = n.price_version and r.meter_key = n.meter_key
-    left join ledger_units u on u.unit_key = n.unit_key
-    left join tenants t on t.tenant_key = n.tenant_key
-    left join ledger_sources s on s.source_key = n.source_key
-    left join ledger_windows w on w.window_key = n.window_key
-    where r.rate is null or u.unit_key is null or t.tenant_key is null or s.source_key is null
-       or w.window_key is null
-       or abs(n.amount * u.units_per_price_unit - n.quantity * r.rate)
-          > u.units_per_price_unit * 0.000000000001
+    join budgetd_priced_combos c using (price_version, meter_key, unit_key)
+    where abs(n.amount * c.per - n.quantity * c.rate) > c.tolerance
     limit 1;
-    if not found then
-        return null;
-    end if;
-    if bad.known_tenant is null or bad.units_per_price_unit is null or bad.known_source is null
-       or bad.known_window is null then
-        raise exception 'ledger entry (window %, tenant key %, meter key %) names an unknown tenant, unit, window length or source',
-            bad.window_start, bad.tenant_key, bad.meter_key
-            using errcode = 'foreign_key_violation';
-    elsif bad.rate is null then
-        raise exception 'ledger entry (window %, tenant key %, meter key %) names no rate of price-book version %',
-            bad.window_start, bad.tenant_key, bad.meter_key, bad.price_version
-            using errcode = 'foreign_key_violation';
-    else
+    if found then
         raise exception 'ledger entry (window %, tenant key %, meter key %): amount % is not quantity % x rate % per % units',
             bad.window_start, bad.tenant_key, bad.meter_key, bad.amount, bad.quantity, bad.rate,
-            bad.units_per_price_unit
+            bad.per
             using errcode = 'check_violation';
     end if;
+    return null;
 end
 $$;
 

@@ -100,8 +100,9 @@ tenant_daily as (
 )";
 
 /// The write of a batch whose windows have no entries yet (the collector's common case):
-/// every row is a first write, so no key is looked up; a row that meets a key written
-/// meanwhile is not inserted, and the caller classifies it again.
+/// every row is a first write, so no key is looked up and the insert needs no conflict
+/// handling. A key written meanwhile by another writer fails the statement on the primary key;
+/// the caller rolls back to a savepoint and classifies the batch instead.
 fn first_write_sql() -> String {
     format!(
         "with {INPUT},
@@ -112,16 +113,12 @@ fn first_write_sql() -> String {
             from input
             where tenant_key is not null
             order by window_start, tenant_key, meter_key
-            on conflict do nothing
             returning {INSERTED_COLUMNS}
         ),
         {ROLLUP}
-        select i.ord, (i.tenant_key is not null) as known_tenant,
-               (w.seq is not null) as inserted, null::int2 as latest_seq, null::bool as differs,
-               null::numeric as latest_quantity, null::bigint as latest_price_version
-        from input i
-        left join inserted w on w.window_start = i.window_start and w.tenant_key = i.tenant_key
-                            and w.meter_key = i.meter_key"
+        select (select count(*) from inserted) as inserted,
+               min(tenant_id) filter (where tenant_key is null) as unknown_tenant
+        from input"
     )
 }
 
@@ -401,6 +398,45 @@ fn unknown_tenant(id: &str) -> Error {
     }
 }
 
+/// Writes a batch of first writes (see [`first_write_sql`]); false, with nothing written, if a
+/// concurrent writer wrote one of its keys first.
+async fn first_write(
+    conn: &mut PgConnection,
+    batch: &[&NewEntry],
+    keys: &Keys,
+    report: &mut WriteReport,
+) -> Result<bool, Error> {
+    let sql = first_write_sql();
+    query("savepoint budgetd_first_write")
+        .execute(&mut *conn)
+        .await?;
+    let mut inserted = 0;
+    for chunk in batch.chunks(CHUNK) {
+        let row = match bind_batch(query(&sql), chunk, keys)?
+            .fetch_one(&mut *conn)
+            .await
+        {
+            Ok(row) => row,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+                query("rollback to savepoint budgetd_first_write")
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(id) = row.try_get::<Option<String>, _>("unknown_tenant")? {
+            return Err(unknown_tenant(&id));
+        }
+        inserted += row.try_get::<i64, _>("inserted")? as usize;
+    }
+    query("release savepoint budgetd_first_write")
+        .execute(&mut *conn)
+        .await?;
+    report.inserted += inserted;
+    Ok(true)
+}
+
 /// Writes one duplicate-free batch in the caller's transaction.
 async fn write_batch(
     conn: &mut PgConnection,
@@ -420,11 +456,10 @@ async fn write_batch(
     .bind(&starts)
     .fetch_one(&mut *conn)
     .await?;
-    let mut sql = if written_before {
-        write_sql()
-    } else {
-        first_write_sql()
-    };
+    if !written_before && first_write(conn, batch, keys, report).await? {
+        return Ok(());
+    }
+    let sql = write_sql();
     let mut pending: Vec<&NewEntry> = batch.to_vec();
     for _ in 0..MAX_ROUNDS {
         if pending.is_empty() {
@@ -462,7 +497,6 @@ async fn write_batch(
             }
         }
         pending = raced;
-        sql = write_sql();
     }
     if pending.is_empty() {
         Ok(())
