@@ -8,14 +8,16 @@
 --     `date_trunc(..., as_of at time zone 'UTC')` in the FILTER of every per-tenant daily row
 --     (80,000 rows at 10,000 tenants, three times each) and cross-joined a one-row CTE into
 --     every pass;
---   * the spent sums are one aggregate of the period's monthly rollup rows per tenant (one
---     filtered sum per kind of period), joined to the budgets once, instead of a join of every
---     rollup row with its tenant's budget before aggregating;
---   * the trailing window's "before the period start" sums are only taken in the first days of
---     a period, when the common window reaches back past the period's start;
+--   * the spent sums are this month's monthly rollup row, joined to the budgets (no aggregate:
+--     the state of a numeric sum is large, and 100,000 of them spilled to disk), plus, for
+--     quarterly and yearly budgets only, one aggregate of the period's other months;
+--   * the trailing window's spend is one sum per tenant and part of the window (this month,
+--     earlier in the quarter, earlier in the year): one part on most days, since the common
+--     window reaches back past the month's start only in a period's first `trailing_days` days;
 --   * custom plans (`plan_cache_mode`): the planner sees the real dates, so its row estimates
 --     are right and the joins are hash joins over whole sets (nested loops stay off, as before:
---     a nested loop over an index range per tenant is what made the first version take 40 s).
+--     a nested loop over an index range per tenant is what made the first version take 40 s);
+--     `work_mem` 64 MB, so the hash tables of 100,000 tenants stay in memory.
 --
 -- Incomplete windows are read from the earliest period start of any budget in force (a
 -- superseded yearly or quarterly budget only widens the range: gaps before a tenant's period
@@ -32,7 +34,7 @@ returns table (tenant_id text, tenant_state text, period text, period_start date
 language plpgsql stable security definer
 set search_path = public, pg_temp set timezone = 'UTC' set jit = off
 set enable_nestloop = off set enable_sort = off set max_parallel_workers_per_gather = 0
-set plan_cache_mode = force_custom_plan as $$
+set plan_cache_mode = force_custom_plan set work_mem = '64MB' as $$
 declare
     watermark constant timestamptz :=
         coalesce((select w.window_end from collector_watermark w), '-infinity');
@@ -66,32 +68,36 @@ begin
         -- descending, so a backward scan of unique (tenant_id, effective_from) serves it unsorted
         order by b.tenant_id desc, b.effective_from desc
     ),
-    spent as (
-        select m.tenant_id, m.currency,
-               sum(m.amount) filter (where m.month >= month_start and m.month < month_end)
-                   as monthly,
-               sum(m.amount) filter (where m.month >= quarter_start and m.month < quarter_end)
-                   as quarterly,
-               sum(m.amount) filter (where m.month < year_end) as yearly
+    -- The spent sums: this month's rollup row; for quarters and years, the sum of their
+    -- other months too (none is read when every budget in force is monthly).
+    this_month as (
+        select m.tenant_id, m.currency, m.amount
         from ledger_rollup_monthly m
-        where m.month >= earliest_start and m.month < year_end
+        where m.month = month_start and (only_tenant is null or m.tenant_id = only_tenant)
+    ),
+    other_months as (
+        select m.tenant_id, m.currency,
+               sum(m.amount) filter (where m.month >= quarter_start and m.month < quarter_end)
+                   as quarter,
+               sum(m.amount) as year
+        from ledger_rollup_monthly m
+        where m.month >= earliest_start and m.month < year_end and m.month <> month_start
           and (only_tenant is null or m.tenant_id = only_tenant)
         group by m.tenant_id, m.currency
     ),
-    -- One pass over the recent per-tenant daily rows sums from each possible period start:
-    -- the "before" sums only see days before a period start, which the common window reaches
-    -- in a period's first `trailing_days` days only.
-    trailing_spend as (
-        select d.tenant_id, d.currency, sum(d.amount) as total,
-               sum(d.amount) filter (where common_start < month_start and d.day < month_start)
-                   as before_month,
-               sum(d.amount) filter (where common_start < quarter_start and d.day < quarter_start)
-                   as before_quarter,
-               sum(d.amount) filter (where common_start < year_start and d.day < year_start)
-                   as before_year
+    -- The trailing window's spend from the recent per-tenant daily rows, per part: 0 in this
+    -- month, 1 earlier in this quarter, 2 earlier in this year, 3 before. The window reaches
+    -- back past the month's start only in a period's first `trailing_days` days; otherwise
+    -- each tenant has one row, and one sum (the states of numeric sums are large: one per
+    -- tenant, not four).
+    trailing_parts as (
+        select d.tenant_id, d.currency,
+               case when d.day >= month_start then 0 when d.day >= quarter_start then 1
+                    when d.day >= year_start then 2 else 3 end as part,
+               sum(d.amount) as amount
         from ledger_rollup_tenant_daily d
         where d.day >= common_start and (only_tenant is null or d.tenant_id = only_tenant)
-        group by d.tenant_id, d.currency
+        group by 1, 2, 3
     ),
     -- Incomplete windows that count: a whole window (tenant_id null), one tenant's inputs, or
     -- one tenant's usage that could not be priced (missing from its spend, as its inputs
@@ -126,18 +132,26 @@ begin
                t.state as tenant_state, p.period_start, p.period_end,
                greatest(p.period_start, common_start)::timestamp at time zone 'UTC'
                    as trailing_start,
-               coalesce(case b.period when 'monthly' then s.monthly
-                                      when 'quarterly' then s.quarterly
-                                      else s.yearly end, 0) as spent,
-               coalesce(tr.total - coalesce(case b.period when 'monthly' then tr.before_month
-                                                          when 'quarterly' then tr.before_quarter
-                                                          else tr.before_year end, 0), 0)
+               coalesce(m.amount, 0)
+                   + case b.period when 'monthly' then 0
+                                   when 'quarterly' then coalesce(o.quarter, 0)
+                                   else coalesce(o.year, 0) end as spent,
+               coalesce(t0.amount, 0)
+                   + case b.period when 'monthly' then 0
+                                   when 'quarterly' then coalesce(t1.amount, 0)
+                                   else coalesce(t1.amount, 0) + coalesce(t2.amount, 0) end
                    as trailing,
                tg.last as last_gap
         from current_budget b
         join tenants t on t.id = b.tenant_id
-        left join spent s on s.tenant_id = b.tenant_id and s.currency = b.currency
-        left join trailing_spend tr on tr.tenant_id = b.tenant_id and tr.currency = b.currency
+        left join this_month m on m.tenant_id = b.tenant_id and m.currency = b.currency
+        left join other_months o on o.tenant_id = b.tenant_id and o.currency = b.currency
+        left join trailing_parts t0
+          on t0.tenant_id = b.tenant_id and t0.currency = b.currency and t0.part = 0
+        left join trailing_parts t1
+          on t1.tenant_id = b.tenant_id and t1.currency = b.currency and t1.part = 1
+        left join trailing_parts t2
+          on t2.tenant_id = b.tenant_id and t2.currency = b.currency and t2.part = 2
         left join last_gap tg on tg.tenant_id = b.tenant_id
         cross join lateral (
             select case b.period when 'monthly' then month_start
