@@ -101,9 +101,10 @@ enum BenchCommand {
     Enforcer {
         #[arg(long, env = "BUDGETD_BENCH_DATABASE_URL")]
         database_url: String,
-        /// Tenants, each with a monthly budget.
-        #[arg(long, default_value_t = 10_000)]
-        tenants: usize,
+        /// Tenant counts, comma-separated, each measured in a scratch database of its own;
+        /// every tenant has a monthly budget.
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000])]
+        tenants: Vec<usize>,
         /// Timed rounds, after one warm-up.
         #[arg(long, default_value_t = 7)]
         rounds: usize,

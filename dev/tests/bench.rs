@@ -68,7 +68,7 @@ fn bench_collector_prints_its_figures_against_in_run_baselines() {
 
 #[test]
 fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
-    let stdout = run_bench(&["enforcer", "--tenants", "40", "--rounds", "2"]);
+    let stdout = run_bench(&["enforcer", "--tenants", "40,60", "--rounds", "2"]);
     // Each figure's line starts with its label and the number follows it.
     for label in [
         "plain SELECT of the spent sums",
@@ -76,6 +76,8 @@ fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
         "budget_statuses",
         "plan (pure)",
         "ratio total/plain",
+        "plain SELECT of the status' inputs",
+        "ratio total/inputs",
     ] {
         let line = stdout
             .lines()
@@ -89,7 +91,14 @@ fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
             .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"));
         assert!(value.is_finite() && value >= 0.0, "{line}");
     }
-    for context in ["target <= 250 ms", "target <= 2.0", "day ", "40 tenants"] {
+    for context in [
+        "target <= 100 ms",
+        "target <= 2.0",
+        "day ",
+        "data: 40 tenants",
+        "data: 60 tenants",
+        "summary:",
+    ] {
         assert!(
             stdout.contains(context),
             "missing {context:?} in:\n{stdout}"

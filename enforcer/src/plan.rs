@@ -327,11 +327,10 @@ fn plan_tenant(
         }
     }
 
-    for step in ladder.steps() {
-        let key = step.key();
-        if staying.iter().any(|(a, _)| a.step_key == key)
-            || !may_open(step.action.kind(), status.tenant_state)
+    for (key, step) in ladder.keyed_steps() {
+        if !may_open(step.action.kind(), status.tenant_state)
             || !holds(status, step, false, policy.hysteresis_percent)
+            || staying.iter().any(|(a, _)| a.step_key == key)
         {
             continue;
         }

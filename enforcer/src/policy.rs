@@ -145,7 +145,12 @@ pub struct StepSpec {
 
 /// A tenant's ladder: 1 to 32 steps, each rung at most once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ladder(Vec<Step>);
+pub struct Ladder {
+    steps: Vec<Step>,
+    /// `steps[i].key()`, computed once: planning compares every open action's rung with them
+    /// each cycle, for every tenant.
+    keys: Vec<String>,
+}
 
 impl Ladder {
     pub fn new(steps: Vec<Step>) -> Result<Ladder, Invalid> {
@@ -173,7 +178,12 @@ impl Ladder {
                 ));
             }
         }
-        Ok(Ladder(steps))
+        Ok(Ladder::of(steps))
+    }
+
+    fn of(steps: Vec<Step>) -> Ladder {
+        let keys = steps.iter().map(Step::key).collect();
+        Ladder { steps, keys }
     }
 
     /// Parses configured steps; `profiles` are the named quota profiles they may refer to.
@@ -202,7 +212,7 @@ impl Ladder {
             approval,
             grace_seconds: 0,
         };
-        Ladder(vec![
+        Ladder::of(vec![
             step(
                 100,
                 Basis::Forecast,
@@ -232,11 +242,16 @@ impl Ladder {
     }
 
     pub fn steps(&self) -> &[Step] {
-        &self.0
+        &self.steps
+    }
+
+    /// Each step with its key.
+    pub fn keyed_steps(&self) -> impl Iterator<Item = (&str, &Step)> {
+        self.keys.iter().map(String::as_str).zip(&self.steps)
     }
 
     pub fn find(&self, key: &str) -> Option<&Step> {
-        self.0.iter().find(|s| s.key() == key)
+        self.keyed_steps().find(|(k, _)| *k == key).map(|(_, s)| s)
     }
 }
 
