@@ -154,6 +154,31 @@ $$;
 create trigger price_book_rates_meter_key before insert on price_book_rates
     for each row execute function budgetd_rate_meter_key();
 
+-- Rollups -----------------------------------------------------------------------------------------
+
+-- A rollup row is written by the statement that writes its entries, from the entries' tenant
+-- keys, so its tenant exists; the per-row foreign-key checks on the first window of each day
+-- (one row per tenant and meter) cost more than the entries themselves. What the keys guarded,
+-- that a tenant with costs is never deleted, the retention trigger now checks.
+alter table ledger_rollup_daily drop constraint ledger_rollup_daily_tenant_id_fkey;
+alter table ledger_rollup_monthly drop constraint ledger_rollup_monthly_tenant_id_fkey;
+alter table ledger_rollup_tenant_daily drop constraint ledger_rollup_tenant_daily_tenant_id_fkey;
+
+create or replace function budgetd_tenant_retained() returns trigger
+language plpgsql as $$
+begin
+    if exists (select 1 from audit_log where target_type = 'tenant' and target_id = old.id) then
+        raise exception 'tenant % has audit records and is retained: tenants are never deleted', old.id
+            using errcode = 'insufficient_privilege';
+    end if;
+    if exists (select 1 from ledger_rollup_monthly where tenant_id = old.id) then
+        raise exception 'tenant % has ledger entries and is retained: tenants are never deleted', old.id
+            using errcode = 'insufficient_privilege';
+    end if;
+    return old;
+end
+$$;
+
 -- The table -------------------------------------------------------------------------------------
 
 drop view ledger_live_entries;
