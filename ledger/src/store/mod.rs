@@ -3,6 +3,7 @@
 //! PgBouncer), a client-side deadline, bounded retries of transient failures, and metrics.
 
 mod api_tokens;
+mod archive;
 mod audit;
 mod blueprint;
 mod budgets;
@@ -32,6 +33,7 @@ use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
+pub use archive::{DropOutcome, ExportRecorded, MonthArchive};
 pub use api_tokens::{ApiTokenRecord, NewApiToken, LAST_USED_RESOLUTION_SECONDS};
 pub use audit::{ActorActivity, AuditFilter, ChainStatus};
 pub use costs::DailyCost;
