@@ -19,3 +19,56 @@ create table ledger_archives (
     -- nothing is dropped without a verified copy
     check (archived_at is null or verified_at is not null)
 );
+
+-- A month whose archiving has begun gets no partition again: entries written for it would be
+-- in neither the archive nor the database's copy of the month. (As 20261202040000's, plus the
+-- check once the partition is found missing.)
+create or replace function budgetd_ensure_ledger_partition(month date) returns boolean
+language plpgsql as $$
+declare
+    name text := format('ledger_entries_p%s', to_char(month, 'YYYYMM'));
+    from_ts timestamptz := month::timestamp at time zone 'UTC';
+begin
+    if month is null or month <> date_trunc('month', month)::date then
+        raise exception 'a ledger partition starts on the first day of a month, not %', month
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if to_regclass(name) is not null then
+        return false;
+    end if;
+    perform pg_advisory_xact_lock(hashtext('budgetd_ledger_partitions'));
+    if to_regclass(name) is not null then
+        return false;
+    end if;
+    if exists (select 1 from ledger_archives a where a.month = budgetd_ensure_ledger_partition.month) then
+        raise exception 'ledger month % is archived: it takes no new entries', to_char(month, 'YYYY-MM')
+            using errcode = 'check_violation';
+    end if;
+    execute format('create table %I partition of ledger_entries for values from (%L) to (%L)',
+                   name, from_ts, (month + interval '1 month')::timestamp at time zone 'UTC');
+    perform budgetd_ledger_partition_triggers(name::regclass);
+    return true;
+end
+$$;
+
+-- A price-book version that priced entries of an archived month stays immutable: the
+-- manifests list the versions of their months.
+create or replace function budgetd_price_version_immutable() returns trigger
+language plpgsql as $$
+declare
+    version bigint;
+begin
+    if tg_table_name = 'price_book_versions' then
+        version := old.id;
+    else
+        version := old.version_id;
+    end if;
+    if exists (select 1 from ledger_entries where price_version = version)
+       or exists (select 1 from ledger_archives
+                  where manifest -> 'price_versions' @> to_jsonb(version)) then
+        raise exception 'price-book version % has priced ledger entries and is immutable', version
+            using errcode = 'integrity_constraint_violation';
+    end if;
+    return case when tg_op = 'DELETE' then old else new end;
+end
+$$;

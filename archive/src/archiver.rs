@@ -15,7 +15,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use ledger::archive::{ArchiveRow, Month};
+use ledger::archive::Month;
 use ledger::audit::AuditContext;
 use ledger::store::{DropOutcome, ExportRecorded, MonthArchive};
 use ledger::Store;
@@ -25,9 +25,6 @@ use crate::config::{store_url, ArchiveSettings};
 use crate::error::Error;
 use crate::manifest::{sha256, Manifest, ManifestFile};
 use crate::parquet_file::{decode, FileEncoder};
-
-/// Entries read from the database per statement.
-const PAGE_ROWS: i64 = 20_000;
 
 /// What happened to one month.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +122,11 @@ impl Archiver {
         self.check_before(before, now)?;
         let mut done = Vec::new();
         for month in self.due(before).await? {
-            let outcome = self.archive_month(month).await?;
+            let outcome = self.archive_month(month).await.inspect_err(|e| {
+                metrics::counter!("budgetd_archive_failures_total", "kind" => e.metric_label())
+                    .increment(1);
+            })?;
+            metrics::counter!("budgetd_archive_months_total").increment(1);
             tracing::info!(%month, ?outcome, "month archived");
             done.push((month, outcome));
         }
@@ -158,7 +159,7 @@ impl Archiver {
             None => self.export(month).await?,
         };
         if !self.store.mark_month_verified(month, audit_seq).await? {
-            return Err(Error::Refused(format!(
+            return Err(Error::Concurrent(format!(
                 "the archive of {month} was recorded again by another run; run archive again"
             )));
         }
@@ -178,8 +179,9 @@ impl Archiver {
                     .map(|d| format!("the database holds {d} (nothing was dropped)"))
                     .collect(),
             }),
-            DropOutcome::NotVerified => Err(Error::Refused(format!(
-                "the archive of {month} is not recorded as verified; nothing was dropped"
+            DropOutcome::NotVerified => Err(Error::Concurrent(format!(
+                "the archive of {month} is no longer recorded as verified (another run exported \
+                 it again); nothing was dropped: run archive again"
             ))),
         }
     }
@@ -205,24 +207,20 @@ impl Archiver {
         let cold = ColdStore::open(&store_url(&folder_url, "archive.url")?, self.settings.calls)?;
         let mut manifest = Manifest::new(month);
         let mut encoder = FileEncoder::new()?;
-        let mut last: Option<ArchiveRow> = None;
+        let mut last = None;
         loop {
-            let page = self
-                .store
-                .month_entries(month, last.as_ref(), PAGE_ROWS)
-                .await?;
-            let full = page.len() as i64 == PAGE_ROWS;
-            for row in page {
+            let window = self.store.month_window_entries(month, last).await?;
+            let Some(first) = window.first() else {
+                break;
+            };
+            last = Some(first.window_start);
+            for row in window {
                 manifest.add(&row);
-                last = Some(row.clone());
                 encoder.push(row)?;
                 if encoder.rows() == self.settings.rows_per_file {
                     let file = std::mem::replace(&mut encoder, FileEncoder::new()?);
                     upload(&cold, &mut manifest, file).await?;
                 }
-            }
-            if !full {
-                break;
             }
         }
         if encoder.rows() > 0 {
@@ -235,7 +233,7 @@ impl Archiver {
         {
             ExportRecorded::Recorded { audit_seq } => audit_seq,
             ExportRecorded::AlreadyArchived => {
-                return Err(Error::Refused(format!(
+                return Err(Error::Concurrent(format!(
                     "{month} was archived by another run meanwhile"
                 )))
             }

@@ -119,7 +119,7 @@ impl ColdStore {
 
     fn path(&self, name: &str) -> Path {
         name.split('/')
-            .fold(self.prefix.clone(), |path, part| path.child(part))
+            .fold(self.prefix.clone(), |path, part| path.join(part))
     }
 
     /// Writes `name` whole (an object appears complete or not at all).

@@ -18,6 +18,9 @@ pub enum Error {
     /// `--before` reaches into months that stay in the database.
     #[error("{0}")]
     Refused(String),
+    /// Another run changed the month's archive meanwhile: nothing was dropped by this one.
+    #[error("{0}")]
+    Concurrent(String),
     /// The copy read back is not what its manifest says: nothing was dropped.
     #[error("the archive of {month} does not match its manifest: {}", .differences.join("; "))]
     Differs {
@@ -37,6 +40,7 @@ impl Error {
             Error::Store { .. } => "store",
             Error::Format(_) => "format",
             Error::Refused(_) => "refused",
+            Error::Concurrent(_) => "concurrent",
             Error::Differs { .. } => "differs",
             Error::Manifest { .. } => "manifest",
         }

@@ -187,6 +187,7 @@ mod tests {
                 amount: amount.parse().unwrap(),
                 currency: "EUR".into(),
                 source: "test".into(),
+                reason: None,
             });
         }
         manifest

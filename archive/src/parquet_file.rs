@@ -13,7 +13,7 @@ use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
-use parquet::record::RowAccessor;
+use parquet::record::{Field, RowAccessor};
 use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::Type;
 use rust_decimal::Decimal;
@@ -37,6 +37,7 @@ pub const SCHEMA: &str = "message ledger_entry {
     required binary amount (STRING);
     required binary currency (STRING);
     required binary source (STRING);
+    optional binary reason (STRING);
 }";
 
 /// Rows per row group: a reader holds one group's column chunks at a time.
@@ -124,7 +125,19 @@ impl FileEncoder {
                 12 => write_text(&mut writer, &text(&|r| r.amount.to_string()))?,
                 13 => write_text(&mut writer, &text(&|r| r.currency.clone()))?,
                 14 => write_text(&mut writer, &text(&|r| r.source.clone()))?,
-                _ => unreachable!("the schema has 15 columns"),
+                15 => {
+                    let present: Vec<ByteArray> = rows
+                        .iter()
+                        .filter_map(|r| r.reason.as_ref())
+                        .map(|reason| ByteArray::from(reason.as_str()))
+                        .collect();
+                    let levels: Vec<i16> =
+                        rows.iter().map(|r| i16::from(r.reason.is_some())).collect();
+                    writer
+                        .typed::<ByteArrayType>()
+                        .write_batch(&present, Some(&levels), None)?;
+                }
+                _ => unreachable!("the schema has 16 columns"),
             }
             writer.close()?;
             column += 1;
@@ -205,6 +218,11 @@ pub fn decode(
             amount: decimal(12, "amount")?,
             currency: row.get_string(13)?.clone(),
             source: row.get_string(14)?.clone(),
+            reason: match row.get_column_iter().nth(15).map(|(_, field)| field) {
+                Some(Field::Null) => None,
+                Some(Field::Str(reason)) => Some(reason.clone()),
+                _ => return Err(bad("reason is not text".to_owned())),
+            },
         })?;
         count += 1;
     }
@@ -233,6 +251,7 @@ mod tests {
             amount: Decimal::new(-i * 123_456_789_012_345, 12),
             currency: "EUR".into(),
             source: "collector".into(),
+            reason: (i % 5 == 0).then(|| format!("recollected {i}")),
         }
     }
 

@@ -96,19 +96,8 @@ pub struct ArchiveRow {
     pub amount: Decimal,
     pub currency: String,
     pub source: String,
-}
-
-impl ArchiveRow {
-    /// The position in the archive's order: window start, tenant, meter, revision, kind.
-    pub fn order_key(&self) -> (DateTime<Utc>, &str, &str, i32, &str) {
-        (
-            self.window_start,
-            &self.tenant_id,
-            &self.meter,
-            self.revision,
-            &self.kind,
-        )
-    }
+    /// A correction's reason.
+    pub reason: Option<String>,
 }
 
 /// Entries and amount of one tenant in one currency.
@@ -202,6 +191,7 @@ mod tests {
             amount: Decimal::new(amount, 2),
             currency: "EUR".into(),
             source: "test".into(),
+            reason: None,
         };
         let mut a = MonthTally::default();
         let mut b = MonthTally::default();

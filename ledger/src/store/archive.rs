@@ -16,7 +16,7 @@ use crate::audit::AuditContext;
 use crate::error::Error;
 
 /// Where the readable entries are: the one place that names them.
-const ENTRY_DETAILS: &str = "ledger_entries";
+const ENTRY_DETAILS: &str = "ledger_entry_details";
 
 /// A statement over a whole month (its tally, the drop) reads every entry of it: at 10,000
 /// tenants that is minutes, not the seconds of `database.statement_timeout_ms`.
@@ -148,38 +148,33 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` entries of `month` after `after` (an [`ArchiveRow::order_key`]), in the
-    /// archive's order. Each page is one statement, so a month of any size is read within the
-    /// statement timeout.
-    pub async fn month_entries(
+    /// The entries of the first window start of `month` after `after` (all windows starting
+    /// then), in the archive's order; none when the month has no later window. One window per
+    /// statement: the next start is found on the partition key's index, so a month of any size
+    /// is read a bounded page at a time.
+    pub async fn month_window_entries(
         &self,
         month: Month,
-        after: Option<&ArchiveRow>,
-        limit: i64,
+        after: Option<DateTime<Utc>>,
     ) -> Result<Vec<ArchiveRow>, Error> {
         let sql = format!(
-            "select tenant_id::text, meter::text, window_start, window_end, revision, kind::text, \
-             quantity, unit::text, price_version, rate, price_unit::text, units_per_price_unit, \
-             amount, currency::text, source::text \
-             from {ENTRY_DETAILS} \
-             where window_start >= $1 and window_start < $2 \
-               and ($3::timestamptz is null \
-                    or (window_start, tenant_id::text, meter::text, revision, kind::text) \
-                       > ($3, $4, $5, $6, $7)) \
-             order by window_start, tenant_id::text, meter::text, revision, kind::text \
-             limit $8"
+            "with next as ( \
+                 select min(window_start) as window_start from ledger_entries \
+                 where window_start >= $1 and window_start < $2 \
+                   and ($3::timestamptz is null or window_start > $3)) \
+             select d.tenant_id::text, d.meter::text, d.window_start, d.window_end, d.revision, \
+                    d.kind::text, d.quantity, d.unit::text, d.price_version, d.rate, \
+                    d.price_unit::text, d.units_per_price_unit, d.amount, d.currency::text, \
+                    d.source::text, d.reason::text \
+             from {ENTRY_DETAILS} d join next using (window_start) \
+             order by d.tenant_id::text, d.meter::text, d.window_end, d.revision, d.kind::text"
         );
         self.run("archive_read", || async {
             let mut tx = self.begin().await?;
             let rows = query(&sql)
                 .bind(month.start())
                 .bind(month.next().start())
-                .bind(after.map(|r| r.window_start))
-                .bind(after.map(|r| r.tenant_id.as_str()))
-                .bind(after.map(|r| r.meter.as_str()))
-                .bind(after.map(|r| r.revision))
-                .bind(after.map(|r| r.kind.as_str()))
-                .bind(limit)
+                .bind(after)
                 .fetch_all(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -201,6 +196,7 @@ impl Store {
                         amount: row.try_get(12)?,
                         currency: row.try_get(13)?,
                         source: row.try_get(14)?,
+                        reason: row.try_get(15)?,
                     })
                 })
                 .collect()
