@@ -356,10 +356,7 @@ pub async fn read_back(cold: &ColdStore, manifest: &Manifest) -> Result<Vec<Stri
             Err(e) => differences.push(format!("{url}: {e}")),
         }
         if outside > 0 {
-            differences.push(format!(
-                "{url}: {outside} rows outside {}",
-                manifest.month
-            ));
+            differences.push(format!("{url}: {outside} rows outside {}", manifest.month));
         }
     }
     if differences.is_empty() {

@@ -69,8 +69,7 @@ pub const SCHEMES: [&str; 8] = ["file", "s3", "s3a", "az", "azure", "abfs", "abf
 
 /// An object-store folder URL with no credentials in it.
 pub fn store_url(text: &str, key: &str) -> Result<Url, Invalid> {
-    let url =
-        Url::parse(text.trim()).map_err(|e| Invalid::new(key, format!("{text:?}: {e}")))?;
+    let url = Url::parse(text.trim()).map_err(|e| Invalid::new(key, format!("{text:?}: {e}")))?;
     if !SCHEMES.contains(&url.scheme()) {
         return Err(Invalid::new(
             key,
@@ -88,10 +87,16 @@ pub fn store_url(text: &str, key: &str) -> Result<Url, Invalid> {
         ));
     }
     if url.scheme() == "file" && url.to_file_path().is_err() {
-        return Err(Invalid::new(key, "a file:// URL needs an absolute local path"));
+        return Err(Invalid::new(
+            key,
+            "a file:// URL needs an absolute local path",
+        ));
     }
     if url.scheme() != "file" && url.host_str().is_none_or(str::is_empty) {
-        return Err(Invalid::new(key, "needs a bucket or container: s3://bucket/prefix"));
+        return Err(Invalid::new(
+            key,
+            "needs a bucket or container: s3://bucket/prefix",
+        ));
     }
     Ok(url)
 }
@@ -108,7 +113,11 @@ impl ArchiveSection {
                 0..=1200,
                 "archive.hot_retention_months",
             )?,
-            rows_per_file: within(self.rows_per_file, 1_000..=100_000_000, "archive.rows_per_file")?,
+            rows_per_file: within(
+                self.rows_per_file,
+                1_000..=100_000_000,
+                "archive.rows_per_file",
+            )?,
             calls: CallLimits {
                 timeout: timeout_millis(self.timeout_ms, "archive.timeout_ms")?,
                 connect_timeout: timeout_millis(
@@ -143,7 +152,9 @@ mod tests {
             "abfss://container@account.dfs.core.windows.net/ledger",
             "gs://bucket",
         ] {
-            section(good).validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+            section(good)
+                .validate()
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
         }
         for (bad, says) in [
             ("http://example.com/x", "is not one of"),

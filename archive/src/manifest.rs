@@ -131,7 +131,9 @@ impl Manifest {
             if name.is_empty()
                 || name.contains('/')
                 || name.starts_with('.')
-                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return Err(format!("file name {name:?} is not a plain file name"));
             }
@@ -203,7 +205,9 @@ mod tests {
 
         let mut bad = json.clone();
         bad["files"][0]["name"] = "../../etc/passwd".into();
-        assert!(Manifest::from_json(&bad).unwrap_err().contains("plain file name"));
+        assert!(Manifest::from_json(&bad)
+            .unwrap_err()
+            .contains("plain file name"));
         let mut bad = json;
         bad["sums"][0]["amount"] = "1e3".into();
         assert!(Manifest::from_json(&bad).unwrap_err().contains("amount"));

@@ -96,7 +96,9 @@ impl FileEncoder {
         let rows = std::mem::take(&mut self.pending);
         let mut group = self.writer.next_row_group()?;
         let text = |f: &dyn Fn(&ArchiveRow) -> String| -> Vec<ByteArray> {
-            rows.iter().map(|r| ByteArray::from(f(r).into_bytes())).collect()
+            rows.iter()
+                .map(|r| ByteArray::from(f(r).into_bytes()))
+                .collect()
         };
         let micros = |f: &dyn Fn(&ArchiveRow) -> DateTime<Utc>| -> Vec<i64> {
             rows.iter().map(|r| f(r).timestamp_micros()).collect()
@@ -110,7 +112,9 @@ impl FileEncoder {
                 3 => write_i64(&mut writer, &micros(&|r| r.window_end))?,
                 4 => {
                     let values: Vec<i32> = rows.iter().map(|r| r.revision).collect();
-                    writer.typed::<Int32Type>().write_batch(&values, None, None)?;
+                    writer
+                        .typed::<Int32Type>()
+                        .write_batch(&values, None, None)?;
                 }
                 5 => write_text(&mut writer, &text(&|r| r.kind.clone()))?,
                 6 => write_text(&mut writer, &text(&|r| r.quantity.to_string()))?,
@@ -168,7 +172,9 @@ fn write_i64(
     writer: &mut parquet::file::writer::SerializedColumnWriter<'_>,
     values: &[i64],
 ) -> Result<(), FormatError> {
-    writer.typed::<Int64Type>().write_batch(values, None, None)?;
+    writer
+        .typed::<Int64Type>()
+        .write_batch(values, None, None)?;
     Ok(())
 }
 

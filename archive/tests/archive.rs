@@ -209,7 +209,10 @@ async fn a_closed_month_is_archived_verified_and_dropped_and_the_totals_stay() {
     // 2 × 1,200 entries, and a reversal and a second revision.
     assert_eq!(entries_in(&db, jan).await, 2_402);
     let before = finance_totals(&db).await;
-    assert!(before.0.iter().any(|r| r.contains("2025-01-01")), "{before:?}");
+    assert!(
+        before.0.iter().any(|r| r.contains("2025-01-01")),
+        "{before:?}"
+    );
 
     let dir = store_dir("archive");
     let archiver = Archiver::new(db.store.clone(), settings(&dir), ctx());
@@ -228,7 +231,11 @@ async fn a_closed_month_is_archived_verified_and_dropped_and_the_totals_stay() {
     assert!(partition_exists(&db, feb).await, "February stays");
     assert_eq!(entries_in(&db, jan).await, 0);
     assert_eq!(entries_in(&db, feb).await, 22);
-    assert_eq!(finance_totals(&db).await, before, "finance totals unchanged");
+    assert_eq!(
+        finance_totals(&db).await,
+        before,
+        "finance totals unchanged"
+    );
 
     // One audit record holds the manifest; the chain is intact.
     let records = export_records(&db, jan).await;
@@ -288,7 +295,9 @@ async fn a_closed_month_is_archived_verified_and_dropped_and_the_totals_stay() {
 #[tokio::test]
 async fn months_inside_the_hot_retention_and_the_current_month_are_refused() {
     let db = fresh_database().await;
-    testkit::db::create_tenant(&db.store, "a").await;
+    for id in ["a", "b"] {
+        testkit::db::create_tenant(&db.store, id).await;
+    }
     let nov = month("2025-11");
     write_month(&db, nov, 3).await;
     let dir = store_dir("refused");
@@ -309,7 +318,7 @@ async fn months_inside_the_hot_retention_and_the_current_month_are_refused() {
         }
     }
     assert!(partition_exists(&db, nov).await);
-    assert_eq!(entries_in(&db, nov).await, 3);
+    assert_eq!(entries_in(&db, nov).await, 8);
     assert!(export_records(&db, nov).await.is_empty());
     // Up to the first hot month is allowed: nothing before it here.
     assert_eq!(archiver.run(nov, now()).await.unwrap(), vec![]);
@@ -343,7 +352,9 @@ async fn an_interrupted_archive_completes_on_the_next_run() {
     let late = cpu_entry(&version, jan, "b", 100, Decimal::ONE);
     let refused = db.store.write_entries(&[late], "test").await;
     assert!(
-        refused.as_ref().is_err_and(|e| e.to_string().contains("archived")),
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("archived")),
         "a frozen month took an entry: {refused:?}"
     );
 
@@ -362,7 +373,10 @@ async fn an_interrupted_archive_completes_on_the_next_run() {
     archiver.export(feb).await.unwrap();
     std::fs::remove_file(part(&dir, feb, 0)).unwrap();
     let done = archiver.run(month("2025-03"), now()).await.unwrap();
-    assert_eq!(done, vec![(feb, MonthOutcome::Archived { rows: 10, files: 1 })]);
+    assert_eq!(
+        done,
+        vec![(feb, MonthOutcome::Archived { rows: 10, files: 1 })]
+    );
     assert_eq!(export_records(&db, feb).await.len(), 2);
     let verified = archiver.verify(None).await.unwrap();
     assert!(

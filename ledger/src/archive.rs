@@ -20,8 +20,9 @@ impl Month {
     pub fn parse(field: &str, value: &str) -> Result<Month, Invalid> {
         let invalid = || Invalid::new(field, format!("{value:?} is not a month such as 2025-01"));
         let (year, month) = value.split_once('-').ok_or_else(invalid)?;
-        if year.len() != 4 || month.len() != 2 || !(year.chars().chain(month.chars()))
-            .all(|c| c.is_ascii_digit())
+        if year.len() != 4
+            || month.len() != 2
+            || !(year.chars().chain(month.chars())).all(|c| c.is_ascii_digit())
         {
             return Err(invalid());
         }
@@ -166,8 +167,20 @@ mod tests {
         assert_eq!(m.partition(), "ledger_entries_p202501");
         assert_eq!(m.next().to_string(), "2025-02");
         assert_eq!(m.minus(13).to_string(), "2023-12");
-        assert_eq!(Month::parse("m", "2024-12").unwrap().next().to_string(), "2025-01");
-        for bad in ["2025-1", "2025-13", "25-01", "2025-00", "2025/01", "1969-12", "2025-01-01", ""] {
+        assert_eq!(
+            Month::parse("m", "2024-12").unwrap().next().to_string(),
+            "2025-01"
+        );
+        for bad in [
+            "2025-1",
+            "2025-13",
+            "25-01",
+            "2025-00",
+            "2025/01",
+            "1969-12",
+            "2025-01-01",
+            "",
+        ] {
             let e = Month::parse("--before", bad).unwrap_err();
             assert_eq!(e.field, "--before", "{bad}");
         }

@@ -89,8 +89,7 @@ async fn write_entries(db: &TestDb, month: Month, windows: i64) {
                     EntryKey {
                         tenant: tenant.parse().unwrap(),
                         meter: cpu.clone(),
-                        window: Window::new(start, start + chrono::Duration::seconds(300))
-                            .unwrap(),
+                        window: Window::new(start, start + chrono::Duration::seconds(300)).unwrap(),
                     },
                     Decimal::from(60 + i),
                     UnitName::parse("u", "core_seconds").unwrap(),
@@ -125,32 +124,49 @@ async fn archive_moves_a_closed_month_out_and_verify_finds_a_tampered_file() {
     let store = dir.join("store");
     let config = archive_section(&store, 0);
 
-    let (code, stdout, stderr) = run(budgetd(&db, &dir, &config).args(["archive", "--before", "2025-02"]));
+    let (code, stdout, stderr) =
+        run(budgetd(&db, &dir, &config).args(["archive", "--before", "2025-02"]));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains("2025-01: archived, 24 entries in 1 files; partition dropped"),
         "{stdout}"
     );
-    assert_eq!(monthly_totals(&db).await, totals, "finance totals unchanged");
-    let (code, stdout, stderr) = run(budgetd(&db, &dir, &config).args(["archive", "--before", "2025-02"]));
+    assert_eq!(
+        monthly_totals(&db).await,
+        totals,
+        "finance totals unchanged"
+    );
+    let (code, stdout, stderr) =
+        run(budgetd(&db, &dir, &config).args(["archive", "--before", "2025-02"]));
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("nothing to archive before 2025-02"), "{stdout}");
+    assert!(
+        stdout.contains("nothing to archive before 2025-02"),
+        "{stdout}"
+    );
 
     let (code, stdout, stderr) = run(budgetd(&db, &dir, &config).args(["archive", "verify"]));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("2025-01: ok, 24 entries in 1 files at file://"), "{stdout}");
+    assert!(
+        stdout.contains("2025-01: ok, 24 entries in 1 files at file://"),
+        "{stdout}"
+    );
 
     let file = store.join("ledger_entries/2025-01/part-00000.parquet");
     let mut bytes = std::fs::read(&file).unwrap();
     let last = bytes.len() - 20;
     bytes[last] ^= 0x10;
     std::fs::write(&file, bytes).unwrap();
-    let (code, stdout, _) = run(budgetd(&db, &dir, &config).args(["archive", "verify", "--month", "2025-01"]));
+    let (code, stdout, _) =
+        run(budgetd(&db, &dir, &config).args(["archive", "verify", "--month", "2025-01"]));
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("2025-01: DIFFERS from its manifest"), "{stdout}");
+    assert!(
+        stdout.contains("2025-01: DIFFERS from its manifest"),
+        "{stdout}"
+    );
     assert!(stdout.contains("part-00000.parquet: SHA-256"), "{stdout}");
 
-    let (code, _, stderr) = run(budgetd(&db, &dir, &config).args(["archive", "verify", "--month", "2024-05"]));
+    let (code, _, stderr) =
+        run(budgetd(&db, &dir, &config).args(["archive", "verify", "--month", "2024-05"]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("2024-05 has no archive"), "{stderr}");
 }
@@ -164,16 +180,26 @@ async fn archive_refuses_hot_months_the_current_month_and_a_missing_section() {
     let store = dir.join("store");
     let current = Month::of(Utc::now());
 
-    let (code, _, stderr) = run(budgetd(&db, &dir, &archive_section(&store, 0))
-        .args(["archive", "--before", &current.next().to_string()]));
+    let (code, _, stderr) = run(budgetd(&db, &dir, &archive_section(&store, 0)).args([
+        "archive",
+        "--before",
+        &current.next().to_string(),
+    ]));
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains(&format!("include the current month {current}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("include the current month {current}")),
+        "{stderr}"
+    );
 
-    let (code, _, stderr) = run(budgetd(&db, &dir, &archive_section(&store, 1200))
-        .args(["archive", "--before", "2025-02"]));
+    let (code, _, stderr) =
+        run(budgetd(&db, &dir, &archive_section(&store, 1200))
+            .args(["archive", "--before", "2025-02"]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("inside the hot retention"), "{stderr}");
-    assert!(stderr.contains("archive.hot_retention_months = 1200"), "{stderr}");
+    assert!(
+        stderr.contains("archive.hot_retention_months = 1200"),
+        "{stderr}"
+    );
 
     let (code, _, stderr) = run(budgetd(&db, &dir, "").args(["archive", "--before", "2025-02"]));
     assert_eq!(code, 2, "{stderr}");
@@ -183,10 +209,14 @@ async fn archive_refuses_hot_months_the_current_month_and_a_missing_section() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--before: is required"), "{stderr}");
 
-    let (code, _, stderr) = run(budgetd(&db, &dir, &archive_section(&store, 0))
-        .args(["archive", "--before", "2025-13"]));
+    let (code, _, stderr) =
+        run(budgetd(&db, &dir, &archive_section(&store, 0))
+            .args(["archive", "--before", "2025-13"]));
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("is not a month such as 2025-01"), "{stderr}");
+    assert!(
+        stderr.contains("is not a month such as 2025-01"),
+        "{stderr}"
+    );
 
     // Nothing moved.
     let mut conn = PgConnection::connect(&db.url).await.unwrap();

@@ -249,12 +249,11 @@ impl Store {
     ) -> Result<ExportRecorded, Error> {
         self.run("archive_record_export", || async {
             let mut tx = self.begin().await?;
-            let archived: Option<Option<DateTime<Utc>>> = query_scalar(
-                "select archived_at from ledger_archives where month = $1 for update",
-            )
-            .bind(month.first_day())
-            .fetch_optional(&mut *tx)
-            .await?;
+            let archived: Option<Option<DateTime<Utc>>> =
+                query_scalar("select archived_at from ledger_archives where month = $1 for update")
+                    .bind(month.first_day())
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if matches!(archived, Some(Some(_))) {
                 return Ok(ExportRecorded::AlreadyArchived);
             }

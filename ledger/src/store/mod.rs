@@ -33,8 +33,8 @@ use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
-pub use archive::{DropOutcome, ExportRecorded, MonthArchive};
 pub use api_tokens::{ApiTokenRecord, NewApiToken, LAST_USED_RESOLUTION_SECONDS};
+pub use archive::{DropOutcome, ExportRecorded, MonthArchive};
 pub use audit::{ActorActivity, AuditFilter, ChainStatus};
 pub use costs::DailyCost;
 pub use enforcement::ActionFilter;
