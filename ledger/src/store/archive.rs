@@ -70,6 +70,9 @@ fn archive_from_row(row: &sqlx::postgres::PgRow) -> Result<MonthArchive, Error> 
     })
 }
 
+/// A month's `audit_seq`, `verified_at` and `archived_at`.
+type RecordedState = (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 const ARCHIVE_COLUMNS: &str =
     "month, url, manifest, audit_seq, exported_at, verified_at, archived_at";
 
@@ -325,7 +328,7 @@ impl Store {
         // The tally reads the whole month, and detaching waits for the writers of the table.
         self.run_within("archive_drop", self.month_sized(2), || async {
             let mut tx = self.begin_month_sized().await?;
-            let state: Option<(i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = query_as(
+            let state: Option<RecordedState> = query_as(
                 "select audit_seq, verified_at, archived_at from ledger_archives \
                  where month = $1 for update",
             )
