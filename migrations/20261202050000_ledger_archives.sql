@@ -36,16 +36,16 @@ begin
     if to_regclass(name) is not null then
         return false;
     end if;
-    perform pg_advisory_xact_lock(hashtext('budgetd_ledger_partitions'));
-    if to_regclass(name) is not null then
-        return false;
-    end if;
     if exists (select 1 from ledger_archives a where a.month = budgetd_ensure_ledger_partition.month) then
         raise exception 'ledger month % is archived: it takes no new entries', to_char(month, 'YYYY-MM')
             using errcode = 'check_violation';
     end if;
-    execute format('create table %I partition of ledger_entries for values from (%L) to (%L)',
-                   name, from_ts, (month + interval '1 month')::timestamp at time zone 'UTC');
+    begin
+        execute format('create table %I partition of ledger_entries for values from (%L) to (%L)',
+                       name, from_ts, (month + interval '1 month')::timestamp at time zone 'UTC');
+    exception when duplicate_table or unique_violation then
+        return false;
+    end;
     perform budgetd_ledger_partition_triggers(name::regclass);
     return true;
 end
