@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use ledger::archive::Month;
 use ledger::store::{ChainStatus, LeaderLock};
 use ledger::tenant::TenantId;
 use ledger::Store;
@@ -96,6 +97,17 @@ enum DaemonCommand {
         #[command(subcommand)]
         audit: AuditCommand,
     },
+    /// Move closed months out of the database, verifiably (see `archive --help`)
+    ///
+    /// `archive --before YYYY-MM` exports every month before YYYY-MM and older than
+    /// archive.hot_retention_months to Parquet files in the object store of [archive] url,
+    /// writes their manifest (rows, sums per tenant and currency, SHA-256 of each file) into
+    /// the audit log, reads them back, and only then drops the month's partition. Rollups
+    /// and finance views keep the months' totals. Run again after any failure: it completes
+    /// what was begun, and does nothing for months already archived.
+    /// `archive verify [--month YYYY-MM]` reads archives back and checks them against their
+    /// manifests; exit 1 naming what differs.
+    Archive(ArchiveArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -118,6 +130,28 @@ struct CollectArgs {
     /// Why, for the correction entries (with --recollect).
     #[arg(long, default_value = "recollected", value_parser = parse_reason)]
     reason: String,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ArchiveArgs {
+    /// Archive the months before this one (YYYY-MM, UTC); it may be at most the first month
+    /// inside archive.hot_retention_months.
+    #[arg(long, value_parser = parse_month)]
+    before: Option<Month>,
+    #[command(subcommand)]
+    command: Option<ArchiveCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// Read archives back and check them against their manifests (hashes, rows, sums per
+    /// tenant) and the manifests against the audit log; exit 1 naming what differs.
+    Verify {
+        /// Only this month (YYYY-MM).
+        #[arg(long, value_parser = parse_month)]
+        month: Option<Month>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +304,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         DaemonCommand::Audit {
             audit: AuditCommand::Verify,
         } => audit_verify(&config).await,
+        DaemonCommand::Archive(args) => archive(&config, args).await,
         DaemonCommand::Config {
             config: ConfigCommand::Show,
         } => {
@@ -452,6 +487,79 @@ async fn audit_verify(config: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
+async fn archive(config: &Config, args: ArchiveArgs) -> anyhow::Result<ExitCode> {
+    let settings = config.archive.clone().ok_or_else(|| {
+        ConfigError::new(
+            "archive",
+            "archive needs an [archive] section with url (where the months go)",
+        )
+    })?;
+    let store = open_store(config).await?;
+    let ctx = ledger::audit::AuditContext {
+        actor: ledger::audit::Actor::system("archive"),
+        request_id: format!("archive-{}", uuid::Uuid::new_v4()),
+    };
+    let archiver = archive::Archiver::new(store, settings, ctx);
+    let mut out = std::io::stdout().lock();
+    match (args.command, args.before) {
+        (Some(ArchiveCommand::Verify { month }), _) => {
+            let checked = match archiver.verify(month).await {
+                Err(archive::Error::Refused(message)) => {
+                    return Err(ConfigError::new("--month", message).into())
+                }
+                other => other?,
+            };
+            if checked.is_empty() {
+                writeln!(out, "no archived months")?;
+            }
+            let mut failed = false;
+            for v in &checked {
+                if v.differences.is_empty() {
+                    writeln!(
+                        out,
+                        "{}: ok, {} entries in {} files at {}",
+                        v.month, v.rows, v.files, v.url
+                    )?;
+                } else {
+                    failed = true;
+                    writeln!(out, "{}: DIFFERS from its manifest ({}):", v.month, v.url)?;
+                    for d in &v.differences {
+                        writeln!(out, "  {d}")?;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        (None, Some(before)) => {
+            let done = match archiver.run(before, Utc::now()).await {
+                Err(archive::Error::Refused(message)) => {
+                    return Err(ConfigError::new("--before", message).into())
+                }
+                other => other?,
+            };
+            if done.is_empty() {
+                writeln!(out, "nothing to archive before {before}")?;
+            }
+            for (month, archive::MonthOutcome::Archived { rows, files }) in &done {
+                writeln!(
+                    out,
+                    "{month}: archived, {rows} entries in {files} files; partition dropped"
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, None) => Err(ConfigError::new(
+            "--before",
+            "is required: archive --before YYYY-MM, or archive verify",
+        )
+        .into()),
+    }
+}
+
 async fn collect(config: &Config, args: CollectArgs) -> anyhow::Result<ExitCode> {
     let CollectArgs {
         from,
@@ -512,6 +620,11 @@ fn parse_instant(value: &str) -> Result<DateTime<Utc>, String> {
         return parse_day(value).map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
     ledger::time::parse_instant("time", value).map_err(|e| e.message)
+}
+
+/// `YYYY-MM`, zero-padded.
+fn parse_month(value: &str) -> Result<Month, String> {
+    Month::parse("month", value).map_err(|e| e.message)
 }
 
 /// `YYYY-MM-DD`, zero-padded, in the ledger's range.

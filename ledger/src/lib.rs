@@ -3,6 +3,7 @@
 //! source of truth: entries are immutable, a retried write is a no-op, a differing one is a
 //! recorded conflict, and corrections are reversal entries.
 
+pub mod archive;
 pub mod audit;
 pub mod budget;
 pub mod config;

@@ -177,6 +177,8 @@ struct File {
     kafka: Option<relay::KafkaSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     grafana: Option<grafana::GrafanaSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive: Option<archive::ArchiveSection>,
 }
 
 /// `[api]`.
@@ -282,6 +284,8 @@ pub struct Config {
     pub kafka: Option<relay::KafkaSettings>,
     /// The Grafana reconciler, when `[grafana]` is there.
     pub grafana: Option<grafana::GrafanaSettings>,
+    /// Where `budgetd archive` puts closed months, when `[archive]` is there.
+    pub archive: Option<archive::ArchiveSettings>,
     /// `BUDGETD_PSEUDONYMISATION_KEY`: the key of offboarded tenants' pseudonyms; without it, the
     /// database's per-installation key.
     pub pseudonymisation_key: Option<secrecy::SecretString>,
@@ -467,6 +471,12 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         .map(grafana::GrafanaSection::validate)
         .transpose()
         .map_err(invalid)?;
+    let archive = file
+        .archive
+        .as_ref()
+        .map(archive::ArchiveSection::validate)
+        .transpose()
+        .map_err(invalid)?;
     let collector = match &file.collector {
         Some(c) if c.enabled => Some(
             c.validate(file.meters.as_deref(), &file.prometheus)
@@ -511,6 +521,7 @@ fn validate(file: File, origin: Origin, path: Option<&Path>) -> Result<Config, C
         oidc,
         kafka,
         grafana,
+        archive,
         pseudonymisation_key: None,
         source: Source {
             path: path.map(Path::to_owned),

@@ -104,6 +104,11 @@ pub(super) fn render(config: &Config) -> String {
             "\n# [grafana]: not in the configuration, so no Grafana folders are kept; url, token and datasource.host/database are required to switch it on.\n",
         );
     }
+    if source.file.archive.is_none() {
+        out.push_str(
+            "\n# [archive]: not in the configuration, so `budgetd archive` cannot run; url is required to switch it on.\n",
+        );
+    }
     if source.file.kafka.is_none() {
         out.push_str(
             "\n# [kafka]: not in the configuration, so no Kafka relay runs; bootstrap_servers is required to switch it on.\n",

@@ -751,7 +751,8 @@ fn the_readme_states_every_default() {
     let shown = load(
         "[collector]\n[enforcement]\n[kafka]\nbootstrap_servers = \"kafka:9092\"\n\
          [grafana]\nurl = \"http://grafana:3000\"\ntoken = \"glsa\"\n\
-         [grafana.datasource]\nhost = \"db:5432\"\ndatabase = \"budgetd\"\n",
+         [grafana.datasource]\nhost = \"db:5432\"\ndatabase = \"budgetd\"\n\
+         [archive]\nurl = \"s3://bucket/ledger\"\n",
         &env,
     )
     .unwrap()

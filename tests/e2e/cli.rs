@@ -453,7 +453,8 @@ fn help_lists_the_operator_commands_and_nothing_for_developers() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     for operator in [
-        "migrate", "run", "collect", "enforce", "report", "audit", "config", "tenants", "tokens",
+        "migrate", "run", "collect", "enforce", "report", "audit", "archive", "config", "tenants",
+        "tokens",
     ] {
         assert!(
             commands.contains(&operator),

@@ -3,6 +3,7 @@
 
 mod api_input;
 mod api_rbac;
+mod archive;
 mod cli;
 mod cli_tenants;
 mod collector;

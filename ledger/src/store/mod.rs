@@ -3,6 +3,7 @@
 //! PgBouncer), a client-side deadline, bounded retries of transient failures, and metrics.
 
 mod api_tokens;
+mod archive;
 mod audit;
 mod blueprint;
 mod budgets;
@@ -33,6 +34,7 @@ use sqlx::{ConnectOptions, Connection, FromRow, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
 pub use api_tokens::{ApiTokenRecord, NewApiToken, LAST_USED_RESOLUTION_SECONDS};
+pub use archive::{DropOutcome, ExportRecorded, MonthArchive};
 pub use audit::{ActorActivity, AuditFilter, ChainStatus};
 pub use costs::DailyCost;
 pub use enforcement::ActionFilter;

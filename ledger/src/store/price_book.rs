@@ -221,10 +221,15 @@ async fn remove_version(
             id: id.to_string(),
         })?;
     let priced: bool =
-        query_scalar("select exists (select 1 from ledger_entries where price_version = $1)")
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await?;
+        // Archived months' entries count too: their manifests list the versions.
+        query_scalar(
+            "select exists (select 1 from ledger_entries where price_version = $1) \
+             or exists (select 1 from ledger_archives \
+                        where manifest -> 'price_versions' @> to_jsonb($1::bigint))",
+        )
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
     if priced {
         return Err(in_use(id, "has priced ledger entries"));
     }
