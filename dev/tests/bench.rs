@@ -67,7 +67,7 @@ fn bench_collector_prints_its_figures_against_in_run_baselines() {
         "catch-up of 24 h after an outage",
         "EXTRAPOLATED: 1 h measured",
         "catch-up: queries timed out",
-        "time in Prometheus' queries",
+        "in Prometheus' queries",
     ] {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }
