@@ -38,8 +38,76 @@ pub struct CollectorConfig {
     pub start: Option<DateTime<Utc>>,
     /// How far back Prometheus still has data: older windows cannot be collected.
     pub horizon: Duration,
-    /// Windows per query (and per commit) when catching up or backfilling.
+    /// The most windows per query (and per commit) when catching up or backfilling.
     pub windows_per_batch: usize,
+    /// What the slowest query of a batch should take: the batches after the first are sized
+    /// to it from what the last batch took.
+    pub batch_target: std::time::Duration,
+    /// Tenant-windows in the first batch of a collection: its windows are this divided by
+    /// the live tenants.
+    pub batch_tenant_windows: usize,
+}
+
+/// How many windows the next batch of a collection holds: the first batch's from the tenant
+/// count, each later one's from what the last batch took, so that its slowest query takes
+/// about the target. Pure: the collector reports what batches took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSizer {
+    max: usize,
+    target: std::time::Duration,
+    next: usize,
+}
+
+impl BatchSizer {
+    /// Sized for `tenants` live tenants: `tenant_windows / tenants` windows first, at least
+    /// one and at most `max`.
+    pub fn new(
+        max: usize,
+        target: std::time::Duration,
+        tenant_windows: usize,
+        tenants: usize,
+    ) -> Self {
+        let max = max.max(1);
+        BatchSizer {
+            max,
+            target,
+            next: (tenant_windows / tenants.max(1)).clamp(1, max),
+        }
+    }
+
+    /// The windows of the next batch.
+    pub fn next(&self) -> usize {
+        self.next
+    }
+
+    /// A batch of `windows` windows whose slowest query took `slowest`: the next one holds as
+    /// many windows as fit the target at that pace. Shrinking is at once; growing at most
+    /// doubles, since a batch's time has a part that does not shrink with its windows and
+    /// one quick batch may be luck.
+    pub fn took(&mut self, windows: usize, slowest: std::time::Duration) {
+        let windows = windows.max(1);
+        let per_window = slowest.as_secs_f64() / windows as f64;
+        let fit = if per_window > 0.0 {
+            // `as` saturates: a very quick batch fits "many", capped below.
+            (self.target.as_secs_f64() / per_window) as usize
+        } else {
+            usize::MAX
+        };
+        self.next = fit.clamp(1, self.max.min(windows.saturating_mul(2)));
+    }
+
+    /// A batch of `windows` windows was too heavy for Prometheus (timed out, refused, an
+    /// answer over the size limit): the next one holds half as many.
+    pub fn too_heavy(&mut self, windows: usize) {
+        self.next = (windows / 2).max(1);
+    }
+}
+
+/// What a batch's queries took.
+#[derive(Debug, Clone, Copy, Default)]
+struct QueryTimes {
+    total: std::time::Duration,
+    slowest: std::time::Duration,
 }
 
 /// What one daemon step did.
@@ -222,14 +290,14 @@ impl Collector {
         queries
     }
 
-    /// Queries and assembles a run of consecutive windows.
+    /// Queries and assembles a run of consecutive windows; also what its queries took.
     async fn collect_batch(
         &self,
         windows: &[Window],
         versions: &[PriceBookVersion],
         tenants: &TenantSets,
         prometheus: Option<&ScrapeIntervals>,
-    ) -> Result<Vec<CollectedWindow>, Error> {
+    ) -> Result<(Vec<CollectedWindow>, QueryTimes), Error> {
         let (first, last) = (
             eval_time(&windows[0]),
             eval_time(&windows[windows.len() - 1]),
@@ -237,11 +305,15 @@ impl Collector {
         let step = std::time::Duration::from_secs(self.config.window.seconds() as u64);
         let mut answers = Vec::new();
         let mut warnings = Vec::new();
+        let mut times = QueryTimes::default();
         for (name, query) in self.queries() {
             let started = Instant::now();
             let answer = self.source.query(&query, first, last, step).await;
+            let took = started.elapsed();
+            times.total += took;
+            times.slowest = times.slowest.max(took);
             metrics::histogram!("budgetd_collector_query_duration_seconds", "meter" => name.clone())
-                .record(started.elapsed().as_secs_f64());
+                .record(took.as_secs_f64());
             let answer = answer.map_err(|e| Error::Source {
                 meter: name.clone(),
                 error: e,
@@ -251,7 +323,7 @@ impl Collector {
         }
         let probe = answers.pop().expect("the probe is always queried");
         let empty: Vec<Sample> = Vec::new();
-        windows
+        let collected = windows
             .iter()
             .map(|w| {
                 let at = eval_time(w).timestamp_millis();
@@ -289,7 +361,8 @@ impl Collector {
                 count_unpriced(&collected);
                 Ok(collected)
             })
-            .collect()
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok((collected, times))
     }
 
     /// Collects and commits `windows` (consecutive runs are batched). Returns the summed report.
@@ -305,45 +378,93 @@ impl Collector {
         let tenants = TenantSets::load(&self.store).await?;
         let prometheus = self.prometheus_intervals().await;
         let mut total = CommitReport::default();
-        // Batches in order; a batch too heavy for Prometheus (timeout, 422, an answer over the
-        // size limit) is split in halves, down to single windows, and the halves are collected
-        // in order.
-        let mut pending: Vec<&[Window]> =
-            consecutive_batches(windows, self.config.window, self.config.windows_per_batch);
-        pending.reverse();
-        while let Some(batch) = pending.pop() {
-            let mut collected = match self
-                .collect_batch(batch, &versions, &tenants, prometheus.as_ref())
-                .await
-            {
-                Err(Error::Source { meter, error }) if batch.len() > 1 && error.is_too_heavy() => {
-                    tracing::warn!(%meter, %error, windows = batch.len(), "query too heavy; splitting the batch");
-                    metrics::counter!("budgetd_collector_batch_splits_total").increment(1);
-                    let (first, second) = batch.split_at(batch.len() / 2);
-                    pending.push(second);
-                    pending.push(first);
-                    continue;
-                }
-                other => other?,
-            };
-            if let CommitMode::Recollect { .. } = mode {
-                self.zero_vanished(&mut collected, &versions).await?;
+        let mut sizer = BatchSizer::new(
+            self.config.windows_per_batch,
+            self.config.batch_target,
+            self.config.batch_tenant_windows,
+            tenants.live_since.len(),
+        );
+        // Each run of consecutive windows in batches, in order. A batch too heavy for
+        // Prometheus (a timeout, 422, an answer over the size limit) is split at once: the
+        // next attempt holds half its windows, down to single windows. A batch's commit runs
+        // while the next batch's queries do (Prometheus and the database work at the same
+        // time); commits stay one at a time, in order.
+        let mut committing: Option<Vec<CollectedWindow>> = None;
+        for run in consecutive_runs(windows, self.config.window) {
+            let mut rest = run;
+            while !rest.is_empty() {
+                let batch = &rest[..sizer.next().min(rest.len())];
+                let started = Instant::now();
+                let query = self.collect_batch(batch, &versions, &tenants, prometheus.as_ref());
+                let result = match committing.take() {
+                    Some(previous) => {
+                        let commit =
+                            self.commit_batch(previous, mode, advance_watermark, source, &versions);
+                        let (committed, result) = tokio::join!(commit, query);
+                        add_report(&mut total, &committed?, progress);
+                        result
+                    }
+                    None => query.await,
+                };
+                let (collected, times) = match result {
+                    Err(Error::Source { meter, error })
+                        if batch.len() > 1 && error.is_too_heavy() =>
+                    {
+                        tracing::warn!(%meter, %error, windows = batch.len(), "query too heavy; splitting the batch");
+                        metrics::counter!("budgetd_collector_batch_splits_total").increment(1);
+                        sizer.too_heavy(batch.len());
+                        continue;
+                    }
+                    other => other?,
+                };
+                sizer.took(batch.len(), times.slowest);
+                tracing::debug!(
+                    windows = batch.len(),
+                    first = %batch[0].start(),
+                    queries_ms = times.total.as_millis() as u64,
+                    slowest_query_ms = times.slowest.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    next_windows = sizer.next(),
+                    "batch collected"
+                );
+                metrics::gauge!("budgetd_collector_batch_windows").set(sizer.next() as f64);
+                committing = Some(collected);
+                rest = &rest[batch.len()..];
             }
-            let report = self
-                .store
-                .commit_windows(&collected, mode, advance_watermark, source)
+        }
+        if let Some(last) = committing {
+            let committed = self
+                .commit_batch(last, mode, advance_watermark, source, &versions)
                 .await?;
-            metrics::counter!("budgetd_collector_windows_total").increment(report.windows as u64);
-            total.windows += report.windows;
-            total.inserted += report.inserted;
-            total.unchanged += report.unchanged;
-            total.corrected += report.corrected;
-            total.conflicts += report.conflicts;
-            total.incomplete_windows += report.incomplete_windows;
-            total.unpriced += report.unpriced;
-            progress(report.windows);
+            add_report(&mut total, &committed, progress);
         }
         Ok(total)
+    }
+
+    /// Commits one batch's windows (zeroing what a recollection no longer finds).
+    async fn commit_batch(
+        &self,
+        mut collected: Vec<CollectedWindow>,
+        mode: &CommitMode,
+        advance_watermark: bool,
+        source: &str,
+        versions: &[PriceBookVersion],
+    ) -> Result<CommitReport, Error> {
+        if let CommitMode::Recollect { .. } = mode {
+            self.zero_vanished(&mut collected, versions).await?;
+        }
+        let started = Instant::now();
+        let report = self
+            .store
+            .commit_windows(&collected, mode, advance_watermark, source)
+            .await?;
+        tracing::debug!(
+            windows = report.windows,
+            commit_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        metrics::counter!("budgetd_collector_windows_total").increment(report.windows as u64);
+        Ok(report)
     }
 
     /// Usage that a recollection no longer finds (a namespace moved to another tenant, a series
@@ -523,6 +644,18 @@ impl Collector {
     }
 }
 
+/// Adds a commit's report to `total` and tells `progress`.
+fn add_report(total: &mut CommitReport, report: &CommitReport, progress: &(dyn Fn(usize) + Sync)) {
+    total.windows += report.windows;
+    total.inserted += report.inserted;
+    total.unchanged += report.unchanged;
+    total.corrected += report.corrected;
+    total.conflicts += report.conflicts;
+    total.incomplete_windows += report.incomplete_windows;
+    total.unpriced += report.unpriced;
+    progress(report.windows);
+}
+
 /// Counts and logs a window's unpriced usage.
 fn count_unpriced(w: &CollectedWindow) {
     for u in &w.unpriced {
@@ -592,20 +725,19 @@ pub fn version_at(versions: &[PriceBookVersion], at: DateTime<Utc>) -> Option<&P
         .max_by_key(|v| v.valid_from)
 }
 
-/// Splits sorted windows into runs of consecutive windows of at most `max` each.
-pub fn consecutive_batches(windows: &[Window], len: WindowLength, max: usize) -> Vec<&[Window]> {
-    let mut batches = Vec::new();
+/// Splits sorted windows into runs of consecutive windows.
+pub fn consecutive_runs(windows: &[Window], len: WindowLength) -> Vec<&[Window]> {
+    let mut runs = Vec::new();
     let mut start = 0;
     for i in 1..=windows.len() {
         let breaks = i == windows.len()
-            || i - start >= max
             || windows[i].start() != windows[i - 1].start() + Duration::seconds(len.seconds());
         if breaks {
-            batches.push(&windows[start..i]);
+            runs.push(&windows[start..i]);
             start = i;
         }
     }
-    batches
+    runs
 }
 
 #[cfg(test)]
@@ -614,14 +746,51 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
-    fn batches_are_consecutive_and_bounded() {
+    fn runs_are_consecutive() {
         let len = WindowLength::new(300).unwrap();
         let t = |i: i64| len.window_at(Utc.timestamp_opt(1_800_000_000 + 300 * i, 0).unwrap());
         let windows: Vec<Window> = [0, 1, 2, 3, 5, 6, 9].into_iter().map(t).collect();
-        let batches = consecutive_batches(&windows, len, 3);
-        let sizes: Vec<usize> = batches.iter().map(|b| b.len()).collect();
-        assert_eq!(sizes, [3, 1, 2, 1]);
-        assert!(consecutive_batches(&[], len, 3).is_empty());
+        let sizes: Vec<usize> = consecutive_runs(&windows, len)
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(sizes, [4, 2, 1]);
+        assert!(consecutive_runs(&[], len).is_empty());
+    }
+
+    #[test]
+    fn the_first_batch_is_sized_from_the_tenants_and_the_next_from_the_last() {
+        let ms = std::time::Duration::from_millis;
+        let target = ms(5_000);
+        // 30,000 tenant-windows: 3 windows at 10,000 tenants, the most (288) at 100, one at
+        // 50,000, and no tenants count as one.
+        for (tenants, first) in [(10_000, 3), (100, 288), (50_000, 1), (0, 288)] {
+            assert_eq!(
+                BatchSizer::new(288, target, 30_000, tenants).next(),
+                first,
+                "{tenants} tenants"
+            );
+        }
+        let mut s = BatchSizer::new(288, target, 30_000, 10_000);
+        // (windows, slowest query) -> next: as many windows as fit 5 s at the last pace,
+        // growing at most 2x, shrinking at once, at least 1 and at most 288.
+        for (windows, slowest, next) in [
+            (3, ms(3_000), 5),     // 1 s per window: 5 fit
+            (5, ms(2_500), 10),    // 0.5 s: 10 fit
+            (10, ms(500), 20),     // 50 ms: 100 fit, but at most doubled
+            (20, ms(40_000), 2),   // 2 s per window: 2 fit, at once
+            (1, ms(9_000), 1),     // one window over the target: still one
+            (1, ms(0), 2),         // instant: doubled
+            (200, ms(100), 288),   // capped
+            (288, ms(28_800), 50), // 100 ms per window: 50
+        ] {
+            s.took(windows, slowest);
+            assert_eq!(s.next(), next, "{windows} windows in {slowest:?}");
+        }
+        s.too_heavy(50);
+        assert_eq!(s.next(), 25, "split at once");
+        s.too_heavy(1);
+        assert_eq!(s.next(), 1);
     }
 
     /// A source whose configuration reads give `answers` in order, counted.

@@ -50,6 +50,10 @@ pub struct CollectorSection {
     /// Prometheus' retention (15 days by default).
     pub horizon_seconds: i64,
     pub windows_per_batch: usize,
+    /// What the slowest query of a catch-up batch should take; below `prometheus.timeout_ms`.
+    pub batch_target_ms: u64,
+    /// Tenant-windows in the first batch of a catch-up or backfill.
+    pub batch_tenant_windows: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -69,6 +73,12 @@ impl Default for CollectorSection {
             start: None,
             horizon_seconds: 15 * 86_400,
             windows_per_batch: 288,
+            // Half the default prometheus.timeout_ms: room for a batch slower than the last.
+            batch_target_ms: 5_000,
+            // The slowest default query takes ~0.3 ms per tenant-window in a range query on the
+            // machine of the README's benchmarks: ~4.5 s, the target's worth (1 window at
+            // 10,000 tenants, 15 at 1,000).
+            batch_tenant_windows: 15_000,
             schedule: None,
             match_labels: BTreeMap::new(),
             retry: RetrySection::default(),
@@ -283,6 +293,22 @@ impl CollectorSection {
             1..=10_000,
             "collector.windows_per_batch",
         )?;
+        let prometheus = prometheus.validate()?;
+        let batch_target = timeout_millis(self.batch_target_ms, "collector.batch_target_ms")?;
+        if batch_target >= prometheus.timeout {
+            return Err(Invalid::new(
+                "collector.batch_target_ms",
+                format!(
+                    "must be below prometheus.timeout_ms ({} ms): a batch sized to take it must not time out",
+                    prometheus.timeout.as_millis()
+                ),
+            ));
+        }
+        let batch_tenant_windows = ledger::config::within(
+            self.batch_tenant_windows,
+            1..=100_000_000,
+            "collector.batch_tenant_windows",
+        )?;
         let schedule = match self.schedule.as_deref() {
             Some(expr) => Schedule::cron("collector.schedule", expr).map_err(invalid)?,
             None => Schedule::EveryWindow {
@@ -316,10 +342,12 @@ impl CollectorSection {
                 start,
                 horizon,
                 windows_per_batch,
+                batch_target,
+                batch_tenant_windows,
             },
             schedule,
             retry,
-            prometheus: prometheus.validate()?,
+            prometheus,
         })
     }
 
@@ -430,6 +458,8 @@ mod tests {
         assert_eq!(settings.retry.max_attempts, 5);
         assert_eq!(settings.prometheus.max_response_bytes, 64 * 1024 * 1024);
         assert_eq!(settings.prometheus.timeout, Duration::from_secs(10));
+        assert_eq!(settings.collector.batch_target, Duration::from_secs(5));
+        assert_eq!(settings.collector.batch_tenant_windows, 15_000);
 
         let err = CollectorSection::default()
             .validate(None, &PrometheusSection::default())
@@ -466,6 +496,27 @@ mod tests {
                     ..Default::default()
                 },
                 "collector.windows_per_batch",
+            ),
+            (
+                CollectorSection {
+                    batch_target_ms: 10_000,
+                    ..Default::default()
+                },
+                "collector.batch_target_ms",
+            ),
+            (
+                CollectorSection {
+                    batch_target_ms: 0,
+                    ..Default::default()
+                },
+                "collector.batch_target_ms",
+            ),
+            (
+                CollectorSection {
+                    batch_tenant_windows: 0,
+                    ..Default::default()
+                },
+                "collector.batch_tenant_windows",
             ),
             (
                 CollectorSection {

@@ -75,7 +75,9 @@ impl SourceError {
     }
 
     /// Whether the same request may succeed when sent again. The same query gets the same
-    /// answer, so neither a bad query nor an answer over the size limit is retried.
+    /// answer, so neither a bad query nor an answer over the size limit is retried (and a
+    /// query over several windows that is too heavy is split instead, see
+    /// [`Prometheus`]'s `query`).
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
@@ -300,8 +302,14 @@ impl Prometheus {
             .map_err(|e| SourceError::Protocol(format!("Prometheus' configuration: {e}")))
     }
 
-    /// Runs `attempt` up to `max_attempts` times with backoff, counting every failure.
-    async fn with_retries<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, SourceError>
+    /// Runs `attempt` up to `max_attempts` times with backoff, counting every failure; an
+    /// error for which `retry` says no ends it at once.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        what: &str,
+        retry: impl Fn(&SourceError) -> bool,
+        attempt: F,
+    ) -> Result<T, SourceError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, SourceError>>,
@@ -318,7 +326,7 @@ impl Prometheus {
                     metrics::counter!("budgetd_prometheus_errors_total", "class" => e.class())
                         .increment(1);
                     attempts += 1;
-                    if !e.is_retryable() || attempts >= self.retry.max_attempts {
+                    if !retry(&e) || attempts >= self.retry.max_attempts {
                         return Err(e);
                     }
                     let delay = self.retry.backoff(attempts);
@@ -380,7 +388,12 @@ impl UsageSource for Prometheus {
         last: DateTime<Utc>,
         step: Duration,
     ) -> Result<Answer, SourceError> {
-        self.with_retries("query", || self.attempt(query, first, last, step))
+        // A query over several windows that is too heavy (timed out, refused, too large) is
+        // not sent again at the same size: the collector splits it at once, and each retry
+        // would cost another full timeout.
+        let range = first != last;
+        let retry = |e: &SourceError| e.is_retryable() && !(range && e.is_too_heavy());
+        self.with_retries("query", retry, || self.attempt(query, first, last, step))
             .await
     }
 
@@ -581,6 +594,76 @@ mod tests {
                 "{framing}: the same query gets the same answer, so it is not sent again"
             );
         }
+    }
+
+    /// Accepts connections, counts them and never answers: every request times out.
+    async fn silent() -> (Url, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        (url, connections)
+    }
+
+    /// A query over several windows that is too heavy goes back to the collector after one
+    /// attempt, to be split; a single window's query is retried, as its size cannot shrink.
+    #[tokio::test]
+    async fn a_range_query_too_heavy_is_not_retried_and_a_single_window_is() {
+        let t = Utc::now();
+        let later = t + chrono::Duration::seconds(600);
+        let step = Duration::from_secs(300);
+        let count = |n: &std::sync::Arc<std::sync::atomic::AtomicUsize>| {
+            n.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        // Prometheus' answers to a query that would load too many samples (422), and to one
+        // whose evaluation ran out of time (503, errorType timeout).
+        let refused = with_status(
+            "422 Unprocessable Entity",
+            br#"{"status":"error","errorType":"execution","error":"query processing would load too many samples into memory in query execution"}"#,
+        );
+        let timed_out = with_status(
+            "503 Service Unavailable",
+            br#"{"status":"error","errorType":"timeout","error":"query timed out in expression evaluation"}"#,
+        );
+        for (what, response, class) in [("422", refused, "422"), ("503", timed_out, "timeout")] {
+            let (url, requests) = stub(response.clone()).await;
+            let err = client(url, 10_000)
+                .query("up", t, later, step)
+                .await
+                .unwrap_err();
+            assert!(err.is_too_heavy() && err.class() == class, "{what}: {err}");
+            assert_eq!(count(&requests), 1, "{what}: a range query is sent once");
+            let (url, requests) = stub(response).await;
+            let err = client(url, 10_000)
+                .query("up", t, t, step)
+                .await
+                .unwrap_err();
+            assert_eq!(err.class(), class, "{what}: {err}");
+            assert_eq!(count(&requests), 3, "{what}: a single window is retried");
+        }
+
+        // The client's own timeout: the same.
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        };
+        let timeout = Duration::from_millis(200);
+        let (url, connections) = silent().await;
+        let prometheus = Prometheus::new(url, timeout, 10_000, retry).unwrap();
+        let err = prometheus.query("up", t, later, step).await.unwrap_err();
+        assert_eq!(err, SourceError::Timeout(timeout));
+        assert_eq!(count(&connections), 1, "a range query is sent once");
+        let err = prometheus.query("up", t, t, step).await.unwrap_err();
+        assert_eq!(err, SourceError::Timeout(timeout));
+        assert_eq!(count(&connections), 4, "a single window is retried");
     }
 
     #[test]

@@ -94,6 +94,12 @@ enum BenchCommand {
         /// Days of 300 s windows in the long backfill.
         #[arg(long, default_value_t = 30)]
         backfill_days: i64,
+        /// Tenants in the daemon's process measurements (one window, the catch-up).
+        #[arg(long, default_value_t = 10_000)]
+        catchup_tenants: usize,
+        /// Hours of outage caught up; fewer than 24 are extrapolated to 24 in the report.
+        #[arg(long, default_value_t = 24)]
+        catchup_hours: i64,
     },
     /// One enforcement evaluation (budget status query, open actions, exemptions, plan) for
     /// many tenants against a plain SELECT of the same spent sums. Needs a superuser URL: it
@@ -186,11 +192,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tenants,
                 backfill_tenants,
                 backfill_days,
+                catchup_tenants,
+                catchup_hours,
             } => {
                 let options = bench::collector::CollectorBenchOptions {
                     tenants_one_window: tenants,
                     backfill_tenants,
                     backfill_days,
+                    catchup_tenants,
+                    catchup_hours,
                 };
                 bench::collector::run_collector_bench(&database_url, &options).await
             }

@@ -60,8 +60,20 @@ fn bench_collector_prints_its_figures_against_in_run_baselines() {
         "2",
         "--backfill-days",
         "1",
+        "--catchup-tenants",
+        "20",
+        "--catchup-hours",
+        "1",
     ]);
-    for figure in ["ratio collector/plain HTTP", "windows/s"] {
+    for figure in [
+        "ratio collector/plain HTTP",
+        "windows/s",
+        "daemon peak resident memory, one window",
+        "catch-up of 24 h after an outage",
+        "EXTRAPOLATED: 1 h measured",
+        "catch-up: queries timed out",
+        "in Prometheus' queries",
+    ] {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }
 }

@@ -918,6 +918,96 @@ async fn a_batch_over_the_response_size_limit_is_split_and_one_window_over_it_is
     assert_eq!(collected, 0);
 }
 
+/// The real client, with one query made costly: each of its answers arrives `per_window` later
+/// per window it spans, and past `timeout` it times out, as a query over many windows of many
+/// tenants does. Records the windows each of its calls spanned, in order.
+struct Paced {
+    inner: Prometheus,
+    costly: String,
+    per_window: std::time::Duration,
+    timeout: std::time::Duration,
+    spans: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl UsageSource for Paced {
+    async fn query(
+        &self,
+        query: &str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        step: std::time::Duration,
+    ) -> Result<Answer, SourceError> {
+        if query != self.costly {
+            return self.inner.query(query, first, last, step).await;
+        }
+        let windows = ((last - first).num_seconds() as u64 / step.as_secs() + 1) as usize;
+        self.spans.lock().unwrap().push(windows);
+        let cost = self.per_window * windows as u32;
+        // The cost of the query on a busy Prometheus, not a wait for anything.
+        tokio::time::sleep(cost.min(self.timeout)).await;
+        if cost > self.timeout {
+            return Err(SourceError::Timeout(self.timeout));
+        }
+        self.inner.query(query, first, last, step).await
+    }
+}
+
+#[tokio::test]
+async fn catch_up_batches_are_sized_from_the_tenants_then_from_the_last_batch_and_a_timeout_splits_at_once(
+) {
+    let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let f = fixture(4, start, start + Duration::hours(2), false);
+    let whole = collected_in_one_batch(&f).await;
+
+    let db = ledger_for(&f.cluster).await;
+    let config = config(&f.prometheus.url, &db.url);
+    let mut s = settings(&config);
+    // 4 tenants: a first batch of 12 windows. The cpu query costs 40 ms per window and times
+    // out past 320 ms (8 windows); batches are aimed at 120 ms for it: 3 windows.
+    s.collector.batch_tenant_windows = 48;
+    s.collector.batch_target = std::time::Duration::from_millis(120);
+    let cpu = collector(&f, &db)
+        .queries()
+        .into_iter()
+        .find(|(name, _)| name == "cpu")
+        .unwrap()
+        .1;
+    let paced = Arc::new(Paced {
+        inner: s.source().unwrap(),
+        costly: cpu,
+        per_window: std::time::Duration::from_millis(40),
+        timeout: std::time::Duration::from_millis(320),
+        spans: Default::default(),
+    });
+    let c = Collector::new(paced.clone(), db.store.clone(), s.collector.clone());
+    let (planned, report) = c
+        .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!((planned, report.windows), (24, 24));
+    assert_same_rows(ledger_rows(&db).await, ledger_rows(&whole).await);
+
+    let spans = paced.spans.lock().unwrap().clone();
+    assert_eq!(
+        spans[..2],
+        [12, 6],
+        "the first batch from the tenant count; it timed out and was split at once, not sent \
+         again at its size: {spans:?}"
+    );
+    // Each later batch from what the last took: at least 40 ms per window (more on a busy
+    // machine, never less), so at most 3 windows fit 120 ms.
+    assert!(
+        spans[2..].iter().all(|&n| (1..=3).contains(&n)),
+        "batches after the 6-window one: {spans:?}"
+    );
+    assert_eq!(
+        spans.iter().sum::<usize>(),
+        12 + 24,
+        "every window queried once, plus the timed-out batch: {spans:?}"
+    );
+}
+
 /// Prometheus' configuration as kube-prometheus-stack has it: every target every 30 s. The scrape
 /// configs have no targets: the data is history.
 const SCRAPED_EVERY_30S: &str = "global:

@@ -14,8 +14,17 @@
 //! query over the measured windows, as a catch-up batch sends them. `prometheus.timeout_ms` is
 //! raised to 120 s for this part so that a slow query shows as slow instead of as retries.
 //!
+//! The daemon's process and a catch-up after an outage: `catchup_tenants` tenants, data every
+//! 60 s. The `budgetd` binary (next to `budgetd-dev`, or `BUDGETD_BIN`) collects one window
+//! (`budgetd collect`, a process of its own: its peak resident memory is its `ru_maxrss` from
+//! `wait4`), then the `catchup_hours` after it, as the daemon catches up after an outage (the
+//! same `Collector` path: batches sized from the tenant count and from the last batch). Its
+//! debug log of each batch splits the time between Prometheus' queries, assembly and ledger
+//! commits; the CPU time of Prometheus (its `/metrics`) and of the process split the work. Fewer than 24 hours
+//! are extrapolated to 24 in the report, which says so.
+//!
 //! Long backfill: `backfill_tenants` tenants, `backfill_days` days of 300 s windows in one
-//! `Collector::backfill`, batched by the config's `windows_per_batch`. Thirty days of 15 s
+//! `Collector::backfill`, in the collector's batches (at most the config's `windows_per_batch`). Thirty days of 15 s
 //! scrapes is far too much data for promtool here, so the data is scraped every 300 s (the
 //! collector's `scrape_interval_seconds` set to match); the query count and the ledger work
 //! are the same as with 15 s scrapes, only Prometheus reads fewer samples per window. The data
@@ -66,6 +75,11 @@ pub struct CollectorBenchOptions {
     pub backfill_tenants: usize,
     /// Days of 300 s windows of the long backfill.
     pub backfill_days: i64,
+    /// Tenants of the catch-up after an outage.
+    pub catchup_tenants: usize,
+    /// Hours of the outage caught up (the target is for 24; fewer are extrapolated to 24,
+    /// and the report says so).
+    pub catchup_hours: i64,
 }
 
 impl Default for CollectorBenchOptions {
@@ -74,6 +88,8 @@ impl Default for CollectorBenchOptions {
             tenants_one_window: 10_000,
             backfill_tenants: 100,
             backfill_days: 30,
+            catchup_tenants: 10_000,
+            catchup_hours: 24,
         }
     }
 }
@@ -126,6 +142,12 @@ fn validate(opts: &CollectorBenchOptions) -> anyhow::Result<()> {
     if !(1..=366).contains(&opts.backfill_days) {
         bail!("backfill_days must be between 1 and 366");
     }
+    if opts.catchup_tenants == 0 {
+        bail!("catchup_tenants must be positive");
+    }
+    if !(1..=24 * 15).contains(&opts.catchup_hours) {
+        bail!("catchup_hours must be between 1 and 360");
+    }
     Ok(())
 }
 
@@ -137,6 +159,7 @@ async fn bench(opts: &CollectorBenchOptions, databases: &ScratchDatabases) -> an
          synthetic cluster model without traps, seed {SEED}"
     );
     one_window(opts, databases).await?;
+    catch_up_after_outage(opts, databases).await?;
     long_backfill(opts, databases).await?;
     println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -870,7 +893,7 @@ async fn split(
 }
 
 /// Catching up: the same queries as one range query over the measured windows, as a batch of
-/// `windows_per_batch` windows sends them, timed per query; extrapolated to a full batch.
+/// windows sends them, timed per query; extrapolated to the collector's first batch.
 async fn catch_up(
     f: &OneWindowFixture<'_>,
     source: &Prometheus,
@@ -879,7 +902,15 @@ async fn catch_up(
     let first = eval_time(&f.window(1)?);
     let last = eval_time(&f.window(ROUNDS)?);
     let step = Duration::from_secs(f.window_s as u64);
-    let per_batch = f.settings.collector.windows_per_batch;
+    let c = &f.settings.collector;
+    // The collector's first batch at this tenant count (later ones follow what it took).
+    let per_batch = collector::collect::BatchSizer::new(
+        c.windows_per_batch,
+        c.batch_target,
+        c.batch_tenant_windows,
+        f.cluster.tenant_ids().len(),
+    )
+    .next();
     let mut parts = Vec::new();
     let mut total = Duration::ZERO;
     let mut slowest = Duration::ZERO;
@@ -897,15 +928,16 @@ async fn catch_up(
     let per_window = secs(total) / ROUNDS as f64;
     println!(
         "  catch-up batch (context): the queries as range queries over the {ROUNDS} measured \
-         windows took {:.2} s ({:.2} s per window: {}); a batch of windows_per_batch = {per_batch} \
-         windows would take ~{:.0} s of queries, ~{:.0} s for the slowest query (the collector's \
-         timeout is per query: {:.0} s in the example config; Prometheus' default \
-         --query.timeout is 120 s)",
+         windows took {:.2} s ({:.2} s per window: {}); the collector's first batch at this tenant \
+         count, {per_batch} windows (batch_tenant_windows / tenants), would take ~{:.0} s of \
+         queries, ~{:.0} s for the slowest query (batch_target_ms: {:.1} s; the collector's \
+         timeout is per query: {:.0} s in the example config)",
         secs(total),
         per_window,
         parts.join(", "),
         per_window * per_batch as f64,
         secs(slowest) / ROUNDS as f64 * per_batch as f64,
+        secs(c.batch_target),
         secs(f.configured_timeout),
     );
     Ok(())
@@ -976,6 +1008,405 @@ fn print_truth(
         "  ledger vs the model's exact usage ({what}, sum over tenants): {}",
         parts.join(", ")
     );
+}
+
+// The daemon's process: one window and a catch-up -----------------------------------------------
+
+/// The daemon's peak resident memory for one window, target (MiB).
+const ONE_WINDOW_RSS_TARGET_MIB: f64 = 128.0;
+/// The catch-up of 24 hours, target (s).
+const CATCH_UP_24H_TARGET_S: f64 = 15.0 * 60.0;
+/// Scrape interval of the catch-up data (s), as in the one-window measurement.
+const CATCH_UP_SCRAPE_S: i64 = 60;
+
+/// The `budgetd` binary: `BUDGETD_BIN`, else the one next to this binary (`cargo build -p
+/// budgetd` puts them side by side).
+fn budgetd_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("BUDGETD_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let me = std::env::current_exe().context("the path of budgetd-dev")?;
+    let dir = me.parent().context("budgetd-dev's directory")?;
+    // Test binaries live one level down, in deps/.
+    for candidate in [dir.join("budgetd"), dir.join("../budgetd")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no budgetd binary next to {} (build it with the same profile: cargo build [--release] \
+         -p budgetd, or set BUDGETD_BIN)",
+        me.display()
+    )
+}
+
+/// One `budgetd collect` process: how long it ran, its peak resident memory and CPU time, and
+/// what its log says about the batches.
+struct ProcessRun {
+    elapsed: Duration,
+    peak_rss_bytes: u64,
+    cpu: Duration,
+    batches: Vec<BatchLog>,
+    /// The ledger commits' time, summed (each overlaps the next batch's queries).
+    commits: Duration,
+    /// Query attempts that failed and were retried, batches split, and of those failures
+    /// the timeouts.
+    retries: usize,
+    splits: usize,
+    timeouts: usize,
+    /// The process' summary line ("collected N windows: ...").
+    summary: String,
+}
+
+/// One "batch collected" line of the collector's debug log.
+struct BatchLog {
+    windows: u64,
+    queries: Duration,
+    /// Queries and assembly.
+    total: Duration,
+}
+
+/// Runs `budgetd collect --from --to` with `config` and waits for it with `wait4`, which
+/// gives the process' own peak resident memory and CPU time.
+fn run_budgetd_collect(
+    bin: &Path,
+    config: &Path,
+    env: &[(&str, &str)],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> anyhow::Result<ProcessRun> {
+    use std::io::BufRead;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(bin)
+        .env("BUDGETD_CONFIG", config)
+        .envs(env.iter().copied())
+        .env("BUDGETD_LOG", "info,collector::collect=debug")
+        .env("BUDGETD_LOG_FORMAT", "json")
+        .args([
+            "collect",
+            "--from",
+            &from.to_rfc3339(),
+            "--to",
+            &to.to_rfc3339(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stderr = child.stderr.take().context("piped stderr")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let log = std::thread::spawn(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let out = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: `rusage` is plain data that wait4 fills; `pid` is our own child, not waited yet
+    // (`child` is never waited through std).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let elapsed = started.elapsed();
+    if waited != pid {
+        bail!("wait4 on budgetd: {}", std::io::Error::last_os_error());
+    }
+    let lines = log
+        .join()
+        .map_err(|_| anyhow::anyhow!("log reader panicked"))?;
+    let stdout = out
+        .join()
+        .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        bail!("budgetd collect failed (wait status {status}):\n{tail}");
+    }
+    let tv =
+        |t: libc::timeval| Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64);
+    let mut run = ProcessRun {
+        elapsed,
+        // Linux reports kilobytes.
+        peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        batches: Vec::new(),
+        commits: Duration::ZERO,
+        retries: 0,
+        splits: 0,
+        timeouts: 0,
+        summary: stdout
+            .iter()
+            .find(|l| l.starts_with("collected "))
+            .cloned()
+            .unwrap_or_default(),
+    };
+    for line in &lines {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let fields = &v["fields"];
+        let message = fields["message"].as_str().unwrap_or_default();
+        let ms = |key: &str| Duration::from_millis(fields[key].as_u64().unwrap_or(0));
+        let failed =
+            message.contains("failed; retrying") || message.contains("splitting the batch");
+        if failed
+            && fields["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out"))
+        {
+            run.timeouts += 1;
+        }
+        if message == "batch collected" {
+            run.batches.push(BatchLog {
+                windows: fields["windows"].as_u64().unwrap_or(0),
+                queries: ms("queries_ms"),
+                total: ms("total_ms"),
+            });
+        } else if message == "batch committed" {
+            run.commits += ms("commit_ms");
+        } else if message.contains("failed; retrying") {
+            run.retries += 1;
+        } else if message.contains("splitting the batch") {
+            run.splits += 1;
+        }
+    }
+    Ok(run)
+}
+
+/// Prometheus' CPU time so far, from its /metrics.
+async fn prometheus_cpu(client: &reqwest::Client, url: &str) -> Option<Duration> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(Duration::from_secs_f64)
+}
+
+/// Prints where a process' time went: its batches' queries (Prometheus, request to decoded
+/// answer), assembly and ledger commits (budgetd and Postgres), and the CPU time of Prometheus
+/// and of the process. A batch's commit runs while the next batch's queries do, so the parts
+/// may sum to more than the wall time.
+fn print_shares(what: &str, run: &ProcessRun, prometheus_cpu: Option<Duration>) {
+    let wall = secs(run.elapsed);
+    let queries: Duration = run.batches.iter().map(|b| b.queries).sum();
+    let assembly: Duration = run
+        .batches
+        .iter()
+        .map(|b| b.total.saturating_sub(b.queries))
+        .sum();
+    let share = |d: Duration| secs(d) / wall * 100.0;
+    println!(
+        "  {what}: wall {wall:.1} s; in Prometheus' queries {:.1} s ({:.0}%); in budgetd: \
+         assembly {:.1} s ({:.0}%), ledger commits {:.1} s ({:.0}%, overlapping the next \
+         batch's queries)",
+        secs(queries),
+        share(queries),
+        secs(assembly),
+        share(assembly),
+        secs(run.commits),
+        share(run.commits),
+    );
+    if let Some(prom) = prometheus_cpu {
+        let (p, b) = (secs(prom), secs(run.cpu));
+        println!(
+            "  {what}: CPU time: Prometheus {p:.1} s ({:.0}%), budgetd {b:.1} s ({:.0}%) \
+             (Postgres not counted)",
+            p / (p + b) * 100.0,
+            b / (p + b) * 100.0,
+        );
+    }
+}
+
+async fn catch_up_after_outage(
+    opts: &CollectorBenchOptions,
+    databases: &ScratchDatabases,
+) -> anyhow::Result<()> {
+    let window_s: i64 = 300;
+    let bin = budgetd_binary()?;
+    // Window 0: the counters' previous values; window 1: the one window; then the outage.
+    let start = Utc
+        .with_ymd_and_hms(2026, 3, 3, 0, 0, 0)
+        .single()
+        .context("invalid date")?;
+    let one = window_at(start + chrono::Duration::seconds(window_s), window_s)?;
+    let outage_from = one.end();
+    let outage_to = outage_from + chrono::Duration::hours(opts.catchup_hours);
+    let outage_windows = (outage_to - outage_from).num_seconds() / window_s;
+    let spec = ClusterSpec::new(opts.catchup_tenants, SEED, start, outage_to)
+        .with_traps(false)
+        .with_scrape_interval_s(CATCH_UP_SCRAPE_S);
+    println!();
+    println!(
+        "the daemon's process: {} tenants, data scraped every {CATCH_UP_SCRAPE_S} s; `budgetd \
+         collect` ({}) collects one window, then the {} hour(s) after it ({outage_windows} \
+         windows) as after an outage (the daemon's catch-up path: batches sized from the tenant \
+         count, then from the last batch; the example config's prometheus.timeout_ms)",
+        opts.catchup_tenants,
+        bin.display(),
+        opts.catchup_hours
+    );
+    eprintln!(
+        "bench: catch-up: generating {} tenants, {} h at {CATCH_UP_SCRAPE_S} s, and loading them \
+         with promtool",
+        opts.catchup_tenants, opts.catchup_hours
+    );
+    let dir = ScratchDir::new("budgetd-cbench-catchup");
+    let (loaded, prometheus, prom_start) = load_and_serve(spec, dir.path()).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    if loaded.samples >= COMPACTION_WAIT_MIN_SAMPLES {
+        eprintln!("bench: waiting for Prometheus to compact the loaded blocks");
+        wait_for_compaction(&http, &prometheus.url).await?;
+    }
+    println!(
+        "  fixture: {} series, {} samples; generated in {:.1} s, OpenMetrics + promtool {:.1} s, \
+         Prometheus ready in {:.1} s (not part of the figures)",
+        loaded.cluster.series_count(),
+        loaded.samples,
+        loaded.generate.as_secs_f64(),
+        loaded.promtool.as_secs_f64(),
+        prom_start.as_secs_f64()
+    );
+    let db_url = databases.create("budgetd_cbench_catchup").await?;
+    let (config, _) = load_config(dir.path(), &prometheus.url, &db_url, CATCH_UP_SCRAPE_S)?;
+    let store = prepare_ledger(&config, &db_url, &loaded.cluster).await?;
+    // The example config, at the data's scrape interval, for the process.
+    let interval = "scrape_interval_seconds = 30";
+    if !EXAMPLE_CONFIG.contains(interval) {
+        bail!("the example config has no {interval:?}");
+    }
+    let process_config = dir.path().join("budgetd-process.toml");
+    std::fs::write(
+        &process_config,
+        EXAMPLE_CONFIG.replace(
+            interval,
+            &format!("scrape_interval_seconds = {CATCH_UP_SCRAPE_S}"),
+        ),
+    )?;
+    let env = [
+        ("BUDGETD_PROMETHEUS_URL", prometheus.url.as_str()),
+        ("BUDGETD_DATABASE_URL", db_url.as_str()),
+        ("BUDGETD_MIGRATE_DATABASE_URL", db_url.as_str()),
+    ];
+    let result = async {
+        let run = |from, to| {
+            let (bin, config) = (bin.clone(), process_config.clone());
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            blocking(move || {
+                let env: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                run_budgetd_collect(&bin, &config, &env, from, to)
+            })
+        };
+
+        eprintln!("bench: catch-up: one window in a budgetd process");
+        let cpu_before = prometheus_cpu(&http, &prometheus.url).await;
+        let single = run(one.start(), one.end()).await??;
+        let cpu_single = prometheus_cpu(&http, &prometheus.url).await;
+        let mib = single.peak_rss_bytes as f64 / (1024.0 * 1024.0);
+        println!(
+            "  {:<52}{:>8.1} MiB   target <= {ONE_WINDOW_RSS_TARGET_MIB:.0} MiB  {}   \
+             (budgetd collect of one window: {:.2} s; {})",
+            "daemon peak resident memory, one window",
+            mib,
+            verdict(mib <= ONE_WINDOW_RSS_TARGET_MIB),
+            secs(single.elapsed),
+            single.summary
+        );
+        print_shares(
+            "one window",
+            &single,
+            cpu_before.zip(cpu_single).map(|(b, a)| a.saturating_sub(b)),
+        );
+        check_against_truth(&store, &loaded.cluster, one.start(), window_s).await?;
+
+        eprintln!(
+            "bench: catch-up: {} h ({outage_windows} windows) in a budgetd process",
+            opts.catchup_hours
+        );
+        let catch_up = run(outage_from, outage_to).await??;
+        let cpu_after = prometheus_cpu(&http, &prometheus.url).await;
+        let collected: u64 = catch_up.batches.iter().map(|b| b.windows).sum();
+        if collected != outage_windows as u64 {
+            bail!(
+                "the catch-up's batches hold {collected} windows, expected {outage_windows} ({})",
+                catch_up.summary
+            );
+        }
+        let elapsed = secs(catch_up.elapsed);
+        let per_day = elapsed * 288.0 / outage_windows as f64;
+        let sizes: Vec<u64> = catch_up.batches.iter().map(|b| b.windows).collect();
+        let extrapolated = if opts.catchup_hours == 24 {
+            String::new()
+        } else {
+            format!(
+                " (EXTRAPOLATED: {} h measured, {elapsed:.1} s, scaled by 24/{})",
+                opts.catchup_hours, opts.catchup_hours
+            )
+        };
+        println!(
+            "  {:<52}{:>8.1} s   target <= {:.0} s  {}{extrapolated}",
+            "catch-up of 24 h after an outage",
+            per_day,
+            CATCH_UP_24H_TARGET_S,
+            verdict(per_day <= CATCH_UP_24H_TARGET_S),
+        );
+        println!(
+            "  {:<52}{:>8}     target 0  {}   ({} query attempts retried, {} batches split)",
+            "catch-up: queries timed out",
+            catch_up.timeouts,
+            verdict(catch_up.timeouts == 0),
+            catch_up.retries,
+            catch_up.splits,
+        );
+        println!(
+            "  catch-up: {} batches, windows per batch {} (first {}, mean {:.1}); {:.1} windows/s; \
+             {}",
+            sizes.len(),
+            sizes
+                .iter()
+                .min()
+                .zip(sizes.iter().max())
+                .map(|(a, b)| format!("{a}-{b}"))
+                .unwrap_or_default(),
+            sizes.first().copied().unwrap_or(0),
+            collected as f64 / sizes.len().max(1) as f64,
+            outage_windows as f64 / elapsed,
+            catch_up.summary
+        );
+        println!(
+            "  catch-up: budgetd peak resident memory {:.1} MiB",
+            catch_up.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        );
+        print_shares(
+            "catch-up",
+            &catch_up,
+            cpu_single.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    store.pool().close().await;
+    drop(prometheus);
+    drop(dir);
+    result
 }
 
 // Long backfill ---------------------------------------------------------------------------------
@@ -1093,7 +1524,7 @@ async fn long_backfill_run(
     }
     let s = secs(elapsed);
     println!(
-        "  Collector::backfill, {} windows per query and commit ({} batches x {} queries):",
+        "  Collector::backfill, at most {} windows per query and commit (at least {} batches x {} queries):",
         per_batch,
         total_windows.div_ceil(per_batch),
         collector.queries().len()
