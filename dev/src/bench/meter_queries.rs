@@ -321,7 +321,7 @@ async fn cost(client: &reqwest::Client, opts: &MeterQueriesBenchOptions) -> anyh
     let mut times = vec![vec![vec![Vec::new(); shapes.len()]; meters]; 2];
     for round in 0..=opts.rounds {
         for (s, (_, a, b)) in shapes.iter().enumerate() {
-            for m in 0..meters {
+            for (m, _) in baseline.queries.iter().enumerate() {
                 let order: [usize; 2] = if (round + m) % 2 == 0 { [0, 1] } else { [1, 0] };
                 for i in order {
                     let set = if i == 0 { &baseline } else { &current };
@@ -353,8 +353,7 @@ async fn cost(client: &reqwest::Client, opts: &MeterQueriesBenchOptions) -> anyh
         println!("  {what}:");
         let mut totals = [0f64; 2];
         let mut cpu_memory = [0f64; 2];
-        for m in 0..meters {
-            let name = &baseline.queries[m].0;
+        for (m, (name, _)) in baseline.queries.iter().enumerate() {
             let b = median_secs(&times[0][m][s]);
             let c = median_secs(&times[1][m][s]);
             totals[0] += b;
