@@ -84,6 +84,32 @@ pub struct TemplateContext {
 }
 
 impl TemplateContext {
+    /// An edge's samples on one side: two and a half scrape intervals, so that either side of
+    /// an edge has at least two samples with jittered scrape timestamps.
+    fn edge_ms(&self) -> i64 {
+        self.interval_seconds * 2500
+    }
+
+    /// `{{edge_range}}`: one side of a window edge, 1 ms short of two and a half scrape
+    /// intervals. At the window's evaluation time (1 ms before its end E) it selects
+    /// `[E − 2.5 intervals, E − 1 ms]`, the samples just before the end; with
+    /// `{{after_end_offset}}`, `[E, E + 2.5 intervals − 1 ms]`, those just after it.
+    fn edge_range(&self) -> String {
+        format!("{}ms", self.edge_ms() - 1)
+    }
+
+    /// `{{after_end_offset}}`: the offset that puts `{{edge_range}}` right after the window's
+    /// end.
+    fn after_end_offset(&self) -> String {
+        format!("{}ms", -self.edge_ms())
+    }
+
+    /// `{{after_start_offset}}`: the offset that puts `{{edge_range}}` right after the
+    /// window's start.
+    fn after_start_offset(&self) -> String {
+        format!("{}ms", self.window_seconds * 1000 - self.edge_ms())
+    }
+
     /// `{{tenant_join}}`: attributes per-namespace usage to the namespace's tenant label, one
     /// label value per namespace (the newest within the window).
     fn tenant_join(&self) -> String {
@@ -101,17 +127,21 @@ impl TemplateContext {
 }
 
 /// A meter's query with placeholders: `{{window}}`, `{{window_seconds}}`,
-/// `{{full_window_samples}}`, `{{interval}}`, `{{tenant_label}}`, `{{selector}}` and
-/// `{{tenant_join}}`. The query must return one series per namespace, with
-/// labels `namespace` and the tenant label, valued in the meter's unit for the window.
+/// `{{full_window_samples}}`, `{{interval}}`, `{{edge_range}}`, `{{after_end_offset}}`,
+/// `{{after_start_offset}}`, `{{tenant_label}}`, `{{selector}}` and `{{tenant_join}}`. The query
+/// must return one series per namespace, with labels `namespace` and the tenant label, valued in
+/// the meter's unit for the window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryTemplate(String);
 
-const PLACEHOLDERS: [&str; 7] = [
+const PLACEHOLDERS: [&str; 10] = [
     "window",
     "window_seconds",
     "full_window_samples",
     "interval",
+    "edge_range",
+    "after_end_offset",
+    "after_start_offset",
     "tenant_label",
     "selector",
     "tenant_join",
@@ -167,6 +197,9 @@ impl QueryTemplate {
                 "window_seconds" => out.push_str(&ctx.window_seconds.to_string()),
                 "full_window_samples" => out.push_str(&ctx.full_window_samples.to_string()),
                 "interval" => out.push_str(&ctx.interval_seconds.to_string()),
+                "edge_range" => out.push_str(&ctx.edge_range()),
+                "after_end_offset" => out.push_str(&ctx.after_end_offset()),
+                "after_start_offset" => out.push_str(&ctx.after_start_offset()),
                 "tenant_label" => out.push_str(ctx.tenant_label.as_str()),
                 "selector" => out.push_str(&selector),
                 other => unreachable!("unknown placeholder {other} passed parse"),
@@ -242,5 +275,28 @@ mod tests {
             "{rendered}"
         );
         assert!(rendered.contains("group_left(label_tenant)"));
+    }
+
+    #[test]
+    fn edge_placeholders_put_ranges_on_either_side_of_each_window_edge() {
+        let ctx = TemplateContext {
+            window: "299999ms".into(),
+            window_seconds: 300,
+            full_window_samples: 9,
+            interval_seconds: 30,
+            tenant_label: LabelName::parse("f", "label_tenant").unwrap(),
+            selector: String::new(),
+        };
+        let q = QueryTemplate::parse(
+            "q",
+            "c[{{edge_range}}] + c[{{edge_range}}] offset {{after_end_offset}} - c[{{edge_range}}] offset {{window_seconds}}s - c[{{edge_range}}] offset {{after_start_offset}}",
+        )
+        .unwrap();
+        // Evaluated 1 ms before the window's end E: [E − 75 s, E − 1 ms], [E, E + 75 s − 1 ms],
+        // and the same around its start S = E − 300 s.
+        assert_eq!(
+            q.render(&ctx),
+            "c[74999ms] + c[74999ms] offset -75000ms - c[74999ms] offset 300s - c[74999ms] offset 225000ms"
+        );
     }
 }

@@ -101,6 +101,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 24)]
         catchup_hours: i64,
     },
+    /// The built-in meters' PromQL against the meters before issue 13, on a real Prometheus
+    /// with synthetic data: accuracy per tenant, meter and day on the trap cluster, and
+    /// Prometheus' time per query at scale (needs promtool and prometheus).
+    MeterQueries {
+        /// Tenants of the cost measurement.
+        #[arg(long, default_value_t = 10_000)]
+        tenants: usize,
+        /// Scrape interval of the cost measurement's data, in seconds.
+        #[arg(long, default_value_t = 30)]
+        scrape_interval_s: i64,
+        /// Timed rounds, after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// One enforcement evaluation (budget status query, open actions, exemptions, plan) for
     /// many tenants against a plain SELECT of the same spent sums. Needs a superuser URL: it
     /// creates and drops its own scratch database.
@@ -203,6 +217,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     catchup_hours,
                 };
                 bench::collector::run_collector_bench(&database_url, &options).await
+            }
+            BenchCommand::MeterQueries {
+                tenants,
+                scrape_interval_s,
+                rounds,
+            } => {
+                let options = bench::meter_queries::MeterQueriesBenchOptions {
+                    tenants,
+                    scrape_interval_s,
+                    rounds,
+                };
+                bench::meter_queries::run_meter_queries_bench(&options).await
             }
             BenchCommand::Enforcer {
                 database_url,

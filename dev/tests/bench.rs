@@ -170,3 +170,33 @@ fn bench_kafka_publishes_a_backlog_in_order_against_raw_produce() {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn bench_meter_queries_prints_accuracy_and_cost_against_the_baseline_meters() {
+    let output = Command::new(env!("CARGO_BIN_EXE_budgetd-dev"))
+        .args(["bench", "meter-queries", "--tenants", "20", "--rounds", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The trap cluster: the current meters within 0.1% per tenant, meter and day; the meters
+    // before issue 13 measured on the same data.
+    let accuracy = |set: &str| {
+        stdout
+            .lines()
+            .map(str::trim_start)
+            .find(|l| l.starts_with(set) && l.contains("cpu "))
+            .unwrap_or_else(|| panic!("no accuracy line of {set} in:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(accuracy("current").ends_with("PASS"), "{stdout}");
+    assert!(accuracy("baseline").contains("cpu "), "{stdout}");
+    for figure in ["cpu + memory", "all meters", "as one range query"] {
+        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
+    }
+}

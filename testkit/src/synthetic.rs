@@ -15,9 +15,11 @@
 //! With `traps` the model contains what real clusters have and a naive collector falls into: a
 //! tenant with two namespaces, a namespace without tenant label and one labelled with an
 //! unknown tenant (both unallocated), a container restart (counter reset), a pod replaced
-//! mid-window, one scrape missing entirely, jittered scrape timestamps, and cAdvisor's pod-level
-//! (`container=""`) and pause-container (`container="POD"`) series, with pod network exported on
-//! both of them.
+//! mid-window, one scrape missing entirely (at an hour boundary, where rates step), jittered
+//! scrape timestamps, a namespace whose containers' cpu usage steps at every hour boundary from
+//! below the request to above it and back (it crosses the request from one window to the next),
+//! and cAdvisor's pod-level (`container=""`) and pause-container (`container="POD"`) series, with
+//! pod network exported on both of them.
 //!
 //! Billing rule (per container and window `W`, windows `[k·W, (k+1)·W)` aligned to the epoch;
 //! time a container did not exist counts as zero): cpu = max(∫requested cores, ∫used cores) in
@@ -369,8 +371,12 @@ pub struct TrapInfo {
     pub unallocated_namespaces: Vec<(String, Option<String>)>,
     pub restart: Option<ContainerRestart>,
     pub replacement: Option<PodReplacement>,
-    /// Nominal time of the scrape that has no samples at all.
+    /// Nominal time of the scrape that has no samples at all (at an hour boundary, where usage
+    /// rates step, when the range has one from 45% on).
     pub missing_scrape: Option<DateTime<Utc>>,
+    /// The namespace whose containers' cpu usage alternates hour by hour between below and
+    /// above their requests.
+    pub crossing_namespace: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,7 +439,7 @@ impl Rng {
 // ---------------------------------------------------------------------------------------------
 
 /// A non-negative integer signal over time: constant, or constant within each UTC hour with a
-/// value derived from `key` and the hour.
+/// value derived from `key` and the hour, or alternating between two values hour by hour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Profile {
     Const(i64),
@@ -442,6 +448,12 @@ enum Profile {
         lo: i64,
         hi: i64,
         quantum: i64,
+    },
+    /// `low` in hours whose number (since the epoch) plus `phase` is even, else `high`.
+    Alternating {
+        low: i64,
+        high: i64,
+        phase: i64,
     },
 }
 
@@ -465,6 +477,12 @@ impl Profile {
     }
 
     fn value_at(&self, t: i64) -> i64 {
+        self.in_hour(t.div_euclid(HOUR_MS))
+    }
+
+    /// The value throughout UTC hour `hour` (since the epoch) of a profile that is constant
+    /// within each hour.
+    fn in_hour(&self, hour: i64) -> i64 {
         match *self {
             Profile::Const(v) => v,
             Profile::Hourly {
@@ -472,7 +490,14 @@ impl Profile {
                 lo,
                 hi,
                 quantum,
-            } => Self::hour_value(key, lo, hi, quantum, t.div_euclid(HOUR_MS)),
+            } => Self::hour_value(key, lo, hi, quantum, hour),
+            Profile::Alternating { low, high, phase } => {
+                if (hour + phase).rem_euclid(2) == 0 {
+                    low
+                } else {
+                    high
+                }
+            }
         }
     }
 
@@ -483,18 +508,13 @@ impl Profile {
         }
         match *self {
             Profile::Const(v) => i128::from(v) * i128::from(b - a),
-            Profile::Hourly {
-                key,
-                lo,
-                hi,
-                quantum,
-            } => {
+            Profile::Hourly { .. } | Profile::Alternating { .. } => {
                 let mut acc = 0i128;
                 let mut t = a;
                 while t < b {
                     let hour = t.div_euclid(HOUR_MS);
                     let next = ((hour + 1) * HOUR_MS).min(b);
-                    let v = Self::hour_value(key, lo, hi, quantum, hour);
+                    let v = self.in_hour(hour);
                     acc += i128::from(v) * i128::from(next - t);
                     t = next;
                 }
@@ -1079,13 +1099,39 @@ impl Cluster {
                 ns.pods.insert(1, new);
             }
 
-            // One scrape missing entirely, near the middle.
+            // One scrape missing entirely, near the middle: at the first hour boundary from 45%
+            // of the range on, where usage rates step (else at 45%).
             let scrapes = (end - start + interval - 1) / interval;
             if scrapes >= 4 {
-                let k = scrapes * 45 / 100;
+                let nominal = scrapes * 45 / 100;
+                let at = start + nominal * interval;
+                let hour = div_ceil(at, HOUR_MS) * HOUR_MS;
+                let k = if (hour - start) % interval == 0 && (hour - start) / interval < scrapes {
+                    (hour - start) / interval
+                } else {
+                    nominal
+                };
                 missing_scrape = Some(k);
                 traps.missing_scrape = Some(ms_to_datetime(start + k * interval));
             }
+
+            // A namespace whose containers' cpu usage steps at every hour boundary from below
+            // its request to above it and back, so that it crosses the request from one window
+            // to the next: the usage of the scrape interval around a window edge belongs to one
+            // side, and billing max(requested, used) per window does not forgive a shift.
+            let crossing_ns = pick(4);
+            let mut rng = Rng::new(spec.seed, "traps/crossing");
+            let ns = &mut namespaces[crossing_ns];
+            for pod in &mut ns.pods {
+                for c in &mut pod.containers {
+                    c.cpu_usage_m = Profile::Alternating {
+                        low: c.cpu_request_m * rng.range(30, 70) / 100,
+                        high: c.cpu_request_m * rng.range(130, 170) / 100,
+                        phase: rng.range(0, 1),
+                    };
+                }
+            }
+            traps.crossing_namespace = Some(ns.name.clone());
         }
 
         // Make sure the small clusters still exercise every meter.
@@ -1975,6 +2021,44 @@ mod tests {
         assert!(samples[old_key].last().unwrap().0 < rep.old_stopped_at.timestamp_millis());
         assert!(samples[new_key][0].0 >= rep.new_started_at.timestamp_millis());
         assert!(samples[new_key][0].1 < 100.0);
+    }
+
+    #[test]
+    fn the_crossing_namespace_steps_across_its_requests_at_every_hour_and_a_scrape_is_lost_at_a_step(
+    ) {
+        let start = t("2024-03-01T00:00:00Z");
+        let spec = ClusterSpec::new(6, 42, start, start + chrono::Duration::days(1));
+        let cluster = Cluster::generate(&spec);
+        let traps = cluster.traps();
+        let missing = traps.missing_scrape.unwrap().timestamp_millis();
+        assert_eq!(missing % HOUR_MS, 0, "the lost scrape is at a step");
+        let name = traps.crossing_namespace.clone().unwrap();
+        assert_eq!(name, "tenant-004-main");
+        let ns = cluster.namespaces.iter().find(|n| n.name == name).unwrap();
+        let containers: Vec<&Container> = ns.pods.iter().flat_map(|p| &p.containers).collect();
+        assert!(!containers.is_empty());
+        for c in containers {
+            for hour in 0..24 {
+                let at = start.timestamp_millis() + hour * HOUR_MS;
+                let (before, after) = (c.cpu_usage_m.value_at(at - 1), c.cpu_usage_m.value_at(at));
+                let request = c.cpu_request_m;
+                assert!(
+                    hour == 0 || (before < request) != (after < request),
+                    "{} at hour {hour}: {before} then {after}, request {request}",
+                    c.name
+                );
+                assert!(before != request && after != request);
+            }
+        }
+        // Windows on either side of a step bill the request, then the usage (or the reverse):
+        // the truth is the max per window.
+        let w = |m: i64| cluster.window_truth(start + chrono::Duration::minutes(m), 300);
+        let tenant = Owner::Tenant("tenant-004".into());
+        let (a, b) = (
+            w(55)[&(tenant.clone(), Meter::Cpu)],
+            w(60)[&(tenant, Meter::Cpu)],
+        );
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -178,7 +178,7 @@ fn within(actual: Decimal, truth: Decimal, tolerance: Decimal) -> bool {
 }
 
 #[tokio::test]
-async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
+async fn the_ledger_matches_the_true_usage_within_a_tenth_of_a_percent() {
     let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
     // One full day: every trap of the model falls inside it.
     let f = fixture(6, start, start + Duration::days(1), true);
@@ -242,9 +242,11 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
         .iter()
         .map(|c| ((c.tenant.to_string(), c.meter.clone(), c.day), c.quantity))
         .collect();
-    let tolerance = Decimal::new(5, 3);
+    // Every trap of the model is in this day, among them the tenant whose cpu usage crosses its
+    // requests at every hour boundary and the scrape lost at one of those steps.
+    let tolerance = Decimal::new(1, 3);
     let mut report = Vec::new();
-    let mut worst = Decimal::ZERO;
+    let mut worst: BTreeMap<Meter, (Decimal, String)> = BTreeMap::new();
     for tenant in f.cluster.tenant_ids() {
         for meter in Meter::ALL {
             for day in truth.days() {
@@ -254,7 +256,11 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
                     .copied()
                     .unwrap_or_default();
                 if !expected.is_zero() {
-                    worst = worst.max(((actual - expected) / expected).abs());
+                    let error = ((actual - expected) / expected).abs();
+                    let w = worst.entry(meter).or_default();
+                    if error > w.0 {
+                        *w = (error, tenant.to_owned());
+                    }
                 }
                 if !within(actual, expected, tolerance) {
                     report.push(format!(
@@ -264,8 +270,13 @@ async fn the_ledger_matches_the_true_usage_within_half_a_percent() {
             }
         }
     }
-    assert!(report.is_empty(), "beyond 0.5%:\n{}", report.join("\n"));
-    eprintln!("worst relative error per tenant, meter and day: {worst}");
+    for (meter, (error, tenant)) in &worst {
+        eprintln!(
+            "worst relative error per tenant and day of {meter}: {:.5}% ({tenant})",
+            error * Decimal::from(100)
+        );
+    }
+    assert!(report.is_empty(), "beyond 0.1%:\n{}", report.join("\n"));
 
     // Unallocated usage: the unlabelled namespace and the unknown tenant label.
     for (key, reason) in [

@@ -6,6 +6,7 @@ pub mod enforcer;
 pub mod kafka;
 pub mod ledger;
 pub mod lifecycle;
+pub mod meter_queries;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
