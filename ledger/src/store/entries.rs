@@ -214,8 +214,8 @@ fn month_of(t: DateTime<Utc>) -> NaiveDate {
 }
 
 /// Resolves the keys of `entries` and makes sure the partitions of their months exist, and
-/// the partition of the month after the latest, so a month's partition is there before its
-/// first window. Run first in the transaction: creating a partition locks the table.
+/// the partition of the month after the latest if that is not in the past, so a month's
+/// partition is there before its first window. Run first in the transaction: creating a partition locks the table.
 async fn prepare(
     conn: &mut PgConnection,
     entries: &[NewEntry],
@@ -227,10 +227,13 @@ async fn prepare(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
+    // Only ahead of the present: a backfill of an old month must not touch the next one, which
+    // may be archived.
     if let Some(next) = months
         .iter()
         .max()
         .and_then(|m| m.checked_add_months(Months::new(1)))
+        .filter(|next| *next >= month_of(Utc::now()))
     {
         months.push(next);
     }
