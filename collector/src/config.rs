@@ -34,6 +34,9 @@ const MIN_RESPONSE_BYTES: u64 = 1024 * 1024;
 /// batch that large is better split).
 const MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
 
+/// `collector.batch_target_ms` unless configured; at most half of `prometheus.timeout_ms`.
+const DEFAULT_BATCH_TARGET_MS: u64 = 5_000;
+
 /// `[collector]`: present (and not `enabled = false`) means the daemon collects.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -74,7 +77,7 @@ impl Default for CollectorSection {
             horizon_seconds: 15 * 86_400,
             windows_per_batch: 288,
             // Half the default prometheus.timeout_ms: room for a batch slower than the last.
-            batch_target_ms: 5_000,
+            batch_target_ms: DEFAULT_BATCH_TARGET_MS,
             // The slowest default query takes ~0.3 ms per tenant-window in a range query on the
             // machine of the README's benchmarks: ~4.5 s, the target's worth (1 window at
             // 10,000 tenants, 15 at 1,000).
@@ -294,7 +297,12 @@ impl CollectorSection {
             "collector.windows_per_batch",
         )?;
         let prometheus = prometheus.validate()?;
-        let batch_target = timeout_millis(self.batch_target_ms, "collector.batch_target_ms")?;
+        let mut batch_target = timeout_millis(self.batch_target_ms, "collector.batch_target_ms")?;
+        // The default yields to a shorter Prometheus timeout (half of it); a value set on
+        // purpose must fit below it.
+        if self.batch_target_ms == DEFAULT_BATCH_TARGET_MS {
+            batch_target = batch_target.min(prometheus.timeout / 2);
+        }
         if batch_target >= prometheus.timeout {
             return Err(Invalid::new(
                 "collector.batch_target_ms",
@@ -460,6 +468,20 @@ mod tests {
         assert_eq!(settings.prometheus.timeout, Duration::from_secs(10));
         assert_eq!(settings.collector.batch_target, Duration::from_secs(5));
         assert_eq!(settings.collector.batch_tenant_windows, 15_000);
+        // The default target yields to a short Prometheus timeout; a configured one must fit.
+        let short = PrometheusSection {
+            timeout_ms: 2_000,
+            ..prometheus()
+        };
+        let settings = CollectorSection::default().validate(None, &short).unwrap();
+        assert_eq!(settings.collector.batch_target, Duration::from_secs(1));
+        let err = CollectorSection {
+            batch_target_ms: 3_000,
+            ..Default::default()
+        }
+        .validate(None, &short)
+        .unwrap_err();
+        assert_eq!(err.field, "collector.batch_target_ms");
 
         let err = CollectorSection::default()
             .validate(None, &PrometheusSection::default())
