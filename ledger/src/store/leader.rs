@@ -113,7 +113,16 @@ impl LeaderLock {
     }
 
     /// Gives up leadership.
-    pub async fn release(self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.conn.close()).await;
+    pub async fn release(mut self, timeout: Duration) {
+        // Unlocked explicitly first: closing the connection alone frees the lock only once the
+        // server has noticed, so another daemon asking right after could still find it held.
+        let _ = tokio::time::timeout(timeout, async {
+            let _ = query_scalar::<bool>("select pg_advisory_unlock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut self.conn)
+                .await;
+            let _ = self.conn.close().await;
+        })
+        .await;
     }
 }
