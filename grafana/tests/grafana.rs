@@ -231,16 +231,23 @@ async fn step_new(s: &Setup) -> lifecycle::StepReport {
 }
 
 async fn seed_costs(db: &TestDb, tenant: &str, amount: i64) {
-    sqlx::query(
-        "insert into ledger_rollup_daily (tenant_id, day, meter, unit, currency, quantity, amount, \
-         entries, price_unit, units_per_price_unit) \
-         values ($1, current_date, 'cpu', 'core_seconds', 'EUR', 3600, $2, 1, 'core_hours', 3600)",
+    let seeded = sqlx::query(
+        "insert into ledger_rollup_days (tenant_key, day, meter_key, unit_key, currency, \
+                                         quantity, amount, entries) \
+         select t.tenant_key, current_date, budgetd_meter_key('cpu'), \
+                budgetd_unit_key('core_seconds', 'core_hours', 3600), 'EUR', 3600, $2, 1 \
+         from tenants t where t.id = $1",
     )
     .bind(tenant)
     .bind(rust_decimal::Decimal::from(amount))
     .execute(db.store.pool())
     .await
     .unwrap();
+    assert_eq!(
+        seeded.rows_affected(),
+        1,
+        "no tenant {tenant} to seed costs for"
+    );
 }
 
 /// Grafana's macros and the pinned variable, as Grafana substitutes them, over the last 90 days.

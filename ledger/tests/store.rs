@@ -762,7 +762,7 @@ async fn finance_role_reads_the_views_and_nothing_else() {
         "select count(*) from audit_log",
         "select count(*) from ledger_rollup_daily",
         "insert into tenants (id, display_name, owner, data_residency, state, created_at, updated_at, state_changed_at) values ('x', 'x', 'x', 'eu', 'active', now(), now(), now())",
-        "delete from finance.tenant_costs_daily",
+        "delete from finance.tenant_costs_monthly",
         "update budgets set amount = 0",
         "create table public.sneaky (id int)",
         "create table finance.sneaky (id int)",
@@ -774,6 +774,17 @@ async fn finance_role_reads_the_views_and_nothing_else() {
             "{sql}: {err}"
         );
     }
+    // The daily view reads a view that joins the names in, so it cannot take a delete at all
+    // (refused before privileges are checked).
+    let err = sqlx::query("delete from finance.tenant_costs_daily")
+        .execute(&mut fin)
+        .await
+        .expect_err("a delete from the daily costs");
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("55000"),
+        "{err}"
+    );
 }
 
 /// A connection as a login role granted `budgetd_finance`, as finance's tools and Grafana

@@ -418,7 +418,7 @@ fn print_data(cal: &Calendar, loaded: &Loaded, steady: &Steady, tenants: usize, 
         cal.data_until.format("%Y-%m-%dT%H:%M:%SZ"),
     );
     println!(
-        "  ledger_rollup_daily {} rows ({} .. {}: tenant x meter x day, the last day partial), \
+        "  ledger_rollup_days {} rows ({} .. {}: tenant x meter x day, the last day partial), \
          ledger_rollup_monthly {} rows (their sums, 2 months), collected_windows {} (300 s; {} \
          in this period name incomplete tenants), budgets {} ({} superseded), open actions {} \
          (+{} closed last month), exemptions {} ({} in force)",

@@ -513,7 +513,7 @@ async fn write_path(
 fn written_tables(partition: &str) -> [&str; 6] {
     [
         partition,
-        "ledger_rollup_daily",
+        "ledger_rollup_days",
         "ledger_rollup_monthly",
         "ledger_rollup_tenant_daily",
         COPY_INDEXED,
@@ -680,7 +680,7 @@ async fn finance(
             days = progress_every / 24,
         );
     }
-    conn.vacuum_analyze(&["ledger_rollup_monthly", "ledger_rollup_daily"])
+    conn.vacuum_analyze(&["ledger_rollup_monthly", "ledger_rollup_days"])
         .await?;
     println!(
         "  (VACUUM ANALYZE of the rollup tables after the load; queries sent unnamed, so parsed \

@@ -61,40 +61,44 @@ const ENTRY_COLUMNS: &str = "window_start, tenant_key, price_version, meter_key,
 const INSERTED_COLUMNS: &str =
     "window_start, tenant_key, meter_key, unit_key, seq, price_version, quantity, amount";
 
-/// Names the rows of the CTE `inserted` for the rollups (CTE `written`), and adds them to the
-/// daily, monthly and per-tenant daily rollups.
+/// Adds the rows of the CTE `inserted` to the rollups: the daily rollup by the entries' own keys
+/// (one row per tenant, day, meter, unit and currency), the monthly and per-tenant daily ones by
+/// tenant id, named once per tenant and day (CTE `tenant_days`), not once per entry. Each
+/// upsert goes in key order, so concurrent writers lock rollup rows in one order.
 const ROLLUP: &str = "
 written as (
-    select t.id as tenant_id, w.window_start, m.name as meter, u.unit, u.price_unit,
-           u.units_per_price_unit, v.currency, w.quantity, w.amount
+    select w.tenant_key, (w.window_start at time zone 'UTC')::date as day, w.meter_key,
+           w.unit_key, v.currency, w.quantity, w.amount
     from inserted w
-    join tenants t on t.tenant_key = w.tenant_key
-    join ledger_meters m on m.meter_key = w.meter_key
-    join ledger_units u on u.unit_key = w.unit_key
     join price_book_versions v on v.id = w.price_version
 ),
 daily as (
-    insert into ledger_rollup_daily as r (tenant_id, day, meter, unit, currency, price_unit,
-                                          units_per_price_unit, quantity, amount, entries)
-    select tenant_id, (window_start at time zone 'UTC')::date, meter, unit, currency, price_unit,
-           units_per_price_unit, sum(quantity), sum(amount), count(*)
-    from written group by 1, 2, 3, 4, 5, 6, 7 order by 1, 2, 3, 4, 5, 6, 7
-    on conflict (tenant_id, day, meter, unit, currency, price_unit, units_per_price_unit) do update
+    insert into ledger_rollup_days as r (tenant_key, day, meter_key, unit_key, currency,
+                                         quantity, amount, entries)
+    select tenant_key, day, meter_key, unit_key, currency, sum(quantity), sum(amount), count(*)
+    from written group by 1, 2, 3, 4, 5 order by 1, 2, 3, 4, 5
+    on conflict (tenant_key, day, meter_key, unit_key, currency) do update
         set quantity = r.quantity + excluded.quantity, amount = r.amount + excluded.amount,
             entries = r.entries + excluded.entries
 ),
+tenant_days as (
+    select t.id as tenant_id, d.day, d.currency, d.amount, d.entries
+    from (select tenant_key, day, currency, sum(amount) as amount, count(*) as entries
+          from written group by 1, 2, 3) d
+    join tenants t on t.tenant_key = d.tenant_key
+),
 monthly as (
     insert into ledger_rollup_monthly as r (month, tenant_id, currency, amount, entries)
-    select date_trunc('month', window_start at time zone 'UTC')::date, tenant_id, currency,
-           sum(amount), count(*)
-    from written group by 1, 2, 3 order by 1, 2, 3
+    select date_trunc('month', day)::date, tenant_id, currency, sum(amount),
+           sum(entries)::bigint
+    from tenant_days group by 1, 2, 3 order by 1, 2, 3
     on conflict (month, tenant_id, currency) do update
         set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries
 ),
 tenant_daily as (
     insert into ledger_rollup_tenant_daily as r (day, tenant_id, currency, amount, entries)
-    select (window_start at time zone 'UTC')::date, tenant_id, currency, sum(amount), count(*)
-    from written group by 1, 2, 3 order by 1, 2, 3
+    select day, tenant_id, currency, amount, entries
+    from tenant_days order by 1, 2, 3
     on conflict (day, tenant_id, currency) do update
         set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries
 )";

@@ -89,17 +89,22 @@ pub async fn load_history(conn: &mut BenchConnection, h: &History<'_>) -> anyhow
     // is partial. Day-major order, as the collector creates the rows day by day.
     let (day_list, windows): (Vec<NaiveDate>, Vec<i32>) = h.days.iter().copied().unzip();
     sqlx::query(
-        "insert into ledger_rollup_daily (tenant_id, day, meter, unit, currency, price_unit, \
-                                          units_per_price_unit, quantity, amount, entries) \
-         select t.id, d.day, m.meter, m.unit, $10, m.price_unit, m.per_unit, \
+        "with m as materialized ( \
+             select x.*, budgetd_meter_key(x.meter) as meter_key, \
+                    budgetd_unit_key(x.unit, x.price_unit, x.per_unit) as unit_key \
+             from unnest($5::text[], $6::text[], $7::numeric[], $8::numeric[], $9::float8[], \
+                         $12::text[]) \
+                  with ordinality as x(meter, unit, rate, per_unit, weight, price_unit, j)) \
+         insert into ledger_rollup_days (tenant_key, day, meter_key, unit_key, currency, \
+                                         quantity, amount, entries) \
+         select k.tenant_key, d.day, m.meter_key, m.unit_key, $10, \
                 round(a.amount / m.rate * m.per_unit, 3), a.amount, d.windows \
          from (select g, 't' || lpad(g::text, $2, '0') as id, \
                       power(10, 3 * pg_temp.bench_u(g, 1) - 1) as per_day \
                from generate_series(1, $1) as g) t \
+         join tenants k on k.id = t.id \
          cross join unnest($3::date[], $4::int[]) with ordinality as d(day, windows, i) \
-         cross join unnest($5::text[], $6::text[], $7::numeric[], $8::numeric[], $9::float8[], \
-                           $12::text[]) \
-                    with ordinality as m(meter, unit, rate, per_unit, weight, price_unit, j) \
+         cross join m \
          cross join lateral ( \
              select round((t.per_day * m.weight \
                            * (0.8 + 0.4 * pg_temp.bench_u(t.g * 4096 + d.i * 8 + m.j, 2)) \
@@ -139,15 +144,18 @@ pub async fn load_history(conn: &mut BenchConnection, h: &History<'_>) -> anyhow
 
     conn.simple(
         "insert into ledger_rollup_monthly (tenant_id, month, currency, amount, entries) \
-         select tenant_id, date_trunc('month', day)::date, currency, sum(amount), sum(entries) \
-         from ledger_rollup_daily group by 1, 2, 3 order by 2, 1",
+         select t.id, date_trunc('month', d.day)::date, d.currency, sum(d.amount), \
+                sum(d.entries) \
+         from ledger_rollup_days d join tenants t using (tenant_key) \
+         group by 1, 2, 3 order by 2, 1",
     )
     .await
     .context("inserting monthly rollups")?;
     conn.simple(
         "insert into ledger_rollup_tenant_daily (day, tenant_id, currency, amount, entries) \
-         select day, tenant_id, currency, sum(amount), sum(entries) \
-         from ledger_rollup_daily group by 1, 2, 3 order by 1, 2",
+         select d.day, t.id, d.currency, sum(d.amount), sum(d.entries) \
+         from ledger_rollup_days d join tenants t using (tenant_key) \
+         group by 1, 2, 3 order by 1, 2",
     )
     .await
     .context("inserting per-tenant daily rollups")?;
@@ -252,7 +260,7 @@ pub async fn load_history(conn: &mut BenchConnection, h: &History<'_>) -> anyhow
 
     let counts: (i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "select (select count(*) from tenants where state = 'suspended'), \
-                (select count(*) from ledger_rollup_daily), \
+                (select count(*) from ledger_rollup_days), \
                 (select count(*) from ledger_rollup_monthly), \
                 (select count(*) from collected_windows), \
                 (select count(*) from collected_windows \
