@@ -49,13 +49,23 @@ pub struct CollectorConfig {
 }
 
 /// How many windows the next batch of a collection holds: the first batch's from the tenant
-/// count, each later one's from what the last batch took, so that its slowest query takes
+/// count, each later one's from what the last batches took, so that its slowest query takes
 /// about the target. Pure: the collector reports what batches took.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A query's time is a part that every evaluation pays (finding and reading the series) plus a
+/// part per window: at 10,000 tenants one window's cpu query takes ~3 s and five windows' ~8 s.
+/// Dividing the time by the windows (a line through zero) sees only the first part and keeps
+/// batches at one window, the dearest per window. With batches of two sizes the sizer fits the
+/// line through both; with one, it divides, and tries one window more while under the target.
+#[derive(Debug, Clone, PartialEq)]
 pub struct BatchSizer {
     max: usize,
     target: std::time::Duration,
     next: usize,
+    /// The last batch (windows, slowest query in seconds) ...
+    last: Option<(usize, f64)>,
+    /// ... and the last one of another size before it.
+    other: Option<(usize, f64)>,
 }
 
 impl BatchSizer {
@@ -72,6 +82,8 @@ impl BatchSizer {
             max,
             target,
             next: (tenant_windows / tenants.max(1)).clamp(1, max),
+            last: None,
+            other: None,
         }
     }
 
@@ -81,19 +93,40 @@ impl BatchSizer {
     }
 
     /// A batch of `windows` windows whose slowest query took `slowest`: the next one holds as
-    /// many windows as fit the target at that pace. Shrinking is at once; growing at most
-    /// doubles, since a batch's time has a part that does not shrink with its windows and
+    /// many windows as fit the target on the line through the last two batch sizes (or at this
+    /// batch's pace, with one size known). Shrinking is at once; growing at most doubles, since
     /// one quick batch may be luck.
     pub fn took(&mut self, windows: usize, slowest: std::time::Duration) {
         let windows = windows.max(1);
-        let per_window = slowest.as_secs_f64() / windows as f64;
-        let fit = if per_window > 0.0 {
-            // `as` saturates: a very quick batch fits "many", capped below.
-            (self.target.as_secs_f64() / per_window) as usize
-        } else {
-            usize::MAX
+        let seconds = slowest.as_secs_f64();
+        let target = self.target.as_secs_f64();
+        if let Some(last) = self.last.filter(|(n, _)| *n != windows) {
+            self.other = Some(last);
+        }
+        self.last = Some((windows, seconds));
+        let line = self.other.and_then(|(n0, s0)| {
+            let per_window = (seconds - s0) / (windows as f64 - n0 as f64);
+            // A larger batch that was not slower is noise, not a line.
+            (per_window > 0.0).then(|| {
+                let fixed = (seconds - per_window * windows as f64).max(0.0);
+                (target - fixed) / per_window
+            })
+        });
+        let fit = match line {
+            Some(fit) => fit,
+            None if seconds > 0.0 => {
+                let pace = target / (seconds / windows as f64);
+                // Under the target, one window more: the second size gives the line.
+                if seconds < target {
+                    pace.max((windows + 1) as f64)
+                } else {
+                    pace
+                }
+            }
+            None => f64::INFINITY,
         };
-        self.next = fit.clamp(1, self.max.min(windows.saturating_mul(2)));
+        // `as` saturates (and takes NaN and negatives to 0): clamped below.
+        self.next = (fit as usize).clamp(1, self.max.min(windows.saturating_mul(2)));
     }
 
     /// A batch of `windows` windows was too heavy for Prometheus (timed out, refused, an
@@ -772,20 +805,36 @@ mod tests {
             );
         }
         let mut s = BatchSizer::new(288, target, 30_000, 10_000);
-        // (windows, slowest query) -> next: as many windows as fit 5 s at the last pace,
-        // growing at most 2x, shrinking at once, at least 1 and at most 288.
+        // (windows, slowest query) -> next: as many windows as fit 5 s on the line through the
+        // last two sizes (at the last pace while only one size is known, or when the larger
+        // batch was not slower), growing at most 2x, shrinking at once, at least 1, at most 288.
         for (windows, slowest, next) in [
-            (3, ms(3_000), 5),     // 1 s per window: 5 fit
-            (5, ms(2_500), 10),    // 0.5 s: 10 fit
-            (10, ms(500), 20),     // 50 ms: 100 fit, but at most doubled
-            (20, ms(40_000), 2),   // 2 s per window: 2 fit, at once
-            (1, ms(9_000), 1),     // one window over the target: still one
-            (1, ms(0), 2),         // instant: doubled
-            (200, ms(100), 288),   // capped
-            (288, ms(28_800), 50), // 100 ms per window: 50
+            (3, ms(3_000), 5),   // one size, 1 s per window: 5 fit
+            (5, ms(2_500), 10),  // 5 was quicker than 3: no line; 0.5 s per window, 10 fit
+            (10, ms(500), 20),   // no line again; 50 ms per window: 100 fit, doubled at most
+            (20, ms(40_000), 1), // line through (10, 0.5 s): 3.95 s per window; 1 fits
+            (1, ms(9_000), 1),   // line through (20, 40 s): 7.4 s before any window; still 1
+            (1, ms(0), 2),       // same line's other end moved: 2.1 s per window, 2 fit
+            (2, ms(100), 4),     // line through (1, 0 s): 0.1 s per window; 50 fit, doubled
+            (4, ms(200), 8),     // line: 50 ms per window from 0 s: 100 fit, doubled
+            (200, ms(100), 288), // capped (the line from 4 to 200 falls: no line, pace)
         ] {
             s.took(windows, slowest);
             assert_eq!(s.next(), next, "{windows} windows in {slowest:?}");
+        }
+        // What the line is for: a query that costs 1.6 s before its first window and 1.4 s a
+        // window. One window (3 s) at the pace fits one window again, forever; one more is tried
+        // while under the target, and the line through both sizes keeps the batch at what fits
+        // (here 2 windows, 4.4 s), and at 9 under a 15 s target.
+        let cost = |n: usize| ms(1_600 + 1_400 * n as u64);
+        for (target, settled) in [(ms(5_000), 2), (ms(15_000), 9)] {
+            let mut s = BatchSizer::new(288, target, 10_000, 10_000);
+            for _ in 0..8 {
+                let n = s.next();
+                s.took(n, cost(n));
+            }
+            assert_eq!(s.next(), settled, "target {target:?}");
+            assert!(cost(s.next()) <= target);
         }
         s.too_heavy(50);
         assert_eq!(s.next(), 25, "split at once");
