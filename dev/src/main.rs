@@ -100,6 +100,10 @@ enum BenchCommand {
         /// Hours of outage caught up; fewer than 24 are extrapolated to 24 in the report.
         #[arg(long, default_value_t = 24)]
         catchup_hours: i64,
+        /// prometheus.timeout_ms of the catch-up's process, with collector.batch_target_ms half
+        /// of it (the example config's 10 s and 5 s otherwise)
+        #[arg(long)]
+        catchup_timeout_ms: Option<u64>,
     },
     /// The built-in meters' PromQL against the meters before issue 13, on a real Prometheus
     /// with synthetic data: accuracy per tenant, meter and day on the trap cluster, and
@@ -208,6 +212,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 backfill_days,
                 catchup_tenants,
                 catchup_hours,
+                catchup_timeout_ms,
             } => {
                 let options = bench::collector::CollectorBenchOptions {
                     tenants_one_window: tenants,
@@ -215,6 +220,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     backfill_days,
                     catchup_tenants,
                     catchup_hours,
+                    catchup_timeout_ms,
                 };
                 bench::collector::run_collector_bench(&database_url, &options).await
             }

@@ -16,8 +16,9 @@
 //!
 //! The daemon's process and a catch-up after an outage: `catchup_tenants` tenants, data every
 //! 60 s. The `budgetd` binary (next to `budgetd-dev`, or `BUDGETD_BIN`) collects one window
-//! (`budgetd collect`, a process of its own: its peak resident memory is its `ru_maxrss` from
-//! `wait4`), then the `catchup_hours` after it, as the daemon catches up after an outage (the
+//! (`budgetd collect`, a process of its own: its peak resident memory is its `VmHWM`, read
+//! from `/proc` every 20 ms until it exits; `ru_maxrss` would include this process' memory,
+//! which a spawned child starts with), then the `catchup_hours` after it, as the daemon catches up after an outage (the
 //! same `Collector` path: batches sized from the tenant count and from the last batch). Its
 //! debug log of each batch splits the time between Prometheus' queries, assembly and ledger
 //! commits; the CPU time of Prometheus (its `/metrics`) and of the process split the work. Fewer than 24 hours
@@ -80,6 +81,9 @@ pub struct CollectorBenchOptions {
     /// Hours of the outage caught up (the target is for 24; fewer are extrapolated to 24,
     /// and the report says so).
     pub catchup_hours: i64,
+    /// `prometheus.timeout_ms` of the daemon's process, with `collector.batch_target_ms` half
+    /// of it; the example config's otherwise.
+    pub catchup_timeout_ms: Option<u64>,
 }
 
 impl Default for CollectorBenchOptions {
@@ -90,6 +94,7 @@ impl Default for CollectorBenchOptions {
             backfill_days: 30,
             catchup_tenants: 10_000,
             catchup_hours: 24,
+            catchup_timeout_ms: None,
         }
     }
 }
@@ -147,6 +152,12 @@ fn validate(opts: &CollectorBenchOptions) -> anyhow::Result<()> {
     }
     if !(1..=24 * 15).contains(&opts.catchup_hours) {
         bail!("catchup_hours must be between 1 and 360");
+    }
+    if opts
+        .catchup_timeout_ms
+        .is_some_and(|ms| !(2_000..=600_000).contains(&ms))
+    {
+        bail!("catchup_timeout_ms must be between 2000 and 600000");
     }
     Ok(())
 }
@@ -1066,8 +1077,17 @@ struct BatchLog {
     total: Duration,
 }
 
+/// `VmHWM` of a `/proc/<pid>/status`, in KiB.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+}
+
 /// Runs `budgetd collect --from --to` with `config` and waits for it with `wait4`, which
-/// gives the process' own peak resident memory and CPU time.
+/// gives its CPU time; its peak resident memory is sampled from `/proc` while it runs.
 fn run_budgetd_collect(
     bin: &Path,
     config: &Path,
@@ -1109,6 +1129,23 @@ fn run_budgetd_collect(
             .collect::<Vec<String>>()
     });
     let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+    // The process' peak resident memory is its address space's high-water mark (`VmHWM`),
+    // read until it exits: `ru_maxrss` from wait4 is no use here, since a spawned child's
+    // starts at its parent's resident memory (this bench holds the fixture's model).
+    let sampler = std::thread::spawn(move || {
+        let path = format!("/proc/{pid}/status");
+        let mut peak_kib = 0;
+        // A zombie's status has no VmHWM; a reaped process has no status.
+        while let Some(kib) = std::fs::read_to_string(&path)
+            .ok()
+            .as_deref()
+            .and_then(vm_hwm_kib)
+        {
+            peak_kib = kib.max(peak_kib);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak_kib
+    });
     let mut status: libc::c_int = 0;
     // SAFETY: `rusage` is plain data that wait4 fills; `pid` is our own child, not waited yet
     // (`child` is never waited through std).
@@ -1124,16 +1161,21 @@ fn run_budgetd_collect(
     let stdout = out
         .join()
         .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
+    let peak_kib = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("memory sampler panicked"))?;
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         let tail = lines[lines.len().saturating_sub(20)..].join("\n");
         bail!("budgetd collect failed (wait status {status}):\n{tail}");
+    }
+    if peak_kib == 0 {
+        bail!("budgetd collect exited before its memory could be read");
     }
     let tv =
         |t: libc::timeval| Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64);
     let mut run = ProcessRun {
         elapsed,
-        // Linux reports kilobytes.
-        peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+        peak_rss_bytes: peak_kib * 1024,
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
         batches: Vec::new(),
         commits: Duration::ZERO,
@@ -1253,10 +1295,17 @@ async fn catch_up_after_outage(
         "the daemon's process: {} tenants, data scraped every {CATCH_UP_SCRAPE_S} s; `budgetd \
          collect` ({}) collects one window, then the {} hour(s) after it ({outage_windows} \
          windows) as after an outage (the daemon's catch-up path: batches sized from the tenant \
-         count, then from the last batch; the example config's prometheus.timeout_ms)",
+         count, then from the last batches; {})",
         opts.catchup_tenants,
         bin.display(),
-        opts.catchup_hours
+        opts.catchup_hours,
+        match opts.catchup_timeout_ms {
+            Some(ms) => format!(
+                "prometheus.timeout_ms = {ms} and collector.batch_target_ms = {} (--catchup-timeout-ms)",
+                ms / 2
+            ),
+            None => "the example config's prometheus.timeout_ms and batch_target_ms".to_owned(),
+        }
     );
     eprintln!(
         "bench: catch-up: generating {} tenants, {} h at {CATCH_UP_SCRAPE_S} s, and loading them \
@@ -1289,14 +1338,30 @@ async fn catch_up_after_outage(
     if !EXAMPLE_CONFIG.contains(interval) {
         bail!("the example config has no {interval:?}");
     }
+    let mut process_toml = EXAMPLE_CONFIG.replace(
+        interval,
+        &format!("scrape_interval_seconds = {CATCH_UP_SCRAPE_S}"),
+    );
+    if let Some(ms) = opts.catchup_timeout_ms {
+        let timeout = "[prometheus]\nurl = \"http://127.0.0.1:9090\"\ntimeout_ms = 10000\n";
+        if !process_toml.contains(timeout) {
+            bail!("the example config has no {timeout:?}");
+        }
+        process_toml = process_toml
+            .replace(
+                timeout,
+                &timeout.replace("timeout_ms = 10000", &format!("timeout_ms = {ms}")),
+            )
+            .replace(
+                &format!("scrape_interval_seconds = {CATCH_UP_SCRAPE_S}"),
+                &format!(
+                    "scrape_interval_seconds = {CATCH_UP_SCRAPE_S}\nbatch_target_ms = {}",
+                    ms / 2
+                ),
+            );
+    }
     let process_config = dir.path().join("budgetd-process.toml");
-    std::fs::write(
-        &process_config,
-        EXAMPLE_CONFIG.replace(
-            interval,
-            &format!("scrape_interval_seconds = {CATCH_UP_SCRAPE_S}"),
-        ),
-    )?;
+    std::fs::write(&process_config, process_toml)?;
     let env = [
         ("BUDGETD_PROMETHEUS_URL", prometheus.url.as_str()),
         ("BUDGETD_DATABASE_URL", db_url.as_str()),
@@ -1697,6 +1762,18 @@ async fn prometheus_rss(client: &reqwest::Client, url: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peak_resident_memory_is_read_from_proc_status() {
+        let status =
+            "Name:\tbudgetd\nVmPeak:\t  900000 kB\nVmHWM:\t   99120 kB\nVmRSS:\t 51200 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(99_120));
+        // A zombie's status has no memory lines.
+        assert_eq!(vm_hwm_kib("Name:\tbudgetd\nState:\tZ (zombie)\n"), None);
+        // This process' own, as the sampler reads a child's.
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(vm_hwm_kib(&own).is_some_and(|kib| kib > 0));
+    }
 
     #[test]
     fn the_example_config_loads_with_the_overridden_interval() {
