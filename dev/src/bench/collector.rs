@@ -1347,18 +1347,16 @@ async fn catch_up_after_outage(
         if !process_toml.contains(timeout) {
             bail!("the example config has no {timeout:?}");
         }
+        let target = "\nbatch_target_ms = 5000\n";
+        if !process_toml.contains(target) {
+            bail!("the example config has no {target:?}");
+        }
         process_toml = process_toml
             .replace(
                 timeout,
                 &timeout.replace("timeout_ms = 10000", &format!("timeout_ms = {ms}")),
             )
-            .replace(
-                &format!("scrape_interval_seconds = {CATCH_UP_SCRAPE_S}"),
-                &format!(
-                    "scrape_interval_seconds = {CATCH_UP_SCRAPE_S}\nbatch_target_ms = {}",
-                    ms / 2
-                ),
-            );
+            .replace(target, &format!("\nbatch_target_ms = {}\n", ms / 2));
     }
     let process_config = dir.path().join("budgetd-process.toml");
     std::fs::write(&process_config, process_toml)?;
