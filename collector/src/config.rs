@@ -737,7 +737,7 @@ mod tests {
             settle_seconds: Some(200),
             ..Default::default()
         };
-        assert!(!set.notes(None).iter().any(|n| n.contains("settle")));
+        assert!(!set.notes(None).iter().any(|n| n.starts_with("settle_seconds")));
     }
 
     #[test]

@@ -417,10 +417,11 @@ async fn crossing_cpu_error(f: &Fixture, meter: &str) -> Decimal {
 async fn the_crossing_trap_catches_the_cpu_meter_from_before_edge_interpolation() {
     let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
     let f = fixture(6, start, start + Duration::days(1), true);
-    let (old, new) = tokio::join!(
-        crossing_cpu_error(&f, &cpu_meter_only(testkit::BASELINE_METERS)),
-        crossing_cpu_error(&f, &cpu_meter_only(collector::config::DEFAULT_METERS)),
+    let (old, new) = (
+        cpu_meter_only(testkit::BASELINE_METERS),
+        cpu_meter_only(collector::config::DEFAULT_METERS),
     );
+    let (old, new) = tokio::join!(crossing_cpu_error(&f, &old), crossing_cpu_error(&f, &new));
     let percent = |e: Decimal| (e * Decimal::from(100)).round_dp(4);
     eprintln!(
         "crossing tenant, worst cpu error per day: before issue 13 {}%, built in {}%",
