@@ -718,7 +718,10 @@ mod tests {
             120
         );
         let err = at(60, Some(0), Some(&memory)).unwrap_err();
-        assert_eq!(err.to_string(), "collector.settle_seconds: must be greater than 0");
+        assert_eq!(
+            err.to_string(),
+            "collector.settle_seconds: must be greater than 0"
+        );
         // `config show` says what an unset one becomes.
         let notes = |interval| {
             CollectorSection {
@@ -737,7 +740,10 @@ mod tests {
             settle_seconds: Some(200),
             ..Default::default()
         };
-        assert!(!set.notes(None).iter().any(|n| n.starts_with("settle_seconds")));
+        assert!(!set
+            .notes(None)
+            .iter()
+            .any(|n| n.starts_with("settle_seconds")));
     }
 
     #[test]

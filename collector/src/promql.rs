@@ -202,11 +202,10 @@ impl QueryTemplate {
 
     /// The names of the placeholders in the template, in order (validated in `parse`).
     fn placeholders(&self) -> impl Iterator<Item = &str> {
-        self.0.split("{{").skip(1).filter_map(|after| {
-            after
-                .split_once("}}")
-                .map(|(name, _)| name)
-        })
+        self.0
+            .split("{{")
+            .skip(1)
+            .filter_map(|after| after.split_once("}}").map(|(name, _)| name))
     }
 
     /// Replaces every placeholder in one pass, so text a placeholder expands to (such as an
@@ -311,8 +310,8 @@ mod tests {
 
     #[test]
     fn a_template_reads_past_the_window_end_only_through_the_edge_placeholders() {
-        let plain = QueryTemplate::parse("q", "sum(x[{{window}}] offset {{window_seconds}}s)")
-            .unwrap();
+        let plain =
+            QueryTemplate::parse("q", "sum(x[{{window}}] offset {{window_seconds}}s)").unwrap();
         assert_eq!(plain.reads_after_end_ms(300, 30), 0);
         let after_end = QueryTemplate::parse(
             "q",

@@ -2060,7 +2060,11 @@ mod tests {
         let ns = cluster.namespaces.iter().find(|n| n.name == name).unwrap();
         let containers: Vec<&Container> = ns.pods.iter().flat_map(|p| &p.containers).collect();
         assert!(!containers.is_empty());
-        assert_eq!(HOUR_MS % CROSSING_SPAN_MS, 0, "it steps at hour boundaries too");
+        assert_eq!(
+            HOUR_MS % CROSSING_SPAN_MS,
+            0,
+            "it steps at hour boundaries too"
+        );
         for c in containers {
             for k in 0..24 * HOUR_MS / CROSSING_SPAN_MS {
                 let at = start.timestamp_millis() + k * CROSSING_SPAN_MS;

@@ -95,7 +95,8 @@ fn sets(interval_s: i64) -> anyhow::Result<[QuerySet; 2]> {
     struct File {
         meters: Vec<MeterSection>,
     }
-    let baseline: File = toml::from_str(testkit::BASELINE_METERS).context("testkit/src/meters_baseline.toml")?;
+    let baseline: File =
+        toml::from_str(testkit::BASELINE_METERS).context("testkit/src/meters_baseline.toml")?;
     Ok([
         render("baseline", &baseline.meters, interval_s)?,
         render("current", &default_meters(), interval_s)?,
