@@ -1136,7 +1136,8 @@ impl Cluster {
             // A namespace whose containers' cpu usage steps every quarter hour (so at every
             // hour boundary too) from well above its request to well below it and back, so
             // that it crosses the request from one window to the next: workers of a queue that
-            // a scheduled job fills on the half hour, busy for a quarter hour and then idle.
+            // a scheduled job fills every half hour, busy for a quarter hour (130–170% of the
+            // request, within a limit above it) and then quiet (30–70%).
             // A counter sample reports the usage up to its (jittered) timestamp, so the usage of
             // up to one scrape interval before an edge can land in the window after it, and
             // billing max(requested, used) per window does not forgive a shift: about half the
