@@ -116,7 +116,8 @@ completeness_lookback_seconds = 120
 
 [collector]
 window_seconds = 60
-settle_seconds = 30
+# The cpu meter reads samples up to 2.5 scrape intervals (38 s) after a window's end.
+settle_seconds = 40
 # The local Prometheus scrapes the demo exporter every 15 s.
 scrape_interval_seconds = 15
 

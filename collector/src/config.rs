@@ -37,13 +37,19 @@ const MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
 /// `collector.batch_target_ms` unless configured; at most half of `prometheus.timeout_ms`.
 const DEFAULT_BATCH_TARGET_MS: u64 = 5_000;
 
+/// `collector.settle_seconds` unless configured, or longer when the meters read samples further
+/// past a window's end (the built-in cpu meter: 2.5 scrape intervals, 75 s at 30 s scrapes).
+const DEFAULT_SETTLE_SECONDS: i64 = 120;
+
 /// `[collector]`: present (and not `enabled = false`) means the daemon collects.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorSection {
     pub enabled: bool,
     pub window_seconds: i64,
-    pub settle_seconds: i64,
+    /// Unset: 120, or how far past a window's end the meters read samples if that is longer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle_seconds: Option<i64>,
     /// kube-prometheus-stack scrapes every 30 s; checked against the data in every window.
     pub scrape_interval_seconds: i64,
     pub tenant_label: String,
@@ -69,7 +75,7 @@ impl Default for CollectorSection {
         CollectorSection {
             enabled: true,
             window_seconds: 300,
-            settle_seconds: 120,
+            settle_seconds: None,
             scrape_interval_seconds: 30,
             tenant_label: "label_tenant".to_owned(),
             scrape_jobs: vec!["kubelet".to_owned(), "kube-state-metrics".to_owned()],
@@ -250,8 +256,6 @@ impl CollectorSection {
         prometheus: &PrometheusSection,
     ) -> Result<CollectorSettings, Invalid> {
         let window = WindowLength::new(self.window_seconds).map_err(invalid)?;
-        let settle =
-            chrono::Duration::seconds(positive(self.settle_seconds, "collector.settle_seconds")?);
         let interval_seconds = positive(
             self.scrape_interval_seconds,
             "collector.scrape_interval_seconds",
@@ -262,6 +266,15 @@ impl CollectorSection {
                 "must divide collector.window_seconds",
             ));
         }
+        let meters = match meters {
+            Some(configured) => validate_meters(configured, "meters")?,
+            None => validate_meters(&default_meters(), "meters (built in)")?,
+        };
+        let settle = chrono::Duration::seconds(self.settle_seconds(
+            &meters,
+            window.seconds(),
+            interval_seconds,
+        )?);
         let tenant_label =
             LabelName::parse("collector.tenant_label", &self.tenant_label).map_err(invalid)?;
         if self.scrape_jobs.is_empty() {
@@ -334,10 +347,6 @@ impl CollectorSection {
             initial_backoff,
             max_backoff,
         };
-        let meters = match meters {
-            Some(configured) => validate_meters(configured, "meters")?,
-            None => validate_meters(&default_meters(), "meters (built in)")?,
-        };
         Ok(CollectorSettings {
             collector: CollectorConfig {
                 window,
@@ -359,9 +368,70 @@ impl CollectorSection {
         })
     }
 
-    /// What `config show` says about the keys that are not set.
-    pub fn notes(&self) -> Vec<String> {
+    /// The settle delay in seconds: as configured, which must cover the samples the meters
+    /// read after a window's end, or by default [`DEFAULT_SETTLE_SECONDS`] or that, whichever
+    /// is longer.
+    fn settle_seconds(
+        &self,
+        meters: &[Meter],
+        window_seconds: i64,
+        interval_seconds: i64,
+    ) -> Result<i64, Invalid> {
+        let needed = furthest_read_after_end(meters, window_seconds, interval_seconds);
+        let Some(configured) = self.settle_seconds else {
+            return Ok(needed.map_or(DEFAULT_SETTLE_SECONDS, |(_, need)| {
+                need.max(DEFAULT_SETTLE_SECONDS)
+            }));
+        };
+        let configured = positive(configured, "collector.settle_seconds")?;
+        match needed {
+            Some((meter, need)) if configured < need => Err(Invalid::new(
+                "collector.settle_seconds",
+                format!(
+                    "{configured} is too short for collector.scrape_interval_seconds = \
+                     {interval_seconds}: the {} meter reads samples up to {need} s after a \
+                     window's end; set settle_seconds >= {need} (or leave it out: the default \
+                     is {DEFAULT_SETTLE_SECONDS}, or what the meters need if longer)",
+                    meter.name
+                ),
+            )),
+            _ => Ok(configured),
+        }
+    }
+
+    /// What `config show` says about the keys that are not set; `meters` are the configured
+    /// `[[meters]]` (`None`: the built-in ones).
+    pub fn notes(&self, meters: Option<&[MeterSection]>) -> Vec<String> {
         let mut notes = Vec::new();
+        if self.settle_seconds.is_none() {
+            // What validation would make of it; nothing more if the section is invalid
+            // (validation says why).
+            let built_in;
+            let raw = match meters {
+                Some(configured) => configured,
+                None => {
+                    built_in = default_meters();
+                    &built_in
+                }
+            };
+            let needed = validate_meters(raw, "meters").ok().and_then(|meters| {
+                furthest_read_after_end(&meters, self.window_seconds, self.scrape_interval_seconds)
+                    .map(|(meter, need)| (meter.name.to_string(), need))
+            });
+            notes.push(match needed {
+                Some((meter, need)) if need > DEFAULT_SETTLE_SECONDS => format!(
+                    "settle_seconds: not set, so {need}, not {DEFAULT_SETTLE_SECONDS}: the \
+                     {meter} meter reads samples up to {need} s after a window's end at \
+                     scrape_interval_seconds = {}",
+                    self.scrape_interval_seconds
+                ),
+                Some((meter, need)) => format!(
+                    "settle_seconds: not set, so {DEFAULT_SETTLE_SECONDS} (at least {need}: the \
+                     {meter} meter reads samples up to {need} s after a window's end)"
+                ),
+                None => format!("settle_seconds: not set, so {DEFAULT_SETTLE_SECONDS}"),
+            });
+        }
         if self.start.is_none() {
             notes.push("start: not set, so a new ledger starts at its first start".to_owned());
         }
@@ -373,6 +443,26 @@ impl CollectorSection {
         }
         notes
     }
+}
+
+/// The meter that reads furthest past a window's end, and how far in whole seconds (rounded up):
+/// what `collector.settle_seconds` must cover. `None` if no meter reads past the end.
+fn furthest_read_after_end(
+    meters: &[Meter],
+    window_seconds: i64,
+    interval_seconds: i64,
+) -> Option<(&Meter, i64)> {
+    let mut furthest: Option<(&Meter, i64)> = None;
+    for meter in meters {
+        let ms = meter
+            .query
+            .reads_after_end_ms(window_seconds, interval_seconds);
+        let seconds = (ms + 999) / 1000;
+        if seconds > 0 && furthest.is_none_or(|(_, s)| seconds > s) {
+            furthest = Some((meter, seconds));
+        }
+    }
+    furthest
 }
 
 fn validate_meters(raw: &[MeterSection], list: &str) -> Result<Vec<Meter>, Invalid> {
@@ -563,6 +653,97 @@ mod tests {
                 .field,
             "prometheus.max_response_bytes"
         );
+    }
+
+    #[test]
+    fn settle_seconds_covers_the_samples_the_meters_read_after_a_window_end() {
+        let at = |interval: i64, settle: Option<i64>, meters: Option<&[MeterSection]>| {
+            CollectorSection {
+                scrape_interval_seconds: interval,
+                settle_seconds: settle,
+                ..Default::default()
+            }
+            .validate(meters, &prometheus())
+        };
+        let settle = |interval, settle| {
+            at(interval, settle, None)
+                .unwrap()
+                .collector
+                .settle
+                .num_seconds()
+        };
+        // Unset: 120, or how far the cpu meter reads past the end (2.5 scrape intervals, to
+        // the second above) when that is longer.
+        assert_eq!(settle(15, None), 120);
+        assert_eq!(settle(30, None), 120);
+        assert_eq!(settle(60, None), 150);
+        assert_eq!(settle(100, None), 250);
+        // Set: kept when it covers them, refused naming both keys, their values and the
+        // minimum when it does not.
+        assert_eq!(settle(30, Some(75)), 75);
+        assert_eq!(settle(15, Some(38)), 38);
+        assert_eq!(settle(60, Some(150)), 150);
+        for (interval, configured, minimum) in [(30, 74, 75), (15, 37, 38), (60, 120, 150)] {
+            let err = at(interval, Some(configured), None).unwrap_err();
+            assert_eq!(err.field, "collector.settle_seconds");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "collector.settle_seconds: {configured} is too short for \
+                     collector.scrape_interval_seconds = {interval}: the cpu meter reads samples \
+                     up to {minimum} s after a window's end; set settle_seconds >= {minimum} (or \
+                     leave it out: the default is 120, or what the meters need if longer)"
+                )
+            );
+        }
+        // Meters that read nothing past a window's end need only a positive delay.
+        let memory: Vec<MeterSection> = default_meters()
+            .into_iter()
+            .filter(|m| m.name == "memory")
+            .collect();
+        assert_eq!(
+            at(60, Some(1), Some(&memory))
+                .unwrap()
+                .collector
+                .settle
+                .num_seconds(),
+            1
+        );
+        assert_eq!(
+            at(60, None, Some(&memory))
+                .unwrap()
+                .collector
+                .settle
+                .num_seconds(),
+            120
+        );
+        let err = at(60, Some(0), Some(&memory)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "collector.settle_seconds: must be greater than 0"
+        );
+        // `config show` says what an unset one becomes.
+        let notes = |interval| {
+            CollectorSection {
+                scrape_interval_seconds: interval,
+                ..Default::default()
+            }
+            .notes(None)
+        };
+        assert!(notes(30).contains(
+            &"settle_seconds: not set, so 120 (at least 75: the cpu meter reads samples up to 75 s after a window's end)".to_owned()
+        ), "{:?}", notes(30));
+        assert!(notes(60).contains(
+            &"settle_seconds: not set, so 150, not 120: the cpu meter reads samples up to 150 s after a window's end at scrape_interval_seconds = 60".to_owned()
+        ), "{:?}", notes(60));
+        let set = CollectorSection {
+            settle_seconds: Some(200),
+            ..Default::default()
+        };
+        assert!(!set
+            .notes(None)
+            .iter()
+            .any(|n| n.starts_with("settle_seconds")));
     }
 
     #[test]

@@ -87,7 +87,12 @@ impl TemplateContext {
     /// An edge's samples on one side: two and a half scrape intervals, so that either side of
     /// an edge has at least two samples with jittered scrape timestamps.
     fn edge_ms(&self) -> i64 {
-        self.interval_seconds * 2500
+        Self::edge_ms_for(self.interval_seconds)
+    }
+
+    /// [`TemplateContext::edge_ms`] at a scrape interval of `interval_seconds`.
+    fn edge_ms_for(interval_seconds: i64) -> i64 {
+        interval_seconds * 2500
     }
 
     /// `{{edge_range}}`: one side of a window edge, 1 ms short of two and a half scrape
@@ -175,6 +180,32 @@ impl QueryTemplate {
             });
         }
         Ok(QueryTemplate(text.to_owned()))
+    }
+
+    /// How far past a window's end the rendered query reads, in ms, for windows of
+    /// `window_seconds` and scrape interval `interval_seconds`: evaluated 1 ms before the end
+    /// E, a plain selector reads up to E − 1 ms (0 here); `{{after_end_offset}}` puts
+    /// `{{edge_range}}` (2.5 intervals less 1 ms) right after E, so up to E + 2.5 intervals −
+    /// 1 ms; `{{after_start_offset}}` right after the window's start, past E only when a window
+    /// is shorter than 2.5 intervals. Samples that late must be in Prometheus when the window
+    /// is collected (`collector.settle_seconds`).
+    pub fn reads_after_end_ms(&self, window_seconds: i64, interval_seconds: i64) -> i64 {
+        let edge_ms = TemplateContext::edge_ms_for(interval_seconds);
+        self.placeholders()
+            .map(|name| match name {
+                "after_end_offset" => edge_ms - 1,
+                "after_start_offset" => edge_ms - 1 - window_seconds * 1000,
+                _ => 0,
+            })
+            .fold(0, i64::max)
+    }
+
+    /// The names of the placeholders in the template, in order (validated in `parse`).
+    fn placeholders(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .split("{{")
+            .skip(1)
+            .filter_map(|after| after.split_once("}}").map(|(name, _)| name))
     }
 
     /// Replaces every placeholder in one pass, so text a placeholder expands to (such as an
@@ -275,6 +306,33 @@ mod tests {
             "{rendered}"
         );
         assert!(rendered.contains("group_left(label_tenant)"));
+    }
+
+    #[test]
+    fn a_template_reads_past_the_window_end_only_through_the_edge_placeholders() {
+        let plain =
+            QueryTemplate::parse("q", "sum(x[{{window}}] offset {{window_seconds}}s)").unwrap();
+        assert_eq!(plain.reads_after_end_ms(300, 30), 0);
+        let after_end = QueryTemplate::parse(
+            "q",
+            "predict_linear(c[{{edge_range}}] offset {{after_end_offset}}, 0) - c offset {{window_seconds}}s",
+        )
+        .unwrap();
+        // [E, E + 2.5 intervals − 1 ms]
+        assert_eq!(after_end.reads_after_end_ms(300, 30), 74_999);
+        assert_eq!(after_end.reads_after_end_ms(300, 60), 149_999);
+        assert_eq!(after_end.reads_after_end_ms(300, 15), 37_499);
+        // After the start: within the window unless it is shorter than 2.5 intervals.
+        let after_start =
+            QueryTemplate::parse("q", "c[{{edge_range}}] offset {{after_start_offset}}").unwrap();
+        assert_eq!(after_start.reads_after_end_ms(300, 30), 0);
+        assert_eq!(after_start.reads_after_end_ms(60, 30), 14_999);
+        // The built-in cpu meter reads after the end; the gauges do not.
+        for meter in crate::config::default_meters() {
+            let q = QueryTemplate::parse(&meter.name, &meter.query).unwrap();
+            let expected = if meter.name == "cpu" { 74_999 } else { 0 };
+            assert_eq!(q.reads_after_end_ms(300, 30), expected, "{}", meter.name);
+        }
     }
 
     #[test]

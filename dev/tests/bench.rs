@@ -185,7 +185,8 @@ fn bench_meter_queries_prints_accuracy_and_cost_against_the_baseline_meters() {
         String::from_utf8_lossy(&output.stderr)
     );
     // The trap cluster: the current meters within 0.1% per tenant, meter and day; the meters
-    // before issue 13 measured on the same data.
+    // before issue 13 measured on the same data, and beyond it (the crossing trap catches their
+    // cpu meter).
     let accuracy = |set: &str| {
         stdout
             .lines()
@@ -195,7 +196,7 @@ fn bench_meter_queries_prints_accuracy_and_cost_against_the_baseline_meters() {
             .to_owned()
     };
     assert!(accuracy("current").ends_with("PASS"), "{stdout}");
-    assert!(accuracy("baseline").contains("cpu "), "{stdout}");
+    assert!(accuracy("baseline").ends_with("MISS"), "{stdout}");
     for figure in ["cpu + memory", "all meters", "as one range query"] {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }

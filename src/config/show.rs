@@ -28,7 +28,7 @@ pub(super) fn render(config: &Config) -> String {
     };
     match &file.collector {
         Some(c) if c.enabled => {
-            notes.push(("collector", c.notes()));
+            notes.push(("collector", c.notes(file.meters.as_deref())));
             if file.meters.is_none() {
                 file.meters = Some(default_meters());
             }

@@ -15,7 +15,9 @@
 //!   compared with them;
 //! - `kustomize`: `kubectl kustomize`, parsed (the deploy test, the ClusterRole check);
 //! - `tcp_proxy`: a TCP proxy that forwards, refuses or swallows connections on command;
-//! - `bench_sql`: the benchmarks' SQL besides the store (bulk loads, COPY, baseline queries).
+//! - `bench_sql`: the benchmarks' SQL besides the store (bulk loads, COPY, baseline queries);
+//! - `BASELINE_METERS`: the collector's built-in meters before issue 13, which the synthetic
+//!   cluster's traps must catch.
 
 pub mod alertmanager;
 pub mod bench_sql;
@@ -29,3 +31,8 @@ pub mod kustomize;
 pub mod prometheus;
 pub mod synthetic;
 pub mod tcp_proxy;
+
+/// The collector's built-in meters as they were before issue 13, as a configuration's
+/// `[[meters]]` (`meters_baseline.toml`): the baseline of `budgetd-dev bench meter-queries`,
+/// and what the collector's accuracy test checks the crossing trap against.
+pub const BASELINE_METERS: &str = include_str!("meters_baseline.toml");

@@ -16,8 +16,9 @@
 //! tenant with two namespaces, a namespace without tenant label and one labelled with an
 //! unknown tenant (both unallocated), a container restart (counter reset), a pod replaced
 //! mid-window, one scrape missing entirely (at an hour boundary, where rates step), jittered
-//! scrape timestamps, a namespace whose containers' cpu usage steps at every hour boundary from
-//! below the request to above it and back (it crosses the request from one window to the next),
+//! scrape timestamps, a namespace whose containers' cpu usage steps every quarter hour (hour
+//! boundaries among them) from well below the request to well above it and back (it crosses the
+//! request from one window to the next),
 //! and cAdvisor's pod-level (`container=""`) and pause-container (`container="POD"`) series, with
 //! pod network exported on both of them.
 //!
@@ -65,6 +66,10 @@ pub const NODES: usize = 3;
 pub const TENANT_LABEL_KEY: &str = "tenant";
 
 const HOUR_MS: i64 = 3_600_000;
+/// How long the crossing namespace's cpu usage stays above, then below, its request (with
+/// `traps`): a quarter hour, so it steps at four window edges an hour, hour boundaries among
+/// them.
+pub const CROSSING_SPAN_MS: i64 = 15 * 60_000;
 const MIB: i64 = 1 << 20;
 const GIB: i64 = 1 << 30;
 
@@ -374,8 +379,8 @@ pub struct TrapInfo {
     /// Nominal time of the scrape that has no samples at all (at an hour boundary, where usage
     /// rates step, when the range has one from 45% on).
     pub missing_scrape: Option<DateTime<Utc>>,
-    /// The namespace whose containers' cpu usage alternates hour by hour between below and
-    /// above their requests.
+    /// The namespace whose containers' cpu usage alternates every quarter hour
+    /// ([`CROSSING_SPAN_MS`]) between well below and well above their requests.
     pub crossing_namespace: Option<String>,
 }
 
@@ -439,7 +444,8 @@ impl Rng {
 // ---------------------------------------------------------------------------------------------
 
 /// A non-negative integer signal over time: constant, or constant within each UTC hour with a
-/// value derived from `key` and the hour, or alternating between two values hour by hour.
+/// value derived from `key` and the hour, or alternating between two values in spans of a fixed
+/// length aligned to the epoch (steps at every hour boundary when the span divides an hour).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Profile {
     Const(i64),
@@ -449,11 +455,13 @@ enum Profile {
         hi: i64,
         quantum: i64,
     },
-    /// `low` in hours whose number (since the epoch) plus `phase` is even, else `high`.
+    /// `low` in spans `[k·span_ms, (k+1)·span_ms)` whose number `k` plus `phase` is even, else
+    /// `high`.
     Alternating {
         low: i64,
         high: i64,
         phase: i64,
+        span_ms: i64,
     },
 }
 
@@ -476,13 +484,20 @@ impl Profile {
         lo + (r % steps as u64) as i64 * quantum
     }
 
-    fn value_at(&self, t: i64) -> i64 {
-        self.in_hour(t.div_euclid(HOUR_MS))
+    /// The length of the spans the profile is constant in.
+    fn span_ms(&self) -> i64 {
+        match *self {
+            Profile::Alternating { span_ms, .. } => span_ms,
+            Profile::Const(_) | Profile::Hourly { .. } => HOUR_MS,
+        }
     }
 
-    /// The value throughout UTC hour `hour` (since the epoch) of a profile that is constant
-    /// within each hour.
-    fn in_hour(&self, hour: i64) -> i64 {
+    fn value_at(&self, t: i64) -> i64 {
+        self.in_span(t.div_euclid(self.span_ms()))
+    }
+
+    /// The value throughout span `k` (since the epoch; a UTC hour except for `Alternating`).
+    fn in_span(&self, k: i64) -> i64 {
         match *self {
             Profile::Const(v) => v,
             Profile::Hourly {
@@ -490,9 +505,11 @@ impl Profile {
                 lo,
                 hi,
                 quantum,
-            } => Self::hour_value(key, lo, hi, quantum, hour),
-            Profile::Alternating { low, high, phase } => {
-                if (hour + phase).rem_euclid(2) == 0 {
+            } => Self::hour_value(key, lo, hi, quantum, k),
+            Profile::Alternating {
+                low, high, phase, ..
+            } => {
+                if (k + phase).rem_euclid(2) == 0 {
                     low
                 } else {
                     high
@@ -509,12 +526,13 @@ impl Profile {
         match *self {
             Profile::Const(v) => i128::from(v) * i128::from(b - a),
             Profile::Hourly { .. } | Profile::Alternating { .. } => {
+                let span = self.span_ms();
                 let mut acc = 0i128;
                 let mut t = a;
                 while t < b {
-                    let hour = t.div_euclid(HOUR_MS);
-                    let next = ((hour + 1) * HOUR_MS).min(b);
-                    let v = self.in_hour(hour);
+                    let k = t.div_euclid(span);
+                    let next = ((k + 1) * span).min(b);
+                    let v = self.in_span(k);
                     acc += i128::from(v) * i128::from(next - t);
                     t = next;
                 }
@@ -1115,10 +1133,15 @@ impl Cluster {
                 traps.missing_scrape = Some(ms_to_datetime(start + k * interval));
             }
 
-            // A namespace whose containers' cpu usage steps at every hour boundary from below
-            // its request to above it and back, so that it crosses the request from one window
-            // to the next: the usage of the scrape interval around a window edge belongs to one
-            // side, and billing max(requested, used) per window does not forgive a shift.
+            // A namespace whose containers' cpu usage steps every quarter hour (so at every
+            // hour boundary too) from well above its request to well below it and back, so
+            // that it crosses the request from one window to the next: workers of a queue that
+            // a scheduled job fills every half hour, busy for a quarter hour (130–170% of the
+            // request, within a limit above it) and then quiet (30–70%).
+            // A counter sample reports the usage up to its (jittered) timestamp, so the usage of
+            // up to one scrape interval before an edge can land in the window after it, and
+            // billing max(requested, used) per window does not forgive a shift: about half the
+            // edges' first sample after the edge reports usage from before it.
             let crossing_ns = pick(4);
             let mut rng = Rng::new(spec.seed, "traps/crossing");
             let ns = &mut namespaces[crossing_ns];
@@ -1128,6 +1151,7 @@ impl Cluster {
                         low: c.cpu_request_m * rng.range(30, 70) / 100,
                         high: c.cpu_request_m * rng.range(130, 170) / 100,
                         phase: rng.range(0, 1),
+                        span_ms: CROSSING_SPAN_MS,
                     };
                 }
             }
@@ -2024,7 +2048,7 @@ mod tests {
     }
 
     #[test]
-    fn the_crossing_namespace_steps_across_its_requests_at_every_hour_and_a_scrape_is_lost_at_a_step(
+    fn the_crossing_namespace_steps_across_its_requests_every_quarter_hour_and_a_scrape_is_lost_at_a_step(
     ) {
         let start = t("2024-03-01T00:00:00Z");
         let spec = ClusterSpec::new(6, 42, start, start + chrono::Duration::days(1));
@@ -2037,17 +2061,25 @@ mod tests {
         let ns = cluster.namespaces.iter().find(|n| n.name == name).unwrap();
         let containers: Vec<&Container> = ns.pods.iter().flat_map(|p| &p.containers).collect();
         assert!(!containers.is_empty());
+        assert_eq!(
+            HOUR_MS % CROSSING_SPAN_MS,
+            0,
+            "it steps at hour boundaries too"
+        );
         for c in containers {
-            for hour in 0..24 {
-                let at = start.timestamp_millis() + hour * HOUR_MS;
+            for k in 0..24 * HOUR_MS / CROSSING_SPAN_MS {
+                let at = start.timestamp_millis() + k * CROSSING_SPAN_MS;
                 let (before, after) = (c.cpu_usage_m.value_at(at - 1), c.cpu_usage_m.value_at(at));
                 let request = c.cpu_request_m;
+                // Well above the request, then well below it (or the reverse).
+                let (high, low) = (before.max(after), before.min(after));
                 assert!(
-                    hour == 0 || (before < request) != (after < request),
-                    "{} at hour {hour}: {before} then {after}, request {request}",
+                    k == 0 || (high >= request * 13 / 10 && low <= request * 7 / 10),
+                    "{} at {at}: {before} then {after}, request {request}",
                     c.name
                 );
-                assert!(before != request && after != request);
+                // Constant in between.
+                assert_eq!(c.cpu_usage_m.value_at(at + CROSSING_SPAN_MS - 1), after);
             }
         }
         // Windows on either side of a step bill the request, then the usage (or the reverse):

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use budgetd::config::Config;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use collector::config::CollectorSettings;
+use collector::config::{CollectorSettings, MeterSection};
 use collector::source::{Answer, Prometheus, SourceError, UsageSource};
 use collector::Collector;
 use ledger::audit::{Actor, AuditContext};
@@ -243,7 +243,7 @@ async fn the_ledger_matches_the_true_usage_within_a_tenth_of_a_percent() {
         .map(|c| ((c.tenant.to_string(), c.meter.clone(), c.day), c.quantity))
         .collect();
     // Every trap of the model is in this day, among them the tenant whose cpu usage crosses its
-    // requests at every hour boundary and the scrape lost at one of those steps.
+    // requests every quarter hour and the scrape lost at one of those steps.
     let tolerance = Decimal::new(1, 3);
     let mut report = Vec::new();
     let mut worst: BTreeMap<Meter, (Decimal, String)> = BTreeMap::new();
@@ -347,6 +347,98 @@ impl UsageSource for Counting {
         self.queries.fetch_add(1, Ordering::Relaxed);
         self.inner.query(query, first, last, step).await
     }
+}
+
+/// The `cpu` meter of `meters` (TOML with `[[meters]]`), as a configuration's only meter.
+fn cpu_meter_only(meters: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct File {
+        meters: Vec<MeterSection>,
+    }
+    let file: File = toml::from_str(meters).unwrap();
+    let cpu = file.meters.into_iter().find(|m| m.name == "cpu").unwrap();
+    format!("\n[[meters]]\n{}", toml::to_string(&cpu).unwrap())
+}
+
+/// The crossing tenant's cpu, collected by a collector whose only meter is `meter` (a
+/// `[[meters]]` entry), against the truth: |ledger − truth| / truth per UTC day, the worst.
+async fn crossing_cpu_error(f: &Fixture, meter: &str) -> Decimal {
+    let crossing = f.cluster.traps().crossing_namespace.clone().unwrap();
+    let tenant = f
+        .cluster
+        .tenants()
+        .iter()
+        .find(|t| t.namespaces.contains(&crossing))
+        .unwrap()
+        .id
+        .clone();
+    let db = ledger_for(&f.cluster).await;
+    let dir = ScratchDir::new("budgetd-config");
+    let file = edited_example_config(dir.path(), &[(EXAMPLE_INTERVAL, &synthetic_interval())]);
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(meter);
+    std::fs::write(&file, text).unwrap();
+    let config = config_from(&file, &f.prometheus.url, &db.url);
+    let names: Vec<&str> = (config.collector.as_ref().unwrap().collector.meters.iter())
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names, ["cpu"]);
+    budgetd::app::build_collector(&settings(&config), db.store.clone())
+        .unwrap()
+        .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    let truth = f.cluster.truth(300);
+    let costs = db
+        .store
+        .daily_costs(None, f.start.date_naive(), f.end.date_naive())
+        .await
+        .unwrap();
+    let mut worst = Decimal::ZERO;
+    for day in truth.days() {
+        let expected = truth.quantity(&tenant, Meter::Cpu, day);
+        assert!(expected > Decimal::ZERO);
+        let actual = costs
+            .iter()
+            .find(|c| c.tenant.to_string() == tenant && c.meter == "cpu" && c.day == day)
+            .map(|c| c.quantity)
+            .unwrap_or_default();
+        worst = worst.max(((actual - expected) / expected).abs());
+    }
+    worst
+}
+
+/// The trap the accuracy test is about must catch what it was made for: on the tenant whose cpu
+/// usage steps across its requests at window edges (with jittered scrapes and a scrape lost at a
+/// step), the `cpu` meter before issue 13, which assigned a counter's usage to the window of the
+/// sample that reports it, is off by clearly more than 0.1% per day; the built-in one, which
+/// interpolates the counter to the window edges, is within it.
+#[tokio::test]
+async fn the_crossing_trap_catches_the_cpu_meter_from_before_edge_interpolation() {
+    let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+    let f = fixture(6, start, start + Duration::days(1), true);
+    let (old, new) = (
+        cpu_meter_only(testkit::BASELINE_METERS),
+        cpu_meter_only(collector::config::DEFAULT_METERS),
+    );
+    let (old, new) = tokio::join!(crossing_cpu_error(&f, &old), crossing_cpu_error(&f, &new));
+    let percent = |e: Decimal| (e * Decimal::from(100)).round_dp(4);
+    eprintln!(
+        "crossing tenant, worst cpu error per day: before issue 13 {}%, built in {}%",
+        percent(old),
+        percent(new)
+    );
+    let tolerance = Decimal::new(1, 3);
+    assert!(
+        old > tolerance,
+        "the crossing trap no longer catches the cpu meter from before issue 13: {}% ≤ 0.1%",
+        percent(old)
+    );
+    assert!(
+        new <= tolerance,
+        "the built-in cpu meter is off by {}% on the crossing tenant",
+        percent(new)
+    );
 }
 
 #[tokio::test]

@@ -1166,7 +1166,7 @@ fn start_daemon(dir: &Path, db: &TestDb, kube_url: &str) -> Daemon {
     .unwrap();
     for (from, to) in [
         ("window_seconds = 300", "window_seconds = 60"),
-        ("settle_seconds = 120", "settle_seconds = 5"),
+        ("settle_seconds = 120", "settle_seconds = 75"),
         ("provision = false", "provision = true"),
         (
             "api_url = \"http://127.0.0.1:8001\"",

@@ -573,7 +573,7 @@ timeout_ms = 2000
 
 [collector]
 window_seconds = 60
-settle_seconds = 1
+settle_seconds = 75
 start = "{start}"
 
 [collector.retry]

@@ -1333,15 +1333,22 @@ async fn catch_up_after_outage(
     let db_url = databases.create("budgetd_cbench_catchup").await?;
     let (config, _) = load_config(dir.path(), &prometheus.url, &db_url, CATCH_UP_SCRAPE_S)?;
     let store = prepare_ledger(&config, &db_url, &loaded.cluster).await?;
-    // The example config, at the data's scrape interval, for the process.
+    // The example config, at the data's scrape interval, for the process; without its
+    // settle_seconds, which then follows the scrape interval (the cpu meter reads 2.5 intervals
+    // past a window's end: 150 s at 60 s, more than the example's 120).
     let interval = "scrape_interval_seconds = 30";
-    if !EXAMPLE_CONFIG.contains(interval) {
-        bail!("the example config has no {interval:?}");
+    let settle = "\nsettle_seconds = 120\n";
+    for line in [interval, settle] {
+        if !EXAMPLE_CONFIG.contains(line) {
+            bail!("the example config has no {line:?}");
+        }
     }
-    let mut process_toml = EXAMPLE_CONFIG.replace(
-        interval,
-        &format!("scrape_interval_seconds = {CATCH_UP_SCRAPE_S}"),
-    );
+    let mut process_toml = EXAMPLE_CONFIG
+        .replace(
+            interval,
+            &format!("scrape_interval_seconds = {CATCH_UP_SCRAPE_S}"),
+        )
+        .replace(settle, "\n");
     if let Some(ms) = opts.catchup_timeout_ms {
         let timeout = "[prometheus]\nurl = \"http://127.0.0.1:9090\"\ntimeout_ms = 10000\n";
         if !process_toml.contains(timeout) {

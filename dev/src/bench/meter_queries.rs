@@ -1,10 +1,10 @@
 //! `budgetd-dev bench meter-queries`: the built-in meters' PromQL against the meters they
-//! replaced (`meters_baseline.toml`: before issue 13), on a real Prometheus holding exact
+//! replaced (`testkit::BASELINE_METERS`: before issue 13), on a real Prometheus holding exact
 //! synthetic data, in the same run.
 //!
 //! Accuracy: the trap cluster of the collector's accuracy test (6 tenants, one day, 15 s scrapes
 //! with jitter, a scrape lost at an hour boundary, a tenant whose cpu usage crosses its requests
-//! at every hour boundary); each meter of each set as one range query over the day's 288
+//! every quarter hour); each meter of each set as one range query over the day's 288
 //! windows, summed per tenant and UTC day and compared with the model's exact usage: the worst
 //! relative error per tenant and day, per meter.
 //!
@@ -29,8 +29,6 @@ use testkit::synthetic::{Cluster, ClusterSpec, Meter as ModelMeter};
 
 use super::{median_secs, verdict};
 
-/// The meters before issue 13.
-const BASELINE: &str = include_str!("meters_baseline.toml");
 const WINDOW_S: i64 = 300;
 const SEED: u64 = 42;
 /// Issue 13: the meters' queries at least 2× cheaper.
@@ -97,7 +95,8 @@ fn sets(interval_s: i64) -> anyhow::Result<[QuerySet; 2]> {
     struct File {
         meters: Vec<MeterSection>,
     }
-    let baseline: File = toml::from_str(BASELINE).context("meters_baseline.toml")?;
+    let baseline: File =
+        toml::from_str(testkit::BASELINE_METERS).context("testkit/src/meters_baseline.toml")?;
     Ok([
         render("baseline", &baseline.meters, interval_s)?,
         render("current", &default_meters(), interval_s)?,
@@ -114,7 +113,7 @@ pub async fn run_meter_queries_bench(opts: &MeterQueriesBenchOptions) -> anyhow:
     println!("budgetd-dev bench meter-queries");
     println!(
         "the built-in meters (collector/meters.toml) against the meters before issue 13 \
-         (dev/src/bench/meters_baseline.toml), on a real Prometheus with synthetic data"
+         (testkit/src/meters_baseline.toml), on a real Prometheus with synthetic data"
     );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
