@@ -362,10 +362,12 @@ mod tests {
 
     fn sample(labels: &[(&str, &str)], value: &str) -> Sample {
         Sample {
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: std::sync::Arc::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             value: value.to_owned(),
         }
     }
@@ -595,7 +597,7 @@ mod tests {
         let mut probe = healthy_probe();
         probe[0].value = "10".into();
         let mut second = probe[0].clone();
-        second.labels.insert("instance".into(), "n2".into());
+        std::sync::Arc::make_mut(&mut second.labels).insert("instance".into(), "n2".into());
         probe.push(second);
         let at_30s = crate::scrape::ScrapeIntervals::parse(
             "scrape_configs:\n- job_name: kubelet\n  scrape_interval: 30s\n",
@@ -652,8 +654,7 @@ mod tests {
         let mut probe = healthy_probe();
         let mut cadvisor = probe[0].clone();
         cadvisor.value = "12".into();
-        cadvisor
-            .labels
+        std::sync::Arc::make_mut(&mut cadvisor.labels)
             .insert("metrics_path".into(), "/metrics/cadvisor".into());
         probe.push(cadvisor);
         let ctx = Context {

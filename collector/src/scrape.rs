@@ -737,12 +737,14 @@ scrape_configs:
         per_target
             .iter()
             .map(|(job, instance, value)| Sample {
-                labels: [
-                    (PROBE_LABEL.to_owned(), "samples".to_owned()),
-                    ("job".to_owned(), (*job).to_owned()),
-                    ("instance".to_owned(), (*instance).to_owned()),
-                ]
-                .into(),
+                labels: std::sync::Arc::new(
+                    [
+                        (PROBE_LABEL.to_owned(), "samples".to_owned()),
+                        ("job".to_owned(), (*job).to_owned()),
+                        ("instance".to_owned(), (*instance).to_owned()),
+                    ]
+                    .into(),
+                ),
                 value: (*value).to_owned(),
             })
             .collect()
@@ -755,8 +757,7 @@ scrape_configs:
             .iter()
             .map(|(path, value)| {
                 let mut sample = counts(&[("kubelet", "10.0.0.7:10250", value)]).remove(0);
-                sample
-                    .labels
+                std::sync::Arc::make_mut(&mut sample.labels)
                     .insert("metrics_path".to_owned(), (*path).to_owned());
                 sample
             })
@@ -863,7 +864,7 @@ scrape_configs:
         // A target whose series changed another label inside the window (two series) is one
         // target: its samples add up to what the interval gives.
         let mut split = counts(&[("kubelet", "n1", "12"), ("kubelet", "n1", "8")]);
-        split[1].labels.insert("pod".to_owned(), "new".to_owned());
+        std::sync::Arc::make_mut(&mut split[1].labels).insert("pod".to_owned(), "new".to_owned());
         let kubelet_at_30s = ScrapeIntervals::parse(
             "scrape_configs:\n- job_name: kubelet\n  scrape_interval: 30s\n",
         )

@@ -3,6 +3,7 @@
 //! backoff, and metrics.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -13,10 +14,12 @@ use url::Url;
 
 use crate::scrape::ScrapeIntervals;
 
-/// One series' value at one evaluation time, exactly as the source sent it.
+/// One series' value at one evaluation time, exactly as the source sent it. The labels are
+/// shared by every evaluation time of a series: a range answer of many windows holds one copy
+/// of each series' labels, not one per window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     pub value: String,
 }
 
@@ -217,20 +220,21 @@ impl Prometheus {
                         SourceError::Protocol("vector sample without value".into())
                     })?;
                     samples.push(Sample {
-                        labels: series.metric,
+                        labels: Arc::new(series.metric),
                         value,
                     });
                 }
             }
             "matrix" => {
                 for series in data.result {
+                    let labels = Arc::new(series.metric);
                     for (t, value) in series.values.unwrap_or_default() {
                         answer
                             .at
                             .entry((t * 1000.0).round() as i64)
                             .or_default()
                             .push(Sample {
-                                labels: series.metric.clone(),
+                                labels: Arc::clone(&labels),
                                 value,
                             });
                     }
