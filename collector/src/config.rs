@@ -34,9 +34,6 @@ const MIN_RESPONSE_BYTES: u64 = 1024 * 1024;
 /// batch that large is better split).
 const MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
 
-/// `collector.batch_target_ms` unless configured; at most half of `prometheus.timeout_ms`.
-const DEFAULT_BATCH_TARGET_MS: u64 = 5_000;
-
 /// `collector.settle_seconds` unless configured, or longer when the meters read samples further
 /// past a window's end (the built-in cpu meter: 2.5 scrape intervals, 75 s at 30 s scrapes).
 const DEFAULT_SETTLE_SECONDS: i64 = 120;
@@ -60,7 +57,9 @@ pub struct CollectorSection {
     pub horizon_seconds: i64,
     pub windows_per_batch: usize,
     /// What the slowest query of a catch-up batch should take; below `prometheus.timeout_ms`.
-    pub batch_target_ms: u64,
+    /// Unset: half of it (room for a batch slower than the last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_target_ms: Option<u64>,
     /// Tenant-windows in the first batch of a catch-up or backfill.
     pub batch_tenant_windows: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,8 +81,7 @@ impl Default for CollectorSection {
             start: None,
             horizon_seconds: 15 * 86_400,
             windows_per_batch: 288,
-            // Half the default prometheus.timeout_ms: room for a batch slower than the last.
-            batch_target_ms: DEFAULT_BATCH_TARGET_MS,
+            batch_target_ms: None,
             // The slowest default query takes ~0.3 ms per tenant-window in a range query on the
             // machine of the README's benchmarks: ~4.5 s, the target's worth (1 window at
             // 10,000 tenants, 15 at 1,000).
@@ -310,21 +308,24 @@ impl CollectorSection {
             "collector.windows_per_batch",
         )?;
         let prometheus = prometheus.validate()?;
-        let mut batch_target = timeout_millis(self.batch_target_ms, "collector.batch_target_ms")?;
-        // The default yields to a shorter Prometheus timeout (half of it); a value set on
-        // purpose must fit below it.
-        if self.batch_target_ms == DEFAULT_BATCH_TARGET_MS {
-            batch_target = batch_target.min(prometheus.timeout / 2);
-        }
-        if batch_target >= prometheus.timeout {
-            return Err(Invalid::new(
-                "collector.batch_target_ms",
-                format!(
-                    "must be below prometheus.timeout_ms ({} ms): a batch sized to take it must not time out",
-                    prometheus.timeout.as_millis()
-                ),
-            ));
-        }
+        // Unset, half the Prometheus timeout; a value set on purpose must fit below it.
+        let batch_target = match self.batch_target_ms {
+            None => prometheus.timeout / 2,
+            Some(ms) => {
+                let target = timeout_millis(ms, "collector.batch_target_ms")?;
+                if target >= prometheus.timeout {
+                    return Err(Invalid::new(
+                        "collector.batch_target_ms",
+                        format!(
+                            "must be below prometheus.timeout_ms ({} ms): a batch sized to take \
+                             it must not time out (or leave it out: half of the timeout)",
+                            prometheus.timeout.as_millis()
+                        ),
+                    ));
+                }
+                target
+            }
+        };
         let batch_tenant_windows = ledger::config::within(
             self.batch_tenant_windows,
             1..=100_000_000,
@@ -431,6 +432,11 @@ impl CollectorSection {
                 ),
                 None => format!("settle_seconds: not set, so {DEFAULT_SETTLE_SECONDS}"),
             });
+        }
+        if self.batch_target_ms.is_none() {
+            notes.push(
+                "batch_target_ms: not set, so half of prometheus.timeout_ms".to_owned(),
+            );
         }
         if self.start.is_none() {
             notes.push("start: not set, so a new ledger starts at its first start".to_owned());
@@ -558,7 +564,14 @@ mod tests {
         assert_eq!(settings.prometheus.timeout, Duration::from_secs(10));
         assert_eq!(settings.collector.batch_target, Duration::from_secs(5));
         assert_eq!(settings.collector.batch_tenant_windows, 15_000);
-        // The default target yields to a short Prometheus timeout; a configured one must fit.
+        // Unset, the target is half the Prometheus timeout, shorter or longer; a configured one
+        // must fit below it.
+        let long = PrometheusSection {
+            timeout_ms: 60_000,
+            ..prometheus()
+        };
+        let settings = CollectorSection::default().validate(None, &long).unwrap();
+        assert_eq!(settings.collector.batch_target, Duration::from_secs(30));
         let short = PrometheusSection {
             timeout_ms: 2_000,
             ..prometheus()
@@ -566,7 +579,7 @@ mod tests {
         let settings = CollectorSection::default().validate(None, &short).unwrap();
         assert_eq!(settings.collector.batch_target, Duration::from_secs(1));
         let err = CollectorSection {
-            batch_target_ms: 3_000,
+            batch_target_ms: Some(3_000),
             ..Default::default()
         }
         .validate(None, &short)
@@ -611,14 +624,14 @@ mod tests {
             ),
             (
                 CollectorSection {
-                    batch_target_ms: 10_000,
+                    batch_target_ms: Some(10_000),
                     ..Default::default()
                 },
                 "collector.batch_target_ms",
             ),
             (
                 CollectorSection {
-                    batch_target_ms: 0,
+                    batch_target_ms: Some(0),
                     ..Default::default()
                 },
                 "collector.batch_target_ms",
