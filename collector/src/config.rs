@@ -151,7 +151,9 @@ impl Default for PrometheusSection {
     fn default() -> Self {
         PrometheusSection {
             url: None,
-            timeout_ms: 10_000,
+            // A window's slowest query at 10,000 tenants takes 2-4 s; catch-up batches are sized
+            // to half of it (see `CollectorSection::batch_target_ms`).
+            timeout_ms: 30_000,
             // Far above one window of 10,000 tenants (a few MB): only long catch-up batches
             // reach it, and they are split.
             max_response_bytes: 64 * 1024 * 1024,
@@ -434,9 +436,7 @@ impl CollectorSection {
             });
         }
         if self.batch_target_ms.is_none() {
-            notes.push(
-                "batch_target_ms: not set, so half of prometheus.timeout_ms".to_owned(),
-            );
+            notes.push("batch_target_ms: not set, so half of prometheus.timeout_ms".to_owned());
         }
         if self.start.is_none() {
             notes.push("start: not set, so a new ledger starts at its first start".to_owned());
@@ -561,8 +561,8 @@ mod tests {
         assert_eq!(settings.collector.interval_seconds, 30);
         assert_eq!(settings.retry.max_attempts, 5);
         assert_eq!(settings.prometheus.max_response_bytes, 64 * 1024 * 1024);
-        assert_eq!(settings.prometheus.timeout, Duration::from_secs(10));
-        assert_eq!(settings.collector.batch_target, Duration::from_secs(5));
+        assert_eq!(settings.prometheus.timeout, Duration::from_secs(30));
+        assert_eq!(settings.collector.batch_target, Duration::from_secs(15));
         assert_eq!(settings.collector.batch_tenant_windows, 15_000);
         // Unset, the target is half the Prometheus timeout, shorter or longer; a configured one
         // must fit below it.
@@ -624,7 +624,7 @@ mod tests {
             ),
             (
                 CollectorSection {
-                    batch_target_ms: Some(10_000),
+                    batch_target_ms: Some(30_000),
                     ..Default::default()
                 },
                 "collector.batch_target_ms",

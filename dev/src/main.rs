@@ -100,8 +100,8 @@ enum BenchCommand {
         /// Hours of outage caught up; fewer than 24 are extrapolated to 24 in the report.
         #[arg(long, default_value_t = 24)]
         catchup_hours: i64,
-        /// prometheus.timeout_ms of the catch-up's process, with collector.batch_target_ms half
-        /// of it (the example config's 10 s and 5 s otherwise)
+        /// prometheus.timeout_ms of the catch-up's process, so collector.batch_target_ms is half
+        /// of it (the example config's 30 s and 15 s otherwise)
         #[arg(long)]
         catchup_timeout_ms: Option<u64>,
     },

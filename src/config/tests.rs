@@ -256,8 +256,8 @@ fn an_unknown_key_is_named_with_its_section_its_line_and_the_key_meant() {
     assert_eq!(err.key, "databse");
     assert!(err.message.contains("did you mean database?"), "{err}");
     let text = EXAMPLE.replacen(
-        "\ntimeout_ms = 10000\n",
-        "\ntimeout_ms = 10000\nsurprise = 1\n",
+        "\ntimeout_ms = 30000\n",
+        "\ntimeout_ms = 30000\nsurprise = 1\n",
         1,
     );
     let err = load(&text, &[]).unwrap_err();

@@ -1305,9 +1305,10 @@ async fn catch_up_after_outage(
                  = {} (half of it)",
                 ms / 2
             ),
-            None => "the example config's prometheus.timeout_ms (10 s), so collector.batch_target_ms \
-                     = 5 s (half of it)"
-                .to_owned(),
+            None =>
+                "the example config's prometheus.timeout_ms (30 s), so collector.batch_target_ms \
+                     = 15 s (half of it)"
+                    .to_owned(),
         }
     );
     eprintln!(
@@ -1353,15 +1354,12 @@ async fn catch_up_after_outage(
         )
         .replace(settle, "\n");
     if let Some(ms) = opts.catchup_timeout_ms {
-        let timeout = "[prometheus]\nurl = \"http://127.0.0.1:9090\"\ntimeout_ms = 10000\n";
+        let timeout = "\ntimeout_ms = 30000\n";
         if !process_toml.contains(timeout) {
             bail!("the example config has no {timeout:?}");
         }
         // collector.batch_target_ms is not set in the example: half of the timeout.
-        process_toml = process_toml.replace(
-            timeout,
-            &timeout.replace("timeout_ms = 10000", &format!("timeout_ms = {ms}")),
-        );
+        process_toml = process_toml.replace(timeout, &format!("\ntimeout_ms = {ms}\n"));
     }
     let process_config = dir.path().join("budgetd-process.toml");
     std::fs::write(&process_config, process_toml)?;
