@@ -1305,10 +1305,9 @@ async fn catch_up_after_outage(
                  = {} (half of it)",
                 ms / 2
             ),
-            None =>
-                "the example config's prometheus.timeout_ms (30 s), so collector.batch_target_ms \
-                     = 15 s (half of it)"
-                    .to_owned(),
+            None => "the example config's prometheus.timeout_ms, so collector.batch_target_ms \
+                     is half of it"
+                .to_owned(),
         }
     );
     eprintln!(
