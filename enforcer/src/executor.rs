@@ -13,6 +13,7 @@ use ledger::enforcement::{
     ActionKind, ActionRecord, ActionState, BudgetStatus, Fence, NewAction, OpenRung, StatusParams,
     Transition,
 };
+use ledger::store::StatusCache;
 use ledger::tenant::{TenantId, TenantState};
 use ledger::Store;
 use serde_json::json;
@@ -109,6 +110,9 @@ pub struct Enforcer {
     cluster: Arc<dyn ClusterActuator>,
     alerts: Arc<dyn AlertSink>,
     settings: EnforcerSettings,
+    /// The budget status kept between cycles: a cycle reads what changed (see
+    /// `ledger::store::StatusCache`).
+    status: tokio::sync::Mutex<StatusCache>,
 }
 
 fn ctx() -> AuditContext {
@@ -130,7 +134,18 @@ impl Enforcer {
             cluster,
             alerts,
             settings,
+            status: tokio::sync::Mutex::new(StatusCache::default()),
         }
+    }
+
+    /// The budget status at `now`, read incrementally over the kept copy.
+    async fn statuses(&self, now: DateTime<Utc>) -> Result<Vec<BudgetStatus>, ledger::Error> {
+        let mut cache = self.status.lock().await;
+        let (statuses, _) = self
+            .store
+            .refresh_statuses(&mut cache, now, &self.settings.status_params())
+            .await?;
+        Ok(statuses)
     }
 
     async fn policy(&self, now: DateTime<Utc>) -> Result<Policy, ledger::Error> {
@@ -149,10 +164,7 @@ impl Enforcer {
 
     /// The plan for `now`, without observing the cluster and without writing anything.
     pub async fn evaluate(&self, now: DateTime<Utc>) -> Result<Evaluation, ledger::Error> {
-        let statuses = self
-            .store
-            .budget_statuses(now, &self.settings.status_params())
-            .await?;
+        let statuses = self.statuses(now).await?;
         let open = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;
         let actions = plan(&statuses, &policy, &ClusterState::default(), &open, now);
@@ -176,10 +188,7 @@ impl Enforcer {
         // observes a resumed tenant's restored cluster, not the suspension's zeros.
         let mut report = CycleReport::default();
         let resuming = self.operator_suspensions(fence, &mut report).await?;
-        let mut statuses = self
-            .store
-            .budget_statuses(now, &self.settings.status_params())
-            .await?;
+        let mut statuses = self.statuses(now).await?;
         hold_resuming(&mut statuses, &resuming);
         let records = self.store.open_rungs().await?;
         let policy = self.policy(now).await?;

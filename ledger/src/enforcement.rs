@@ -3,6 +3,7 @@
 use std::fmt;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use num_bigint::{BigInt, Sign};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
@@ -44,6 +45,66 @@ impl BudgetStatus {
     pub fn remaining(&self) -> Decimal {
         self.budget.amount - self.spent
     }
+}
+
+/// The period's forecast, as `budgetd_budget_forecast` computes it (a test holds the two
+/// equal): `spent`, plus the trailing window's spend `[trailing_start, until)` carried at its
+/// rate to `period_end`, to 6 places (the exact quotient, rounded half away from zero); `spent`
+/// alone before the trailing window has any length or once the period is over. `None` when the
+/// result is beyond `Decimal`.
+pub fn forecast(
+    spent: Decimal,
+    trailing: Decimal,
+    until: DateTime<Utc>,
+    trailing_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
+) -> Option<Decimal> {
+    if until <= trailing_start || until >= period_end {
+        return Some(spent);
+    }
+    let remaining = (period_end - until).num_microseconds()?;
+    let elapsed = (until - trailing_start).num_microseconds()?;
+    // trailing × remaining ÷ elapsed × 10^6 = n ÷ d, with trailing = mantissa ÷ 10^scale.
+    let n: BigInt = BigInt::from(trailing.mantissa()) * remaining * 1_000_000i64;
+    let d: BigInt = BigInt::from(elapsed) * BigInt::from(10u8).pow(trailing.scale());
+    let q: BigInt = &n / &d;
+    let rest: BigInt = &n - &q * &d;
+    let q = if rest.magnitude() * 2u8 >= *d.magnitude() {
+        match n.sign() {
+            Sign::Minus => q - 1,
+            _ => q + 1,
+        }
+    } else {
+        q
+    };
+    let increment = Decimal::try_from_i128_with_scale(i128::try_from(&q).ok()?, 6).ok()?;
+    spent.checked_add(increment)
+}
+
+/// The budget state, as `budgetd_budget_status` decides it (a test holds the two equal):
+/// exceeded once spent reaches the budget, at risk when the forecast does, warning from the
+/// first threshold (percent of the budget) on.
+pub fn budget_state(
+    spent: Decimal,
+    forecast: Decimal,
+    budget: Decimal,
+    thresholds: &Thresholds,
+) -> BudgetState {
+    let first = thresholds.as_slice().first().copied().unwrap_or(u32::MAX);
+    if spent >= budget && (spent > Decimal::ZERO || budget.is_zero()) {
+        BudgetState::Exceeded
+    } else if forecast >= budget && forecast > Decimal::ZERO {
+        BudgetState::AtRisk
+    } else if spent > Decimal::ZERO && exact(spent) * 100u8 >= exact(budget) * first {
+        BudgetState::Warning
+    } else {
+        BudgetState::Ok
+    }
+}
+
+/// `value` × 10^28 as an integer: decimals compared exactly after scaling.
+fn exact(value: Decimal) -> BigInt {
+    BigInt::from(value.mantissa()) * BigInt::from(10u8).pow(28 - value.scale())
 }
 
 /// How budget status is computed (see the `budgetd_budget_status` SQL function).

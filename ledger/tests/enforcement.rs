@@ -10,16 +10,18 @@ use ledger::audit::{Actor, AuditContext};
 use ledger::budget::{BudgetPeriod, NewBudget, Thresholds};
 use ledger::currency::Currency;
 use ledger::enforcement::{
-    ActionKind, ActionRecord, ActionState, BudgetState, BudgetStatus, Fence, NewAction, Transition,
+    ActionKind, ActionRecord, ActionState, BudgetState, BudgetStatus, Fence, NewAction,
+    StatusParams, Transition,
 };
 use ledger::entry::{EntryKey, NewEntry, UnitName, Window};
 use ledger::money::Money;
 use ledger::names::Reason;
 use ledger::price_book::{MeterName, NewPriceBookVersion, PriceBookVersion};
-use ledger::store::{ActionFilter, ChainStatus, LeaderLock};
+use ledger::store::{ActionFilter, ChainStatus, LeaderLock, ReloadReason, StatusCache, StatusRead};
 use ledger::tenant::{TenantId, TenantState};
 use ledger::usage::{CollectedWindow, CommitMode};
 use ledger::{Error, Store};
+use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
@@ -1940,4 +1942,418 @@ async fn applying_a_notify_action_announces_the_threshold_crossed() {
         events.iter().all(|e| e.0 != "budget.threshold_crossed"),
         "{events:?}"
     );
+}
+
+// Budget status kept between reads ---------------------------------------------------------
+
+fn params(trailing_days: u32, lookback_seconds: Option<u32>) -> StatusParams {
+    StatusParams {
+        trailing_days,
+        max_lag_seconds: 1_800,
+        lookback_seconds,
+    }
+}
+
+/// Refreshes `cache` at `as_of` and checks it against the full read of the same instant.
+async fn refreshed_as_full(
+    store: &Store,
+    cache: &mut StatusCache,
+    as_of: DateTime<Utc>,
+    params: &StatusParams,
+) -> StatusRead {
+    let (kept, read) = store.refresh_statuses(cache, as_of, params).await.unwrap();
+    let full = store.budget_statuses(as_of, params).await.unwrap();
+    assert_eq!(
+        kept, full,
+        "refresh ({read:?}) against the full read at {as_of}"
+    );
+    read
+}
+
+#[tokio::test]
+async fn the_kept_status_reads_the_days_rows_and_reloads_for_anything_else() {
+    let db = fresh_database().await;
+    let s = &db.store;
+    let v = unit_price_book(s).await;
+    let a = tenant(s, "a").await;
+    let b = tenant(s, "b").await;
+    budget(s, &a, "100", BudgetPeriod::Monthly, at(2026, 11, 1, 0)).await;
+    budget(s, &b, "500", BudgetPeriod::Quarterly, at(2026, 10, 1, 0)).await;
+    commit(
+        s,
+        collected(&v, at(2026, 11, 19, 9), &[(&a, "30"), (&b, "40")]),
+    )
+    .await;
+    commit(
+        s,
+        collected(&v, at(2026, 11, 20, 9), &[(&a, "10"), (&b, "5")]),
+    )
+    .await;
+    let p = params(7, Some(3_600));
+    let mut cache = StatusCache::default();
+
+    let first = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 10), &p).await;
+    assert_eq!(first, StatusRead::Full(ReloadReason::First));
+    // Nothing changed: the kept statuses, recomputed for a later instant (the watermark lags).
+    let later = refreshed_as_full(
+        s,
+        &mut cache,
+        at(2026, 11, 20, 10) + Duration::minutes(45),
+        &p,
+    )
+    .await;
+    assert_eq!(later, StatusRead::Incremental);
+    // A window of the same day: one day's rows read again.
+    commit(s, collected(&v, at(2026, 11, 20, 10), &[(&a, "25")])).await;
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 11), &p).await;
+    assert_eq!(read, StatusRead::Incremental);
+    let (statuses, _) = s
+        .refresh_statuses(&mut cache, at(2026, 11, 20, 11), &p)
+        .await
+        .unwrap();
+    assert_eq!(statuses[0].spent, dec("65"), "30 + 10 + 25");
+    assert_eq!(statuses[0].state, BudgetState::AtRisk);
+
+    // An incomplete tenant in a window of the day: read with the gaps, no reload.
+    let mut gap = collected(&v, at(2026, 11, 20, 11), &[(&a, "1")]);
+    gap.incomplete_tenants = vec![b.clone()];
+    commit(s, gap).await;
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 12), &p).await;
+    assert_eq!(read, StatusRead::Incremental);
+
+    // A late window of an earlier day: the log names that day, so everything is read again.
+    s.write_entries(&[entry(&v, &b, hour(at(2026, 11, 3, 4)), "7")], "late")
+        .await
+        .unwrap();
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 12), &p).await;
+    assert_eq!(read, StatusRead::Full(ReloadReason::Changed));
+
+    // A budget coming into force later reloads when it does; a new budget reloads at once.
+    budget(
+        s,
+        &a,
+        "60",
+        BudgetPeriod::Monthly,
+        at(2026, 11, 20, 12) + Duration::minutes(30),
+    )
+    .await;
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 12), &p).await;
+    assert_eq!(read, StatusRead::Full(ReloadReason::Changed));
+    let read = refreshed_as_full(
+        s,
+        &mut cache,
+        at(2026, 11, 20, 12) + Duration::minutes(10),
+        &p,
+    )
+    .await;
+    assert_eq!(read, StatusRead::Incremental);
+    let read = refreshed_as_full(
+        s,
+        &mut cache,
+        at(2026, 11, 20, 12) + Duration::minutes(30),
+        &p,
+    )
+    .await;
+    assert_eq!(read, StatusRead::Full(ReloadReason::BudgetInForce));
+
+    // Other parameters, then the next day's first window.
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 13), &params(3, None)).await;
+    assert_eq!(read, StatusRead::Full(ReloadReason::Parameters));
+    for h in 12..24 {
+        commit(s, collected(&v, at(2026, 11, 20, h), &[(&a, "0.5")])).await;
+    }
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 23), &params(3, None)).await;
+    assert_eq!(read, StatusRead::Incremental, "the data ends at 23:00");
+    // The data ends at midnight: the trailing window moves on a day.
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 21, 0), &params(3, None)).await;
+    assert_eq!(read, StatusRead::Full(ReloadReason::NewDay));
+    commit(s, collected(&v, at(2026, 11, 21, 0), &[(&a, "2")])).await;
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 21, 1), &params(3, None)).await;
+    assert_eq!(read, StatusRead::Incremental);
+
+    // A tenant's state change reloads.
+    s.operator_suspend(&ctx(), &b, &reason("test"))
+        .await
+        .unwrap();
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 21, 1), &params(3, None)).await;
+    assert_eq!(read, StatusRead::Full(ReloadReason::Changed));
+}
+
+/// A writer that took its transaction id before the last read and commits after it is still
+/// seen: the change log is read by snapshot, not by a counter.
+#[tokio::test]
+async fn a_change_committed_after_the_read_that_began_before_it_is_not_missed() {
+    let db = fresh_database().await;
+    let s = &db.store;
+    let v = unit_price_book(s).await;
+    let a = tenant(s, "a").await;
+    let b = tenant(s, "b").await;
+    budget(s, &a, "100", BudgetPeriod::Monthly, at(2026, 11, 1, 0)).await;
+    budget(s, &b, "100", BudgetPeriod::Monthly, at(2026, 11, 1, 0)).await;
+    commit(
+        s,
+        collected(&v, at(2026, 11, 20, 9), &[(&a, "10"), (&b, "10")]),
+    )
+    .await;
+    let p = params(7, None);
+    let mut cache = StatusCache::default();
+    refreshed_as_full(s, &mut cache, at(2026, 11, 20, 10), &p).await;
+
+    // The slow writer: a's rows of the day in both rollups, as a write statement moves them.
+    let mut slow = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("begin").execute(&mut slow).await.unwrap();
+    sqlx::query(
+        "update ledger_rollup_tenant_daily set amount = amount + 5 \
+         where day = '2026-11-20' and tenant_id = 'a'",
+    )
+    .execute(&mut slow)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update ledger_rollup_monthly set amount = amount + 5 \
+         where month = '2026-11-01' and tenant_id = 'a'",
+    )
+    .execute(&mut slow)
+    .await
+    .unwrap();
+    // A faster writer (b's window) commits meanwhile, and a refresh reads past its change.
+    commit(s, collected(&v, at(2026, 11, 20, 10), &[(&b, "1")])).await;
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 11), &p).await;
+    assert_eq!(read, StatusRead::Incremental);
+    sqlx::query("commit").execute(&mut slow).await.unwrap();
+
+    let (statuses, read) = s
+        .refresh_statuses(&mut cache, at(2026, 11, 20, 11), &p)
+        .await
+        .unwrap();
+    assert_eq!(read, StatusRead::Incremental);
+    assert_eq!(statuses[0].spent, dec("15"), "10 + the slow writer's 5");
+    assert_eq!(statuses[1].spent, dec("11"));
+    refreshed_as_full(s, &mut cache, at(2026, 11, 20, 11), &p).await;
+}
+
+/// The log is pruned a day after a change, once every transaction before it ended; a reader
+/// whose last read is older than the highest pruned change reloads in full.
+#[tokio::test]
+async fn a_pruned_change_log_reloads_readers_it_may_have_passed() {
+    let db = fresh_database().await;
+    let s = &db.store;
+    let v = unit_price_book(s).await;
+    let a = tenant(s, "a").await;
+    budget(s, &a, "100", BudgetPeriod::Monthly, at(2026, 11, 1, 0)).await;
+    commit(s, collected(&v, at(2026, 11, 20, 9), &[(&a, "10")])).await;
+    let p = params(7, None);
+    let mut cache = StatusCache::default();
+    refreshed_as_full(s, &mut cache, at(2026, 11, 20, 10), &p).await;
+    commit(s, collected(&v, at(2026, 11, 20, 10), &[(&a, "1")])).await;
+
+    // Pruning: only rows logged more than a day ago go, and the highest of them is kept. (Which
+    // of them have ended before every running transaction depends on the other tests sharing
+    // the cluster.)
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let ids = "select coalesce(array_agg(xid::text::bigint order by xid), '{}') from ledger_status_changes";
+    let logged: Vec<i64> = sqlx::query_scalar(ids).fetch_one(&mut conn).await.unwrap();
+    assert!(
+        logged.len() >= 3,
+        "the budget and both windows are logged: {logged:?}"
+    );
+    sqlx::query("select budgetd_prune_status_changes()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let left: Vec<i64> = sqlx::query_scalar(ids).fetch_one(&mut conn).await.unwrap();
+    assert_eq!(left, logged, "nothing was logged a day ago");
+    let newest = *logged.last().unwrap();
+    sqlx::query("update ledger_status_changes set logged_at = logged_at - interval '2 days' where xid <> $1::text::xid8")
+        .bind(newest.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("select budgetd_prune_status_changes()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let left: Vec<i64> = sqlx::query_scalar(ids).fetch_one(&mut conn).await.unwrap();
+    assert!(left.contains(&newest), "the row logged now stays");
+    let gone: Vec<i64> = logged
+        .iter()
+        .copied()
+        .filter(|x| !left.contains(x))
+        .collect();
+    let through: i64 =
+        sqlx::query_scalar("select through::text::bigint from ledger_status_changes_pruned")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(through, gone.iter().copied().max().unwrap_or(0));
+
+    // A reader passed by pruning reloads. Pruned as if the newest change were gone:
+    sqlx::query("update ledger_status_changes_pruned set through = $1::text::xid8")
+        .bind(newest.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 11), &p).await;
+    assert_eq!(read, StatusRead::Full(ReloadReason::Pruned));
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 11), &p).await;
+    assert_eq!(read, StatusRead::Incremental);
+}
+
+#[derive(Debug, Clone)]
+enum StatusOp {
+    /// The next hour's window at the watermark, with these amounts (cents) for tenants 0..3;
+    /// `gap`: 0 complete, 1 incomplete as a whole, 2 tenant 1's inputs missing.
+    Window { cents: [u32; 3], gap: u8 },
+    /// An hour of tenant `tenant` on an earlier day (`days_back` before the watermark's day).
+    Late {
+        tenant: usize,
+        days_back: u32,
+        hour: u32,
+        cents: u32,
+    },
+    /// A new budget: amount in euros, period 0 monthly 1 quarterly 2 yearly, in force
+    /// `ahead` minutes after the current instant.
+    Budget {
+        tenant: usize,
+        euros: u32,
+        period: u8,
+        ahead: i64,
+    },
+    /// The clock moves on without data.
+    Clock { minutes: i64 },
+}
+
+fn arb_status_op() -> impl Strategy<Value = StatusOp> {
+    prop_oneof![
+        6 => (prop::array::uniform3(0..5_000u32), prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(cents, gap)| StatusOp::Window { cents, gap }),
+        1 => (0..3usize, 1..40u32, 0..24u32, 0..5_000u32)
+            .prop_map(|(tenant, days_back, hour, cents)| StatusOp::Late { tenant, days_back, hour, cents }),
+        1 => (0..3usize, 1..400u32, 0..3u8, prop_oneof![Just(0i64), 1..180i64])
+            .prop_map(|(tenant, euros, period, ahead)| StatusOp::Budget { tenant, euros, period, ahead }),
+        1 => (1..240i64).prop_map(|minutes| StatusOp::Clock { minutes }),
+    ]
+}
+
+fn cents(c: u32) -> String {
+    format!("{}.{:02}", c / 100, c % 100)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Whatever happens between two reads — windows of the day or across midnight and the month
+    /// end, late windows of earlier days, gaps, new budgets now or later, a clock that runs
+    /// ahead of the data —, the kept status equals the full read of the same instant.
+    #[test]
+    fn the_kept_status_equals_the_full_read_after_any_changes(
+        ops in prop::collection::vec(arb_status_op(), 1..25),
+        trailing_days in 1..10u32,
+        lookback in prop_oneof![Just(None), (1..6u32).prop_map(|h| Some(h * 3_600))],
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let db = fresh_database().await;
+            let s = &db.store;
+            let v = unit_price_book(s).await;
+            let mut tenants = Vec::new();
+            for id in ["t0", "t1", "t2"] {
+                tenants.push(tenant(s, id).await);
+            }
+            for (t, period) in tenants.iter().zip([BudgetPeriod::Monthly, BudgetPeriod::Quarterly, BudgetPeriod::Yearly]) {
+                budget(s, t, "120", period, at(2026, 1, 1, 0)).await;
+            }
+            // Late December, so that a run crosses midnight and the month's, quarter's and
+            // year's end.
+            let mut watermark = at(2026, 12, 31, 14);
+            commit(s, collected(&v, watermark - Duration::hours(1), &[(&tenants[0], "3")])).await;
+            let mut now = watermark + Duration::minutes(5);
+            let p = params(trailing_days, lookback);
+            let mut cache = StatusCache::default();
+            refreshed_as_full(s, &mut cache, now, &p).await;
+            for op in &ops {
+                match op {
+                    StatusOp::Window { cents: c, gap } => {
+                        let amounts: Vec<(&TenantId, String)> =
+                            tenants.iter().zip(c).map(|(t, c)| (t, cents(*c))).collect();
+                        let refs: Vec<(&TenantId, &str)> =
+                            amounts.iter().map(|(t, a)| (*t, a.as_str())).collect();
+                        let mut w = collected(&v, watermark, &refs);
+                        match gap {
+                            1 => w.complete = false,
+                            2 => w.incomplete_tenants = vec![tenants[1].clone()],
+                            _ => {}
+                        }
+                        commit(s, w).await;
+                        watermark += Duration::hours(1);
+                        now = now.max(watermark + Duration::minutes(5));
+                    }
+                    StatusOp::Late { tenant, days_back, hour: h, cents: c } => {
+                        let day = watermark.date_naive() - Duration::days(i64::from(*days_back));
+                        let start = day.and_hms_opt(*h, 0, 0).unwrap().and_utc();
+                        s.write_entries(&[entry(&v, &tenants[*tenant], hour(start), &cents(*c))], "late")
+                            .await
+                            .unwrap();
+                    }
+                    StatusOp::Budget { tenant, euros, period, ahead } => {
+                        let period = [BudgetPeriod::Monthly, BudgetPeriod::Quarterly, BudgetPeriod::Yearly][*period as usize];
+                        let new = NewBudget {
+                            amount: Money { amount: Decimal::from(*euros), currency: eur() },
+                            period,
+                            thresholds: Thresholds::parse(vec![50, 80, 100]).unwrap(),
+                            effective_from: now + Duration::minutes(*ahead),
+                        };
+                        // The same tenant and instant twice is refused; the first one stays.
+                        match s.set_budget(&ctx(), &tenants[*tenant], &new).await {
+                            Ok(_) => {}
+                            Err(e) => assert_eq!(conflict_code(&e), Some("already_exists"), "{e}"),
+                        }
+                    }
+                    StatusOp::Clock { minutes } => now += Duration::minutes(*minutes),
+                }
+                refreshed_as_full(s, &mut cache, now, &p).await;
+            }
+            db.store.pool().close().await;
+        });
+    }
+
+    /// The forecast mirrored in Rust equals the SQL function's, for any amounts and instants
+    /// (including exact halves at the 7th place).
+    #[test]
+    fn the_forecast_rule_equals_the_sql_function(
+        cases in prop::collection::vec(
+            (-10_000_000_000_000i64..10_000_000_000_000i64, 0..=12u32, -1_000_000_000i64..1_000_000_000_000i64,
+             0..400 * 86_400_000_000i64, 1..400 * 86_400_000_000i64, 0..400 * 86_400_000_000i64),
+            40),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let db = forecast_db().await;
+            let base = at(2026, 1, 1, 0);
+            let mut all = cases.clone();
+            // Halves: 0.0000005 over a window as long as the rest of the period, both signs.
+            all.push((5, 7, 0, 3_600_000_000, 3_600_000_000, 3_600_000_000));
+            all.push((-5, 7, 0, 3_600_000_000, 3_600_000_000, 3_600_000_000));
+            all.push((15, 7, 0, 1, 3, 3));
+            for (mantissa, scale, spent_cents, start_us, elapsed_us, remaining_us) in all {
+                let trailing = Decimal::new(mantissa, scale);
+                let spent = Decimal::new(spent_cents, 2);
+                let trailing_start = base + Duration::microseconds(start_us);
+                let until = trailing_start + Duration::microseconds(elapsed_us);
+                let period_end = until + Duration::microseconds(remaining_us);
+                let sql: Decimal = sqlx::query_scalar("select budgetd_budget_forecast($1, $2, $3, $4, $5)")
+                    .bind(spent).bind(trailing).bind(until).bind(trailing_start).bind(period_end)
+                    .fetch_one(db.store.pool()).await.unwrap();
+                let rust = ledger::enforcement::forecast(spent, trailing, until, trailing_start, period_end);
+                prop_assert_eq!(Some(sql), rust, "trailing {} over {} µs, {} µs left", trailing, elapsed_us, remaining_us);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// One migrated database for the forecast cases (they read no table).
+async fn forecast_db() -> &'static TestDb {
+    static DB: tokio::sync::OnceCell<TestDb> = tokio::sync::OnceCell::const_new();
+    DB.get_or_init(fresh_database).await
 }

@@ -22,6 +22,14 @@ use crate::money::Money;
 use crate::names::Reason;
 use crate::tenant::{TenantId, TenantState};
 
+/// The budget status of `budgetd_budget_status($1 as_of, $2 trailing days, $3 max lag, $4
+/// lookback, $5 only this tenant)`, by tenant.
+pub(super) const STATUS_QUERY: &str =
+    "select tenant_id, tenant_state, period, period_start, period_end, budget_amount, currency, \
+            thresholds, spent_amount, trailing_amount, trailing_start, \
+            nullif(data_until, '-infinity') as data_until, forecast_amount, complete, state \
+     from budgetd_budget_status($1, $2, $3, $4, $5) order by tenant_id";
+
 /// The name of the lease row whose token fences enforcement writes.
 pub(crate) const LEASE: &str = "budgetd";
 
@@ -71,7 +79,7 @@ fn action_from_row(row: &PgRow) -> Result<ActionRecord, Error> {
     })
 }
 
-fn status_from_row(row: &PgRow) -> Result<BudgetStatus, Error> {
+pub(super) fn status_from_row(row: &PgRow) -> Result<BudgetStatus, Error> {
     let c = |e| corrupt("budget status", e);
     let tenant_state: String = row.try_get("tenant_state")?;
     let period: String = row.try_get("period")?;
@@ -232,19 +240,14 @@ impl Store {
     ) -> Result<Vec<BudgetStatus>, Error> {
         self.run("budget_statuses", || async {
             let mut tx = self.begin().await?;
-            let rows = query(
-                "select tenant_id, tenant_state, period, period_start, period_end, budget_amount, \
-                        currency, thresholds, spent_amount, trailing_amount, trailing_start, \
-                        nullif(data_until, '-infinity') as data_until, forecast_amount, complete, state \
-                 from budgetd_budget_status($1, $2, $3, $4, $5) order by tenant_id",
-            )
-            .bind(as_of)
-            .bind(params.trailing_days as i32)
-            .bind(params.max_lag_seconds as i32)
-            .bind(params.lookback_seconds.map(|s| s as i32))
-            .bind(only.map(TenantId::as_str))
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = query(STATUS_QUERY)
+                .bind(as_of)
+                .bind(params.trailing_days as i32)
+                .bind(params.max_lag_seconds as i32)
+                .bind(params.lookback_seconds.map(|s| s as i32))
+                .bind(only.map(TenantId::as_str))
+                .fetch_all(&mut *tx)
+                .await?;
             tx.commit().await?;
             rows.iter().map(status_from_row).collect()
         })

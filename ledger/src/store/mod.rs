@@ -16,6 +16,7 @@ mod offboarding;
 mod outbox;
 mod price_book;
 mod reconcilers;
+mod status;
 mod suspensions;
 mod tenant_logins;
 mod tenant_requests;
@@ -42,6 +43,7 @@ pub use leader::LeaderLock;
 pub use reconcilers::{
     AggregateKey, OutboxEvent, ParkedAggregate, PendingAggregate, ReconcilerStatus,
 };
+pub use status::{ReloadReason, StatusCache, StatusRead};
 pub use suspensions::OperatorSuspension;
 pub use tenant_logins::scram_sha256_verifier;
 pub use tenants::TenantBilling;
