@@ -26,7 +26,8 @@
 --     test). The forecast is now the exact quotient rounded half away from zero to 6 places:
 --     `round(a / b, 6)` rounded the quotient twice (first to the division's own scale), which
 --     cannot be reproduced exactly outside Postgres. The two differ only where the quotient's
---     7th and later digits are 4999…9 beyond 16 significant digits.
+--     7th and later digits are 4999…9 beyond 16 significant digits. The gaps' function reads
+--     no time zone (dates become UTC instants explicitly) and is inlined where it is called.
 
 create table ledger_status_changes (
     xid       xid8 not null default pg_current_xact_id(),
@@ -109,7 +110,7 @@ create trigger ledger_rollup_tenant_daily_truncated after truncate on ledger_rol
 -- `earliest` until `until` that make a status incomplete (see budgetd_budget_status).
 create function budgetd_status_gaps(earliest date, until timestamptz, lookback_seconds integer)
 returns table (tenant_id text, last timestamptz)
-language sql stable set timezone = 'UTC' as $$
+language sql stable as $$
     with gaps as (
         select cw.window_start, g.tenant_id
         from collected_windows cw
@@ -135,16 +136,11 @@ language sql stable set timezone = 'UTC' as $$
     select g.tenant_id, max(g.window_start) from gaps g group by g.tenant_id
 $$;
 
--- n ÷ d rounded half away from zero to an integer, exactly (div truncates the exact quotient).
-create function budgetd_round_div(n numeric, d numeric) returns numeric
-language sql immutable parallel safe as $$
-    select div(n, d) + case when 2 * abs(n - div(n, d) * d) >= abs(d) then sign(n) * sign(d)
-                            else 0 end
-$$;
-
 -- The period's forecast: spent plus the trailing window's spend rate over the rest of the
--- period, to 6 places (the exact quotient rounded half away from zero). Mirrored by
--- `ledger::enforcement::forecast`.
+-- period, to 6 places: the exact quotient rounded half away from zero (`div` truncates the
+-- exact quotient, here to 7 places; rounding that to 6 is rounding the quotient, and the
+-- product with 0.0000001 is exact). Mirrored by `ledger::enforcement::forecast`. Each argument
+-- that is an expression is used once, so the planner inlines the function.
 create function budgetd_budget_forecast(spent_amount numeric, trailing_amount numeric,
                                         until timestamptz, trailing_start timestamptz,
                                         period_end timestamptz)
@@ -152,10 +148,11 @@ returns numeric
 language sql immutable parallel safe as $$
     select case
                when until <= trailing_start or until >= period_end then spent_amount
-               else spent_amount + budgetd_round_div(
-                        trailing_amount * (extract(epoch from (period_end - until)) * 1000000)
-                            * 1000000,
-                        extract(epoch from (until - trailing_start)) * 1000000) * 0.000001
+               else spent_amount
+                    + round(div(trailing_amount * extract(epoch from (period_end - until))
+                                    * 10000000,
+                                extract(epoch from (until - trailing_start)))
+                            * 0.0000001, 6)
            end
 $$;
 

@@ -425,6 +425,42 @@ pub async fn status_inputs(
 }
 
 impl BenchConnection {
+    /// What a collected window does to the rollups the status reads: every tenant's daily row
+    /// of `day` and monthly row of its month grow by `amount` (both by the same, as the write
+    /// statement moves them). The rows the window adds to per meter are not read by the status
+    /// and are left alone. Returns the daily rows changed.
+    pub async fn land_window(
+        &mut self,
+        day: NaiveDate,
+        currency: &str,
+        amount: Decimal,
+    ) -> anyhow::Result<u64> {
+        let mut tx = sqlx::Connection::begin(&mut self.0).await?;
+        let daily = sqlx::query(
+            "update ledger_rollup_tenant_daily set amount = amount + $3, entries = entries + 5 \
+             where day = $1 and currency = $2",
+        )
+        .bind(day)
+        .bind(currency)
+        .bind(amount)
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "update ledger_rollup_monthly set amount = amount + $3, entries = entries + 5 \
+             where month = date_trunc('month', $1::date)::date and currency = $2",
+        )
+        .bind(day)
+        .bind(currency)
+        .bind(amount)
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(daily)
+    }
+
     /// The server's execution time (ms) of `budgetd_budget_status` at `now`, from one
     /// `EXPLAIN ANALYZE` (which adds its own instrumentation).
     pub async fn explain_budget_status_ms(
