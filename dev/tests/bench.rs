@@ -84,12 +84,14 @@ fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
     // Each figure's line starts with its label and the number follows it.
     for label in [
         "plain SELECT of the spent sums",
-        "total (status query + plan)",
-        "budget_statuses",
+        "status + plan, a cycle after a window",
+        "refresh_statuses (incremental)",
         "plan (pure)",
-        "ratio total/plain",
+        "ratio (status + plan)/plain",
+        "status + plan, a full read",
+        "refresh_statuses (full: the SQL function)",
         "plain SELECT of the status' inputs",
-        "ratio total/inputs",
+        "ratio full read/inputs",
     ] {
         let line = stdout
             .lines()

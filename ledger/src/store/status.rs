@@ -42,7 +42,10 @@ pub enum StatusRead {
 pub enum ReloadReason {
     /// Nothing kept yet (or the last read failed).
     First,
+    /// Other parameters than the kept status was read with.
     Parameters,
+    /// An instant before the load's: budgets that were in force then may not be now.
+    Earlier,
     /// No watermark: nothing collected yet, nothing to keep.
     NoData,
     /// The day of the last data or the month changed.
@@ -62,6 +65,7 @@ impl ReloadReason {
         match self {
             ReloadReason::First => "first",
             ReloadReason::Parameters => "parameters",
+            ReloadReason::Earlier => "earlier",
             ReloadReason::NoData => "no_data",
             ReloadReason::NewDay => "new_day",
             ReloadReason::BudgetInForce => "budget_in_force",
@@ -75,6 +79,9 @@ impl ReloadReason {
 #[derive(Debug)]
 struct Kept {
     params: StatusParams,
+    /// The instant of the load: the budgets in force are those of this instant until
+    /// `next_budget`.
+    as_of: DateTime<Utc>,
     /// The snapshot of the last read (`pg_snapshot` as text).
     snapshot: String,
     /// The first day of `as_of`'s month at the load: the periods' bounds.
@@ -311,6 +318,7 @@ async fn load(
         .unwrap_or_else(|| month_of(as_of));
     let kept = Kept {
         params: *params,
+        as_of,
         snapshot: head.snapshot,
         month: month_of(as_of),
         day,
@@ -331,6 +339,9 @@ async fn incremental(
 ) -> Result<Result<Refreshed, ReloadReason>, Error> {
     if *params != kept.params {
         return Ok(Err(ReloadReason::Parameters));
+    }
+    if as_of < kept.as_of {
+        return Ok(Err(ReloadReason::Earlier));
     }
     let row = query(
         "select pg_current_snapshot()::text as snapshot, \
