@@ -20,7 +20,10 @@
 --     to that month's daily rows, which are.
 --   * Rows are pruned a day after they were logged, once no snapshot can miss them; the highest
 --     id pruned is kept in `ledger_status_changes_pruned`, and a reader whose last snapshot is
---     older than it reloads in full (it might have missed a pruned row).
+--     older than it reloads in full (it might have missed a pruned row). A reader also reloads
+--     when transaction ids are behind its last snapshot's (the history was replaced: a restore,
+--     a point-in-time recovery). Triggers do not fire with `session_replication_role = replica`:
+--     a restore that way is followed by a restart of the enforcer or waits for its next new day.
 --   * The status function's gaps and forecast move into functions of their own, which the
 --     enforcer's refresh calls too (the gaps) or mirrors in Rust (the forecast, held equal by a
 --     test). The forecast is now the exact quotient rounded half away from zero to 6 places:
@@ -48,11 +51,18 @@ create table ledger_status_changes_pruned (
 insert into ledger_status_changes_pruned (through) values ('0');
 
 -- Drops the rows logged more than a day ago whose transactions ended before every running one.
+-- One pruner at a time: a writer that finds another pruning skips it rather than wait for that
+-- writer's commit (the pruned marker is one row; waiting on it would queue writers behind each
+-- other and could deadlock two of them on their rollup rows).
 create function budgetd_prune_status_changes() returns void
 language sql as $$
-    with gone as (
+    with pruner as (
+        select p.singleton from ledger_status_changes_pruned p for update skip locked
+    ),
+    gone as (
         delete from ledger_status_changes
-        where logged_at < clock_timestamp() - interval '1 day'
+        where exists (select from pruner)
+          and logged_at < clock_timestamp() - interval '1 day'
           and xid < pg_snapshot_xmin(pg_current_snapshot())
         returning xid
     )
@@ -104,6 +114,8 @@ create trigger budgets_status_changed after insert or update or delete or trunca
 create trigger tenants_status_changed after update of state or delete on tenants
     for each statement execute function budgetd_log_status_change();
 create trigger ledger_rollup_tenant_daily_truncated after truncate on ledger_rollup_tenant_daily
+    for each statement execute function budgetd_log_status_change();
+create trigger ledger_rollup_monthly_truncated after truncate on ledger_rollup_monthly
     for each statement execute function budgetd_log_status_change();
 
 -- The last incomplete window per tenant (null: a whole window) among the windows from

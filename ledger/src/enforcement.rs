@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use num_bigint::{BigInt, Sign};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -50,8 +50,8 @@ impl BudgetStatus {
 /// The period's forecast, as `budgetd_budget_forecast` computes it (a test holds the two
 /// equal): `spent`, plus the trailing window's spend `[trailing_start, until)` carried at its
 /// rate to `period_end`, to 6 places (the exact quotient, rounded half away from zero); `spent`
-/// alone before the trailing window has any length or once the period is over. `None` when the
-/// result is beyond `Decimal`.
+/// alone before the trailing window has any length or once the period is over. Instants count
+/// to the microsecond, as Postgres keeps them. `None` when the result is beyond `Decimal`.
 pub fn forecast(
     spent: Decimal,
     trailing: Decimal,
@@ -59,6 +59,11 @@ pub fn forecast(
     trailing_start: DateTime<Utc>,
     period_end: DateTime<Utc>,
 ) -> Option<Decimal> {
+    let (until, trailing_start, period_end) = (
+        to_micros(until),
+        to_micros(trailing_start),
+        to_micros(period_end),
+    );
     if until <= trailing_start || until >= period_end {
         return Some(spent);
     }
@@ -78,7 +83,19 @@ pub fn forecast(
         q
     };
     let increment = Decimal::try_from_i128_with_scale(i128::try_from(&q).ok()?, 6).ok()?;
-    spent.checked_add(increment)
+    exact_add(spent, increment)
+}
+
+/// `at` to the microsecond (truncated, as Postgres stores a `timestamptz`).
+pub fn to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
+}
+
+/// `a + b`, or `None` unless exact: `Decimal` rounds a sum it cannot hold to its scale, where
+/// Postgres' `numeric` is exact.
+pub fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    let sum = a.checked_add(b)?;
+    (sum.scale() >= a.scale().max(b.scale())).then_some(sum)
 }
 
 /// The budget state, as `budgetd_budget_status` decides it (a test holds the two equal):

@@ -2197,6 +2197,22 @@ async fn a_pruned_change_log_reloads_readers_it_may_have_passed() {
             .unwrap();
     assert_eq!(through, gone.iter().copied().max().unwrap_or(0));
 
+    // A writer never waits for another one's pruning: with the marker held and rows old enough
+    // to prune, a window commits (its statements skip pruning) instead of waiting out the
+    // statement timeout.
+    sqlx::query("update ledger_status_changes set logged_at = logged_at - interval '2 days'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut pruning = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("begin").execute(&mut pruning).await.unwrap();
+    sqlx::query("select through from ledger_status_changes_pruned for update")
+        .execute(&mut pruning)
+        .await
+        .unwrap();
+    commit(s, collected(&v, at(2026, 11, 20, 11), &[(&a, "1")])).await;
+    sqlx::query("rollback").execute(&mut pruning).await.unwrap();
+
     // A reader passed by pruning reloads. Pruned as if the newest change were gone:
     sqlx::query("update ledger_status_changes_pruned set through = $1::text::xid8")
         .bind(newest.to_string())
@@ -2206,7 +2222,7 @@ async fn a_pruned_change_log_reloads_readers_it_may_have_passed() {
     // (`newest` was taken after the reader's snapshot; a real prune only goes below every
     // running transaction, so a later snapshot is never passed by it, but here other tests'
     // transactions may still be older than `newest`.)
-    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 11), &p).await;
+    let read = refreshed_as_full(s, &mut cache, at(2026, 11, 20, 12), &p).await;
     assert_eq!(read, StatusRead::Full(ReloadReason::Pruned));
 }
 
@@ -2331,12 +2347,15 @@ proptest! {
     }
 
     /// The forecast mirrored in Rust equals the SQL function's, for any amounts and instants
-    /// (including exact halves at the 7th place).
+    /// (including exact halves at the 7th place, and instants finer than a microsecond, which
+    /// Postgres truncates).
     #[test]
     fn the_forecast_rule_equals_the_sql_function(
         cases in prop::collection::vec(
-            (-10_000_000_000_000i64..10_000_000_000_000i64, 0..=12u32, -1_000_000_000i64..1_000_000_000_000i64,
-             0..400 * 86_400_000_000i64, 1..400 * 86_400_000_000i64, 0..400 * 86_400_000_000i64),
+            (-10_000_000_000_000i64..10_000_000_000_000i64, 0..=12u32,
+             -1_000_000_000_000i64..1_000_000_000_000i64, 0..=12u32,
+             0..400 * 86_400_000_000i64, 0..400 * 86_400_000_000i64, 0..400 * 86_400_000_000i64,
+             0..1_000u32),
             40),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -2345,20 +2364,22 @@ proptest! {
             let base = at(2026, 1, 1, 0);
             let mut all = cases.clone();
             // Halves: 0.0000005 over a window as long as the rest of the period, both signs.
-            all.push((5, 7, 0, 3_600_000_000, 3_600_000_000, 3_600_000_000));
-            all.push((-5, 7, 0, 3_600_000_000, 3_600_000_000, 3_600_000_000));
-            all.push((15, 7, 0, 1, 3, 3));
-            for (mantissa, scale, spent_cents, start_us, elapsed_us, remaining_us) in all {
+            all.push((5, 7, 0, 2, 3_600_000_000, 3_600_000_000, 3_600_000_000, 0));
+            all.push((-5, 7, 0, 2, 3_600_000_000, 3_600_000_000, 3_600_000_000, 0));
+            all.push((15, 7, 0, 2, 1, 3, 3, 0));
+            // The data's end less than a microsecond after the trailing window's start.
+            all.push((15, 2, 100, 2, 1, 0, 3, 999));
+            for (mantissa, scale, spent_mantissa, spent_scale, start_us, elapsed_us, remaining_us, nanos) in all {
                 let trailing = Decimal::new(mantissa, scale);
-                let spent = Decimal::new(spent_cents, 2);
+                let spent = Decimal::new(spent_mantissa, spent_scale);
                 let trailing_start = base + Duration::microseconds(start_us);
-                let until = trailing_start + Duration::microseconds(elapsed_us);
+                let until = trailing_start + Duration::microseconds(elapsed_us) + Duration::nanoseconds(i64::from(nanos));
                 let period_end = until + Duration::microseconds(remaining_us);
                 let sql: Decimal = sqlx::query_scalar("select budgetd_budget_forecast($1, $2, $3, $4, $5)")
                     .bind(spent).bind(trailing).bind(until).bind(trailing_start).bind(period_end)
                     .fetch_one(&mut conn).await.unwrap();
                 let rust = ledger::enforcement::forecast(spent, trailing, until, trailing_start, period_end);
-                prop_assert_eq!(Some(sql), rust, "trailing {} over {} µs, {} µs left", trailing, elapsed_us, remaining_us);
+                prop_assert_eq!(Some(sql), rust, "trailing {} over {} µs + {} ns, {} µs left", trailing, elapsed_us, nanos, remaining_us);
             }
             Ok(())
         })?;

@@ -56,6 +56,9 @@ pub enum ReloadReason {
     Changed,
     /// The change log was pruned past the last read.
     Pruned,
+    /// Transaction ids are behind the last read's: the database's history was replaced (a
+    /// restore, a point-in-time recovery, a failover that lost commits).
+    Rewound,
     /// A kept amount went beyond `Decimal`.
     OutOfRange,
 }
@@ -71,6 +74,7 @@ impl ReloadReason {
             ReloadReason::BudgetInForce => "budget_in_force",
             ReloadReason::Changed => "changed",
             ReloadReason::Pruned => "pruned",
+            ReloadReason::Rewound => "rewound",
             ReloadReason::OutOfRange => "out_of_range",
         }
     }
@@ -149,6 +153,8 @@ impl Store {
         as_of: DateTime<Utc>,
         params: &StatusParams,
     ) -> Result<(Vec<BudgetStatus>, StatusRead), Error> {
+        // As the function sees it: Postgres keeps microseconds.
+        let as_of = enforcement::to_micros(as_of);
         let kept = cache.kept.take();
         let outcome = self
             .run("budget_status_refresh", || {
@@ -302,11 +308,18 @@ async fn load(
         } else {
             Decimal::ZERO
         };
+        let (Some(spent), Some(trailing)) = (
+            enforcement::exact_add(status.spent, -counted),
+            enforcement::exact_add(status.trailing, -counted),
+        ) else {
+            // Beyond `Decimal`'s exact range: nothing is kept, the next read is full again.
+            return Ok((statuses, None));
+        };
         index.insert(key.0, tenants.len());
         tenants.push(KeptStatus {
             status: status.clone(),
-            spent: status.spent - counted,
-            trailing: status.trailing - counted,
+            spent,
+            trailing,
             counts_day,
             day_amount,
         });
@@ -348,6 +361,8 @@ async fn incremental(
                 (select window_end from collector_watermark) as watermark, \
                 (select through from ledger_status_changes_pruned) \
                     >= pg_snapshot_xmin($1::pg_snapshot) as pruned, \
+                pg_snapshot_xmax(pg_current_snapshot()) < pg_snapshot_xmax($1::pg_snapshot) \
+                    as rewound, \
                 count(c.xid) as changes, \
                 coalesce(bool_or(c.first_day is distinct from $2 or c.last_day is distinct from $2), \
                          false) as elsewhere \
@@ -362,6 +377,7 @@ async fn incremental(
     let snapshot: String = row.try_get("snapshot")?;
     let watermark: Option<DateTime<Utc>> = row.try_get("watermark")?;
     let pruned: Option<bool> = row.try_get("pruned")?;
+    let rewound: bool = row.try_get("rewound")?;
     let changes: i64 = row.try_get("changes")?;
     let elsewhere: bool = row.try_get("elsewhere")?;
     let Some(watermark) = watermark else {
@@ -376,6 +392,9 @@ async fn incremental(
     }
     if pruned != Some(false) {
         return Ok(Err(ReloadReason::Pruned));
+    }
+    if rewound {
+        return Ok(Err(ReloadReason::Rewound));
     }
     if elsewhere {
         return Ok(Err(ReloadReason::Changed));
@@ -420,8 +439,8 @@ async fn incremental(
             Decimal::ZERO
         };
         let (Some(spent), Some(trailing)) = (
-            t.spent.checked_add(counted),
-            t.trailing.checked_add(counted),
+            enforcement::exact_add(t.spent, counted),
+            enforcement::exact_add(t.trailing, counted),
         ) else {
             return Ok(Err(ReloadReason::OutOfRange));
         };
