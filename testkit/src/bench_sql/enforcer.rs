@@ -425,10 +425,11 @@ pub async fn status_inputs(
 }
 
 impl BenchConnection {
-    /// What a collected window does to the rollups the status reads: every tenant's daily row
-    /// of `day` and monthly row of its month grow by `amount` (both by the same, as the write
-    /// statement moves them). The rows the window adds to per meter are not read by the status
-    /// and are left alone. Returns the daily rows changed.
+    /// What a collected window does to the rollups the status reads: every tenant with a budget
+    /// gets `amount` more on its daily row of `day` and its monthly row of `day`'s month (both
+    /// the same, as the write statement moves them; made if missing, as at midnight when the
+    /// day has no data yet). The rows the window adds to per meter are not read by the status
+    /// and are left alone. Returns the daily rows written.
     pub async fn land_window(
         &mut self,
         day: NaiveDate,
@@ -437,8 +438,11 @@ impl BenchConnection {
     ) -> anyhow::Result<u64> {
         let mut tx = sqlx::Connection::begin(&mut self.0).await?;
         let daily = sqlx::query(
-            "update ledger_rollup_tenant_daily set amount = amount + $3, entries = entries + 5 \
-             where day = $1 and currency = $2",
+            "insert into ledger_rollup_tenant_daily as r (day, tenant_id, currency, amount, entries) \
+             select $1, b.tenant_id, $2, $3, 5 from (select distinct tenant_id from budgets) b \
+             order by 2 \
+             on conflict (day, tenant_id, currency) do update \
+                 set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries",
         )
         .bind(day)
         .bind(currency)
@@ -448,8 +452,11 @@ impl BenchConnection {
         .await?
         .rows_affected();
         sqlx::query(
-            "update ledger_rollup_monthly set amount = amount + $3, entries = entries + 5 \
-             where month = date_trunc('month', $1::date)::date and currency = $2",
+            "insert into ledger_rollup_monthly as r (month, tenant_id, currency, amount, entries) \
+             select date_trunc('month', $1::date)::date, b.tenant_id, $2, $3, 5 \
+             from (select distinct tenant_id from budgets) b order by 2 \
+             on conflict (month, tenant_id, currency) do update \
+                 set amount = r.amount + excluded.amount, entries = r.entries + excluded.entries",
         )
         .bind(day)
         .bind(currency)
