@@ -190,17 +190,12 @@ impl Store {
         as_of: DateTime<Utc>,
         params: &StatusParams,
     ) -> Result<Outcome, Error> {
-        let mut tx = self.pool_begin().await?;
-        // One snapshot for every statement: the change log, the rows and the gaps agree.
+        let mut tx = self.begin().await?;
+        // One snapshot for every statement: the change log, the rows and the gaps agree. `begin`'s
+        // `set local` takes no snapshot, so the isolation level can still be chosen.
         query("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
             .await?;
-        query(&format!(
-            "set local statement_timeout = {}",
-            self.statement_timeout().as_millis()
-        ))
-        .execute(&mut *tx)
-        .await?;
         let reload = match kept {
             None => Err(ReloadReason::First),
             Some(kept) => incremental(&mut tx, kept, as_of, params).await?,
