@@ -91,6 +91,7 @@ fn bench_enforcer_prints_its_figures_against_an_in_run_baseline() {
         "status + plan, a full read",
         "refresh_statuses (full: the SQL function)",
         "plain SELECT of the status' inputs",
+        "ratio cycle after a window/inputs",
         "ratio full read/inputs",
     ] {
         let line = stdout
