@@ -122,9 +122,8 @@ pub fn assemble(
                 .get(ctx.tenant_label)
                 .map(String::as_str)
                 .unwrap_or("");
-            let tenant = TenantId::parse(label)
-                .ok()
-                .filter(|t| ctx.known_tenants.contains(t));
+            // The known set's own id: every entry of the tenant shares its text.
+            let tenant = ctx.known_tenants.get(label).cloned();
             let sum = match tenant {
                 Some(tenant) => billed.entry((tenant, m)).or_default(),
                 None if label.is_empty() => unallocated

@@ -46,6 +46,22 @@ pub struct CollectorConfig {
     /// Tenant-windows in the first batch of a collection: its windows are this divided by
     /// the live tenants.
     pub batch_tenant_windows: usize,
+    /// The most entries a batch may hold (see [`batch_ceiling`]).
+    pub max_batch_entries: usize,
+}
+
+/// The most windows a batch may hold: `windows_per_batch`, and no more windows than keep its
+/// entries (one per live tenant and meter a window, at most) within `max_batch_entries`; at
+/// least one. Time alone would let a fast Prometheus fill memory: a batch's assembled entries
+/// are held until its commit, while the next batch is queried.
+pub fn batch_ceiling(
+    windows_per_batch: usize,
+    max_batch_entries: usize,
+    tenants: usize,
+    meters: usize,
+) -> usize {
+    let per_window = tenants.max(1).saturating_mul(meters.max(1));
+    windows_per_batch.min(max_batch_entries / per_window).max(1)
 }
 
 /// How many windows the next batch of a collection holds: the first batch's from the tenant
@@ -412,7 +428,12 @@ impl Collector {
         let prometheus = self.prometheus_intervals().await;
         let mut total = CommitReport::default();
         let mut sizer = BatchSizer::new(
-            self.config.windows_per_batch,
+            batch_ceiling(
+                self.config.windows_per_batch,
+                self.config.max_batch_entries,
+                tenants.live_since.len(),
+                self.config.meters.len(),
+            ),
             self.config.batch_target,
             self.config.batch_tenant_windows,
             tenants.live_since.len(),
@@ -789,6 +810,26 @@ mod tests {
             .collect();
         assert_eq!(sizes, [4, 2, 1]);
         assert!(consecutive_runs(&[], len).is_empty());
+    }
+
+    #[test]
+    fn the_batch_ceiling_keeps_a_batch_within_its_entries() {
+        // 10,000 tenants × 5 meters: 1,000,000 entries are 20 windows; 100,000 tenants get one
+        // window however small the limit, and a few tenants the configured most.
+        for (tenants, meters, max_entries, ceiling) in [
+            (10_000, 5, 1_000_000, 20),
+            (10_000, 8, 1_000_000, 12),
+            (100_000, 5, 1_000_000, 2),
+            (1_000_000, 5, 1_000_000, 1),
+            (10, 5, 1_000_000, 288),
+            (0, 0, 10, 10),
+        ] {
+            assert_eq!(
+                batch_ceiling(288, max_entries, tenants, meters),
+                ceiling,
+                "{tenants} tenants, {meters} meters, {max_entries} entries"
+            );
+        }
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct CollectorSection {
     pub batch_target_ms: Option<u64>,
     /// Tenant-windows in the first batch of a catch-up or backfill.
     pub batch_tenant_windows: usize,
+    /// The most entries (live tenants × meters × windows) a batch may hold: what bounds a
+    /// catch-up's memory, however fast Prometheus answers.
+    pub max_batch_entries: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -86,6 +89,9 @@ impl Default for CollectorSection {
             // machine of the README's benchmarks: ~4.5 s (1 window at 10,000 tenants, 15 at
             // 1,000), well under the default target; later batches grow toward it.
             batch_tenant_windows: 15_000,
+            // ~170 bytes an assembled entry, and two batches in memory (one committing while the
+            // next is queried): ~350 MiB at most, inside the example deployment's 1 GiB limit.
+            max_batch_entries: 1_000_000,
             schedule: None,
             match_labels: BTreeMap::new(),
             retry: RetrySection::default(),
@@ -333,6 +339,11 @@ impl CollectorSection {
             1..=100_000_000,
             "collector.batch_tenant_windows",
         )?;
+        let max_batch_entries = ledger::config::within(
+            self.max_batch_entries,
+            1..=1_000_000_000,
+            "collector.max_batch_entries",
+        )?;
         let schedule = match self.schedule.as_deref() {
             Some(expr) => Schedule::cron("collector.schedule", expr).map_err(invalid)?,
             None => Schedule::EveryWindow {
@@ -364,6 +375,7 @@ impl CollectorSection {
                 windows_per_batch,
                 batch_target,
                 batch_tenant_windows,
+                max_batch_entries,
             },
             schedule,
             retry,
@@ -564,6 +576,7 @@ mod tests {
         assert_eq!(settings.prometheus.timeout, Duration::from_secs(30));
         assert_eq!(settings.collector.batch_target, Duration::from_secs(15));
         assert_eq!(settings.collector.batch_tenant_windows, 15_000);
+        assert_eq!(settings.collector.max_batch_entries, 1_000_000);
         // Unset, the target is half the Prometheus timeout, shorter or longer; a configured one
         // must fit below it.
         let long = PrometheusSection {
@@ -642,6 +655,13 @@ mod tests {
                     ..Default::default()
                 },
                 "collector.batch_tenant_windows",
+            ),
+            (
+                CollectorSection {
+                    max_batch_entries: 0,
+                    ..Default::default()
+                },
+                "collector.max_batch_entries",
             ),
             (
                 CollectorSection {

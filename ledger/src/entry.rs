@@ -39,14 +39,14 @@ pub const MAX_QUANTITY: Decimal = Decimal::from_parts(0x6310_0000, 0x6BC7_5E2D, 
 /// never rounded.
 pub const MAX_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x0003_8D7E, 0, false, 0);
 
-/// A unit name such as `core_seconds` or `core_hour`.
+/// A unit name such as `core_seconds` or `core_hour`. Shared text, like `TenantId`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UnitName(String);
+pub struct UnitName(std::sync::Arc<str>);
 
 impl UnitName {
     pub fn parse(field: &str, value: &str) -> Result<Self, Invalid> {
         names::identifier(field, value)?;
-        Ok(UnitName(value.to_owned()))
+        Ok(UnitName(value.into()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -12,14 +12,14 @@ use crate::entry::{Pricing, UnitName};
 use crate::error::Invalid;
 use crate::names;
 
-/// A meter name such as `cpu` or `network_egress`.
+/// A meter name such as `cpu` or `network_egress`. Shared text, like `TenantId`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MeterName(String);
+pub struct MeterName(std::sync::Arc<str>);
 
 impl MeterName {
     pub fn parse(field: &str, value: &str) -> Result<Self, Invalid> {
         names::identifier(field, value)?;
-        Ok(MeterName(value.to_owned()))
+        Ok(MeterName(value.into()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,8 +1,10 @@
 //! Tenants: identity, descriptive fields and the lifecycle state machine.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -12,9 +14,10 @@ use crate::error::Invalid;
 use crate::money::Money;
 use crate::names::{self, SingleLine};
 
-/// A tenant id: a DNS-1123 label, because it names Kubernetes namespaces and labels.
+/// A tenant id: a DNS-1123 label, because it names Kubernetes namespaces and labels. Its text is
+/// shared: a clone (one per entry of every window) is a reference count, not an allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(String);
+pub struct TenantId(Arc<str>);
 
 impl TenantId {
     pub fn parse(value: &str) -> Result<Self, Invalid> {
@@ -23,10 +26,17 @@ impl TenantId {
 
     pub fn parse_field(field: &str, value: &str) -> Result<Self, Invalid> {
         names::dns1123_label(field, value)?;
-        Ok(TenantId(value.to_owned()))
+        Ok(TenantId(Arc::from(value)))
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Equality, order and hash are those of the text, so sets of ids can be searched by `&str`.
+impl Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }

@@ -1111,6 +1111,48 @@ async fn catch_up_batches_are_sized_from_the_tenants_then_from_the_last_batch_an
     );
 }
 
+#[tokio::test]
+async fn a_catch_up_batch_holds_no_more_entries_than_max_batch_entries() {
+    let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let f = fixture(4, start, start + Duration::hours(2), false);
+    let whole = collected_in_one_batch(&f).await;
+
+    let db = ledger_for(&f.cluster).await;
+    let config = config(&f.prometheus.url, &db.url);
+    let mut s = settings(&config);
+    let live: i64 =
+        sqlx::query_scalar("select count(*) from tenants where state in ('active', 'suspended')")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(live, 4);
+    // Three windows' entries at most. Every query answers at once, so time alone would grow the
+    // batches to windows_per_batch (the first one already: 15,000 tenant-windows / 4 tenants).
+    s.collector.max_batch_entries = 4 * s.collector.meters.len() * 3 + 1;
+    let cpu = collector(&f, &db)
+        .queries()
+        .into_iter()
+        .find(|(name, _)| name == "cpu")
+        .unwrap()
+        .1;
+    let counted = Arc::new(Paced {
+        inner: s.source().unwrap(),
+        costly: cpu,
+        per_window: std::time::Duration::ZERO,
+        timeout: std::time::Duration::from_secs(60),
+        spans: Default::default(),
+    });
+    let c = Collector::new(counted.clone(), db.store.clone(), s.collector.clone());
+    let (planned, report) = c
+        .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!((planned, report.windows), (24, 24));
+    assert_same_rows(ledger_rows(&db).await, ledger_rows(&whole).await);
+    let spans = counted.spans.lock().unwrap().clone();
+    assert_eq!(spans, [3; 8], "batches of the ceiling's 3 windows: {spans:?}");
+}
+
 /// Prometheus' configuration as kube-prometheus-stack has it: every target every 30 s. The scrape
 /// configs have no targets: the data is history.
 const SCRAPED_EVERY_30S: &str = "global:
