@@ -1150,7 +1150,10 @@ async fn a_catch_up_batch_holds_no_more_entries_than_max_batch_entries() {
     assert_eq!((planned, report.windows), (24, 24));
     assert_same_rows(ledger_rows(&db).await, ledger_rows(&whole).await);
     let spans = counted.spans.lock().unwrap().clone();
-    assert_eq!(spans, [3; 8], "batches of the ceiling's 3 windows: {spans:?}");
+    assert_eq!(
+        spans, [3; 8],
+        "batches of the ceiling's 3 windows: {spans:?}"
+    );
 }
 
 /// Prometheus' configuration as kube-prometheus-stack has it: every target every 30 s. The scrape
