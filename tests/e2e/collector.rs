@@ -1056,20 +1056,28 @@ impl UsageSource for Paced {
     }
 }
 
-#[tokio::test]
-async fn catch_up_batches_are_sized_from_the_tenants_then_from_the_last_batch_and_a_timeout_splits_at_once(
-) {
+/// Backfills the 24 windows of a 4-tenant fixture with `configure`d collector settings, the cpu
+/// query paced by `per_window` and timing out past `timeout`; checks that the ledger equals one
+/// collected in a single batch, and returns the windows each cpu query spanned.
+async fn paced_backfill_spans(
+    per_window: std::time::Duration,
+    timeout: std::time::Duration,
+    configure: impl FnOnce(&mut collector::CollectorConfig),
+) -> Vec<usize> {
     let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let f = fixture(4, start, start + Duration::hours(2), false);
     let whole = collected_in_one_batch(&f).await;
 
     let db = ledger_for(&f.cluster).await;
+    let live: i64 =
+        sqlx::query_scalar("select count(*) from tenants where state in ('active', 'suspended')")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(live, 4);
     let config = config(&f.prometheus.url, &db.url);
     let mut s = settings(&config);
-    // 4 tenants: a first batch of 12 windows. The cpu query costs 40 ms per window and times
-    // out past 320 ms (8 windows); batches are aimed at 120 ms for it: 3 windows.
-    s.collector.batch_tenant_windows = 48;
-    s.collector.batch_target = std::time::Duration::from_millis(120);
+    configure(&mut s.collector);
     let cpu = collector(&f, &db)
         .queries()
         .into_iter()
@@ -1079,8 +1087,8 @@ async fn catch_up_batches_are_sized_from_the_tenants_then_from_the_last_batch_an
     let paced = Arc::new(Paced {
         inner: s.source().unwrap(),
         costly: cpu,
-        per_window: std::time::Duration::from_millis(40),
-        timeout: std::time::Duration::from_millis(320),
+        per_window,
+        timeout,
         spans: Default::default(),
     });
     let c = Collector::new(paced.clone(), db.store.clone(), s.collector.clone());
@@ -1090,8 +1098,24 @@ async fn catch_up_batches_are_sized_from_the_tenants_then_from_the_last_batch_an
         .unwrap();
     assert_eq!((planned, report.windows), (24, 24));
     assert_same_rows(ledger_rows(&db).await, ledger_rows(&whole).await);
-
     let spans = paced.spans.lock().unwrap().clone();
+    spans
+}
+
+#[tokio::test]
+async fn catch_up_batches_are_sized_from_the_tenants_then_from_the_last_batch_and_a_timeout_splits_at_once(
+) {
+    // 4 tenants: a first batch of 12 windows. The cpu query costs 40 ms per window and times
+    // out past 320 ms (8 windows); batches are aimed at 120 ms for it: 3 windows.
+    let spans = paced_backfill_spans(
+        std::time::Duration::from_millis(40),
+        std::time::Duration::from_millis(320),
+        |c| {
+            c.batch_tenant_windows = 48;
+            c.batch_target = std::time::Duration::from_millis(120);
+        },
+    )
+    .await;
     assert_eq!(
         spans[..2],
         [12, 6],
@@ -1113,43 +1137,15 @@ async fn catch_up_batches_are_sized_from_the_tenants_then_from_the_last_batch_an
 
 #[tokio::test]
 async fn a_catch_up_batch_holds_no_more_entries_than_max_batch_entries() {
-    let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-    let f = fixture(4, start, start + Duration::hours(2), false);
-    let whole = collected_in_one_batch(&f).await;
-
-    let db = ledger_for(&f.cluster).await;
-    let config = config(&f.prometheus.url, &db.url);
-    let mut s = settings(&config);
-    let live: i64 =
-        sqlx::query_scalar("select count(*) from tenants where state in ('active', 'suspended')")
-            .fetch_one(db.store.pool())
-            .await
-            .unwrap();
-    assert_eq!(live, 4);
-    // Three windows' entries at most. Every query answers at once, so time alone would grow the
-    // batches to windows_per_batch (the first one already: 15,000 tenant-windows / 4 tenants).
-    s.collector.max_batch_entries = 4 * s.collector.meters.len() * 3 + 1;
-    let cpu = collector(&f, &db)
-        .queries()
-        .into_iter()
-        .find(|(name, _)| name == "cpu")
-        .unwrap()
-        .1;
-    let counted = Arc::new(Paced {
-        inner: s.source().unwrap(),
-        costly: cpu,
-        per_window: std::time::Duration::ZERO,
-        timeout: std::time::Duration::from_secs(60),
-        spans: Default::default(),
-    });
-    let c = Collector::new(counted.clone(), db.store.clone(), s.collector.clone());
-    let (planned, report) = c
-        .backfill(f.start, f.end, &CommitMode::Collect, &|_| {})
-        .await
-        .unwrap();
-    assert_eq!((planned, report.windows), (24, 24));
-    assert_same_rows(ledger_rows(&db).await, ledger_rows(&whole).await);
-    let spans = counted.spans.lock().unwrap().clone();
+    // Three windows' entries at most (4 live tenants). Every query answers at once, so time
+    // alone would grow the batches to windows_per_batch (the first one already: 15,000
+    // tenant-windows / 4 tenants).
+    let spans = paced_backfill_spans(
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(60),
+        |c| c.max_batch_entries = 4 * c.meters.len() * 3 + 1,
+    )
+    .await;
     assert_eq!(
         spans, [3; 8],
         "batches of the ceiling's 3 windows: {spans:?}"
