@@ -2,11 +2,14 @@
 //! refuses connections (nothing listens on its port), or swallows them (it accepts and never
 //! answers, as a host behind a dropping firewall does). Every change of mode cuts the
 //! connections it holds, as a server that goes away does.
+//!
+//! A refused port stays bound (not listening) while it refuses, so no other process can be
+//! given it in the meantime and answer in its place: [`RefusingPort`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,46 @@ impl TcpProxy {
     }
 }
 
+/// A loopback port that refuses connections for as long as this value lives: the socket is
+/// bound but never listens, so connecting gets "connection refused" and the port cannot be
+/// handed to another listener (a port given up with `drop` can be, by the next `bind(0)` of any
+/// process, which then answers in its place).
+pub struct RefusingPort {
+    socket: TcpSocket,
+    addr: SocketAddr,
+}
+
+impl RefusingPort {
+    /// A free loopback port, held and refusing.
+    pub fn new() -> RefusingPort {
+        RefusingPort::at("127.0.0.1:0".parse().expect("a socket address"))
+            .expect("bind a free loopback port")
+    }
+
+    fn at(addr: SocketAddr) -> std::io::Result<RefusingPort> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let addr = socket.local_addr()?;
+        Ok(RefusingPort { socket, addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts listening on the held port (inside a Tokio runtime).
+    fn listen(self) -> std::io::Result<TcpListener> {
+        self.socket.listen(1024)
+    }
+}
+
+impl Default for RefusingPort {
+    fn default() -> Self {
+        RefusingPort::new()
+    }
+}
+
 /// Runs until the `TcpProxy` is dropped (its sender closes `control`).
 async fn run(
     mut listener: Option<TcpListener>,
@@ -67,14 +110,20 @@ async fn run(
     mut control: watch::Receiver<Mode>,
     applied: watch::Sender<Mode>,
 ) {
+    let mut held: Option<RefusingPort> = None;
     loop {
         let mode = *control.borrow_and_update();
         match mode {
-            Mode::Refuse => listener = None,
-            Mode::Forward | Mode::Blackhole if listener.is_none() => {
-                listener = Some(bind_again(addr).await);
+            Mode::Refuse if listener.is_some() => {
+                listener = None;
+                held = Some(hold_again(addr).await);
             }
-            Mode::Forward | Mode::Blackhole => {}
+            Mode::Refuse => {}
+            Mode::Forward | Mode::Blackhole => {
+                if let Some(port) = held.take() {
+                    listener = Some(port.listen().expect("listen on the held port"));
+                }
+            }
         }
         applied.send_replace(mode);
         loop {
@@ -102,13 +151,13 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
-/// The port again, after it was given up to refuse connections (SO_REUSEADDR lets a listener
-/// rebind while old connections linger).
-async fn bind_again(addr: SocketAddr) -> TcpListener {
+/// The port again, held without listening once its listener is closed (SO_REUSEADDR lets it
+/// bind while old connections linger).
+async fn hold_again(addr: SocketAddr) -> RefusingPort {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => return listener,
+        match RefusingPort::at(addr) {
+            Ok(port) => return port,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 eprintln!("proxy: cannot bind {addr} yet ({e}); retrying");
                 tokio::time::sleep(Duration::from_millis(50)).await;

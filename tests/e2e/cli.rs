@@ -183,11 +183,8 @@ fn a_bad_config_names_the_key_and_exits_2() {
 fn migrate_names_an_unreachable_database_and_the_cause_within_seconds() {
     let admin = url::Url::parse(&admin_url()).unwrap();
     let port = admin.port().unwrap();
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let held = testkit::tcp_proxy::RefusingPort::new();
+    let refused = held.addr().port();
     let cases = [
         (
             format!("postgres://budgetd:s3cret@127.0.0.1:{refused}/ledger"),

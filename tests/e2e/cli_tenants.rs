@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
 use sha2::{Digest, Sha256};
+use testkit::tcp_proxy::RefusingPort;
 
 use crate::cli::{http, listen_addr, log_lines, run, wait_for};
 
@@ -442,9 +443,8 @@ fn tenants_cli_says_what_to_fix_when_the_api_cannot_be_reached() {
     }
 
     // Nothing listens: a read is tried three times, a write once.
-    let refused = TcpListener::bind("127.0.0.1:0").unwrap();
-    let refused_url = format!("http://{}", refused.local_addr().unwrap());
-    drop(refused);
+    let refused = RefusingPort::new();
+    let refused_url = format!("http://{}", refused.addr());
     let (code, _, stderr) = tenants(&refused_url, Some(ADMIN), &["list"]);
     assert_eq!(code, 1);
     assert!(

@@ -17,6 +17,7 @@ use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey};
 use rsa::traits::PublicKeyParts;
 use rsa::RsaPrivateKey;
 use serde_json::{json, Value};
+use testkit::tcp_proxy::RefusingPort;
 
 use crate::support::*;
 
@@ -423,12 +424,10 @@ async fn an_unreachable_or_foreign_issuer_is_not_trusted() {
     let key = tokio::task::spawn_blocking(|| Key::generate("k1"))
         .await
         .unwrap();
-    // A port nothing listens on.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let down = format!("http://{closed}/realms/test");
+    // A port nothing listens on, held for the whole test: a port given up could be handed to
+    // the IdP below, which would then answer for `down`.
+    let closed = RefusingPort::new();
+    let down = format!("http://{}/realms/test", closed.addr());
     let idp = serve_idp(json!({"keys": [key.jwk()]})).await;
     // The served realm's discovery says `issuer` is idp.issuer; configured under another name
     // (`localhost` instead of 127.0.0.1) it is someone else's document.

@@ -735,11 +735,8 @@ async fn bad_input_fails_like_the_other_formats_and_writes_nothing() {
     assert_eq!((got, stdout.as_str()), (2, ""), "{stderr}");
     assert!(stderr.contains("--to"));
     // A database that cannot be reached: exit 1, no half page.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let held = testkit::tcp_proxy::RefusingPort::new();
+    let refused = held.addr().port();
     let (got, stdout, stderr) = run(
         budgetd(&format!("postgres://x@127.0.0.1:{refused}/x")).args([
             "report", "costs", "--from", FROM, "--to", TO, "--format", "html",
