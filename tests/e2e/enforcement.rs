@@ -770,30 +770,17 @@ impl Daemon {
         am_url: &str,
         log: std::path::PathBuf,
     ) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_budgetd"))
-            .env("BUDGETD_CONFIG", config)
-            .env("BUDGETD_DATABASE_URL", db_url)
-            .env("BUDGETD_MIGRATE_DATABASE_URL", db_url)
-            .env("BUDGETD_ALERTMANAGER_URL", am_url)
-            .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
-            .env("BUDGETD_LOG", "info")
-            .env_remove("BUDGETD_BOOTSTRAP_ADMIN_TOKEN")
-            .arg("run")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child,
-            api: format!("http://127.0.0.1:{port}"),
-            log,
-        }
+        let (child, api) = crate::support::spawn_daemon(
+            std::process::Command::new(env!("CARGO_BIN_EXE_budgetd"))
+                .env("BUDGETD_CONFIG", config)
+                .env("BUDGETD_DATABASE_URL", db_url)
+                .env("BUDGETD_MIGRATE_DATABASE_URL", db_url)
+                .env("BUDGETD_ALERTMANAGER_URL", am_url)
+                .env("BUDGETD_LOG", "info")
+                .env_remove("BUDGETD_BOOTSTRAP_ADMIN_TOKEN"),
+            &log,
+        );
+        Daemon { child, api, log }
     }
 
     fn pid(&self) -> u32 {

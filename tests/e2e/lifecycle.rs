@@ -5,7 +5,7 @@
 //! finishes each exactly once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use ledger::store::ChainStatus;
@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use testkit::alertmanager::AlertmanagerProcess;
 use testkit::fake_kube::{FakeKube, Fault, Outcome, Resource, ResourceType};
+
+use crate::support::spawn_daemon;
 
 const ADMIN: &str = "lifecycle-admin-token-0123456789";
 const OPERATOR: &str = "lifecycle-operator-token-0123456789";
@@ -96,28 +98,16 @@ backoff_cap_ms = 400
 }
 
 fn start(config: &Path, log: &Path) -> Daemon {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_budgetd"))
-        .env("BUDGETD_CONFIG", config)
-        .env("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", ADMIN)
-        .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BUDGETD_LOG", "info")
-        .env_remove("BUDGETD_DATABASE_URL")
-        .env_remove("BUDGETD_MIGRATE_DATABASE_URL")
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Daemon {
-        child,
-        api: format!("http://127.0.0.1:{port}"),
-    }
+    let (child, api) = spawn_daemon(
+        Command::new(env!("CARGO_BIN_EXE_budgetd"))
+            .env("BUDGETD_CONFIG", config)
+            .env("BUDGETD_BOOTSTRAP_ADMIN_TOKEN", ADMIN)
+            .env("BUDGETD_LOG", "info")
+            .env_remove("BUDGETD_DATABASE_URL")
+            .env_remove("BUDGETD_MIGRATE_DATABASE_URL"),
+        log,
+    );
+    Daemon { child, api }
 }
 
 /// Polls `check` every 50 ms until it is true; panics with `what` (and the daemon's log) after

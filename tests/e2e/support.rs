@@ -385,6 +385,39 @@ pub fn declared_routes() -> std::collections::BTreeSet<(String, String)> {
     declared
 }
 
+/// Spawns `command` as `budgetd run` listening on a port the kernel picks (127.0.0.1:0), its
+/// stderr into `log`, and returns it with its API's base URL, read from its "budgetd API
+/// listening" log line (at most 60 s). A port picked beforehand and given up could be bound by
+/// another process before the daemon binds it.
+pub fn spawn_daemon(
+    command: &mut std::process::Command,
+    log: &std::path::Path,
+) -> (std::process::Child, String) {
+    let mut child = command
+        .env("BUDGETD_API_LISTEN", "127.0.0.1:0")
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("budgetd API listening")) {
+            return (child, format!("http://{}", crate::cli::listen_addr(line)));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("budgetd run exited ({status}) before it listened; its log:\n{text}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "budgetd run did not listen within 60 s; its log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A `budgetd run` process serving on a free loopback port, its stderr in `budgetd.log` of its
 /// directory; killed on drop.
 pub struct Daemon {
@@ -397,11 +430,6 @@ impl Daemon {
     /// `budgetd run` with `BUDGETD_CONFIG=config` and info logs, and `env` on top. The test's
     /// own database URL and bootstrap token variables are not passed on unless `env` sets them.
     pub fn run(dir: &std::path::Path, config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let log = dir.join("budgetd.log");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_budgetd"));
         command
@@ -409,23 +437,12 @@ impl Daemon {
             .env_remove("BUDGETD_MIGRATE_DATABASE_URL")
             .env_remove("BUDGETD_BOOTSTRAP_ADMIN_TOKEN")
             .env("BUDGETD_CONFIG", config)
-            .env("BUDGETD_API_LISTEN", format!("127.0.0.1:{port}"))
             .env("BUDGETD_LOG", "info");
         for (name, value) in env {
             command.env(name, value);
         }
-        let child = command
-            .arg("run")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child,
-            api: format!("http://127.0.0.1:{port}"),
-            log,
-        }
+        let (child, api) = spawn_daemon(&mut command, &log);
+        Daemon { child, api, log }
     }
 
     /// What the daemon logged so far.
