@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,14 +67,12 @@ impl AlertmanagerProcess {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("create alertmanager dir");
         std::fs::write(dir.join("alertmanager.yml"), CONFIG).expect("write alertmanager config");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        // Port 0: the kernel picks a free port as Alertmanager binds it, and the log says which
+        // (a port picked beforehand and given up could be bound by another process first).
         let mut process = AlertmanagerProcess {
             child: None,
-            port,
-            url: Url::parse(&format!("http://127.0.0.1:{port}")).expect("loopback URL"),
+            port: 0,
+            url: Url::parse("http://127.0.0.1:0").expect("loopback URL"),
             dir,
             client: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
@@ -103,6 +100,7 @@ impl AlertmanagerProcess {
     /// Alerts do not survive this.
     pub async fn restart(&mut self) {
         self.stop();
+        let logged_before = std::fs::metadata(self.log_path()).map_or(0, |m| m.len() as usize);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -129,6 +127,7 @@ impl AlertmanagerProcess {
         .spawn()
         .expect("start alertmanager (set ALERTMANAGER_BIN?)");
         self.child = Some(child);
+        self.wait_until_listening(logged_before).await;
         self.wait_until_ready().await;
     }
 
@@ -181,17 +180,46 @@ impl AlertmanagerProcess {
         self.dir.join("alertmanager.log")
     }
 
+    /// Waits for this start's "Listening on" log line (after the first `logged_before` bytes
+    /// of the log) and takes its port.
+    async fn wait_until_listening(&mut self, logged_before: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.exited_is_fatal();
+            let log = std::fs::read(self.log_path()).unwrap_or_default();
+            let this_start = String::from_utf8_lossy(log.get(logged_before..).unwrap_or_default());
+            if let Some(port) = this_start
+                .lines()
+                .find_map(crate::prometheus::listening_port)
+            {
+                self.port = port;
+                self.url = Url::parse(&format!("http://127.0.0.1:{port}")).expect("loopback URL");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Alertmanager did not listen within {READY_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    fn exited_is_fatal(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("poll alertmanager"))
+        {
+            panic!("Alertmanager exited with {status}:\n{}", self.log());
+        }
+    }
+
     async fn wait_until_ready(&mut self) {
         let ready = self.url.join("-/ready").expect("ready URL");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("poll alertmanager"))
-            {
-                panic!("Alertmanager exited with {status}:\n{}", self.log());
-            }
+            self.exited_is_fatal();
             let answer = self
                 .client
                 .get(ready.clone())

@@ -2,7 +2,6 @@
 //! `promtool tsdb create-blocks-from openmetrics`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -87,16 +86,14 @@ impl PrometheusProcess {
     /// Starts Prometheus on `data` with the configuration `yaml` (e.g. scrape configs without
     /// targets, whose intervals `/api/v1/status/config` then reports) and waits until ready.
     pub fn start_with_config(dir: &Path, data: &Path, yaml: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let config = dir.join("prometheus.yml");
         std::fs::write(&config, yaml).expect("write config");
+        // Port 0: the kernel picks a free port as Prometheus binds it, and the log says which
+        // (a port picked beforehand and given up could be bound by another process first).
         let mut p = PrometheusProcess {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
-            port,
+            url: String::new(),
+            port: 0,
             data: data.to_owned(),
             config,
             log: dir.join("prometheus.log"),
@@ -113,7 +110,7 @@ impl PrometheusProcess {
         }
     }
 
-    /// Starts it again on the same port and data, and waits until its log says it is ready.
+    /// Starts it (again on the same port and data), and waits until its log says it is ready.
     pub fn restart(&mut self) {
         self.stop();
         let mut child = Command::new(binary("PROMETHEUS_BIN", "prometheus"))
@@ -128,7 +125,7 @@ impl PrometheusProcess {
             .expect("start prometheus");
         let stderr = child.stderr.take().expect("piped stderr");
         self.child = Some(child);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (events, log_events) = std::sync::mpsc::channel();
         let log_path = self.log.clone();
         std::thread::spawn(move || {
             let mut log = std::fs::File::create(log_path).ok();
@@ -136,22 +133,71 @@ impl PrometheusProcess {
                 if let Some(f) = log.as_mut() {
                     let _ = writeln!(f, "{line}");
                 }
+                if let Some(port) = listening_port(&line) {
+                    let _ = events.send(Some(port));
+                }
                 if line.contains("Server is ready to receive web requests") {
-                    let _ = ready_tx.send(());
+                    let _ = events.send(None);
                 }
             }
         });
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            panic!(
-                "Prometheus did not become ready: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log_events.recv_timeout(left) {
+                Ok(Some(port)) => {
+                    self.port = port;
+                    self.url = format!("http://127.0.0.1:{port}");
+                }
+                Ok(None) => return,
+                Err(_) => panic!(
+                    "Prometheus did not become ready: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
         }
     }
+}
+
+/// The port of a Prometheus or Alertmanager log line `msg="Listening on" address=HOST:PORT`.
+pub(crate) fn listening_port(line: &str) -> Option<u16> {
+    if !line.contains("msg=\"Listening on\"") {
+        return None;
+    }
+    let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+    address.rsplit(':').next()?.parse().ok()
 }
 
 impl Drop for PrometheusProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listening_port;
+
+    #[test]
+    fn the_listening_port_is_read_from_prometheus_and_alertmanager_logs() {
+        assert_eq!(
+            listening_port(
+                r#"ts=2026-12-02T22:15:40.335Z caller=tls_config.go:232 level=info component=web msg="Listening on" address=127.0.0.1:38203"#
+            ),
+            Some(38203)
+        );
+        assert_eq!(
+            listening_port(
+                r#"ts=2026-12-02T22:15:37.297Z caller=tls_config.go:232 level=info msg="Listening on" address=127.0.0.1:40961"#
+            ),
+            Some(40961)
+        );
+        // The configured address (port 0) is logged before the bind, in another message.
+        assert_eq!(
+            listening_port(
+                r#"level=info component=web msg="Start listening for connections" address=127.0.0.1:0"#
+            ),
+            None
+        );
     }
 }
