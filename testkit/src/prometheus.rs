@@ -141,15 +141,19 @@ impl PrometheusProcess {
                 }
             }
         });
+        // Both lines are needed, in either order: the web listener logs its address from its
+        // own goroutine, which may come after "ready" (seen in CI with a scrape configuration).
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        let (mut listening, mut ready) = (false, false);
+        while !(listening && ready) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match log_events.recv_timeout(left) {
                 Ok(Some(port)) => {
                     self.port = port;
                     self.url = format!("http://127.0.0.1:{port}");
+                    listening = true;
                 }
-                Ok(None) => return,
+                Ok(None) => ready = true,
                 Err(_) => panic!(
                     "Prometheus did not become ready: {}",
                     std::fs::read_to_string(&self.log).unwrap_or_default()
