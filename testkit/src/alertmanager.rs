@@ -188,9 +188,8 @@ impl AlertmanagerProcess {
             self.exited_is_fatal();
             let log = std::fs::read(self.log_path()).unwrap_or_default();
             let this_start = String::from_utf8_lossy(log.get(logged_before..).unwrap_or_default());
-            if let Some(port) = this_start
-                .lines()
-                .find_map(crate::prometheus::listening_port)
+            if let Some(port) =
+                crate::complete_lines(&this_start).find_map(crate::prometheus::listening_port)
             {
                 self.port = port;
                 self.url = Url::parse(&format!("http://127.0.0.1:{port}")).expect("loopback URL");

@@ -32,7 +32,34 @@ pub mod prometheus;
 pub mod synthetic;
 pub mod tcp_proxy;
 
+/// The lines of a log that another process is still writing, up to the last complete one: a
+/// read can see a line half-written (`address=127.0.0.1:38` of `:38203`), so a line counts only
+/// once its newline is there.
+pub fn complete_lines(log: &str) -> impl Iterator<Item = &str> {
+    log.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+}
+
 /// The collector's built-in meters as they were before issue 13, as a configuration's
 /// `[[meters]]` (`meters_baseline.toml`): the baseline of `budgetd-dev bench meter-queries`,
 /// and what the collector's accuracy test checks the crossing trap against.
 pub const BASELINE_METERS: &str = include_str!("meters_baseline.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::complete_lines;
+
+    #[test]
+    fn a_half_written_last_line_is_not_read() {
+        let log = "level=info msg=\"Listening on\" address=127.0.0.1:38203\nlevel=info msg=\"Listening on\" address=127.0.0.1:38";
+        assert_eq!(
+            complete_lines(log).collect::<Vec<_>>(),
+            ["level=info msg=\"Listening on\" address=127.0.0.1:38203"]
+        );
+        assert_eq!(
+            complete_lines("a\n\nb\n").collect::<Vec<_>>(),
+            ["a", "", "b"]
+        );
+        assert_eq!(complete_lines("").count(), 0);
+    }
+}

@@ -344,7 +344,8 @@ impl Daemon {
     fn wait_for_log(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+            let log = self.log();
+            if let Some(line) = testkit::complete_lines(&log).find(|l| l.contains(needle)) {
                 return line.to_owned();
             }
             if let Ok(Some(status)) = self.child.try_wait() {

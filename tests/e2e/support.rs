@@ -404,7 +404,9 @@ pub fn spawn_daemon(
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("budgetd API listening")) {
+        if let Some(line) =
+            testkit::complete_lines(&text).find(|l| l.contains("budgetd API listening"))
+        {
             return (child, format!("http://{}", crate::cli::listen_addr(line)));
         }
         if let Some(status) = child.try_wait().unwrap() {
