@@ -170,6 +170,19 @@ _stack_listening_ports() {
   done
 }
 
+# _stack_logged_port LOG MATCH PREFIX: the port after PREFIX (an ERE) on the first complete line
+# of LOG that contains MATCH; nothing if there is none yet. LOG is being written by another
+# process: a last line without its newline may be half-written (":38" of ":38203"), so it is
+# not read.
+_stack_logged_port() {
+  local log=$1 match=$2 prefix=$3 text
+  text=$(cat "$log" 2>/dev/null; echo x)
+  text=${text%x}
+  [[ "$text" == *$'\n'* ]] || return 0
+  text=${text%$'\n'*}
+  grep -F -- "$match" <<<"$text" | grep -oE -m 1 -- "${prefix}[0-9]+" | grep -oE '[0-9]+$' || true
+}
+
 # Print a free TCP port on 127.0.0.1.
 free_port() {
   if [[ -n "$_STACK_PY" ]]; then
@@ -665,7 +678,7 @@ SCHEMATHESIS_VERSION=4.32.5
 run_schemathesis() {
   local dir=${1:?usage: run_schemathesis DIR}
   local venv="$dir/schemathesis-venv" out="$dir/schemathesis" db=budgetd_schemathesis
-  local bin port api token config pid code rc=0 deadline
+  local bin port api token config pid rc=0 deadline
   if [[ -z "${PGPORT_STACK:-}" ]]; then
     _stack_err "run_schemathesis: start_postgres first (PGPORT_STACK is unset)"
     return 1
@@ -684,19 +697,19 @@ run_schemathesis() {
 
   "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$BUDGETD_TEST_DATABASE_URL" \
     -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null || return 1
-  port=$(free_port)
-  api="http://127.0.0.1:$port"
   token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   config="$out/budgetd.toml"
+  # The daemon binds a port the kernel picks; its address is read back from its log. A port
+  # picked here and given up could be bound by another process before the daemon binds it.
   cat >"$config" <<TOML
 [database]
 url = "postgres://postgres@127.0.0.1:$PGPORT_STACK/$db"
 
 [api]
-listen = "127.0.0.1:$port"
+listen = "127.0.0.1:0"
 
 [log]
-filter = "warn"
+filter = "warn,budgetd::cli=info"
 TOML
   "$bin" --config "$config" migrate >"$out/migrate.log" 2>&1 || {
     _stack_tail "$out/migrate.log"
@@ -706,9 +719,15 @@ TOML
   pid=$!
   _stack_record "$dir" budgetd "$pid" budgetd
   deadline=$((SECONDS + STACK_START_TIMEOUT))
-  while code=$(_stack_http_status "$api/readyz") && [[ "$code" != 200 ]]; do
+  api=
+  while :; do
+    if [[ -z "$api" ]]; then
+      port=$(_stack_logged_port "$out/budgetd.log" 'budgetd API listening' 'listen=127\.0\.0\.1:')
+      [[ -n "$port" ]] && api="http://127.0.0.1:$port"
+    fi
+    [[ -n "$api" && "$(_stack_http_status "$api/readyz")" == 200 ]] && break
     if ((SECONDS >= deadline)) || ! _stack_pid_alive "$pid"; then
-      _stack_err "budgetd was not ready on $api/readyz"
+      _stack_err "budgetd was not ready on ${api:-its API (no 'budgetd API listening' line in its log)}/readyz"
       _stack_tail "$out/budgetd.log"
       _stack_kill "$pid" budgetd
       return 1
