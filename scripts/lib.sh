@@ -170,17 +170,16 @@ _stack_listening_ports() {
   done
 }
 
-# _stack_logged_port LOG MATCH PREFIX: the port after PREFIX (an ERE) on the first complete line
-# of LOG that contains MATCH; nothing if there is none yet. LOG is being written by another
-# process: a last line without its newline may be half-written (":38" of ":38203"), so it is
-# not read.
+# _stack_logged_port LOG PREFIX: the port after PREFIX (an ERE) on the first complete line of LOG
+# that has it; nothing if there is none yet. LOG is being written by another process: a last
+# line without its newline may be half-written (":38" of ":38203"), so it is not read.
 _stack_logged_port() {
-  local log=$1 match=$2 prefix=$3 text
+  local log=$1 prefix=$2 text
   text=$(cat "$log" 2>/dev/null; echo x)
   text=${text%x}
   [[ "$text" == *$'\n'* ]] || return 0
   text=${text%$'\n'*}
-  grep -F -- "$match" <<<"$text" | grep -oE -m 1 -- "${prefix}[0-9]+" | grep -oE '[0-9]+$' || true
+  grep -oE -m 1 -- "${prefix}[0-9]+" <<<"$text" | grep -oE '[0-9]+$' || true
 }
 
 # Print a free TCP port on 127.0.0.1.
@@ -722,12 +721,16 @@ TOML
   api=
   while :; do
     if [[ -z "$api" ]]; then
-      port=$(_stack_logged_port "$out/budgetd.log" 'budgetd API listening' 'listen=127\.0\.0\.1:')
+      port=$(_stack_logged_port "$out/budgetd.log" 'budgetd API listening listen=127\.0\.0\.1:')
       [[ -n "$port" ]] && api="http://127.0.0.1:$port"
     fi
     [[ -n "$api" && "$(_stack_http_status "$api/readyz")" == 200 ]] && break
     if ((SECONDS >= deadline)) || ! _stack_pid_alive "$pid"; then
-      _stack_err "budgetd was not ready on ${api:-its API (no 'budgetd API listening' line in its log)}/readyz"
+      if [[ -n "$api" ]]; then
+        _stack_err "budgetd was not ready on $api/readyz"
+      else
+        _stack_err "budgetd logged no 'budgetd API listening' line"
+      fi
       _stack_tail "$out/budgetd.log"
       _stack_kill "$pid" budgetd
       return 1
